@@ -43,12 +43,30 @@ done
 # sequence number is the sector count minus one.
 max=$(($(cat /sys/block/vda/size) - 1))
 
+# Optional kernel parameter volmig.pause_ms=N: sleep N ms after each ack. An
+# unthrottled guest keeps a host core busy under TCG, which several guests on
+# a small test machine cannot afford.
+pause_us=0
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        volmig.pause_ms=*)
+            v=${arg#volmig.pause_ms=}
+            # Arithmetic on a non-number would kill this shell, i.e. PID 1.
+            case "$v" in
+                '' | *[!0-9]*) err "ignoring $arg: not a number" ;;
+                *) pause_us=$((v * 1000)) ;;
+            esac
+            ;;
+    esac
+done
+
 rec=/tmp/rec
 rd=/tmp/rd
 
 # valid N: sector N holds an intact record for sequence number N.
 valid() {
-    dd if=/dev/vda of=$rd bs=512 skip="$1" count=1 iflag=direct 2>/dev/null || return 1
+    # Buffered read: at boot nothing of /dev/vda is cached yet.
+    dd if=/dev/vda of=$rd bs=512 skip="$1" count=1 2>/dev/null || return 1
     [ "$(head -c 31 $rd)" = "$(printf 'VOLMIG-REC %020d' "$1")" ] || return 1
     [ "$(dd if=$rd bs=1 skip=503 count=8 2>/dev/null)" = "$(head -c 503 $rd | crc32)" ]
 }
@@ -77,10 +95,14 @@ while :; do
     crc32 <$rec >>$rec
     # O_DIRECT writes exactly this sector; through the page cache the kernel
     # would rewrite the whole 4 KiB page, i.e. already-acked neighbours too.
-    # conv=fsync then flushes the device's write cache before dd exits.
-    if out=$(dd if=$rec of=/dev/vda bs=512 seek=$n count=1 oflag=direct conv=fsync,notrunc 2>&1); then
+    # busybox dd only page-aligns its buffer when bs >= 4096 and otherwise
+    # silently drops O_DIRECT after the EINVAL, hence bs=4096 with a 512-byte
+    # input file (one short block) and the offset given in bytes. conv=fsync
+    # then flushes the device's write cache before dd exits.
+    if out=$(dd if=$rec of=/dev/vda bs=4096 seek=$((n * 512)) oflag=seek_bytes,direct conv=fsync,notrunc 2>&1); then
         echo "VOLMIG-ACK $n"
         n=$((n + 1))
+        [ $pause_us -gt 0 ] && usleep $pause_us
     else
         # Never skip a number: a gap would read as a lost record.
         err "write seq $n: $(echo $out)"

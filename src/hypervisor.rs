@@ -1,0 +1,414 @@
+//! What the migration engine needs from a hypervisor host, as plain Rust types.
+//!
+//! The engine is written against the [`Hypervisor`] trait so it stays free of
+//! libvirt types; [`crate::libvirt::LibvirtHost`] is the real implementation.
+//! Methods block (libvirt calls do): async callers run them on
+//! `tokio::task::spawn_blocking`.
+
+use std::fmt;
+
+/// How a disk's source is addressed in the domain XML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum DiskKind {
+    /// `<disk type='file'>`: a path on a file system.
+    File,
+    /// `<disk type='block'>`: a block device path.
+    Block,
+    /// `<disk type='network'>`: a network protocol (rbd).
+    Network,
+}
+
+/// On-disk format of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ImageFormat {
+    /// Raw bytes.
+    Raw,
+    /// QEMU copy-on-write v2.
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// The name libvirt and QEMU use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
+
+    /// Parses a libvirt/QEMU format name; `None` for formats volmig does not handle.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "raw" => Some(ImageFormat::Raw),
+            "qcow2" => Some(ImageFormat::Qcow2),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Ceph monitor address.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CephHost {
+    /// Host name or address.
+    pub name: String,
+    /// Port; `None` leaves libvirt's default.
+    pub port: Option<u16>,
+}
+
+/// cephx credentials as libvirt references them: a user and a libvirt secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CephAuth {
+    /// cephx user name without the `client.` prefix.
+    pub username: String,
+    /// UUID of the libvirt secret holding the key.
+    pub secret_uuid: String,
+}
+
+/// Where a disk's data lives, in the terms of the domain XML.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DiskSource {
+    /// A file path.
+    File {
+        /// Absolute path.
+        path: String,
+    },
+    /// A block device path, optionally presenting only the first `slice_size` bytes.
+    Block {
+        /// Absolute device path.
+        path: String,
+        /// Size of a storage slice at offset 0, when the device is larger than the image.
+        slice_size: Option<u64>,
+    },
+    /// An RBD image.
+    Rbd {
+        /// Ceph pool name.
+        pool: String,
+        /// Image name.
+        image: String,
+        /// Monitors.
+        hosts: Vec<CephHost>,
+        /// cephx credentials; `None` when the cluster runs without auth.
+        auth: Option<CephAuth>,
+    },
+}
+
+impl DiskSource {
+    /// The disk type this source needs.
+    pub fn kind(&self) -> DiskKind {
+        match self {
+            DiskSource::File { .. } => DiskKind::File,
+            DiskSource::Block { .. } => DiskKind::Block,
+            DiskSource::Rbd { .. } => DiskKind::Network,
+        }
+    }
+
+    /// Path for file/block sources, `pool/image` for rbd: how operators name a source.
+    pub fn display_name(&self) -> String {
+        match self {
+            DiskSource::File { path } | DiskSource::Block { path, .. } => path.clone(),
+            DiskSource::Rbd { pool, image, .. } => format!("{pool}/{image}"),
+        }
+    }
+}
+
+/// One `<disk>` of a domain definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Target device, e.g. `vda`.
+    pub target: String,
+    /// `disk`, `cdrom`, `floppy` or `lun`.
+    pub device: String,
+    /// Driver format as written in the XML (`raw`, `qcow2`, ...); `None` when absent.
+    pub format: Option<String>,
+    /// The source; `None` for an empty drive (e.g. an ejected cdrom) or an unsupported type.
+    pub source: Option<DiskSource>,
+    /// Number of images below the top one that libvirt knows about.
+    pub backing_depth: u32,
+    /// `<readonly/>` present.
+    pub read_only: bool,
+    /// `<shareable/>` present.
+    pub shareable: bool,
+    /// A block job mirror is attached (`<mirror>`), with its `ready` attribute.
+    pub mirror: Option<MirrorState>,
+}
+
+/// The `<mirror>` element libvirt shows on a disk during a block copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorState {
+    /// The mirror's destination.
+    pub source: Option<DiskSource>,
+    /// `ready='yes'` (or `pivot`/`abort` in progress): the job has converged.
+    pub ready: bool,
+}
+
+/// A running or defined domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainState {
+    /// Name.
+    pub name: String,
+    /// UUID string.
+    pub uuid: String,
+    /// Running (or paused) right now.
+    pub active: bool,
+    /// Has a persistent definition.
+    pub persistent: bool,
+    /// Number of libvirt snapshots and checkpoints.
+    pub snapshots: u32,
+}
+
+/// State of a storage pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolRunState {
+    /// Defined but not started.
+    Inactive,
+    /// Being built.
+    Building,
+    /// Usable.
+    Running,
+    /// Running with problems.
+    Degraded,
+    /// Not reachable.
+    Inaccessible,
+}
+
+/// A libvirt storage pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSpec {
+    /// Name.
+    pub name: String,
+    /// UUID string.
+    pub uuid: String,
+    /// libvirt pool type (`dir`, `fs`, `netfs`, `logical`, `disk`, `iscsi`, `rbd`, ...).
+    pub pool_type: String,
+    /// Run state.
+    pub state: PoolRunState,
+    /// Bytes.
+    pub capacity: u64,
+    /// Bytes.
+    pub allocation: u64,
+    /// Bytes.
+    pub available: u64,
+    /// Target path (`<target><path>`), empty for rbd.
+    pub target_path: String,
+    /// Source host names (netfs, iscsi, rbd monitors).
+    pub source_hosts: Vec<CephHost>,
+    /// Source directory (netfs export), device paths (disk/fs) or name (rbd pool, VG).
+    pub source_dir: String,
+    /// Source device paths.
+    pub source_devices: Vec<String>,
+    /// Source name (rbd pool, volume group).
+    pub source_name: String,
+    /// cephx auth of an rbd pool.
+    pub auth: Option<CephAuth>,
+}
+
+impl PoolSpec {
+    /// How a disk on this pool's volumes is addressed; `None` for pool types volmig
+    /// cannot migrate to.
+    pub fn disk_kind(&self) -> Option<DiskKind> {
+        match self.pool_type.as_str() {
+            "dir" | "fs" | "netfs" => Some(DiskKind::File),
+            "logical" | "disk" | "iscsi" | "iscsi-direct" | "scsi" | "mpath" => {
+                Some(DiskKind::Block)
+            }
+            "rbd" => Some(DiskKind::Network),
+            _ => None,
+        }
+    }
+
+    /// Whether other hosts can reach the same storage.
+    pub fn shared(&self) -> bool {
+        matches!(
+            self.pool_type.as_str(),
+            "netfs" | "rbd" | "iscsi" | "iscsi-direct"
+        )
+    }
+}
+
+/// A storage volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    /// Pool name.
+    pub pool: String,
+    /// Volume name.
+    pub name: String,
+    /// Path (file/block) or `pool/image` (rbd).
+    pub path: String,
+    /// Virtual size, bytes.
+    pub capacity: u64,
+    /// Bytes used on the storage.
+    pub allocation: u64,
+    /// Format libvirt reports (`raw`, `qcow2`, ...).
+    pub format: Option<String>,
+}
+
+/// A volume to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVolume {
+    /// Volume name (validated by the caller).
+    pub name: String,
+    /// Exact virtual size, bytes.
+    pub capacity: u64,
+    /// Format; file pools honour it, block and rbd pools are raw.
+    pub format: ImageFormat,
+}
+
+/// A block job as libvirt reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockJob {
+    /// Bytes copied (QEMU's cursor).
+    pub cur: u64,
+    /// Bytes to copy; grows while the guest writes.
+    pub end: u64,
+    /// Bandwidth limit in bytes/s, 0 for none.
+    pub bandwidth: u64,
+    /// The job is a copy job (as opposed to pull/commit).
+    pub is_copy: bool,
+}
+
+/// Options of a block copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CopyOptions {
+    /// Bytes per second, 0 = unlimited.
+    pub bandwidth: u64,
+    /// Mirror guest writes synchronously (guarantees convergence).
+    pub synchronous_writes: bool,
+    /// Copy only the top image, keeping the backing chain.
+    pub shallow: bool,
+}
+
+/// Which definition of a domain to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Definition {
+    /// What runs now.
+    Live,
+    /// What the domain boots from next time.
+    Persistent,
+}
+
+/// Versions and identity of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// Host name as libvirt reports it.
+    pub hostname: String,
+    /// libvirt library version, `major.minor.micro`.
+    pub libvirt_version: String,
+    /// Hypervisor (QEMU) version.
+    pub hypervisor_version: String,
+    /// Connection URI.
+    pub uri: String,
+}
+
+/// Errors from the hypervisor, classified by what the caller can do about them.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum HvError {
+    /// No such domain.
+    #[error("domain '{0}' not found")]
+    NoDomain(String),
+    /// No such disk in the domain.
+    #[error("domain '{domain}' has no disk '{disk}'")]
+    NoDisk {
+        /// Domain name.
+        domain: String,
+        /// Disk target or path asked for.
+        disk: String,
+    },
+    /// No such storage pool.
+    #[error("storage pool '{0}' not found")]
+    NoPool(String),
+    /// No such volume.
+    #[error("storage volume '{0}' not found")]
+    NoVolume(String),
+    /// A volume of that name exists already.
+    #[error("storage volume '{0}' already exists")]
+    VolumeExists(String),
+    /// libvirtd cannot be reached or the connection broke.
+    #[error("libvirt at {uri} is unreachable: {message}")]
+    Unreachable {
+        /// Connection URI.
+        uri: String,
+        /// libvirt's message.
+        message: String,
+    },
+    /// The object is not in a state that allows the operation (e.g. domain not running,
+    /// no block job, a block job already running).
+    #[error("{0}")]
+    InvalidState(String),
+    /// An argument libvirt cannot take (e.g. a NUL byte in a name).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Out of space.
+    #[error("no space: {0}")]
+    NoSpace(String),
+    /// The operation is not supported by this host or driver.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// libvirt returned XML volmig could not understand.
+    #[error("cannot parse libvirt XML: {0}")]
+    BadXml(String),
+    /// Any other libvirt failure.
+    #[error("libvirt {op} failed: {message} (libvirt error code {code})")]
+    Failed {
+        /// The libvirt call.
+        op: &'static str,
+        /// libvirt error number.
+        code: i32,
+        /// libvirt's message.
+        message: String,
+    },
+}
+
+/// The host operations the migration engine uses.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Versions and host name.
+    fn host_info(&self) -> Result<HostInfo, HvError>;
+    /// Looks a domain up by name or UUID.
+    fn domain(&self, name_or_uuid: &str) -> Result<DomainState, HvError>;
+    /// The domain XML.
+    fn domain_xml(&self, domain: &str, which: Definition) -> Result<String, HvError>;
+    /// The disks of a definition.
+    fn disks(&self, domain: &str, which: Definition) -> Result<Vec<DiskSpec>, HvError>;
+    /// All storage pools.
+    fn pools(&self) -> Result<Vec<PoolSpec>, HvError>;
+    /// One storage pool, refreshed.
+    fn pool(&self, name: &str) -> Result<PoolSpec, HvError>;
+    /// The volume at a path (file/block) or `pool/image` (rbd), if a pool knows it.
+    fn volume_by_path(&self, path: &str) -> Result<Option<VolumeSpec>, HvError>;
+    /// A volume by pool and name.
+    fn volume(&self, pool: &str, name: &str) -> Result<VolumeSpec, HvError>;
+    /// Creates a volume through the storage pool API.
+    fn create_volume(&self, pool: &str, volume: &NewVolume) -> Result<VolumeSpec, HvError>;
+    /// Deletes a volume.
+    fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError>;
+    /// Starts a block copy of `disk` to `dest` (which must already exist).
+    fn block_copy(
+        &self,
+        domain: &str,
+        disk: &str,
+        dest: &DiskSource,
+        format: ImageFormat,
+        options: CopyOptions,
+    ) -> Result<(), HvError>;
+    /// The block job on `disk`, if any.
+    fn block_job(&self, domain: &str, disk: &str) -> Result<Option<BlockJob>, HvError>;
+    /// Ends the block job: switch to the copy (`pivot`) or drop it.
+    fn block_job_abort(&self, domain: &str, disk: &str, pivot: bool) -> Result<(), HvError>;
+    /// Changes the block job's bandwidth (bytes/s, 0 = unlimited).
+    fn block_job_set_speed(&self, domain: &str, disk: &str, bandwidth: u64) -> Result<(), HvError>;
+    /// Rewrites the persistent definition of `disk` to use `source`.
+    fn update_persistent_disk(
+        &self,
+        domain: &str,
+        disk: &str,
+        source: &DiskSource,
+        format: ImageFormat,
+    ) -> Result<(), HvError>;
+    /// The virtual size of a running disk as QEMU sees it.
+    fn disk_capacity(&self, domain: &str, disk: &str) -> Result<u64, HvError>;
+}

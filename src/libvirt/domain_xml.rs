@@ -1,0 +1,322 @@
+//! Reading disks out of domain XML and writing `<disk>` elements for block copy
+//! and for repairing a persistent definition.
+//!
+//! Every element is built through [`Element`], so values from requests, pools or
+//! the domain itself are escaped on the way out.
+
+use super::xml_tree::{self, Element};
+use crate::hypervisor::{CephAuth, CephHost, DiskSource, DiskSpec, ImageFormat, MirrorState};
+
+/// Parses every `<disk>` under `<devices>`.
+pub fn parse_disks(domain_xml: &str) -> Result<Vec<DiskSpec>, String> {
+    let root = xml_tree::parse(domain_xml)?;
+    let Some(devices) = root.child("devices") else {
+        return Ok(Vec::new());
+    };
+    Ok(devices
+        .children_named("disk")
+        .filter_map(disk_spec)
+        .collect())
+}
+
+/// The `<disk>` element for `target`, as written in the document.
+pub fn find_disk(domain_xml: &str, target: &str) -> Result<Option<Element>, String> {
+    let root = xml_tree::parse(domain_xml)?;
+    Ok(root.child("devices").and_then(|devices| {
+        devices
+            .children_named("disk")
+            .find(|d| d.find(&["target"]).and_then(|t| t.attr("dev")) == Some(target))
+            .cloned()
+    }))
+}
+
+fn disk_spec(disk: &Element) -> Option<DiskSpec> {
+    let target = disk.find(&["target"])?.attr("dev")?.to_string();
+    let mut backing_depth = 0;
+    let mut node = disk.child("backingStore");
+    while let Some(bs) = node {
+        if bs.child("source").is_none() {
+            break;
+        }
+        backing_depth += 1;
+        node = bs.child("backingStore");
+    }
+    let mirror = disk.child("mirror").map(|m| MirrorState {
+        source: source_of(m),
+        ready: matches!(m.attr("ready"), Some("yes") | Some("pivot") | Some("abort")),
+    });
+    Some(DiskSpec {
+        target,
+        device: disk.attr("device").unwrap_or("disk").to_string(),
+        format: disk
+            .child("driver")
+            .and_then(|d| d.attr("type"))
+            .map(str::to_string),
+        source: source_of(disk),
+        backing_depth,
+        read_only: disk.child("readonly").is_some(),
+        shareable: disk.child("shareable").is_some(),
+        mirror,
+    })
+}
+
+/// The source of a `<disk>` or `<mirror>` element.
+fn source_of(el: &Element) -> Option<DiskSource> {
+    let source = el.child("source")?;
+    match el.attr("type")? {
+        "file" => Some(DiskSource::File {
+            path: source.attr("file")?.to_string(),
+        }),
+        "block" => Some(DiskSource::Block {
+            path: source.attr("dev")?.to_string(),
+            slice_size: source
+                .find(&["slices", "slice"])
+                .filter(|s| s.attr("type") == Some("storage"))
+                .and_then(|s| s.attr("size"))
+                .and_then(|s| s.parse().ok()),
+        }),
+        "network" if source.attr("protocol") == Some("rbd") => {
+            let name = source.attr("name")?;
+            let (pool, image) = name.split_once('/')?;
+            let hosts = source
+                .children_named("host")
+                .filter_map(|h| {
+                    Some(CephHost {
+                        name: h.attr("name")?.to_string(),
+                        port: h.attr("port").and_then(|p| p.parse().ok()),
+                    })
+                })
+                .collect();
+            let auth = source
+                .child("auth")
+                .or_else(|| el.child("auth"))
+                .and_then(|a| {
+                    Some(CephAuth {
+                        username: a.attr("username")?.to_string(),
+                        secret_uuid: a.child("secret")?.attr("uuid")?.to_string(),
+                    })
+                });
+            Some(DiskSource::Rbd {
+                pool: pool.to_string(),
+                image: image.to_string(),
+                hosts,
+                auth,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The `type` attribute a `<disk>` with this source needs.
+fn disk_type(source: &DiskSource) -> &'static str {
+    match source {
+        DiskSource::File { .. } => "file",
+        DiskSource::Block { .. } => "block",
+        DiskSource::Rbd { .. } => "network",
+    }
+}
+
+/// The `<source>` element for a disk source.
+pub fn source_element(source: &DiskSource) -> Element {
+    match source {
+        DiskSource::File { path } => Element::new("source").with_attr("file", path.as_str()),
+        DiskSource::Block { path, slice_size } => {
+            let el = Element::new("source").with_attr("dev", path.as_str());
+            match slice_size {
+                Some(size) => el.with_child(
+                    Element::new("slices").with_child(
+                        Element::new("slice")
+                            .with_attr("type", "storage")
+                            .with_attr("offset", "0")
+                            .with_attr("size", size.to_string()),
+                    ),
+                ),
+                None => el,
+            }
+        }
+        DiskSource::Rbd {
+            pool,
+            image,
+            hosts,
+            auth,
+        } => {
+            let mut el = Element::new("source")
+                .with_attr("protocol", "rbd")
+                .with_attr("name", format!("{pool}/{image}"));
+            for host in hosts {
+                let mut h = Element::new("host").with_attr("name", host.name.as_str());
+                if let Some(port) = host.port {
+                    h.set_attr("port", port.to_string());
+                }
+                el.children.push(h);
+            }
+            if let Some(auth) = auth {
+                el.children.push(
+                    Element::new("auth")
+                        .with_attr("username", auth.username.as_str())
+                        .with_child(
+                            Element::new("secret")
+                                .with_attr("type", "ceph")
+                                .with_attr("uuid", auth.secret_uuid.as_str()),
+                        ),
+                );
+            }
+            el
+        }
+    }
+}
+
+/// The destination `<disk>` document passed to virDomainBlockCopy.
+pub fn copy_destination_xml(source: &DiskSource, format: ImageFormat) -> String {
+    Element::new("disk")
+        .with_attr("type", disk_type(source))
+        .with_child(source_element(source))
+        .with_child(Element::new("driver").with_attr("type", format.as_str()))
+        .to_xml()
+}
+
+/// Rewrites a persistent `<disk>` so it points at `source`, keeping everything
+/// else (target, bus, address, cache settings) as it was. The backing chain is
+/// dropped because the destination was flattened.
+pub fn retarget_disk(mut disk: Element, source: &DiskSource, format: ImageFormat) -> Element {
+    disk.set_attr("type", disk_type(source));
+    disk.replace_child(source_element(source));
+    disk.remove_children("backingStore");
+    disk.remove_children("mirror");
+    // An rbd disk may carry <auth> beside <source> (older syntax); the new source
+    // carries its own, so a stale one must not survive.
+    disk.remove_children("auth");
+    match disk.child_mut("driver") {
+        Some(driver) => driver.set_attr("type", format.as_str()),
+        None => disk.children.insert(
+            0,
+            Element::new("driver")
+                .with_attr("name", "qemu")
+                .with_attr("type", format.as_str()),
+        ),
+    }
+    disk
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOMAIN: &str = r#"<domain type='qemu'><name>g</name><devices>
+      <disk type='file' device='disk'>
+        <driver name='qemu' type='qcow2'/>
+        <source file='/pools/a/root.qcow2'/>
+        <backingStore type='file'><format type='qcow2'/><source file='/pools/a/tmpl.qcow2'/><backingStore/></backingStore>
+        <target dev='vda' bus='virtio'/>
+        <mirror type='block' job='copy' ready='yes'><format type='raw'/><source dev='/dev/loop0p1'/></mirror>
+      </disk>
+      <disk type='network' device='disk'>
+        <driver name='qemu' type='raw'/>
+        <source protocol='rbd' name='volmig/img'><host name='127.0.0.1' port='6789'/><auth username='libvirt'><secret type='ceph' uuid='u-1'/></auth></source>
+        <target dev='vdb' bus='virtio'/><shareable/>
+      </disk>
+      <disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/></disk>
+    </devices></domain>"#;
+
+    #[test]
+    fn parses_file_rbd_and_empty_cdrom() {
+        let disks = parse_disks(DOMAIN).expect("parse");
+        assert_eq!(disks.len(), 3);
+        let vda = &disks[0];
+        assert_eq!(vda.target, "vda");
+        assert_eq!(vda.format.as_deref(), Some("qcow2"));
+        assert_eq!(vda.backing_depth, 1);
+        let mirror = vda.mirror.as_ref().expect("mirror");
+        assert!(mirror.ready);
+        assert_eq!(
+            mirror.source,
+            Some(DiskSource::Block {
+                path: "/dev/loop0p1".into(),
+                slice_size: None
+            })
+        );
+        let vdb = &disks[1];
+        assert!(vdb.shareable);
+        assert_eq!(
+            vdb.source,
+            Some(DiskSource::Rbd {
+                pool: "volmig".into(),
+                image: "img".into(),
+                hosts: vec![CephHost {
+                    name: "127.0.0.1".into(),
+                    port: Some(6789)
+                }],
+                auth: Some(CephAuth {
+                    username: "libvirt".into(),
+                    secret_uuid: "u-1".into()
+                }),
+            })
+        );
+        assert_eq!(disks[2].device, "cdrom");
+        assert!(disks[2].read_only);
+        assert_eq!(disks[2].source, None);
+    }
+
+    #[test]
+    fn block_destination_has_exact_slice() {
+        let xml = copy_destination_xml(
+            &DiskSource::Block {
+                path: "/dev/loop3p1".into(),
+                slice_size: Some(268_435_456),
+            },
+            ImageFormat::Raw,
+        );
+        let el = xml_tree::parse(&xml).expect("parse");
+        assert_eq!(el.attr("type"), Some("block"));
+        let slice = el.find(&["source", "slices", "slice"]).expect("slice");
+        assert_eq!(slice.attr("size"), Some("268435456"));
+        assert_eq!(slice.attr("offset"), Some("0"));
+    }
+
+    #[test]
+    fn retarget_keeps_target_and_drops_chain() {
+        let disk = find_disk(DOMAIN, "vda").expect("parse").expect("vda");
+        let dest = DiskSource::File {
+            path: "/pools/b/root.qcow2".into(),
+        };
+        let new = retarget_disk(disk, &dest, ImageFormat::Qcow2);
+        let xml = new.to_xml();
+        let spec = parse_disks(&format!("<domain><devices>{xml}</devices></domain>"))
+            .expect("parse")
+            .remove(0);
+        assert_eq!(spec.source, Some(dest));
+        assert_eq!(spec.backing_depth, 0);
+        assert_eq!(spec.mirror, None);
+        assert_eq!(
+            new.find(&["target"]).and_then(|t| t.attr("bus")),
+            Some("virtio")
+        );
+    }
+
+    #[test]
+    fn hostile_paths_stay_inside_their_attribute() {
+        for evil in [
+            "/x'/><source file='/etc/shadow",
+            "/x\"/><a b=\"",
+            "/x&amp;<>",
+            "]]><!--",
+        ] {
+            let src = DiskSource::File { path: evil.into() };
+            let xml = copy_destination_xml(&src, ImageFormat::Raw);
+            let spec = parse_disks(&format!(
+                "<domain><devices>{}</devices></domain>",
+                xml_with_target(&xml)
+            ))
+            .expect("parse")
+            .remove(0);
+            assert_eq!(spec.source, Some(src), "{xml}");
+        }
+    }
+
+    fn xml_with_target(disk_xml: &str) -> String {
+        let mut el = xml_tree::parse(disk_xml).expect("parse");
+        el.children
+            .push(Element::new("target").with_attr("dev", "vda"));
+        el.to_xml()
+    }
+}

@@ -1,0 +1,372 @@
+//! The libvirt boundary: the only module that imports `virt`.
+//!
+//! [`LibvirtHost`] implements [`Hypervisor`] over one cached connection to
+//! libvirtd. A call that finds the connection gone (libvirtd restarted) opens a
+//! new one and is retried once, so a libvirtd restart mid-migration is survived.
+//! All methods block; async callers use `spawn_blocking`.
+
+mod blockjob;
+pub mod domain_xml;
+mod error;
+pub mod pool_xml;
+pub mod xml_tree;
+
+use std::sync::{Arc, Mutex};
+
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use virt::sys;
+
+use crate::hypervisor::{
+    BlockJob, CopyOptions, Definition, DiskSource, DiskSpec, DomainState, HostInfo, HvError,
+    Hypervisor, ImageFormat, NewVolume, PoolRunState, PoolSpec, VolumeSpec,
+};
+use blockjob::CallError;
+
+/// The default libvirt URI for a node.
+pub const DEFAULT_URI: &str = "qemu:///system";
+
+/// A libvirt host reached through one URI.
+pub struct LibvirtHost {
+    uri: String,
+    conn: Mutex<Option<Arc<Connect>>>,
+}
+
+impl LibvirtHost {
+    /// A host for `uri`; connects lazily on first use.
+    pub fn new(uri: impl Into<String>) -> Self {
+        // libvirt's default error callback prints every error to stderr, including
+        // the expected "no block job" ones; errors are reported through results instead.
+        virt::error::clear_error_callback();
+        LibvirtHost {
+            uri: uri.into(),
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// The connection URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn connection(&self) -> Result<Arc<Connect>, HvError> {
+        let mut slot = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = Connect::open(Some(&self.uri)).map_err(|e| HvError::Unreachable {
+            uri: self.uri.clone(),
+            message: e.message().to_string(),
+        })?;
+        let conn = Arc::new(conn);
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn forget_connection(&self) {
+        let mut slot = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        *slot = None;
+    }
+
+    /// Runs `f` on the connection, reconnecting once if libvirtd went away.
+    fn call<T>(
+        &self,
+        op: &'static str,
+        subject: &str,
+        f: impl Fn(&Connect) -> Result<T, CallError>,
+    ) -> Result<T, HvError> {
+        let mut retried = false;
+        loop {
+            let conn = self.connection()?;
+            match f(&conn) {
+                Ok(v) => return Ok(v),
+                Err(CallError::Libvirt(e)) if !retried && error::is_connection_lost(&e) => {
+                    tracing::warn!(uri = %self.uri, op, "libvirt connection lost, reconnecting");
+                    self.forget_connection();
+                    retried = true;
+                }
+                Err(CallError::Libvirt(e)) => {
+                    return Err(error::classify(op, subject, &self.uri, e));
+                }
+                Err(CallError::BadXml(e)) => return Err(HvError::BadXml(e)),
+                Err(CallError::Nul(s)) => {
+                    return Err(HvError::InvalidArgument(format!(
+                        "'{s}' contains a NUL byte"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+fn lookup_domain(conn: &Connect, name_or_uuid: &str) -> Result<Domain, CallError> {
+    if looks_like_uuid(name_or_uuid) {
+        if let Ok(dom) = conn.lookup_domain_by_uuid_string(name_or_uuid) {
+            return Ok(dom);
+        }
+    }
+    Ok(conn.lookup_domain_by_name(name_or_uuid)?)
+}
+
+fn looks_like_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.chars().enumerate().all(|(i, c)| {
+            matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
+        })
+}
+
+fn version_string(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
+}
+
+fn pool_state(raw: u32) -> PoolRunState {
+    match raw {
+        sys::VIR_STORAGE_POOL_BUILDING => PoolRunState::Building,
+        sys::VIR_STORAGE_POOL_RUNNING => PoolRunState::Running,
+        sys::VIR_STORAGE_POOL_DEGRADED => PoolRunState::Degraded,
+        sys::VIR_STORAGE_POOL_INACCESSIBLE => PoolRunState::Inaccessible,
+        _ => PoolRunState::Inactive,
+    }
+}
+
+fn bad_xml(e: String) -> CallError {
+    CallError::BadXml(e)
+}
+
+fn pool_spec(pool: &StoragePool) -> Result<PoolSpec, CallError> {
+    let info = pool.info()?;
+    let xml = pool_xml::parse_pool(&pool.xml_desc(0)?).map_err(bad_xml)?;
+    Ok(PoolSpec {
+        name: pool.name()?,
+        uuid: pool.uuid_string()?,
+        pool_type: xml.pool_type,
+        state: pool_state(info.state),
+        capacity: info.capacity,
+        allocation: info.allocation,
+        available: info.available,
+        target_path: xml.target_path,
+        source_hosts: xml.hosts,
+        source_dir: xml.source_dir,
+        source_devices: xml.devices,
+        source_name: xml.source_name,
+        auth: xml.auth,
+    })
+}
+
+fn volume_spec(vol: &StorageVol) -> Result<VolumeSpec, CallError> {
+    let info = vol.info()?;
+    let pool = vol.lookup_storage_pool()?;
+    Ok(VolumeSpec {
+        pool: pool.name()?,
+        name: vol.name()?,
+        path: vol.path()?,
+        capacity: info.capacity,
+        allocation: info.allocation,
+        format: pool_xml::parse_volume_format(&vol.xml_desc(0)?).map_err(bad_xml)?,
+    })
+}
+
+fn refresh_active_pools(conn: &Connect) -> Result<(), CallError> {
+    for pool in conn.list_all_storage_pools(sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)? {
+        // A pool that fails to refresh (e.g. an unreachable NFS server) must not
+        // hide volumes of the others.
+        let _ = pool.refresh(0);
+    }
+    Ok(())
+}
+
+impl Hypervisor for LibvirtHost {
+    fn host_info(&self) -> Result<HostInfo, HvError> {
+        self.call("virConnectGetVersion", &self.uri, |c| {
+            Ok(HostInfo {
+                hostname: c.hostname()?,
+                libvirt_version: version_string(c.lib_version()?),
+                hypervisor_version: version_string(c.hyp_version()?),
+                uri: self.uri.clone(),
+            })
+        })
+    }
+
+    fn domain(&self, name_or_uuid: &str) -> Result<DomainState, HvError> {
+        self.call("virDomainLookupByName", name_or_uuid, |c| {
+            let dom = lookup_domain(c, name_or_uuid)?;
+            Ok(DomainState {
+                name: dom.name()?,
+                uuid: dom.uuid_string()?,
+                active: dom.is_active()?,
+                persistent: dom.is_persistent()?,
+                snapshots: blockjob::snapshot_and_checkpoint_count(&dom)?,
+            })
+        })
+    }
+
+    fn domain_xml(&self, domain: &str, which: Definition) -> Result<String, HvError> {
+        self.call("virDomainGetXMLDesc", domain, |c| {
+            let dom = lookup_domain(c, domain)?;
+            let flags = match which {
+                Definition::Live => 0,
+                Definition::Persistent => sys::VIR_DOMAIN_XML_INACTIVE,
+            };
+            Ok(dom.xml_desc(flags)?)
+        })
+    }
+
+    fn disks(&self, domain: &str, which: Definition) -> Result<Vec<DiskSpec>, HvError> {
+        let xml = self.domain_xml(domain, which)?;
+        domain_xml::parse_disks(&xml).map_err(HvError::BadXml)
+    }
+
+    fn pools(&self) -> Result<Vec<PoolSpec>, HvError> {
+        self.call("virConnectListAllStoragePools", &self.uri, |c| {
+            c.list_all_storage_pools(0)?.iter().map(pool_spec).collect()
+        })
+    }
+
+    fn pool(&self, name: &str) -> Result<PoolSpec, HvError> {
+        self.call("virStoragePoolLookupByName", name, |c| {
+            let pool = c.lookup_storage_pool_by_name(name)?;
+            if pool.is_active()? {
+                // Stale capacity numbers would defeat the space check.
+                let _ = pool.refresh(0);
+            }
+            pool_spec(&pool)
+        })
+    }
+
+    fn volume_by_path(&self, path: &str) -> Result<Option<VolumeSpec>, HvError> {
+        self.call("virStorageVolLookupByPath", path, |c| {
+            let found = match c.lookup_storage_vol_by_path(path) {
+                Ok(vol) => Some(vol),
+                Err(_) => {
+                    // A file created behind libvirt's back is unknown until its pool
+                    // is refreshed.
+                    refresh_active_pools(c)?;
+                    c.lookup_storage_vol_by_path(path).ok()
+                }
+            };
+            found.as_ref().map(volume_spec).transpose()
+        })
+    }
+
+    fn volume(&self, pool: &str, name: &str) -> Result<VolumeSpec, HvError> {
+        self.call(
+            "virStorageVolLookupByName",
+            &format!("{pool}/{name}"),
+            |c| {
+                let p = c.lookup_storage_pool_by_name(pool)?;
+                volume_spec(&p.lookup_storage_vol_by_name(name)?)
+            },
+        )
+    }
+
+    fn create_volume(&self, pool: &str, volume: &NewVolume) -> Result<VolumeSpec, HvError> {
+        self.call(
+            "virStorageVolCreateXML",
+            &format!("{pool}/{}", volume.name),
+            |c| {
+                let p = c.lookup_storage_pool_by_name(pool)?;
+                let pool_type = pool_xml::parse_pool(&p.xml_desc(0)?)
+                    .map_err(bad_xml)?
+                    .pool_type;
+                let xml = pool_xml::volume_xml(volume, &pool_type);
+                let vol = StorageVol::create_xml(&p, &xml, 0)?;
+                volume_spec(&vol)
+            },
+        )
+    }
+
+    fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {
+        self.call("virStorageVolDelete", &format!("{pool}/{name}"), |c| {
+            let p = c.lookup_storage_pool_by_name(pool)?;
+            p.lookup_storage_vol_by_name(name)?.delete(0)?;
+            Ok(())
+        })
+    }
+
+    fn block_copy(
+        &self,
+        domain: &str,
+        disk: &str,
+        dest: &DiskSource,
+        format: ImageFormat,
+        options: CopyOptions,
+    ) -> Result<(), HvError> {
+        let dest_xml = domain_xml::copy_destination_xml(dest, format);
+        self.call("virDomainBlockCopy", domain, |c| {
+            let dom = lookup_domain(c, domain)?;
+            blockjob::block_copy(&dom, disk, &dest_xml, options)
+        })
+    }
+
+    fn block_job(&self, domain: &str, disk: &str) -> Result<Option<BlockJob>, HvError> {
+        self.call("virDomainGetBlockJobInfo", domain, |c| {
+            blockjob::block_job_info(&lookup_domain(c, domain)?, disk)
+        })
+    }
+
+    fn block_job_abort(&self, domain: &str, disk: &str, pivot: bool) -> Result<(), HvError> {
+        self.call("virDomainBlockJobAbort", domain, |c| {
+            blockjob::block_job_abort(&lookup_domain(c, domain)?, disk, pivot)
+        })
+    }
+
+    fn block_job_set_speed(&self, domain: &str, disk: &str, bandwidth: u64) -> Result<(), HvError> {
+        self.call("virDomainBlockJobSetSpeed", domain, |c| {
+            blockjob::block_job_set_speed(&lookup_domain(c, domain)?, disk, bandwidth)
+        })
+    }
+
+    fn update_persistent_disk(
+        &self,
+        domain: &str,
+        disk: &str,
+        source: &DiskSource,
+        format: ImageFormat,
+    ) -> Result<(), HvError> {
+        let xml = self.domain_xml(domain, Definition::Persistent)?;
+        let current = domain_xml::find_disk(&xml, disk)
+            .map_err(HvError::BadXml)?
+            .ok_or_else(|| HvError::NoDisk {
+                domain: domain.to_string(),
+                disk: disk.to_string(),
+            })?;
+        let new_xml = domain_xml::retarget_disk(current, source, format).to_xml();
+        self.call("virDomainUpdateDeviceFlags", domain, |c| {
+            let dom = lookup_domain(c, domain)?;
+            dom.update_device_flags(&new_xml, sys::VIR_DOMAIN_AFFECT_CONFIG)?;
+            Ok(())
+        })
+    }
+
+    fn disk_capacity(&self, domain: &str, disk: &str) -> Result<u64, HvError> {
+        self.call("virDomainGetBlockInfo", domain, |c| {
+            Ok(lookup_domain(c, domain)?.block_info(disk, 0)?.capacity)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_uuids() {
+        assert!(looks_like_uuid("6f1c0e9a-1b2c-4d3e-8f90-0123456789ab"));
+        assert!(!looks_like_uuid("vm-6f1c0e9a-1b2c-4d3e-8f90-01234567"));
+        assert!(!looks_like_uuid("guest"));
+    }
+
+    #[test]
+    fn formats_libvirt_versions() {
+        assert_eq!(version_string(9_000_000), "9.0.0");
+        assert_eq!(version_string(7_002_022), "7.2.22");
+    }
+}
