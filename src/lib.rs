@@ -6,6 +6,7 @@
 
 pub mod hypervisor;
 pub mod libvirt;
+pub mod migration;
 
 pub mod proto {
     //! Generated gRPC types for `volmig.v1`.

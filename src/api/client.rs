@@ -1,0 +1,287 @@
+//! Opens gRPC channels to volmig services, and words transport and status
+//! errors for an operator.
+//!
+//! Endpoints are `unix:///abs/path.sock` (a node on the same host),
+//! `http://host:port` or `https://host:port`. The connection is made eagerly so
+//! that a wrong address or a service that is not running is reported at once,
+//! with a hint, rather than on the first call.
+
+use std::error::Error as _;
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long to wait for a TCP connection before reporting the peer unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Migration streams can be silent for a while (pivot, verify); HTTP/2 pings
+/// notice a peer that died meanwhile instead of waiting forever.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which volmig service an endpoint is expected to serve; it only shapes the
+/// messages, so the operator is told which service to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// `volmig node`, the per-host service.
+    Node,
+    /// `volmig controller`, the cluster-wide service.
+    Controller,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Peer::Node => "node",
+            Peer::Controller => "controller",
+        })
+    }
+}
+
+/// Why a channel to a volmig service could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint is not one of the accepted forms.
+    #[error("invalid {peer} endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The service the endpoint was meant for.
+        peer: Peer,
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The service did not accept a connection.
+    #[error("cannot connect to {peer} at {endpoint}: {cause}{}", connect_hint(*peer, *kind))]
+    Connect {
+        /// The service that was expected there.
+        peer: Peer,
+        /// The endpoint as given.
+        endpoint: String,
+        /// The innermost cause, e.g. "No such file or directory".
+        cause: String,
+        /// The I/O error kind of that cause, when it was an I/O error; chooses the hint.
+        kind: Option<io::ErrorKind>,
+    },
+    /// `https://` needs tonic's TLS support, which this build does not have.
+    #[error("cannot connect to {peer} at {endpoint}: this build has no TLS support; use a unix:// or http:// endpoint")]
+    TlsUnsupported {
+        /// The service the endpoint was meant for.
+        peer: Peer,
+        /// The endpoint as given.
+        endpoint: String,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code that best describes this error, so the CLI can report
+    /// local and remote failures in the same `CODE: message` form.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            ClientError::InvalidEndpoint { .. } => tonic::Code::InvalidArgument,
+            ClientError::Connect { .. } => tonic::Code::Unavailable,
+            ClientError::TlsUnsupported { .. } => tonic::Code::Unimplemented,
+        }
+    }
+}
+
+fn connect_hint(peer: Peer, kind: Option<io::ErrorKind>) -> String {
+    match kind {
+        Some(io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) | None => {
+            format!(" — is `volmig {peer}` running?")
+        }
+        Some(io::ErrorKind::PermissionDenied) => {
+            " — run as root or as a member of the socket's group".to_string()
+        }
+        Some(_) => String::new(),
+    }
+}
+
+/// Opens a channel to a volmig node (the controller uses this to reach its
+/// nodes). See [`connect_to`].
+pub async fn connect(endpoint: &str) -> Result<Channel, ClientError> {
+    connect_to(Peer::Node, endpoint).await
+}
+
+/// Opens a channel to the volmig `peer` at `endpoint`: `unix:///abs/path.sock`,
+/// `http://host:port` or `https://host:port` (the last is refused until TLS is
+/// built in).
+pub async fn connect_to(peer: Peer, endpoint: &str) -> Result<Channel, ClientError> {
+    let invalid = |reason: &str| ClientError::InvalidEndpoint {
+        peer,
+        endpoint: endpoint.to_string(),
+        reason: reason.to_string(),
+    };
+    let connect_failed = |err: tonic::transport::Error| {
+        let (cause, kind) = root_cause(&err);
+        ClientError::Connect {
+            peer,
+            endpoint: endpoint.to_string(),
+            cause,
+            kind,
+        }
+    };
+
+    if let Some(path) = endpoint.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err(invalid("a unix socket endpoint needs an absolute path: unix:///path/to.sock"));
+        }
+        let path = path.to_string();
+        // The URI is never dialled; tonic needs one for the :authority header.
+        let channel = configure(Endpoint::from_static("http://[::]:50051"))
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                }
+            }))
+            .await
+            .map_err(connect_failed)?;
+        return Ok(channel);
+    }
+    if endpoint.starts_with("https://") {
+        return Err(ClientError::TlsUnsupported {
+            peer,
+            endpoint: endpoint.to_string(),
+        });
+    }
+    if !endpoint.starts_with("http://") {
+        return Err(invalid(
+            "expected unix:///path/to.sock, http://host:port or https://host:port",
+        ));
+    }
+    let parsed = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|_| invalid("not a valid URI"))?;
+    configure(parsed)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(connect_failed)
+}
+
+fn configure(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+}
+
+/// The innermost error of a transport failure, which is the one an operator can
+/// act on ("Connection refused"), without the "(os error N)" suffix.
+fn root_cause(err: &tonic::transport::Error) -> (String, Option<io::ErrorKind>) {
+    let mut inner: &dyn std::error::Error = err;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    match inner.downcast_ref::<io::Error>() {
+        Some(io_err) => {
+            let text = io_err.to_string();
+            let text = match io_err.raw_os_error() {
+                Some(errno) => text
+                    .strip_suffix(&format!(" (os error {errno})"))
+                    .map(str::to_string)
+                    .unwrap_or(text),
+                None => text,
+            };
+            (text, Some(io_err.kind()))
+        }
+        None => (inner.to_string(), None),
+    }
+}
+
+/// The canonical name of a gRPC code, as in google.rpc.Code ("NOT_FOUND").
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A status as an operator reads it: `CODE: message`, with tonic's description
+/// of the code when the server sent no message.
+pub fn status_message(status: &tonic::Status) -> String {
+    let message = if status.message().is_empty() {
+        status.code().description()
+    } else {
+        status.message()
+    };
+    format!("{}: {}", code_name(status.code()), message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_message_names_the_code() {
+        let status = tonic::Status::not_found("domain vm1 not found");
+        assert_eq!(status_message(&status), "NOT_FOUND: domain vm1 not found");
+    }
+
+    #[test]
+    fn status_message_without_text_uses_the_code_description() {
+        let status = tonic::Status::new(tonic::Code::Unavailable, "");
+        assert_eq!(
+            status_message(&status),
+            "UNAVAILABLE: The service is currently unavailable"
+        );
+    }
+
+    #[test]
+    fn code_name_round_trips_every_google_rpc_code() {
+        assert_eq!(code_name(tonic::Code::from_i32(9)), "FAILED_PRECONDITION");
+        assert_eq!(code_name(tonic::Code::from_i32(16)), "UNAUTHENTICATED");
+    }
+
+    #[tokio::test]
+    async fn missing_unix_socket_says_which_service_to_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let endpoint = format!("unix://{}/node.sock", dir.path().display());
+        let err = connect(&endpoint).await.expect_err("no socket there");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot connect to node at {endpoint}: No such file or directory — is `volmig node` running?"
+            )
+        );
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn relative_unix_path_is_invalid() {
+        let err = connect_to(Peer::Controller, "unix://run/x.sock")
+            .await
+            .expect_err("relative path");
+        assert!(matches!(err, ClientError::InvalidEndpoint { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn https_is_refused_until_tls_is_built_in() {
+        let err = connect("https://node1:7400").await.expect_err("no tls");
+        assert!(matches!(err, ClientError::TlsUnsupported { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unknown_scheme_is_invalid() {
+        let err = connect("node1:7400").await.expect_err("no scheme");
+        assert!(matches!(err, ClientError::InvalidEndpoint { .. }), "{err}");
+    }
+}

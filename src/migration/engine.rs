@@ -1,0 +1,660 @@
+//! The node's migration engine: accepts requests, owns one task per disk
+//! migration, and lets any number of watchers follow each one.
+//!
+//! Invariants: at most one active migration per (domain UUID, disk target); at
+//! most `max_concurrent` active migrations; every phase change is journaled
+//! before it is published; every subscription ends with exactly one terminal event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::hypervisor::{Definition, DiskSpec, HostInfo, HvError, Hypervisor, PoolSpec};
+use crate::migration::error::Error;
+use crate::migration::journal::{Journal, Plan, Record};
+use crate::migration::model::{now_ms, Event, MigrationRequest, Phase, Progress};
+use crate::migration::{job, plan, recovery, validate};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This node's id, stamped on every event.
+    pub node_id: String,
+    /// Most migrations running at once.
+    pub max_concurrent: usize,
+    /// How often the block job is polled.
+    pub poll_interval: Duration,
+    /// How often progress is published while copying.
+    pub progress_interval: Duration,
+    /// How long libvirtd may be unreachable during a migration before it fails.
+    pub libvirt_grace: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            node_id: "node".to_string(),
+            max_concurrent: 4,
+            poll_interval: Duration::from_millis(250),
+            progress_interval: Duration::from_secs(1),
+            libvirt_grace: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Why a job's token was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    Cancelled,
+    TimedOut(u64),
+}
+
+pub(crate) struct JobState {
+    pub record: Record,
+    pub seq: u64,
+    pub stop: Option<StopReason>,
+}
+
+/// One migration: its record, its event channel and its cancel switch.
+pub(crate) struct Job {
+    pub id: String,
+    pub state: Mutex<JobState>,
+    pub events: broadcast::Sender<(u64, Event)>,
+    pub cancel: CancellationToken,
+}
+
+impl Job {
+    fn new(record: Record) -> Arc<Job> {
+        let (events, _) = broadcast::channel(256);
+        Arc::new(Job {
+            id: record.id.clone(),
+            state: Mutex::new(JobState {
+                record,
+                seq: 0,
+                stop: None,
+            }),
+            events,
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn latest(&self) -> Event {
+        self.lock().record.latest.clone()
+    }
+
+    pub fn record(&self) -> Record {
+        self.lock().record.clone()
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    by_id: HashMap<String, Arc<Job>>,
+    by_request: HashMap<String, String>,
+    /// Active migrations by (domain uuid, target): the per-disk lease.
+    by_disk: HashMap<(String, String), String>,
+}
+
+pub(crate) struct Inner {
+    pub hv: Arc<dyn Hypervisor>,
+    pub journal: Journal,
+    pub config: EngineConfig,
+    registry: Mutex<Registry>,
+}
+
+impl Inner {
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a blocking hypervisor call off the async runtime.
+    pub async fn hv<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Hypervisor) -> Result<T, HvError> + Send + 'static,
+    ) -> Result<T, HvError> {
+        let hv = self.hv.clone();
+        tokio::task::spawn_blocking(move || f(hv.as_ref()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(HvError::Failed {
+                    op: "spawn_blocking",
+                    code: -1,
+                    message: e.to_string(),
+                })
+            })
+    }
+
+    /// Journals then publishes a new latest event for the job.
+    pub async fn publish(&self, job: &Job, update: impl FnOnce(&mut Record)) -> Result<(), Error> {
+        let record = {
+            let mut st = job.lock();
+            update(&mut st.record);
+            st.record.latest.timestamp_ms = now_ms();
+            st.record.clone()
+        };
+        let journal = self.journal.clone();
+        let saved = record.clone();
+        tokio::task::spawn_blocking(move || journal.save(&saved))
+            .await
+            .map_err(|e| Error::Journal(e.to_string()))?
+            .map_err(Error::Journal)?;
+        self.announce(job);
+        Ok(())
+    }
+
+    /// Publishes the job's current latest event without journaling (progress).
+    pub fn announce(&self, job: &Job) {
+        let mut st = job.lock();
+        st.seq += 1;
+        let event = st.record.latest.clone();
+        // No receivers is normal (nobody watching); the record keeps the state.
+        let _ = job.events.send((st.seq, event));
+        if st.record.latest.phase.is_terminal() {
+            drop(st);
+            self.release(job);
+        }
+    }
+
+    fn release(&self, job: &Job) {
+        let mut reg = self.registry();
+        reg.by_disk.retain(|_, id| id != &job.id);
+    }
+}
+
+/// The migration engine of one node.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// A stream of one migration's events: its latest event first, then every later
+/// one, ending after the terminal event.
+pub struct Subscription {
+    job: Arc<Job>,
+    first: Option<(u64, Event)>,
+    rx: broadcast::Receiver<(u64, Event)>,
+    last_seq: u64,
+    done: bool,
+}
+
+impl Subscription {
+    fn new(job: Arc<Job>) -> Self {
+        let st = job.lock();
+        let rx = job.events.subscribe();
+        let first = Some((st.seq, st.record.latest.clone()));
+        drop(st);
+        Subscription {
+            job,
+            first,
+            rx,
+            last_seq: 0,
+            done: false,
+        }
+    }
+
+    /// The migration id.
+    pub fn migration_id(&self) -> &str {
+        &self.job.id
+    }
+
+    /// The next event; `None` after the terminal one.
+    pub async fn next(&mut self) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        let (seq, event) = match self.first.take() {
+            Some(first) => first,
+            None => loop {
+                match self.rx.recv().await {
+                    Ok((seq, event)) if seq > self.last_seq => break (seq, event),
+                    Ok(_) => continue,
+                    // A slow watcher skips to the latest state rather than
+                    // stalling the job; phase changes it missed are in the record.
+                    Err(broadcast::error::RecvError::Lagged(_))
+                    | Err(broadcast::error::RecvError::Closed) => {
+                        let st = self.job.lock();
+                        let latest = (st.seq, st.record.latest.clone());
+                        drop(st);
+                        if latest.0 > self.last_seq || latest.1.phase.is_terminal() {
+                            break latest;
+                        }
+                    }
+                }
+            },
+        };
+        self.last_seq = seq;
+        if event.phase.is_terminal() {
+            self.done = true;
+        }
+        Some(event)
+    }
+}
+
+/// A disk as `ListDisks` shows it.
+#[derive(Debug, Clone)]
+pub struct DiskView {
+    /// The disk from the live definition.
+    pub spec: DiskSpec,
+    /// Pool and volume of its source, when a pool holds it.
+    pub pool: Option<String>,
+    /// Volume name.
+    pub volume: Option<String>,
+    /// Virtual size, bytes (0 when unknown).
+    pub capacity: u64,
+    /// Allocated bytes (0 when unknown).
+    pub allocation: u64,
+    /// The migration moving it now.
+    pub migration_id: Option<String>,
+}
+
+/// A domain's disks.
+#[derive(Debug, Clone)]
+pub struct DomainDisks {
+    /// Domain name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// Running.
+    pub running: bool,
+    /// Disks.
+    pub disks: Vec<DiskView>,
+}
+
+/// Filter for [`Engine::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Domain name.
+    pub domain: Option<String>,
+    /// Latest phase in this set (empty: any).
+    pub phases: Vec<Phase>,
+    /// Started at or after (Unix ms).
+    pub started_after_ms: Option<u64>,
+    /// Started before (Unix ms).
+    pub started_before_ms: Option<u64>,
+    /// Not terminal.
+    pub active_only: bool,
+}
+
+impl Engine {
+    /// Opens the journal, reconciles unfinished migrations with the host and
+    /// resumes or cleans them up in the background.
+    pub async fn start(
+        hv: Arc<dyn Hypervisor>,
+        journal: Journal,
+        config: EngineConfig,
+    ) -> Result<Engine, Error> {
+        let inner = Arc::new(Inner {
+            hv,
+            journal,
+            config,
+            registry: Mutex::new(Registry::default()),
+        });
+        let journal = inner.journal.clone();
+        let records = tokio::task::spawn_blocking(move || journal.load_all())
+            .await
+            .map_err(|e| Error::Journal(e.to_string()))?
+            .map_err(Error::Journal)?;
+        let engine = Engine { inner };
+        for record in records {
+            let terminal = record.latest.phase.is_terminal();
+            let job = Job::new(record.clone());
+            {
+                let mut reg = engine.inner.registry();
+                reg.by_id.insert(job.id.clone(), job.clone());
+                if !record.request.request_id.is_empty() {
+                    reg.by_request
+                        .insert(record.request.request_id.clone(), job.id.clone());
+                }
+                if let (false, Some(plan)) = (terminal, &record.plan) {
+                    reg.by_disk.insert(
+                        (plan.domain_uuid.clone(), plan.target.clone()),
+                        job.id.clone(),
+                    );
+                }
+            }
+            if !terminal {
+                tracing::info!(migration_id = %job.id, phase = ?record.latest.phase, "reconciling unfinished migration");
+                tokio::spawn(recovery::reconcile(engine.inner.clone(), job));
+            }
+        }
+        Ok(engine)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    /// The concurrency limit.
+    pub fn max_concurrent(&self) -> usize {
+        self.inner.config.max_concurrent
+    }
+
+    /// Host versions.
+    pub async fn host_info(&self) -> Result<HostInfo, Error> {
+        self.inner
+            .hv(|hv| hv.host_info())
+            .await
+            .map_err(unavailable_or("reading host information"))
+    }
+
+    /// Storage pools.
+    pub async fn pools(&self) -> Result<Vec<PoolSpec>, Error> {
+        self.inner
+            .hv(|hv| hv.pools())
+            .await
+            .map_err(unavailable_or("listing storage pools"))
+    }
+
+    /// A domain's disks with their pools and migrations.
+    pub async fn disks(&self, domain: &str) -> Result<DomainDisks, Error> {
+        validate::object_name("domain", domain)?;
+        let name = domain.to_string();
+        let (state, specs, sizes) = self
+            .inner
+            .hv(move |hv| {
+                let state = hv.domain(&name)?;
+                let which = if state.active {
+                    Definition::Live
+                } else {
+                    Definition::Persistent
+                };
+                let specs = hv.disks(&state.name, which)?;
+                let mut sizes = Vec::new();
+                for spec in &specs {
+                    let vol = match &spec.source {
+                        Some(src) => hv.volume_by_path(&src.display_name()).ok().flatten(),
+                        None => None,
+                    };
+                    sizes.push(vol);
+                }
+                Ok((state, specs, sizes))
+            })
+            .await
+            .map_err(|e| match e {
+                HvError::NoDomain(_) => Error::DomainNotFound(domain.to_string()),
+                other => unavailable_or("reading disks")(other),
+            })?;
+        let reg = self.inner.registry();
+        let disks = specs
+            .into_iter()
+            .zip(sizes)
+            .map(|(spec, vol)| DiskView {
+                migration_id: reg
+                    .by_disk
+                    .get(&(state.uuid.clone(), spec.target.clone()))
+                    .cloned(),
+                pool: vol.as_ref().map(|v| v.pool.clone()),
+                volume: vol.as_ref().map(|v| v.name.clone()),
+                capacity: vol.as_ref().map(|v| v.capacity).unwrap_or(0),
+                allocation: vol.as_ref().map(|v| v.allocation).unwrap_or(0),
+                spec,
+            })
+            .collect();
+        Ok(DomainDisks {
+            name: state.name,
+            uuid: state.uuid,
+            running: state.active,
+            disks,
+        })
+    }
+
+    /// Starts a migration, or attaches to the one started with the same request id.
+    #[tracing::instrument(skip(self, req), err, fields(domain = %req.domain, disk = %req.disk, pool = %req.destination_pool))]
+    pub async fn migrate(&self, req: MigrationRequest) -> Result<Subscription, Error> {
+        validate::request_id(&req.request_id)?;
+        validate::object_name("domain", &req.domain)?;
+        validate::disk(&req.disk)?;
+        validate::object_name("destination_pool", &req.destination_pool)?;
+        if let Some(v) = &req.destination_volume {
+            validate::volume_name("destination_volume", v)?;
+        }
+        if let Some(sub) = self.attach_by_request(&req)? {
+            return Ok(sub);
+        }
+        {
+            let reg = self.inner.registry();
+            if reg.by_disk.len() >= self.inner.config.max_concurrent {
+                return Err(Error::Exhausted(format!(
+                    "node {} is running its limit of {} migrations; retry when one finishes",
+                    self.inner.config.node_id, self.inner.config.max_concurrent
+                )));
+            }
+        }
+        let planned_req = req.clone();
+        let plan = tokio::task::spawn_blocking({
+            let hv = self.inner.hv.clone();
+            move || plan::plan(hv.as_ref(), &planned_req)
+        })
+        .await
+        .map_err(|e| Error::Journal(e.to_string()))??;
+
+        let id = format!("mig-{}", uuid::Uuid::new_v4());
+        let now = now_ms();
+        let record = Record {
+            id: id.clone(),
+            request: req.clone(),
+            plan: Some(plan.clone()),
+            destination_created: false,
+            latest: Event {
+                migration_id: id.clone(),
+                phase: Phase::Accepted,
+                progress: Progress::default(),
+                timestamp_ms: now,
+                started_ms: now,
+                message: accepted_message(&plan),
+                result: None,
+                failure: None,
+                node_id: self.inner.config.node_id.clone(),
+                domain: plan.domain.clone(),
+                disk: plan.target.clone(),
+            },
+        };
+        let job = Job::new(record.clone());
+        {
+            let mut reg = self.inner.registry();
+            // Checked again under the lock: another request may have raced us
+            // through validation.
+            if !req.request_id.is_empty() && reg.by_request.contains_key(&req.request_id) {
+                drop(reg);
+                return self
+                    .attach_by_request(&req)?
+                    .ok_or_else(|| Error::RequestIdReused(req.request_id.clone()));
+            }
+            let key = (plan.domain_uuid.clone(), plan.target.clone());
+            if let Some(other) = reg.by_disk.get(&key) {
+                return Err(Error::AlreadyMigrating {
+                    domain: plan.domain.clone(),
+                    disk: plan.target.clone(),
+                    migration_id: other.clone(),
+                });
+            }
+            if reg.by_disk.len() >= self.inner.config.max_concurrent {
+                return Err(Error::Exhausted(format!(
+                    "node {} is running its limit of {} migrations; retry when one finishes",
+                    self.inner.config.node_id, self.inner.config.max_concurrent
+                )));
+            }
+            reg.by_disk.insert(key, id.clone());
+            reg.by_id.insert(id.clone(), job.clone());
+            if !req.request_id.is_empty() {
+                reg.by_request.insert(req.request_id.clone(), id.clone());
+            }
+        }
+        let journal = self.inner.journal.clone();
+        let saved = tokio::task::spawn_blocking(move || journal.save(&record))
+            .await
+            .map_err(|e| Error::Journal(e.to_string()))
+            .and_then(|r| r.map_err(Error::Journal));
+        if let Err(e) = saved {
+            let mut reg = self.inner.registry();
+            reg.by_id.remove(&id);
+            reg.by_request.remove(&req.request_id);
+            reg.by_disk.retain(|_, v| v != &id);
+            return Err(e);
+        }
+        tracing::info!(migration_id = %id, "migration accepted");
+        let sub = Subscription::new(job.clone());
+        if let Some(timeout) = req.options.timeout {
+            let job = job.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(timeout) => {
+                        let mut st = job.lock();
+                        if !st.record.latest.phase.past_pivot() && !st.record.latest.phase.is_terminal() {
+                            st.stop.get_or_insert(StopReason::TimedOut(timeout.as_secs()));
+                            drop(st);
+                            job.cancel.cancel();
+                        }
+                    }
+                    _ = job.cancel.cancelled() => {}
+                }
+            });
+        }
+        tokio::spawn(job::run(self.inner.clone(), job, job::Start::Fresh));
+        Ok(sub)
+    }
+
+    fn attach_by_request(&self, req: &MigrationRequest) -> Result<Option<Subscription>, Error> {
+        if req.request_id.is_empty() {
+            return Ok(None);
+        }
+        let reg = self.inner.registry();
+        let Some(job) = reg
+            .by_request
+            .get(&req.request_id)
+            .and_then(|id| reg.by_id.get(id))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        drop(reg);
+        if job.lock().record.request != *req {
+            return Err(Error::RequestIdReused(req.request_id.clone()));
+        }
+        Ok(Some(Subscription::new(job)))
+    }
+
+    fn job(&self, id: &str) -> Result<Arc<Job>, Error> {
+        self.inner
+            .registry()
+            .by_id
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::MigrationNotFound(id.to_string()))
+    }
+
+    /// Follows a migration.
+    pub fn watch(&self, id: &str) -> Result<Subscription, Error> {
+        Ok(Subscription::new(self.job(id)?))
+    }
+
+    /// Asks a migration to stop before its pivot; returns the state at that moment.
+    pub fn cancel(&self, id: &str) -> Result<Event, Error> {
+        let job = self.job(id)?;
+        let mut st = job.lock();
+        let phase = st.record.latest.phase;
+        if phase.is_terminal() {
+            return Err(Error::WrongPhase {
+                id: id.to_string(),
+                phase: phase.name(),
+                reason: "it has already ended",
+            });
+        }
+        if phase.past_pivot() {
+            return Err(Error::WrongPhase {
+                id: id.to_string(),
+                phase: phase.name(),
+                reason: "the guest is being switched to the destination and cannot be cancelled",
+            });
+        }
+        st.stop.get_or_insert(StopReason::Cancelled);
+        let latest = st.record.latest.clone();
+        drop(st);
+        job.cancel.cancel();
+        Ok(latest)
+    }
+
+    /// One migration's record.
+    pub fn get(&self, id: &str) -> Result<Record, Error> {
+        Ok(self.job(id)?.record())
+    }
+
+    /// Migrations matching the filter, newest first.
+    pub fn list(&self, filter: &ListFilter) -> Vec<Record> {
+        let jobs: Vec<Arc<Job>> = self.inner.registry().by_id.values().cloned().collect();
+        let mut records: Vec<Record> = jobs
+            .iter()
+            .map(|j| j.record())
+            .filter(|r| {
+                let e = &r.latest;
+                filter.domain.as_ref().is_none_or(|d| &e.domain == d)
+                    && (filter.phases.is_empty() || filter.phases.contains(&e.phase))
+                    && filter.started_after_ms.is_none_or(|t| e.started_ms >= t)
+                    && filter.started_before_ms.is_none_or(|t| e.started_ms < t)
+                    && (!filter.active_only || !e.phase.is_terminal())
+            })
+            .collect();
+        records.sort_by(|a, b| b.latest.started_ms.cmp(&a.latest.started_ms));
+        records
+    }
+
+    /// Changes the copy bandwidth of a running migration.
+    pub async fn set_bandwidth(&self, id: &str, bytes_per_sec: u64) -> Result<(), Error> {
+        let job = self.job(id)?;
+        let (phase, plan) = {
+            let st = job.lock();
+            (st.record.latest.phase, st.record.plan.clone())
+        };
+        let Some(plan) = plan.filter(|_| matches!(phase, Phase::Copying | Phase::Synchronized))
+        else {
+            return Err(Error::WrongPhase {
+                id: id.to_string(),
+                phase: phase.name(),
+                reason: "bandwidth can only be changed while copying",
+            });
+        };
+        self.inner
+            .hv(move |hv| hv.block_job_set_speed(&plan.domain, &plan.target, bytes_per_sec))
+            .await
+            .map_err(Error::hv("changing the copy bandwidth"))?;
+        job.lock().record.request.options.bandwidth = bytes_per_sec;
+        Ok(())
+    }
+
+    /// Whether libvirtd answers.
+    pub async fn probe(&self) -> Result<(), Error> {
+        self.host_info().await.map(|_| ())
+    }
+}
+
+fn unavailable_or(what: &'static str) -> impl Fn(HvError) -> Error {
+    move |e| match e {
+        HvError::Unreachable { .. } => Error::Unavailable(e.to_string()),
+        other => Error::hv(what)(other),
+    }
+}
+
+fn accepted_message(plan: &Plan) -> String {
+    format!(
+        "accepted: {} of {} ({}, {} bytes) from {} to pool {} as {} ({})",
+        plan.target,
+        plan.domain,
+        plan.source_format,
+        plan.capacity,
+        plan.source_pool
+            .as_deref()
+            .map(|p| format!("pool {p}"))
+            .unwrap_or_else(|| plan.source.display_name()),
+        plan.dest_pool,
+        plan.dest_volume,
+        plan.dest_format
+    )
+}

@@ -1,0 +1,149 @@
+//! Why a migration cannot start or did not finish, with the class of each error.
+
+use crate::hypervisor::HvError;
+use crate::migration::model::{ErrorCode, Phase};
+
+/// Engine errors. Messages say what was wrong and what to do.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// A malformed name, path or value in the request.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Domain not found.
+    #[error("domain '{0}' not found on this node (check the name or UUID with `virsh list --all`)")]
+    DomainNotFound(String),
+    /// Disk not found in the domain.
+    #[error("domain '{domain}' has no disk '{disk}' (targets: {known})")]
+    DiskNotFound {
+        /// Domain.
+        domain: String,
+        /// Disk asked for.
+        disk: String,
+        /// The targets it has.
+        known: String,
+    },
+    /// Storage pool not found.
+    #[error("storage pool '{0}' not found on this node (see `volmig pools`)")]
+    PoolNotFound(String),
+    /// Migration id unknown.
+    #[error("no migration with id '{0}' on this node")]
+    MigrationNotFound(String),
+    /// A precondition of the host or request does not hold.
+    #[error("{0}")]
+    Precondition(String),
+    /// The disk is already being migrated.
+    #[error("disk {disk} of domain '{domain}' is already being migrated by {migration_id}; watch it with `volmig watch {migration_id}`")]
+    AlreadyMigrating {
+        /// Domain.
+        domain: String,
+        /// Disk target.
+        disk: String,
+        /// The running migration.
+        migration_id: String,
+    },
+    /// The destination volume exists already.
+    #[error("volume '{volume}' already exists in pool '{pool}'; name another with destination_volume (--to-volume) or delete it")]
+    DestinationExists {
+        /// Pool.
+        pool: String,
+        /// Volume.
+        volume: String,
+    },
+    /// The request id was used for a different request.
+    #[error("request_id '{0}' was already used for a different migration request; use a new request_id")]
+    RequestIdReused(String),
+    /// Not enough space or migration slots.
+    #[error("{0}")]
+    Exhausted(String),
+    /// libvirt or the host cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The operation is not possible in the migration's current phase.
+    #[error("migration {id} is {phase}: {reason}")]
+    WrongPhase {
+        /// Migration id.
+        id: String,
+        /// Its phase.
+        phase: &'static str,
+        /// What that means for the request.
+        reason: &'static str,
+    },
+    /// A hypervisor call failed.
+    #[error("{what}: {source}")]
+    Hypervisor {
+        /// What volmig was doing.
+        what: String,
+        /// The failure.
+        #[source]
+        source: HvError,
+    },
+    /// Cancelled on request.
+    #[error("cancelled by request")]
+    Cancelled,
+    /// The request's timeout expired before the pivot.
+    #[error("timed out after {0} s before the pivot; raise the timeout or the bandwidth")]
+    TimedOut(u64),
+    /// The node restarted and the migration could not continue.
+    #[error("{0}")]
+    Interrupted(String),
+    /// The node's own state (journal) could not be written.
+    #[error("node state: {0}")]
+    Journal(String),
+}
+
+impl Error {
+    /// Wraps a hypervisor error with what volmig was doing.
+    pub fn hv(what: impl Into<String>) -> impl FnOnce(HvError) -> Error {
+        let what = what.into();
+        move |source| Error::Hypervisor { what, source }
+    }
+
+    /// The error's class.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            Error::DomainNotFound(_)
+            | Error::DiskNotFound { .. }
+            | Error::PoolNotFound(_)
+            | Error::MigrationNotFound(_) => ErrorCode::NotFound,
+            Error::Precondition(_) | Error::WrongPhase { .. } => ErrorCode::FailedPrecondition,
+            Error::AlreadyMigrating { .. }
+            | Error::RequestIdReused(_)
+            | Error::DestinationExists { .. } => {
+                ErrorCode::AlreadyExists
+            }
+            Error::Exhausted(_) => ErrorCode::ResourceExhausted,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Cancelled => ErrorCode::Cancelled,
+            Error::TimedOut(_) => ErrorCode::DeadlineExceeded,
+            Error::Journal(_) => ErrorCode::Internal,
+            Error::Interrupted(_) => ErrorCode::Aborted,
+            Error::Hypervisor { source, .. } => match source {
+                HvError::NoDomain(_)
+                | HvError::NoDisk { .. }
+                | HvError::NoPool(_)
+                | HvError::NoVolume(_) => ErrorCode::NotFound,
+                HvError::VolumeExists(_) => ErrorCode::AlreadyExists,
+                HvError::Unreachable { .. } => ErrorCode::Unavailable,
+                HvError::InvalidState(_) => ErrorCode::FailedPrecondition,
+                HvError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+                HvError::NoSpace(_) => ErrorCode::ResourceExhausted,
+                HvError::Unsupported(_) => ErrorCode::FailedPrecondition,
+                HvError::BadXml(_) | HvError::Failed { .. } => ErrorCode::Internal,
+            },
+        }
+    }
+
+    /// The phase a terminal event reports for this error.
+    pub fn terminal_phase(&self) -> Phase {
+        match self {
+            Error::Cancelled | Error::TimedOut(_) => Phase::Cancelled,
+            _ => Phase::Failed,
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The migration engine: validation, the per-disk job state machine, progress,
+//! the journal and crash recovery. Free of gRPC and libvirt types: it talks to
+//! the host through [`crate::hypervisor::Hypervisor`].
+
+mod engine;
+pub mod error;
+mod job;
+pub mod journal;
+pub mod model;
+mod plan;
+mod recovery;
+pub mod validate;
+
+pub use engine::{DiskView, DomainDisks, Engine, EngineConfig, ListFilter, Subscription};
+pub use error::Error;

@@ -1,0 +1,258 @@
+//! The migration's vocabulary: requests, phases, events and records.
+//!
+//! Everything here is serialisable because the journal stores it, and free of
+//! gRPC types because the engine must not depend on the transport.
+
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::hypervisor::{DiskSource, ImageFormat};
+
+/// Where a migration is. The declaration order is the order of a successful run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Recorded; nothing done yet.
+    Accepted,
+    /// Checking the request against the host.
+    Validating,
+    /// Creating the destination volume.
+    PreparingDestination,
+    /// The block copy runs.
+    Copying,
+    /// Source and destination are in sync.
+    Synchronized,
+    /// Switching the guest to the destination.
+    Pivoting,
+    /// Checking live and persistent definitions.
+    Verifying,
+    /// Deleting the source if asked.
+    CleaningUp,
+    /// Done: the guest runs on the destination.
+    Completed,
+    /// Ended with an error.
+    Failed,
+    /// Ended by a cancel or timeout.
+    Cancelled,
+}
+
+impl Phase {
+    /// Completed, failed or cancelled.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Completed | Phase::Failed | Phase::Cancelled)
+    }
+
+    /// Whether the guest may already be on the destination, so that a failure can
+    /// no longer be rolled back.
+    pub fn past_pivot(self) -> bool {
+        matches!(
+            self,
+            Phase::Pivoting | Phase::Verifying | Phase::CleaningUp | Phase::Completed
+        )
+    }
+
+    /// Lower-case name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Accepted => "accepted",
+            Phase::Validating => "validating",
+            Phase::PreparingDestination => "preparing destination",
+            Phase::Copying => "copying",
+            Phase::Synchronized => "synchronized",
+            Phase::Pivoting => "pivoting",
+            Phase::Verifying => "verifying",
+            Phase::CleaningUp => "cleaning up",
+            Phase::Completed => "completed",
+            Phase::Failed => "failed",
+            Phase::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What happens to a backing chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ChainPolicy {
+    /// Copy the whole chain into one image.
+    #[default]
+    Flatten,
+    /// Copy the top image only, keeping the backing file.
+    Shallow,
+}
+
+/// How much is verified before COMPLETED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum VerifyLevel {
+    /// Live and persistent XML.
+    #[default]
+    Xml,
+    /// XML plus sizes of the destination volume and the running block device.
+    Strict,
+}
+
+/// Tuning of one migration.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Options {
+    /// Bytes per second, 0 = unlimited.
+    pub bandwidth: u64,
+    /// Mirror guest writes synchronously.
+    pub synchronous_writes: bool,
+    /// Backing chain handling.
+    pub chain: ChainPolicy,
+    /// Delete the source volume after verification.
+    pub delete_source: bool,
+    /// Cancel if not pivoting after this long.
+    pub timeout: Option<Duration>,
+    /// Verification level.
+    pub verify: VerifyLevel,
+}
+
+/// A request to move one disk, already checked for well-formed names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationRequest {
+    /// Idempotency key; empty when the caller gave none.
+    pub request_id: String,
+    /// Domain name or UUID.
+    pub domain: String,
+    /// Disk target or source path.
+    pub disk: String,
+    /// Destination pool name.
+    pub destination_pool: String,
+    /// Destination volume name; `None` keeps the source's.
+    pub destination_volume: Option<String>,
+    /// Destination format; `None` picks the natural one for the pool.
+    pub destination_format: Option<ImageFormat>,
+    /// Options.
+    pub options: Options,
+}
+
+/// Copy progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// Bytes copied.
+    pub bytes_done: u64,
+    /// Bytes to copy.
+    pub bytes_total: u64,
+    /// Bytes per second over the last few seconds.
+    pub rate: u64,
+    /// Seconds to go, 0 when unknown.
+    pub eta_seconds: u64,
+}
+
+/// The outcome of a successful migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationResult {
+    /// The disk's new source.
+    pub destination: DiskSource,
+    /// Destination pool.
+    pub destination_pool: String,
+    /// Destination volume.
+    pub destination_volume: String,
+    /// Destination format.
+    pub destination_format: ImageFormat,
+    /// Source pool, empty when the source was in none.
+    pub source_pool: String,
+    /// Source volume, empty when the source was in no pool.
+    pub source_volume: String,
+    /// The previous source, as operators name it.
+    pub previous_source: String,
+    /// The source volume was deleted.
+    pub source_deleted: bool,
+    /// volmig had to rewrite the persistent definition.
+    pub persistent_repaired: bool,
+}
+
+/// Error classes, numbered as google.rpc.Code so the edge can map them 1:1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// 1
+    Cancelled,
+    /// 2
+    Unknown,
+    /// 3
+    InvalidArgument,
+    /// 4
+    DeadlineExceeded,
+    /// 5
+    NotFound,
+    /// 6
+    AlreadyExists,
+    /// 8
+    ResourceExhausted,
+    /// 9
+    FailedPrecondition,
+    /// 10
+    Aborted,
+    /// 12
+    Unimplemented,
+    /// 13
+    Internal,
+    /// 14
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The google.rpc.Code number.
+    pub fn number(self) -> i32 {
+        match self {
+            ErrorCode::Cancelled => 1,
+            ErrorCode::Unknown => 2,
+            ErrorCode::InvalidArgument => 3,
+            ErrorCode::DeadlineExceeded => 4,
+            ErrorCode::NotFound => 5,
+            ErrorCode::AlreadyExists => 6,
+            ErrorCode::ResourceExhausted => 8,
+            ErrorCode::FailedPrecondition => 9,
+            ErrorCode::Aborted => 10,
+            ErrorCode::Unimplemented => 12,
+            ErrorCode::Internal => 13,
+            ErrorCode::Unavailable => 14,
+        }
+    }
+}
+
+/// Why a migration ended without success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Error class.
+    pub code: ErrorCode,
+    /// Operator-readable message.
+    pub message: String,
+    /// Phase it happened in.
+    pub phase: Phase,
+    /// Where the disk is now.
+    pub disk_state: String,
+}
+
+/// One step of a migration, as every watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Migration id.
+    pub migration_id: String,
+    /// Phase.
+    pub phase: Phase,
+    /// Progress (meaningful from COPYING on).
+    pub progress: Progress,
+    /// Unix ms.
+    pub timestamp_ms: u64,
+    /// Unix ms.
+    pub started_ms: u64,
+    /// Human-readable line.
+    pub message: String,
+    /// On COMPLETED.
+    pub result: Option<MigrationResult>,
+    /// On FAILED/CANCELLED.
+    pub failure: Option<Failure>,
+    /// Node id.
+    pub node_id: String,
+    /// Domain name.
+    pub domain: String,
+    /// Disk target.
+    pub disk: String,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,271 @@
+//! Validation: turns a request into a [`Plan`] or a precise refusal.
+//!
+//! Runs against the hypervisor before a migration is accepted, and again as
+//! the VALIDATING phase right before anything is changed, because the world may
+//! have moved in between (the guest stopped, the pool filled up).
+
+use crate::hypervisor::{
+    DiskKind, DiskSource, DiskSpec, Hypervisor, ImageFormat, PoolRunState, PoolSpec,
+};
+use crate::migration::error::Error;
+use crate::migration::journal::Plan;
+use crate::migration::model::{ChainPolicy, MigrationRequest};
+
+/// Space kept free beyond the data to copy: qcow2 metadata and rounding.
+const SPACE_MARGIN: u64 = 16 * 1024 * 1024;
+
+/// Checks the request against the host and resolves everything a migration needs.
+pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> {
+    let domain = hv.domain(&req.domain).map_err(|e| match e {
+        crate::hypervisor::HvError::NoDomain(_) => Error::DomainNotFound(req.domain.clone()),
+        other => Error::hv(format!("looking up domain '{}'", req.domain))(other),
+    })?;
+    if !domain.active {
+        return Err(Error::Precondition(format!(
+            "domain '{}' is not running; live migration needs a running guest (for a stopped guest, move the volume with `virsh vol-clone`/`vol-upload` and edit the definition)",
+            domain.name
+        )));
+    }
+    if domain.snapshots > 0 {
+        return Err(Error::Precondition(format!(
+            "domain '{}' has {} snapshot(s)/checkpoint(s) that a block copy would lose; delete or merge them first (`virsh snapshot-list {}`)",
+            domain.name, domain.snapshots, domain.name
+        )));
+    }
+    let disks = hv
+        .disks(&domain.name, crate::hypervisor::Definition::Live)
+        .map_err(Error::hv(format!("reading the disks of '{}'", domain.name)))?;
+    let disk = find_disk(&disks, &req.disk).ok_or_else(|| Error::DiskNotFound {
+        domain: domain.name.clone(),
+        disk: req.disk.clone(),
+        known: disks
+            .iter()
+            .map(|d| d.target.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })?;
+    check_disk_writable(&domain.name, disk)?;
+    if disk.mirror.is_some()
+        || hv
+            .block_job(&domain.name, &disk.target)
+            .map_err(Error::hv("reading block jobs"))?
+            .is_some()
+    {
+        return Err(Error::Precondition(format!(
+            "disk {} of '{}' already has a block job (copy, commit or pull) running; wait for it or abort it with `virsh blockjob {} {} --abort`",
+            disk.target, domain.name, domain.name, disk.target
+        )));
+    }
+    let Some(source) = disk.source.clone() else {
+        return Err(Error::Precondition(format!(
+            "disk {} of '{}' has no source volmig can migrate (only file, block and rbd disks)",
+            disk.target, domain.name
+        )));
+    };
+    let source_format = match disk.format.as_deref() {
+        Some(f) => ImageFormat::parse(f).ok_or_else(|| {
+            Error::Precondition(format!(
+                "disk {} is in format '{f}'; volmig migrates raw and qcow2 disks",
+                disk.target
+            ))
+        })?,
+        None => ImageFormat::Raw,
+    };
+    if req.options.chain == ChainPolicy::Shallow && disk.backing_depth > 0 {
+        return Err(Error::Precondition(
+            "chain policy SHALLOW is not supported yet: the destination would need the backing file pre-linked; use FLATTEN (the default)".to_string(),
+        ));
+    }
+
+    let source_volume = hv
+        .volume_by_path(&source.display_name())
+        .map_err(Error::hv("resolving the source volume"))?;
+    let capacity = hv
+        .disk_capacity(&domain.name, &disk.target)
+        .map_err(Error::hv("reading the disk's virtual size"))?;
+
+    let pool = hv.pool(&req.destination_pool).map_err(|e| match e {
+        crate::hypervisor::HvError::NoPool(_) => {
+            Error::PoolNotFound(req.destination_pool.clone())
+        }
+        other => Error::hv(format!("reading pool '{}'", req.destination_pool))(other),
+    })?;
+    if pool.state != PoolRunState::Running {
+        return Err(Error::Precondition(format!(
+            "storage pool '{}' is not active ({:?}); start it with `virsh pool-start {}`",
+            pool.name, pool.state, pool.name
+        )));
+    }
+    if source_volume.as_ref().map(|v| v.pool.as_str()) == Some(pool.name.as_str()) {
+        return Err(Error::Precondition(format!(
+            "disk {} is already in pool '{}'; choose a different destination pool",
+            disk.target, pool.name
+        )));
+    }
+    let dest_kind = pool.disk_kind().ok_or_else(|| {
+        Error::Precondition(format!(
+            "pool '{}' is of type '{}', which volmig cannot migrate to (supported: dir, fs, netfs, logical, disk, iscsi, rbd)",
+            pool.name, pool.pool_type
+        ))
+    })?;
+    let dest_format = destination_format(req, &pool, dest_kind, source_format)?;
+    let dest_volume = match &req.destination_volume {
+        Some(name) => name.clone(),
+        None => default_volume_name(&source, source_volume.as_ref().map(|v| v.name.as_str())),
+    };
+    check_space(&pool, dest_kind, capacity, source_volume.as_ref().map(|v| v.allocation))?;
+    if dest_kind != DiskKind::Block {
+        // Block pools name their volumes themselves (partitions), so only the
+        // other types can collide.
+        if hv.volume(&pool.name, &dest_volume).is_ok() {
+            return Err(Error::DestinationExists {
+                pool: pool.name.clone(),
+                volume: dest_volume,
+            });
+        }
+    }
+
+    Ok(Plan {
+        domain: domain.name,
+        domain_uuid: domain.uuid,
+        target: disk.target.clone(),
+        source,
+        source_format,
+        source_pool: source_volume.as_ref().map(|v| v.pool.clone()),
+        source_volume: source_volume.as_ref().map(|v| v.name.clone()),
+        capacity,
+        dest_pool: pool.name,
+        dest_volume,
+        dest_format,
+        destination: None,
+    })
+}
+
+fn find_disk<'a>(disks: &'a [DiskSpec], wanted: &str) -> Option<&'a DiskSpec> {
+    disks.iter().find(|d| d.target == wanted).or_else(|| {
+        disks
+            .iter()
+            .find(|d| d.source.as_ref().map(DiskSource::display_name).as_deref() == Some(wanted))
+    })
+}
+
+fn check_disk_writable(domain: &str, disk: &DiskSpec) -> Result<(), Error> {
+    let why = if disk.device != "disk" {
+        Some(format!("is a {} device", disk.device))
+    } else if disk.read_only {
+        Some("is read-only".to_string())
+    } else if disk.shareable {
+        Some("is shareable (a copy would split the writers)".to_string())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::Precondition(format!(
+            "disk {} of '{domain}' {why}; only writable, unshared disks can be live-migrated",
+            disk.target
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn destination_format(
+    req: &MigrationRequest,
+    pool: &PoolSpec,
+    kind: DiskKind,
+    source_format: ImageFormat,
+) -> Result<ImageFormat, Error> {
+    match (kind, req.destination_format) {
+        (DiskKind::File, Some(f)) => Ok(f),
+        (DiskKind::File, None) => Ok(source_format),
+        (_, None) | (_, Some(ImageFormat::Raw)) => Ok(ImageFormat::Raw),
+        (_, Some(ImageFormat::Qcow2)) => Err(Error::Precondition(format!(
+            "pool '{}' ({}) holds raw volumes only; ask for raw or leave the format unset",
+            pool.name, pool.pool_type
+        ))),
+    }
+}
+
+fn default_volume_name(source: &DiskSource, source_volume: Option<&str>) -> String {
+    if let Some(name) = source_volume {
+        return name.to_string();
+    }
+    match source {
+        DiskSource::File { path } | DiskSource::Block { path, .. } => path
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("volume")
+            .to_string(),
+        DiskSource::Rbd { image, .. } => image.clone(),
+    }
+}
+
+fn check_space(
+    pool: &PoolSpec,
+    kind: DiskKind,
+    capacity: u64,
+    source_allocation: Option<u64>,
+) -> Result<(), Error> {
+    if pool.capacity == 0 {
+        // rbd pools without a ceph-mgr report no statistics; a full cluster then
+        // fails the copy cleanly instead.
+        tracing::warn!(pool = %pool.name, "pool reports no capacity; skipping the space check");
+        return Ok(());
+    }
+    // Block pools allocate the full size; file and rbd pools stay as sparse as the source.
+    let data = match kind {
+        DiskKind::Block => capacity,
+        _ => source_allocation.unwrap_or(capacity).min(capacity),
+    };
+    let needed = data + SPACE_MARGIN;
+    if pool.available < needed {
+        return Err(Error::Exhausted(format!(
+            "pool '{}' has {} bytes available; this disk needs about {} ({} of data plus margin); free space or choose another pool",
+            pool.name, pool.available, needed, data
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(kind: &str, capacity: u64, available: u64) -> PoolSpec {
+        PoolSpec {
+            name: "p".into(),
+            uuid: String::new(),
+            pool_type: kind.into(),
+            state: PoolRunState::Running,
+            capacity,
+            allocation: capacity - available,
+            available,
+            target_path: String::new(),
+            source_hosts: vec![],
+            source_dir: String::new(),
+            source_devices: vec![],
+            source_name: String::new(),
+            auth: None,
+        }
+    }
+
+    #[test]
+    fn space_check_counts_data_for_sparse_and_capacity_for_block() {
+        let gib = 1 << 30;
+        assert!(check_space(&pool("dir", 10 * gib, gib), DiskKind::File, 20 * gib, Some(gib / 2)).is_ok());
+        assert!(matches!(
+            check_space(&pool("disk", 10 * gib, gib), DiskKind::Block, 2 * gib, Some(1)),
+            Err(Error::Exhausted(_))
+        ));
+        assert!(check_space(&pool("rbd", 0, 0), DiskKind::Network, gib, None).is_ok());
+    }
+
+    #[test]
+    fn volume_names_default_to_the_source() {
+        let f = DiskSource::File {
+            path: "/a/b/root.qcow2".into(),
+        };
+        assert_eq!(default_volume_name(&f, None), "root.qcow2");
+        assert_eq!(default_volume_name(&f, Some("v1")), "v1");
+    }
+}

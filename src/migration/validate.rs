@@ -1,0 +1,149 @@
+//! Checks on names and paths from requests, before any reaches libvirt.
+//!
+//! The XML writer escapes everything anyway; these checks exist so that a name
+//! can never address anything outside its pool (`/`, `..`) and so that mistakes
+//! are reported as INVALID_ARGUMENT instead of as odd libvirt failures.
+
+use crate::migration::error::Error;
+
+const MAX_NAME: usize = 255;
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn common(field: &'static str, value: &str, max: usize) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(invalid(
+            field,
+            format!("is {} bytes long; the limit is {max}", value.len()),
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(invalid(
+            field,
+            format!("contains the control character {:?}", c),
+        ));
+    }
+    Ok(())
+}
+
+/// A libvirt object name (domain, pool): no `/`, not `.` or `..`.
+pub fn object_name(field: &'static str, value: &str) -> Result<(), Error> {
+    common(field, value, MAX_NAME)?;
+    if value.contains('/') {
+        return Err(invalid(field, format!("'{value}' must not contain '/'")));
+    }
+    if value == "." || value == ".." {
+        return Err(invalid(field, format!("'{value}' is not a name")));
+    }
+    Ok(())
+}
+
+/// A volume name: a single path component of safe characters, so it can become
+/// a file name, an rbd image name or a partition label in any pool type.
+pub fn volume_name(field: &'static str, value: &str) -> Result<(), Error> {
+    object_name(field, value)?;
+    if value.starts_with('.') || value.starts_with('-') {
+        return Err(invalid(
+            field,
+            format!("'{value}' must not start with '.' or '-'"),
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+')))
+    {
+        return Err(invalid(
+            field,
+            format!("'{value}' contains {c:?}; use letters, digits, '.', '_', '-', '+'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A disk: a target such as `vda`, or an absolute source path without `..`.
+pub fn disk(value: &str) -> Result<(), Error> {
+    common("disk", value, 4096)?;
+    if value.starts_with('/') {
+        if value.split('/').any(|part| part == "..") {
+            return Err(invalid("disk", format!("path '{value}' must not contain '..'")));
+        }
+        return Ok(());
+    }
+    if value.chars().all(|c| c.is_ascii_alphanumeric()) && value.len() <= 32 {
+        return Ok(());
+    }
+    if value.contains('/') && !value.contains("..") && !value.starts_with('/') {
+        // rbd sources are named pool/image.
+        return Ok(());
+    }
+    Err(invalid(
+        "disk",
+        format!("'{value}' is neither a target such as 'vda' nor an absolute source path"),
+    ))
+}
+
+/// A request id: 1-128 characters of `[A-Za-z0-9._:-]`.
+pub fn request_id(value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    common("request_id", value, 128)?;
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+    {
+        Ok(())
+    } else {
+        Err(invalid(
+            "request_id",
+            "use 1-128 characters of letters, digits, '.', '_', ':', '-'",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_hostile_names() {
+        for bad in [
+            "", "..", ".", "a/b", "../etc", "x\0y", "x\ny", &"a".repeat(4096),
+        ] {
+            assert!(object_name("pool", bad).is_err(), "{bad:?}");
+            assert!(volume_name("volume", bad).is_err(), "{bad:?}");
+        }
+        for bad in ["a'b", "a\"b", "a<b", "a&b", ".hidden", "-rf", "a b"] {
+            assert!(volume_name("volume", bad).is_err(), "{bad:?}");
+        }
+        assert!(volume_name("volume", "root-disk_1.qcow2").is_ok());
+        assert!(object_name("pool", "pool with 'quotes' & <tags>").is_ok());
+    }
+
+    #[test]
+    fn disks_are_targets_or_clean_paths() {
+        assert!(disk("vda").is_ok());
+        assert!(disk("/var/lib/libvirt/images/a.qcow2").is_ok());
+        assert!(disk("volmig/img").is_ok());
+        assert!(disk("/var/lib/../../etc/shadow").is_err());
+        assert!(disk("").is_err());
+        assert!(disk("vd a").is_err());
+        assert!(disk("../x").is_err());
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(request_id("").is_ok());
+        assert!(request_id("cs-job:1234.5").is_ok());
+        assert!(request_id("a b").is_err());
+        assert!(request_id(&"x".repeat(129)).is_err());
+    }
+}
