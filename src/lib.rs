@@ -4,9 +4,13 @@
 //! (no tonic, no libvirt types); [`hypervisor`] is what the engine needs from a
 //! host; [`libvirt`] is the only module that talks to libvirt.
 
+pub mod api;
+pub mod config;
 pub mod hypervisor;
 pub mod libvirt;
 pub mod migration;
+pub mod node;
+pub mod telemetry;
 
 pub mod proto {
     //! Generated gRPC types for `volmig.v1`.

@@ -1,1 +1,118 @@
-fn main() {}
+//! The `volmig` binary: wiring only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use volmig::config::{self, ControllerConfig, NodeConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "volmig",
+    version,
+    about = "Live migration of a running KVM guest's disk between storage pools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node service on this KVM host.
+    Node(NodeArgs),
+    /// Run the controller service.
+    Controller(ControllerArgs),
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// TOML config file.
+    #[arg(long, env = "VOLMIG_NODE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Node id (default: host name).
+    #[arg(long, env = "VOLMIG_NODE_ID")]
+    node_id: Option<String>,
+    /// unix:///path or host:port.
+    #[arg(long, env = "VOLMIG_NODE_LISTEN")]
+    listen: Option<String>,
+    /// libvirt URI.
+    #[arg(long, env = "VOLMIG_LIBVIRT_URI")]
+    libvirt_uri: Option<String>,
+    /// Directory for the journal.
+    #[arg(long, env = "VOLMIG_NODE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Most migrations at once.
+    #[arg(long, env = "VOLMIG_MAX_CONCURRENT")]
+    max_concurrent: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// TOML config file.
+    #[arg(long, env = "VOLMIG_CONTROLLER_CONFIG")]
+    config: Option<PathBuf>,
+    /// host:port or unix:///path.
+    #[arg(long, env = "VOLMIG_CONTROLLER_LISTEN")]
+    listen: Option<String>,
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Node(args) => {
+            let mut cfg: NodeConfig = config::load(args.config.as_deref())?;
+            if let Some(v) = args.node_id {
+                cfg.node_id = v;
+            }
+            if let Some(v) = args.listen {
+                cfg.listen = v;
+            }
+            if let Some(v) = args.libvirt_uri {
+                cfg.libvirt_uri = v;
+            }
+            if let Some(v) = args.state_dir {
+                cfg.state_dir = v;
+            }
+            if let Some(v) = args.max_concurrent {
+                cfg.max_concurrent_migrations = v;
+            }
+            volmig::node::run(cfg, shutdown_signal()).await?;
+            Ok(0)
+        }
+        Command::Controller(args) => {
+            let mut cfg: ControllerConfig = config::load(args.config.as_deref())?;
+            if let Some(v) = args.listen {
+                cfg.listen = v;
+            }
+            let listen =
+                volmig::api::server::Listen::parse(&cfg.listen).map_err(anyhow::Error::msg)?;
+            volmig::api::server::serve_controller(listen, shutdown_signal()).await?;
+            Ok(0)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    volmig::telemetry::init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -21,8 +21,10 @@ set_dir() {
 # True if PID is a live process (not a zombie: the daemons are re-parented to PID 1,
 # which may reap them late, so kill -0 is not enough).
 pid_alive() {
-    local st
-    st=$(sed -n 's/^.*) \([A-Za-z]\).*$/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
+    local line st
+    read -r line 2>/dev/null <"/proc/$1/stat" || return 1
+    st=${line##*) }
+    st=${st%% *}
     [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
 }
 
@@ -30,9 +32,9 @@ pid_alive() {
 daemon_pids() {
     local p cmd comm
     for p in /proc/[0-9]*; do
-        comm=$(cat "$p/comm" 2>/dev/null) || continue
+        read -r comm 2>/dev/null <"$p/comm" || continue
         [ "$comm" = "$1" ] || continue
-        cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+        cmd=$(tr "\\0" " " 2>/dev/null <"$p/cmdline") || continue
         case " $cmd " in *" $DIR/ceph.conf "*) ;; *) continue ;; esac
         pid_alive "${p#/proc/}" && echo "${p#/proc/}"
     done

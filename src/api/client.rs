@@ -126,7 +126,9 @@ pub async fn connect_to(peer: Peer, endpoint: &str) -> Result<Channel, ClientErr
 
     if let Some(path) = endpoint.strip_prefix("unix://") {
         if !path.starts_with('/') {
-            return Err(invalid("a unix socket endpoint needs an absolute path: unix:///path/to.sock"));
+            return Err(invalid(
+                "a unix socket endpoint needs an absolute path: unix:///path/to.sock",
+            ));
         }
         let path = path.to_string();
         // The URI is never dialled; tonic needs one for the :authority header.
@@ -152,8 +154,8 @@ pub async fn connect_to(peer: Peer, endpoint: &str) -> Result<Channel, ClientErr
             "expected unix:///path/to.sock, http://host:port or https://host:port",
         ));
     }
-    let parsed = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|_| invalid("not a valid URI"))?;
+    let parsed =
+        Endpoint::from_shared(endpoint.to_string()).map_err(|_| invalid("not a valid URI"))?;
     configure(parsed)
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()

@@ -15,7 +15,9 @@ pub enum Error {
         reason: String,
     },
     /// Domain not found.
-    #[error("domain '{0}' not found on this node (check the name or UUID with `virsh list --all`)")]
+    #[error(
+        "domain '{0}' not found on this node (check the name or UUID with `virsh list --all`)"
+    )]
     DomainNotFound(String),
     /// Disk not found in the domain.
     #[error("domain '{domain}' has no disk '{disk}' (targets: {known})")]
@@ -55,7 +57,9 @@ pub enum Error {
         volume: String,
     },
     /// The request id was used for a different request.
-    #[error("request_id '{0}' was already used for a different migration request; use a new request_id")]
+    #[error(
+        "request_id '{0}' was already used for a different migration request; use a new request_id"
+    )]
     RequestIdReused(String),
     /// Not enough space or migration slots.
     #[error("{0}")]
@@ -114,9 +118,7 @@ impl Error {
             Error::Precondition(_) | Error::WrongPhase { .. } => ErrorCode::FailedPrecondition,
             Error::AlreadyMigrating { .. }
             | Error::RequestIdReused(_)
-            | Error::DestinationExists { .. } => {
-                ErrorCode::AlreadyExists
-            }
+            | Error::DestinationExists { .. } => ErrorCode::AlreadyExists,
             Error::Exhausted(_) => ErrorCode::ResourceExhausted,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Cancelled => ErrorCode::Cancelled,

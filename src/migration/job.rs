@@ -136,9 +136,7 @@ async fn steps(inner: &Inner, job: &Job, start: Start) -> Result<MigrationResult
             .hv(move |hv| Ok(plan::plan(hv, &request)))
             .await
             .map_err(Error::hv("validating"))??;
-        inner
-            .publish(job, |r| r.plan = Some(fresh))
-            .await?;
+        inner.publish(job, |r| r.plan = Some(fresh)).await?;
         check_stop(job)?;
         prepare(inner, job).await?;
         check_stop(job)?;
@@ -212,7 +210,10 @@ async fn prepare(inner: &Inner, job: &Job) -> Result<(), Error> {
                 "pool '{}' cannot hold {} bytes: {m}",
                 plan.dest_pool, plan.capacity
             )),
-            other => Error::hv(format!("creating the destination volume in pool '{}'", plan.dest_pool))(other),
+            other => Error::hv(format!(
+                "creating the destination volume in pool '{}'",
+                plan.dest_pool
+            ))(other),
         })?;
     if volume.capacity < plan.capacity {
         return Err(Error::Exhausted(format!(
@@ -221,7 +222,9 @@ async fn prepare(inner: &Inner, job: &Job) -> Result<(), Error> {
         )));
     }
     let destination = match pool.disk_kind() {
-        Some(DiskKind::File) => DiskSource::File { path: volume.path.clone() },
+        Some(DiskKind::File) => DiskSource::File {
+            path: volume.path.clone(),
+        },
         Some(DiskKind::Block) => DiskSource::Block {
             path: volume.path.clone(),
             // Partitions and extents round sizes up; QEMU's mirror needs the
@@ -241,7 +244,11 @@ async fn prepare(inner: &Inner, job: &Job) -> Result<(), Error> {
             )))
         }
     };
-    let message = format!("created {} in pool {}", destination.display_name(), plan.dest_pool);
+    let message = format!(
+        "created {} in pool {}",
+        destination.display_name(),
+        plan.dest_pool
+    );
     inner
         .publish(job, |r| {
             if let Some(p) = r.plan.as_mut() {
@@ -264,7 +271,11 @@ async fn start_copy(inner: &Inner, job: &Job) -> Result<(), Error> {
         inner,
         job,
         Phase::Copying,
-        format!("copying {} to {}", plan.source.display_name(), dest.display_name()),
+        format!(
+            "copying {} to {}",
+            plan.source.display_name(),
+            dest.display_name()
+        ),
     )
     .await?;
     let copy = CopyOptions {
@@ -301,12 +312,11 @@ async fn wait_until_ready(inner: &Inner, job: &Job) -> Result<(), Error> {
             .hv(move |hv| {
                 let info = hv.block_job(&domain, &target)?;
                 let ready = match info {
-                    Some(j) if j.end > 0 && j.cur == j.end => live_disk(
-                        hv.disks(&domain, Definition::Live)?,
-                        &target,
-                    )
-                    .and_then(|d| d.mirror)
-                    .is_some_and(|m| m.ready),
+                    Some(j) if j.end > 0 && j.cur == j.end => {
+                        live_disk(hv.disks(&domain, Definition::Live)?, &target)
+                            .and_then(|d| d.mirror)
+                            .is_some_and(|m| m.ready)
+                    }
                     _ => false,
                 };
                 Ok((info, ready))
@@ -357,7 +367,11 @@ async fn wait_until_ready(inner: &Inner, job: &Job) -> Result<(), Error> {
             bytes_done: info.cur,
             bytes_total: info.end,
             rate,
-            eta_seconds: if rate > 0 { remaining.div_ceil(rate) } else { 0 },
+            eta_seconds: if rate > 0 {
+                remaining.div_ceil(rate)
+            } else {
+                0
+            },
         };
         if ready {
             job.lock().record.latest.progress = progress;
@@ -460,7 +474,10 @@ async fn verify(inner: &Inner, job: &Job, repaired: &mut bool) -> Result<(), Err
         if !hv.domain(&domain)?.persistent {
             return Ok(None);
         }
-        Ok(Some(live_disk(hv.disks(&domain, Definition::Persistent)?, &target)))
+        Ok(Some(live_disk(
+            hv.disks(&domain, Definition::Persistent)?,
+            &target,
+        )))
     })
     .await?;
     if let Some(disk) = persistent {
@@ -469,15 +486,22 @@ async fn verify(inner: &Inner, job: &Job, repaired: &mut bool) -> Result<(), Err
             .is_some_and(|s| same_source(&s, &dest));
         if !ok {
             tracing::warn!("persistent definition still names the old source; repairing it");
-            let (domain, target, d, fmt) =
-                (plan.domain.clone(), plan.target.clone(), dest.clone(), plan.dest_format);
+            let (domain, target, d, fmt) = (
+                plan.domain.clone(),
+                plan.target.clone(),
+                dest.clone(),
+                plan.dest_format,
+            );
             hv_retry(inner, "repairing the persistent definition", move |hv| {
                 hv.update_persistent_disk(&domain, &target, &d, fmt)
             })
             .await?;
             let (domain, target) = (plan.domain.clone(), plan.target.clone());
             let again = hv_retry(inner, "re-reading the persistent definition", move |hv| {
-                Ok(live_disk(hv.disks(&domain, Definition::Persistent)?, &target))
+                Ok(live_disk(
+                    hv.disks(&domain, Definition::Persistent)?,
+                    &target,
+                ))
             })
             .await?;
             if !again
@@ -517,9 +541,14 @@ async fn verify(inner: &Inner, job: &Job, repaired: &mut bool) -> Result<(), Err
 async fn cleanup(inner: &Inner, job: &Job) -> Result<bool, Error> {
     let plan = plan_of(job)?;
     let delete = job.lock().record.request.options.delete_source;
-    let (Some(pool), Some(volume), true) = (plan.source_pool.clone(), plan.source_volume.clone(), delete) else {
+    let (Some(pool), Some(volume), true) =
+        (plan.source_pool.clone(), plan.source_volume.clone(), delete)
+    else {
         let message = if delete {
-            format!("source {} is in no storage pool; kept", plan.source.display_name())
+            format!(
+                "source {} is in no storage pool; kept",
+                plan.source.display_name()
+            )
         } else {
             format!("source {} kept", plan.source.display_name())
         };
@@ -568,9 +597,9 @@ pub(crate) async fn fail(inner: &Inner, job: &Job, err: Error) {
                 plan.source.display_name()
             ),
             Ok(false) => rollback(inner, plan, created).await,
-            Err(e) => format!(
-                "unknown: libvirt could not be asked ({e}); restart the node to reconcile"
-            ),
+            Err(e) => {
+                format!("unknown: libvirt could not be asked ({e}); restart the node to reconcile")
+            }
         },
     };
     let failure = Failure {
@@ -612,7 +641,10 @@ async fn rollback(inner: &Inner, plan: &Plan, created: bool) -> String {
             _ => break,
         }
     }
-    let mut state = format!("the guest stays on its source {}", plan.source.display_name());
+    let mut state = format!(
+        "the guest stays on its source {}",
+        plan.source.display_name()
+    );
     if !created || plan.destination.is_none() && plan.dest_volume.is_empty() {
         return state;
     }

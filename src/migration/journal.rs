@@ -104,7 +104,9 @@ impl Journal {
                 .and_then(|d| serde_json::from_slice::<Record>(&d).map_err(|e| e.to_string()))
             {
                 Ok(r) => records.push(r),
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "skipping unreadable journal record"),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "skipping unreadable journal record")
+                }
             }
         }
         records.sort_by_key(|r| (r.latest.started_ms, r.id.clone()));

@@ -85,9 +85,7 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         .map_err(Error::hv("reading the disk's virtual size"))?;
 
     let pool = hv.pool(&req.destination_pool).map_err(|e| match e {
-        crate::hypervisor::HvError::NoPool(_) => {
-            Error::PoolNotFound(req.destination_pool.clone())
-        }
+        crate::hypervisor::HvError::NoPool(_) => Error::PoolNotFound(req.destination_pool.clone()),
         other => Error::hv(format!("reading pool '{}'", req.destination_pool))(other),
     })?;
     if pool.state != PoolRunState::Running {
@@ -113,7 +111,12 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         Some(name) => name.clone(),
         None => default_volume_name(&source, source_volume.as_ref().map(|v| v.name.as_str())),
     };
-    check_space(&pool, dest_kind, capacity, source_volume.as_ref().map(|v| v.allocation))?;
+    check_space(
+        &pool,
+        dest_kind,
+        capacity,
+        source_volume.as_ref().map(|v| v.allocation),
+    )?;
     if dest_kind != DiskKind::Block {
         // Block pools name their volumes themselves (partitions), so only the
         // other types can collide.
@@ -252,9 +255,20 @@ mod tests {
     #[test]
     fn space_check_counts_data_for_sparse_and_capacity_for_block() {
         let gib = 1 << 30;
-        assert!(check_space(&pool("dir", 10 * gib, gib), DiskKind::File, 20 * gib, Some(gib / 2)).is_ok());
+        assert!(check_space(
+            &pool("dir", 10 * gib, gib),
+            DiskKind::File,
+            20 * gib,
+            Some(gib / 2)
+        )
+        .is_ok());
         assert!(matches!(
-            check_space(&pool("disk", 10 * gib, gib), DiskKind::Block, 2 * gib, Some(1)),
+            check_space(
+                &pool("disk", 10 * gib, gib),
+                DiskKind::Block,
+                2 * gib,
+                Some(1)
+            ),
             Err(Error::Exhausted(_))
         ));
         assert!(check_space(&pool("rbd", 0, 0), DiskKind::Network, gib, None).is_ok());

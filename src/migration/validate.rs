@@ -73,7 +73,10 @@ pub fn disk(value: &str) -> Result<(), Error> {
     common("disk", value, 4096)?;
     if value.starts_with('/') {
         if value.split('/').any(|part| part == "..") {
-            return Err(invalid("disk", format!("path '{value}' must not contain '..'")));
+            return Err(invalid(
+                "disk",
+                format!("path '{value}' must not contain '..'"),
+            ));
         }
         return Ok(());
     }
@@ -116,7 +119,14 @@ mod tests {
     #[test]
     fn rejects_hostile_names() {
         for bad in [
-            "", "..", ".", "a/b", "../etc", "x\0y", "x\ny", &"a".repeat(4096),
+            "",
+            "..",
+            ".",
+            "a/b",
+            "../etc",
+            "x\0y",
+            "x\ny",
+            &"a".repeat(4096),
         ] {
             assert!(object_name("pool", bad).is_err(), "{bad:?}");
             assert!(volume_name("volume", bad).is_err(), "{bad:?}");

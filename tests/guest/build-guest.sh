@@ -9,12 +9,14 @@
 # happens only when it changes. Quiet on success; errors go to stderr, exit 1.
 #
 # Using the result with libvirt (qemu:///system, QEMU running as libvirt-qemu):
-# - OUTDIR and every directory above it must be searchable (o+x) by libvirt-qemu,
-#   so do not put it inside a `mktemp -d` directory (mode 0700) unless you chmod
-#   that directory 0755; the files themselves are written 0644.
-# - The same applies to the directory of a <serial type='file'> console log: libvirt
-#   creates the file itself, but QEMU must be able to reach the disk image and
-#   kernel. A 0755 directory under /tmp works; so does /var/log/libvirt/qemu.
+# - QEMU opens the kernel, initrd and disk images itself, so OUTDIR and the disk's
+#   directory, and every directory above them, must be searchable by libvirt-qemu:
+#   inside a `mktemp -d` directory (mode 0700) start fails with "could not open
+#   kernel file ... Permission denied". chmod such a directory 0755. (libvirt chowns
+#   the disk file to libvirt-qemu while the domain runs, but not its directories.)
+# - The <serial type='file'> console log is different: libvirtd (root) opens it and
+#   hands QEMU the descriptor, so it may live in a 0700 root directory; it comes out
+#   root-owned, mode 0600.
 # - Starting a domain truncates its console file unless the source has
 #   append='on' (<source path='...' append='on'/>); keep it on when a test
 #   restarts a guest and still needs the acks of the previous boot.
@@ -36,14 +38,15 @@ modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
 [ -r "$init" ] || die "missing $init"
 [ -x "$busybox" ] || die "no $busybox (install busybox-static)"
 # Only a static busybox works: the initramfs has no libc.
-"$busybox" --list | grep -qx crc32 || die "$busybox has no crc32 applet (need busybox-static)"
-for tool in cpio gzip sha256sum; do
+# (grep without -q: an early exit would SIGPIPE busybox and trip pipefail.)
+"$busybox" --list | grep -x crc32 >/dev/null || die "$busybox has no crc32 applet (need busybox-static)"
+for tool in cpio gzip sha256sum flock; do
     command -v "$tool" >/dev/null || die "$tool not found"
 done
 
 if [ -z "${KVER:-}" ]; then
     # sort -V so that e.g. 6.1.0-10 beats 6.1.0-9.
-    kernel=$(ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1)
+    kernel=$(ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1) || true
     [ -n "$kernel" ] || die "no /boot/vmlinuz-*-cloud-amd64 (install linux-image-cloud-amd64)"
     KVER=${kernel#/boot/vmlinuz-}
 fi
@@ -80,13 +83,17 @@ stamp_value=$(
         stat -L -c '%n %s %Y' "$kernel" "${module_paths[@]}"
     } | sha256sum | cut -d' ' -f1
 )
+mkdir -p "$out" || die "cannot create $out"
+# Test processes may call this concurrently for the same OUTDIR: serialise them so
+# nobody boots a kernel from one build with the initrd of another.
+exec 9>"$out/.build-guest.lock"
+flock 9 || die "cannot lock $out/.build-guest.lock"
 stamp=$out/.build-guest.stamp
 if [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ] && [ -f "$stamp" ] \
     && [ "$(cat "$stamp")" = "$stamp_value" ]; then
     exit 0
 fi
 
-mkdir -p "$out" || die "cannot create $out"
 stage=$(mktemp -d "$out/.stage.XXXXXX") || die "cannot create a staging directory in $out"
 trap 'rm -rf "$stage"' EXIT
 
@@ -111,7 +118,9 @@ for p in "${module_paths[@]}"; do
     esac
 done
 
-(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \
+# Fixed mtimes so the same inputs give a byte-identical initrd.
+find "$root" -exec touch -h -d @0 {} +
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) \
     | gzip -9n >"$stage/initrd.img" || die "cpio/gzip failed"
 cp "$kernel" "$stage/vmlinuz" || die "cannot copy $kernel"
 chmod 0644 "$stage/initrd.img" "$stage/vmlinuz"

@@ -1,0 +1,10 @@
+//! The gRPC edge: proto conversions, the single error-to-status map, the
+//! service shims over the engine, and the server/client transports.
+
+pub mod client;
+pub mod controller_service;
+pub mod convert;
+pub mod identity_service;
+pub mod node_service;
+pub mod server;
+pub mod status;

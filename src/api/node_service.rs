@@ -1,0 +1,150 @@
+//! The Node gRPC service: a thin shim over the migration engine.
+
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::api::convert;
+use crate::migration::{Engine, Subscription};
+use crate::proto;
+use crate::proto::node_server::Node;
+
+/// A stream of migration events.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::MigrationEvent, Status>> + Send>>;
+
+/// Node service over an engine.
+pub struct NodeService {
+    engine: Engine,
+}
+
+impl NodeService {
+    /// A service for `engine`.
+    pub fn new(engine: Engine) -> Self {
+        NodeService { engine }
+    }
+}
+
+/// Turns a subscription into a gRPC stream. The subscription is driven by its
+/// own task so that a client going away only drops the channel, never the job.
+pub fn event_stream(mut sub: Subscription) -> EventStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(event) = sub.next().await {
+            if tx.send(Ok(convert::event_to_proto(&event))).await.is_err() {
+                break;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn get_info(
+        &self,
+        _req: Request<proto::GetInfoRequest>,
+    ) -> Result<Response<proto::NodeInfo>, Status> {
+        let host = self.engine.host_info().await?;
+        Ok(Response::new(convert::node_info_to_proto(
+            self.engine.node_id(),
+            &host,
+            self.engine.max_concurrent(),
+        )))
+    }
+
+    async fn list_pools(
+        &self,
+        _req: Request<proto::ListPoolsRequest>,
+    ) -> Result<Response<proto::ListPoolsResponse>, Status> {
+        let host = self.engine.host_info().await?;
+        let pools = self.engine.pools().await?;
+        Ok(Response::new(proto::ListPoolsResponse {
+            pools: pools
+                .iter()
+                .map(|p| convert::pool_to_proto(p, &host.hostname))
+                .collect(),
+        }))
+    }
+
+    async fn list_disks(
+        &self,
+        req: Request<proto::ListDisksRequest>,
+    ) -> Result<Response<proto::ListDisksResponse>, Status> {
+        let disks = self.engine.disks(&req.into_inner().domain).await?;
+        Ok(Response::new(convert::disks_to_proto(&disks)))
+    }
+
+    type MigrateVolumeStream = EventStream;
+
+    #[tracing::instrument(skip_all, fields(domain, disk))]
+    async fn migrate_volume(
+        &self,
+        req: Request<proto::MigrateVolumeRequest>,
+    ) -> Result<Response<Self::MigrateVolumeStream>, Status> {
+        let req = req.into_inner();
+        tracing::Span::current().record("domain", req.domain.as_str());
+        tracing::Span::current().record("disk", req.disk.as_str());
+        if req.destination_pool.is_empty() {
+            return Err(Status::invalid_argument(
+                "invalid destination_pool: a node needs the destination pool named (the controller chooses one when it is empty)",
+            ));
+        }
+        let request = convert::request_from_proto(req)?;
+        let sub = self.engine.migrate(request).await?;
+        Ok(Response::new(event_stream(sub)))
+    }
+
+    type WatchMigrationStream = EventStream;
+
+    async fn watch_migration(
+        &self,
+        req: Request<proto::WatchMigrationRequest>,
+    ) -> Result<Response<Self::WatchMigrationStream>, Status> {
+        let sub = self.engine.watch(&req.into_inner().migration_id)?;
+        Ok(Response::new(event_stream(sub)))
+    }
+
+    async fn cancel_migration(
+        &self,
+        req: Request<proto::CancelMigrationRequest>,
+    ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
+        let latest = self.engine.cancel(&req.into_inner().migration_id)?;
+        Ok(Response::new(proto::CancelMigrationResponse {
+            latest: Some(convert::event_to_proto(&latest)),
+        }))
+    }
+
+    async fn get_migration(
+        &self,
+        req: Request<proto::GetMigrationRequest>,
+    ) -> Result<Response<proto::MigrationRecord>, Status> {
+        let record = self.engine.get(&req.into_inner().migration_id)?;
+        Ok(Response::new(convert::record_to_proto(&record)))
+    }
+
+    async fn list_migrations(
+        &self,
+        req: Request<proto::ListMigrationsRequest>,
+    ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
+        let req = req.into_inner();
+        if !req.node_id.is_empty() && req.node_id != self.engine.node_id() {
+            return Ok(Response::new(proto::ListMigrationsResponse::default()));
+        }
+        let records = self.engine.list(&convert::filter_from_proto(&req));
+        Ok(Response::new(proto::ListMigrationsResponse {
+            migrations: records.iter().map(convert::record_to_proto).collect(),
+        }))
+    }
+
+    async fn set_bandwidth(
+        &self,
+        req: Request<proto::SetBandwidthRequest>,
+    ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
+        let req = req.into_inner();
+        self.engine
+            .set_bandwidth(&req.migration_id, req.bytes_per_sec)
+            .await?;
+        Ok(Response::new(proto::SetBandwidthResponse {}))
+    }
+}
