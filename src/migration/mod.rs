@@ -13,3 +13,8 @@ pub mod validate;
 
 pub use engine::{DiskView, DomainDisks, Engine, EngineConfig, ListFilter, Subscription};
 pub use error::Error;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
