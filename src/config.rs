@@ -20,6 +20,8 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// Most migrations at once.
     pub max_concurrent_migrations: usize,
+    /// Milliseconds a migration stays SYNCHRONIZED before pivoting (0: pivot at once).
+    pub synchronized_hold_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -30,6 +32,7 @@ impl Default for NodeConfig {
             libvirt_uri: crate::libvirt::DEFAULT_URI.to_string(),
             state_dir: PathBuf::from("/var/lib/volmig/node"),
             max_concurrent_migrations: 4,
+            synchronized_hold_ms: 0,
         }
     }
 }

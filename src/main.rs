@@ -46,6 +46,9 @@ struct NodeArgs {
     /// Most migrations at once.
     #[arg(long, env = "VOLMIG_MAX_CONCURRENT")]
     max_concurrent: Option<usize>,
+    /// Milliseconds to stay SYNCHRONIZED before pivoting.
+    #[arg(long, env = "VOLMIG_SYNCHRONIZED_HOLD_MS")]
+    synchronized_hold_ms: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +90,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             if let Some(v) = args.max_concurrent {
                 cfg.max_concurrent_migrations = v;
+            }
+            if let Some(v) = args.synchronized_hold_ms {
+                cfg.synchronized_hold_ms = v;
             }
             volmig::node::run(cfg, shutdown_signal()).await?;
             Ok(0)

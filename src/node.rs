@@ -27,6 +27,7 @@ pub async fn run(
         EngineConfig {
             node_id: node_id.clone(),
             max_concurrent: config.max_concurrent_migrations.max(1),
+            synchronized_hold: std::time::Duration::from_millis(config.synchronized_hold_ms),
             ..EngineConfig::default()
         },
     )

@@ -31,6 +31,9 @@ pub struct EngineConfig {
     pub progress_interval: Duration,
     /// How long libvirtd may be unreachable during a migration before it fails.
     pub libvirt_grace: Duration,
+    /// How long a migration stays SYNCHRONIZED (mirroring every write) before it
+    /// pivots: a window for an operator or a test to observe or cancel it.
+    pub synchronized_hold: Duration,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +44,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_millis(250),
             progress_interval: Duration::from_secs(1),
             libvirt_grace: Duration::from_secs(90),
+            synchronized_hold: Duration::ZERO,
         }
     }
 }

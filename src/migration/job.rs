@@ -151,6 +151,12 @@ async fn steps(inner: &Inner, job: &Job, start: Start) -> Result<MigrationResult
             "source and destination are synchronized".to_string(),
         )
         .await?;
+        if !inner.config.synchronized_hold.is_zero() {
+            tokio::select! {
+                _ = job.cancel.cancelled() => {}
+                _ = tokio::time::sleep(inner.config.synchronized_hold) => {}
+            }
+        }
         check_stop(job)?;
     }
     if matches!(start, Start::Fresh | Start::WatchCopy | Start::Pivot) {

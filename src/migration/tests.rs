@@ -19,6 +19,7 @@ async fn engine(hv: Arc<FakeHypervisor>, dir: &std::path::Path) -> Engine {
             poll_interval: Duration::from_millis(5),
             progress_interval: Duration::from_millis(1),
             libvirt_grace: Duration::from_millis(100),
+            synchronized_hold: Duration::ZERO,
         },
     )
     .await

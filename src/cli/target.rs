@@ -1,0 +1,303 @@
+//! Which service a command talks to (`--node` or `--controller`), and the
+//! calls that both services answer with the same messages.
+//!
+//! The flags are resolved by hand rather than with clap's `env` so that an
+//! explicit flag always wins over the environment: an operator who exports both
+//! `VOLMIG_NODE` and `VOLMIG_CONTROLLER` can still pick one with a flag, where
+//! clap would call the two environment values a conflict.
+
+use clap::Args;
+use tonic::codec::Streaming;
+use tonic::transport::Channel;
+
+use crate::api::client::{connect_to, ClientError, Peer};
+use crate::proto::controller_client::ControllerClient;
+use crate::proto::node_client::NodeClient;
+use crate::proto::{
+    CancelMigrationRequest, CancelMigrationResponse, GetMigrationRequest, ListMigrationsRequest,
+    ListMigrationsResponse, MigrateVolumeRequest, MigrationEvent, MigrationRecord,
+    SetBandwidthRequest, SetBandwidthResponse, WatchMigrationRequest,
+};
+
+/// Where a node listens when nothing else is said: its local unix socket.
+pub const DEFAULT_NODE_ENDPOINT: &str = "unix:///run/volmig/node.sock";
+const NODE_ENV: &str = "VOLMIG_NODE";
+const CONTROLLER_ENV: &str = "VOLMIG_CONTROLLER";
+
+/// The `--node` / `--controller` flags every operator command takes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TargetArgs {
+    /// Talk to this node: unix:///path, http://host:port or https://host:port
+    /// [env: VOLMIG_NODE] [default: unix:///run/volmig/node.sock]
+    #[arg(long, value_name = "ENDPOINT", conflicts_with = "controller")]
+    pub node: Option<String>,
+    /// Talk to the controller instead of a node [env: VOLMIG_CONTROLLER]
+    #[arg(long, value_name = "ENDPOINT")]
+    pub controller: Option<String>,
+}
+
+/// Which services can answer a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepts {
+    /// A Node-only RPC (ListDisks, GetInfo).
+    Node,
+    /// A Controller-only RPC (ListNodes, PlanMigration).
+    Controller,
+    /// Both services have it, with the same messages.
+    Either,
+}
+
+/// A command's target that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// The command needs the controller and none was named.
+    #[error("`volmig {command}` asks the controller: pass --controller ENDPOINT or set VOLMIG_CONTROLLER")]
+    NeedsController {
+        /// The subcommand.
+        command: &'static str,
+    },
+    /// The command is a node RPC the controller does not have.
+    #[error("`volmig {command}` asks a node; the controller has no such call: pass --node ENDPOINT or set VOLMIG_NODE")]
+    NeedsNode {
+        /// The subcommand.
+        command: &'static str,
+    },
+    /// Both environment variables are set and no flag chose between them.
+    #[error("both VOLMIG_NODE and VOLMIG_CONTROLLER are set: pass --node or --controller to choose")]
+    Ambiguous,
+}
+
+/// A resolved target: which service, where, and whether a flag said so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The service expected at the endpoint.
+    pub peer: Peer,
+    /// The endpoint, as for [`connect_to`].
+    pub endpoint: String,
+    /// Named on the command line (rather than by the environment or default),
+    /// so follow-up commands suggested to the operator must repeat it.
+    from_flag: bool,
+}
+
+impl TargetArgs {
+    /// Resolves the flags, then `VOLMIG_CONTROLLER` / `VOLMIG_NODE`, then the
+    /// default node, for a command that `accepts` these services.
+    pub fn resolve(&self, command: &'static str, accepts: Accepts) -> Result<Target, TargetError> {
+        let env = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        self.resolve_with(command, accepts, env(NODE_ENV), env(CONTROLLER_ENV))
+    }
+
+    fn resolve_with(
+        &self,
+        command: &'static str,
+        accepts: Accepts,
+        env_node: Option<String>,
+        env_controller: Option<String>,
+    ) -> Result<Target, TargetError> {
+        let node = |endpoint: String, from_flag| Target {
+            peer: Peer::Node,
+            endpoint,
+            from_flag,
+        };
+        let controller = |endpoint: String, from_flag| Target {
+            peer: Peer::Controller,
+            endpoint,
+            from_flag,
+        };
+        let default_node = || DEFAULT_NODE_ENDPOINT.to_string();
+
+        let target = match (&self.node, &self.controller) {
+            (_, Some(endpoint)) => controller(endpoint.clone(), true),
+            (Some(endpoint), None) => node(endpoint.clone(), true),
+            (None, None) => match (accepts, env_node, env_controller) {
+                (Accepts::Controller, _, Some(endpoint)) => controller(endpoint, false),
+                (Accepts::Controller, _, None) => return Err(TargetError::NeedsController { command }),
+                (Accepts::Node, endpoint, _) => node(endpoint.unwrap_or_else(default_node), false),
+                (Accepts::Either, Some(_), Some(_)) => return Err(TargetError::Ambiguous),
+                (Accepts::Either, None, Some(endpoint)) => controller(endpoint, false),
+                (Accepts::Either, endpoint, None) => node(endpoint.unwrap_or_else(default_node), false),
+            },
+        };
+        match (accepts, target.peer) {
+            (Accepts::Node, Peer::Controller) => Err(TargetError::NeedsNode { command }),
+            (Accepts::Controller, Peer::Node) => Err(TargetError::NeedsController { command }),
+            _ => Ok(target),
+        }
+    }
+}
+
+impl Target {
+    /// Opens a channel to the target.
+    pub async fn channel(&self) -> Result<Channel, ClientError> {
+        connect_to(self.peer, &self.endpoint).await
+    }
+
+    /// The flags that make a suggested follow-up command reach the same
+    /// service: empty unless the endpoint was given on the command line.
+    pub fn flags(&self) -> String {
+        if self.from_flag {
+            format!(" --{} {}", self.peer, self.endpoint)
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// A client for the calls that the Node and the Controller both serve.
+pub enum Service {
+    /// Talking to a node directly.
+    Node(NodeClient<Channel>),
+    /// Talking to the controller, which routes to the right node.
+    Controller(ControllerClient<Channel>),
+}
+
+/// Calls `$method` on whichever client `$service` holds and unwraps the response.
+macro_rules! either {
+    ($service:expr, $method:ident, $request:expr) => {
+        match $service {
+            Service::Node(client) => client.$method($request).await,
+            Service::Controller(client) => client.$method($request).await,
+        }
+        .map(tonic::Response::into_inner)
+    };
+}
+
+impl Service {
+    /// Connects to `target` with the client for its service.
+    pub async fn connect(target: &Target) -> Result<Self, ClientError> {
+        let channel = target.channel().await?;
+        Ok(match target.peer {
+            Peer::Node => Service::Node(NodeClient::new(channel)),
+            Peer::Controller => Service::Controller(ControllerClient::new(channel)),
+        })
+    }
+
+    /// MigrateVolume.
+    pub async fn migrate(
+        &mut self,
+        request: MigrateVolumeRequest,
+    ) -> Result<Streaming<MigrationEvent>, tonic::Status> {
+        either!(self, migrate_volume, request)
+    }
+
+    /// WatchMigration.
+    pub async fn watch(&mut self, migration_id: String) -> Result<Streaming<MigrationEvent>, tonic::Status> {
+        either!(self, watch_migration, WatchMigrationRequest { migration_id })
+    }
+
+    /// CancelMigration.
+    pub async fn cancel(&mut self, migration_id: String) -> Result<CancelMigrationResponse, tonic::Status> {
+        either!(self, cancel_migration, CancelMigrationRequest { migration_id })
+    }
+
+    /// GetMigration.
+    pub async fn get(&mut self, migration_id: String) -> Result<MigrationRecord, tonic::Status> {
+        either!(self, get_migration, GetMigrationRequest { migration_id })
+    }
+
+    /// ListMigrations.
+    pub async fn list(
+        &mut self,
+        request: ListMigrationsRequest,
+    ) -> Result<ListMigrationsResponse, tonic::Status> {
+        either!(self, list_migrations, request)
+    }
+
+    /// SetBandwidth.
+    pub async fn set_bandwidth(
+        &mut self,
+        migration_id: String,
+        bytes_per_sec: u64,
+    ) -> Result<SetBandwidthResponse, tonic::Status> {
+        either!(
+            self,
+            set_bandwidth,
+            SetBandwidthRequest {
+                migration_id,
+                bytes_per_sec
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(node: Option<&str>, controller: Option<&str>) -> TargetArgs {
+        TargetArgs {
+            node: node.map(str::to_string),
+            controller: controller.map(str::to_string),
+        }
+    }
+
+    fn resolve(
+        a: &TargetArgs,
+        accepts: Accepts,
+        env_node: Option<&str>,
+        env_controller: Option<&str>,
+    ) -> Result<Target, TargetError> {
+        a.resolve_with(
+            "test",
+            accepts,
+            env_node.map(str::to_string),
+            env_controller.map(str::to_string),
+        )
+    }
+
+    #[test]
+    fn nothing_given_means_the_local_node() {
+        let t = resolve(&args(None, None), Accepts::Either, None, None).expect("target");
+        assert_eq!((t.peer, t.endpoint.as_str()), (Peer::Node, DEFAULT_NODE_ENDPOINT));
+        assert_eq!(t.flags(), "");
+    }
+
+    #[test]
+    fn flags_win_over_the_environment() {
+        let t = resolve(&args(Some("http://n2:7400"), None), Accepts::Either, None, Some("http://c:1"))
+            .expect("target");
+        assert_eq!((t.peer, t.endpoint.as_str()), (Peer::Node, "http://n2:7400"));
+        assert_eq!(t.flags(), " --node http://n2:7400");
+    }
+
+    #[test]
+    fn controller_from_the_environment_is_used_when_no_flag_is_given() {
+        let t = resolve(&args(None, None), Accepts::Either, None, Some("http://c:1")).expect("target");
+        assert_eq!(t.peer, Peer::Controller);
+        assert_eq!(t.flags(), "");
+    }
+
+    #[test]
+    fn both_environment_variables_need_a_flag_to_choose() {
+        assert_eq!(
+            resolve(&args(None, None), Accepts::Either, Some("unix:///n.sock"), Some("http://c:1")),
+            Err(TargetError::Ambiguous)
+        );
+        let t = resolve(&args(None, None), Accepts::Controller, Some("unix:///n.sock"), Some("http://c:1"))
+            .expect("target");
+        assert_eq!(t.peer, Peer::Controller);
+        let t = resolve(&args(None, None), Accepts::Node, Some("unix:///n.sock"), Some("http://c:1"))
+            .expect("target");
+        assert_eq!((t.peer, t.endpoint.as_str()), (Peer::Node, "unix:///n.sock"));
+    }
+
+    #[test]
+    fn controller_only_commands_refuse_a_node() {
+        assert_eq!(
+            resolve(&args(None, None), Accepts::Controller, None, None),
+            Err(TargetError::NeedsController { command: "test" })
+        );
+        assert_eq!(
+            resolve(&args(Some("unix:///n.sock"), None), Accepts::Controller, None, Some("http://c:1")),
+            Err(TargetError::NeedsController { command: "test" })
+        );
+    }
+
+    #[test]
+    fn node_only_commands_refuse_the_controller() {
+        assert_eq!(
+            resolve(&args(None, Some("http://c:1")), Accepts::Node, None, None),
+            Err(TargetError::NeedsNode { command: "test" })
+        );
+    }
+}
