@@ -5,6 +5,7 @@
 //! host; [`libvirt`] is the only module that talks to libvirt.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod hypervisor;
 pub mod libvirt;

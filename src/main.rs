@@ -24,6 +24,8 @@ enum Command {
     Node(NodeArgs),
     /// Run the controller service.
     Controller(ControllerArgs),
+    #[command(flatten)]
+    Operator(volmig::cli::OperatorCommand),
 }
 
 #[derive(clap::Args)]
@@ -107,6 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             volmig::api::server::serve_controller(listen, shutdown_signal()).await?;
             Ok(0)
         }
+        Command::Operator(cmd) => volmig::cli::run(cmd).await,
     }
 }
 

@@ -6,7 +6,6 @@
 //! that a wrong address or a service that is not running is reported at once,
 //! with a hint, rather than on the first call.
 
-use std::error::Error as _;
 use std::fmt;
 use std::io;
 use std::time::Duration;

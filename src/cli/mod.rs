@@ -22,15 +22,13 @@ use crate::api::client::{code_name, status_message, ClientError, Peer};
 use crate::proto::controller_client::ControllerClient;
 use crate::proto::node_client::NodeClient;
 use crate::proto::{
-    ChainPolicy, CopyMode, GetInfoRequest, ListClusterPoolsRequest, ListDisksRequest, ListMigrationsRequest,
-    ListNodesRequest, ListPoolsRequest, MigrateVolumeRequest, MigrationOptions, SourcePolicy, VerifyLevel,
-    VolumeFormat,
+    ChainPolicy, CopyMode, GetInfoRequest, ListClusterPoolsRequest, ListDisksRequest,
+    ListMigrationsRequest, ListNodesRequest, ListPoolsRequest, MigrateVolumeRequest,
+    MigrationOptions, SourcePolicy, VerifyLevel, VolumeFormat,
 };
 use progress::{Detach, Style};
 use target::{Accepts, Service, TargetArgs, TargetError};
 use units::{human_rate, parse_bandwidth};
-
-pub use progress::EXIT_INTERRUPTED;
 
 /// The operator subcommands; the binary's own subcommand enum flattens this in.
 #[derive(Debug, Subcommand)]
@@ -143,7 +141,11 @@ impl RequestArgs {
                     CopyMode::SynchronousWrites as i32,
                     CopyMode::Background as i32,
                 ),
-                chain_policy: pick(self.shallow, ChainPolicy::Shallow as i32, ChainPolicy::Flatten as i32),
+                chain_policy: pick(
+                    self.shallow,
+                    ChainPolicy::Shallow as i32,
+                    ChainPolicy::Flatten as i32,
+                ),
                 source_policy: pick(
                     self.delete_source,
                     SourcePolicy::Delete as i32,
@@ -254,7 +256,7 @@ pub struct DisksArgs {
 /// fix or the server's to report, and end the command with exit code 1.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
-    #[error("{}: {0}", code_name(.0.code()))]
+    #[error("{code}: {0}", code = code_name(.0.code()))]
     Connect(#[from] ClientError),
     #[error("{}", status_message(.0))]
     Rpc(#[from] tonic::Status),
@@ -267,15 +269,16 @@ enum CliError {
 }
 
 /// Runs one operator command and returns the process exit code: 0 on success,
-/// 1 on any failure (already reported on stderr), [`EXIT_INTERRUPTED`] when a
-/// followed migration was detached with Ctrl-C. An `Err` means the output
-/// itself could not be written (e.g. stdout closed).
+/// 1 on any failure (already reported on stderr), 130 when a followed
+/// migration was detached with Ctrl-C (it goes on in the node). An `Err`
+/// means the output itself could not be written (e.g. stdout closed).
 pub async fn run(cmd: OperatorCommand) -> anyhow::Result<i32> {
     match execute(cmd).await {
         Ok(code) => Ok(code),
         Err(CliError::Output(err)) => Err(anyhow::Error::new(err).context("cannot write output")),
         Err(err) => {
-            writeln!(io::stderr(), "error: {err}").map_err(|e| anyhow::Error::new(e).context("cannot write to stderr"))?;
+            writeln!(io::stderr(), "error: {err}")
+                .map_err(|e| anyhow::Error::new(e).context("cannot write to stderr"))?;
             Ok(1)
         }
     }
@@ -308,7 +311,11 @@ fn style(json: bool) -> Style {
 }
 
 /// Writes a command's whole output to stdout: a JSON value on one line, or text.
-fn print(json: bool, value: impl FnOnce() -> serde_json::Value, text: impl FnOnce() -> String) -> Result<i32, CliError> {
+fn print(
+    json: bool,
+    value: impl FnOnce() -> serde_json::Value,
+    text: impl FnOnce() -> String,
+) -> Result<i32, CliError> {
     let mut out = io::stdout().lock();
     if json {
         writeln!(out, "{}", value())?;
@@ -345,17 +352,26 @@ async fn migrate(args: MigrateArgs) -> Result<i32, CliError> {
 
 async fn plan(args: PlanArgs) -> Result<i32, CliError> {
     let target = args.output.target.resolve("plan", Accepts::Controller)?;
-    let request = args.request.to_request(args.request.request_id.clone().unwrap_or_default());
+    let request = args
+        .request
+        .to_request(args.request.request_id.clone().unwrap_or_default());
     let reply = ControllerClient::new(target.channel().await?)
         .plan_migration(request)
         .await?
         .into_inner();
-    print(args.output.json, || json::plan(&reply), || report::plan(&reply))
+    print(
+        args.output.json,
+        || json::plan(&reply),
+        || report::plan(&reply),
+    )
 }
 
 async fn watch(args: WatchArgs) -> Result<i32, CliError> {
     let target = args.output.target.resolve("watch", Accepts::Either)?;
-    let stream = Service::connect(&target).await?.watch(args.id.clone()).await?;
+    let stream = Service::connect(&target)
+        .await?
+        .watch(args.id.clone())
+        .await?;
     let detach = Detach {
         target_flags: target.flags(),
         migration_id: Some(args.id),
@@ -366,7 +382,10 @@ async fn watch(args: WatchArgs) -> Result<i32, CliError> {
 
 async fn cancel(args: IdArgs) -> Result<i32, CliError> {
     let target = args.target.resolve("cancel", Accepts::Either)?;
-    let reply = Service::connect(&target).await?.cancel(args.id.clone()).await?;
+    let reply = Service::connect(&target)
+        .await?
+        .cancel(args.id.clone())
+        .await?;
     let was = reply
         .latest
         .map(|ev| format!(" (it was {})", progress::phase_name(ev.phase())))
@@ -385,7 +404,11 @@ async fn cancel(args: IdArgs) -> Result<i32, CliError> {
 async fn status(args: StatusArgs) -> Result<i32, CliError> {
     let target = args.output.target.resolve("status", Accepts::Either)?;
     let record = Service::connect(&target).await?.get(args.id).await?;
-    print(args.output.json, || json::record(&record), || report::record(&record))
+    print(
+        args.output.json,
+        || json::record(&record),
+        || report::record(&record),
+    )
 }
 
 async fn list(args: ListArgs) -> Result<i32, CliError> {
@@ -414,7 +437,11 @@ async fn set_bandwidth(args: SetBandwidthArgs) -> Result<i32, CliError> {
     } else {
         format!("limit set to {}", human_rate(args.bandwidth))
     };
-    writeln!(io::stdout().lock(), "migration {}: copy bandwidth {limit}", args.id)?;
+    writeln!(
+        io::stdout().lock(),
+        "migration {}: copy bandwidth {limit}",
+        args.id
+    )?;
     Ok(0)
 }
 
@@ -423,8 +450,15 @@ async fn pools(args: OutputArgs) -> Result<i32, CliError> {
     let channel = target.channel().await?;
     match target.peer {
         Peer::Node => {
-            let reply = NodeClient::new(channel).list_pools(ListPoolsRequest {}).await?.into_inner();
-            print(args.json, || json::pools(&reply.pools), || report::pools(&reply.pools))
+            let reply = NodeClient::new(channel)
+                .list_pools(ListPoolsRequest {})
+                .await?
+                .into_inner();
+            print(
+                args.json,
+                || json::pools(&reply.pools),
+                || report::pools(&reply.pools),
+            )
         }
         Peer::Controller => {
             let reply = ControllerClient::new(channel)
@@ -443,10 +477,16 @@ async fn pools(args: OutputArgs) -> Result<i32, CliError> {
 async fn disks(args: DisksArgs) -> Result<i32, CliError> {
     let target = args.output.target.resolve("disks", Accepts::Node)?;
     let reply = NodeClient::new(target.channel().await?)
-        .list_disks(ListDisksRequest { domain: args.domain })
+        .list_disks(ListDisksRequest {
+            domain: args.domain,
+        })
         .await?
         .into_inner();
-    print(args.output.json, || json::disks(&reply), || report::disks(&reply))
+    print(
+        args.output.json,
+        || json::disks(&reply),
+        || report::disks(&reply),
+    )
 }
 
 async fn info(args: OutputArgs) -> Result<i32, CliError> {
@@ -455,7 +495,11 @@ async fn info(args: OutputArgs) -> Result<i32, CliError> {
         .get_info(GetInfoRequest {})
         .await?
         .into_inner();
-    print(args.json, || json::node_info(&reply), || report::node_info(&reply))
+    print(
+        args.json,
+        || json::node_info(&reply),
+        || report::node_info(&reply),
+    )
 }
 
 async fn nodes(args: OutputArgs) -> Result<i32, CliError> {
@@ -464,7 +508,11 @@ async fn nodes(args: OutputArgs) -> Result<i32, CliError> {
         .list_nodes(ListNodesRequest {})
         .await?
         .into_inner();
-    print(args.json, || json::nodes(&reply.nodes), || report::nodes(&reply.nodes))
+    print(
+        args.json,
+        || json::nodes(&reply.nodes),
+        || report::nodes(&reply.nodes),
+    )
 }
 
 #[cfg(test)]
@@ -479,7 +527,8 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<OperatorCommand, clap::Error> {
-        TestCli::try_parse_from(std::iter::once("volmig").chain(args.iter().copied())).map(|c| c.cmd)
+        TestCli::try_parse_from(std::iter::once("volmig").chain(args.iter().copied()))
+            .map(|c| c.cmd)
     }
 
     #[test]
@@ -491,9 +540,32 @@ mod tests {
     #[test]
     fn migrate_flags_become_the_request() {
         let cmd = parse(&[
-            "migrate", "--domain", "vm1", "--disk", "vda", "--to-pool", "fast", "--to-volume", "vm1-new",
-            "--format", "qcow2", "--bandwidth", "50MiB", "--sync-writes", "--shallow", "--delete-source",
-            "--timeout", "600", "--verify", "strict", "--request-id", "r1", "--tag", "ssd", "--tag", "eu",
+            "migrate",
+            "--domain",
+            "vm1",
+            "--disk",
+            "vda",
+            "--to-pool",
+            "fast",
+            "--to-volume",
+            "vm1-new",
+            "--format",
+            "qcow2",
+            "--bandwidth",
+            "50MiB",
+            "--sync-writes",
+            "--shallow",
+            "--delete-source",
+            "--timeout",
+            "600",
+            "--verify",
+            "strict",
+            "--request-id",
+            "r1",
+            "--tag",
+            "ssd",
+            "--tag",
+            "eu",
             "--json",
         ])
         .expect("parses");
@@ -530,7 +602,11 @@ mod tests {
         let OperatorCommand::Migrate(args) = cmd else {
             panic!("not migrate: {cmd:?}");
         };
-        let options = args.request.to_request(String::new()).options.expect("options");
+        let options = args
+            .request
+            .to_request(String::new())
+            .options
+            .expect("options");
         assert_eq!(options.copy_mode(), CopyMode::Background);
         assert_eq!(options.chain_policy(), ChainPolicy::Flatten);
         assert_eq!(options.source_policy(), SourcePolicy::Keep);
@@ -546,18 +622,36 @@ mod tests {
 
     #[test]
     fn node_and_controller_flags_are_exclusive() {
-        let err = parse(&["list", "--node", "unix:///n.sock", "--controller", "http://c:1"])
-            .expect_err("both targets");
+        let err = parse(&[
+            "list",
+            "--node",
+            "unix:///n.sock",
+            "--controller",
+            "http://c:1",
+        ])
+        .expect_err("both targets");
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[tokio::test]
     async fn migrate_at_a_node_needs_a_pool_before_connecting() {
-        let cmd = parse(&["migrate", "--domain", "vm1", "--disk", "vda", "--node", "unix:///nonexistent.sock"])
-            .expect("parses");
+        let cmd = parse(&[
+            "migrate",
+            "--domain",
+            "vm1",
+            "--disk",
+            "vda",
+            "--node",
+            "unix:///nonexistent.sock",
+        ])
+        .expect("parses");
         let err = execute(cmd).await.expect_err("no pool");
         assert!(matches!(err, CliError::Usage(_)), "{err}");
-        assert!(err.to_string().starts_with("INVALID_ARGUMENT: --to-pool is required"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("INVALID_ARGUMENT: --to-pool is required"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

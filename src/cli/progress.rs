@@ -138,7 +138,10 @@ impl<O: Write, E: Write> Display<O, E> {
     /// Reports that the operator detached (Ctrl-C).
     pub fn interrupted(&mut self, detach: &Detach) -> io::Result<()> {
         self.clear_live_line()?;
-        let id = self.migration_id.clone().or_else(|| detach.migration_id.clone());
+        let id = self
+            .migration_id
+            .clone()
+            .or_else(|| detach.migration_id.clone());
         write!(
             self.err,
             "{}",
@@ -149,14 +152,21 @@ impl<O: Write, E: Write> Display<O, E> {
 
     /// Reports that the stream broke (`status`) or ended (`None`) before the
     /// terminal event; the migration itself may well still be running.
-    pub fn stream_lost(&mut self, status: Option<&tonic::Status>, detach: &Detach) -> io::Result<()> {
+    pub fn stream_lost(
+        &mut self,
+        status: Option<&tonic::Status>,
+        detach: &Detach,
+    ) -> io::Result<()> {
         self.clear_live_line()?;
         let problem = match status {
             Some(status) => status_message(status),
             None => "UNAVAILABLE: the event stream ended before the migration finished".to_string(),
         };
         writeln!(self.err, "error: {problem}")?;
-        let id = self.migration_id.clone().or_else(|| detach.migration_id.clone());
+        let id = self
+            .migration_id
+            .clone()
+            .or_else(|| detach.migration_id.clone());
         if let Some(id) = id {
             writeln!(
                 self.err,
@@ -179,7 +189,11 @@ impl<O: Write, E: Write> Display<O, E> {
 /// Follows `stream` until its terminal event, Ctrl-C or a broken stream, and
 /// returns the exit code: 0 on COMPLETED, 1 on FAILED, CANCELLED or a broken
 /// stream, [`EXIT_INTERRUPTED`] on Ctrl-C.
-pub async fn follow(mut stream: Streaming<MigrationEvent>, style: Style, detach: &Detach) -> io::Result<i32> {
+pub async fn follow(
+    mut stream: Streaming<MigrationEvent>,
+    style: Style,
+    detach: &Detach,
+) -> io::Result<i32> {
     let mut display = Display::new(style, io::stdout(), io::stderr());
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -254,7 +268,8 @@ pub fn elapsed_seconds(ev: &MigrationEvent) -> Option<u64> {
         .then(|| (ev.timestamp_unix_ms - ev.started_at_unix_ms) / 1000)
 }
 
-/// Bytes done as a percentage of the total with one decimal, never above 100.
+/// Bytes done as a percentage of the total with one decimal, rounded down so
+/// that 100.0% means done, and capped there because the total can lag behind.
 pub fn percent(done: u64, total: u64) -> Option<String> {
     if total == 0 {
         return None;
@@ -264,10 +279,14 @@ pub fn percent(done: u64, total: u64) -> Option<String> {
 }
 
 /// The one-line progress display: `COPYING  42.0%  4.2 GiB / 10.0 GiB  118.3 MiB/s  ETA 52s`.
-/// Rate and ETA are left out while unknown (0).
+/// Rate and ETA are left out while unknown (0); a terminal phase is shown
+/// alone, since its last rate and ETA no longer mean anything.
 pub fn progress_line(ev: &MigrationEvent) -> String {
     let mut line = phase_name(ev.phase()).to_string();
-    let Some(p) = ev.progress.filter(|p| p.bytes_total > 0) else {
+    let Some(p) = ev
+        .progress
+        .filter(|p| p.bytes_total > 0 && !is_terminal(ev.phase()))
+    else {
         return line;
     };
     if let Some(pct) = percent(p.bytes_done, p.bytes_total) {
@@ -294,21 +313,34 @@ pub fn header_line(ev: &MigrationEvent) -> String {
         line.push_str(&format!(" on node {}", ev.node_id));
     }
     if !ev.domain.is_empty() || !ev.disk.is_empty() {
-        line.push_str(&format!(": domain {} disk {}", or_dash(&ev.domain), or_dash(&ev.disk)));
+        line.push_str(&format!(
+            ": domain {} disk {}",
+            or_dash(&ev.domain),
+            or_dash(&ev.disk)
+        ));
     }
     line
 }
 
 /// One line per phase change: time since acceptance, phase, and the event's message.
 pub fn phase_line(ev: &MigrationEvent) -> String {
-    let elapsed = elapsed_seconds(ev).map_or_else(|| "-".to_string(), |s| format!("+{}", human_duration(s)));
-    let line = format!("{elapsed:>9}  {:<21}  {}", phase_name(ev.phase()), ev.message);
+    let elapsed =
+        elapsed_seconds(ev).map_or_else(|| "-".to_string(), |s| format!("+{}", human_duration(s)));
+    let line = format!(
+        "{elapsed:>9}  {:<21}  {}",
+        phase_name(ev.phase()),
+        ev.message
+    );
     line.trim_end().to_string()
 }
 
 /// What a COMPLETED event did, over several lines.
 pub fn completed_summary(ev: &MigrationEvent) -> String {
-    let mut out = format!("migration {} COMPLETED{}\n", or_dash(&ev.migration_id), took(ev));
+    let mut out = format!(
+        "migration {} COMPLETED{}\n",
+        or_dash(&ev.migration_id),
+        took(ev)
+    );
     let Some(r) = &ev.result else {
         return out;
     };
@@ -343,10 +375,18 @@ pub fn completed_summary(ev: &MigrationEvent) -> String {
 /// with the `error: CODE: message` line.
 pub fn failed_summary(ev: &MigrationEvent) -> String {
     let phase = phase_name(ev.phase());
-    let mut out = format!("migration {} {phase}{}\n", or_dash(&ev.migration_id), took(ev));
+    let mut out = format!(
+        "migration {} {phase}{}\n",
+        or_dash(&ev.migration_id),
+        took(ev)
+    );
     match &ev.error {
         Some(e) => {
-            let message = if e.message.is_empty() { &ev.message } else { &e.message };
+            let message = if e.message.is_empty() {
+                &ev.message
+            } else {
+                &e.message
+            };
             out.push_str(&format!(
                 "error: {}: {}\n",
                 code_name(tonic::Code::from_i32(e.code)),
@@ -362,7 +402,11 @@ pub fn failed_summary(ev: &MigrationEvent) -> String {
             } else {
                 tonic::Code::Unknown
             };
-            out.push_str(&format!("error: {}: {}\n", code_name(code), or_dash(&ev.message)));
+            out.push_str(&format!(
+                "error: {}: {}\n",
+                code_name(code),
+                or_dash(&ev.message)
+            ));
         }
     }
     out
@@ -381,7 +425,11 @@ fn or_dash(s: &str) -> &str {
 }
 
 /// What to print on Ctrl-C: the migration goes on, and how to reach it again.
-pub fn detach_message(detach: &Detach, migration_id: Option<&str>, node_id: Option<&str>) -> String {
+pub fn detach_message(
+    detach: &Detach,
+    migration_id: Option<&str>,
+    node_id: Option<&str>,
+) -> String {
     let flags = &detach.target_flags;
     match (migration_id, &detach.request) {
         (Some(id), _) => {
@@ -440,7 +488,7 @@ mod tests {
 
     #[test]
     fn progress_line_shows_percent_bytes_rate_and_eta() {
-        let ev = copying(4_509_715_660, 10 << 30, 124_046_540, 52);
+        let ev = copying(4_509_715_661, 10 << 30, 124_046_540, 52);
         assert_eq!(
             progress_line(&ev),
             "COPYING   42.0%  4.2 GiB / 10.0 GiB  118.3 MiB/s  ETA 52s"
@@ -460,6 +508,13 @@ mod tests {
         assert_eq!(progress_line(&ev), "VALIDATING");
         ev.progress = None;
         assert_eq!(progress_line(&ev), "VALIDATING");
+    }
+
+    #[test]
+    fn progress_line_of_a_terminal_event_is_just_the_phase() {
+        let mut ev = copying(1 << 30, 4 << 30, 100, 30);
+        ev.phase = Phase::Cancelled as i32;
+        assert_eq!(progress_line(&ev), "CANCELLED");
     }
 
     #[test]
@@ -537,8 +592,10 @@ mod tests {
     fn live_display_redraws_progress_in_place_and_phases_on_their_own_lines() {
         let t0 = Instant::now();
         let (out, err) = render(Style::Live, |d| {
-            d.event(&copying(1 << 30, 4 << 30, 0, 0), t0).expect("write");
-            d.event(&copying(2 << 30, 4 << 30, 0, 0), t0).expect("write");
+            d.event(&copying(1 << 30, 4 << 30, 0, 0), t0)
+                .expect("write");
+            d.event(&copying(2 << 30, 4 << 30, 0, 0), t0)
+                .expect("write");
             let mut synced = copying(4 << 30, 4 << 30, 0, 0);
             synced.phase = Phase::Synchronized as i32;
             synced.message = "in sync".into();
@@ -568,7 +625,10 @@ mod tests {
         let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("COPYING")).collect();
         assert_eq!(
             progress,
-            ["COPYING   12.5%  1.0 GiB / 8.0 GiB", "COPYING   50.0%  4.0 GiB / 8.0 GiB"]
+            [
+                "COPYING   12.5%  1.0 GiB / 8.0 GiB",
+                "COPYING   50.0%  4.0 GiB / 8.0 GiB"
+            ]
         );
         assert!(!err.contains('\r'), "{err:?}");
     }
@@ -606,7 +666,10 @@ mod tests {
         };
         let (out, err) = render(Style::Plain, |d| d.event(&failed, t0).expect("write"));
         assert_eq!(out, "");
-        assert!(err.contains("error: CANCELLED: cancelled by operator"), "{err}");
+        assert!(
+            err.contains("error: CANCELLED: cancelled by operator"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -631,18 +694,24 @@ mod tests {
         };
         let message = detach_message(&detach, None, None);
         assert!(message.contains("--request-id r1"), "{message}");
-        assert!(message.contains("volmig list --domain vm1 --active"), "{message}");
+        assert!(
+            message.contains("volmig list --domain vm1 --active"),
+            "{message}"
+        );
     }
 
     #[test]
     fn interrupted_live_display_erases_the_progress_line_first() {
         let (_, err) = render(Style::Live, |d| {
-            d.event(&copying(1, 2, 0, 0), Instant::now()).expect("write");
+            d.event(&copying(1, 2, 0, 0), Instant::now())
+                .expect("write");
             d.interrupted(&Detach::default()).expect("write");
         });
         assert!(
-            err.ends_with("\r\x1b[2Kinterrupted: detached from migration m1, which continues on node n1\n  \
-                           follow it: volmig watch m1\n  cancel it: volmig cancel m1\n"),
+            err.ends_with(
+                "\r\x1b[2Kinterrupted: detached from migration m1, which continues on node n1\n  \
+                           follow it: volmig watch m1\n  cancel it: volmig cancel m1\n"
+            ),
             "{err:?}"
         );
     }

@@ -1,5 +1,5 @@
-//! Plain-text tables: a header row and left-aligned columns two spaces apart,
-//! so they read well in a terminal and split cleanly with `awk`.
+//! Plain-text tables for people: a header row and left-aligned columns two
+//! spaces apart. Scripts should use `--json`; cells may contain spaces.
 
 /// A table being built row by row.
 pub struct Table {

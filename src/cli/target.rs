@@ -63,7 +63,9 @@ pub enum TargetError {
         command: &'static str,
     },
     /// Both environment variables are set and no flag chose between them.
-    #[error("both VOLMIG_NODE and VOLMIG_CONTROLLER are set: pass --node or --controller to choose")]
+    #[error(
+        "both VOLMIG_NODE and VOLMIG_CONTROLLER are set: pass --node or --controller to choose"
+    )]
     Ambiguous,
 }
 
@@ -111,11 +113,15 @@ impl TargetArgs {
             (Some(endpoint), None) => node(endpoint.clone(), true),
             (None, None) => match (accepts, env_node, env_controller) {
                 (Accepts::Controller, _, Some(endpoint)) => controller(endpoint, false),
-                (Accepts::Controller, _, None) => return Err(TargetError::NeedsController { command }),
+                (Accepts::Controller, _, None) => {
+                    return Err(TargetError::NeedsController { command })
+                }
                 (Accepts::Node, endpoint, _) => node(endpoint.unwrap_or_else(default_node), false),
                 (Accepts::Either, Some(_), Some(_)) => return Err(TargetError::Ambiguous),
                 (Accepts::Either, None, Some(endpoint)) => controller(endpoint, false),
-                (Accepts::Either, endpoint, None) => node(endpoint.unwrap_or_else(default_node), false),
+                (Accepts::Either, endpoint, None) => {
+                    node(endpoint.unwrap_or_else(default_node), false)
+                }
             },
         };
         match (accepts, target.peer) {
@@ -181,13 +187,27 @@ impl Service {
     }
 
     /// WatchMigration.
-    pub async fn watch(&mut self, migration_id: String) -> Result<Streaming<MigrationEvent>, tonic::Status> {
-        either!(self, watch_migration, WatchMigrationRequest { migration_id })
+    pub async fn watch(
+        &mut self,
+        migration_id: String,
+    ) -> Result<Streaming<MigrationEvent>, tonic::Status> {
+        either!(
+            self,
+            watch_migration,
+            WatchMigrationRequest { migration_id }
+        )
     }
 
     /// CancelMigration.
-    pub async fn cancel(&mut self, migration_id: String) -> Result<CancelMigrationResponse, tonic::Status> {
-        either!(self, cancel_migration, CancelMigrationRequest { migration_id })
+    pub async fn cancel(
+        &mut self,
+        migration_id: String,
+    ) -> Result<CancelMigrationResponse, tonic::Status> {
+        either!(
+            self,
+            cancel_migration,
+            CancelMigrationRequest { migration_id }
+        )
     }
 
     /// GetMigration.
@@ -248,21 +268,33 @@ mod tests {
     #[test]
     fn nothing_given_means_the_local_node() {
         let t = resolve(&args(None, None), Accepts::Either, None, None).expect("target");
-        assert_eq!((t.peer, t.endpoint.as_str()), (Peer::Node, DEFAULT_NODE_ENDPOINT));
+        assert_eq!(
+            (t.peer, t.endpoint.as_str()),
+            (Peer::Node, DEFAULT_NODE_ENDPOINT)
+        );
         assert_eq!(t.flags(), "");
     }
 
     #[test]
     fn flags_win_over_the_environment() {
-        let t = resolve(&args(Some("http://n2:7400"), None), Accepts::Either, None, Some("http://c:1"))
-            .expect("target");
-        assert_eq!((t.peer, t.endpoint.as_str()), (Peer::Node, "http://n2:7400"));
+        let t = resolve(
+            &args(Some("http://n2:7400"), None),
+            Accepts::Either,
+            None,
+            Some("http://c:1"),
+        )
+        .expect("target");
+        assert_eq!(
+            (t.peer, t.endpoint.as_str()),
+            (Peer::Node, "http://n2:7400")
+        );
         assert_eq!(t.flags(), " --node http://n2:7400");
     }
 
     #[test]
     fn controller_from_the_environment_is_used_when_no_flag_is_given() {
-        let t = resolve(&args(None, None), Accepts::Either, None, Some("http://c:1")).expect("target");
+        let t =
+            resolve(&args(None, None), Accepts::Either, None, Some("http://c:1")).expect("target");
         assert_eq!(t.peer, Peer::Controller);
         assert_eq!(t.flags(), "");
     }
@@ -270,15 +302,33 @@ mod tests {
     #[test]
     fn both_environment_variables_need_a_flag_to_choose() {
         assert_eq!(
-            resolve(&args(None, None), Accepts::Either, Some("unix:///n.sock"), Some("http://c:1")),
+            resolve(
+                &args(None, None),
+                Accepts::Either,
+                Some("unix:///n.sock"),
+                Some("http://c:1")
+            ),
             Err(TargetError::Ambiguous)
         );
-        let t = resolve(&args(None, None), Accepts::Controller, Some("unix:///n.sock"), Some("http://c:1"))
-            .expect("target");
+        let t = resolve(
+            &args(None, None),
+            Accepts::Controller,
+            Some("unix:///n.sock"),
+            Some("http://c:1"),
+        )
+        .expect("target");
         assert_eq!(t.peer, Peer::Controller);
-        let t = resolve(&args(None, None), Accepts::Node, Some("unix:///n.sock"), Some("http://c:1"))
-            .expect("target");
-        assert_eq!((t.peer, t.endpoint.as_str()), (Peer::Node, "unix:///n.sock"));
+        let t = resolve(
+            &args(None, None),
+            Accepts::Node,
+            Some("unix:///n.sock"),
+            Some("http://c:1"),
+        )
+        .expect("target");
+        assert_eq!(
+            (t.peer, t.endpoint.as_str()),
+            (Peer::Node, "unix:///n.sock")
+        );
     }
 
     #[test]
@@ -288,7 +338,12 @@ mod tests {
             Err(TargetError::NeedsController { command: "test" })
         );
         assert_eq!(
-            resolve(&args(Some("unix:///n.sock"), None), Accepts::Controller, None, Some("http://c:1")),
+            resolve(
+                &args(Some("unix:///n.sock"), None),
+                Accepts::Controller,
+                None,
+                Some("http://c:1")
+            ),
             Err(TargetError::NeedsController { command: "test" })
         );
     }

@@ -204,7 +204,10 @@ mod tests {
     fn garbage_is_rejected_with_the_reason() {
         assert_eq!(parse_size(""), Err(SizeError::Malformed(String::new())));
         assert_eq!(parse_size("MiB"), Err(SizeError::Malformed("MiB".into())));
-        assert_eq!(parse_size("1.2.3M"), Err(SizeError::Malformed("1.2.3M".into())));
+        assert_eq!(
+            parse_size("1.2.3M"),
+            Err(SizeError::Malformed("1.2.3M".into()))
+        );
         assert_eq!(parse_size("."), Err(SizeError::Malformed(".".into())));
         assert_eq!(parse_size("-1"), Err(SizeError::Malformed("-1".into())));
         assert_eq!(
@@ -218,10 +221,15 @@ mod tests {
 
     #[test]
     fn overflow_is_too_large() {
-        assert_eq!(parse_size("16777216T"), Err(SizeError::TooLarge("16777216T".into())));
+        assert_eq!(
+            parse_size("16777216T"),
+            Err(SizeError::TooLarge("16777216T".into()))
+        );
         assert_eq!(
             parse_size("99999999999999999999999999999999999999999"),
-            Err(SizeError::TooLarge("99999999999999999999999999999999999999999".into()))
+            Err(SizeError::TooLarge(
+                "99999999999999999999999999999999999999999".into()
+            ))
         );
         assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
     }

@@ -606,7 +606,7 @@ impl Engine {
                     && (!filter.active_only || !e.phase.is_terminal())
             })
             .collect();
-        records.sort_by(|a, b| b.latest.started_ms.cmp(&a.latest.started_ms));
+        records.sort_by_key(|r| std::cmp::Reverse(r.latest.started_ms));
         records
     }
 
