@@ -48,6 +48,9 @@ for p in "$src_pool:$work/src" "$dst_pool:$work/dst"; do
     virsh -q pool-start "${p%%:*}" >/dev/null
 done
 virsh -q vol-create-as "$src_pool" demo-root.qcow2 256M --format qcow2 >/dev/null
+# Give the copy something to move: 192 MiB of data above the guest's record area
+# (the guest writes its records from the start of the disk).
+qemu-io -f qcow2 -c 'write -P 0xa5 64M 192M' "$work/src/demo-root.qcow2" >/dev/null
 cat >"$work/domain.xml" <<XML
 <domain type='qemu'>
   <name>$dom</name>
@@ -84,8 +87,8 @@ echo "guest has acknowledged $(acks) records"
 virsh domblklist "$dom"
 "$volmig" disks --node "$sock" --domain "$dom"
 
-say "live-migrating vda from $src_pool to $dst_pool"
-"$volmig" migrate --node "$sock" --domain "$dom" --disk vda --to-pool "$dst_pool"
+say "live-migrating vda from $src_pool to $dst_pool (limited to 48 MiB/s so the progress is visible)"
+"$volmig" migrate --node "$sock" --domain "$dom" --disk vda --to-pool "$dst_pool" --bandwidth 48MiB
 
 say "after the migration"
 echo "live definition:";       virsh domblklist "$dom"
