@@ -382,6 +382,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn volume_by_path(&self, path: &str) -> Result<Option<VolumeSpec>, HvError>;
     /// A volume by pool and name.
     fn volume(&self, pool: &str, name: &str) -> Result<VolumeSpec, HvError>;
+    /// Names of a pool's volumes (after a refresh).
+    fn volume_names(&self, pool: &str) -> Result<Vec<String>, HvError>;
     /// Creates a volume through the storage pool API.
     fn create_volume(&self, pool: &str, volume: &NewVolume) -> Result<VolumeSpec, HvError>;
     /// Deletes a volume.

@@ -267,6 +267,14 @@ impl Hypervisor for LibvirtHost {
         )
     }
 
+    fn volume_names(&self, pool: &str) -> Result<Vec<String>, HvError> {
+        self.call("virStoragePoolListAllVolumes", pool, |c| {
+            let p = c.lookup_storage_pool_by_name(pool)?;
+            let _ = p.refresh(0);
+            Ok(p.list_volumes()?)
+        })
+    }
+
     fn create_volume(&self, pool: &str, volume: &NewVolume) -> Result<VolumeSpec, HvError> {
         self.call(
             "virStorageVolCreateXML",

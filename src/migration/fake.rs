@@ -179,6 +179,16 @@ impl Hypervisor for FakeHypervisor {
             .ok_or_else(|| HvError::NoVolume(name.into()))
     }
 
+    fn volume_names(&self, pool: &str) -> Result<Vec<String>, HvError> {
+        Ok(self
+            .lock()
+            .volumes
+            .keys()
+            .filter(|(p, _)| p == pool)
+            .map(|(_, n)| n.clone())
+            .collect())
+    }
+
     fn create_volume(&self, pool: &str, volume: &NewVolume) -> Result<VolumeSpec, HvError> {
         let spec = VolumeSpec {
             pool: pool.into(),

@@ -107,9 +107,21 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         ))
     })?;
     let dest_format = destination_format(req, &pool, dest_kind, source_format)?;
-    let dest_volume = match &req.destination_volume {
-        Some(name) => name.clone(),
-        None => default_volume_name(&source, source_volume.as_ref().map(|v| v.name.as_str())),
+    let dest_volume = match (&req.destination_volume, pool.pool_type.as_str()) {
+        (Some(name), _) => name.clone(),
+        // libvirt names a disk pool's volumes after the partition they become and
+        // refuses any other name.
+        (None, "disk") => {
+            let device = pool.source_devices.first().ok_or_else(|| {
+                Error::Precondition(format!("disk pool '{}' names no source device", pool.name))
+            })?;
+            let existing = hv.volume_names(&pool.name).map_err(Error::hv(format!(
+                "listing volumes of pool '{}'",
+                pool.name
+            )))?;
+            next_partition_name(device, &existing)
+        }
+        (None, _) => default_volume_name(&source, source_volume.as_ref().map(|v| v.name.as_str())),
     };
     check_space(
         &pool,
@@ -203,6 +215,24 @@ fn default_volume_name(source: &DiskSource, source_volume: Option<&str>) -> Stri
     }
 }
 
+/// The name of the partition a disk pool creates next on `device`: `sdb` →
+/// `sdb3`, `loop0` → `loop0p3` (a `p` separates numbers from a name ending in a digit).
+fn next_partition_name(device: &str, existing: &[String]) -> String {
+    let base = device.rsplit('/').next().unwrap_or(device);
+    let sep = if base.ends_with(|c: char| c.is_ascii_digit()) {
+        "p"
+    } else {
+        ""
+    };
+    let prefix = format!("{base}{sep}");
+    let last = existing
+        .iter()
+        .filter_map(|n| n.strip_prefix(&prefix)?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    format!("{prefix}{}", last + 1)
+}
+
 fn check_space(
     pool: &PoolSpec,
     kind: DiskKind,
@@ -272,6 +302,19 @@ mod tests {
             Err(Error::Exhausted(_))
         ));
         assert!(check_space(&pool("rbd", 0, 0), DiskKind::Network, gib, None).is_ok());
+    }
+
+    #[test]
+    fn partitions_are_numbered_after_the_last() {
+        assert_eq!(next_partition_name("/dev/loop3", &[]), "loop3p1");
+        assert_eq!(
+            next_partition_name("/dev/sdb", &["sdb1".into(), "sdb2".into()]),
+            "sdb3"
+        );
+        assert_eq!(
+            next_partition_name("/dev/loop3", &["loop3p2".into(), "other".into()]),
+            "loop3p3"
+        );
     }
 
     #[test]

@@ -247,6 +247,11 @@ fn a_restarted_engine_resumes_a_running_copy_from_the_journal() {
                 break;
             }
         }
+        // COPYING is journaled before the block job starts; kill only once it runs,
+        // or recovery rightly rolls back instead of resuming.
+        while hv.lock().job.is_none() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         sub.migration_id().to_string()
     });
     first.shutdown_background();
