@@ -111,7 +111,10 @@ pub fn decode_record(sector: &[u8]) -> Result<Record, Defect> {
     let body = &sector[..BODY_LEN];
     let stored_crc = std::str::from_utf8(&sector[BODY_LEN..BODY_LEN + CRC_HEX_LEN])
         .ok()
-        .filter(|s| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .filter(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
         .and_then(|s| u32::from_str_radix(s, 16).ok())
         .ok_or(Defect::Corrupt)?;
     if sector[RECORD_SIZE - 1] != b'\n' || stored_crc != crc32(body) {
@@ -210,8 +213,15 @@ impl fmt::Display for RecordError {
         const SHOWN: usize = 8;
         match self {
             RecordError::Io(e) => write!(f, "reading the disk image: {e}"),
-            RecordError::Bad { last_ack, bad, runs } => {
-                write!(f, "{bad} of {last_ack} acknowledged records are not intact: ")?;
+            RecordError::Bad {
+                last_ack,
+                bad,
+                runs,
+            } => {
+                write!(
+                    f,
+                    "{bad} of {last_ack} acknowledged records are not intact: "
+                )?;
                 for (i, run) in runs.iter().take(SHOWN).enumerate() {
                     if i > 0 {
                         f.write_str(", ")?;
@@ -283,7 +293,12 @@ pub fn verify(disk: impl Read, last_ack: u64) -> Result<RecordReport, RecordErro
             // Everything from here on is missing: one run, not one iteration per record,
             // so a huge bogus last_ack cannot make this loop for ages.
             bad += last_ack - seq + 1;
-            runs.push(BadRun { first: seq, last: last_ack, defect: Defect::Truncated, found: None });
+            runs.push(BadRun {
+                first: seq,
+                last: last_ack,
+                defect: Defect::Truncated,
+                found: None,
+            });
             ended = true;
             break;
         }
@@ -298,11 +313,20 @@ pub fn verify(disk: impl Read, last_ack: u64) -> Result<RecordReport, RecordErro
         bad += 1;
         match runs.last_mut() {
             Some(run) if run.defect == defect && run.last + 1 == seq => run.last = seq,
-            _ => runs.push(BadRun { first: seq, last: seq, defect, found }),
+            _ => runs.push(BadRun {
+                first: seq,
+                last: seq,
+                defect,
+                found,
+            }),
         }
     }
     if !runs.is_empty() {
-        return Err(RecordError::Bad { last_ack, bad, runs });
+        return Err(RecordError::Bad {
+            last_ack,
+            bad,
+            runs,
+        });
     }
 
     let mut unacked = 0;
@@ -315,7 +339,11 @@ pub fn verify(disk: impl Read, last_ack: u64) -> Result<RecordReport, RecordErro
             _ => break,
         }
     }
-    Ok(RecordReport { acked: last_ack, unacked, boots })
+    Ok(RecordReport {
+        acked: last_ack,
+        unacked,
+        boots,
+    })
 }
 
 /// One boot of the guest as seen on its console.
@@ -342,7 +370,10 @@ enum Event<'a> {
 /// message spliced in) then yields a prefix, i.e. a smaller number: an understated ack never
 /// makes a good disk look bad.
 fn leading_number(s: &str) -> Option<u64> {
-    let end = s.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(s.len());
+    let end = s
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(s.len());
     s[..end].parse().ok()
 }
 
@@ -369,7 +400,9 @@ fn events(console_log: &str) -> impl Iterator<Item = Event<'_>> {
 /// The highest `VOLMIG-ACK` in the console log: every record up to it must be on the disk.
 /// A log keeps acks across boots only if its `<serial>` source has `append='on'`.
 pub fn last_ack(console_log: &str) -> Option<u64> {
-    events(console_log).filter_map(|e| if let Event::Ack(n) = e { Some(n) } else { None }).max()
+    events(console_log)
+        .filter_map(|e| if let Event::Ack(n) = e { Some(n) } else { None })
+        .max()
 }
 
 /// The boots recorded in the console log, in order. Acks before the first `VOLMIG-START`
@@ -378,7 +411,10 @@ pub fn boots(console_log: &str) -> Vec<Boot> {
     let mut boots: Vec<Boot> = Vec::new();
     for event in events(console_log) {
         match event {
-            Event::Start(start) => boots.push(Boot { start, ..Boot::default() }),
+            Event::Start(start) => boots.push(Boot {
+                start,
+                ..Boot::default()
+            }),
             Event::Ack(n) => {
                 if let Some(boot) = boots.last_mut() {
                     boot.last_ack = boot.last_ack.max(Some(n));
@@ -438,7 +474,12 @@ mod tests {
     fn image(upto: u64, boot_starts: &[u64], trailing_sectors: usize) -> Vec<u8> {
         let mut disk = vec![0u8; RECORD_SIZE];
         for seq in 1..=upto {
-            let boot = boot_starts.iter().copied().filter(|&b| b <= seq).max().unwrap_or(1);
+            let boot = boot_starts
+                .iter()
+                .copied()
+                .filter(|&b| b <= seq)
+                .max()
+                .unwrap_or(1);
             disk.extend_from_slice(&encode_record(seq, boot));
         }
         disk.resize(disk.len() + trailing_sectors * RECORD_SIZE, 0);
@@ -478,7 +519,14 @@ mod tests {
     fn good_image_verifies() {
         let disk = image(50, &[1, 31], 4);
         let report = verify(disk.as_slice(), 50).expect("intact image");
-        assert_eq!(report, RecordReport { acked: 50, unacked: 0, boots: vec![1, 31] });
+        assert_eq!(
+            report,
+            RecordReport {
+                acked: 50,
+                unacked: 0,
+                boots: vec![1, 31]
+            }
+        );
     }
 
     #[test]
@@ -500,11 +548,19 @@ mod tests {
         for seq in 10..=12 {
             sector_mut(&mut disk, seq).fill(0);
         }
-        let err = verify(disk.as_slice(), 50).unwrap_err();
+        let err = verify(disk.as_slice(), 50).expect_err("records 10..=12 are gone");
         assert!(err.to_string().contains("records 10..=12 missing"), "{err}");
         let (bad, runs) = bad_runs(Err(err));
         assert_eq!(bad, 3);
-        assert_eq!(runs, vec![BadRun { first: 10, last: 12, defect: Defect::Missing, found: None }]);
+        assert_eq!(
+            runs,
+            vec![BadRun {
+                first: 10,
+                last: 12,
+                defect: Defect::Missing,
+                found: None
+            }]
+        );
     }
 
     #[test]
@@ -513,7 +569,15 @@ mod tests {
         sector_mut(&mut disk, 20)[100] = b'X';
         let (bad, runs) = bad_runs(verify(disk.as_slice(), 50));
         assert_eq!(bad, 1);
-        assert_eq!(runs, vec![BadRun { first: 20, last: 20, defect: Defect::Corrupt, found: None }]);
+        assert_eq!(
+            runs,
+            vec![BadRun {
+                first: 20,
+                last: 20,
+                defect: Defect::Corrupt,
+                found: None
+            }]
+        );
     }
 
     #[test]
@@ -533,7 +597,15 @@ mod tests {
         sector_mut(&mut disk, 6).copy_from_slice(&five);
         let (bad, runs) = bad_runs(verify(disk.as_slice(), 50));
         assert_eq!(bad, 1);
-        assert_eq!(runs, vec![BadRun { first: 6, last: 6, defect: Defect::Misplaced, found: Some(5) }]);
+        assert_eq!(
+            runs,
+            vec![BadRun {
+                first: 6,
+                last: 6,
+                defect: Defect::Misplaced,
+                found: Some(5)
+            }]
+        );
     }
 
     #[test]
@@ -558,7 +630,11 @@ mod tests {
         let kinds: Vec<_> = runs.iter().map(|r| (r.first, r.last, r.defect)).collect();
         assert_eq!(
             kinds,
-            vec![(3, 3, Defect::Missing), (4, 4, Defect::Corrupt), (60, 69, Defect::Missing)]
+            vec![
+                (3, 3, Defect::Missing),
+                (4, 4, Defect::Corrupt),
+                (60, 69, Defect::Missing)
+            ]
         );
     }
 
@@ -598,10 +674,16 @@ mod tests {
         assert_eq!(first_seq_of_last_boot(LOG), Some(6));
         let boots = boots(LOG);
         assert_eq!(boots.len(), 2);
-        assert_eq!((boots[0].start, boots[0].last_ack, boots[0].full), (1, Some(4), false));
+        assert_eq!(
+            (boots[0].start, boots[0].last_ack, boots[0].full),
+            (1, Some(4), false)
+        );
         assert_eq!(boots[0].errors.len(), 1);
         assert!(boots[0].errors[0].starts_with("write seq 3"));
-        assert_eq!((boots[1].start, boots[1].last_ack, boots[1].full), (6, Some(7), true));
+        assert_eq!(
+            (boots[1].start, boots[1].last_ack, boots[1].full),
+            (6, Some(7), true)
+        );
         assert!(check_resumes(LOG).is_ok());
     }
 
@@ -610,14 +692,17 @@ mod tests {
         assert_eq!(last_ack(""), None);
         assert_eq!(first_seq_of_last_boot("[ 1.0] booting\n"), None);
         // Destroyed while printing: the partial number is a prefix, never an overstatement.
-        assert_eq!(last_ack("VOLMIG-START 1\nVOLMIG-ACK 122\nVOLMIG-ACK 12"), Some(122));
+        assert_eq!(
+            last_ack("VOLMIG-START 1\nVOLMIG-ACK 122\nVOLMIG-ACK 12"),
+            Some(122)
+        );
         assert_eq!(last_ack("VOLMIG-ACK \nVOLMIG-ACK x1\n"), None);
     }
 
     #[test]
     fn rewind_is_detected() {
         let log = "VOLMIG-START 1\nVOLMIG-ACK 1\nVOLMIG-ACK 2\nVOLMIG-ACK 3\nVOLMIG-START 3\n";
-        let err = check_resumes(log).unwrap_err();
+        let err = check_resumes(log).expect_err("boot 2 rewinds");
         assert!(err.contains("started at record 3"), "{err}");
     }
 }

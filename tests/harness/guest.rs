@@ -1,0 +1,697 @@
+//! A real guest (`tests/guest/`) that keeps appending numbered records to its disk `vda`
+//! and acknowledges each on its serial console once durable. Records and acks together
+//! tell whether a migration lost anything: see `tests/guest/README.md` and `records.rs`.
+//!
+//! The domain is persistent (volmig's subject), `<domain type='qemu'>` (TCG: QEMU runs as
+//! libvirt-qemu, which cannot open /dev/kvm here), boots the test kernel directly and logs
+//! its console to a file with `append='on'`, so acks of earlier boots survive a restart.
+
+use super::pools::{CephEnv, Pool, PoolKind};
+use super::records::{self, RecordReport};
+use super::xml::{self, escape, Element};
+use super::{
+    make_dir, prepare, remove_dir_noisy, repo_root, run_with_timeout, tail, try_wait_until,
+    unique_name, virsh, virsh_ok,
+};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Shared cache of the guest kernel and initrd; `build-guest.sh` locks it and rebuilds only
+/// when its inputs change, so parallel test processes share one build.
+pub const GUEST_CACHE: &str = "/var/tmp/volmig-guest";
+
+/// Lines of console shown when something fails.
+const CONSOLE_TAIL: usize = 40;
+
+/// Builds (or finds up to date) the guest kernel + initrd, once per process.
+fn guest_images() -> (PathBuf, PathBuf) {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let script = repo_root().join("tests/guest/build-guest.sh");
+        run_with_timeout(
+            "bash",
+            &[&script.to_string_lossy(), GUEST_CACHE],
+            Duration::from_secs(300),
+        )
+        .map(|_| ())
+    });
+    if let Err(e) = built {
+        panic!("building the test guest failed: {e}");
+    }
+    let cache = Path::new(GUEST_CACHE);
+    (cache.join("vmlinuz"), cache.join("initrd.img"))
+}
+
+/// A disk as a domain XML describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskSource {
+    /// `<disk type=…>`: `file`, `block` or `network`.
+    pub disk_type: String,
+    /// `<disk device=…>`: `disk`, `cdrom`, …
+    pub device: String,
+    /// The file, the device, or for network disks the `name` (`radospool/image` for rbd).
+    pub path: String,
+    /// For network disks: `rbd`, …
+    pub protocol: Option<String>,
+    /// `<driver type=…>`: `raw`, `qcow2`.
+    pub format: Option<String>,
+    /// `<slices><slice type='storage' size=…>` if the source presents only a prefix.
+    pub slice_size: Option<u64>,
+    /// The backing chain libvirt shows (nearest first): usually only in the live XML.
+    pub backing: Vec<String>,
+    /// `<readonly/>`.
+    pub readonly: bool,
+    /// Whether the live XML shows a `<mirror>` (a block copy in progress).
+    pub mirror: bool,
+}
+
+fn source_path(source: &Element) -> String {
+    ["file", "dev", "name", "volume"]
+        .iter()
+        .find_map(|a| source.attr(a))
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl DiskSource {
+    fn from_disk(disk: &Element) -> DiskSource {
+        let source = disk.child("source");
+        let mut backing = Vec::new();
+        let mut node = disk.child("backingStore");
+        while let Some(bs) = node {
+            match bs.child("source") {
+                Some(src) => backing.push(source_path(src)),
+                None => break,
+            }
+            node = bs.child("backingStore");
+        }
+        DiskSource {
+            disk_type: disk.attr("type").unwrap_or_default().to_string(),
+            device: disk.attr("device").unwrap_or("disk").to_string(),
+            path: source.map(source_path).unwrap_or_default(),
+            protocol: source.and_then(|s| s.attr("protocol")).map(String::from),
+            format: disk
+                .child("driver")
+                .and_then(|d| d.attr("type"))
+                .map(String::from),
+            slice_size: source
+                .and_then(|s| s.find(&["slices", "slice"]))
+                .and_then(|s| s.attr("size"))
+                .and_then(|s| s.parse().ok()),
+            backing,
+            readonly: disk.child("readonly").is_some(),
+            mirror: disk.child("mirror").is_some(),
+        }
+    }
+}
+
+/// The disk with target `target` in a domain XML document.
+pub fn disk_in_domain_xml(domain_xml: &str, target: &str) -> Result<DiskSource, String> {
+    let root = xml::parse(domain_xml)?;
+    let devices = root.child("devices").ok_or("no <devices>")?;
+    let disk = devices
+        .children_named("disk")
+        .find(|d| d.child("target").and_then(|t| t.attr("dev")) == Some(target))
+        .map(DiskSource::from_disk);
+    disk.ok_or_else(|| format!("no disk with target {target}"))
+}
+
+/// Options for [`Guest`]; start with [`Guest::builder`].
+pub struct GuestBuilder<'a> {
+    purpose: String,
+    pool: &'a dyn Pool,
+    format: String,
+    disk_bytes: u64,
+    backing_prefill: Option<u64>,
+    cdrom: bool,
+    readonly_disk: bool,
+    data_disk: Option<(u64, String)>,
+    pause_ms: Option<u32>,
+    error_policy: Option<String>,
+}
+
+impl<'a> GuestBuilder<'a> {
+    /// `raw` (default) or `qcow2`; must be `raw` on disk and rbd pools.
+    pub fn format(mut self, format: &str) -> Self {
+        self.format = format.to_string();
+        self
+    }
+
+    /// Virtual size of vda (default 64 MiB: ~20 minutes of unthrottled writing).
+    pub fn disk_bytes(mut self, bytes: u64) -> Self {
+        self.disk_bytes = bytes;
+        self
+    }
+
+    /// Makes vda a qcow2 overlay (`qemu-img create -b TEMPLATE -F qcow2`) on a qcow2
+    /// template volume in the same (dir) pool; records 1..=`prefill` are written into the
+    /// template first, so the guest resumes at `prefill + 1` and the data that only the
+    /// backing file holds is checked too. Implies format qcow2.
+    pub fn backing_file(mut self, prefill: u64) -> Self {
+        self.backing_prefill = Some(prefill);
+        self.format = "qcow2".to_string();
+        self
+    }
+
+    /// Adds an IDE cdrom `hdc` (1 MiB raw volume in the pool, read-only).
+    pub fn cdrom(mut self) -> Self {
+        self.cdrom = true;
+        self
+    }
+
+    /// Adds a read-only virtio disk `vdc` (1 MiB raw volume in the pool).
+    pub fn readonly_disk(mut self) -> Self {
+        self.readonly_disk = true;
+        self
+    }
+
+    /// Adds a second, writable data disk `vdb` that the guest does not touch.
+    pub fn data_disk(mut self, bytes: u64, format: &str) -> Self {
+        self.data_disk = Some((bytes, format.to_string()));
+        self
+    }
+
+    /// Kernel parameter `volmig.pause_ms=N`: sleep N ms after each ack (unthrottled, a
+    /// guest keeps one host core busy under TCG; 50 gives ~16 acks/s).
+    pub fn pause_ms(mut self, ms: u32) -> Self {
+        self.pause_ms = Some(ms);
+        self
+    }
+
+    /// `<driver error_policy=…>` of vda, e.g. `report` so ENOSPC reaches the guest instead
+    /// of pausing it.
+    pub fn error_policy(mut self, policy: &str) -> Self {
+        self.error_policy = Some(policy.to_string());
+        self
+    }
+
+    /// Creates the volumes, defines the persistent domain and starts it.
+    pub fn start(self) -> Guest {
+        prepare();
+        let (kernel, initrd) = guest_images();
+        let name = unique_name(&self.purpose);
+        let dir = make_dir(&name);
+        let pool = self.pool;
+        let mut guest = Guest {
+            console: dir.join("console.log"),
+            dir,
+            name,
+            pool_name: pool.name().to_string(),
+            disk_volume: String::new(),
+            template_volume: None,
+            data_volume: None,
+            prefilled: 0,
+            boots_before_start: AtomicUsize::new(0),
+            started_at: Mutex::new(Instant::now()),
+            last_verified: AtomicU64::new(0),
+        };
+
+        let mut disks = String::new();
+        let vda = pool.new_volume_name(&format!("{}-vda", self.purpose));
+        if let Some(prefill) = self.backing_prefill {
+            assert_eq!(
+                pool.kind(),
+                PoolKind::Dir,
+                "backing files are only supported in dir pools"
+            );
+            let template = pool.new_volume_name(&format!("{}-tmpl", self.purpose));
+            let template_path = pool.create_volume(&template, self.disk_bytes, "qcow2");
+            guest.template_volume = Some(template.clone());
+            if prefill > 0 {
+                guest.prefill_template(&template_path, self.disk_bytes, prefill);
+                guest.prefilled = prefill;
+            }
+            let overlay = Path::new(&template_path)
+                .parent()
+                .unwrap_or_else(|| panic!("{template_path} has no directory"))
+                .join(&vda);
+            let overlay = overlay.to_string_lossy().into_owned();
+            run_with_timeout(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-b",
+                    &template_path,
+                    "-F",
+                    "qcow2",
+                    &overlay,
+                ],
+                Duration::from_secs(60),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            pool.refresh();
+        } else {
+            pool.create_volume(&vda, self.disk_bytes, &self.format);
+        }
+        guest.disk_volume = vda.clone();
+        disks.push_str(&disk_xml(
+            pool,
+            &vda,
+            &self.format,
+            "vda",
+            "virtio",
+            "disk",
+            false,
+            self.error_policy.as_deref(),
+        ));
+        if let Some((bytes, format)) = &self.data_disk {
+            let vol = pool.new_volume_name(&format!("{}-vdb", self.purpose));
+            pool.create_volume(&vol, *bytes, format);
+            disks.push_str(&disk_xml(
+                pool, &vol, format, "vdb", "virtio", "disk", false, None,
+            ));
+            guest.data_volume = Some(vol);
+        }
+        if self.readonly_disk {
+            let vol = pool.new_volume_name(&format!("{}-vdc", self.purpose));
+            pool.create_volume(&vol, 1 << 20, "raw");
+            disks.push_str(&disk_xml(
+                pool, &vol, "raw", "vdc", "virtio", "disk", true, None,
+            ));
+        }
+        if self.cdrom {
+            let vol = pool.new_volume_name(&format!("{}-cd", self.purpose));
+            pool.create_volume(&vol, 1 << 20, "raw");
+            disks.push_str(&disk_xml(
+                pool, &vol, "raw", "hdc", "ide", "cdrom", true, None,
+            ));
+        }
+
+        let mut cmdline = "console=ttyS0 panic=-1 loglevel=4".to_string();
+        if let Some(ms) = self.pause_ms {
+            cmdline.push_str(&format!(" volmig.pause_ms={ms}"));
+        }
+        // on_reboot=destroy: the guest never reboots on purpose, so a kernel panic
+        // (panic=-1 reboots) shows up as a stopped domain instead of a silent restart.
+        let domain = format!(
+            "<domain type='qemu'>\
+             <name>{name}</name>\
+             <memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64'>hvm</type><kernel>{kernel}</kernel><initrd>{initrd}</initrd>\
+             <cmdline>{cmdline}</cmdline></os>\
+             <features><acpi/><apic/></features>\
+             <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>\
+             <devices>{disks}\
+             <serial type='file'><source path='{console}' append='on'/><target port='0'/></serial>\
+             <memballoon model='none'/>\
+             </devices></domain>",
+            name = escape(&guest.name),
+            kernel = escape(&kernel.to_string_lossy()),
+            initrd = escape(&initrd.to_string_lossy()),
+            cmdline = escape(&cmdline),
+            console = escape(&guest.console.to_string_lossy()),
+        );
+        std::fs::write(guest.dir.join("domain.xml"), &domain)
+            .unwrap_or_else(|e| panic!("writing domain.xml: {e}"));
+        virsh_ok(&["define", &guest.dir.join("domain.xml").to_string_lossy()]);
+        guest.boot();
+        guest
+    }
+}
+
+/// One `<disk>` element.
+#[allow(clippy::too_many_arguments)]
+fn disk_xml(
+    pool: &dyn Pool,
+    volume: &str,
+    format: &str,
+    target: &str,
+    bus: &str,
+    device: &str,
+    readonly: bool,
+    error_policy: Option<&str>,
+) -> String {
+    let (disk_type, source) = pool.disk_source_xml(volume);
+    let policy = error_policy
+        .map(|p| format!(" error_policy='{}'", escape(p)))
+        .unwrap_or_default();
+    format!(
+        "<disk type='{disk_type}' device='{device}'>\
+         <driver name='qemu' type='{format}'{policy}/>{source}\
+         <target dev='{target}' bus='{bus}'/>{ro}</disk>",
+        format = escape(format),
+        ro = if readonly { "<readonly/>" } else { "" },
+    )
+}
+
+/// A persistent test domain. Dropping it destroys and undefines the domain (its volumes
+/// belong to the pool and go with it); if the thread is panicking, the console tail is
+/// printed and the guest's temp dir kept.
+pub struct Guest {
+    name: String,
+    dir: PathBuf,
+    console: PathBuf,
+    pool_name: String,
+    disk_volume: String,
+    template_volume: Option<String>,
+    data_volume: Option<String>,
+    prefilled: u64,
+    /// Number of `VOLMIG-START`s in the console before the current boot.
+    boots_before_start: AtomicUsize,
+    started_at: Mutex<Instant>,
+    last_verified: AtomicU64,
+}
+
+impl Guest {
+    /// A guest on a fresh `disk_format` volume of `disk_bytes` in `pool`, started.
+    pub fn start(purpose: &str, pool: &dyn Pool, disk_format: &str, disk_bytes: u64) -> Guest {
+        Guest::builder(purpose, pool)
+            .format(disk_format)
+            .disk_bytes(disk_bytes)
+            .start()
+    }
+
+    /// Options beyond [`Guest::start`]: backing chain, extra disks, throttle.
+    pub fn builder<'a>(purpose: &str, pool: &'a dyn Pool) -> GuestBuilder<'a> {
+        GuestBuilder {
+            purpose: purpose.to_string(),
+            pool,
+            format: "raw".to_string(),
+            disk_bytes: 64 << 20,
+            backing_prefill: None,
+            cdrom: false,
+            readonly_disk: false,
+            data_disk: None,
+            pause_ms: None,
+            error_policy: None,
+        }
+    }
+
+    /// Writes records 1..=`prefill` (as a boot that started at 1) into the template.
+    fn prefill_template(&self, template_path: &str, bytes: u64, prefill: u64) {
+        let raw = self.dir.join("prefill.raw");
+        {
+            let mut file = std::fs::File::create(&raw)
+                .unwrap_or_else(|e| panic!("creating {}: {e}", raw.display()));
+            file.set_len(bytes)
+                .unwrap_or_else(|e| panic!("sizing {}: {e}", raw.display()));
+            file.seek(SeekFrom::Start(records::RECORD_SIZE as u64))
+                .unwrap_or_else(|e| panic!("seek: {e}"));
+            for seq in 1..=prefill {
+                file.write_all(&records::encode_record(seq, 1))
+                    .unwrap_or_else(|e| panic!("writing {}: {e}", raw.display()));
+            }
+        }
+        let raw_s = raw.to_string_lossy().into_owned();
+        // -n: write into the existing qcow2 the pool created instead of replacing it.
+        run_with_timeout(
+            "qemu-img",
+            &[
+                "convert",
+                "-n",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                &raw_s,
+                template_path,
+            ],
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_file(&raw);
+    }
+
+    /// The domain name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pool the guest's volumes were created in.
+    pub fn pool_name(&self) -> &str {
+        &self.pool_name
+    }
+
+    /// The volume vda was created on (the overlay, for a backing chain).
+    pub fn disk_volume(&self) -> &str {
+        &self.disk_volume
+    }
+
+    /// The backing template volume, if built with [`GuestBuilder::backing_file`].
+    pub fn template_volume(&self) -> Option<&str> {
+        self.template_volume.as_deref()
+    }
+
+    /// The vdb volume, if built with [`GuestBuilder::data_disk`].
+    pub fn data_volume(&self) -> Option<&str> {
+        self.data_volume.as_deref()
+    }
+
+    /// The guest's own temp dir (console log, domain.xml).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The whole console log (all boots).
+    pub fn console(&self) -> String {
+        match std::fs::read(&self.console) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => panic!("reading {}: {e}", self.console.display()),
+        }
+    }
+
+    /// The last lines of the console, for failure messages.
+    pub fn console_tail(&self) -> String {
+        tail(&self.console(), CONSOLE_TAIL)
+    }
+
+    /// The highest acknowledged record over all boots (records prefilled into a backing
+    /// template count as acknowledged); 0 if none.
+    pub fn last_ack(&self) -> u64 {
+        records::last_ack(&self.console())
+            .unwrap_or(0)
+            .max(self.prefilled)
+    }
+
+    /// Records prefilled into the backing template.
+    pub fn prefilled(&self) -> u64 {
+        self.prefilled
+    }
+
+    /// The boots seen on the console.
+    pub fn boots(&self) -> Vec<records::Boot> {
+        records::boots(&self.console())
+    }
+
+    /// `virsh domstate`, e.g. `running`, `shut off`, `paused`.
+    pub fn state(&self) -> String {
+        virsh(&["domstate", &self.name])
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| e)
+    }
+
+    /// Time since the current boot was started.
+    pub fn since_start(&self) -> Duration {
+        self.started_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+
+    /// The current boot as seen on the console, if it has printed `VOLMIG-START` yet.
+    fn this_boot(&self) -> Option<records::Boot> {
+        let mut boots = self.boots();
+        if boots.len() > self.boots_before_start.load(Ordering::SeqCst) {
+            boots.pop()
+        } else {
+            None
+        }
+    }
+
+    /// Waits until the current boot has acknowledged at least `min_acks` records and
+    /// returns its last ack. Panics with the console tail on timeout or if the domain
+    /// stops running.
+    pub fn wait_writing(&self, min_acks: u64, timeout: Duration) -> u64 {
+        self.wait_acks(
+            &format!("{min_acks} acks in this boot"),
+            timeout,
+            |boot, ack| ack + 1 >= boot.start + min_acks,
+        )
+    }
+
+    /// Waits until the current boot has acknowledged record `seq` (or a later one) and
+    /// returns its last ack; e.g. "still writing after the pivot":
+    /// `wait_for_ack(before + 50, …)`. Panics like [`Guest::wait_writing`].
+    pub fn wait_for_ack(&self, seq: u64, timeout: Duration) -> u64 {
+        self.wait_acks(&format!("ack {seq}"), timeout, |_, ack| ack >= seq)
+    }
+
+    /// Polls the console until `done(current boot, its last ack)`; checks every second
+    /// that the domain still runs, so a crashed or paused guest fails fast.
+    fn wait_acks(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&records::Boot, u64) -> bool,
+    ) -> u64 {
+        let mut last = 0;
+        let mut checks = 0u32;
+        let mut stopped = None;
+        let ok = try_wait_until(timeout, || {
+            if let Some(boot) = self.this_boot() {
+                if let Some(ack) = boot.last_ack {
+                    last = ack;
+                    if done(&boot, ack) {
+                        return true;
+                    }
+                }
+            }
+            checks += 1;
+            if checks.is_multiple_of(10) {
+                let state = self.state();
+                if state != "running" {
+                    stopped = Some(state);
+                    return true;
+                }
+            }
+            false
+        });
+        if let Some(state) = stopped {
+            panic!(
+                "guest {} is {state} while waiting for {what} (last ack {last}); console tail:\n{}",
+                self.name,
+                self.console_tail()
+            );
+        }
+        if !ok {
+            panic!(
+                "guest {} did not reach {what} within {timeout:?} (state {}, last ack {last}); \
+                 console tail:\n{}",
+                self.name,
+                self.state(),
+                self.console_tail()
+            );
+        }
+        last
+    }
+
+    /// `virsh dumpxml` (live definition).
+    pub fn live_xml(&self) -> String {
+        virsh_ok(&["dumpxml", &self.name])
+    }
+
+    /// `virsh dumpxml --inactive` (persistent definition).
+    pub fn persistent_xml(&self) -> String {
+        virsh_ok(&["dumpxml", "--inactive", &self.name])
+    }
+
+    /// The disk `target` (e.g. `vda`) in the live definition.
+    pub fn live_disk_source(&self, target: &str) -> DiskSource {
+        let xml = self.live_xml();
+        disk_in_domain_xml(&xml, target)
+            .unwrap_or_else(|e| panic!("live XML of {}: {e}\n{xml}", self.name))
+    }
+
+    /// The disk `target` in the persistent definition.
+    pub fn persistent_disk_source(&self, target: &str) -> DiskSource {
+        let xml = self.persistent_xml();
+        disk_in_domain_xml(&xml, target)
+            .unwrap_or_else(|e| panic!("persistent XML of {}: {e}\n{xml}", self.name))
+    }
+
+    /// `virsh destroy` (hard power-off).
+    pub fn destroy(&self) {
+        virsh_ok(&["destroy", &self.name]);
+    }
+
+    /// `virsh start` from the persistent definition (the domain must be shut off).
+    pub fn boot(&self) {
+        self.boots_before_start
+            .store(self.boots().len(), Ordering::SeqCst);
+        virsh(&["start", &self.name]).unwrap_or_else(|e| {
+            panic!("{e}\nconsole tail:\n{}", self.console_tail());
+        });
+        *self.started_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Destroy, then start again from the persistent definition: what a host crash and
+    /// restart would do, and the proof that the persistent XML names a disk with the data.
+    pub fn cold_restart(&self) {
+        self.destroy();
+        self.boot();
+    }
+
+    /// `qemu-img` arguments (format, filename) that read `source`.
+    fn qemu_img_source(source: &DiskSource) -> Result<(String, String), String> {
+        let format = source.format.clone().unwrap_or_else(|| "raw".to_string());
+        match (source.disk_type.as_str(), source.protocol.as_deref()) {
+            ("file", _) | ("block", _) => Ok((format, source.path.clone())),
+            ("network", Some("rbd")) => {
+                let env = CephEnv::load()?;
+                Ok((format, env.qemu_img_spec(&source.path)))
+            }
+            (t, p) => Err(format!("cannot read a disk of type {t} protocol {p:?}")),
+        }
+    }
+
+    /// Checks the guest lost nothing: converts the disk `target`'s *persistent* source to
+    /// raw (`qemu-img convert -U`, so it works on a running guest too), checks every record
+    /// up to the last ack, and checks from the console that no boot resumed at or below an
+    /// earlier ack (a hole the guest may have refilled). Read the ack before the disk: a
+    /// record is durable before it is acked.
+    pub fn try_verify_records(&self, target: &str) -> Result<RecordReport, String> {
+        let console = self.console();
+        let last_ack = records::last_ack(&console).unwrap_or(0).max(self.prefilled);
+        let source = self.persistent_disk_source(target);
+        let (format, filename) = Self::qemu_img_source(&source)?;
+        let n = self.last_verified.fetch_add(1, Ordering::SeqCst);
+        let raw = self.dir.join(format!("verify-{n}.raw"));
+        let raw_s = raw.to_string_lossy().into_owned();
+        let converted = run_with_timeout(
+            "qemu-img",
+            &[
+                "convert", "-U", "-f", &format, "-O", "raw", &filename, &raw_s,
+            ],
+            Duration::from_secs(600),
+        );
+        let result = converted.and_then(|_| {
+            let file = std::fs::File::open(&raw).map_err(|e| format!("opening {raw_s}: {e}"))?;
+            records::verify(file, last_ack)
+                .map_err(|e| format!("disk {target} ({}) of {}: {e}", source.path, self.name))
+        });
+        let _ = std::fs::remove_file(&raw);
+        let report = result?;
+        records::check_resumes(&console).map_err(|e| format!("console of {}: {e}", self.name))?;
+        Ok(report)
+    }
+
+    /// [`Guest::try_verify_records`] that panics (with the console tail) on any loss.
+    pub fn verify_records(&self, target: &str) -> RecordReport {
+        self.try_verify_records(target)
+            .unwrap_or_else(|e| panic!("{e}\nconsole tail:\n{}", self.console_tail()))
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "harness: guest {} (state {}), console {} — last lines:\n{}",
+                self.name,
+                self.state(),
+                self.console.display(),
+                self.console_tail()
+            );
+        }
+        if let Err(e) = virsh(&["destroy", &self.name]) {
+            if !e.contains("not running") && !e.contains("not found") {
+                eprintln!("harness: clean-up: {e}");
+            }
+        }
+        if let Err(e) = virsh(&["undefine", &self.name]) {
+            if !e.contains("not found") {
+                eprintln!("harness: clean-up: {e}");
+            }
+        }
+        if !std::thread::panicking() {
+            remove_dir_noisy(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! End-to-end: libvirtd restarted while a copy runs. A binary of its own,
+//! because restarting libvirtd disturbs every other test talking to it (cargo
+//! runs test binaries one after another).
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::node::{self, NodeProcess};
+use harness::{DirPool, Guest, Pool};
+use volmig::proto;
+
+const MIB: u64 = 1 << 20;
+const BOOT: Duration = Duration::from_secs(120);
+
+fn restart_libvirtd() {
+    harness::run_ok("pkill", &["-x", "libvirtd"]);
+    harness::wait_until(Duration::from_secs(30), "libvirtd to exit", || {
+        harness::run("pgrep", &["-x", "libvirtd"]).is_err()
+    });
+    harness::run_ok("libvirtd", &["-d"]);
+    harness::wait_until(Duration::from_secs(30), "libvirtd to answer", || {
+        harness::virsh(&["version"]).is_ok()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn libvirtd_restart_mid_copy_still_completes() {
+    let src = DirPool::new("l-src");
+    let dst = DirPool::new("l-dst");
+    let guest = Guest::builder("l-guest", &src)
+        .format("qcow2")
+        .data_disk(48 * MIB, "raw")
+        .pause_ms(20)
+        .start();
+    guest.wait_writing(5, BOOT);
+    guest.destroy();
+    let path = src.volume_path(guest.data_volume().expect("data disk"));
+    harness::run_ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x5a 0 48M", &path],
+    );
+    guest.boot();
+    guest.wait_writing(10, BOOT);
+
+    let node = NodeProcess::start("l-node", &[]);
+    let mut client = node.client().await;
+    let mut req = node::request(guest.name(), "vdb", dst.name());
+    req.options = Some(proto::MigrationOptions {
+        bandwidth_bytes_per_sec: 8 * MIB,
+        ..Default::default()
+    });
+    let mut stream = client
+        .migrate_volume(req)
+        .await
+        .expect("start")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(e) = stream.message().await.expect("stream") {
+        let copying = node::phase(&e) == proto::Phase::Copying
+            && e.progress.as_ref().is_some_and(|p| p.bytes_done > 0);
+        events.push(e);
+        if copying {
+            break;
+        }
+    }
+    restart_libvirtd();
+    events.extend(node::collect(stream).await.expect("stream"));
+    node::assert_terminal(&events, proto::Phase::Completed);
+    let result = events
+        .last()
+        .and_then(|e| e.result.clone())
+        .expect("result");
+    assert_eq!(
+        guest.live_disk_source("vdb").path,
+        result.destination_source
+    );
+    assert_eq!(
+        guest.persistent_disk_source("vdb").path,
+        result.destination_source
+    );
+    guest.cold_restart();
+    guest.wait_writing(10, BOOT);
+    guest.verify_records("vda");
+}
