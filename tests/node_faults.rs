@@ -102,7 +102,7 @@ fn measured_rate(events: &[(Instant, u64)]) -> f64 {
 async fn bandwidth_limit_is_honoured_and_changed_live() {
     let src = DirPool::new("f-bw-src");
     let dst = DirPool::new("f-bw-dst");
-    let guest = guest_with_full_data_disk("f-bw", &src, 96 * MIB);
+    let guest = guest_with_full_data_disk("f-bw", &src, 128 * MIB);
     let node = NodeProcess::start("f-bw", &[]);
     let mut client = node.client().await;
     let mut stream = client
@@ -150,6 +150,7 @@ async fn bandwidth_limit_is_honoured_and_changed_live() {
         rest.push(e);
     }
     node::assert_terminal(&rest, proto::Phase::Completed);
+    eprintln!("progress after SetBandwidth: {fast:?}");
     let rate = measured_rate(&fast);
     assert!(
         (rate - 16.0 * MIB as f64).abs() <= 0.2 * 16.0 * MIB as f64,

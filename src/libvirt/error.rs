@@ -1,16 +1,17 @@
 //! Classifies libvirt errors by their error number (never by message text).
 
 use crate::hypervisor::HvError;
-use virt::error::{Error, ErrorNumber};
+use virt::error::{Error, ErrorDomain, ErrorNumber};
 
 /// Whether the error means the connection itself is gone (libvirtd restarted or
 /// died), so the call should be retried on a fresh connection.
 pub fn is_connection_lost(err: &Error) -> bool {
+    // A dead daemon shows up as a system error ("Cannot write data: Broken pipe")
+    // raised by libvirt's RPC layer, so the error's domain counts as much as its code.
     matches!(
         err.code().unwrap_or(ErrorNumber::InternalError),
         ErrorNumber::NoConnect | ErrorNumber::InvalidConn | ErrorNumber::Rpc
-    ) || (err.code().unwrap_or(ErrorNumber::InternalError) == ErrorNumber::SystemError
-        && err.message().contains("connection"))
+    ) || err.domain().unwrap_or(ErrorDomain::None) == ErrorDomain::Rpc
 }
 
 /// Maps a libvirt error from `op` to an [`HvError`]; `subject` names the object the

@@ -88,12 +88,23 @@ impl LibvirtHost {
             let conn = self.connection()?;
             match f(&conn) {
                 Ok(v) => return Ok(v),
-                Err(CallError::Libvirt(e)) if !retried && error::is_connection_lost(&e) => {
+                Err(CallError::Libvirt(e))
+                    if !retried
+                        && (error::is_connection_lost(&e) || !conn.is_alive().unwrap_or(false)) =>
+                {
                     tracing::warn!(uri = %self.uri, op, "libvirt connection lost, reconnecting");
                     self.forget_connection();
                     retried = true;
                 }
                 Err(CallError::Libvirt(e)) => {
+                    if error::is_connection_lost(&e) {
+                        // Still lost after a fresh connection: libvirtd is down or restarting.
+                        self.forget_connection();
+                        return Err(HvError::Unreachable {
+                            uri: self.uri.clone(),
+                            message: e.message().to_string(),
+                        });
+                    }
                     return Err(error::classify(op, subject, &self.uri, e));
                 }
                 Err(CallError::BadXml(e)) => return Err(HvError::BadXml(e)),
