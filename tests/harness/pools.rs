@@ -191,6 +191,12 @@ impl DiskPool {
     /// Creates a sparse `size_bytes` image, attaches it with `losetup -f --show -P`, and
     /// defines, builds (`--overwrite`, i.e. a fresh GPT label) and starts a `disk` pool.
     pub fn new(purpose: &str, size_bytes: u64) -> DiskPool {
+        DiskPool::with_label(purpose, size_bytes, "gpt")
+    }
+
+    /// [`DiskPool::new`] with another partition table: `dos` rounds partition sizes up
+    /// (64 MiB becomes 64 MiB + 256 KiB), which is what a storage `<slice>` must hide.
+    pub fn with_label(purpose: &str, size_bytes: u64, label: &str) -> DiskPool {
         prepare();
         let name = unique_name(purpose);
         let dir = make_dir(&name);
@@ -217,7 +223,7 @@ impl DiskPool {
             "--source-dev",
             &dev,
             "--source-format",
-            "gpt",
+            label,
             "--target",
             "/dev",
         ]);
