@@ -21,7 +21,7 @@ packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-storage-rbd
     libvirt-clients libvirt-dev
     qemu-system-x86 qemu-block-extra qemu-utils
-    linux-image-cloud-amd64 busybox-static cpio gzip parted pkg-config
+    linux-image-cloud-amd64 busybox-static cpio gzip parted pkg-config bc
 )
 
 missing=()

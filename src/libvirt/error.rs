@@ -34,6 +34,7 @@ pub fn classify(op: &'static str, subject: &str, uri: &str, err: Error) -> HvErr
             ErrorNumber::OperationInvalid | ErrorNumber::BlockCopyActive => {
                 HvError::InvalidState(message)
             }
+            ErrorNumber::InvalidArg => HvError::InvalidArgument(message),
             ErrorNumber::NoSupport | ErrorNumber::OperationUnsupported => {
                 HvError::Unsupported(message)
             }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::hypervisor::{
-    CopyOptions, Definition, DiskKind, DiskSource, DiskSpec, HvError, NewVolume,
+    CopyOptions, Definition, DiskKind, DiskSource, DiskSpec, HvError, ImageFormat, NewVolume,
 };
 use crate::migration::engine::{Inner, Job, StopReason};
 use crate::migration::error::Error;
@@ -227,22 +227,31 @@ async fn prepare(inner: &Inner, job: &Job) -> Result<(), Error> {
             plan.dest_pool, volume.name, volume.capacity, plan.capacity
         )));
     }
+    // QEMU's mirror needs the destination to have exactly the source's virtual size.
+    // Pools round sizes up (partitions, extents, KiB for qcow2 files): a storage
+    // slice hides the excess of a block volume; elsewhere the copy cannot work.
+    let exact = volume.capacity == plan.capacity;
+    let inexact = || {
+        Error::Precondition(format!(
+            "pool '{}' made volume {} {} bytes for a {}-byte disk and QEMU's mirror needs the exact size; choose a block pool or a raw destination whose size the pool does not round",
+            plan.dest_pool, volume.name, volume.capacity, plan.capacity
+        ))
+    };
     let destination = match pool.disk_kind() {
-        Some(DiskKind::File) => DiskSource::File {
+        Some(DiskKind::File) if exact => DiskSource::File {
             path: volume.path.clone(),
         },
-        Some(DiskKind::Block) => DiskSource::Block {
+        Some(DiskKind::Block) if plan.dest_format == ImageFormat::Raw => DiskSource::Block {
             path: volume.path.clone(),
-            // Partitions and extents round sizes up; QEMU's mirror needs the
-            // exact virtual size, so present only that much of the device.
-            slice_size: (volume.capacity != plan.capacity).then_some(plan.capacity),
+            slice_size: (!exact).then_some(plan.capacity),
         },
-        Some(DiskKind::Network) => DiskSource::Rbd {
+        Some(DiskKind::Network) if exact => DiskSource::Rbd {
             pool: pool.source_name.clone(),
             image: volume.name.clone(),
             hosts: pool.source_hosts.clone(),
             auth: pool.auth.clone(),
         },
+        Some(_) => return Err(inexact()),
         None => {
             return Err(Error::Precondition(format!(
                 "pool '{}' has type '{}', which cannot hold a live disk",

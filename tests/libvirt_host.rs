@@ -1,0 +1,194 @@
+//! Integration tests of the libvirt boundary (`volmig::libvirt::LibvirtHost`)
+//! against the real libvirtd, a real guest and real pools.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{DirPool, Guest, Pool};
+use volmig::hypervisor::{
+    CopyOptions, Definition, DiskSource, HvError, Hypervisor, ImageFormat, NewVolume, PoolRunState,
+};
+use volmig::libvirt::LibvirtHost;
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn reads_host_domains_disks_and_pools() {
+    let pool = DirPool::new("lv-read");
+    let guest = Guest::start("lv-read", &pool, "qcow2", 64 * MIB);
+    let host = LibvirtHost::new(volmig::libvirt::DEFAULT_URI);
+
+    let info = host.host_info().expect("host info");
+    assert!(info.libvirt_version.starts_with("9."), "{info:?}");
+
+    let by_name = host.domain(guest.name()).expect("by name");
+    assert!(by_name.active && by_name.persistent);
+    assert_eq!(by_name.snapshots, 0);
+    let by_uuid = host.domain(&by_name.uuid).expect("by uuid");
+    assert_eq!(by_uuid.name, guest.name());
+    assert_eq!(
+        host.domain("volmig-no-such-domain"),
+        Err(HvError::NoDomain("volmig-no-such-domain".into()))
+    );
+
+    let disks = host.disks(guest.name(), Definition::Live).expect("disks");
+    let vda = disks.iter().find(|d| d.target == "vda").expect("vda");
+    let path = pool.volume_path(guest.disk_volume());
+    assert_eq!(vda.source, Some(DiskSource::File { path: path.clone() }));
+    assert_eq!(vda.format.as_deref(), Some("qcow2"));
+    assert!(host
+        .domain_xml(guest.name(), Definition::Persistent)
+        .expect("xml")
+        .contains(&path));
+    assert_eq!(
+        host.disk_capacity(guest.name(), "vda").expect("capacity"),
+        64 * MIB
+    );
+
+    let pools = host.pools().expect("pools");
+    let mine = pools.iter().find(|p| p.name == pool.name()).expect("pool");
+    assert_eq!(mine.pool_type, "dir");
+    assert_eq!(mine.state, PoolRunState::Running);
+    assert_eq!(mine.target_path, pool.path().to_string_lossy());
+    assert!(matches!(
+        host.pool("volmig-no-such-pool"),
+        Err(HvError::NoPool(_))
+    ));
+
+    let vol = host
+        .volume_by_path(&path)
+        .expect("lookup")
+        .expect("known volume");
+    assert_eq!(vol.pool, pool.name());
+    assert_eq!(vol.capacity, 64 * MIB);
+    assert_eq!(
+        host.volume_by_path("/nonexistent/disk.img")
+            .expect("lookup"),
+        None
+    );
+}
+
+#[test]
+fn creates_and_deletes_volumes_without_preallocation() {
+    let pool = DirPool::new("lv-vol");
+    let host = LibvirtHost::new(volmig::libvirt::DEFAULT_URI);
+    let vol = host
+        .create_volume(
+            pool.name(),
+            &NewVolume {
+                name: "exact.qcow2".into(),
+                capacity: 67_108_864 + 512,
+                format: ImageFormat::Qcow2,
+            },
+        )
+        .expect("create");
+    // libvirt hands qemu-img the size in KiB: a qcow2 grows to the next KiB, which is
+    // why the engine refuses (or slices) a destination that is not exactly the source's size.
+    assert_eq!(vol.capacity, 67_108_864 + 1024);
+    assert_eq!(vol.format.as_deref(), Some("qcow2"));
+    assert!(vol.allocation < MIB, "not preallocated: {vol:?}");
+    assert!(matches!(
+        host.create_volume(
+            pool.name(),
+            &NewVolume {
+                name: "exact.qcow2".into(),
+                capacity: MIB,
+                format: ImageFormat::Raw,
+            },
+        ),
+        Err(HvError::VolumeExists(_)) | Err(HvError::Failed { .. })
+    ));
+    host.delete_volume(pool.name(), "exact.qcow2")
+        .expect("delete");
+    assert!(matches!(
+        host.delete_volume(pool.name(), "exact.qcow2"),
+        Err(HvError::NoVolume(_))
+    ));
+}
+
+#[test]
+fn block_job_calls_copy_throttle_and_abort_without_pivot() {
+    let src = DirPool::new("lv-job-src");
+    let dst = DirPool::new("lv-job-dst");
+    let guest = Guest::builder("lv-job", &src)
+        .format("qcow2")
+        .data_disk(32 * MIB, "raw")
+        .start();
+    guest.wait_writing(5, Duration::from_secs(120));
+    guest.destroy();
+    let data = src.volume_path(guest.data_volume().expect("vdb"));
+    harness::run_ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x11 0 32M", &data],
+    );
+    guest.boot();
+    guest.wait_writing(5, Duration::from_secs(120));
+
+    let host = LibvirtHost::new(volmig::libvirt::DEFAULT_URI);
+    assert_eq!(host.block_job(guest.name(), "vdb").expect("no job"), None);
+    let dest = host
+        .create_volume(
+            dst.name(),
+            &NewVolume {
+                name: "copy.raw".into(),
+                capacity: 32 * MIB,
+                format: ImageFormat::Raw,
+            },
+        )
+        .expect("create");
+    let dest_source = DiskSource::File { path: dest.path };
+    host.block_copy(
+        guest.name(),
+        "vdb",
+        &dest_source,
+        ImageFormat::Raw,
+        CopyOptions {
+            bandwidth: 2 * MIB,
+            ..Default::default()
+        },
+    )
+    .expect("block copy");
+    let job = host
+        .block_job(guest.name(), "vdb")
+        .expect("info")
+        .expect("a job");
+    assert!(job.is_copy);
+    assert_eq!(job.bandwidth, 2 * MIB);
+    host.block_job_set_speed(guest.name(), "vdb", 4 * MIB)
+        .expect("speed");
+    let job = host
+        .block_job(guest.name(), "vdb")
+        .expect("info")
+        .expect("a job");
+    assert_eq!(job.bandwidth, 4 * MIB);
+    let live = host.disks(guest.name(), Definition::Live).expect("disks");
+    let mirror = live
+        .iter()
+        .find(|d| d.target == "vdb")
+        .and_then(|d| d.mirror.clone())
+        .expect("mirror shown in live XML");
+    assert_eq!(mirror.source, Some(dest_source));
+    assert!(matches!(
+        host.block_copy(
+            guest.name(),
+            "vdb",
+            &DiskSource::File { path: "/x".into() },
+            ImageFormat::Raw,
+            CopyOptions::default()
+        ),
+        Err(HvError::InvalidState(_))
+    ));
+    host.block_job_abort(guest.name(), "vdb", false)
+        .expect("abort");
+    harness::wait_until(Duration::from_secs(10), "the job to end", || {
+        host.block_job(guest.name(), "vdb").ok() == Some(None)
+    });
+    assert_eq!(guest.live_disk_source("vdb").path, data);
+    let again = host.block_job_abort(guest.name(), "vdb", false);
+    // libvirt reports "does not have an active block job" as an invalid argument.
+    assert!(
+        matches!(again, Err(HvError::InvalidArgument(_))),
+        "{again:?}"
+    );
+}
