@@ -4,7 +4,9 @@
 #
 #   1. copy time: a 2 GiB-virtual qcow2 holding 1 GiB of data, dir pool -> dir pool,
 #      `volmig migrate` and `virsh blockcopy --pivot` alternating, RUNS each (default 5);
-#      median of each and their ratio.
+#      median of each and their ratio. Both are timed from the command's start to its
+#      end (volmig: CLI start, validation, volume creation, copy, pivot, verification);
+#      deleting the old source is done untimed for both.
 #   2. sparseness: a 20 GiB-virtual raw volume holding 256 MiB of data migrated
 #      dir -> dir and dir -> rbd; destination vs source allocation.
 #   3. node cost: CPU time of the node process per second of copy, and its peak RSS.
@@ -94,8 +96,10 @@ for i in $(seq 1 $((2 * runs))); do
     if [ $((i % 2)) -eq 1 ]; then
         c0=$(cpu_ticks); t0=$(now)
         "$volmig" migrate --node "$node" --domain "$dom" --disk vda --to-pool "$there" \
-            --delete-source --json >/dev/null
+            --json >"$work/last-run.json"
         t1=$(now); c1=$(cpu_ticks)
+        # Deleting the old source is not part of the copy (and not timed for virsh either).
+        virsh -q vol-delete bench.qcow2 --pool "$here" >/dev/null
         echo "$t1 - $t0" | bc -l >>"$work/volmig.times"
         echo "($c1 - $c0) / $hz / ($t1 - $t0) * 100" | bc -l >>"$work/cpu.pct"
     else
@@ -121,7 +125,7 @@ virsh -q destroy "$dom" >/dev/null; virsh -q undefine "$dom" >/dev/null
 for v in $(virsh -q vol-list "$pa" | awk '{print $1}') $(virsh -q vol-list "$pb" | awk '{print $1}'); do
     virsh -q vol-delete "$v" --pool "$pa" >/dev/null 2>&1 || virsh -q vol-delete "$v" --pool "$pb" >/dev/null 2>&1 || true
 done
-virsh -q vol-create-as "$pa" sparse.raw 20G --format raw >/dev/null
+virsh -q vol-create-as "$pa" sparse.raw 20G --allocation 0 --format raw >/dev/null
 qemu-io -f raw -c 'write -P 0x5c 1G 256M' "$work/a/sparse.raw" >/dev/null
 define_guest "$dom" "$work/a/sparse.raw" raw
 alloc() { du -B1 "$1" | cut -f1; }
@@ -147,9 +151,24 @@ XML
     virsh -q pool-start "$prbd" >/dev/null
     "$volmig" migrate --node "$node" --domain "$dom" --disk vda --to-pool "$prbd" \
         --to-volume volmig-bench-sparse --json >/dev/null
-    rbd_alloc=$(rbd --conf "$CEPH_CONF" du "$CEPH_POOL/volmig-bench-sparse" 2>/dev/null \
-        | awk '$1 == "volmig-bench-sparse" {print $3 $4}')
+    used=$(rbd --conf "$CEPH_CONF" du --format json "$CEPH_POOL/volmig-bench-sparse" 2>/dev/null \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["used_size"])')
+    rbd_alloc=$(printf '%d MiB (%.3f×)' "$((used / 1048576))" "$(echo "$used / $src_alloc" | bc -l)")
 fi
+
+# Where the time of the last volmig run went, phase by phase (ms after ACCEPTED).
+phases=$(python3 - "$work/last-run.json" <<'PY'
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1])]
+t0 = events[0]["timestamp_unix_ms"]
+seen = []
+for e in events:
+    name = e["phase"].removeprefix("PHASE_").lower()
+    if not seen or seen[-1][0] != name:
+        seen.append((name, e["timestamp_unix_ms"] - t0))
+print(", ".join(f"{n} +{ms}" for n, ms in seen))
+PY
+)
 
 # --- table --------------------------------------------------------------------------
 printf '\n| measurement | value | target |\n|---|---|---|\n'
@@ -158,6 +177,7 @@ printf '| virsh blockcopy --pivot, median of %d | %.2f s | |\n' "$runs" "$vs"
 printf '| ratio volmig / virsh | %.3f | ≤ 1.05 |\n' "$ratio"
 printf '| node CPU during copy (median) | %.2f %% of a core | ≤ 1 %% |\n' "$cpu"
 printf '| node peak RSS | %d MiB | |\n' "$((rss / 1024))"
+printf '| last volmig run, phases (ms after ACCEPTED) | %s | |\n' "$phases"
 printf '| 20 GiB raw with 256 MiB data: source allocation | %d MiB | |\n' "$((src_alloc / 1048576))"
 printf '| … destination allocation, dir pool | %d MiB (%.3f×) | ≤ 1.05× |\n' "$((dir_alloc / 1048576))" "$(echo "$dir_alloc / $src_alloc" | bc -l)"
 printf '| … destination allocation, rbd pool (rbd du) | %s | ≤ 1.05× |\n' "$rbd_alloc"

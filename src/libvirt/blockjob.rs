@@ -99,6 +99,7 @@ pub fn block_copy(
     if options.shallow {
         flags |= sys::VIR_DOMAIN_BLOCK_COPY_SHALLOW;
     }
+
     // SAFETY: dom is a live domain handle; disk and dest_xml are NUL-terminated and
     // live until the call returns; params is a valid (possibly empty) array.
     let rc = unsafe {

@@ -319,4 +319,69 @@ mod tests {
             .push(Element::new("target").with_attr("dev", "vda"));
         el.to_xml()
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn with_target(disk_xml: &str) -> String {
+            let mut el = xml_tree::parse(disk_xml).expect("builder output parses");
+            el.children
+                .push(Element::new("target").with_attr("dev", "vda"));
+            format!("<domain><devices>{}</devices></domain>", el.to_xml())
+        }
+
+        // Any printable text, quotes, markup and entity syntax included. Control
+        // characters cannot appear in XML 1.0 at all; validation refuses them earlier.
+        const TEXT: &str = "\\PC*";
+
+        proptest! {
+            #[test]
+            fn file_and_block_sources_round_trip(path in TEXT, size in any::<u64>()) {
+                for src in [
+                    DiskSource::File { path: path.clone() },
+                    DiskSource::Block { path: path.clone(), slice_size: Some(size) },
+                ] {
+                    let xml = copy_destination_xml(&src, ImageFormat::Raw);
+                    let root = xml_tree::parse(&xml).expect("parses");
+                    prop_assert_eq!(root.children.len(), 2, "{}", xml);
+                    let disks = parse_disks(&with_target(&xml)).expect("parses");
+                    prop_assert_eq!(disks.len(), 1);
+                    prop_assert_eq!(disks[0].source.as_ref(), Some(&src));
+                }
+            }
+
+            #[test]
+            fn rbd_sources_round_trip(
+                pool in "[^/\\p{Cc}]*",
+                image in TEXT,
+                host in TEXT,
+                port in any::<u16>(),
+                user in TEXT,
+                uuid in TEXT,
+            ) {
+                let src = DiskSource::Rbd {
+                    pool,
+                    image,
+                    hosts: vec![CephHost { name: host, port: Some(port) }],
+                    auth: Some(CephAuth { username: user, secret_uuid: uuid }),
+                };
+                let xml = copy_destination_xml(&src, ImageFormat::Raw);
+                let disks = parse_disks(&with_target(&xml)).expect("parses");
+                prop_assert_eq!(disks[0].source.as_ref(), Some(&src));
+            }
+
+            #[test]
+            fn retargeting_keeps_the_document_shape(path in TEXT) {
+                let disk = find_disk(DOMAIN, "vda").expect("parse").expect("vda");
+                let children_before = disk.children.len();
+                let src = DiskSource::File { path };
+                let new = retarget_disk(disk, &src, ImageFormat::Qcow2);
+                // <backingStore> and <mirror> go, nothing is added.
+                prop_assert_eq!(new.children.len(), children_before - 2);
+                let reparsed = xml_tree::parse(&new.to_xml()).expect("parses");
+                prop_assert_eq!(&reparsed, &new);
+            }
+        }
+    }
 }

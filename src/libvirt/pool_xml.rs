@@ -142,4 +142,16 @@ mod tests {
             .find(&["target"])
             .is_none());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn volume_names_cannot_break_out(name in "\\PC*", capacity in proptest::prelude::any::<u64>()) {
+            // The reader trims text nodes (libvirt indents its documents).
+            proptest::prop_assume!(name.trim() == name);
+            let vol = NewVolume { name: name.clone(), capacity, format: ImageFormat::Raw };
+            let root = xml_tree::parse(&volume_xml(&vol, "dir")).expect("parses");
+            proptest::prop_assert_eq!(root.children.len(), 4);
+            proptest::prop_assert_eq!(root.find(&["name"]).map(|n| n.text.clone()), Some(name));
+        }
+    }
 }

@@ -141,7 +141,13 @@ pub fn parse(xml: &str) -> Result<Element, String> {
                 }
             }
             Ok(Event::End(_)) => {
-                let el = stack.pop().ok_or("unbalanced end tag")?;
+                let mut el = stack.pop().ok_or("unbalanced end tag")?;
+                // Trimmed only once the whole text is known: it arrives in pieces
+                // split at entity references, and spaces next to an entity are content.
+                let trimmed = el.text.trim();
+                if trimmed.len() != el.text.len() {
+                    el.text = trimmed.to_string();
+                }
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(el),
                     None => return Ok(el),
@@ -150,7 +156,7 @@ pub fn parse(xml: &str) -> Result<Element, String> {
             Ok(Event::Text(text)) => {
                 if let Some(el) = stack.last_mut() {
                     let text = text.decode().map_err(|e| e.to_string())?;
-                    el.text.push_str(text.trim());
+                    el.text.push_str(&text);
                 }
             }
             Ok(Event::GeneralRef(reference)) => {

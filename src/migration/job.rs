@@ -20,6 +20,9 @@ use crate::migration::journal::Plan;
 use crate::migration::model::{Failure, MigrationResult, Phase, Progress, VerifyLevel};
 use crate::migration::plan;
 
+/// Poll interval once the copy is about to converge.
+const FAST_POLL: Duration = Duration::from_millis(20);
+
 /// Where a (possibly resumed) run begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Start {
@@ -317,10 +320,11 @@ async fn wait_until_ready(inner: &Inner, job: &Job) -> Result<(), Error> {
     let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut last_publish = Instant::now() - inner.config.progress_interval;
     let mut unreachable_since: Option<Instant> = None;
+    let mut pause = inner.config.poll_interval;
     loop {
         tokio::select! {
             _ = job.cancel.cancelled() => return Err(stop_error(job)),
-            _ = tokio::time::sleep(inner.config.poll_interval) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
         let (domain, target) = (plan.domain.clone(), plan.target.clone());
         let polled = inner
@@ -392,6 +396,14 @@ async fn wait_until_ready(inner: &Inner, job: &Job) -> Result<(), Error> {
             job.lock().record.latest.progress = progress;
             return Ok(());
         }
+        // Near the end, poll fast so the pivot follows convergence closely; the
+        // rest of the time, slowly, to keep the node's CPU use negligible.
+        let closing = remaining == 0 || (rate > 0 && remaining <= rate / 2);
+        pause = if closing {
+            FAST_POLL.min(inner.config.poll_interval)
+        } else {
+            inner.config.poll_interval
+        };
         if last_publish.elapsed() >= inner.config.progress_interval {
             last_publish = Instant::now();
             {
