@@ -411,6 +411,9 @@ pub trait Hypervisor: Send + Sync + 'static {
         source: &DiskSource,
         format: ImageFormat,
     ) -> Result<(), HvError>;
+    /// Number of internal snapshots inside a qcow2 image (which libvirt does not
+    /// know about and a block copy silently drops).
+    fn qcow2_internal_snapshots(&self, source: &DiskSource) -> Result<u32, HvError>;
     /// The virtual size of a running disk as QEMU sees it.
     fn disk_capacity(&self, domain: &str, disk: &str) -> Result<u64, HvError>;
 }

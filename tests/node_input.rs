@@ -298,3 +298,28 @@ async fn node_answers_info_pools_disks_health_reflection_and_identity() {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qcow2_internal_snapshots_are_refused_before_anything_changes() {
+    let src = DirPool::new("i-snap-src");
+    let dst = DirPool::new("i-snap-dst");
+    let guest = Guest::start("i-snap", &src, "qcow2", 64 * MIB);
+    guest.wait_writing(5, BOOT);
+    guest.destroy();
+    let path = src.volume_path(guest.disk_volume());
+    harness::run_ok("qemu-img", &["snapshot", "-c", "before-upgrade", &path]);
+    guest.boot();
+    guest.wait_writing(5, BOOT);
+    let node = NodeProcess::start("i-snap", &[]);
+    let mut client = node.client().await;
+    let status = node::migrate(&mut client, node::request(guest.name(), "vda", dst.name()))
+        .await
+        .expect_err("snapshots would be lost");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("internal snapshot"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(guest.live_disk_source("vda").path, path);
+}

@@ -9,6 +9,7 @@ mod blockjob;
 pub mod domain_xml;
 mod error;
 pub mod pool_xml;
+mod qemu_img;
 pub mod xml_tree;
 
 use std::sync::{Arc, Mutex};
@@ -363,6 +364,17 @@ impl Hypervisor for LibvirtHost {
             dom.update_device_flags(&new_xml, sys::VIR_DOMAIN_AFFECT_CONFIG)?;
             Ok(())
         })
+    }
+
+    fn qcow2_internal_snapshots(&self, source: &DiskSource) -> Result<u32, HvError> {
+        match source {
+            DiskSource::File { path } | DiskSource::Block { path, .. } => {
+                qemu_img::internal_snapshots(path)
+            }
+            // RBD images hold raw data; snapshots there are Ceph's and survive a copy
+            // only as far as Ceph keeps them, which the pool owner manages.
+            DiskSource::Rbd { .. } => Ok(0),
+        }
     }
 
     fn disk_capacity(&self, domain: &str, disk: &str) -> Result<u64, HvError> {

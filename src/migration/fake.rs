@@ -285,6 +285,10 @@ impl Hypervisor for FakeHypervisor {
         Ok(())
     }
 
+    fn qcow2_internal_snapshots(&self, _source: &DiskSource) -> Result<u32, HvError> {
+        Ok(0)
+    }
+
     fn disk_capacity(&self, _domain: &str, _disk: &str) -> Result<u64, HvError> {
         Ok(CAPACITY)
     }

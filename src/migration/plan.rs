@@ -71,6 +71,19 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         })?,
         None => ImageFormat::Raw,
     };
+    if source_format == ImageFormat::Qcow2 {
+        let snapshots = hv
+            .qcow2_internal_snapshots(&source)
+            .map_err(Error::hv("reading the qcow2 header for internal snapshots"))?;
+        if snapshots > 0 {
+            return Err(Error::Precondition(format!(
+                "disk {} ({}) holds {snapshots} qcow2 internal snapshot(s) that a block copy would lose; list them with `qemu-img snapshot -l -U {}` and delete them first",
+                disk.target,
+                source.display_name(),
+                source.display_name()
+            )));
+        }
+    }
     if req.options.chain == ChainPolicy::Shallow && disk.backing_depth > 0 {
         return Err(Error::Precondition(
             "chain policy SHALLOW is not supported yet: the destination would need the backing file pre-linked; use FLATTEN (the default)".to_string(),
