@@ -185,3 +185,37 @@ async fn controller_serves_health_and_answers_unimplemented() {
     let _ = child.wait();
     harness::remove_dir_noisy(&dir);
 }
+
+#[test]
+fn node_listens_on_tcp_when_configured() {
+    harness::ensure_host();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = harness::make_dir(&harness::unique_name("tcp-node"));
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volmig"))
+        .args([
+            "node",
+            "--listen",
+            &listen,
+            "--node-id",
+            "tcp-node",
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .spawn()
+        .expect("start node");
+    let endpoint = format!("http://{listen}");
+    let mut answer = (1, String::new(), String::new());
+    let up = harness::try_wait_until(Duration::from_secs(20), || {
+        answer = volmig(&["info", "--node", &endpoint, "--json"]);
+        answer.0 == 0
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    harness::remove_dir_noisy(&dir);
+    assert!(up, "no answer over TCP: {answer:?}");
+    assert!(answer.1.contains("\"tcp-node\""), "{}", answer.1);
+}
