@@ -22,6 +22,10 @@ pub struct NodeConfig {
     pub max_concurrent_migrations: usize,
     /// Milliseconds a migration stays SYNCHRONIZED before pivoting (0: pivot at once).
     pub synchronized_hold_ms: u64,
+    /// Controller to register with (heartbeats); empty for none.
+    pub controller: String,
+    /// Endpoint the controller should use to reach this node; defaults to `listen`.
+    pub advertise: String,
 }
 
 impl Default for NodeConfig {
@@ -33,18 +37,106 @@ impl Default for NodeConfig {
             state_dir: PathBuf::from("/var/lib/volmig/node"),
             max_concurrent_migrations: 4,
             synchronized_hold_ms: 0,
+            controller: String::new(),
+            advertise: String::new(),
         }
     }
 }
 
 /// Controller settings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerConfig {
     /// `host:port` or `unix:///path`.
     pub listen: String,
-    /// Where the controller keeps its store.
+    /// Where the controller keeps its migration history.
     pub state_dir: PathBuf,
+    /// Nodes known without registration.
+    pub nodes: Vec<StaticNode>,
+    /// Nodes must register (heartbeat) at least this often, seconds.
+    pub heartbeat_interval_seconds: u32,
+    /// A node not heard from for this long is down and its pools are not chosen, seconds.
+    pub down_after_seconds: u32,
+    /// Placement defaults for every pool.
+    pub pool_defaults: PoolSettings,
+    /// Per-pool placement settings, matched by pool name or storage id.
+    pub pools: Vec<PoolOverride>,
+}
+
+/// A node listed in the controller's configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticNode {
+    /// Node id (must match the node's own `node_id`).
+    pub id: String,
+    /// `unix:///path` or `http://host:port`.
+    pub endpoint: String,
+}
+
+/// Placement settings of a pool.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSettings {
+    /// Keep the pool's used fraction at or below this after placement (0..1).
+    pub used_threshold: f64,
+    /// Limit of (provisioned + new virtual size) / capacity; none when unset.
+    pub overprovision_factor: Option<f64>,
+    /// Most migrations writing to the pool at once; none when unset.
+    pub max_in_flight: Option<u32>,
+    /// Tags a request can require.
+    pub tags: Vec<String>,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            used_threshold: 0.85,
+            overprovision_factor: None,
+            max_in_flight: None,
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// Settings for the pools whose name or storage id is `pool`; unset keys keep the defaults.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolOverride {
+    /// Pool name or storage id.
+    pub pool: String,
+    /// See [`PoolSettings::used_threshold`].
+    pub used_threshold: Option<f64>,
+    /// See [`PoolSettings::overprovision_factor`].
+    pub overprovision_factor: Option<f64>,
+    /// See [`PoolSettings::max_in_flight`].
+    pub max_in_flight: Option<u32>,
+    /// See [`PoolSettings::tags`].
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl ControllerConfig {
+    /// The effective settings of a pool.
+    pub fn pool_settings(&self, name: &str, storage_id: &str) -> PoolSettings {
+        let mut settings = self.pool_defaults.clone();
+        for o in self
+            .pools
+            .iter()
+            .filter(|o| o.pool == name || o.pool == storage_id)
+        {
+            if let Some(v) = o.used_threshold {
+                settings.used_threshold = v;
+            }
+            if o.overprovision_factor.is_some() {
+                settings.overprovision_factor = o.overprovision_factor;
+            }
+            if o.max_in_flight.is_some() {
+                settings.max_in_flight = o.max_in_flight;
+            }
+            settings.tags.extend(o.tags.iter().cloned());
+        }
+        settings
+    }
 }
 
 impl Default for ControllerConfig {
@@ -52,6 +144,11 @@ impl Default for ControllerConfig {
         ControllerConfig {
             listen: "127.0.0.1:7450".to_string(),
             state_dir: PathBuf::from("/var/lib/volmig/controller"),
+            nodes: Vec::new(),
+            heartbeat_interval_seconds: 5,
+            down_after_seconds: 15,
+            pool_defaults: PoolSettings::default(),
+            pools: Vec::new(),
         }
     }
 }

@@ -194,6 +194,8 @@ pub struct PoolSpec {
     pub allocation: u64,
     /// Bytes.
     pub available: u64,
+    /// Sum of the virtual sizes of the pool's volumes, bytes (0 for inactive pools).
+    pub provisioned: u64,
     /// Target path (`<target><path>`), empty for rbd.
     pub target_path: String,
     /// Source host names (netfs, iscsi, rbd monitors).

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod hypervisor;
 pub mod libvirt;
 pub mod migration;

@@ -51,6 +51,12 @@ struct NodeArgs {
     /// Milliseconds to stay SYNCHRONIZED before pivoting.
     #[arg(long, env = "VOLMIG_SYNCHRONIZED_HOLD_MS")]
     synchronized_hold_ms: Option<u64>,
+    /// Controller to register with (heartbeats), e.g. http://10.0.0.1:7450.
+    #[arg(long = "controller", env = "VOLMIG_REGISTER_WITH")]
+    register_with: Option<String>,
+    /// Endpoint the controller should use to reach this node (default: --listen).
+    #[arg(long, env = "VOLMIG_NODE_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +67,9 @@ struct ControllerArgs {
     /// host:port or unix:///path.
     #[arg(long, env = "VOLMIG_CONTROLLER_LISTEN")]
     listen: Option<String>,
+    /// Directory for the migration history.
+    #[arg(long, env = "VOLMIG_CONTROLLER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 async fn shutdown_signal() {
@@ -96,6 +105,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(v) = args.synchronized_hold_ms {
                 cfg.synchronized_hold_ms = v;
             }
+            if let Some(v) = args.register_with {
+                cfg.controller = v;
+            }
+            if let Some(v) = args.advertise {
+                cfg.advertise = v;
+            }
             volmig::node::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
@@ -104,9 +119,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(v) = args.listen {
                 cfg.listen = v;
             }
-            let listen =
-                volmig::api::server::Listen::parse(&cfg.listen).map_err(anyhow::Error::msg)?;
-            volmig::api::server::serve_controller(listen, shutdown_signal()).await?;
+            if let Some(v) = args.state_dir {
+                cfg.state_dir = v;
+            }
+            volmig::controller::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
         Command::Operator(cmd) => volmig::cli::run(cmd).await,

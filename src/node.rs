@@ -33,6 +33,18 @@ pub async fn run(
     )
     .await?;
     tracing::info!(%node_id, uri = %config.libvirt_uri, state_dir = %config.state_dir.display(), "node starting");
+    if !config.controller.is_empty() {
+        let advertise = if config.advertise.is_empty() {
+            config.listen.clone()
+        } else {
+            config.advertise.clone()
+        };
+        tokio::spawn(heartbeat(
+            engine.clone(),
+            config.controller.clone(),
+            advertise,
+        ));
+    }
     server::serve_node(engine, listen, shutdown).await?;
     Ok(())
 }
@@ -43,4 +55,44 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "node".to_string())
+}
+
+/// Registers with the controller and repeats it as a heartbeat, for as long as
+/// the node runs; a controller that is down is retried quietly.
+async fn heartbeat(engine: Engine, controller: String, advertise: String) {
+    use crate::api::convert;
+    use crate::proto::controller_client::ControllerClient;
+    let mut interval = std::time::Duration::from_secs(5);
+    let mut warned = false;
+    loop {
+        let sent = async {
+            let host = engine.host_info().await.map_err(|e| e.to_string())?;
+            let info =
+                convert::node_info_to_proto(engine.node_id(), &host, engine.max_concurrent());
+            let channel = crate::api::client::connect(&controller)
+                .await
+                .map_err(|e| e.to_string())?;
+            let reply = ControllerClient::new(channel)
+                .register_node(crate::proto::RegisterNodeRequest {
+                    node_id: engine.node_id().to_string(),
+                    endpoint: advertise.clone(),
+                    info: Some(info),
+                })
+                .await
+                .map_err(|s| s.message().to_string())?;
+            Ok::<u32, String>(reply.into_inner().heartbeat_interval_seconds)
+        };
+        match sent.await {
+            Ok(secs) => {
+                warned = false;
+                interval = std::time::Duration::from_secs(u64::from(secs.max(1)));
+            }
+            Err(e) if !warned => {
+                tracing::warn!(%controller, error = %e, "cannot register with the controller; retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(interval).await;
+    }
 }

@@ -282,6 +282,7 @@ pub fn pool_to_proto(p: &PoolSpec, hostname: &str) -> proto::Pool {
         target_path: p.target_path.clone(),
         storage_id,
         shared: p.shared(),
+        provisioned_bytes: p.provisioned,
     }
 }
 

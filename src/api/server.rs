@@ -136,6 +136,7 @@ pub async fn serve_node(
 
 /// Serves the Controller and Identity services (plus health and reflection) until `shutdown`.
 pub async fn serve_controller(
+    controller: ControllerService,
     listen: Listen,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -156,10 +157,11 @@ pub async fn serve_controller(
         .add_service(health)
         .add_service(reflection)
         .add_service(IdentityServer::new(identity))
-        .add_service(ControllerServer::new(ControllerService));
+        .add_service(ControllerServer::new(controller));
     match listen {
         Listen::Unix(path) => {
             let listener = bind_unix(&path)?;
+            tracing::info!(socket = %path.display(), "controller listening");
             router
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::UnixListenerStream::new(listener),
@@ -167,7 +169,10 @@ pub async fn serve_controller(
                 )
                 .await?;
         }
-        Listen::Tcp(addr) => router.serve_with_shutdown(addr, shutdown).await?,
+        Listen::Tcp(addr) => {
+            tracing::info!(%addr, "controller listening");
+            router.serve_with_shutdown(addr, shutdown).await?
+        }
     }
     Ok(())
 }

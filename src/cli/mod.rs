@@ -12,7 +12,7 @@ mod progress;
 mod report;
 mod table;
 mod target;
-mod units;
+pub mod units;
 
 use std::io::{self, IsTerminal, Write};
 

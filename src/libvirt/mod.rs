@@ -155,6 +155,15 @@ fn bad_xml(e: String) -> CallError {
 
 fn pool_spec(pool: &StoragePool) -> Result<PoolSpec, CallError> {
     let info = pool.info()?;
+    let provisioned = if pool.is_active()? {
+        pool.list_all_volumes(0)?
+            .iter()
+            .filter_map(|v| v.info().ok())
+            .map(|i| i.capacity)
+            .sum()
+    } else {
+        0
+    };
     let xml = pool_xml::parse_pool(&pool.xml_desc(0)?).map_err(bad_xml)?;
     Ok(PoolSpec {
         name: pool.name()?,
@@ -164,6 +173,7 @@ fn pool_spec(pool: &StoragePool) -> Result<PoolSpec, CallError> {
         capacity: info.capacity,
         allocation: info.allocation,
         available: info.available,
+        provisioned,
         target_path: xml.target_path,
         source_hosts: xml.hosts,
         source_dir: xml.source_dir,

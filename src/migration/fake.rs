@@ -47,6 +47,7 @@ impl FakeHypervisor {
             capacity: 10 << 30,
             allocation: 0,
             available: 10 << 30,
+            provisioned: 0,
             target_path: format!("/p/{name}"),
             source_hosts: vec![],
             source_dir: String::new(),

@@ -286,6 +286,7 @@ mod tests {
             capacity,
             allocation: capacity - available,
             available,
+            provisioned: 0,
             target_path: String::new(),
             source_hosts: vec![],
             source_dir: String::new(),

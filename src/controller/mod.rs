@@ -1,0 +1,23 @@
+//! The controller: node registry, pool inventory, placement and migration history.
+
+pub mod history;
+pub mod inventory;
+pub mod placement;
+pub mod registry;
+
+use crate::api::controller_service::ControllerService;
+use crate::api::server::{self, Listen};
+use crate::config::ControllerConfig;
+
+/// Runs a controller until `shutdown` resolves.
+pub async fn run(
+    config: ControllerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let listen = Listen::parse(&config.listen).map_err(anyhow::Error::msg)?;
+    let history = history::History::open(&config.state_dir)?;
+    tracing::info!(state_dir = %config.state_dir.display(), nodes = config.nodes.len(), "controller starting");
+    let service = ControllerService::new(config, history);
+    server::serve_controller(service, listen, shutdown).await?;
+    Ok(())
+}
