@@ -1,6 +1,6 @@
 //! End-to-end: the `volmig` binary as an operator and a control plane use it —
-//! the CLI against a real node, the persistent-definition repair, and the
-//! controller's honest UNIMPLEMENTED answers.
+//! the CLI against a real node, the persistent-definition repair, TCP, and a
+//! controller on its own.
 
 mod harness;
 
@@ -143,13 +143,15 @@ async fn a_persistent_definition_libvirt_does_not_update_is_repaired() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn controller_serves_health_and_answers_unimplemented() {
+async fn controller_serves_health_and_lists_no_nodes_when_alone() {
     harness::ensure_host();
     let dir = harness::make_dir(&harness::unique_name("ctl"));
     let sock = dir.join("controller.sock");
     let endpoint = format!("unix://{}", sock.display());
     let mut child = Command::new(env!("CARGO_BIN_EXE_volmig"))
-        .args(["controller", "--listen", &endpoint])
+        .args(["controller", "--listen", &endpoint, "--state-dir"])
+        .arg(dir.join("state"))
+        .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start controller");
     harness::wait_until(Duration::from_secs(20), "the controller socket", || {
@@ -161,7 +163,7 @@ async fn controller_serves_health_and_answers_unimplemented() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let status = health
         .check(tonic_health::pb::HealthCheckRequest {
-            service: "volmig.v1.Identity".into(),
+            service: "volmig.v1.Controller".into(),
         })
         .await
         .expect("health")
@@ -171,16 +173,17 @@ async fn controller_serves_health_and_answers_unimplemented() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     let mut controller = proto::controller_client::ControllerClient::new(channel);
-    let err = controller
+    let nodes = controller
         .list_nodes(proto::ListNodesRequest {})
         .await
-        .expect_err("not built yet");
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(
-        err.message().contains("not implemented yet"),
-        "{}",
-        err.message()
-    );
+        .expect("list nodes")
+        .into_inner();
+    assert!(nodes.nodes.is_empty(), "{nodes:?}");
+    let err = controller
+        .plan_migration(node::request("volmig-no-such-domain", "vda", ""))
+        .await
+        .expect_err("no node runs it");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     let _ = child.kill();
     let _ = child.wait();
     harness::remove_dir_noisy(&dir);

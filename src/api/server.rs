@@ -144,6 +144,9 @@ pub async fn serve_controller(
     reporter
         .set_serving::<IdentityServer<IdentityService>>()
         .await;
+    reporter
+        .set_serving::<ControllerServer<ControllerService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
