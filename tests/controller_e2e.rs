@@ -100,6 +100,34 @@ async fn controller_places_by_the_plan_relays_and_refuses_a_named_pool_with_the_
         .filter(|c| c.accepted)
         .all(|c| c.pool == good.name()));
 
+    // The operator's view of the same plan.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_volmig"))
+        .args([
+            "plan",
+            "--controller",
+            &ctl.endpoint(),
+            "--domain",
+            guest.name(),
+            "--disk",
+            "vda",
+            "--tag",
+            &tag,
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("volmig plan");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains(good.name()) && table.contains("used_threshold"),
+        "{table}"
+    );
+    eprintln!("volmig plan:\n{table}");
+
     // A named pool that a rule rejects is refused with that rule's reason.
     let mut named = req.clone();
     named.destination_pool = full.name().to_string();
