@@ -7,6 +7,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::controller::ControllerProcess;
+use harness::guest::guest_with_full_data_disk;
 use harness::node::{self, NodeProcess};
 use harness::{DirPool, Guest, Pool};
 use volmig::proto;
@@ -196,20 +197,7 @@ async fn controller_restart_mid_migration_still_reaches_completed_and_keeps_hist
     let src = DirPool::new("cr-src");
     let good = DirPool::new("cr-good");
     let full = DirPool::new("cr-full");
-    let guest = Guest::builder("cr-guest", &src)
-        .format("qcow2")
-        .data_disk(48 * MIB, "raw")
-        .pause_ms(20)
-        .start();
-    guest.wait_writing(5, BOOT);
-    guest.destroy();
-    let data = src.volume_path(guest.data_volume().expect("vdb"));
-    harness::run_ok(
-        "qemu-io",
-        &["-f", "raw", "-c", "write -P 0x5a 0 48M", &data],
-    );
-    guest.boot();
-    guest.wait_writing(5, BOOT);
+    let guest = guest_with_full_data_disk("cr-guest", &src, 48 * MIB);
 
     let tag = harness::unique_name("tag");
     let mut ctl = ControllerProcess::start("cr-ctl", &config(&tag, &[&good], &full, ""));

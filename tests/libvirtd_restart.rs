@@ -6,8 +6,9 @@ mod harness;
 
 use std::time::Duration;
 
+use harness::guest::guest_with_full_data_disk;
 use harness::node::{self, NodeProcess};
-use harness::{DirPool, Guest, Pool};
+use harness::{DirPool, Pool};
 use volmig::proto;
 
 const MIB: u64 = 1 << 20;
@@ -28,20 +29,7 @@ fn restart_libvirtd() {
 async fn libvirtd_restart_mid_copy_still_completes() {
     let src = DirPool::new("l-src");
     let dst = DirPool::new("l-dst");
-    let guest = Guest::builder("l-guest", &src)
-        .format("qcow2")
-        .data_disk(48 * MIB, "raw")
-        .pause_ms(20)
-        .start();
-    guest.wait_writing(5, BOOT);
-    guest.destroy();
-    let path = src.volume_path(guest.data_volume().expect("data disk"));
-    harness::run_ok(
-        "qemu-io",
-        &["-f", "raw", "-c", "write -P 0x5a 0 48M", &path],
-    );
-    guest.boot();
-    guest.wait_writing(10, BOOT);
+    let guest = guest_with_full_data_disk("l-guest", &src, 48 * MIB);
 
     let node = NodeProcess::start("l-node", &[]);
     let mut client = node.client().await;

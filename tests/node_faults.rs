@@ -7,39 +7,13 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
+use harness::guest::guest_with_full_data_disk;
 use harness::node::{self, NodeProcess};
 use harness::{DirPool, DiskPool, Guest, Pool};
 use volmig::proto;
 
 const MIB: u64 = 1 << 20;
 const BOOT: Duration = Duration::from_secs(120);
-
-/// A guest whose second disk `vdb` holds `bytes` of real data, so that copying it
-/// at a low bandwidth takes a predictable while.
-fn guest_with_full_data_disk(purpose: &str, pool: &DirPool, bytes: u64) -> Guest {
-    let guest = Guest::builder(purpose, pool)
-        .format("qcow2")
-        .data_disk(bytes, "raw")
-        .pause_ms(20)
-        .start();
-    guest.wait_writing(5, BOOT);
-    guest.destroy();
-    let volume = guest.data_volume().expect("data disk").to_string();
-    let path = pool.volume_path(&volume);
-    harness::run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            &format!("write -P 0x5a 0 {bytes}"),
-            &path,
-        ],
-    );
-    guest.boot();
-    guest.wait_writing(10, BOOT);
-    guest
-}
 
 fn limited(
     guest: &Guest,

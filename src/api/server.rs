@@ -83,6 +83,47 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
     Ok(listener)
 }
 
+/// The reflection service over volmig's and health's descriptors.
+fn reflection() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    ServeError,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))
+}
+
+/// Runs a router on the listen address until `shutdown`; `what` names the component in logs.
+async fn serve(
+    router: tonic::transport::server::Router,
+    listen: Listen,
+    what: &'static str,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    match listen {
+        Listen::Unix(path) => {
+            let listener = bind_unix(&path)?;
+            tracing::info!(socket = %path.display(), "{what} listening");
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    shutdown,
+                )
+                .await?;
+            let _ = std::fs::remove_file(&path);
+        }
+        Listen::Tcp(addr) => {
+            tracing::info!(%addr, "{what} listening");
+            router.serve_with_shutdown(addr, shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Serves the Node and Identity services (plus health and reflection) until `shutdown`.
 pub async fn serve_node(
     engine: Engine,
@@ -94,11 +135,6 @@ pub async fn serve_node(
     reporter
         .set_serving::<IdentityServer<IdentityService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let probe_engine = engine.clone();
     let probe: Probe = Arc::new(move || {
         let engine = probe_engine.clone();
@@ -111,27 +147,10 @@ pub async fn serve_node(
     let identity = IdentityService::new(proto::PluginCapability::NodeService, manifest, probe);
     let router = Server::builder()
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection()?)
         .add_service(IdentityServer::new(identity))
         .add_service(NodeServer::new(NodeService::new(engine)));
-    match listen {
-        Listen::Unix(path) => {
-            let listener = bind_unix(&path)?;
-            tracing::info!(socket = %path.display(), "node listening");
-            router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    shutdown,
-                )
-                .await?;
-            let _ = std::fs::remove_file(&path);
-        }
-        Listen::Tcp(addr) => {
-            tracing::info!(%addr, "node listening");
-            router.serve_with_shutdown(addr, shutdown).await?;
-        }
-    }
-    Ok(())
+    serve(router, listen, "node", shutdown).await
 }
 
 /// Serves the Controller and Identity services (plus health and reflection) until `shutdown`.
@@ -147,37 +166,16 @@ pub async fn serve_controller(
     reporter
         .set_serving::<ControllerServer<ControllerService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let probe: Probe = Arc::new(|| Box::pin(async { Ok(()) }));
     let manifest = HashMap::from([("component".to_string(), "controller".to_string())]);
     let identity =
         IdentityService::new(proto::PluginCapability::ControllerService, manifest, probe);
     let router = Server::builder()
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection()?)
         .add_service(IdentityServer::new(identity))
         .add_service(ControllerServer::new(controller));
-    match listen {
-        Listen::Unix(path) => {
-            let listener = bind_unix(&path)?;
-            tracing::info!(socket = %path.display(), "controller listening");
-            router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    shutdown,
-                )
-                .await?;
-        }
-        Listen::Tcp(addr) => {
-            tracing::info!(%addr, "controller listening");
-            router.serve_with_shutdown(addr, shutdown).await?
-        }
-    }
-    Ok(())
+    serve(router, listen, "controller", shutdown).await
 }
 
 #[cfg(test)]

@@ -695,3 +695,31 @@ impl Drop for Guest {
         }
     }
 }
+
+/// A qcow2 guest whose second disk `vdb` (raw, untouched by the guest) holds
+/// `bytes` of real data, so that copying it at a low bandwidth takes a
+/// predictable while. The guest is writing when this returns.
+pub fn guest_with_full_data_disk(purpose: &str, pool: &dyn Pool, bytes: u64) -> Guest {
+    let guest = Guest::builder(purpose, pool)
+        .format("qcow2")
+        .data_disk(bytes, "raw")
+        .pause_ms(20)
+        .start();
+    guest.wait_writing(5, Duration::from_secs(120));
+    guest.destroy();
+    let volume = guest.data_volume().expect("data disk").to_string();
+    let path = pool.volume_path(&volume);
+    super::run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            &format!("write -P 0x5a 0 {bytes}"),
+            &path,
+        ],
+    );
+    guest.boot();
+    guest.wait_writing(5, Duration::from_secs(120));
+    guest
+}

@@ -378,23 +378,26 @@ fn leading_number(s: &str) -> Option<u64> {
 }
 
 /// The protocol events in the console log, in order. Tokens are looked for anywhere in a
-/// line because kernel output can precede them on the same line.
+/// line, and several may share one: kernel output can precede them, and a guest destroyed
+/// mid-line leaves its last token unterminated, so the next boot's first token follows it
+/// on the same line.
 fn events(console_log: &str) -> impl Iterator<Item = Event<'_>> {
-    console_log.lines().filter_map(|line| {
-        let at = line.find("VOLMIG-")?;
-        let rest = &line[at..];
-        if let Some(n) = rest.strip_prefix("VOLMIG-ACK ") {
-            leading_number(n).map(Event::Ack)
-        } else if let Some(n) = rest.strip_prefix("VOLMIG-START ") {
-            leading_number(n).map(Event::Start)
-        } else if let Some(text) = rest.strip_prefix("VOLMIG-ERROR") {
-            Some(Event::Error(text.trim()))
-        } else if rest.starts_with("VOLMIG-FULL") {
-            Some(Event::Full)
-        } else {
-            None
-        }
-    })
+    console_log
+        .lines()
+        .flat_map(|line| line.split("VOLMIG-").skip(1))
+        .filter_map(|token| {
+            if let Some(n) = token.strip_prefix("ACK ") {
+                leading_number(n).map(Event::Ack)
+            } else if let Some(n) = token.strip_prefix("START ") {
+                leading_number(n).map(Event::Start)
+            } else if let Some(text) = token.strip_prefix("ERROR") {
+                Some(Event::Error(text.trim()))
+            } else if token.starts_with("FULL") {
+                Some(Event::Full)
+            } else {
+                None
+            }
+        })
 }
 
 /// The highest `VOLMIG-ACK` in the console log: every record up to it must be on the disk.
@@ -697,6 +700,10 @@ mod tests {
             Some(122)
         );
         assert_eq!(last_ack("VOLMIG-ACK \nVOLMIG-ACK x1\n"), None);
+        // A guest destroyed mid-line: the next boot starts on the same line.
+        let glued = "VOLMIG-START 1\r\nVOLMIG-ACK 24VOLMIG-START 25\r\nVOLMIG-ACK 25\r\n";
+        assert_eq!(boots(glued).len(), 2);
+        assert_eq!(first_seq_of_last_boot(glued), Some(25));
     }
 
     #[test]
