@@ -5,19 +5,32 @@
 //! The relay runs in its own task: a caller dropping the stream neither stops
 //! the migration (it runs on the node) nor the history updates. After a
 //! controller restart, unfinished migrations are followed again from the nodes.
+//!
+//! Scale: placement reads the pool [`Inventory`], refreshed in the background
+//! every heartbeat interval and when a node (re)registers, never asking every
+//! node per request. The source of a migration is always a node's fresh
+//! answer: the node that last ran the domain is asked first, and only when it
+//! does not run it any more are all up nodes asked, concurrently. Channels to
+//! nodes are kept and reused. A plan judges the pools the domain's node
+//! reaches (plus a pool the caller names, wherever it is), so its cost and
+//! size follow that node's pools, not the size of the fleet.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 use crate::api::client;
 use crate::api::node_service::EventStream;
 use crate::config::ControllerConfig;
 use crate::controller::history::{Entry, History};
-use crate::controller::inventory::{self, ClusterPool};
+use crate::controller::inventory::{ClusterPool, Inventory, Merged};
 use crate::controller::placement::{self, DiskToPlace, PoolCandidate, PoolPolicy, Verdict};
 use crate::controller::registry::{NodeEntry, NodeFacts, Registry};
 use crate::hypervisor::ImageFormat;
@@ -28,6 +41,9 @@ use crate::proto::node_client::NodeClient;
 
 /// How long one call to a node may take before the node counts as unreachable.
 const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many nodes are asked at once when many must be (probes, refreshes, a
+/// domain whose node is not known).
+const FAN_OUT: usize = 64;
 
 /// The controller service.
 #[derive(Clone)]
@@ -38,6 +54,9 @@ pub struct ControllerService {
 struct Inner {
     config: ControllerConfig,
     registry: Registry,
+    inventory: Inventory,
+    /// Open channels by node id, with the endpoint they go to.
+    channels: Mutex<HashMap<String, (String, Channel)>>,
     history: Arc<History>,
 }
 
@@ -45,6 +64,17 @@ struct Inner {
 struct Located {
     node: NodeEntry,
     disk: proto::Disk,
+}
+
+/// One node's answer to "do you run this domain?".
+enum Answer {
+    Running(proto::ListDisksResponse),
+    /// Defined there but not running.
+    Defined,
+    Absent,
+    /// The request itself is wrong; every node would say so.
+    Invalid(Status),
+    Unreachable,
 }
 
 fn node_unavailable(node: &NodeEntry, err: impl std::fmt::Display) -> Status {
@@ -63,9 +93,17 @@ fn facts_of(info: &proto::NodeInfo) -> NodeFacts {
     }
 }
 
+async fn timed<T>(
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    tokio::time::timeout(NODE_CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| Status::deadline_exceeded("timed out"))?
+}
+
 impl ControllerService {
     /// A controller with its configuration and history; follows unfinished
-    /// migrations again in the background.
+    /// migrations again and keeps the pool inventory fresh in the background.
     pub fn new(config: ControllerConfig, history: History) -> ControllerService {
         let registry = Registry::new(
             config
@@ -78,6 +116,8 @@ impl ControllerService {
             inner: Arc::new(Inner {
                 config,
                 registry,
+                inventory: Inventory::new(),
+                channels: Mutex::new(HashMap::new()),
                 history: Arc::new(history),
             }),
         };
@@ -87,7 +127,54 @@ impl ControllerService {
                 tokio::spawn(async move { svc.follow_until_done(entry).await });
             }
         }
+        service.spawn_refresher();
         service
+    }
+
+    fn heartbeat(&self) -> Duration {
+        Duration::from_secs(u64::from(
+            self.inner.config.heartbeat_interval_seconds.max(1),
+        ))
+    }
+
+    /// A node heard from within this window is not probed. Two heartbeat
+    /// intervals, because a node sends its next heartbeat one interval after
+    /// the previous one returned: with one interval, every node would be
+    /// probed for a moment every interval. Never more than `down_after`.
+    fn fresh_window(&self) -> Duration {
+        let down_after =
+            Duration::from_secs(u64::from(self.inner.config.down_after_seconds.max(1)));
+        (self.heartbeat() * 2).min(down_after)
+    }
+
+    /// Refreshes the pools of the up and configured nodes every heartbeat
+    /// interval, until the service is dropped.
+    fn spawn_refresher(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.heartbeat();
+        tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let svc = ControllerService { inner };
+                    let nodes = svc
+                        .inner
+                        .registry
+                        .all()
+                        .into_iter()
+                        .filter(|n| n.configured || svc.inner.registry.is_up(n))
+                        .collect();
+                    let mut set = svc.fan_out(nodes, |svc, node| async move {
+                        let _ = svc.fetch_pools(&node).await;
+                    });
+                    while set.join_next().await.is_some() {}
+                }
+            }
+            .instrument(tracing::info_span!("inventory_refresh")),
+        );
     }
 
     /// Keeps the history of a migration up to date after a restart, retrying
@@ -119,143 +206,248 @@ impl ControllerService {
         }
     }
 
+    fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Channel)>> {
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A client for `node`, over its open channel or a new one.
     async fn client(&self, node: &NodeEntry) -> Result<NodeClient<Channel>, Status> {
+        if let Some((endpoint, channel)) = self.channels().get(&node.id) {
+            if *endpoint == node.endpoint {
+                return Ok(NodeClient::new(channel.clone()));
+            }
+        }
         match client::connect(&node.endpoint).await {
-            Ok(channel) => Ok(NodeClient::new(channel)),
+            Ok(channel) => {
+                self.channels()
+                    .insert(node.id.clone(), (node.endpoint.clone(), channel.clone()));
+                Ok(NodeClient::new(channel))
+            }
             Err(e) => {
-                self.inner.registry.failed(&node.id, e.to_string());
+                self.node_failed(&node.id, e.to_string());
                 Err(node_unavailable(node, e))
             }
         }
     }
 
-    /// Nodes that answer now: fresh ones as they are, stale ones probed.
+    /// Marks a node down and drops its channel, so the next call reconnects.
+    fn node_failed(&self, id: &str, error: String) {
+        self.inner.registry.failed(id, error);
+        self.channels().remove(id);
+    }
+
+    /// Runs `call` for every node, at most [`FAN_OUT`] at once, each in its own task.
+    fn fan_out<T, F, Fut>(&self, nodes: Vec<NodeEntry>, call: F) -> JoinSet<(NodeEntry, T)>
+    where
+        F: Fn(ControllerService, NodeEntry) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let limit = Arc::new(Semaphore::new(FAN_OUT));
+        let mut set = JoinSet::new();
+        for node in nodes {
+            let limit = limit.clone();
+            let work = call(self.clone(), node.clone());
+            set.spawn(
+                async move {
+                    let _permit = limit.acquire_owned().await;
+                    (node, work.await)
+                }
+                .in_current_span(),
+            );
+        }
+        set
+    }
+
+    /// Nodes that answer now: fresh ones as they are, stale ones probed
+    /// (concurrently).
     async fn up_nodes(&self) -> Vec<NodeEntry> {
-        let fresh = Duration::from_secs(u64::from(
-            self.inner.config.heartbeat_interval_seconds.max(1),
-        ));
-        let mut up = Vec::new();
-        for node in self.inner.registry.all() {
-            if self.inner.registry.is_fresh(&node, fresh) {
-                up.push(node);
-                continue;
-            }
-            let probe = async {
-                let mut c = self.client(&node).await?;
-                tokio::time::timeout(NODE_CALL_TIMEOUT, c.get_info(proto::GetInfoRequest {}))
-                    .await
-                    .map_err(|_| Status::deadline_exceeded("timed out"))?
-            };
-            match probe.await {
+        let fresh = self.fresh_window();
+        let (mut up, stale): (Vec<NodeEntry>, Vec<NodeEntry>) = self
+            .inner
+            .registry
+            .all()
+            .into_iter()
+            .partition(|n| self.inner.registry.is_fresh(n, fresh));
+        let mut probes = self.fan_out(stale, |svc, node| async move {
+            let mut c = svc.client(&node).await?;
+            timed(c.get_info(proto::GetInfoRequest {})).await
+        });
+        while let Some(joined) = probes.join_next().await {
+            let Ok((node, probe)) = joined else { continue };
+            match probe {
                 Ok(info) => {
                     self.inner
                         .registry
                         .seen(&node.id, Some(facts_of(info.get_ref())));
                     up.push(node);
                 }
-                Err(e) => self
-                    .inner
-                    .registry
-                    .failed(&node.id, e.message().to_string()),
+                Err(e) => self.node_failed(&node.id, e.message().to_string()),
             }
         }
+        up.sort_by(|a, b| a.id.cmp(&b.id));
         up
     }
 
-    async fn node_pools(&self, nodes: &[NodeEntry]) -> BTreeMap<String, Vec<proto::Pool>> {
-        let mut per_node = BTreeMap::new();
-        for node in nodes {
-            let listed = async {
-                let mut c = self.client(node).await?;
-                tokio::time::timeout(NODE_CALL_TIMEOUT, c.list_pools(proto::ListPoolsRequest {}))
-                    .await
-                    .map_err(|_| Status::deadline_exceeded("timed out"))?
-            };
-            match listed.await {
-                Ok(resp) => {
-                    per_node.insert(node.id.clone(), resp.into_inner().pools);
-                }
-                Err(e) => self
-                    .inner
-                    .registry
-                    .failed(&node.id, e.message().to_string()),
+    /// Asks a node for its pools and records them in the inventory.
+    async fn fetch_pools(&self, node: &NodeEntry) -> Result<Vec<proto::Pool>, Status> {
+        let listed = async {
+            let mut c = self.client(node).await?;
+            timed(c.list_pools(proto::ListPoolsRequest {})).await
+        };
+        match listed.await {
+            Ok(resp) => {
+                let pools = resp.into_inner().pools;
+                self.inner.registry.seen(&node.id, None);
+                self.inner.inventory.set(&node.id, pools.clone());
+                Ok(pools)
+            }
+            Err(e) => {
+                self.node_failed(&node.id, e.message().to_string());
+                Err(e)
             }
         }
-        per_node
     }
 
-    fn in_flight(&self, storage_id: &str) -> u32 {
-        self.inner
-            .history
-            .all()
+    /// The merged pools of the up nodes, asking those never asked yet (e.g. a
+    /// configured node just probed) first.
+    async fn cluster_pools(&self, up: &[NodeEntry]) -> Arc<Merged> {
+        let unknown: Vec<NodeEntry> = up
             .iter()
-            .filter(|e| !e.is_terminal() && e.dest_storage_id == storage_id)
-            .count() as u32
+            .filter(|n| !self.inner.inventory.knows(&n.id))
+            .cloned()
+            .collect();
+        let mut fetches = self.fan_out(unknown, |svc, node| async move {
+            let _ = svc.fetch_pools(&node).await;
+        });
+        while fetches.join_next().await.is_some() {}
+        // Up now: `up` less the nodes that just failed to list their pools.
+        let up_ids: BTreeSet<String> = self.inner.registry.up_ids();
+        self.inner.inventory.merged(&up_ids)
     }
 
-    fn cluster_pools(&self, per_node: &BTreeMap<String, Vec<proto::Pool>>) -> Vec<ClusterPool> {
-        inventory::merge(per_node)
+    /// Migrations writing to each storage id now.
+    fn in_flight(&self) -> HashMap<String, u32> {
+        let mut counts = HashMap::new();
+        for e in self.inner.history.all() {
+            if !e.is_terminal() {
+                *counts.entry(e.dest_storage_id).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
-    /// Finds the node running `domain` by asking every up node (never a cache).
-    async fn locate(&self, domain: &str, disk: &str) -> Result<Located, Status> {
-        let nodes = self.up_nodes().await;
-        let down: Vec<String> = self
+    /// Asks one node whether it runs `domain`.
+    async fn ask_disks(&self, node: &NodeEntry, domain: &str) -> Answer {
+        let Ok(mut c) = self.client(node).await else {
+            return Answer::Unreachable;
+        };
+        let answer = timed(c.list_disks(proto::ListDisksRequest {
+            domain: domain.to_string(),
+        }))
+        .await;
+        match answer {
+            Ok(resp) => {
+                let disks = resp.into_inner();
+                if disks.running {
+                    Answer::Running(disks)
+                } else {
+                    Answer::Defined
+                }
+            }
+            Err(s) if s.code() == Code::NotFound => Answer::Absent,
+            Err(s) if s.code() == Code::InvalidArgument => Answer::Invalid(s),
+            Err(s) => {
+                self.node_failed(&node.id, s.message().to_string());
+                Answer::Unreachable
+            }
+        }
+    }
+
+    /// The disk of a domain that `node` just said it runs.
+    fn found(
+        &self,
+        node: NodeEntry,
+        domain: &str,
+        disk: &str,
+        disks: proto::ListDisksResponse,
+    ) -> Result<Located, Status> {
+        self.inner.registry.learn_domain(domain, &node.id);
+        let found = disks
+            .disks
+            .into_iter()
+            .find(|d| d.target == disk || d.source == disk)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "domain '{domain}' on node {} has no disk '{disk}'",
+                    node.id
+                ))
+            })?;
+        Ok(Located { node, disk: found })
+    }
+
+    /// Finds the node running `domain` among the `up` nodes. Only a node's
+    /// answer now counts: the node that last ran it is asked first, then, if
+    /// it does not run it any more, every other up node at once.
+    async fn locate(&self, domain: &str, disk: &str, up: &[NodeEntry]) -> Result<Located, Status> {
+        let mut down = Vec::new();
+        let mut defined_on = Vec::new();
+        let hinted = self
             .inner
             .registry
-            .all()
-            .into_iter()
-            .filter(|n| !nodes.iter().any(|u| u.id == n.id))
-            .map(|n| format!("{} ({})", n.id, n.endpoint))
-            .collect();
-        let mut defined_on = Vec::new();
-        for node in nodes {
-            let mut c = self.client(&node).await?;
-            let answer = tokio::time::timeout(
-                NODE_CALL_TIMEOUT,
-                c.list_disks(proto::ListDisksRequest {
-                    domain: domain.to_string(),
-                }),
-            )
-            .await;
-            match answer {
-                Ok(Ok(resp)) => {
-                    let disks = resp.into_inner();
-                    if !disks.running {
-                        defined_on.push(node.id.clone());
-                        continue;
-                    }
-                    let found = disks
-                        .disks
-                        .into_iter()
-                        .find(|d| d.target == disk || d.source == disk)
-                        .ok_or_else(|| {
-                            Status::not_found(format!(
-                                "domain '{domain}' on node {} has no disk '{disk}'",
-                                node.id
-                            ))
-                        })?;
-                    return Ok(Located { node, disk: found });
-                }
-                Ok(Err(s)) if s.code() == Code::NotFound => {}
-                Ok(Err(s)) if s.code() == Code::InvalidArgument => return Err(s),
-                Ok(Err(s)) => self
-                    .inner
-                    .registry
-                    .failed(&node.id, s.message().to_string()),
-                Err(_) => self
-                    .inner
-                    .registry
-                    .failed(&node.id, "timed out".to_string()),
+            .domain_hint(domain)
+            .and_then(|id| up.iter().find(|n| n.id == id).cloned());
+        if let Some(node) = &hinted {
+            match self.ask_disks(node, domain).await {
+                Answer::Running(disks) => return self.found(node.clone(), domain, disk, disks),
+                Answer::Defined => defined_on.push(node.id.clone()),
+                Answer::Invalid(s) => return Err(s),
+                Answer::Unreachable => down.push(format!("{} ({})", node.id, node.endpoint)),
+                Answer::Absent => {}
             }
         }
+        let others: Vec<NodeEntry> = up
+            .iter()
+            .filter(|n| hinted.as_ref().is_none_or(|h| h.id != n.id))
+            .cloned()
+            .collect();
+        let domain_owned = domain.to_string();
+        let mut asked = self.fan_out(others, move |svc, node| {
+            let domain = domain_owned.clone();
+            async move { svc.ask_disks(&node, &domain).await }
+        });
+        while let Some(joined) = asked.join_next().await {
+            let Ok((node, answer)) = joined else { continue };
+            match answer {
+                // Dropping `asked` stops asking the others.
+                Answer::Running(disks) => return self.found(node, domain, disk, disks),
+                Answer::Defined => defined_on.push(node.id.clone()),
+                Answer::Invalid(s) => return Err(s),
+                Answer::Unreachable => down.push(format!("{} ({})", node.id, node.endpoint)),
+                Answer::Absent => {}
+            }
+        }
+        let up_ids: HashSet<&str> = up.iter().map(|n| n.id.as_str()).collect();
+        down.extend(
+            self.inner
+                .registry
+                .all()
+                .into_iter()
+                .filter(|n| !up_ids.contains(n.id.as_str()))
+                .map(|n| format!("{} ({})", n.id, n.endpoint)),
+        );
         if !defined_on.is_empty() {
+            defined_on.sort();
             return Err(Status::failed_precondition(format!(
                 "domain '{domain}' is defined on node(s) {} but not running; live migration needs a running guest",
                 defined_on.join(", ")
             )));
         }
         if !down.is_empty() {
+            down.sort();
             return Err(Status::unavailable(format!(
                 "domain '{domain}' runs on no reachable node; unreachable: {}",
                 down.join(", ")
@@ -266,23 +458,44 @@ impl ControllerService {
         )))
     }
 
+    /// The storage id of the pool the disk is on, from the inventory, asking
+    /// the node again when the pool is new to it.
+    async fn source_storage_id(&self, located: &Located) -> String {
+        let find = |pools: &[proto::Pool]| {
+            pools
+                .iter()
+                .find(|p| p.name == located.disk.pool)
+                .map(|p| p.storage_id.clone())
+        };
+        if located.disk.pool.is_empty() {
+            return String::new();
+        }
+        if let Some(id) = self
+            .inner
+            .inventory
+            .pools_of(&located.node.id)
+            .and_then(|ps| find(&ps))
+        {
+            return id;
+        }
+        match self.fetch_pools(&located.node).await {
+            Ok(pools) => find(&pools).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     /// Resolves the source and judges every pool: the core of PlanMigration and MigrateVolume.
     async fn plan(
         &self,
         req: &proto::MigrateVolumeRequest,
-    ) -> Result<(Located, String, Vec<ClusterPool>, placement::Plan), Status> {
+    ) -> Result<(Located, String, Arc<Merged>, placement::Plan), Status> {
         if req.domain.is_empty() || req.disk.is_empty() {
             return Err(Status::invalid_argument("domain and disk are required"));
         }
-        let located = self.locate(&req.domain, &req.disk).await?;
-        let nodes = self.up_nodes().await;
-        let per_node = self.node_pools(&nodes).await;
-        let pools = self.cluster_pools(&per_node);
-        let source_storage_id = per_node
-            .get(&located.node.id)
-            .and_then(|ps| ps.iter().find(|p| p.name == located.disk.pool))
-            .map(|p| p.storage_id.clone())
-            .unwrap_or_default();
+        let up = self.up_nodes().await;
+        let located = self.locate(&req.domain, &req.disk, &up).await?;
+        let source_storage_id = self.source_storage_id(&located).await;
+        let pools = self.cluster_pools(&up).await;
         let requested_format = match proto::VolumeFormat::try_from(req.destination_format) {
             Ok(proto::VolumeFormat::Raw) => Some(ImageFormat::Raw),
             Ok(proto::VolumeFormat::Qcow2) => Some(ImageFormat::Qcow2),
@@ -301,11 +514,32 @@ impl ControllerService {
             requested_format,
             required_tags: req.required_tags.clone(),
         };
-        let candidates: Vec<PoolCandidate> = pools
-            .iter()
+        let node_id = located.node.id.as_str();
+        let named = &req.destination_pool;
+        // A pool the domain's node does not reach can never be chosen, so only
+        // a pool the caller names is judged (and explained) wherever it is:
+        // with a thousand hosts of local pools, the rest would be thousands of
+        // "unreachable" rows.
+        let considered: Vec<&ClusterPool> = if named.is_empty() {
+            pools.reachable_from(node_id).collect()
+        } else {
+            pools
+                .pools
+                .iter()
+                .filter(|cp| cp.name_on(node_id) == named || cp.storage_id == *named)
+                .collect()
+        };
+        if !named.is_empty() && considered.is_empty() {
+            return Err(Status::not_found(format!(
+                "storage pool '{named}' is not known on any up node (see `volmig pools --controller …`)"
+            )));
+        }
+        let in_flight = self.in_flight();
+        let candidates: Vec<PoolCandidate> = considered
+            .into_iter()
             .map(|cp| PoolCandidate {
                 storage_id: cp.storage_id.clone(),
-                name: cp.name_on(&located.node.id).to_string(),
+                name: cp.name_on(node_id).to_string(),
                 pool_type: cp.pool.r#type.clone(),
                 active: cp.pool.state == proto::PoolState::Running as i32,
                 capacity: cp.pool.capacity_bytes,
@@ -318,7 +552,7 @@ impl ControllerService {
                     .config
                     .pool_settings(&cp.pool.name, &cp.storage_id)
                     .tags,
-                in_flight: self.in_flight(&cp.storage_id),
+                in_flight: in_flight.get(&cp.storage_id).copied().unwrap_or(0),
             })
             .collect();
         let policy = |c: &PoolCandidate| {
@@ -329,22 +563,7 @@ impl ControllerService {
                 max_in_flight: s.max_in_flight,
             }
         };
-        let plan = if req.destination_pool.is_empty() {
-            placement::plan(&disk, &candidates, policy)
-        } else {
-            let named = candidates
-                .iter()
-                .filter(|c| c.name == req.destination_pool || c.storage_id == req.destination_pool)
-                .cloned()
-                .collect::<Vec<_>>();
-            if named.is_empty() {
-                return Err(Status::not_found(format!(
-                    "storage pool '{}' is not known on any up node (see `volmig pools --controller …`)",
-                    req.destination_pool
-                )));
-            }
-            placement::plan(&disk, &named, policy)
-        };
+        let plan = placement::plan(&disk, &candidates, policy);
         let source_pool = located.disk.pool.clone();
         Ok((located, source_pool, pools, plan))
     }
@@ -469,9 +688,18 @@ impl Controller for ControllerService {
             ));
         }
         let facts = req.info.as_ref().map(facts_of).unwrap_or_default();
-        self.inner
+        if self
+            .inner
             .registry
-            .register(&req.node_id, &req.endpoint, facts);
+            .register(&req.node_id, &req.endpoint, facts)
+        {
+            // A new or returning node: its pools count from now, not from the
+            // next refresh.
+            if let Some(node) = self.inner.registry.get(&req.node_id) {
+                let svc = self.clone();
+                tokio::spawn(async move { svc.fetch_pools(&node).await }.in_current_span());
+            }
+        }
         Ok(Response::new(proto::RegisterNodeResponse {
             heartbeat_interval_seconds: self.inner.config.heartbeat_interval_seconds,
         }))
@@ -514,18 +742,21 @@ impl Controller for ControllerService {
         &self,
         _req: Request<proto::ListClusterPoolsRequest>,
     ) -> Result<Response<proto::ListClusterPoolsResponse>, Status> {
-        let nodes = self.up_nodes().await;
-        let per_node = self.node_pools(&nodes).await;
+        let up = self.up_nodes().await;
+        let in_flight = self.in_flight();
         let pools = self
-            .cluster_pools(&per_node)
-            .into_iter()
+            .cluster_pools(&up)
+            .await
+            .pools
+            .iter()
+            .cloned()
             .map(|cp| {
                 let settings = self
                     .inner
                     .config
                     .pool_settings(&cp.pool.name, &cp.storage_id);
                 proto::ClusterPool {
-                    in_flight_migrations: self.in_flight(&cp.storage_id),
+                    in_flight_migrations: in_flight.get(&cp.storage_id).copied().unwrap_or(0),
                     node_ids: cp.names.keys().cloned().collect(),
                     tags: settings.tags,
                     used_threshold: settings.used_threshold,
@@ -583,6 +814,7 @@ impl Controller for ControllerService {
             }
         };
         let pool = pools
+            .pools
             .iter()
             .find(|p| p.storage_id == chosen.storage_id)
             .map(|p| p.name_on(&located.node.id).to_string())
@@ -727,5 +959,189 @@ impl Controller for ControllerService {
             .set_bandwidth(req)
             .await
             .map_err(|s| node_error(&node, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::node_server::{Node, NodeServer};
+
+    /// A node that runs `domain` when it is set, with one local pool.
+    struct FakeNode {
+        id: String,
+        domain: Arc<Mutex<Option<String>>>,
+    }
+
+    #[tonic::async_trait]
+    impl Node for FakeNode {
+        async fn get_info(
+            &self,
+            _: Request<proto::GetInfoRequest>,
+        ) -> Result<Response<proto::NodeInfo>, Status> {
+            Ok(Response::new(proto::NodeInfo {
+                node_id: self.id.clone(),
+                ..Default::default()
+            }))
+        }
+        async fn list_pools(
+            &self,
+            _: Request<proto::ListPoolsRequest>,
+        ) -> Result<Response<proto::ListPoolsResponse>, Status> {
+            let pool = |name: &str| proto::Pool {
+                name: name.into(),
+                r#type: "dir".into(),
+                state: proto::PoolState::Running as i32,
+                capacity_bytes: 100 << 30,
+                available_bytes: 90 << 30,
+                storage_id: format!("local:{}:/{name}", self.id),
+                ..Default::default()
+            };
+            Ok(Response::new(proto::ListPoolsResponse {
+                pools: vec![pool("src"), pool("dst")],
+            }))
+        }
+        async fn list_disks(
+            &self,
+            req: Request<proto::ListDisksRequest>,
+        ) -> Result<Response<proto::ListDisksResponse>, Status> {
+            let runs = self.domain.lock().expect("lock").clone();
+            if runs.as_deref() != Some(req.get_ref().domain.as_str()) {
+                return Err(Status::not_found("no such domain"));
+            }
+            Ok(Response::new(proto::ListDisksResponse {
+                running: true,
+                disks: vec![proto::Disk {
+                    target: "vda".into(),
+                    pool: "src".into(),
+                    capacity_bytes: 1 << 30,
+                    allocation_bytes: 1 << 30,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }))
+        }
+        type MigrateVolumeStream = EventStream;
+        async fn migrate_volume(
+            &self,
+            _: Request<proto::MigrateVolumeRequest>,
+        ) -> Result<Response<EventStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        type WatchMigrationStream = EventStream;
+        async fn watch_migration(
+            &self,
+            _: Request<proto::WatchMigrationRequest>,
+        ) -> Result<Response<EventStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn cancel_migration(
+            &self,
+            _: Request<proto::CancelMigrationRequest>,
+        ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn get_migration(
+            &self,
+            _: Request<proto::GetMigrationRequest>,
+        ) -> Result<Response<proto::MigrationRecord>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn list_migrations(
+            &self,
+            _: Request<proto::ListMigrationsRequest>,
+        ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn set_bandwidth(
+            &self,
+            _: Request<proto::SetBandwidthRequest>,
+        ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+    }
+
+    async fn fake_node(
+        dir: &std::path::Path,
+        svc: &ControllerService,
+        id: &str,
+    ) -> Arc<Mutex<Option<String>>> {
+        let domain = Arc::new(Mutex::new(None));
+        let path = dir.join(format!("{id}.sock"));
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let node = FakeNode {
+            id: id.into(),
+            domain: domain.clone(),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(NodeServer::new(node))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        );
+        svc.register_node(Request::new(proto::RegisterNodeRequest {
+            node_id: id.into(),
+            endpoint: format!("unix://{}", path.display()),
+            info: None,
+        }))
+        .await
+        .expect("register");
+        domain
+    }
+
+    fn request(pool: &str) -> Request<proto::MigrateVolumeRequest> {
+        Request::new(proto::MigrateVolumeRequest {
+            domain: "vm".into(),
+            disk: "vda".into(),
+            destination_pool: pool.into(),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_domain_that_moved_is_found_on_its_new_node_despite_the_hint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let history = History::open(&dir.path().join("state")).expect("history");
+        let svc = ControllerService::new(ControllerConfig::default(), history);
+        let on_a = fake_node(dir.path(), &svc, "a").await;
+        let on_b = fake_node(dir.path(), &svc, "b").await;
+
+        *on_a.lock().expect("lock") = Some("vm".into());
+        let plan = svc
+            .plan_migration(request(""))
+            .await
+            .expect("plan")
+            .into_inner();
+        assert_eq!(plan.node_id, "a");
+        assert_eq!(svc.inner.registry.domain_hint("vm").as_deref(), Some("a"));
+        // Only a's pools are judged; its other pool is chosen.
+        assert_eq!(plan.candidates.len(), 2);
+        assert_eq!(plan.chosen_pool, "dst");
+
+        *on_a.lock().expect("lock") = None;
+        *on_b.lock().expect("lock") = Some("vm".into());
+        let plan = svc
+            .plan_migration(request(""))
+            .await
+            .expect("plan")
+            .into_inner();
+        assert_eq!(plan.node_id, "b", "the stale hint is not trusted");
+        assert_eq!(svc.inner.registry.domain_hint("vm").as_deref(), Some("b"));
+        assert!(plan
+            .candidates
+            .iter()
+            .all(|c| c.storage_id.starts_with("local:b:")));
+
+        // A named pool is judged even where the domain's node cannot reach it.
+        let plan = svc
+            .plan_migration(request("local:a:/dst"))
+            .await
+            .expect("plan")
+            .into_inner();
+        assert_eq!(plan.candidates.len(), 1);
+        assert_eq!(plan.candidates[0].rejected_by, "unreachable");
+
+        *on_b.lock().expect("lock") = None;
+        let err = svc.plan_migration(request("")).await.expect_err("nowhere");
+        assert_eq!(err.code(), Code::NotFound);
     }
 }

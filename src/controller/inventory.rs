@@ -1,8 +1,15 @@
 //! The cluster's pools: every node's pools, with a pool that several nodes
 //! reach (same NFS export, same Ceph pool and monitors, same iSCSI target)
 //! merged into one entry by its storage id.
+//!
+//! [`Inventory`] keeps what each node last reported so that placement does not
+//! ask every node on every request; the controller refreshes it in the
+//! background and when a node registers. Pool figures may therefore be up to
+//! one refresh interval old, which placement tolerates: the node checks the
+//! room in the destination itself before it accepts a migration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use crate::proto;
 
@@ -29,6 +36,13 @@ impl ClusterPool {
 
 /// Merges the pools reported by each node (node id → its pools).
 pub fn merge(per_node: &BTreeMap<String, Vec<proto::Pool>>) -> Vec<ClusterPool> {
+    merge_nodes(per_node.iter())
+}
+
+/// [`merge`] over nodes given in id order.
+fn merge_nodes<'a>(
+    per_node: impl Iterator<Item = (&'a String, &'a Vec<proto::Pool>)>,
+) -> Vec<ClusterPool> {
     let mut merged: BTreeMap<String, ClusterPool> = BTreeMap::new();
     for (node_id, pools) in per_node {
         for pool in pools {
@@ -43,6 +57,107 @@ pub fn merge(per_node: &BTreeMap<String, Vec<proto::Pool>>) -> Vec<ClusterPool> 
         }
     }
     merged.into_values().collect()
+}
+
+/// The merged pools of a set of nodes, indexed by the node that reaches them.
+#[derive(Debug, Default)]
+pub struct Merged {
+    /// Every pool, by storage id.
+    pub pools: Vec<ClusterPool>,
+    by_node: HashMap<String, Vec<usize>>,
+}
+
+impl Merged {
+    fn new(pools: Vec<ClusterPool>) -> Self {
+        let mut by_node: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, pool) in pools.iter().enumerate() {
+            for node in pool.names.keys() {
+                by_node.entry(node.clone()).or_default().push(i);
+            }
+        }
+        Merged { pools, by_node }
+    }
+
+    /// The pools `node_id` reaches, by storage id; without scanning the others.
+    pub fn reachable_from<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a ClusterPool> {
+        self.by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.pools[i])
+    }
+}
+
+/// The pools each node last reported, and their merge, thread-safe.
+#[derive(Default)]
+pub struct Inventory {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    per_node: BTreeMap<String, Vec<proto::Pool>>,
+    /// Bumped whenever a node's pools change.
+    generation: u64,
+    /// The last merge: the generation and the nodes it was made of.
+    merged: Option<(u64, Vec<String>, Arc<Merged>)>,
+}
+
+impl Inventory {
+    /// An empty inventory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the pools `node_id` reports now.
+    pub fn set(&self, node_id: &str, pools: Vec<proto::Pool>) {
+        let mut state = self.lock();
+        if state.per_node.get(node_id) != Some(&pools) {
+            state.per_node.insert(node_id.to_string(), pools);
+            state.generation += 1;
+        }
+    }
+
+    /// Forgets a node's pools (it could not be reached).
+    pub fn remove(&self, node_id: &str) {
+        let mut state = self.lock();
+        if state.per_node.remove(node_id).is_some() {
+            state.generation += 1;
+        }
+    }
+
+    /// The pools `node_id` last reported, if it was asked yet.
+    pub fn pools_of(&self, node_id: &str) -> Option<Vec<proto::Pool>> {
+        self.lock().per_node.get(node_id).cloned()
+    }
+
+    /// Whether `node_id` has reported its pools.
+    pub fn knows(&self, node_id: &str) -> bool {
+        self.lock().per_node.contains_key(node_id)
+    }
+
+    /// The merged pools of the nodes in `up`; a node outside it (down) adds
+    /// nothing. The merge is reused until a node's pools or the set change.
+    pub fn merged(&self, up: &BTreeSet<String>) -> Arc<Merged> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let included = || state.per_node.keys().filter(|id| up.contains(*id));
+        if let Some((generation, nodes, merged)) = &state.merged {
+            if *generation == state.generation && included().eq(nodes.iter()) {
+                return merged.clone();
+            }
+        }
+        let nodes: Vec<String> = included().cloned().collect();
+        let merged = Arc::new(Merged::new(merge_nodes(
+            state.per_node.iter().filter(|(id, _)| up.contains(*id)),
+        )));
+        state.merged = Some((state.generation, nodes, merged.clone()));
+        merged
+    }
 }
 
 #[cfg(test)]
@@ -81,5 +196,38 @@ mod tests {
         assert_eq!(ceph.names.len(), 2);
         assert_eq!(ceph.name_on("b"), "vms-rbd");
         assert_eq!(ceph.name_on("a"), "ceph");
+    }
+
+    #[test]
+    fn inventory_leaves_out_down_nodes_and_follows_changes() {
+        let inv = Inventory::new();
+        let both = BTreeSet::from(["a".to_string(), "b".to_string()]);
+        let only_b = BTreeSet::from(["b".to_string()]);
+        inv.set(
+            "a",
+            vec![pool("ceph", "rbd:m1:6789/vms"), pool("l", "local:a:/v")],
+        );
+        inv.set("b", vec![pool("vms-rbd", "rbd:m1:6789/vms")]);
+        let merged = inv.merged(&both);
+        assert_eq!(merged.pools.len(), 2);
+        assert_eq!(merged.reachable_from("a").count(), 2);
+        assert_eq!(merged.reachable_from("b").count(), 1);
+        assert!(Arc::ptr_eq(&merged, &inv.merged(&both)), "reused");
+        let merged = inv.merged(&only_b);
+        assert_eq!(merged.pools.len(), 1);
+        assert_eq!(merged.pools[0].names.len(), 1);
+        assert_eq!(merged.reachable_from("a").count(), 0, "a is down");
+        inv.set(
+            "b",
+            vec![pool("vms-rbd", "rbd:m1:6789/vms"), pool("l", "local:b:/v")],
+        );
+        assert_eq!(inv.merged(&only_b).pools.len(), 2, "b's new pool");
+        inv.remove("b");
+        assert!(inv
+            .merged(&both)
+            .pools
+            .iter()
+            .all(|p| !p.names.contains_key("b")));
+        assert!(inv.knows("a") && !inv.knows("b"));
     }
 }

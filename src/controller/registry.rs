@@ -1,8 +1,11 @@
 //! The nodes the controller knows: listed in its configuration or registered
 //! by heartbeat. A node is up while it was heard from (a heartbeat or any
 //! successful call) within `down_after`; the pools of a down node are not chosen.
+//!
+//! It also remembers which node last ran each domain. That is only a hint of
+//! whom to ask first: the controller trusts no answer but the node's own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,7 @@ pub struct NodeEntry {
 /// Known nodes, thread-safe.
 pub struct Registry {
     nodes: Mutex<BTreeMap<String, NodeEntry>>,
+    domain_hints: Mutex<HashMap<String, String>>,
     down_after: Duration,
 }
 
@@ -71,6 +75,7 @@ impl Registry {
             .collect();
         Registry {
             nodes: Mutex::new(nodes),
+            domain_hints: Mutex::new(HashMap::new()),
             down_after,
         }
     }
@@ -79,9 +84,13 @@ impl Registry {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a registration or heartbeat.
-    pub fn register(&self, id: &str, endpoint: &str, facts: NodeFacts) {
+    /// Records a registration or heartbeat. True when the node is new, moved
+    /// to another endpoint or was down: its pools are worth asking for now.
+    pub fn register(&self, id: &str, endpoint: &str, facts: NodeFacts) -> bool {
         let mut nodes = self.lock();
+        let news = nodes
+            .get(id)
+            .is_none_or(|e| e.endpoint != endpoint || !self.is_up(e));
         let entry = nodes.entry(id.to_string()).or_insert_with(|| NodeEntry {
             id: id.to_string(),
             endpoint: endpoint.to_string(),
@@ -96,6 +105,7 @@ impl Registry {
         entry.last_seen = Some(Instant::now());
         entry.last_seen_ms = now_ms();
         entry.last_error = None;
+        news
     }
 
     /// Records a successful call to the node.
@@ -130,6 +140,15 @@ impl Registry {
         entry.last_seen.is_some_and(|t| t.elapsed() <= fresh)
     }
 
+    /// The ids of the nodes up now.
+    pub fn up_ids(&self) -> std::collections::BTreeSet<String> {
+        self.lock()
+            .values()
+            .filter(|e| self.is_up(e))
+            .map(|e| e.id.clone())
+            .collect()
+    }
+
     /// Every node, by id.
     pub fn all(&self) -> Vec<NodeEntry> {
         self.lock().values().cloned().collect()
@@ -138,6 +157,23 @@ impl Registry {
     /// One node.
     pub fn get(&self, id: &str) -> Option<NodeEntry> {
         self.lock().get(id).cloned()
+    }
+
+    fn hints(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.domain_hints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node that last ran `domain`, if any: whom to ask first.
+    pub fn domain_hint(&self, domain: &str) -> Option<String> {
+        self.hints().get(domain).cloned()
+    }
+
+    /// Remembers that `node_id` runs `domain`, as that node just said.
+    pub fn learn_domain(&self, domain: &str, node_id: &str) {
+        let mut hints = self.hints();
+        if hints.get(domain).map(String::as_str) != Some(node_id) {
+            hints.insert(domain.to_string(), node_id.to_string());
+        }
     }
 }
 
@@ -157,8 +193,12 @@ mod tests {
         assert!(reg.is_up(&reg.get("a").expect("a")));
         reg.failed("a", "connection refused".into());
         assert!(!reg.is_up(&reg.get("a").expect("a")));
-        reg.register("b", "http://10.0.0.2:7451", NodeFacts::default());
+        assert!(reg.register("b", "http://10.0.0.2:7451", NodeFacts::default()));
         assert!(reg.is_up(&reg.get("b").expect("b")));
+        assert!(
+            !reg.register("b", "http://10.0.0.2:7451", NodeFacts::default()),
+            "heartbeat"
+        );
         std::thread::sleep(Duration::from_millis(80));
         assert!(!reg.is_up(&reg.get("b").expect("b")), "missed heartbeats");
         assert_eq!(reg.all().len(), 2);
