@@ -147,33 +147,47 @@ async fn controller_places_by_the_plan_relays_and_refuses_a_named_pool_with_the_
         refused.message()
     );
 
-    // No pool named: the controller picks the plan's pool and relays the node's events.
-    let events = node::collect(
-        client
-            .migrate_volume(req)
-            .await
-            .expect("migrate")
-            .into_inner(),
-    )
-    .await
-    .expect("stream");
-    node::assert_terminal(&events, proto::Phase::Completed);
-    let result = events
-        .last()
-        .and_then(|e| e.result.clone())
-        .expect("result");
-    assert_eq!(result.destination_pool, good.name());
+    // No pool named: `volmig migrate --controller` gets the plan's pool and the
+    // node's events, relayed with one migration id.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_volmig"))
+        .args([
+            "migrate",
+            "--controller",
+            &ctl.endpoint(),
+            "--domain",
+            guest.name(),
+            "--disk",
+            "vda",
+            "--tag",
+            &tag,
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("volmig migrate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let last = events.last().expect("events");
+    assert_eq!(last["phase"], "PHASE_COMPLETED");
     assert!(events
         .iter()
-        .all(|e| e.migration_id == events[0].migration_id));
-    assert_eq!(
-        guest.live_disk_source("vda").path,
-        result.destination_source
-    );
-    assert_eq!(
-        guest.persistent_disk_source("vda").path,
-        result.destination_source
-    );
+        .all(|e| e["migration_id"] == events[0]["migration_id"]));
+    let migration_id = events[0]["migration_id"].as_str().expect("id").to_string();
+    let dest_pool = last["result"]["destination_pool"].as_str().expect("pool");
+    let dest = last["result"]["destination_source"]
+        .as_str()
+        .expect("source");
+    assert_eq!(dest_pool, good.name());
+    assert_eq!(guest.live_disk_source("vda").path, dest);
+    assert_eq!(guest.persistent_disk_source("vda").path, dest);
 
     let listed = client
         .list_migrations(proto::ListMigrationsRequest {
@@ -185,7 +199,7 @@ async fn controller_places_by_the_plan_relays_and_refuses_a_named_pool_with_the_
         .into_inner()
         .migrations;
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].migration_id, events[0].migration_id);
+    assert_eq!(listed[0].migration_id, migration_id);
 
     guest.cold_restart();
     guest.wait_writing(10, BOOT);
