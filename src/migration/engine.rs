@@ -423,6 +423,15 @@ impl Engine {
         if let Some(sub) = self.attach_by_request(&req)? {
             return Ok(sub);
         }
+        // Before asking libvirt: a running migration of this disk would otherwise
+        // surface as a less helpful error (its destination volume or block job).
+        if let Some((domain, disk, migration_id)) = self.active_on(&req.domain, &req.disk) {
+            return Err(Error::AlreadyMigrating {
+                domain,
+                disk,
+                migration_id,
+            });
+        }
         {
             let reg = self.inner.registry();
             if reg.by_disk.len() >= self.inner.config.max_concurrent {
@@ -524,6 +533,23 @@ impl Engine {
         }
         tokio::spawn(job::run(self.inner.clone(), job, job::Start::Fresh));
         Ok(sub)
+    }
+
+    /// The active migration of `disk` (target or source) of `domain` (name or UUID).
+    fn active_on(&self, domain: &str, disk: &str) -> Option<(String, String, String)> {
+        let jobs: Vec<Arc<Job>> = {
+            let reg = self.inner.registry();
+            reg.by_disk
+                .values()
+                .filter_map(|id| reg.by_id.get(id).cloned())
+                .collect()
+        };
+        jobs.iter().find_map(|job| {
+            let plan = job.lock().record.plan.clone()?;
+            let same_domain = plan.domain == domain || plan.domain_uuid == domain;
+            let same_disk = plan.target == disk || plan.source.display_name() == disk;
+            (same_domain && same_disk).then(|| (plan.domain, plan.target, job.id.clone()))
+        })
     }
 
     fn attach_by_request(&self, req: &MigrationRequest) -> Result<Option<Subscription>, Error> {
