@@ -1,0 +1,454 @@
+//! The Controller gRPC service: resolves which node runs a domain, places the
+//! disk with [`crate::controller::placement`], forwards the migration to that
+//! node and relays its events, keeping every migration in the history.
+//!
+//! The relay runs in its own task: a caller dropping the stream neither stops
+//! the migration (it runs on the node) nor the history updates. After a
+//! controller restart, unfinished migrations are followed again from the nodes.
+//!
+//! Scale: placement reads the pool [`Inventory`], refreshed in the background
+//! every heartbeat interval and when a node (re)registers, never asking every
+//! node per request. The source of a migration is always a node's fresh
+//! answer: the node that last ran the domain is asked first, and only when it
+//! does not run it any more are all up nodes asked, concurrently. Channels to
+//! nodes are kept and reused. A plan judges the pools the domain's node
+//! reaches (plus a pool the caller names, wherever it is), so its cost and
+//! size follow that node's pools, not the size of the fleet.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+
+use crate::api::client;
+use crate::api::node_service::EventStream;
+use crate::config::ControllerConfig;
+use crate::controller::history::{Entry, History};
+use crate::controller::inventory::{ClusterPool, Inventory, Merged};
+use crate::controller::placement::{self, DiskToPlace, PoolCandidate, PoolPolicy, Verdict};
+use crate::controller::registry::{NodeEntry, NodeFacts, Registry};
+use crate::hypervisor::ImageFormat;
+use crate::migration::model::now_ms;
+use crate::proto;
+use crate::proto::controller_server::Controller;
+use crate::proto::node_client::NodeClient;
+
+mod nodes;
+mod relay;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+/// How long one call to a node may take before the node counts as unreachable.
+const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many nodes are asked at once when many must be (probes, refreshes, a
+/// domain whose node is not known).
+const FAN_OUT: usize = 64;
+
+/// The controller service.
+#[derive(Clone)]
+pub struct ControllerService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ControllerConfig,
+    registry: Registry,
+    inventory: Inventory,
+    /// Open channels by node id, with the endpoint they go to.
+    channels: Mutex<HashMap<String, (String, Channel)>>,
+    history: Arc<History>,
+}
+
+/// Where a domain's disk is, as its node reports it.
+struct Located {
+    node: NodeEntry,
+    disk: proto::Disk,
+}
+
+/// One node's answer to "do you run this domain?".
+enum Answer {
+    Running(proto::ListDisksResponse),
+    /// Defined there but not running.
+    Defined,
+    Absent,
+    /// The request itself is wrong; every node would say so.
+    Invalid(Status),
+    Unreachable,
+}
+
+fn node_unavailable(node: &NodeEntry, err: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!(
+        "node {} at {} is unreachable: {err}; check that `volmig node` runs there",
+        node.id, node.endpoint
+    ))
+}
+
+fn facts_of(info: &proto::NodeInfo) -> NodeFacts {
+    NodeFacts {
+        hostname: info.hostname.clone(),
+        libvirt_version: info.libvirt_version.clone(),
+        hypervisor_version: info.hypervisor_version.clone(),
+        volmig_version: info.volmig_version.clone(),
+    }
+}
+
+async fn timed<T>(
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    tokio::time::timeout(NODE_CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| Status::deadline_exceeded("timed out"))?
+}
+
+impl ControllerService {
+    /// A controller with its configuration and history; follows unfinished
+    /// migrations again and keeps the pool inventory fresh in the background.
+    pub fn new(config: ControllerConfig, history: History) -> ControllerService {
+        let registry = Registry::new(
+            config
+                .nodes
+                .iter()
+                .map(|n| (n.id.clone(), n.endpoint.clone())),
+            Duration::from_secs(u64::from(config.down_after_seconds.max(1))),
+        );
+        let service = ControllerService {
+            inner: Arc::new(Inner {
+                config,
+                registry,
+                inventory: Inventory::new(),
+                channels: Mutex::new(HashMap::new()),
+                history: Arc::new(history),
+            }),
+        };
+        for entry in service.inner.history.all() {
+            if !entry.is_terminal() {
+                let svc = service.clone();
+                tokio::spawn(async move { svc.follow_until_done(entry).await });
+            }
+        }
+        service.spawn_refresher();
+        service
+    }
+
+    fn entry(&self, id: &str) -> Result<Entry, Status> {
+        self.inner.history.get(id).ok_or_else(|| {
+            Status::not_found(format!(
+                "no migration with id '{id}' in the controller's history"
+            ))
+        })
+    }
+
+    async fn node_of(&self, entry: &Entry) -> Result<(NodeEntry, NodeClient<Channel>), Status> {
+        let node = self.inner.registry.get(&entry.record.node_id).ok_or_else(|| {
+            Status::unavailable(format!(
+                "node {} that runs migration {} is not registered (it has not sent a heartbeat since the controller started)",
+                entry.record.node_id, entry.record.migration_id
+            ))
+        })?;
+        let client = self.client(&node).await?;
+        Ok((node, client))
+    }
+}
+
+fn node_error(node: &NodeEntry, status: Status) -> Status {
+    if matches!(status.code(), Code::Unavailable | Code::Unknown) {
+        node_unavailable(node, status.message())
+    } else {
+        status
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn register_node(
+        &self,
+        req: Request<proto::RegisterNodeRequest>,
+    ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
+        let req = req.into_inner();
+        crate::migration::validate::object_name("node_id", &req.node_id)?;
+        if req.endpoint.is_empty() {
+            return Err(Status::invalid_argument(
+                "endpoint is required: how the controller reaches the node",
+            ));
+        }
+        let facts = req.info.as_ref().map(facts_of).unwrap_or_default();
+        if self
+            .inner
+            .registry
+            .register(&req.node_id, &req.endpoint, facts)
+        {
+            // A new or returning node: its pools count from now, not from the
+            // next refresh.
+            if let Some(node) = self.inner.registry.get(&req.node_id) {
+                let svc = self.clone();
+                tokio::spawn(async move { svc.fetch_pools(&node).await }.in_current_span());
+            }
+        }
+        Ok(Response::new(proto::RegisterNodeResponse {
+            heartbeat_interval_seconds: self.inner.config.heartbeat_interval_seconds,
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<proto::ListNodesRequest>,
+    ) -> Result<Response<proto::ListNodesResponse>, Status> {
+        self.up_nodes().await;
+        let nodes = self
+            .inner
+            .registry
+            .all()
+            .into_iter()
+            .map(|n| proto::NodeStatus {
+                state: if self.inner.registry.is_up(&n) {
+                    proto::NodeState::Up
+                } else {
+                    proto::NodeState::Down
+                } as i32,
+                info: n.facts.as_ref().map(|f| proto::NodeInfo {
+                    node_id: n.id.clone(),
+                    hostname: f.hostname.clone(),
+                    libvirt_version: f.libvirt_version.clone(),
+                    hypervisor_version: f.hypervisor_version.clone(),
+                    volmig_version: f.volmig_version.clone(),
+                    ..Default::default()
+                }),
+                node_id: n.id,
+                endpoint: n.endpoint,
+                last_seen_unix_ms: n.last_seen_ms,
+                configured: n.configured,
+            })
+            .collect();
+        Ok(Response::new(proto::ListNodesResponse { nodes }))
+    }
+
+    async fn list_pools(
+        &self,
+        _req: Request<proto::ListClusterPoolsRequest>,
+    ) -> Result<Response<proto::ListClusterPoolsResponse>, Status> {
+        let up = self.up_nodes().await;
+        let in_flight = self.in_flight();
+        let pools = self
+            .cluster_pools(&up)
+            .await
+            .pools
+            .iter()
+            .cloned()
+            .map(|cp| {
+                let settings = self
+                    .inner
+                    .config
+                    .pool_settings(&cp.pool.name, &cp.storage_id);
+                proto::ClusterPool {
+                    in_flight_migrations: in_flight.get(&cp.storage_id).copied().unwrap_or(0),
+                    node_ids: cp.names.keys().cloned().collect(),
+                    tags: settings.tags,
+                    used_threshold: settings.used_threshold,
+                    storage_id: cp.storage_id,
+                    pool: Some(cp.pool),
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::ListClusterPoolsResponse { pools }))
+    }
+
+    async fn plan_migration(
+        &self,
+        req: Request<proto::MigrateVolumeRequest>,
+    ) -> Result<Response<proto::PlanMigrationResponse>, Status> {
+        let req = req.into_inner();
+        let (located, source_pool, _, plan) = self.plan(&req).await?;
+        Ok(Response::new(Self::plan_response(
+            &located,
+            &source_pool,
+            &plan,
+        )))
+    }
+
+    type MigrateVolumeStream = EventStream;
+
+    #[tracing::instrument(skip_all, fields(domain = %req.get_ref().domain, disk = %req.get_ref().disk))]
+    async fn migrate_volume(
+        &self,
+        req: Request<proto::MigrateVolumeRequest>,
+    ) -> Result<Response<Self::MigrateVolumeStream>, Status> {
+        let mut req = req.into_inner();
+        let (located, _source_pool, pools, plan) = self.plan(&req).await?;
+        let chosen = match plan.chosen() {
+            Some(d) => d.clone(),
+            None if !req.destination_pool.is_empty() => {
+                let why = plan
+                    .decisions
+                    .first()
+                    .map(|d| match &d.verdict {
+                        Verdict::Rejected(r) => format!("{}: {}", r.rule.name(), r.reason),
+                        Verdict::Accepted(_) => String::new(),
+                    })
+                    .unwrap_or_default();
+                return Err(Status::failed_precondition(format!(
+                    "pool '{}' cannot take disk {} of '{}': {why}",
+                    req.destination_pool, req.disk, req.domain
+                )));
+            }
+            None => {
+                return Err(Status::resource_exhausted(format!(
+                    "no pool can take disk {} of '{}'; see `volmig plan` for each pool's reason",
+                    req.disk, req.domain
+                )))
+            }
+        };
+        let pool = pools
+            .pools
+            .iter()
+            .find(|p| p.storage_id == chosen.storage_id)
+            .map(|p| p.name_on(&located.node.id).to_string())
+            .unwrap_or(chosen.name.clone());
+        req.destination_pool = pool;
+        let node = located.node;
+        let mut client = self.client(&node).await?;
+        let mut stream = client
+            .migrate_volume(req.clone())
+            .await
+            .map_err(|s| node_error(&node, s))?
+            .into_inner();
+        // The first event carries the migration id the node chose; record it
+        // before relaying anything so the history never misses a migration.
+        let first = stream
+            .message()
+            .await
+            .map_err(|s| node_error(&node, s))?
+            .ok_or_else(|| {
+                Status::internal(format!(
+                    "node {} ended the stream without an event",
+                    node.id
+                ))
+            })?;
+        let record = proto::MigrationRecord {
+            migration_id: first.migration_id.clone(),
+            node_id: node.id.clone(),
+            request: Some(req),
+            latest: Some(first.clone()),
+            source_pool: located.disk.pool.clone(),
+            previous_source: located.disk.source.clone(),
+        };
+        let prior = self.inner.history.get(&first.migration_id);
+        if prior.is_none() {
+            self.inner
+                .history
+                .put(Entry {
+                    record,
+                    dest_storage_id: chosen.storage_id.clone(),
+                })
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        tracing::info!(migration_id = %first.migration_id, node = %node.id, pool = %chosen.name, at = now_ms(), "migration relayed");
+        Ok(Response::new(self.relay(stream, Some(first))))
+    }
+
+    type WatchMigrationStream = EventStream;
+
+    async fn watch_migration(
+        &self,
+        req: Request<proto::WatchMigrationRequest>,
+    ) -> Result<Response<Self::WatchMigrationStream>, Status> {
+        let entry = self.entry(&req.into_inner().migration_id)?;
+        let (node, mut client) = self.node_of(&entry).await?;
+        let stream = client
+            .watch_migration(proto::WatchMigrationRequest {
+                migration_id: entry.record.migration_id.clone(),
+            })
+            .await
+            .map_err(|s| node_error(&node, s))?
+            .into_inner();
+        Ok(Response::new(self.relay(stream, None)))
+    }
+
+    async fn cancel_migration(
+        &self,
+        req: Request<proto::CancelMigrationRequest>,
+    ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
+        let entry = self.entry(&req.into_inner().migration_id)?;
+        let (node, mut client) = self.node_of(&entry).await?;
+        client
+            .cancel_migration(proto::CancelMigrationRequest {
+                migration_id: entry.record.migration_id.clone(),
+            })
+            .await
+            .map_err(|s| node_error(&node, s))
+    }
+
+    async fn get_migration(
+        &self,
+        req: Request<proto::GetMigrationRequest>,
+    ) -> Result<Response<proto::MigrationRecord>, Status> {
+        let entry = self.entry(&req.into_inner().migration_id)?;
+        if entry.is_terminal() {
+            return Ok(Response::new(entry.record));
+        }
+        // Ask the node for the live state; its record is the truth while it runs.
+        let (node, mut client) = self.node_of(&entry).await?;
+        let record = client
+            .get_migration(proto::GetMigrationRequest {
+                migration_id: entry.record.migration_id.clone(),
+            })
+            .await
+            .map_err(|s| node_error(&node, s))?
+            .into_inner();
+        if let Some(latest) = &record.latest {
+            let _ = self.inner.history.update_latest(latest);
+        }
+        Ok(Response::new(record))
+    }
+
+    async fn list_migrations(
+        &self,
+        req: Request<proto::ListMigrationsRequest>,
+    ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
+        let req = req.into_inner();
+        let mut records: Vec<proto::MigrationRecord> = self
+            .inner
+            .history
+            .all()
+            .into_iter()
+            .filter(|e| {
+                let r = &e.record;
+                let latest = r.latest.clone().unwrap_or_default();
+                (req.node_id.is_empty() || r.node_id == req.node_id)
+                    && (req.domain.is_empty() || latest.domain == req.domain)
+                    && (req.phases.is_empty() || req.phases.contains(&latest.phase))
+                    && (req.started_after_unix_ms == 0
+                        || latest.started_at_unix_ms >= req.started_after_unix_ms)
+                    && (req.started_before_unix_ms == 0
+                        || latest.started_at_unix_ms < req.started_before_unix_ms)
+                    && (!req.active_only || !e.is_terminal())
+            })
+            .map(|e| e.record)
+            .collect();
+        records.sort_by_key(|r| {
+            std::cmp::Reverse(r.latest.as_ref().map(|e| e.started_at_unix_ms).unwrap_or(0))
+        });
+        Ok(Response::new(proto::ListMigrationsResponse {
+            migrations: records,
+        }))
+    }
+
+    async fn set_bandwidth(
+        &self,
+        req: Request<proto::SetBandwidthRequest>,
+    ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
+        let req = req.into_inner();
+        let entry = self.entry(&req.migration_id)?;
+        let (node, mut client) = self.node_of(&entry).await?;
+        client
+            .set_bandwidth(req)
+            .await
+            .map_err(|s| node_error(&node, s))
+    }
+}
