@@ -44,16 +44,30 @@ command -v qemu-img >/dev/null || fail "qemu-img is missing after install"
 ls /boot/vmlinuz-* >/dev/null 2>&1 || fail "no kernel in /boot (linux-image-cloud-amd64)"
 
 mkdir -p /run/libvirt
-running() { pgrep -x "$1" >/dev/null 2>&1; }
-if ! running virtlogd; then
-    virtlogd -d >>"$log" 2>&1 || fail "virtlogd did not start"
-fi
-if ! running libvirtd; then
-    libvirtd -d >>"$log" 2>&1 || fail "libvirtd did not start"
-fi
-for _ in $(seq 1 100); do
-    virsh -c qemu:///system version >/dev/null 2>&1 && break
-    sleep 0.1
+# A daemon may be on its way out (killed a moment ago): check liveness from
+# /proc (a zombie is dead) and start it again whenever it is gone.
+running() {
+    local pid
+    for pid in $(pgrep -x "$1" 2>/dev/null); do
+        [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] && return 0
+    done
+    return 1
+}
+ensure() {
+    running "$1" || "$1" -d >>"$log" 2>&1 || fail "$1 did not start"
+}
+answers=no
+for _ in $(seq 1 150); do
+    ensure virtlogd
+    ensure libvirtd
+    if virsh -c qemu:///system version >/dev/null 2>&1; then
+        answers=yes
+        break
+    fi
+    sleep 0.2
 done
-virsh -c qemu:///system version >>"$log" 2>&1 || fail "libvirtd does not answer on qemu:///system"
+[ "$answers" = yes ] || {
+    virsh -c qemu:///system version >>"$log" 2>&1
+    fail "libvirtd does not answer on qemu:///system"
+}
 rm -f "$log"
