@@ -214,14 +214,7 @@ impl PoolSpec {
     /// How a disk on this pool's volumes is addressed; `None` for pool types volmig
     /// cannot migrate to.
     pub fn disk_kind(&self) -> Option<DiskKind> {
-        match self.pool_type.as_str() {
-            "dir" | "fs" | "netfs" => Some(DiskKind::File),
-            "logical" | "disk" | "iscsi" | "iscsi-direct" | "scsi" | "mpath" => {
-                Some(DiskKind::Block)
-            }
-            "rbd" => Some(DiskKind::Network),
-            _ => None,
-        }
+        pool_disk_kind(&self.pool_type)
     }
 
     /// Whether other hosts can reach the same storage.
@@ -230,6 +223,28 @@ impl PoolSpec {
             self.pool_type.as_str(),
             "netfs" | "rbd" | "iscsi" | "iscsi-direct"
         )
+    }
+}
+
+/// How a disk on volumes of a libvirt pool type is addressed; `None` for the
+/// types volmig cannot migrate to. The node's validation and the controller's
+/// placement both decide by this one table (the types `GetInfo` advertises).
+pub fn pool_disk_kind(pool_type: &str) -> Option<DiskKind> {
+    match pool_type {
+        "dir" | "fs" | "netfs" => Some(DiskKind::File),
+        "logical" | "disk" | "iscsi" => Some(DiskKind::Block),
+        "rbd" => Some(DiskKind::Network),
+        _ => None,
+    }
+}
+
+/// Bytes a copy of a disk allocates in a pool of `kind`: block volumes are
+/// thick (the whole virtual size), files and RBD images stay as sparse as the
+/// source (its allocation).
+pub fn space_needed(kind: DiskKind, virtual_size: u64, allocation: u64) -> u64 {
+    match kind {
+        DiskKind::Block => virtual_size,
+        DiskKind::File | DiskKind::Network => allocation,
     }
 }
 

@@ -58,7 +58,7 @@ use std::fmt;
 
 use crate::cli::units::human_bytes;
 
-use crate::hypervisor::{DiskKind, ImageFormat};
+use crate::hypervisor::{pool_disk_kind, space_needed, DiskKind, ImageFormat};
 
 /// The pool types volmig can write to, as operators should read them.
 const SUPPORTED_TYPES: &str = "dir, fs, netfs, logical, disk, iscsi, rbd";
@@ -356,13 +356,14 @@ struct Candidate<'a> {
 
 impl<'a> Candidate<'a> {
     fn new(disk: &'a DiskToPlace, pool: &'a PoolCandidate, policy: &'a PoolPolicy) -> Self {
-        let kind = storage_kind(&pool.pool_type);
-        let needed = match kind {
-            Some(DiskKind::File | DiskKind::Network) => disk.allocation,
-            // A type volmig cannot write to is rejected before space is
-            // considered; counting it thick keeps `needed` total.
-            Some(DiskKind::Block) | None => disk.virtual_size,
-        };
+        let kind = pool_disk_kind(&pool.pool_type);
+        // A type volmig cannot write to is rejected before space is
+        // considered; counting it thick keeps `needed` total.
+        let needed = space_needed(
+            kind.unwrap_or(DiskKind::Block),
+            disk.virtual_size,
+            disk.allocation,
+        );
         Candidate {
             disk,
             pool,
@@ -379,16 +380,6 @@ impl<'a> Candidate<'a> {
             Some(DiskKind::Network) => "the disk's allocation: rbd images stay thin",
             Some(DiskKind::Block) | None => "the disk's virtual size: block pools are thick",
         }
-    }
-}
-
-/// How volumes of a pool type are addressed; `None` for types volmig cannot write to.
-fn storage_kind(pool_type: &str) -> Option<DiskKind> {
-    match pool_type {
-        "dir" | "fs" | "netfs" => Some(DiskKind::File),
-        "logical" | "disk" | "iscsi" => Some(DiskKind::Block),
-        "rbd" => Some(DiskKind::Network),
-        _ => None,
     }
 }
 

@@ -435,10 +435,7 @@ impl Engine {
         {
             let reg = self.inner.registry();
             if reg.by_disk.len() >= self.inner.config.max_concurrent {
-                return Err(Error::Exhausted(format!(
-                    "node {} is running its limit of {} migrations; retry when one finishes",
-                    self.inner.config.node_id, self.inner.config.max_concurrent
-                )));
+                return Err(self.at_limit());
             }
         }
         let planned_req = req.clone();
@@ -490,10 +487,7 @@ impl Engine {
                 });
             }
             if reg.by_disk.len() >= self.inner.config.max_concurrent {
-                return Err(Error::Exhausted(format!(
-                    "node {} is running its limit of {} migrations; retry when one finishes",
-                    self.inner.config.node_id, self.inner.config.max_concurrent
-                )));
+                return Err(self.at_limit());
             }
             reg.by_disk.insert(key, id.clone());
             reg.by_id.insert(id.clone(), job.clone());
@@ -533,6 +527,13 @@ impl Engine {
         }
         tokio::spawn(job::run(self.inner.clone(), job, job::Start::Fresh));
         Ok(sub)
+    }
+
+    fn at_limit(&self) -> Error {
+        Error::Exhausted(format!(
+            "node {} is running its limit of {} migrations; retry when one finishes",
+            self.inner.config.node_id, self.inner.config.max_concurrent
+        ))
     }
 
     /// The active migration of `disk` (target or source) of `domain` (name or UUID).

@@ -672,7 +672,7 @@ async fn rollback(inner: &Inner, plan: &Plan, created: bool) -> String {
         "the guest stays on its source {}",
         plan.source.display_name()
     );
-    if !created || plan.destination.is_none() && plan.dest_volume.is_empty() {
+    if !created {
         return state;
     }
     let (pool, volume) = (plan.dest_pool.clone(), plan.dest_volume.clone());

@@ -5,7 +5,7 @@
 //! have moved in between (the guest stopped, the pool filled up).
 
 use crate::hypervisor::{
-    DiskKind, DiskSource, DiskSpec, Hypervisor, ImageFormat, PoolRunState, PoolSpec,
+    space_needed, DiskKind, DiskSource, DiskSpec, Hypervisor, ImageFormat, PoolRunState, PoolSpec,
 };
 use crate::migration::error::Error;
 use crate::migration::journal::Plan;
@@ -258,11 +258,7 @@ fn check_space(
         tracing::warn!(pool = %pool.name, "pool reports no capacity; skipping the space check");
         return Ok(());
     }
-    // Block pools allocate the full size; file and rbd pools stay as sparse as the source.
-    let data = match kind {
-        DiskKind::Block => capacity,
-        _ => source_allocation.unwrap_or(capacity).min(capacity),
-    };
+    let data = space_needed(kind, capacity, source_allocation.unwrap_or(capacity));
     let needed = data + SPACE_MARGIN;
     if pool.available < needed {
         return Err(Error::Exhausted(format!(
