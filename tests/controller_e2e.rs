@@ -222,12 +222,8 @@ async fn controller_restart_mid_migration_still_reaches_completed_and_keeps_hist
 
     let id = {
         let mut client = ctl.client().await;
-        let mut req = node::request(guest.name(), "vdb", "");
+        let mut req = node::limited(guest.name(), "vdb", "", 8 * MIB);
         req.required_tags = vec![tag.clone()];
-        req.options = Some(proto::MigrationOptions {
-            bandwidth_bytes_per_sec: 8 * MIB,
-            ..Default::default()
-        });
         let mut stream = client
             .migrate_volume(req)
             .await

@@ -33,25 +33,13 @@ async fn libvirtd_restart_mid_copy_still_completes() {
 
     let node = NodeProcess::start("l-node", &[]);
     let mut client = node.client().await;
-    let mut req = node::request(guest.name(), "vdb", dst.name());
-    req.options = Some(proto::MigrationOptions {
-        bandwidth_bytes_per_sec: 8 * MIB,
-        ..Default::default()
-    });
+    let req = node::limited(guest.name(), "vdb", dst.name(), 8 * MIB);
     let mut stream = client
         .migrate_volume(req)
         .await
         .expect("start")
         .into_inner();
-    let mut events = Vec::new();
-    while let Some(e) = stream.message().await.expect("stream") {
-        let copying = node::phase(&e) == proto::Phase::Copying
-            && e.progress.as_ref().is_some_and(|p| p.bytes_done > 0);
-        events.push(e);
-        if copying {
-            break;
-        }
-    }
+    let mut events = node::read_until(&mut stream, node::copying_with_progress).await;
     restart_libvirtd();
     events.extend(node::collect(stream).await.expect("stream"));
     node::assert_terminal(&events, proto::Phase::Completed);

@@ -15,40 +15,6 @@ use volmig::proto;
 const MIB: u64 = 1 << 20;
 const BOOT: Duration = Duration::from_secs(120);
 
-fn limited(
-    guest: &Guest,
-    disk: &str,
-    pool: &dyn Pool,
-    bytes_per_sec: u64,
-) -> proto::MigrateVolumeRequest {
-    let mut req = node::request(guest.name(), disk, pool.name());
-    req.options = Some(proto::MigrationOptions {
-        bandwidth_bytes_per_sec: bytes_per_sec,
-        ..Default::default()
-    });
-    req
-}
-
-/// Reads events until `stop` says so; returns them (the stream stays usable).
-async fn read_until(
-    stream: &mut tonic::Streaming<proto::MigrationEvent>,
-    mut stop: impl FnMut(&proto::MigrationEvent) -> bool,
-) -> Vec<proto::MigrationEvent> {
-    let mut seen = Vec::new();
-    while let Some(e) = stream.message().await.expect("stream") {
-        let done = stop(&e);
-        seen.push(e);
-        if done {
-            break;
-        }
-    }
-    seen
-}
-
-fn copying_with_progress(e: &proto::MigrationEvent) -> bool {
-    node::phase(e) == proto::Phase::Copying && e.progress.as_ref().is_some_and(|p| p.bytes_done > 0)
-}
-
 /// No block job on the disk and no volume left in the destination pool.
 fn assert_clean(guest: &Guest, disk: &str, dst: &dyn Pool, src_path: &str) {
     let info = harness::virsh_ok(&["blockjob", guest.name(), disk, "--info"]);
@@ -80,7 +46,7 @@ async fn bandwidth_limit_is_honoured_and_changed_live() {
     let node = NodeProcess::start("f-bw", &[]);
     let mut client = node.client().await;
     let mut stream = client
-        .migrate_volume(limited(&guest, "vdb", &dst, 8 * MIB))
+        .migrate_volume(node::limited(guest.name(), "vdb", dst.name(), 8 * MIB))
         .await
         .expect("start")
         .into_inner();
@@ -141,11 +107,11 @@ async fn cancel_during_copying_keeps_the_guest_on_its_source() {
     let node = NodeProcess::start("f-cc", &[]);
     let mut client = node.client().await;
     let mut stream = client
-        .migrate_volume(limited(&guest, "vdb", &dst, 4 * MIB))
+        .migrate_volume(node::limited(guest.name(), "vdb", dst.name(), 4 * MIB))
         .await
         .expect("start")
         .into_inner();
-    let seen = read_until(&mut stream, copying_with_progress).await;
+    let seen = node::read_until(&mut stream, node::copying_with_progress).await;
     let id = seen[0].migration_id.clone();
     client
         .cancel_migration(proto::CancelMigrationRequest {
@@ -189,7 +155,7 @@ async fn cancel_during_synchronized_keeps_the_guest_on_its_source() {
         .await
         .expect("start")
         .into_inner();
-    let seen = read_until(&mut stream, |e| {
+    let seen = node::read_until(&mut stream, |e| {
         node::phase(e) == proto::Phase::Synchronized
     })
     .await;
@@ -219,11 +185,11 @@ async fn node_killed_mid_copy_finishes_the_migration_after_restart() {
     let id = {
         let mut client = node.client().await;
         let mut stream = client
-            .migrate_volume(limited(&guest, "vdb", &dst, 8 * MIB))
+            .migrate_volume(node::limited(guest.name(), "vdb", dst.name(), 8 * MIB))
             .await
             .expect("start")
             .into_inner();
-        let seen = read_until(&mut stream, copying_with_progress).await;
+        let seen = node::read_until(&mut stream, node::copying_with_progress).await;
         seen[0].migration_id.clone()
     };
     node.kill9();
@@ -274,11 +240,11 @@ async fn guest_destroyed_mid_copy_fails_cleanly() {
     let node = NodeProcess::start("f-gone", &[]);
     let mut client = node.client().await;
     let mut stream = client
-        .migrate_volume(limited(&guest, "vdb", &dst, 4 * MIB))
+        .migrate_volume(node::limited(guest.name(), "vdb", dst.name(), 4 * MIB))
         .await
         .expect("start")
         .into_inner();
-    read_until(&mut stream, copying_with_progress).await;
+    node::read_until(&mut stream, node::copying_with_progress).await;
     guest.destroy();
     let rest = node::collect(stream).await.expect("stream");
     node::assert_terminal(&rest, proto::Phase::Failed);
@@ -327,14 +293,14 @@ async fn a_disk_already_migrating_is_refused_and_the_same_request_id_attaches() 
     let guest = guest_with_full_data_disk("f-dup", &src, 32 * MIB);
     let node = NodeProcess::start("f-dup", &[]);
     let mut client = node.client().await;
-    let mut req = limited(&guest, "vdb", &dst, 8 * MIB);
+    let mut req = node::limited(guest.name(), "vdb", dst.name(), 8 * MIB);
     req.request_id = "dup-test-1".into();
     let mut first = client
         .migrate_volume(req.clone())
         .await
         .expect("start")
         .into_inner();
-    let seen = read_until(&mut first, |_| true).await;
+    let seen = node::read_until(&mut first, |_| true).await;
     let id = seen[0].migration_id.clone();
 
     let mut other = req.clone();

@@ -23,6 +23,7 @@ pub mod guest;
 pub mod node;
 pub mod pools;
 pub mod records;
+pub mod service;
 mod sweep;
 pub mod xml;
 

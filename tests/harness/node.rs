@@ -1,119 +1,59 @@
 //! A real `volmig node` process for end-to-end tests, and a gRPC client to it.
 //!
-//! The node runs as its own process (the test binary's `CARGO_BIN_EXE_volmig`)
-//! so tests can `kill -9` and restart it exactly as an operator's host would.
-
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+//! The node runs as its own process ([`ServiceProcess`]) so tests can
+//! `kill -9` and restart it exactly as an operator's host would.
 
 use tonic::transport::Channel;
 use volmig::proto;
 use volmig::proto::node_client::NodeClient;
 
-use super::{make_dir, remove_dir_noisy, unique_name};
+use super::service::ServiceProcess;
 
-/// A node process with its own state dir and unix socket.
+/// A node process with its own state dir and unix socket; its node id is its
+/// unique name.
 pub struct NodeProcess {
-    child: Option<Child>,
-    dir: PathBuf,
-    node_id: String,
-    extra: Vec<String>,
+    service: ServiceProcess,
 }
 
 impl NodeProcess {
     /// Starts a node; `extra` are additional `volmig node` flags.
     pub fn start(purpose: &str, extra: &[&str]) -> NodeProcess {
-        super::ensure_host();
-        let name = unique_name(purpose);
-        let dir = make_dir(&name);
-        let mut node = NodeProcess {
-            child: None,
-            dir,
-            node_id: name,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        node.spawn();
-        node
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("node.sock")
+        let service = ServiceProcess::start("node", purpose, |_, name| {
+            let mut args = vec!["--node-id".to_string(), name.to_string()];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        });
+        NodeProcess { service }
     }
 
     /// `unix:///…/node.sock`.
     pub fn endpoint(&self) -> String {
-        format!("unix://{}", self.socket().display())
+        self.service.endpoint()
     }
 
     /// The node id.
     pub fn node_id(&self) -> &str {
-        &self.node_id
+        self.service.name()
     }
 
     /// The node's state directory (its journal lives below it).
-    pub fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("node.log")
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        self.service.state_dir()
     }
 
     /// What the node logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap_or_else(|e| panic!("node log: {e}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_volmig"))
-            .arg("node")
-            .arg("--listen")
-            .arg(self.endpoint())
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--node-id")
-            .arg(&self.node_id)
-            .args(&self.extra)
-            .env("RUST_LOG", "volmig=debug,info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start volmig node: {e}"));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.socket().exists() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("volmig node exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "volmig node did not listen within 30 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.service.log()
     }
 
     /// SIGKILLs the node, as a crash would.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.service.kill9();
     }
 
     /// Starts the node again on the same state dir and socket.
     pub fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
+        self.service.restart();
     }
 
     /// A client to the node.
@@ -125,24 +65,8 @@ impl NodeProcess {
     }
 
     /// The node's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!(
-                "--- last node log lines ({}) ---\n{}",
-                self.node_id,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        self.kill9();
-        remove_dir_noisy(&self.dir);
+    pub fn dir(&self) -> &std::path::Path {
+        self.service.dir()
     }
 }
 
@@ -154,6 +78,42 @@ pub fn request(domain: &str, disk: &str, pool: &str) -> proto::MigrateVolumeRequ
         destination_pool: pool.to_string(),
         ..Default::default()
     }
+}
+
+/// A migration request with a bandwidth limit, so the copy takes a while.
+pub fn limited(
+    domain: &str,
+    disk: &str,
+    pool: &str,
+    bytes_per_sec: u64,
+) -> proto::MigrateVolumeRequest {
+    let mut req = request(domain, disk, pool);
+    req.options = Some(proto::MigrationOptions {
+        bandwidth_bytes_per_sec: bytes_per_sec,
+        ..Default::default()
+    });
+    req
+}
+
+/// Reads events until `stop` says so; returns them (the stream stays usable).
+pub async fn read_until(
+    stream: &mut tonic::Streaming<proto::MigrationEvent>,
+    mut stop: impl FnMut(&proto::MigrationEvent) -> bool,
+) -> Vec<proto::MigrationEvent> {
+    let mut seen = Vec::new();
+    while let Some(e) = stream.message().await.expect("stream") {
+        let done = stop(&e);
+        seen.push(e);
+        if done {
+            break;
+        }
+    }
+    seen
+}
+
+/// The copy has started moving bytes.
+pub fn copying_with_progress(e: &proto::MigrationEvent) -> bool {
+    phase(e) == proto::Phase::Copying && e.progress.as_ref().is_some_and(|p| p.bytes_done > 0)
 }
 
 /// Reads a migration stream to its end.
