@@ -179,6 +179,7 @@ pub fn event_to_proto(e: &Event) -> proto::MigrationEvent {
             previous_source: r.previous_source.clone(),
             source_deleted: r.source_deleted,
             persistent_definition_repaired: r.persistent_repaired,
+            source_kept_reason: r.source_kept_reason.clone().unwrap_or_default(),
         }),
         error: e.failure.as_ref().map(|f| proto::MigrationError {
             code: f.code.number(),

@@ -50,6 +50,7 @@ fn result(r: &MigrationResult) -> Value {
         "previous_source": r.previous_source,
         "source_deleted": r.source_deleted,
         "persistent_definition_repaired": r.persistent_definition_repaired,
+        "source_kept_reason": r.source_kept_reason,
     })
 }
 

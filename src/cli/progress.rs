@@ -351,7 +351,11 @@ pub fn completed_summary(ev: &MigrationEvent) -> String {
     field(&mut out, "pool", &r.destination_pool);
     field(&mut out, "volume", &r.destination_volume);
     field(&mut out, "format", format_name(r.destination_format()));
-    let fate = if r.source_deleted { "deleted" } else { "kept" };
+    let fate = match (r.source_deleted, r.source_kept_reason.as_str()) {
+        (true, _) => "deleted".to_string(),
+        (false, "") => "kept".to_string(),
+        (false, why) => format!("kept ({why})"),
+    };
     field(
         &mut out,
         "old source",
@@ -551,6 +555,7 @@ mod tests {
                 previous_source: "/var/lib/libvirt/images/vm1.qcow2".into(),
                 source_deleted: false,
                 persistent_definition_repaired: true,
+                source_kept_reason: String::new(),
             }),
             ..Default::default()
         };

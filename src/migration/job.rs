@@ -182,6 +182,7 @@ async fn steps(inner: &Inner, job: &Job, start: Start) -> Result<MigrationResult
         previous_source: plan.source.display_name(),
         source_deleted,
         persistent_repaired,
+        source_kept_reason: None,
     })
 }
 

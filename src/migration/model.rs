@@ -158,6 +158,9 @@ pub struct MigrationResult {
     pub source_deleted: bool,
     /// volmig had to rewrite the persistent definition.
     pub persistent_repaired: bool,
+    /// Why a source that was to be deleted was kept (something else uses it).
+    #[serde(default)]
+    pub source_kept_reason: Option<String>,
 }
 
 /// Error classes, numbered as google.rpc.Code so the edge can map them 1:1.
