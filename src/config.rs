@@ -26,6 +26,10 @@ pub struct NodeConfig {
     pub controller: String,
     /// Endpoint the controller should use to reach this node; defaults to `listen`.
     pub advertise: String,
+    /// Finished migrations are forgotten (journal record deleted) after this many days.
+    pub journal_retention_days: u64,
+    /// At most this many finished migrations are remembered (the newest).
+    pub journal_retention_records: usize,
 }
 
 impl Default for NodeConfig {
@@ -39,6 +43,8 @@ impl Default for NodeConfig {
             synchronized_hold_ms: 0,
             controller: String::new(),
             advertise: String::new(),
+            journal_retention_days: 7,
+            journal_retention_records: 1000,
         }
     }
 }

@@ -257,12 +257,144 @@ pub struct VolumeSpec {
     pub name: String,
     /// Path (file/block) or `pool/image` (rbd).
     pub path: String,
+    /// libvirt's key for the volume (a path for files and devices, `pool/image` for rbd).
+    pub key: String,
+    /// Device and inode of a file volume.
+    pub file_id: Option<FileId>,
     /// Virtual size, bytes.
     pub capacity: u64,
     /// Bytes used on the storage.
     pub allocation: u64,
     /// Format libvirt reports (`raw`, `qcow2`, ...).
     pub format: Option<String>,
+}
+
+impl VolumeSpec {
+    /// What identifies this volume (see [`VolumeIdentity`]).
+    pub fn identity(&self) -> VolumeIdentity {
+        VolumeIdentity {
+            pool: self.pool.clone(),
+            name: self.name.clone(),
+            key: self.key.clone(),
+            path: self.path.clone(),
+            file_id: self.file_id,
+        }
+    }
+}
+
+/// Device and inode numbers of a file: they change when a file is deleted and
+/// another is created under the same name, where path and libvirt key do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+/// One volume as it was when volmig looked at it: what volmig records about a
+/// volume it created (or validated as a source) so that it later deletes that
+/// volume and never another one that took its name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeIdentity {
+    /// Pool name.
+    pub pool: String,
+    /// Volume name.
+    pub name: String,
+    /// libvirt's key.
+    pub key: String,
+    /// Path (file/block) or `pool/image` (rbd).
+    pub path: String,
+    /// Device and inode for file volumes; `None` for devices and rbd images,
+    /// where libvirt's key is all that identifies them.
+    pub file_id: Option<FileId>,
+}
+
+impl VolumeIdentity {
+    /// `pool/name`, as operators name a volume.
+    pub fn display_name(&self) -> String {
+        format!("{}/{}", self.pool, self.name)
+    }
+
+    /// Why `found` is not this volume, or `None` when it is.
+    pub fn differs_from(&self, found: &VolumeIdentity) -> Option<String> {
+        if found.key != self.key {
+            return Some(format!(
+                "its key is now '{}', was '{}'",
+                found.key, self.key
+            ));
+        }
+        if found.path != self.path {
+            return Some(format!(
+                "its path is now '{}', was '{}'",
+                found.path, self.path
+            ));
+        }
+        match (self.file_id, found.file_id) {
+            (Some(a), Some(b)) if a != b => Some(format!(
+                "it is another file now (device/inode {}/{}, was {}/{})",
+                b.dev, b.ino, a.dev, a.ino
+            )),
+            (Some(_), None) => Some("it is no longer a file".to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// What [`Hypervisor::delete_volume_if_same`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    /// The volume was the expected one and is deleted.
+    Deleted,
+    /// No volume of that name exists (any more).
+    Gone,
+    /// A volume of that name exists but is not the expected one; it was kept.
+    Replaced(String),
+}
+
+/// Something other than the migrated disk that uses a volume, so that deleting
+/// the volume would break it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeUser {
+    /// A disk of a domain (running or only defined) names it, as its source or
+    /// anywhere in its backing chain.
+    Domain {
+        /// Domain name.
+        domain: String,
+        /// Disk target.
+        target: String,
+        /// In the live (running) or the persistent definition.
+        live: bool,
+        /// How: `source`, `backing file`, with `read-only`/`shareable` noted.
+        how: String,
+    },
+    /// A volume whose backing file it is.
+    Backing {
+        /// Pool of the overlay.
+        pool: String,
+        /// Overlay volume name.
+        volume: String,
+    },
+}
+
+impl fmt::Display for VolumeUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VolumeUser::Domain {
+                domain,
+                target,
+                live,
+                how,
+            } => write!(
+                f,
+                "domain '{domain}' ({} definition) uses it as {how} of {target}",
+                if *live { "running" } else { "persistent" }
+            ),
+            VolumeUser::Backing { pool, volume } => {
+                write!(f, "volume {pool}/{volume} has it as its backing file")
+            }
+        }
+    }
 }
 
 /// A volume to create.
@@ -403,8 +535,13 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn volume_names(&self, pool: &str) -> Result<Vec<String>, HvError>;
     /// Creates a volume through the storage pool API.
     fn create_volume(&self, pool: &str, volume: &NewVolume) -> Result<VolumeSpec, HvError>;
-    /// Deletes a volume.
-    fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError>;
+    /// Deletes the volume `expected` names, only while it is still that volume
+    /// (same key, path and, for files, device and inode).
+    fn delete_volume_if_same(&self, expected: &VolumeIdentity) -> Result<Deletion, HvError>;
+    /// Everything on this host that uses the volume at `path` (file/block path or
+    /// `pool/image`): disks of any domain, running or only defined, as source or
+    /// backing file, and volumes in any active pool backed by it.
+    fn volume_users(&self, path: &str) -> Result<Vec<VolumeUser>, HvError>;
     /// Starts a block copy of `disk` to `dest` (which must already exist).
     fn block_copy(
         &self,

@@ -6,7 +6,7 @@ use crate::api::server::{self, Listen};
 use crate::config::NodeConfig;
 use crate::libvirt::LibvirtHost;
 use crate::migration::journal::Journal;
-use crate::migration::{Engine, EngineConfig};
+use crate::migration::{Engine, EngineConfig, Retention};
 
 /// Runs a node until `shutdown` resolves.
 pub async fn run(
@@ -28,6 +28,12 @@ pub async fn run(
             node_id: node_id.clone(),
             max_concurrent: config.max_concurrent_migrations.max(1),
             synchronized_hold: std::time::Duration::from_millis(config.synchronized_hold_ms),
+            retention: Retention {
+                max_age: std::time::Duration::from_secs(
+                    config.journal_retention_days.saturating_mul(24 * 3600),
+                ),
+                max_records: config.journal_retention_records,
+            },
             ..EngineConfig::default()
         },
     )

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use harness::{DirPool, Guest, Pool};
 use volmig::hypervisor::{
-    CopyOptions, Definition, DiskSource, HvError, Hypervisor, ImageFormat, NewVolume, PoolRunState,
+    CopyOptions, Definition, Deletion, DiskSource, HvError, Hypervisor, ImageFormat, NewVolume,
+    PoolRunState, VolumeUser,
 };
 use volmig::libvirt::LibvirtHost;
 
@@ -70,6 +71,80 @@ fn reads_host_domains_disks_and_pools() {
 }
 
 #[test]
+fn deletes_a_volume_only_while_it_is_the_one_created() {
+    let pool = DirPool::new("lv-own");
+    let host = LibvirtHost::new(volmig::libvirt::DEFAULT_URI);
+    let new = NewVolume {
+        name: "owned.raw".into(),
+        capacity: MIB,
+        format: ImageFormat::Raw,
+    };
+    let first = host.create_volume(pool.name(), &new).expect("create");
+    let identity = first.identity();
+    assert!(identity.file_id.is_some(), "{identity:?}");
+    // Someone deletes it and makes another volume under the same name.
+    harness::virsh_ok(&["vol-delete", "owned.raw", "--pool", pool.name()]);
+    let second = host.create_volume(pool.name(), &new).expect("re-create");
+    assert_eq!(second.path, first.path);
+    assert!(matches!(
+        host.delete_volume_if_same(&identity),
+        Ok(Deletion::Replaced(_))
+    ));
+    assert!(std::path::Path::new(&second.path).exists());
+    assert_eq!(
+        host.delete_volume_if_same(&second.identity()),
+        Ok(Deletion::Deleted)
+    );
+    assert_eq!(
+        host.delete_volume_if_same(&second.identity()),
+        Ok(Deletion::Gone)
+    );
+}
+
+#[test]
+fn finds_every_user_of_a_volume() {
+    let pool = DirPool::new("lv-users");
+    let guest = Guest::start("lv-users", &pool, "qcow2", 16 * MIB);
+    let host = LibvirtHost::new(volmig::libvirt::DEFAULT_URI);
+    let path = pool.volume_path(guest.disk_volume());
+    let users = host.volume_users(&path).expect("users");
+    assert!(
+        users.iter().any(
+            |u| matches!(u, VolumeUser::Domain { domain, live: true, .. } if domain == guest.name())
+        ),
+        "{users:?}"
+    );
+    let overlay = pool.path().join("overlay.qcow2");
+    harness::run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            &path,
+            "-F",
+            "qcow2",
+            &overlay.to_string_lossy(),
+        ],
+    );
+    let users = host.volume_users(&path).expect("users");
+    assert!(
+        users
+            .iter()
+            .any(|u| matches!(u, VolumeUser::Backing { volume, .. } if volume == "overlay.qcow2")),
+        "{users:?}"
+    );
+    let other = pool.path().join("unused.raw");
+    std::fs::write(&other, b"x").expect("write");
+    assert_eq!(
+        host.volume_users(&other.to_string_lossy()).expect("users"),
+        vec![]
+    );
+}
+
+#[test]
 fn creates_and_deletes_volumes_without_preallocation() {
     let pool = DirPool::new("lv-vol");
     let host = LibvirtHost::new(volmig::libvirt::DEFAULT_URI);
@@ -99,12 +174,10 @@ fn creates_and_deletes_volumes_without_preallocation() {
         ),
         Err(HvError::VolumeExists(_)) | Err(HvError::Failed { .. })
     ));
-    host.delete_volume(pool.name(), "exact.qcow2")
-        .expect("delete");
-    assert!(matches!(
-        host.delete_volume(pool.name(), "exact.qcow2"),
-        Err(HvError::NoVolume(_))
-    ));
+    assert_eq!(
+        host.delete_volume_if_same(&vol.identity()),
+        Ok(Deletion::Deleted)
+    );
 }
 
 #[test]

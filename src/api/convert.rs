@@ -113,6 +113,7 @@ pub fn request_from_proto(req: proto::MigrateVolumeRequest) -> Result<MigrationR
             timeout: (options.timeout_seconds > 0)
                 .then(|| Duration::from_secs(options.timeout_seconds)),
             verify,
+            source_users_elsewhere: options.source_users_elsewhere,
         },
     })
 }
@@ -150,6 +151,7 @@ pub fn request_to_proto(req: &MigrationRequest) -> proto::MigrateVolumeRequest {
                 VerifyLevel::Xml => proto::VerifyLevel::Xml,
                 VerifyLevel::Strict => proto::VerifyLevel::Strict,
             } as i32,
+            source_users_elsewhere: req.options.source_users_elsewhere.clone(),
         }),
         required_tags: Vec::new(),
     }
@@ -202,14 +204,11 @@ pub fn record_to_proto(r: &Record) -> proto::MigrationRecord {
         latest: Some(event_to_proto(&r.latest)),
         source_pool: r
             .plan
+            .source_volume
             .as_ref()
-            .and_then(|p| p.source_pool.clone())
+            .map(|v| v.pool.clone())
             .unwrap_or_default(),
-        previous_source: r
-            .plan
-            .as_ref()
-            .map(|p| p.source.display_name())
-            .unwrap_or_default(),
+        previous_source: r.plan.source.display_name(),
     }
 }
 
@@ -377,6 +376,7 @@ mod tests {
                 source_policy: proto::SourcePolicy::Delete as i32,
                 timeout_seconds: 30,
                 verify: proto::VerifyLevel::Strict as i32,
+                source_users_elsewhere: vec!["domain 'x' on node n2".into()],
             }),
             required_tags: vec![],
         };

@@ -109,7 +109,7 @@ impl Node for NodeService {
         &self,
         req: Request<proto::CancelMigrationRequest>,
     ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
-        let latest = self.engine.cancel(&req.into_inner().migration_id)?;
+        let latest = self.engine.cancel(&req.into_inner().migration_id).await?;
         Ok(Response::new(proto::CancelMigrationResponse {
             latest: Some(convert::event_to_proto(&latest)),
         }))

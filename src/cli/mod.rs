@@ -156,6 +156,7 @@ impl RequestArgs {
                     Some(VerifyArg::Strict) => VerifyLevel::Strict,
                     Some(VerifyArg::Xml) | None => VerifyLevel::Xml,
                 } as i32,
+                source_users_elsewhere: Vec::new(),
             }),
             required_tags: self.tags.clone(),
         }
@@ -590,6 +591,7 @@ mod tests {
                     source_policy: SourcePolicy::Delete as i32,
                     timeout_seconds: 600,
                     verify: VerifyLevel::Strict as i32,
+                    source_users_elsewhere: vec![],
                 }),
                 required_tags: vec!["ssd".into(), "eu".into()],
             }

@@ -19,6 +19,56 @@ pub fn parse_disks(domain_xml: &str) -> Result<Vec<DiskSpec>, String> {
         .collect())
 }
 
+/// One image a disk of a domain refers to: its own source or a layer of its
+/// backing chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The disk's target.
+    pub target: String,
+    /// The image, as [`DiskSource::display_name`] names it.
+    pub name: String,
+    /// A layer of the backing chain rather than the disk's own source.
+    pub backing: bool,
+    /// The disk is read-only.
+    pub read_only: bool,
+    /// The disk is shareable.
+    pub shareable: bool,
+}
+
+/// Every image the disks of a domain refer to, backing chains included.
+pub fn image_refs(domain_xml: &str) -> Result<Vec<ImageRef>, String> {
+    let root = xml_tree::parse(domain_xml)?;
+    let mut refs = Vec::new();
+    let Some(devices) = root.child("devices") else {
+        return Ok(refs);
+    };
+    for disk in devices.children_named("disk") {
+        let Some(target) = disk.find(&["target"]).and_then(|t| t.attr("dev")) else {
+            continue;
+        };
+        let (read_only, shareable) = (
+            disk.child("readonly").is_some(),
+            disk.child("shareable").is_some(),
+        );
+        let mut layer = Some(disk);
+        let mut backing = false;
+        while let Some(el) = layer {
+            if let Some(source) = source_of(el) {
+                refs.push(ImageRef {
+                    target: target.to_string(),
+                    name: source.display_name(),
+                    backing,
+                    read_only,
+                    shareable,
+                });
+            }
+            layer = el.child("backingStore");
+            backing = true;
+        }
+    }
+    Ok(refs)
+}
+
 /// The `<disk>` element for `target`, as written in the document.
 pub fn find_disk(domain_xml: &str, target: &str) -> Result<Option<Element>, String> {
     let root = xml_tree::parse(domain_xml)?;
@@ -217,6 +267,32 @@ mod tests {
       </disk>
       <disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/></disk>
     </devices></domain>"#;
+
+    #[test]
+    fn image_refs_follow_backing_chains() {
+        let xml = "<domain><devices>\
+            <disk type='file' device='disk'><source file='/p/top.qcow2'/>\
+              <backingStore type='file'><source file='/p/base.qcow2'/><backingStore/></backingStore>\
+              <target dev='vda'/></disk>\
+            <disk type='network' device='disk'><source protocol='rbd' name='rbd/img'/>\
+              <target dev='vdb'/><shareable/></disk>\
+            <disk type='file' device='cdrom'><target dev='hdc'/><readonly/></disk>\
+            </devices></domain>";
+        let refs = image_refs(xml).expect("parse");
+        let names: Vec<(&str, &str, bool)> = refs
+            .iter()
+            .map(|r| (r.target.as_str(), r.name.as_str(), r.backing))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("vda", "/p/top.qcow2", false),
+                ("vda", "/p/base.qcow2", true),
+                ("vdb", "rbd/img", false)
+            ]
+        );
+        assert!(refs[2].shareable);
+    }
 
     #[test]
     fn parses_file_rbd_and_empty_cdrom() {

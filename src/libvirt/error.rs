@@ -14,6 +14,14 @@ pub fn is_connection_lost(err: &Error) -> bool {
     ) || err.domain().unwrap_or(ErrorDomain::None) == ErrorDomain::Rpc
 }
 
+/// Whether the error says the storage volume does not exist.
+pub fn is_no_volume(err: &Error) -> bool {
+    matches!(
+        err.code(),
+        virt::enumutil::Enum::Known(ErrorNumber::NoStorageVolume)
+    )
+}
+
 /// Maps a libvirt error from `op` to an [`HvError`]; `subject` names the object the
 /// call was about, for NOT_FOUND-style errors.
 pub fn classify(op: &'static str, subject: &str, uri: &str, err: Error) -> HvError {

@@ -21,8 +21,9 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use crate::hypervisor::{
-    BlockJob, CopyOptions, Definition, DiskSource, DiskSpec, DomainState, HostInfo, HvError,
-    Hypervisor, ImageFormat, NewVolume, PoolRunState, PoolSpec, VolumeSpec,
+    BlockJob, CopyOptions, Definition, Deletion, DiskSource, DiskSpec, DomainState, FileId,
+    HostInfo, HvError, Hypervisor, ImageFormat, NewVolume, PoolRunState, PoolSpec, VolumeIdentity,
+    VolumeSpec, VolumeUser,
 };
 use blockjob::CallError;
 
@@ -186,14 +187,93 @@ fn pool_spec(pool: &StoragePool) -> Result<PoolSpec, CallError> {
 fn volume_spec(vol: &StorageVol) -> Result<VolumeSpec, CallError> {
     let info = vol.info()?;
     let pool = vol.lookup_storage_pool()?;
+    let path = vol.path()?;
+    let file_id = (info.kind == sys::VIR_STORAGE_VOL_FILE)
+        .then(|| file_id(&path))
+        .flatten();
     Ok(VolumeSpec {
         pool: pool.name()?,
         name: vol.name()?,
-        path: vol.path()?,
+        key: vol.key()?,
+        file_id,
+        path,
         capacity: info.capacity,
         allocation: info.allocation,
         format: pool_xml::parse_volume_format(&vol.xml_desc(0)?).map_err(bad_xml)?,
     })
+}
+
+fn file_id(path: &str) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// Whether two image names from libvirt denote the same image: equal names, or
+/// two paths to one file (a symlink or a second mount of the same directory).
+fn same_image(a: &str, b: &str) -> bool {
+    a == b || (a.starts_with('/') && file_id(a).is_some_and(|id| Some(id) == file_id(b)))
+}
+
+/// Domain disks that refer to `path`, in the live and persistent definitions.
+fn domain_users(conn: &Connect, path: &str) -> Result<Vec<VolumeUser>, CallError> {
+    let mut users = Vec::new();
+    for dom in conn.list_all_domains(0)? {
+        let name = dom.name()?;
+        let mut definitions = Vec::new();
+        if dom.is_active()? {
+            definitions.push((true, dom.xml_desc(0)?));
+        }
+        if dom.is_persistent()? {
+            definitions.push((false, dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?));
+        }
+        for (live, xml) in definitions {
+            for r in domain_xml::image_refs(&xml).map_err(bad_xml)? {
+                if !same_image(&r.name, path) {
+                    continue;
+                }
+                let mut how = if r.backing { "backing file" } else { "source" }.to_string();
+                if r.read_only {
+                    how.push_str(" (read-only)");
+                }
+                if r.shareable {
+                    how.push_str(" (shareable)");
+                }
+                users.push(VolumeUser::Domain {
+                    domain: name.clone(),
+                    target: r.target,
+                    live,
+                    how,
+                });
+            }
+        }
+    }
+    Ok(users)
+}
+
+/// Volumes of the active pools whose backing file is `path`.
+fn overlay_users(conn: &Connect, path: &str) -> Result<Vec<VolumeUser>, CallError> {
+    let mut users = Vec::new();
+    for pool in conn.list_all_storage_pools(sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)? {
+        let _ = pool.refresh(0);
+        let pool_name = pool.name()?;
+        for vol in pool.list_all_volumes(0)? {
+            let Some(backing) =
+                pool_xml::parse_volume_backing(&vol.xml_desc(0)?).map_err(bad_xml)?
+            else {
+                continue;
+            };
+            if same_image(&backing, path) {
+                users.push(VolumeUser::Backing {
+                    pool: pool_name.clone(),
+                    volume: vol.name()?,
+                });
+            }
+        }
+    }
+    Ok(users)
 }
 
 fn refresh_active_pools(conn: &Connect) -> Result<(), CallError> {
@@ -313,11 +393,30 @@ impl Hypervisor for LibvirtHost {
         )
     }
 
-    fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {
-        self.call("virStorageVolDelete", &format!("{pool}/{name}"), |c| {
-            let p = c.lookup_storage_pool_by_name(pool)?;
-            p.lookup_storage_vol_by_name(name)?.delete(0)?;
-            Ok(())
+    fn delete_volume_if_same(&self, expected: &VolumeIdentity) -> Result<Deletion, HvError> {
+        self.call("virStorageVolDelete", &expected.display_name(), |c| {
+            let p = c.lookup_storage_pool_by_name(&expected.pool)?;
+            // Looked up, compared and deleted through one handle, so the check
+            // and the delete concern the same volume.
+            let vol = match p.lookup_storage_vol_by_name(&expected.name) {
+                Ok(vol) => vol,
+                Err(e) if error::is_no_volume(&e) => return Ok(Deletion::Gone),
+                Err(e) => return Err(e.into()),
+            };
+            let found = volume_spec(&vol)?.identity();
+            if let Some(why) = expected.differs_from(&found) {
+                return Ok(Deletion::Replaced(why));
+            }
+            vol.delete(0)?;
+            Ok(Deletion::Deleted)
+        })
+    }
+
+    fn volume_users(&self, path: &str) -> Result<Vec<VolumeUser>, HvError> {
+        self.call("virConnectListAllDomains", path, |c| {
+            let mut users = domain_users(c, path)?;
+            users.extend(overlay_users(c, path)?);
+            Ok(users)
         })
     }
 

@@ -73,6 +73,15 @@ pub fn parse_volume_format(xml: &str) -> Result<Option<String>, String> {
         .map(str::to_string))
 }
 
+/// The backing file a volume's XML names (`<backingStore><path>`), if any.
+pub fn parse_volume_backing(xml: &str) -> Result<Option<String>, String> {
+    let root = xml_tree::parse(xml)?;
+    Ok(root
+        .find(&["backingStore", "path"])
+        .map(|p| p.text.trim().to_string())
+        .filter(|p| !p.is_empty()))
+}
+
 /// A volume definition for virStorageVolCreateXML: exact capacity in bytes,
 /// no preallocation (so sparse sources stay sparse), and a format only where
 /// the pool type has image formats.

@@ -9,14 +9,31 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::hypervisor::{Definition, DiskSpec, HostInfo, HvError, Hypervisor, PoolSpec};
 use crate::migration::error::Error;
-use crate::migration::journal::{Journal, Plan, Record};
+use crate::migration::journal::{Journal, Plan, Record, Stage};
 use crate::migration::model::{now_ms, Event, MigrationRequest, Phase, Progress};
-use crate::migration::{job, plan, recovery, validate};
+use crate::migration::{job, plan, validate};
+
+/// How long finished migrations are remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Finished records older than this are pruned.
+    pub max_age: Duration,
+    /// At most this many finished records are kept (the newest).
+    pub max_records: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_records: 1000,
+        }
+    }
+}
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -34,6 +51,8 @@ pub struct EngineConfig {
     /// How long a migration stays SYNCHRONIZED (mirroring every write) before it
     /// pivots: a window for an operator or a test to observe or cancel it.
     pub synchronized_hold: Duration,
+    /// How long finished records are kept.
+    pub retention: Retention,
 }
 
 impl Default for EngineConfig {
@@ -45,43 +64,47 @@ impl Default for EngineConfig {
             progress_interval: Duration::from_secs(1),
             libvirt_grace: Duration::from_secs(90),
             synchronized_hold: Duration::ZERO,
+            retention: Retention::default(),
         }
     }
 }
 
-/// Why a job's token was cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopReason {
-    Cancelled,
-    TimedOut(u64),
+/// A request to a running job, answered by the job itself so that the answer
+/// and the job's next step can never contradict each other.
+pub(crate) enum Command {
+    /// Stop before the pivot; answered with the state at that moment, or
+    /// refused once the pivot has begun.
+    Cancel(oneshot::Sender<Result<Event, Error>>),
+    /// Change the copy bandwidth (bytes/s, 0 = unlimited).
+    SetBandwidth(u64, oneshot::Sender<Result<(), Error>>),
 }
 
 pub(crate) struct JobState {
     pub record: Record,
     pub seq: u64,
-    pub stop: Option<StopReason>,
 }
 
-/// One migration: its record, its event channel and its cancel switch.
+/// One migration: its record, its event channel and its command queue. Only
+/// the job's own task changes the record (see [`job`]).
 pub(crate) struct Job {
     pub id: String,
     pub state: Mutex<JobState>,
     pub events: broadcast::Sender<(u64, Event)>,
-    pub cancel: CancellationToken,
+    commands: mpsc::Sender<Command>,
+    /// Taken by the job's task when it starts.
+    inbox: Mutex<Option<mpsc::Receiver<Command>>>,
 }
 
 impl Job {
     fn new(record: Record) -> Arc<Job> {
         let (events, _) = broadcast::channel(256);
+        let (commands, inbox) = mpsc::channel(16);
         Arc::new(Job {
             id: record.id.clone(),
-            state: Mutex::new(JobState {
-                record,
-                seq: 0,
-                stop: None,
-            }),
+            state: Mutex::new(JobState { record, seq: 0 }),
             events,
-            cancel: CancellationToken::new(),
+            commands,
+            inbox: Mutex::new(Some(inbox)),
         })
     }
 
@@ -96,6 +119,19 @@ impl Job {
     pub fn record(&self) -> Record {
         self.lock().record.clone()
     }
+
+    /// The command queue, for the job's task; `None` once taken.
+    pub fn take_inbox(&self) -> Option<mpsc::Receiver<Command>> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn ended(&self) -> Error {
+        Error::WrongPhase {
+            id: self.id.clone(),
+            phase: self.latest().phase.name(),
+            reason: "it has already ended",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -104,6 +140,9 @@ struct Registry {
     by_request: HashMap<String, String>,
     /// Active migrations by (domain uuid, target): the per-disk lease.
     by_disk: HashMap<(String, String), String>,
+    /// Destination names of active migrations by (pool, volume), so two
+    /// migrations can never race for one name.
+    reserved: HashMap<(String, String), String>,
 }
 
 pub(crate) struct Inner {
@@ -135,7 +174,9 @@ impl Inner {
             })
     }
 
-    /// Journals then publishes a new latest event for the job.
+    /// Journals then publishes a new latest event for the job. The in-memory
+    /// record changes even when the journal write fails, so the job's own
+    /// decisions (what to roll back) always follow what it did.
     pub async fn publish(&self, job: &Job, update: impl FnOnce(&mut Record)) -> Result<(), Error> {
         let record = {
             let mut st = job.lock();
@@ -144,8 +185,7 @@ impl Inner {
             st.record.clone()
         };
         let journal = self.journal.clone();
-        let saved = record.clone();
-        tokio::task::spawn_blocking(move || journal.save(&saved))
+        tokio::task::spawn_blocking(move || journal.save(&record))
             .await
             .map_err(|e| Error::Journal(e.to_string()))?
             .map_err(Error::Journal)?;
@@ -163,12 +203,66 @@ impl Inner {
         if st.record.latest.phase.is_terminal() {
             drop(st);
             self.release(job);
+            self.prune();
         }
     }
 
     fn release(&self, job: &Job) {
         let mut reg = self.registry();
         reg.by_disk.retain(|_, id| id != &job.id);
+        reg.reserved.retain(|_, id| id != &job.id);
+    }
+
+    /// Moves the job's destination reservation to the name the pool really gave
+    /// the volume (disk pools name partitions themselves).
+    pub fn rename_reservation(&self, job: &Job, pool: &str, volume: &str) {
+        let mut reg = self.registry();
+        reg.reserved.retain(|_, id| id != &job.id);
+        reg.reserved
+            .insert((pool.to_string(), volume.to_string()), job.id.clone());
+    }
+
+    /// Forgets finished migrations beyond the retention (oldest first).
+    fn prune(&self) {
+        let retention = self.config.retention;
+        let cutoff = now_ms().saturating_sub(retention.max_age.as_millis() as u64);
+        let mut finished: Vec<(u64, String)> = {
+            let reg = self.registry();
+            reg.by_id
+                .values()
+                .filter_map(|j| {
+                    let st = j.lock();
+                    let e = &st.record.latest;
+                    e.phase
+                        .is_terminal()
+                        .then(|| (e.timestamp_ms, j.id.clone()))
+                })
+                .collect()
+        };
+        finished.sort();
+        let excess = finished.len().saturating_sub(retention.max_records);
+        let doomed: Vec<String> = finished
+            .iter()
+            .enumerate()
+            .filter(|(i, (t, _))| *i < excess || *t < cutoff)
+            .map(|(_, (_, id))| id.clone())
+            .collect();
+        if doomed.is_empty() {
+            return;
+        }
+        {
+            let mut reg = self.registry();
+            for id in &doomed {
+                reg.by_id.remove(id);
+            }
+            reg.by_request.retain(|_, id| !doomed.contains(id));
+        }
+        for id in &doomed {
+            if let Err(e) = self.journal.remove(id) {
+                tracing::warn!(error = %e, "cannot prune a finished journal record");
+            }
+        }
+        tracing::debug!(pruned = doomed.len(), "pruned finished migrations");
     }
 }
 
@@ -301,10 +395,17 @@ impl Engine {
             registry: Mutex::new(Registry::default()),
         });
         let journal = inner.journal.clone();
-        let records = tokio::task::spawn_blocking(move || journal.load_all())
+        let (records, quarantined) = tokio::task::spawn_blocking(move || journal.load_all())
             .await
             .map_err(|e| Error::Journal(e.to_string()))?
             .map_err(Error::Journal)?;
+        let records = outside_known_pools(&inner, records).await?;
+        if !quarantined.is_empty() {
+            tracing::error!(
+                count = quarantined.len(),
+                "journal records were quarantined and will not be acted on (see the errors above)"
+            );
+        }
         let engine = Engine { inner };
         for record in records {
             let terminal = record.latest.phase.is_terminal();
@@ -316,18 +417,26 @@ impl Engine {
                     reg.by_request
                         .insert(record.request.request_id.clone(), job.id.clone());
                 }
-                if let (false, Some(plan)) = (terminal, &record.plan) {
+                if !terminal {
+                    let plan = &record.plan;
                     reg.by_disk.insert(
                         (plan.domain_uuid.clone(), plan.target.clone()),
                         job.id.clone(),
                     );
+                    let volume = record
+                        .stage
+                        .created_volume()
+                        .map_or(plan.dest_volume.clone(), |v| v.name.clone());
+                    reg.reserved
+                        .insert((plan.dest_pool.clone(), volume), job.id.clone());
                 }
             }
             if !terminal {
                 tracing::info!(migration_id = %job.id, phase = ?record.latest.phase, "reconciling unfinished migration");
-                tokio::spawn(recovery::reconcile(engine.inner.clone(), job));
+                tokio::spawn(job::run(engine.inner.clone(), job, job::Entry::Recover));
             }
         }
+        engine.inner.prune();
         Ok(engine)
     }
 
@@ -420,6 +529,7 @@ impl Engine {
         if let Some(v) = &req.destination_volume {
             validate::volume_name("destination_volume", v)?;
         }
+        validate::bandwidth(req.options.bandwidth)?;
         if let Some(sub) = self.attach_by_request(&req)? {
             return Ok(sub);
         }
@@ -439,20 +549,38 @@ impl Engine {
             }
         }
         let planned_req = req.clone();
-        let plan = tokio::task::spawn_blocking({
+        let planned = tokio::task::spawn_blocking({
             let hv = self.inner.hv.clone();
             move || plan::plan(hv.as_ref(), &planned_req)
         })
         .await
-        .map_err(|e| Error::Journal(e.to_string()))??;
+        .map_err(|e| Error::Journal(e.to_string()))?;
+        let plan = match planned {
+            Ok(plan) => plan,
+            // A name that exists because another migration is creating it is
+            // reported as that migration's, which the caller can follow.
+            Err(Error::DestinationExists { pool, volume }) => {
+                let reg = self.inner.registry();
+                return Err(match reg.reserved.get(&(pool.clone(), volume.clone())) {
+                    Some(other) => Error::DestinationReserved {
+                        pool,
+                        volume,
+                        migration_id: other.clone(),
+                    },
+                    None => Error::DestinationExists { pool, volume },
+                });
+            }
+            Err(e) => return Err(e),
+        };
 
         let id = format!("mig-{}", uuid::Uuid::new_v4());
         let now = now_ms();
         let record = Record {
             id: id.clone(),
             request: req.clone(),
-            plan: Some(plan.clone()),
-            destination_created: false,
+            bandwidth: req.options.bandwidth,
+            plan: plan.clone(),
+            stage: Stage::Planned,
             latest: Event {
                 migration_id: id.clone(),
                 phase: Phase::Accepted,
@@ -486,10 +614,19 @@ impl Engine {
                     migration_id: other.clone(),
                 });
             }
+            let name = (plan.dest_pool.clone(), plan.dest_volume.clone());
+            if let Some(other) = reg.reserved.get(&name) {
+                return Err(Error::DestinationReserved {
+                    pool: name.0,
+                    volume: name.1,
+                    migration_id: other.clone(),
+                });
+            }
             if reg.by_disk.len() >= self.inner.config.max_concurrent {
                 return Err(self.at_limit());
             }
             reg.by_disk.insert(key, id.clone());
+            reg.reserved.insert(name, id.clone());
             reg.by_id.insert(id.clone(), job.clone());
             if !req.request_id.is_empty() {
                 reg.by_request.insert(req.request_id.clone(), id.clone());
@@ -505,27 +642,12 @@ impl Engine {
             reg.by_id.remove(&id);
             reg.by_request.remove(&req.request_id);
             reg.by_disk.retain(|_, v| v != &id);
+            reg.reserved.retain(|_, v| v != &id);
             return Err(e);
         }
         tracing::info!(migration_id = %id, "migration accepted");
         let sub = Subscription::new(job.clone());
-        if let Some(timeout) = req.options.timeout {
-            let job = job.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(timeout) => {
-                        let mut st = job.lock();
-                        if !st.record.latest.phase.past_pivot() && !st.record.latest.phase.is_terminal() {
-                            st.stop.get_or_insert(StopReason::TimedOut(timeout.as_secs()));
-                            drop(st);
-                            job.cancel.cancel();
-                        }
-                    }
-                    _ = job.cancel.cancelled() => {}
-                }
-            });
-        }
-        tokio::spawn(job::run(self.inner.clone(), job, job::Start::Fresh));
+        tokio::spawn(job::run(self.inner.clone(), job, job::Entry::Fresh));
         Ok(sub)
     }
 
@@ -546,7 +668,7 @@ impl Engine {
                 .collect()
         };
         jobs.iter().find_map(|job| {
-            let plan = job.lock().record.plan.clone()?;
+            let plan = job.lock().record.plan.clone();
             let same_domain = plan.domain == domain || plan.domain_uuid == domain;
             let same_disk = plan.target == disk || plan.source.display_name() == disk;
             (same_domain && same_disk).then(|| (plan.domain, plan.target, job.id.clone()))
@@ -587,30 +709,21 @@ impl Engine {
         Ok(Subscription::new(self.job(id)?))
     }
 
-    /// Asks a migration to stop before its pivot; returns the state at that moment.
-    pub fn cancel(&self, id: &str) -> Result<Event, Error> {
+    /// Asks a migration to stop before its pivot. The job answers: with the state
+    /// at that moment when it will stop, or FAILED_PRECONDITION when its pivot
+    /// has begun or it has ended.
+    pub async fn cancel(&self, id: &str) -> Result<Event, Error> {
         let job = self.job(id)?;
-        let mut st = job.lock();
-        let phase = st.record.latest.phase;
-        if phase.is_terminal() {
-            return Err(Error::WrongPhase {
-                id: id.to_string(),
-                phase: phase.name(),
-                reason: "it has already ended",
-            });
+        let (tx, rx) = oneshot::channel();
+        self.send(&job, Command::Cancel(tx)).await?;
+        rx.await.unwrap_or_else(|_| Err(job.ended()))
+    }
+
+    async fn send(&self, job: &Job, command: Command) -> Result<(), Error> {
+        if job.latest().phase.is_terminal() {
+            return Err(job.ended());
         }
-        if phase.past_pivot() {
-            return Err(Error::WrongPhase {
-                id: id.to_string(),
-                phase: phase.name(),
-                reason: "the guest is being switched to the destination and cannot be cancelled",
-            });
-        }
-        st.stop.get_or_insert(StopReason::Cancelled);
-        let latest = st.record.latest.clone();
-        drop(st);
-        job.cancel.cancel();
-        Ok(latest)
+        job.commands.send(command).await.map_err(|_| job.ended())
     }
 
     /// One migration's record.
@@ -637,33 +750,82 @@ impl Engine {
         records
     }
 
-    /// Changes the copy bandwidth of a running migration.
+    /// Changes the copy bandwidth of a running migration (the job applies it).
     pub async fn set_bandwidth(&self, id: &str, bytes_per_sec: u64) -> Result<(), Error> {
+        validate::bandwidth(bytes_per_sec)?;
         let job = self.job(id)?;
-        let (phase, plan) = {
-            let st = job.lock();
-            (st.record.latest.phase, st.record.plan.clone())
-        };
-        let Some(plan) = plan.filter(|_| matches!(phase, Phase::Copying | Phase::Synchronized))
-        else {
-            return Err(Error::WrongPhase {
-                id: id.to_string(),
-                phase: phase.name(),
-                reason: "bandwidth can only be changed while copying",
-            });
-        };
-        self.inner
-            .hv(move |hv| hv.block_job_set_speed(&plan.domain, &plan.target, bytes_per_sec))
-            .await
-            .map_err(Error::hv("changing the copy bandwidth"))?;
-        job.lock().record.request.options.bandwidth = bytes_per_sec;
-        Ok(())
+        let (tx, rx) = oneshot::channel();
+        self.send(&job, Command::SetBandwidth(bytes_per_sec, tx))
+            .await?;
+        rx.await.unwrap_or_else(|_| Err(job.ended()))
     }
 
     /// Whether libvirtd answers.
     pub async fn probe(&self) -> Result<(), Error> {
         self.host_info().await.map(|_| ())
     }
+}
+
+/// Quarantines unfinished records whose volumes lie outside the pools this host
+/// has (or outside the pool's directory): such a record was not written by
+/// this node for this host, and acting on it could delete anything.
+async fn outside_known_pools(inner: &Inner, records: Vec<Record>) -> Result<Vec<Record>, Error> {
+    if records.iter().all(|r| r.latest.phase.is_terminal()) {
+        return Ok(records);
+    }
+    let pools = match inner.hv(|hv| hv.pools()).await {
+        Ok(pools) => pools,
+        Err(e) => {
+            // Recovery waits for libvirt anyway; the structural checks already ran.
+            tracing::warn!(error = %e, "cannot list pools to check unfinished journal records");
+            return Ok(records);
+        }
+    };
+    let mut kept = Vec::new();
+    for record in records {
+        match unknown_volume(&record, &pools) {
+            Some(reason) if !record.latest.phase.is_terminal() => {
+                let journal = inner.journal.clone();
+                let file = journal.file_of(&record.id);
+                tokio::task::spawn_blocking(move || journal.quarantine(&file, &reason))
+                    .await
+                    .map_err(|e| Error::Journal(e.to_string()))?
+                    .map_err(Error::Journal)?;
+            }
+            _ => kept.push(record),
+        }
+    }
+    Ok(kept)
+}
+
+fn unknown_volume(record: &Record, pools: &[PoolSpec]) -> Option<String> {
+    let plan = &record.plan;
+    let volumes = plan
+        .source_volume
+        .iter()
+        .chain(record.stage.created_volume());
+    for v in volumes {
+        let Some(pool) = pools.iter().find(|p| p.name == v.pool) else {
+            return Some(format!(
+                "it names pool '{}', which this host does not have",
+                v.pool.escape_debug()
+            ));
+        };
+        let file_pool = matches!(pool.disk_kind(), Some(crate::hypervisor::DiskKind::File));
+        if file_pool
+            && !v
+                .path
+                .starts_with(&format!("{}/", pool.target_path.trim_end_matches('/')))
+        {
+            return Some(format!(
+                "volume path '{}' is outside pool '{}' ({})",
+                v.path.escape_debug(),
+                pool.name,
+                pool.target_path
+            ));
+        }
+    }
+    None
 }
 
 fn unavailable_or(what: &'static str) -> impl Fn(HvError) -> Error {
@@ -680,9 +842,9 @@ fn accepted_message(plan: &Plan) -> String {
         plan.domain,
         plan.source_format,
         plan.capacity,
-        plan.source_pool
-            .as_deref()
-            .map(|p| format!("pool {p}"))
+        plan.source_volume
+            .as_ref()
+            .map(|v| format!("pool {}", v.pool))
             .unwrap_or_else(|| plan.source.display_name()),
         plan.dest_pool,
         plan.dest_volume,

@@ -56,6 +56,16 @@ pub enum Error {
         /// Volume.
         volume: String,
     },
+    /// Another migration reserved the destination name.
+    #[error("volume '{volume}' in pool '{pool}' is the destination of migration {migration_id}; name another destination_volume (--to-volume) or wait for it to end")]
+    DestinationReserved {
+        /// Pool.
+        pool: String,
+        /// Volume.
+        volume: String,
+        /// The migration that holds the name.
+        migration_id: String,
+    },
     /// The request id was used for a different request.
     #[error(
         "request_id '{0}' was already used for a different migration request; use a new request_id"
@@ -118,7 +128,8 @@ impl Error {
             Error::Precondition(_) | Error::WrongPhase { .. } => ErrorCode::FailedPrecondition,
             Error::AlreadyMigrating { .. }
             | Error::RequestIdReused(_)
-            | Error::DestinationExists { .. } => ErrorCode::AlreadyExists,
+            | Error::DestinationExists { .. }
+            | Error::DestinationReserved { .. } => ErrorCode::AlreadyExists,
             Error::Exhausted(_) => ErrorCode::ResourceExhausted,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Cancelled => ErrorCode::Cancelled,

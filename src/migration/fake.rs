@@ -1,16 +1,143 @@
 //! An in-memory hypervisor for unit tests of the engine's state machine.
 //!
 //! It models one running domain with file disks, dir pools and a block job that
-//! advances a fixed amount per poll. It is never the only test of a feature:
-//! the end-to-end tests in `tests/` run the same engine against real libvirt.
+//! advances a fixed amount per poll, and can inject a fault at any numbered
+//! step (see [`Injector`]). It is never the only test of a feature: the
+//! end-to-end tests in `tests/` run the same engine against real libvirt.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::hypervisor::{
-    BlockJob, CopyOptions, Definition, DiskSource, DiskSpec, DomainState, HostInfo, HvError,
-    Hypervisor, ImageFormat, MirrorState, NewVolume, PoolRunState, PoolSpec, VolumeSpec,
+    BlockJob, CopyOptions, Definition, Deletion, DiskSource, DiskSpec, DomainState, FileId,
+    HostInfo, HvError, Hypervisor, ImageFormat, MirrorState, NewVolume, PoolRunState, PoolSpec,
+    VolumeIdentity, VolumeSpec, VolumeUser,
 };
+
+/// A fault injected at one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The call (or journal write) fails.
+    Fail,
+    /// The node dies just before the step takes effect.
+    DieBefore,
+    /// The node dies just after the step took effect.
+    DieAfter,
+    /// libvirtd is gone for this and the next few calls.
+    Unreachable,
+}
+
+/// Counts the engine's steps (hypervisor calls and journal writes) and
+/// injects one fault at a chosen step. A "death" parks the calling thread until
+/// [`Injector::release`], so the runtime that called it can be shut down as if
+/// the process had been killed there.
+#[derive(Default)]
+pub struct Injector {
+    steps: AtomicUsize,
+    plan: Mutex<Option<(usize, Fault)>>,
+    unreachable_left: AtomicUsize,
+    died: AtomicBool,
+    released: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// How many calls libvirtd stays unreachable after an `Unreachable` fault.
+const UNREACHABLE_CALLS: usize = 3;
+
+impl Injector {
+    /// An injector that will inject `fault` at step `at` (counting from 0).
+    pub fn at(at: usize, fault: Fault) -> Arc<Self> {
+        let injector = Injector::default();
+        *injector.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, fault));
+        Arc::new(injector)
+    }
+
+    /// Steps counted so far.
+    pub fn steps(&self) -> usize {
+        self.steps.load(Ordering::SeqCst)
+    }
+
+    /// Whether a death was injected.
+    pub fn died(&self) -> bool {
+        self.died.load(Ordering::SeqCst)
+    }
+
+    /// Stops injecting (the restarted node runs fault-free).
+    pub fn disarm(&self) {
+        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.unreachable_left.store(0, Ordering::SeqCst);
+    }
+
+    /// Lets parked threads return (with an error nobody reads any more).
+    pub fn release(&self) {
+        *self.released.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_all();
+    }
+
+    /// Counts a step and returns the fault to inject there, if any.
+    pub fn next(&self) -> Option<Fault> {
+        let n = self.steps.fetch_add(1, Ordering::SeqCst);
+        if self
+            .unreachable_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+        {
+            return Some(Fault::Unreachable);
+        }
+        let plan = *self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        match plan {
+            Some((at, fault)) if at == n => {
+                if fault == Fault::Unreachable {
+                    self.unreachable_left
+                        .store(UNREACHABLE_CALLS - 1, Ordering::SeqCst);
+                }
+                Some(fault)
+            }
+            _ => None,
+        }
+    }
+
+    /// Parks the calling thread as if the process died here.
+    pub fn die(&self) {
+        self.died.store(true, Ordering::SeqCst);
+        let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        while !*released {
+            released = self.wake.wait(released).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// A journal hook that counts each write as a step and injects there.
+    pub fn journal_hook(self: &Arc<Self>) -> crate::migration::journal::SaveHook {
+        let me = self.clone();
+        let pending = Arc::new(Mutex::new(None::<Fault>));
+        crate::migration::journal::SaveHook::new(move |after| {
+            let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+            if after {
+                if pending.take() == Some(Fault::DieAfter) {
+                    me.die();
+                    return Err("the node died".to_string());
+                }
+                return Ok(());
+            }
+            match me.next() {
+                Some(Fault::Fail) | Some(Fault::Unreachable) => {
+                    Err("injected journal write failure".to_string())
+                }
+                Some(Fault::DieBefore) => {
+                    me.die();
+                    Err("the node died".to_string())
+                }
+                other => {
+                    *pending = other;
+                    Ok(())
+                }
+            }
+        })
+    }
+}
 
 /// State of the fake host, public so tests can arrange and inspect it.
 #[derive(Debug, Default)]
@@ -27,11 +154,40 @@ pub struct FakeState {
     /// behaviour the engine must repair).
     pub skip_persistent_update: bool,
     pub pivots: u32,
+    /// Serial numbers of the volumes the engine created (the fake's inodes).
+    pub created: Vec<u64>,
+    /// Every volume deleted: (pool, name, inode).
+    pub deleted: Vec<(String, String, u64)>,
+    /// Destinations the guest was pivoted to.
+    pub pivoted_to: Vec<DiskSource>,
+    /// Users of a path other than the domain `g`, as `volume_users` reports them.
+    pub other_users: Vec<(String, VolumeUser)>,
+    next_ino: u64,
 }
 
 /// The fake hypervisor.
 pub struct FakeHypervisor {
     pub state: Mutex<FakeState>,
+    injector: Option<Arc<Injector>>,
+}
+
+/// A volume of the fake, with a fresh inode.
+fn volume(st: &mut FakeState, pool: &str, name: &str, capacity: u64, format: &str) -> VolumeSpec {
+    st.next_ino += 1;
+    let path = format!("/p/{pool}/{name}");
+    VolumeSpec {
+        pool: pool.into(),
+        name: name.into(),
+        key: path.clone(),
+        path,
+        file_id: Some(FileId {
+            dev: 1,
+            ino: st.next_ino,
+        }),
+        capacity,
+        allocation: 0,
+        format: Some(format.into()),
+    }
 }
 
 pub const CAPACITY: u64 = 64 << 20;
@@ -66,20 +222,57 @@ impl FakeHypervisor {
         };
         st.live.insert("vda".into(), src.clone());
         st.persistent.insert("vda".into(), src);
-        st.volumes.insert(
-            ("a".into(), "root.qcow2".into()),
-            VolumeSpec {
-                pool: "a".into(),
-                name: "root.qcow2".into(),
-                path: "/p/a/root.qcow2".into(),
-                capacity: CAPACITY,
-                allocation: CAPACITY / 2,
-                format: Some("qcow2".into()),
-            },
-        );
+        let mut root = volume(&mut st, "a", "root.qcow2", CAPACITY, "qcow2");
+        root.allocation = CAPACITY / 2;
+        st.volumes.insert(("a".into(), "root.qcow2".into()), root);
+        let other = volume(&mut st, "b", "other.qcow2", CAPACITY, "qcow2");
+        st.volumes.insert(("b".into(), "other.qcow2".into()), other);
         FakeHypervisor {
             state: Mutex::new(st),
+            injector: None,
         }
+    }
+
+    /// The same host, with faults injected by `injector`.
+    pub fn with_injector(injector: Arc<Injector>) -> Self {
+        FakeHypervisor {
+            injector: Some(injector),
+            ..FakeHypervisor::new()
+        }
+    }
+
+    /// Runs one call as a numbered step, injecting its fault.
+    fn step<T>(&self, f: impl FnOnce(&mut FakeState) -> Result<T, HvError>) -> Result<T, HvError> {
+        let fault = self.injector.as_ref().and_then(|i| i.next());
+        let unreachable = || HvError::Unreachable {
+            uri: "fake:///".into(),
+            message: "injected: libvirtd is gone".into(),
+        };
+        match fault {
+            Some(Fault::Fail) => {
+                return Err(HvError::Failed {
+                    op: "fake",
+                    code: 1,
+                    message: "injected failure".into(),
+                })
+            }
+            Some(Fault::Unreachable) => return Err(unreachable()),
+            Some(Fault::DieBefore) => {
+                if let Some(i) = &self.injector {
+                    i.die();
+                }
+                return Err(unreachable());
+            }
+            _ => {}
+        }
+        let out = f(&mut self.lock());
+        if fault == Some(Fault::DieAfter) {
+            if let Some(i) = &self.injector {
+                i.die();
+            }
+            return Err(unreachable());
+        }
+        out
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
@@ -100,37 +293,22 @@ fn disk_spec(target: &str, source: &DiskSource, mirror: Option<MirrorState>) -> 
     }
 }
 
-impl Hypervisor for FakeHypervisor {
-    fn host_info(&self) -> Result<HostInfo, HvError> {
-        Ok(HostInfo {
-            hostname: "fake".into(),
-            libvirt_version: "9.0.0".into(),
-            hypervisor_version: "7.2.0".into(),
-            uri: "fake:///".into(),
-        })
-    }
-
-    fn domain(&self, name: &str) -> Result<DomainState, HvError> {
+impl FakeHypervisor {
+    fn domain_state(st: &FakeState, name: &str) -> Result<DomainState, HvError> {
         if name != "g" {
             return Err(HvError::NoDomain(name.into()));
         }
         Ok(DomainState {
             name: "g".into(),
             uuid: "u-g".into(),
-            active: self.lock().running,
+            active: st.running,
             persistent: true,
             snapshots: 0,
         })
     }
 
-    fn domain_xml(&self, _domain: &str, _which: Definition) -> Result<String, HvError> {
-        Err(HvError::Unsupported("fake has no XML".into()))
-    }
-
-    fn disks(&self, domain: &str, which: Definition) -> Result<Vec<DiskSpec>, HvError> {
-        self.domain(domain)?;
-        let st = self.lock();
-        Ok(match which {
+    fn disk_specs(st: &FakeState, which: Definition) -> Vec<DiskSpec> {
+        match which {
             Definition::Live => st
                 .live
                 .iter()
@@ -147,70 +325,128 @@ impl Hypervisor for FakeHypervisor {
                 .iter()
                 .map(|(t, s)| disk_spec(t, s, None))
                 .collect(),
+        }
+    }
+}
+
+impl Hypervisor for FakeHypervisor {
+    fn host_info(&self) -> Result<HostInfo, HvError> {
+        self.step(|_| {
+            Ok(HostInfo {
+                hostname: "fake".into(),
+                libvirt_version: "9.0.0".into(),
+                hypervisor_version: "7.2.0".into(),
+                uri: "fake:///".into(),
+            })
+        })
+    }
+
+    fn domain(&self, name: &str) -> Result<DomainState, HvError> {
+        self.step(|st| Self::domain_state(st, name))
+    }
+
+    fn domain_xml(&self, _domain: &str, _which: Definition) -> Result<String, HvError> {
+        Err(HvError::Unsupported("fake has no XML".into()))
+    }
+
+    fn disks(&self, domain: &str, which: Definition) -> Result<Vec<DiskSpec>, HvError> {
+        self.step(|st| {
+            Self::domain_state(st, domain)?;
+            Ok(Self::disk_specs(st, which))
         })
     }
 
     fn pools(&self) -> Result<Vec<PoolSpec>, HvError> {
-        Ok(self.lock().pools.clone())
+        self.step(|st| Ok(st.pools.clone()))
     }
 
     fn pool(&self, name: &str) -> Result<PoolSpec, HvError> {
-        self.lock()
-            .pools
-            .iter()
-            .find(|p| p.name == name)
-            .cloned()
-            .ok_or_else(|| HvError::NoPool(name.into()))
+        self.step(|st| {
+            st.pools
+                .iter()
+                .find(|p| p.name == name)
+                .cloned()
+                .ok_or_else(|| HvError::NoPool(name.into()))
+        })
     }
 
     fn volume_by_path(&self, path: &str) -> Result<Option<VolumeSpec>, HvError> {
-        Ok(self
-            .lock()
-            .volumes
-            .values()
-            .find(|v| v.path == path)
-            .cloned())
+        self.step(|st| Ok(st.volumes.values().find(|v| v.path == path).cloned()))
     }
 
     fn volume(&self, pool: &str, name: &str) -> Result<VolumeSpec, HvError> {
-        self.lock()
-            .volumes
-            .get(&(pool.to_string(), name.to_string()))
-            .cloned()
-            .ok_or_else(|| HvError::NoVolume(name.into()))
+        self.step(|st| {
+            st.volumes
+                .get(&(pool.to_string(), name.to_string()))
+                .cloned()
+                .ok_or_else(|| HvError::NoVolume(name.into()))
+        })
     }
 
     fn volume_names(&self, pool: &str) -> Result<Vec<String>, HvError> {
-        Ok(self
-            .lock()
-            .volumes
-            .keys()
-            .filter(|(p, _)| p == pool)
-            .map(|(_, n)| n.clone())
-            .collect())
+        self.step(|st| {
+            Ok(st
+                .volumes
+                .keys()
+                .filter(|(p, _)| p == pool)
+                .map(|(_, n)| n.clone())
+                .collect())
+        })
     }
 
-    fn create_volume(&self, pool: &str, volume: &NewVolume) -> Result<VolumeSpec, HvError> {
-        let spec = VolumeSpec {
-            pool: pool.into(),
-            name: volume.name.clone(),
-            path: format!("/p/{pool}/{}", volume.name),
-            capacity: volume.capacity,
-            allocation: 0,
-            format: Some(volume.format.as_str().into()),
-        };
-        self.lock()
-            .volumes
-            .insert((pool.into(), volume.name.clone()), spec.clone());
-        Ok(spec)
+    fn create_volume(&self, pool: &str, new: &NewVolume) -> Result<VolumeSpec, HvError> {
+        self.step(|st| {
+            let key = (pool.to_string(), new.name.clone());
+            if st.volumes.contains_key(&key) {
+                return Err(HvError::VolumeExists(new.name.clone()));
+            }
+            let spec = volume(st, pool, &new.name, new.capacity, new.format.as_str());
+            if let Some(id) = spec.file_id {
+                st.created.push(id.ino);
+            }
+            st.volumes.insert(key, spec.clone());
+            Ok(spec)
+        })
     }
 
-    fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {
-        self.lock()
-            .volumes
-            .remove(&(pool.to_string(), name.to_string()))
-            .map(|_| ())
-            .ok_or_else(|| HvError::NoVolume(name.into()))
+    fn delete_volume_if_same(&self, expected: &VolumeIdentity) -> Result<Deletion, HvError> {
+        self.step(|st| {
+            let key = (expected.pool.clone(), expected.name.clone());
+            let Some(found) = st.volumes.get(&key) else {
+                return Ok(Deletion::Gone);
+            };
+            if let Some(why) = expected.differs_from(&found.identity()) {
+                return Ok(Deletion::Replaced(why));
+            }
+            let ino = found.file_id.map(|f| f.ino).unwrap_or(0);
+            st.volumes.remove(&key);
+            st.deleted.push((key.0, key.1, ino));
+            Ok(Deletion::Deleted)
+        })
+    }
+
+    fn volume_users(&self, path: &str) -> Result<Vec<VolumeUser>, HvError> {
+        self.step(|st| {
+            let mut users: Vec<VolumeUser> = st
+                .other_users
+                .iter()
+                .filter(|(p, _)| p == path)
+                .map(|(_, u)| u.clone())
+                .collect();
+            for (live, disks) in [(true, &st.live), (false, &st.persistent)] {
+                for (target, source) in disks {
+                    if source.display_name() == path {
+                        users.push(VolumeUser::Domain {
+                            domain: "g".into(),
+                            target: target.clone(),
+                            live,
+                            how: "source".into(),
+                        });
+                    }
+                }
+            }
+            Ok(users)
+        })
     }
 
     fn block_copy(
@@ -221,58 +457,69 @@ impl Hypervisor for FakeHypervisor {
         _format: ImageFormat,
         options: CopyOptions,
     ) -> Result<(), HvError> {
-        let mut st = self.lock();
-        if st.job.is_some() {
-            return Err(HvError::InvalidState("block copy already active".into()));
-        }
-        st.job = Some((
-            disk.to_string(),
-            dest.clone(),
-            BlockJob {
-                cur: 0,
-                end: CAPACITY,
-                bandwidth: options.bandwidth,
-                is_copy: true,
-            },
-        ));
-        Ok(())
+        self.step(|st| {
+            if st.job.is_some() {
+                return Err(HvError::InvalidState("block copy already active".into()));
+            }
+            if !st.running {
+                return Err(HvError::InvalidState("domain is not running".into()));
+            }
+            st.job = Some((
+                disk.to_string(),
+                dest.clone(),
+                BlockJob {
+                    cur: 0,
+                    end: CAPACITY,
+                    bandwidth: options.bandwidth,
+                    is_copy: true,
+                },
+            ));
+            Ok(())
+        })
     }
 
     fn block_job(&self, _domain: &str, disk: &str) -> Result<Option<BlockJob>, HvError> {
-        let mut st = self.lock();
-        if !st.running {
-            return Err(HvError::InvalidState("domain is not running".into()));
-        }
-        let step = st.step;
-        Ok(st.job.as_mut().filter(|j| j.0 == disk).map(|j| {
-            j.2.cur = (j.2.cur + step).min(j.2.end);
-            j.2
-        }))
+        self.step(|st| {
+            if !st.running {
+                return Err(HvError::InvalidState("domain is not running".into()));
+            }
+            let step = st.step;
+            Ok(st.job.as_mut().filter(|j| j.0 == disk).map(|j| {
+                j.2.cur = (j.2.cur + step).min(j.2.end);
+                j.2
+            }))
+        })
     }
 
     fn block_job_abort(&self, _domain: &str, disk: &str, pivot: bool) -> Result<(), HvError> {
-        let mut st = self.lock();
-        let Some(job) = st.job.take() else {
-            return Err(HvError::InvalidState("no block job".into()));
-        };
-        if pivot {
-            st.pivots += 1;
-            st.live.insert(disk.into(), job.1.clone());
-            if !st.skip_persistent_update {
-                st.persistent.insert(disk.into(), job.1);
+        self.step(|st| {
+            let Some(job) = st.job.take() else {
+                return Err(HvError::InvalidState("no block job".into()));
+            };
+            if pivot {
+                if job.2.cur != job.2.end {
+                    st.job = Some(job);
+                    return Err(HvError::InvalidState("block job not ready".into()));
+                }
+                st.pivots += 1;
+                st.pivoted_to.push(job.1.clone());
+                st.live.insert(disk.into(), job.1.clone());
+                if !st.skip_persistent_update {
+                    st.persistent.insert(disk.into(), job.1);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn block_job_set_speed(&self, _d: &str, _disk: &str, bw: u64) -> Result<(), HvError> {
-        match self.lock().job.as_mut() {
+        self.step(|st| match st.job.as_mut() {
             Some(j) => {
                 j.2.bandwidth = bw;
                 Ok(())
             }
             None => Err(HvError::InvalidState("no block job".into())),
-        }
+        })
     }
 
     fn update_persistent_disk(
@@ -282,15 +529,17 @@ impl Hypervisor for FakeHypervisor {
         source: &DiskSource,
         _format: ImageFormat,
     ) -> Result<(), HvError> {
-        self.lock().persistent.insert(disk.into(), source.clone());
-        Ok(())
+        self.step(|st| {
+            st.persistent.insert(disk.into(), source.clone());
+            Ok(())
+        })
     }
 
     fn qcow2_internal_snapshots(&self, _source: &DiskSource) -> Result<u32, HvError> {
-        Ok(0)
+        self.step(|_| Ok(0))
     }
 
     fn disk_capacity(&self, _domain: &str, _disk: &str) -> Result<u64, HvError> {
-        Ok(CAPACITY)
+        self.step(|_| Ok(CAPACITY))
     }
 }

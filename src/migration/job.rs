@@ -1,230 +1,435 @@
-//! One disk migration, phase by phase, in its own task.
+//! One disk migration, stage by stage, in its own task.
 //!
-//! The task owns the disk's lease for its whole life. Each phase is journaled
-//! before its action; a failure before the guest is switched rolls everything
-//! back (job aborted without pivot, destination deleted), and the terminal event
-//! always says where the disk is.
+//! The task owns the migration for its whole life: it alone changes the record,
+//! and cancel, bandwidth changes and the timeout reach it as commands it answers
+//! itself (see [`Ctx`]), so a cancel is either honoured before the pivot or
+//! refused because the pivot has begun, never acknowledged and then ignored.
+//!
+//! Each stage is journaled before its action. What a failure undoes follows
+//! from the journaled stage alone: before the pivot, the block job is aborted
+//! and the destination volume volmig created is deleted (by identity, never by
+//! name); once the pivot is issued, nothing is deleted and the terminal event
+//! says where the disk is.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::hypervisor::{
-    CopyOptions, Definition, DiskKind, DiskSource, DiskSpec, HvError, ImageFormat, NewVolume,
+    CopyOptions, Definition, Deletion, DiskKind, DiskSource, DiskSpec, HvError, Hypervisor,
+    ImageFormat, NewVolume, VolumeIdentity,
 };
-use crate::migration::engine::{Inner, Job, StopReason};
+use crate::migration::engine::{Command, Inner, Job};
 use crate::migration::error::Error;
-use crate::migration::journal::Plan;
-use crate::migration::model::{Failure, MigrationResult, Phase, Progress, VerifyLevel};
-use crate::migration::plan;
+use crate::migration::journal::{Destination, Plan, Record, Stage};
+use crate::migration::model::{now_ms, Failure, MigrationResult, Phase, Progress, VerifyLevel};
+use crate::migration::{plan, recovery};
 
 /// Poll interval once the copy is about to converge.
 const FAST_POLL: Duration = Duration::from_millis(20);
 
-/// Where a (possibly resumed) run begins.
+/// How a job's task begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Start {
-    /// From VALIDATING: a new migration.
+pub(crate) enum Entry {
+    /// A new migration, from VALIDATING.
     Fresh,
-    /// The block job already runs: watch it until it is ready.
-    WatchCopy,
-    /// The job is ready: pivot.
-    Pivot,
+    /// An unfinished migration found in the journal at start-up.
+    Recover,
+}
+
+/// Where a recovered migration continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// The block job still runs: watch it until it is ready, then pivot.
+    Copy(Destination),
+    /// The job is ready and the pivot was issued: pivot (again).
+    Pivot(Destination),
     /// The guest is on the destination: verify and clean up.
-    Verify,
+    Verify(Destination),
+}
+
+/// Why a job stops before its pivot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancelled,
+    TimedOut(u64),
+}
+
+/// The job task's own state: its command inbox and what it has decided.
+pub(crate) struct Ctx<'a> {
+    pub inner: &'a Inner,
+    pub job: &'a Job,
+    inbox: mpsc::Receiver<Command>,
+    stop: Option<StopReason>,
+    deadline: Option<(tokio::time::Instant, u64)>,
+    /// Set once the pivot has begun: cancel and the timeout no longer apply.
+    pub pivot_begun: bool,
+    /// A block job exists whose speed can be changed.
+    pub copying: bool,
+    /// The job is recording a failure (rolling back).
+    ending: bool,
 }
 
 /// Runs the migration to its terminal event.
-pub(crate) async fn run(inner: Arc<Inner>, job: Arc<Job>, start: Start) {
+pub(crate) async fn run(inner: Arc<Inner>, job: Arc<Job>, entry: Entry) {
     let span = tracing::info_span!("migration", migration_id = %job.id);
     async move {
-        match steps(&inner, &job, start).await {
-            Ok(result) => {
-                let message = format!(
-                    "completed: {} now on {}",
-                    job.latest().disk,
-                    result.destination.display_name()
-                );
-                let published = inner
-                    .publish(&job, |r| {
-                        r.latest.phase = Phase::Completed;
-                        r.latest.message = message;
-                        r.latest.result = Some(result);
-                    })
-                    .await;
-                if let Err(e) = published {
-                    tracing::error!(error = %e, "cannot journal completion");
-                    inner.announce(&job);
-                }
-                tracing::info!("migration completed");
-            }
-            Err(err) => fail(&inner, &job, err).await,
+        let Some(inbox) = job.take_inbox() else {
+            tracing::error!("a second task was started for one migration; ignored");
+            return;
+        };
+        let mut ctx = Ctx::new(&inner, &job, inbox);
+        let outcome = match entry {
+            Entry::Fresh => fresh(&mut ctx).await,
+            Entry::Recover => match recovery::decide(&mut ctx).await {
+                Ok(resume) => continue_from(&mut ctx, resume).await,
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Ok(result) => complete(&mut ctx, result).await,
+            Err(err) => fail(&mut ctx, err).await,
         }
     }
     .instrument(span)
     .await
 }
 
-fn stop_error(job: &Job) -> Error {
-    match job.lock().stop {
-        Some(StopReason::TimedOut(s)) => Error::TimedOut(s),
-        _ => Error::Cancelled,
+impl<'a> Ctx<'a> {
+    fn new(inner: &'a Inner, job: &'a Job, inbox: mpsc::Receiver<Command>) -> Self {
+        let record = job.record();
+        let deadline = record.request.options.timeout.map(|t| {
+            let ends_ms = record
+                .latest
+                .started_ms
+                .saturating_add(t.as_millis() as u64);
+            let left = Duration::from_millis(ends_ms.saturating_sub(now_ms()));
+            (tokio::time::Instant::now() + left, t.as_secs())
+        });
+        Ctx {
+            inner,
+            job,
+            inbox,
+            stop: None,
+            deadline,
+            pivot_begun: matches!(record.stage, Stage::Pivoted(_)),
+            copying: false,
+            ending: false,
+        }
     }
-}
 
-fn check_stop(job: &Job) -> Result<(), Error> {
-    if job.cancel.is_cancelled() {
-        Err(stop_error(job))
-    } else {
-        Ok(())
+    pub fn record(&self) -> Record {
+        self.job.record()
     }
-}
 
-async fn set_phase(inner: &Inner, job: &Job, phase: Phase, message: String) -> Result<(), Error> {
-    tracing::info!(phase = phase.name(), "{message}");
-    inner
-        .publish(job, |r| {
+    pub fn plan(&self) -> Plan {
+        self.job.lock().record.plan.clone()
+    }
+
+    fn stopped(&self) -> Result<(), Error> {
+        match self.stop {
+            Some(StopReason::Cancelled) => Err(Error::Cancelled),
+            Some(StopReason::TimedOut(s)) => Err(Error::TimedOut(s)),
+            None => Ok(()),
+        }
+    }
+
+    /// The instant the timeout fires, while it still applies.
+    fn live_deadline(&self) -> Option<(tokio::time::Instant, u64)> {
+        self.deadline
+            .filter(|_| self.stop.is_none() && !self.pivot_begun && !self.ending)
+    }
+
+    /// Drives `fut` to completion while answering commands.
+    async fn attend<F: Future>(&mut self, fut: F) -> F::Output {
+        tokio::pin!(fut);
+        loop {
+            let deadline = self.live_deadline();
+            tokio::select! {
+                biased;
+                out = &mut fut => return out,
+                Some(cmd) = self.inbox.recv() => self.handle(cmd).await,
+                _ = until(deadline) => self.time_out(),
+            }
+        }
+    }
+
+    /// Waits `d`, answering commands; returns early with the stop error as soon
+    /// as the job is cancelled or times out.
+    async fn pause(&mut self, d: Duration) -> Result<(), Error> {
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
+        loop {
+            let deadline = self.live_deadline();
+            tokio::select! {
+                biased;
+                Some(cmd) = self.inbox.recv() => self.handle(cmd).await,
+                _ = until(deadline) => self.time_out(),
+                _ = &mut sleep => return self.stopped(),
+            }
+            self.stopped()?;
+        }
+    }
+
+    /// Answers every queued command, then says whether the job must stop.
+    async fn checkpoint(&mut self) -> Result<(), Error> {
+        while let Ok(cmd) = self.inbox.try_recv() {
+            self.handle(cmd).await;
+        }
+        if self
+            .live_deadline()
+            .is_some_and(|(at, _)| at <= tokio::time::Instant::now())
+        {
+            self.time_out();
+        }
+        self.stopped()
+    }
+
+    fn time_out(&mut self) {
+        if let Some((_, secs)) = self.deadline {
+            self.stop.get_or_insert(StopReason::TimedOut(secs));
+        }
+    }
+
+    fn wrong_phase(&self, reason: &'static str) -> Error {
+        Error::WrongPhase {
+            id: self.job.id.clone(),
+            phase: self.job.latest().phase.name(),
+            reason,
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Cancel(reply) => {
+                let answer = if self.pivot_begun {
+                    Err(self.wrong_phase(
+                        "the pivot has begun: the guest is being switched to the destination and the migration can no longer be cancelled",
+                    ))
+                } else if self.ending && self.stop != Some(StopReason::Cancelled) {
+                    Err(self.wrong_phase("it is already failing and being rolled back"))
+                } else {
+                    self.stop.get_or_insert(StopReason::Cancelled);
+                    Ok(self.job.latest())
+                };
+                // The caller may be gone; the decision stands either way.
+                let _ = reply.send(answer);
+            }
+            Command::SetBandwidth(bandwidth, reply) => {
+                let answer = if !self.copying || self.pivot_begun {
+                    Err(self.wrong_phase("bandwidth can only be changed while copying"))
+                } else if self.stop.is_some() || self.ending {
+                    Err(self.wrong_phase("it is stopping"))
+                } else {
+                    let plan = self.plan();
+                    let changed = self
+                        .inner
+                        .hv(move |hv| hv.block_job_set_speed(&plan.domain, &plan.target, bandwidth))
+                        .await;
+                    match changed {
+                        Ok(()) => {
+                            self.job.lock().record.bandwidth = bandwidth;
+                            Ok(())
+                        }
+                        Err(e) => Err(Error::hv("changing the copy bandwidth")(e)),
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// A hypervisor call, answering commands while it runs.
+    pub async fn hv<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&dyn Hypervisor) -> Result<T, HvError> + Send + 'static,
+    ) -> Result<T, HvError> {
+        let inner = self.inner;
+        self.attend(inner.hv(f)).await
+    }
+
+    /// A hypervisor call retried while libvirtd is unreachable (restarting), up
+    /// to the grace period.
+    pub async fn hv_retry<T: Send + 'static>(
+        &mut self,
+        what: &str,
+        f: impl Fn(&dyn Hypervisor) -> Result<T, HvError> + Send + Sync + Clone + 'static,
+    ) -> Result<T, Error> {
+        let deadline = Instant::now() + self.inner.config.libvirt_grace;
+        loop {
+            match self.hv(f.clone()).await {
+                Err(HvError::Unreachable { .. }) if Instant::now() < deadline => {
+                    let inner = self.inner;
+                    self.attend(tokio::time::sleep(retry_pause(inner))).await;
+                }
+                Err(HvError::Unreachable { uri, message }) => {
+                    return Err(Error::Unavailable(format!(
+                        "{what}: libvirt at {uri} unreachable for {} s: {message}",
+                        self.inner.config.libvirt_grace.as_secs()
+                    )))
+                }
+                other => return other.map_err(Error::hv(what)),
+            }
+        }
+    }
+
+    /// Journals, then announces, a change of the record.
+    pub async fn publish(&mut self, update: impl FnOnce(&mut Record)) -> Result<(), Error> {
+        let (inner, job) = (self.inner, self.job);
+        self.attend(inner.publish(job, update)).await
+    }
+
+    pub async fn set_phase(&mut self, phase: Phase, message: String) -> Result<(), Error> {
+        tracing::info!(phase = phase.name(), "{message}");
+        self.publish(|r| {
             r.latest.phase = phase;
             r.latest.message = message;
         })
         .await
+    }
 }
 
-fn plan_of(job: &Job) -> Result<Plan, Error> {
-    job.lock()
-        .record
-        .plan
-        .clone()
-        .ok_or_else(|| Error::Journal("migration record has no plan".to_string()))
+fn retry_pause(inner: &Inner) -> Duration {
+    Duration::from_millis(500).min(inner.config.libvirt_grace / 4 + Duration::from_millis(1))
 }
 
-/// Retries a hypervisor call while libvirtd is unreachable (restarting), up to the grace period.
-async fn hv_retry<T: Send + 'static>(
-    inner: &Inner,
-    what: &str,
-    f: impl Fn(&dyn crate::hypervisor::Hypervisor) -> Result<T, HvError> + Send + Sync + Clone + 'static,
-) -> Result<T, Error> {
-    let deadline = Instant::now() + inner.config.libvirt_grace;
-    loop {
-        match inner.hv(f.clone()).await {
-            Err(HvError::Unreachable { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+async fn until(deadline: Option<(tokio::time::Instant, u64)>) {
+    match deadline {
+        Some((at, _)) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn complete(ctx: &mut Ctx<'_>, result: MigrationResult) {
+    let message = format!(
+        "completed: {} now on {}",
+        ctx.job.latest().disk,
+        result.destination.display_name()
+    );
+    let published = ctx
+        .publish(|r| {
+            r.latest.phase = Phase::Completed;
+            r.latest.message = message;
+            r.latest.result = Some(result);
+        })
+        .await;
+    if let Err(e) = published {
+        tracing::error!(error = %e, "cannot journal completion");
+        ctx.inner.announce(ctx.job);
+    }
+    tracing::info!("migration completed");
+}
+
+async fn fresh(ctx: &mut Ctx<'_>) -> Result<MigrationResult, Error> {
+    ctx.set_phase(
+        Phase::Validating,
+        "checking the guest, the disk and the destination pool".to_string(),
+    )
+    .await?;
+    ctx.checkpoint().await?;
+    // Validated again right before anything changes, under the reserved name.
+    let mut request = ctx.record().request;
+    request.destination_volume = Some(ctx.plan().dest_volume);
+    let fresh = ctx
+        .hv(move |hv| Ok(plan::plan(hv, &request)))
+        .await
+        .map_err(Error::hv("validating"))??;
+    ctx.publish(|r| r.plan = fresh).await?;
+    ctx.checkpoint().await?;
+    let dest = prepare(ctx).await?;
+    ctx.checkpoint().await?;
+    start_copy(ctx, &dest).await?;
+    continue_from(ctx, Resume::Copy(dest)).await
+}
+
+async fn continue_from(ctx: &mut Ctx<'_>, resume: Resume) -> Result<MigrationResult, Error> {
+    let dest = match resume {
+        Resume::Copy(dest) => {
+            ctx.copying = true;
+            wait_until_ready(ctx).await?;
+            ctx.set_phase(
+                Phase::Synchronized,
+                "source and destination are synchronized".to_string(),
+            )
+            .await?;
+            let hold = ctx.inner.config.synchronized_hold;
+            if !hold.is_zero() {
+                ctx.pause(hold).await?;
             }
-            Err(HvError::Unreachable { uri, message }) => {
-                return Err(Error::Unavailable(format!(
-                    "{what}: libvirt at {uri} unreachable for {} s: {message}",
-                    inner.config.libvirt_grace.as_secs()
-                )))
-            }
-            other => return other.map_err(Error::hv(what)),
+            begin_pivot(ctx, &dest).await?;
+            pivot(ctx, &dest).await?;
+            dest
         }
-    }
-}
-
-async fn steps(inner: &Inner, job: &Job, start: Start) -> Result<MigrationResult, Error> {
-    let mut persistent_repaired = false;
-    if start == Start::Fresh {
-        set_phase(
-            inner,
-            job,
-            Phase::Validating,
-            "checking the guest, the disk and the destination pool".to_string(),
-        )
-        .await?;
-        check_stop(job)?;
-        let request = job.lock().record.request.clone();
-        let fresh = inner
-            .hv(move |hv| Ok(plan::plan(hv, &request)))
-            .await
-            .map_err(Error::hv("validating"))??;
-        inner.publish(job, |r| r.plan = Some(fresh)).await?;
-        check_stop(job)?;
-        prepare(inner, job).await?;
-        check_stop(job)?;
-        start_copy(inner, job).await?;
-    }
-    if matches!(start, Start::Fresh | Start::WatchCopy) {
-        wait_until_ready(inner, job).await?;
-        set_phase(
-            inner,
-            job,
-            Phase::Synchronized,
-            "source and destination are synchronized".to_string(),
-        )
-        .await?;
-        if !inner.config.synchronized_hold.is_zero() {
-            tokio::select! {
-                _ = job.cancel.cancelled() => {}
-                _ = tokio::time::sleep(inner.config.synchronized_hold) => {}
-            }
+        Resume::Pivot(dest) => {
+            pivot(ctx, &dest).await?;
+            dest
         }
-        check_stop(job)?;
-    }
-    if matches!(start, Start::Fresh | Start::WatchCopy | Start::Pivot) {
-        pivot(inner, job).await?;
-    }
-    verify(inner, job, &mut persistent_repaired).await?;
-    let source_deleted = cleanup(inner, job).await?;
-    let plan = plan_of(job)?;
-    let destination = plan
-        .destination
-        .clone()
-        .ok_or_else(|| Error::Journal("no destination recorded".to_string()))?;
+        Resume::Verify(dest) => dest,
+    };
+    let persistent_repaired = verify(ctx, &dest).await?;
+    let (source_deleted, source_kept_reason) = cleanup(ctx).await?;
+    let plan = ctx.plan();
+    let source = plan.source_volume.clone();
     Ok(MigrationResult {
-        destination,
+        destination: dest.disk,
         destination_pool: plan.dest_pool,
-        destination_volume: plan.dest_volume,
+        destination_volume: dest.volume.name,
         destination_format: plan.dest_format,
-        source_pool: plan.source_pool.unwrap_or_default(),
-        source_volume: plan.source_volume.unwrap_or_default(),
+        source_pool: source.as_ref().map(|v| v.pool.clone()).unwrap_or_default(),
+        source_volume: source.map(|v| v.name).unwrap_or_default(),
         previous_source: plan.source.display_name(),
         source_deleted,
         persistent_repaired,
-        source_kept_reason: None,
+        source_kept_reason,
     })
 }
 
-async fn prepare(inner: &Inner, job: &Job) -> Result<(), Error> {
-    let plan = plan_of(job)?;
-    // Journaled before the volume exists, so a crash right after creation still
-    // leads recovery to delete it.
-    inner
-        .publish(job, |r| {
-            r.destination_created = true;
-            r.latest.phase = Phase::PreparingDestination;
-            r.latest.message = format!(
-                "creating volume {} ({}, {} bytes) in pool {}",
-                plan.dest_volume, plan.dest_format, plan.capacity, plan.dest_pool
-            );
-        })
+async fn prepare(ctx: &mut Ctx<'_>) -> Result<Destination, Error> {
+    let plan = ctx.plan();
+    ctx.set_phase(
+        Phase::PreparingDestination,
+        format!(
+            "creating volume {} ({}, {} bytes) in pool {}",
+            plan.dest_volume, plan.dest_format, plan.capacity, plan.dest_pool
+        ),
+    )
+    .await?;
+    let name = plan.dest_pool.clone();
+    let pool = ctx
+        .hv_retry("reading the destination pool", move |hv| hv.pool(&name))
         .await?;
-    let p = plan.clone();
-    let (pool, volume) = inner
-        .hv(move |hv| {
-            let pool = hv.pool(&p.dest_pool)?;
-            let volume = hv.create_volume(
-                &p.dest_pool,
-                &NewVolume {
-                    name: p.dest_volume.clone(),
-                    capacity: p.capacity,
-                    format: p.dest_format,
-                },
-            )?;
-            Ok((pool, volume))
-        })
-        .await
-        .map_err(|e| match e {
-            HvError::NoSpace(m) => Error::Exhausted(format!(
-                "pool '{}' cannot hold {} bytes: {m}",
-                plan.dest_pool, plan.capacity
-            )),
-            other => Error::hv(format!(
-                "creating the destination volume in pool '{}'",
-                plan.dest_pool
-            ))(other),
-        })?;
+    // Journaled before the call: a node that dies inside it cannot know whether
+    // the volume was made, and must not delete a volume of that name later.
+    ctx.publish(|r| r.stage = Stage::Creating).await?;
+    let new = NewVolume {
+        name: plan.dest_volume.clone(),
+        capacity: plan.capacity,
+        format: plan.dest_format,
+    };
+    let dest_pool = plan.dest_pool.clone();
+    let created = ctx.hv(move |hv| hv.create_volume(&dest_pool, &new)).await;
+    let volume = match created {
+        Ok(volume) => volume,
+        Err(e) => {
+            if !matches!(e, HvError::Unreachable { .. }) {
+                // libvirt refused the create: nothing exists to roll back.
+                ctx.job.lock().record.stage = Stage::Planned;
+            }
+            return Err(create_error(&plan, e));
+        }
+    };
+    ctx.inner
+        .rename_reservation(ctx.job, &plan.dest_pool, &volume.name);
+    let identity = volume.identity();
+    ctx.publish(|r| {
+        r.plan.dest_volume = identity.name.clone();
+        r.stage = Stage::Created(identity.clone());
+    })
+    .await?;
     if volume.capacity < plan.capacity {
         return Err(Error::Exhausted(format!(
             "pool '{}' created volume {} with {} bytes, less than the disk's {} bytes",
@@ -241,7 +446,7 @@ async fn prepare(inner: &Inner, job: &Job) -> Result<(), Error> {
             plan.dest_pool, volume.name, volume.capacity, plan.capacity
         ))
     };
-    let destination = match pool.disk_kind() {
+    let disk = match pool.disk_kind() {
         Some(DiskKind::File) if exact => DiskSource::File {
             path: volume.path.clone(),
         },
@@ -263,47 +468,58 @@ async fn prepare(inner: &Inner, job: &Job) -> Result<(), Error> {
             )))
         }
     };
-    let message = format!(
-        "created {} in pool {}",
-        destination.display_name(),
-        plan.dest_pool
-    );
-    inner
-        .publish(job, |r| {
-            if let Some(p) = r.plan.as_mut() {
-                p.dest_volume = volume.name.clone();
-                p.destination = Some(destination);
-            }
-            r.latest.message = message;
-        })
-        .await
+    let message = format!("created {} in pool {}", disk.display_name(), plan.dest_pool);
+    ctx.publish(|r| r.latest.message = message).await?;
+    Ok(Destination {
+        volume: identity,
+        disk,
+    })
 }
 
-async fn start_copy(inner: &Inner, job: &Job) -> Result<(), Error> {
-    let plan = plan_of(job)?;
-    let options = job.lock().record.request.options.clone();
-    let dest = plan
-        .destination
-        .clone()
-        .ok_or_else(|| Error::Journal("no destination recorded".to_string()))?;
-    set_phase(
-        inner,
-        job,
-        Phase::Copying,
-        format!(
-            "copying {} to {}",
-            plan.source.display_name(),
-            dest.display_name()
-        ),
-    )
+fn create_error(plan: &Plan, e: HvError) -> Error {
+    match e {
+        HvError::NoSpace(m) => Error::Exhausted(format!(
+            "pool '{}' cannot hold {} bytes: {m}",
+            plan.dest_pool, plan.capacity
+        )),
+        HvError::VolumeExists(_) => Error::DestinationExists {
+            pool: plan.dest_pool.clone(),
+            volume: plan.dest_volume.clone(),
+        },
+        HvError::Unreachable { uri, message } => Error::Unavailable(format!(
+            "libvirt at {uri} went away while creating volume {} in pool '{}' ({message}); whether it was created is unknown",
+            plan.dest_volume, plan.dest_pool
+        )),
+        other => Error::hv(format!(
+            "creating the destination volume in pool '{}'",
+            plan.dest_pool
+        ))(other),
+    }
+}
+
+async fn start_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
+    let plan = ctx.plan();
+    let record = ctx.record();
+    let message = format!(
+        "copying {} to {}",
+        plan.source.display_name(),
+        dest.disk.display_name()
+    );
+    tracing::info!(phase = Phase::Copying.name(), "{message}");
+    let mirroring = dest.clone();
+    ctx.publish(|r| {
+        r.stage = Stage::Mirroring(mirroring);
+        r.latest.phase = Phase::Copying;
+        r.latest.message = message;
+    })
     .await?;
     let copy = CopyOptions {
-        bandwidth: options.bandwidth,
-        synchronous_writes: options.synchronous_writes,
+        bandwidth: record.bandwidth,
+        synchronous_writes: record.request.options.synchronous_writes,
         shallow: false,
     };
-    inner
-        .hv(move |hv| hv.block_copy(&plan.domain, &plan.target, &dest, plan.dest_format, copy))
+    let disk = dest.disk.clone();
+    ctx.hv(move |hv| hv.block_copy(&plan.domain, &plan.target, &disk, plan.dest_format, copy))
         .await
         .map_err(Error::hv("starting the block copy"))
 }
@@ -312,28 +528,26 @@ fn same_source(a: &DiskSource, b: &DiskSource) -> bool {
     a.kind() == b.kind() && a.display_name() == b.display_name()
 }
 
-fn live_disk(disks: Vec<DiskSpec>, target: &str) -> Option<DiskSpec> {
+fn disk_of(disks: Vec<DiskSpec>, target: &str) -> Option<DiskSpec> {
     disks.into_iter().find(|d| d.target == target)
 }
 
-async fn wait_until_ready(inner: &Inner, job: &Job) -> Result<(), Error> {
-    let plan = plan_of(job)?;
+async fn wait_until_ready(ctx: &mut Ctx<'_>) -> Result<(), Error> {
+    let plan = ctx.plan();
+    let config = ctx.inner.config.clone();
     let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
-    let mut last_publish = Instant::now() - inner.config.progress_interval;
+    let mut last_publish = Instant::now() - config.progress_interval;
     let mut unreachable_since: Option<Instant> = None;
-    let mut pause = inner.config.poll_interval;
+    let mut pause = config.poll_interval;
     loop {
-        tokio::select! {
-            _ = job.cancel.cancelled() => return Err(stop_error(job)),
-            _ = tokio::time::sleep(pause) => {}
-        }
+        ctx.pause(pause).await?;
         let (domain, target) = (plan.domain.clone(), plan.target.clone());
-        let polled = inner
+        let polled = ctx
             .hv(move |hv| {
                 let info = hv.block_job(&domain, &target)?;
                 let ready = match info {
                     Some(j) if j.end > 0 && j.cur == j.end => {
-                        live_disk(hv.disks(&domain, Definition::Live)?, &target)
+                        disk_of(hv.disks(&domain, Definition::Live)?, &target)
                             .and_then(|d| d.mirror)
                             .is_some_and(|m| m.ready)
                     }
@@ -349,10 +563,10 @@ async fn wait_until_ready(inner: &Inner, job: &Job) -> Result<(), Error> {
             }
             Err(HvError::Unreachable { uri, message }) => {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > inner.config.libvirt_grace {
+                if since.elapsed() > config.libvirt_grace {
                     return Err(Error::Unavailable(format!(
                         "libvirt at {uri} unreachable for {} s during the copy: {message}",
-                        inner.config.libvirt_grace.as_secs()
+                        config.libvirt_grace.as_secs()
                     )));
                 }
                 continue;
@@ -367,7 +581,7 @@ async fn wait_until_ready(inner: &Inner, job: &Job) -> Result<(), Error> {
         };
         let Some(info) = info else {
             return Err(Error::Precondition(format!(
-                "the block copy of {} ended before it was synchronized (QEMU or libvirt dropped it; see the domain log in /var/log/libvirt/qemu/{}.log)",
+                "the block copy of {} ended before it was synchronized (QEMU or libvirt dropped it, e.g. the destination ran out of space; see the domain log in /var/log/libvirt/qemu/{}.log)",
                 plan.target, plan.domain
             )));
         };
@@ -394,61 +608,79 @@ async fn wait_until_ready(inner: &Inner, job: &Job) -> Result<(), Error> {
             },
         };
         if ready {
-            job.lock().record.latest.progress = progress;
+            ctx.job.lock().record.latest.progress = progress;
             return Ok(());
         }
         // Near the end, poll fast so the pivot follows convergence closely; the
         // rest of the time, slowly, to keep the node's CPU use negligible.
         let closing = remaining == 0 || (rate > 0 && remaining <= rate / 2);
         pause = if closing {
-            FAST_POLL.min(inner.config.poll_interval)
+            FAST_POLL.min(config.poll_interval)
         } else {
-            inner.config.poll_interval
+            config.poll_interval
         };
-        if last_publish.elapsed() >= inner.config.progress_interval {
+        if last_publish.elapsed() >= config.progress_interval {
             last_publish = Instant::now();
             {
-                let mut st = job.lock();
+                let mut st = ctx.job.lock();
                 st.record.latest.progress = progress;
-                st.record.latest.timestamp_ms = crate::migration::model::now_ms();
+                st.record.latest.timestamp_ms = now_ms();
                 st.record.latest.message = format!(
                     "copying: {} of {} bytes",
                     progress.bytes_done, progress.bytes_total
                 );
             }
-            inner.announce(job);
+            ctx.inner.announce(ctx.job);
         }
     }
 }
 
-async fn pivot(inner: &Inner, job: &Job) -> Result<(), Error> {
-    let plan = plan_of(job)?;
-    set_phase(
-        inner,
-        job,
-        Phase::Pivoting,
-        "switching the guest to the destination".to_string(),
-    )
-    .await?;
-    let (domain, target) = (plan.domain.clone(), plan.target.clone());
-    let pivoted = hv_retry(inner, "pivoting", move |hv| {
-        hv.block_job_abort(&domain, &target, true)
+/// The one place a job commits to the pivot: it answers every queued command
+/// first, and from the moment it sets `pivot_begun` (with no await in between)
+/// every cancel is refused. The stage is journaled before the pivot is issued.
+async fn begin_pivot(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
+    ctx.checkpoint().await?;
+    ctx.pivot_begun = true;
+    let pivoted = dest.clone();
+    tracing::info!(
+        phase = Phase::Pivoting.name(),
+        "switching the guest to the destination"
+    );
+    ctx.publish(|r| {
+        r.stage = Stage::Pivoted(pivoted);
+        r.latest.phase = Phase::Pivoting;
+        r.latest.message = "switching the guest to the destination".to_string();
     })
-    .await;
+    .await
+}
+
+async fn pivot(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
+    let plan = ctx.plan();
+    let (domain, target) = (plan.domain.clone(), plan.target.clone());
+    let pivoted = ctx
+        .hv_retry("pivoting", move |hv| {
+            hv.block_job_abort(&domain, &target, true)
+        })
+        .await;
     if let Err(e) = pivoted {
         // Another attempt may have pivoted already (after a restart): only the
         // live definition tells.
-        if !on_destination(inner, &plan).await.unwrap_or(false) {
+        if !on_destination(ctx, &plan, &dest.disk)
+            .await
+            .unwrap_or(false)
+        {
             return Err(e);
         }
     }
+    ctx.copying = false;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (domain, target) = (plan.domain.clone(), plan.target.clone());
-        let job_left = hv_retry(inner, "waiting for the pivot", move |hv| {
-            hv.block_job(&domain, &target)
-        })
-        .await?;
+        let job_left = ctx
+            .hv_retry("waiting for the pivot", move |hv| {
+                hv.block_job(&domain, &target)
+            })
+            .await?;
         if job_left.is_none() {
             return Ok(());
         }
@@ -458,104 +690,108 @@ async fn pivot(inner: &Inner, job: &Job) -> Result<(), Error> {
                 plan.target
             )));
         }
-        tokio::time::sleep(inner.config.poll_interval).await;
+        let inner = ctx.inner;
+        ctx.attend(tokio::time::sleep(inner.config.poll_interval))
+            .await;
     }
 }
 
-/// Whether the live definition already names the destination.
-pub(crate) async fn on_destination(inner: &Inner, plan: &Plan) -> Result<bool, Error> {
-    let Some(dest) = plan.destination.clone() else {
-        return Ok(false);
-    };
+/// The source a definition of the disk names now.
+pub(crate) async fn current_source(
+    ctx: &mut Ctx<'_>,
+    plan: &Plan,
+    which: Definition,
+) -> Result<Option<DiskSource>, Error> {
     let (domain, target) = (plan.domain.clone(), plan.target.clone());
-    let disk = hv_retry(inner, "reading the live definition", move |hv| {
-        Ok(live_disk(hv.disks(&domain, Definition::Live)?, &target))
-    })
-    .await?;
-    Ok(disk
-        .and_then(|d| d.source)
-        .is_some_and(|s| same_source(&s, &dest)))
+    let disk = ctx
+        .hv_retry("reading the domain definition", move |hv| {
+            if which == Definition::Persistent && !hv.domain(&domain)?.persistent {
+                return Ok(None);
+            }
+            Ok(disk_of(hv.disks(&domain, which)?, &target))
+        })
+        .await?;
+    Ok(disk.and_then(|d| d.source))
 }
 
-async fn verify(inner: &Inner, job: &Job, repaired: &mut bool) -> Result<(), Error> {
-    let plan = plan_of(job)?;
-    set_phase(
-        inner,
-        job,
+/// Whether the live definition names `dest`.
+pub(crate) async fn on_destination(
+    ctx: &mut Ctx<'_>,
+    plan: &Plan,
+    dest: &DiskSource,
+) -> Result<bool, Error> {
+    Ok(current_source(ctx, plan, Definition::Live)
+        .await?
+        .is_some_and(|s| same_source(&s, dest)))
+}
+
+/// Checks both definitions; repairs the persistent one where libvirt skipped it.
+/// Returns whether it had to be repaired.
+async fn verify(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<bool, Error> {
+    let plan = ctx.plan();
+    ctx.set_phase(
         Phase::Verifying,
         "checking the live and persistent definitions".to_string(),
     )
     .await?;
-    let dest = plan
-        .destination
-        .clone()
-        .ok_or_else(|| Error::Journal("no destination recorded".to_string()))?;
-    if !on_destination(inner, &plan).await? {
+    if !on_destination(ctx, &plan, &dest.disk).await? {
         return Err(Error::Precondition(format!(
             "after the pivot the running guest's {} does not use {}; the guest may still be on its source",
             plan.target,
-            dest.display_name()
+            dest.disk.display_name()
         )));
     }
     let (domain, target) = (plan.domain.clone(), plan.target.clone());
-    let persistent = hv_retry(inner, "reading the persistent definition", move |hv| {
-        if !hv.domain(&domain)?.persistent {
-            return Ok(None);
-        }
-        Ok(Some(live_disk(
-            hv.disks(&domain, Definition::Persistent)?,
-            &target,
-        )))
-    })
-    .await?;
+    let persistent = ctx
+        .hv_retry("reading the persistent definition", move |hv| {
+            if !hv.domain(&domain)?.persistent {
+                return Ok(None);
+            }
+            Ok(Some(disk_of(
+                hv.disks(&domain, Definition::Persistent)?,
+                &target,
+            )))
+        })
+        .await?;
+    let mut repaired = false;
     if let Some(disk) = persistent {
         let ok = disk
             .and_then(|d| d.source)
-            .is_some_and(|s| same_source(&s, &dest));
+            .is_some_and(|s| same_source(&s, &dest.disk));
         if !ok {
             tracing::warn!("persistent definition still names the old source; repairing it");
             let (domain, target, d, fmt) = (
                 plan.domain.clone(),
                 plan.target.clone(),
-                dest.clone(),
+                dest.disk.clone(),
                 plan.dest_format,
             );
-            hv_retry(inner, "repairing the persistent definition", move |hv| {
+            ctx.hv_retry("repairing the persistent definition", move |hv| {
                 hv.update_persistent_disk(&domain, &target, &d, fmt)
             })
             .await?;
-            let (domain, target) = (plan.domain.clone(), plan.target.clone());
-            let again = hv_retry(inner, "re-reading the persistent definition", move |hv| {
-                Ok(live_disk(
-                    hv.disks(&domain, Definition::Persistent)?,
-                    &target,
-                ))
-            })
-            .await?;
-            if !again
-                .and_then(|d| d.source)
-                .is_some_and(|s| same_source(&s, &dest))
-            {
+            let again = current_source(ctx, &plan, Definition::Persistent).await?;
+            if !again.is_some_and(|s| same_source(&s, &dest.disk)) {
                 return Err(Error::Precondition(format!(
                     "the persistent definition of '{}' still does not name {} after repair; the guest runs on the destination but would boot from the old disk: fix it with `virsh edit {}`",
                     plan.domain,
-                    dest.display_name(),
+                    dest.disk.display_name(),
                     plan.domain
                 )));
             }
-            *repaired = true;
+            repaired = true;
         }
     }
-    let verify_level = job.lock().record.request.options.verify;
-    if verify_level == VerifyLevel::Strict {
-        let p = plan.clone();
-        let (vol_cap, disk_cap) = hv_retry(inner, "checking sizes", move |hv| {
-            Ok((
-                hv.volume(&p.dest_pool, &p.dest_volume)?.capacity,
-                hv.disk_capacity(&p.domain, &p.target)?,
-            ))
-        })
-        .await?;
+    if ctx.record().request.options.verify == VerifyLevel::Strict {
+        let (vol, p) = (dest.volume.clone(), plan.clone());
+        let (vol_cap, disk_cap) = ctx
+            .hv_retry("checking sizes", move |hv| {
+                Ok((
+                    hv.volume(&vol.pool, &vol.name)?.capacity,
+                    hv.disk_capacity(&p.domain, &p.target)?,
+                ))
+            })
+            .await?;
         if vol_cap < plan.capacity || disk_cap != plan.capacity {
             return Err(Error::Precondition(format!(
                 "size check failed: the disk was {} bytes; destination volume has {vol_cap}, the guest now sees {disk_cap}",
@@ -563,72 +799,108 @@ async fn verify(inner: &Inner, job: &Job, repaired: &mut bool) -> Result<(), Err
             )));
         }
     }
-    Ok(())
+    Ok(repaired)
 }
 
-async fn cleanup(inner: &Inner, job: &Job) -> Result<bool, Error> {
-    let plan = plan_of(job)?;
-    let delete = job.lock().record.request.options.delete_source;
-    let (Some(pool), Some(volume), true) =
-        (plan.source_pool.clone(), plan.source_volume.clone(), delete)
-    else {
-        let message = if delete {
-            format!(
-                "source {} is in no storage pool; kept",
-                plan.source.display_name()
-            )
-        } else {
-            format!("source {} kept", plan.source.display_name())
-        };
-        set_phase(inner, job, Phase::CleaningUp, message).await?;
-        return Ok(false);
+/// Deletes the source when asked and nothing else uses it. Returns whether it
+/// was deleted and, when it was kept although deletion was asked, why.
+async fn cleanup(ctx: &mut Ctx<'_>) -> Result<(bool, Option<String>), Error> {
+    let plan = ctx.plan();
+    let options = ctx.record().request.options;
+    let source = plan.source.display_name();
+    if !options.delete_source {
+        ctx.set_phase(Phase::CleaningUp, format!("source {source} kept"))
+            .await?;
+        return Ok((false, None));
+    }
+    let Some(volume) = plan.source_volume.clone() else {
+        let why = format!("source {source} is in no storage pool, so volmig does not delete it");
+        ctx.set_phase(Phase::CleaningUp, format!("{why}; kept"))
+            .await?;
+        return Ok((false, Some(why)));
     };
-    set_phase(
-        inner,
-        job,
+    ctx.set_phase(
         Phase::CleaningUp,
-        format!("deleting source volume {volume} from pool {pool}"),
+        format!(
+            "checking that nothing else uses source volume {}",
+            volume.display_name()
+        ),
     )
     .await?;
-    let result = hv_retry(inner, "deleting the source volume", move |hv| {
-        match hv.delete_volume(&pool, &volume) {
-            // Already gone (a resumed cleanup): that is what we wanted.
-            Err(HvError::NoVolume(_)) => Ok(()),
-            other => other,
+    let path = volume.path.clone();
+    let mut users: Vec<String> = ctx
+        .hv_retry("looking for other users of the source", move |hv| {
+            hv.volume_users(&path)
+        })
+        .await?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    users.extend(options.source_users_elsewhere.iter().cloned());
+    if !users.is_empty() {
+        let why = format!("still in use: {}", users.join("; "));
+        let message = format!("source volume {} kept: {why}", volume.display_name());
+        ctx.publish(|r| r.latest.message = message).await?;
+        return Ok((false, Some(why)));
+    }
+    let expected = volume.clone();
+    let deleted = ctx
+        .hv_retry("deleting the source volume", move |hv| {
+            hv.delete_volume_if_same(&expected)
+        })
+        .await?;
+    let (gone, why, message) = match deleted {
+        Deletion::Deleted => (
+            true,
+            None,
+            format!("source volume {} deleted", volume.display_name()),
+        ),
+        // A resumed cleanup after a restart finds its own earlier delete.
+        Deletion::Gone => (
+            true,
+            None,
+            format!("source volume {} was already gone", volume.display_name()),
+        ),
+        Deletion::Replaced(what) => {
+            let why = format!("a different volume now has its name: {what}");
+            let message = format!("source volume {} kept: {why}", volume.display_name());
+            (false, Some(why), message)
         }
-    })
-    .await;
-    result.map(|_| true)
+    };
+    ctx.publish(|r| r.latest.message = message).await?;
+    Ok((gone, why))
 }
 
-/// Ends the migration after an error: rolls back if the guest is still on its
-/// source, and publishes the terminal event saying where the disk is.
-pub(crate) async fn fail(inner: &Inner, job: &Job, err: Error) {
-    let (phase_at, plan, created) = {
-        let st = job.lock();
-        (
-            st.record.latest.phase,
-            st.record.plan.clone(),
-            st.record.destination_created,
-        )
-    };
+/// Ends the migration after an error: undoes what the journaled stage says can
+/// be undone, and publishes the terminal event saying where the disk is.
+pub(crate) async fn fail(ctx: &mut Ctx<'_>, err: Error) {
+    ctx.ending = true;
+    let record = ctx.record();
+    let phase_at = record.latest.phase;
     tracing::warn!(error = %err, phase = phase_at.name(), "migration failed");
-    let disk_state = match &plan {
-        None => "nothing was changed".to_string(),
-        Some(plan) => match on_destination(inner, plan).await {
-            Ok(true) => format!(
-                "the guest runs on the destination {} (pivot done); the source {} is kept",
-                plan.destination
-                    .as_ref()
-                    .map(DiskSource::display_name)
-                    .unwrap_or_default(),
+    let plan = record.plan;
+    let disk_state = match record.stage {
+        Stage::Planned => format!(
+            "nothing was changed; the guest stays on its source {}",
+            plan.source.display_name()
+        ),
+        Stage::Creating => format!(
+            "the guest stays on its source {}; the node lost track while creating volume {} in pool {}: if that volume exists, volmig did not delete it because it cannot prove it created it (check with `virsh vol-info {} --pool {}` and delete it if nothing uses it)",
+            plan.source.display_name(),
+            plan.dest_volume,
+            plan.dest_pool,
+            plan.dest_volume,
+            plan.dest_pool
+        ),
+        Stage::Created(volume) => {
+            let deleted = delete_destination(ctx, &volume).await;
+            format!(
+                "the guest stays on its source {}{deleted}",
                 plan.source.display_name()
-            ),
-            Ok(false) => rollback(inner, plan, created).await,
-            Err(e) => {
-                format!("unknown: libvirt could not be asked ({e}); restart the node to reconcile")
-            }
-        },
+            )
+        }
+        Stage::Mirroring(dest) => roll_back_mirror(ctx, &plan, &dest).await,
+        Stage::Pivoted(dest) => where_after_pivot(ctx, &plan, &dest).await,
     };
     let failure = Failure {
         code: err.code(),
@@ -637,8 +909,8 @@ pub(crate) async fn fail(inner: &Inner, job: &Job, err: Error) {
         disk_state: disk_state.clone(),
     };
     let terminal = err.terminal_phase();
-    let published = inner
-        .publish(job, |r| {
+    let published = ctx
+        .publish(|r| {
             r.latest.phase = terminal;
             r.latest.message = format!("{}: {}; {}", terminal.name(), err, disk_state);
             r.latest.failure = Some(failure);
@@ -646,54 +918,136 @@ pub(crate) async fn fail(inner: &Inner, job: &Job, err: Error) {
         .await;
     if let Err(e) = published {
         tracing::error!(error = %e, "cannot journal the failure");
-        inner.announce(job);
+        ctx.inner.announce(ctx.job);
     }
 }
 
-async fn rollback(inner: &Inner, plan: &Plan, created: bool) -> String {
-    let (domain, target) = (plan.domain.clone(), plan.target.clone());
-    let aborted = inner
-        .hv(move |hv| match hv.block_job(&domain, &target) {
-            Ok(Some(_)) => hv.block_job_abort(&domain, &target, false),
-            _ => Ok(()),
+/// Deletes the destination volume volmig created, only while it is still that
+/// volume; says what happened, as a suffix of the disk state.
+async fn delete_destination(ctx: &mut Ctx<'_>, volume: &VolumeIdentity) -> String {
+    let expected = volume.clone();
+    let deleted = ctx
+        .hv_retry("deleting the destination volume", move |hv| {
+            hv.delete_volume_if_same(&expected)
         })
         .await;
-    if let Err(e) = aborted {
+    let name = volume.display_name();
+    match deleted {
+        Ok(Deletion::Deleted) => format!("; destination volume {name} deleted"),
+        Ok(Deletion::Gone) => format!("; destination volume {name} was already gone"),
+        Ok(Deletion::Replaced(why)) => format!(
+            "; a volume {name} exists but is not the one volmig created ({why}), so it was kept"
+        ),
+        Err(e) => format!(
+            "; destination volume {name} could NOT be deleted ({e}): check nothing uses it, then `virsh vol-delete {} --pool {}`",
+            volume.name, volume.pool
+        ),
+    }
+}
+
+/// Before the pivot: abort the copy, and delete the destination only when
+/// neither definition of the guest names it.
+async fn roll_back_mirror(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) -> String {
+    let (domain, target) = (plan.domain.clone(), plan.target.clone());
+    let aborted = ctx
+        .hv_retry("aborting the block copy", move |hv| {
+            match hv.block_job(&domain, &target) {
+                Ok(Some(_)) => hv.block_job_abort(&domain, &target, false),
+                Ok(None) | Err(HvError::InvalidState(_)) | Err(HvError::NoDomain(_)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+    if let Err(e) = &aborted {
         tracing::warn!(error = %e, "aborting the block job failed");
     }
     // The abort is synchronous in libvirt, but a job may linger briefly in QEMU.
     for _ in 0..40 {
         let (domain, target) = (plan.domain.clone(), plan.target.clone());
-        match inner.hv(move |hv| hv.block_job(&domain, &target)).await {
-            Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
+        match ctx.hv(move |hv| hv.block_job(&domain, &target)).await {
+            Ok(Some(_)) => {
+                ctx.attend(tokio::time::sleep(Duration::from_millis(250)))
+                    .await
+            }
             _ => break,
         }
     }
-    let mut state = format!(
-        "the guest stays on its source {}",
+    ctx.copying = false;
+    let live = current_source(ctx, plan, Definition::Live).await;
+    let persistent = current_source(ctx, plan, Definition::Persistent).await;
+    let names_dest = |s: &Result<Option<DiskSource>, Error>| match s {
+        Ok(Some(s)) => same_source(s, &dest.disk),
+        Ok(None) => false,
+        Err(_) => true,
+    };
+    if let (Err(e), _) | (_, Err(e)) = (&live, &persistent) {
+        return format!(
+            "unknown: libvirt could not be asked where disk {} is ({e}); both the source {} and the destination {} are kept: check with `virsh domblklist {}` and delete the unused one",
+            plan.target,
+            plan.source.display_name(),
+            dest.disk.display_name(),
+            plan.domain
+        );
+    }
+    if names_dest(&live) || names_dest(&persistent) {
+        return format!(
+            "the guest's definitions name the destination {} although volmig did not pivot (someone else did); both it and the source {} are kept",
+            dest.disk.display_name(),
+            plan.source.display_name()
+        );
+    }
+    let deleted = delete_destination(ctx, &dest.volume).await;
+    format!(
+        "the guest stays on its source {}{deleted}",
         plan.source.display_name()
-    );
-    if !created {
-        return state;
+    )
+}
+
+/// After the pivot was issued nothing is deleted: say where each definition
+/// points. A copy that still mirrors (the pivot never took effect, e.g. its
+/// call failed) is aborted so no job is left writing to the destination.
+async fn where_after_pivot(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) -> String {
+    let (domain, target) = (plan.domain.clone(), plan.target.clone());
+    let still_mirroring = ctx
+        .hv(move |hv| hv.block_job(&domain, &target))
+        .await
+        .is_ok_and(|j| j.is_some());
+    if still_mirroring && !on_destination(ctx, plan, &dest.disk).await.unwrap_or(true) {
+        let (domain, target) = (plan.domain.clone(), plan.target.clone());
+        let aborted = ctx
+            .hv_retry("aborting the block copy", move |hv| {
+                hv.block_job_abort(&domain, &target, false)
+            })
+            .await;
+        if let Err(e) = aborted {
+            tracing::warn!(error = %e, "aborting the block job failed");
+        }
     }
-    let (pool, volume) = (plan.dest_pool.clone(), plan.dest_volume.clone());
-    let deleted = inner
-        .hv(move |hv| match hv.delete_volume(&pool, &volume) {
-            Err(HvError::NoVolume(_)) => Ok(false),
-            Ok(()) => Ok(true),
-            Err(e) => Err(e),
-        })
-        .await;
-    match deleted {
-        Ok(true) => state.push_str(&format!(
-            "; destination volume {}/{} deleted",
-            plan.dest_pool, plan.dest_volume
-        )),
-        Ok(false) => {}
-        Err(e) => state.push_str(&format!(
-            "; destination volume {}/{} could NOT be deleted ({e}): delete it with `virsh vol-delete {} --pool {}`",
-            plan.dest_pool, plan.dest_volume, plan.dest_volume, plan.dest_pool
-        )),
+    let describe = |s: &Result<Option<DiskSource>, Error>| match s {
+        Ok(Some(s)) if same_source(s, &dest.disk) => {
+            format!("the destination {}", s.display_name())
+        }
+        Ok(Some(s)) if same_source(s, &plan.source) => format!("the source {}", s.display_name()),
+        Ok(Some(s)) => s.display_name(),
+        Ok(None) => "no such disk".to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    let live = current_source(ctx, plan, Definition::Live).await;
+    let persistent = current_source(ctx, plan, Definition::Persistent).await;
+    if matches!(&live, Ok(Some(s)) if same_source(s, &dest.disk))
+        && matches!(&persistent, Ok(None) | Ok(Some(_)) if persistent.as_ref().is_ok_and(|p| p.as_ref().is_none_or(|s| same_source(s, &dest.disk))))
+    {
+        return format!(
+            "the guest runs on the destination {} (pivot done); the source {} is kept",
+            dest.disk.display_name(),
+            plan.source.display_name()
+        );
     }
-    state
+    format!(
+        "the pivot was issued; the running guest uses {}, its persistent definition names {}; both the source {} and the destination {} are kept",
+        describe(&live),
+        describe(&persistent),
+        plan.source.display_name(),
+        dest.disk.display_name()
+    )
 }

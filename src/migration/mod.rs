@@ -11,7 +11,9 @@ mod plan;
 mod recovery;
 pub mod validate;
 
-pub use engine::{DiskView, DomainDisks, Engine, EngineConfig, ListFilter, Subscription};
+pub use engine::{
+    DiskView, DomainDisks, Engine, EngineConfig, ListFilter, Retention, Subscription,
+};
 pub use error::Error;
 
 #[cfg(test)]

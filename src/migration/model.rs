@@ -103,6 +103,10 @@ pub struct Options {
     pub timeout: Option<Duration>,
     /// Verification level.
     pub verify: VerifyLevel,
+    /// Users of the source on other hosts (found by the controller); any keeps
+    /// the source.
+    #[serde(default)]
+    pub source_users_elsewhere: Vec<String>,
 }
 
 /// A request to move one disk, already checked for well-formed names.

@@ -120,6 +120,12 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         ))
     })?;
     let dest_format = destination_format(req, &pool, dest_kind, source_format)?;
+    // Listed after a refresh, so partitions and files made behind libvirt's back
+    // count too: every pool type is checked for an existing volume of the name.
+    let existing = hv.volume_names(&pool.name).map_err(Error::hv(format!(
+        "listing volumes of pool '{}'",
+        pool.name
+    )))?;
     let dest_volume = match (&req.destination_volume, pool.pool_type.as_str()) {
         (Some(name), _) => name.clone(),
         // libvirt names a disk pool's volumes after the partition they become and
@@ -128,10 +134,6 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
             let device = pool.source_devices.first().ok_or_else(|| {
                 Error::Precondition(format!("disk pool '{}' names no source device", pool.name))
             })?;
-            let existing = hv.volume_names(&pool.name).map_err(Error::hv(format!(
-                "listing volumes of pool '{}'",
-                pool.name
-            )))?;
             next_partition_name(device, &existing)
         }
         (None, _) => default_volume_name(&source, source_volume.as_ref().map(|v| v.name.as_str())),
@@ -142,15 +144,11 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         capacity,
         source_volume.as_ref().map(|v| v.allocation),
     )?;
-    if dest_kind != DiskKind::Block {
-        // Block pools name their volumes themselves (partitions), so only the
-        // other types can collide.
-        if hv.volume(&pool.name, &dest_volume).is_ok() {
-            return Err(Error::DestinationExists {
-                pool: pool.name.clone(),
-                volume: dest_volume,
-            });
-        }
+    if existing.contains(&dest_volume) {
+        return Err(Error::DestinationExists {
+            pool: pool.name.clone(),
+            volume: dest_volume,
+        });
     }
 
     Ok(Plan {
@@ -159,13 +157,11 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         target: disk.target.clone(),
         source,
         source_format,
-        source_pool: source_volume.as_ref().map(|v| v.pool.clone()),
-        source_volume: source_volume.as_ref().map(|v| v.name.clone()),
+        source_volume: source_volume.as_ref().map(|v| v.identity()),
         capacity,
         dest_pool: pool.name,
         dest_volume,
         dest_format,
-        destination: None,
     })
 }
 

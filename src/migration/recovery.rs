@@ -1,80 +1,77 @@
 //! Start-up reconciliation of migrations the node did not finish (it was killed,
 //! or libvirtd restarted under it).
 //!
-//! The journal says what the node may have done; libvirt says what is true now.
-//! A running copy is watched again, a finished pivot is verified and cleaned up,
-//! and anything else is rolled back so the guest stays on its source.
-
-use std::sync::Arc;
+//! The journaled stage says what the node may have done; libvirt says what is
+//! true now. A running copy is watched again, an issued pivot is finished and
+//! verified, and anything else ends in [`job::fail`], which undoes only what the
+//! stage proves volmig did: nothing after the pivot, and never a volume whose
+//! creation was not journaled as done.
 
 use crate::hypervisor::Definition;
-use crate::migration::engine::{Inner, Job};
 use crate::migration::error::Error;
-use crate::migration::job::{self, Start};
+use crate::migration::job::{self, Ctx, Resume};
+use crate::migration::journal::Stage;
 use crate::migration::model::Phase;
 
-/// Decides how an unfinished migration continues, then continues it.
-pub(crate) async fn reconcile(inner: Arc<Inner>, job: Arc<Job>) {
-    let record = job.record();
-    let Some(plan) = record.plan.clone() else {
-        job::fail(&inner, &job, interrupted("before validation finished")).await;
-        return;
-    };
+/// Decides where an unfinished migration continues; an error ends it.
+pub(crate) async fn decide(ctx: &mut Ctx<'_>) -> Result<Resume, Error> {
+    let record = ctx.record();
+    let plan = record.plan;
     let phase = record.latest.phase;
-    let start = match phase {
-        Phase::Accepted | Phase::Validating | Phase::PreparingDestination => None,
-        Phase::Copying | Phase::Synchronized | Phase::Pivoting => {
-            match job::on_destination(&inner, &plan).await {
-                Ok(true) => Some(Start::Verify),
-                Ok(false) => {
-                    let (domain, target) = (plan.domain.clone(), plan.target.clone());
-                    let dest = plan.destination.clone();
-                    let mirroring = inner
-                        .hv(move |hv| {
-                            if hv.block_job(&domain, &target)?.is_none() {
-                                return Ok(false);
-                            }
-                            let disk = hv
-                                .disks(&domain, Definition::Live)?
-                                .into_iter()
-                                .find(|d| d.target == target);
-                            Ok(disk
-                                .and_then(|d| d.mirror)
-                                .and_then(|m| m.source)
-                                .zip(dest)
-                                .is_some_and(|(m, d)| m.display_name() == d.display_name()))
-                        })
-                        .await
-                        .unwrap_or(false);
-                    match (mirroring, phase) {
-                        (true, Phase::Pivoting) => Some(Start::Pivot),
-                        (true, _) => Some(Start::WatchCopy),
-                        (false, _) => None,
-                    }
-                }
-                Err(e) => {
-                    job::fail(&inner, &job, e).await;
-                    return;
-                }
+    tracing::info!(phase = phase.name(), stage = ?record.stage, "reconciling after restart");
+    match record.stage {
+        Stage::Planned | Stage::Creating | Stage::Created(_) => {
+            Err(interrupted(&format!("while {}", phase.name())))
+        }
+        Stage::Mirroring(dest) => {
+            if job::on_destination(ctx, &plan, &dest.disk).await? {
+                // volmig journals the pivot before issuing it, so this is a pivot
+                // made by someone else: the destination now holds the newest data.
+                let pivoted = dest.clone();
+                ctx.pivot_begun = true;
+                ctx.publish(|r| r.stage = Stage::Pivoted(pivoted)).await?;
+                return Ok(Resume::Verify(dest));
             }
+            if mirroring_to(ctx, &plan, &dest).await? {
+                return Ok(Resume::Copy(dest));
+            }
+            Err(interrupted(&format!("while {}", phase.name())))
         }
-        Phase::Verifying | Phase::CleaningUp => Some(Start::Verify),
-        Phase::Completed | Phase::Failed | Phase::Cancelled => return,
-    };
-    match start {
-        Some(start) => {
-            tracing::info!(migration_id = %job.id, ?start, "resuming migration after restart");
-            job::run(inner, job, start).await
-        }
-        None => {
-            job::fail(
-                &inner,
-                &job,
-                interrupted(&format!("while {}", phase.name())),
-            )
-            .await
+        Stage::Pivoted(dest) => {
+            if phase != Phase::Pivoting || job::on_destination(ctx, &plan, &dest.disk).await? {
+                return Ok(Resume::Verify(dest));
+            }
+            if mirroring_to(ctx, &plan, &dest).await? {
+                return Ok(Resume::Pivot(dest));
+            }
+            Err(Error::Precondition(
+                "the node restarted after issuing the pivot, and the guest neither runs on the destination nor still mirrors to it".to_string(),
+            ))
         }
     }
+}
+
+/// Whether the block job of the disk still mirrors to `dest`.
+async fn mirroring_to(
+    ctx: &mut Ctx<'_>,
+    plan: &crate::migration::journal::Plan,
+    dest: &crate::migration::journal::Destination,
+) -> Result<bool, Error> {
+    let (domain, target, want) = (plan.domain.clone(), plan.target.clone(), dest.disk.clone());
+    ctx.hv_retry("looking for the block copy", move |hv| {
+        if hv.block_job(&domain, &target)?.is_none() {
+            return Ok(false);
+        }
+        let disk = hv
+            .disks(&domain, Definition::Live)?
+            .into_iter()
+            .find(|d| d.target == target);
+        Ok(disk
+            .and_then(|d| d.mirror)
+            .and_then(|m| m.source)
+            .is_some_and(|m| m.display_name() == want.display_name()))
+    })
+    .await
 }
 
 fn interrupted(when: &str) -> Error {

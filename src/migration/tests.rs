@@ -20,6 +20,7 @@ async fn engine(hv: Arc<FakeHypervisor>, dir: &std::path::Path) -> Engine {
             progress_interval: Duration::from_millis(1),
             libvirt_grace: Duration::from_millis(100),
             synchronized_hold: Duration::ZERO,
+            retention: Default::default(),
         },
     )
     .await
@@ -110,7 +111,7 @@ async fn cancel_during_copy_leaves_guest_on_source_and_deletes_destination() {
     let id = sub.migration_id().to_string();
     while let Some(e) = sub.next().await {
         if e.phase == Phase::Copying {
-            engine.cancel(&id).expect("cancel");
+            engine.cancel(&id).await.expect("cancel");
             break;
         }
     }
@@ -135,7 +136,10 @@ async fn cancel_during_copy_leaves_guest_on_source_and_deletes_destination() {
         .volumes
         .contains_key(&("b".to_string(), "root.qcow2".to_string())));
     drop(st);
-    assert!(matches!(engine.cancel(&id), Err(Error::WrongPhase { .. })));
+    assert!(matches!(
+        engine.cancel(&id).await,
+        Err(Error::WrongPhase { .. })
+    ));
 }
 
 #[tokio::test]
@@ -183,7 +187,7 @@ async fn same_request_id_attaches_and_a_second_disk_migration_is_refused() {
         engine.migrate(request("other")).await,
         Err(Error::AlreadyMigrating { .. })
     ));
-    engine.cancel(first.migration_id()).expect("cancel");
+    engine.cancel(first.migration_id()).await.expect("cancel");
     assert_eq!(
         collect(first).await.last().map(|e| e.phase),
         Some(Phase::Cancelled)

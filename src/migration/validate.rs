@@ -93,6 +93,24 @@ pub fn disk(value: &str) -> Result<(), Error> {
     ))
 }
 
+/// Smallest bandwidth limit accepted: below this a copy of any real disk
+/// would not finish, and QEMU's own granularity is 1 MiB/s.
+pub const MIN_BANDWIDTH: u64 = 1 << 20;
+/// Largest bandwidth limit accepted (2^53 B/s, exact in a JSON number).
+pub const MAX_BANDWIDTH: u64 = 1 << 53;
+
+/// A copy bandwidth in bytes/s: 0 (unlimited) or 1 MiB/s … 2^53 B/s.
+pub fn bandwidth(value: u64) -> Result<(), Error> {
+    if value == 0 || (MIN_BANDWIDTH..=MAX_BANDWIDTH).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "bytes_per_sec",
+            format!("{value} is out of range: use 0 (unlimited) or {MIN_BANDWIDTH} to {MAX_BANDWIDTH} bytes/s"),
+        ))
+    }
+}
+
 /// A request id: 1-128 characters of `[A-Za-z0-9._:-]`.
 pub fn request_id(value: &str) -> Result<(), Error> {
     if value.is_empty() {
