@@ -867,7 +867,11 @@ async fn cleanup(ctx: &mut Ctx<'_>) -> Result<(bool, Option<String>), Error> {
             (false, Some(why), message)
         }
     };
-    ctx.publish(|r| r.latest.message = message).await?;
+    // The source may be gone now: a journal hiccup on this message must not
+    // turn a finished migration into a failure that says the source is kept.
+    if let Err(e) = ctx.publish(|r| r.latest.message = message).await {
+        tracing::warn!(error = %e, "cannot journal the clean-up message");
+    }
     Ok((gone, why))
 }
 
@@ -1009,7 +1013,9 @@ async fn roll_back_mirror(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) ->
 async fn where_after_pivot(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) -> String {
     let (domain, target) = (plan.domain.clone(), plan.target.clone());
     let still_mirroring = ctx
-        .hv(move |hv| hv.block_job(&domain, &target))
+        .hv_retry("looking for the block copy", move |hv| {
+            hv.block_job(&domain, &target)
+        })
         .await
         .is_ok_and(|j| j.is_some());
     if still_mirroring && !on_destination(ctx, plan, &dest.disk).await.unwrap_or(true) {

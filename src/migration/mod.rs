@@ -19,4 +19,6 @@ pub use error::Error;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
+mod fault_injection;
+#[cfg(test)]
 mod tests;

@@ -124,18 +124,19 @@ async fn cancel_during_copy_leaves_guest_on_source_and_deletes_destination() {
         "{}",
         failure.disk_state
     );
-    let st = hv.lock();
-    assert_eq!(
-        st.live.get("vda"),
-        Some(&DiskSource::File {
-            path: "/p/a/root.qcow2".into()
-        })
-    );
-    assert!(st.job.is_none());
-    assert!(!st
-        .volumes
-        .contains_key(&("b".to_string(), "root.qcow2".to_string())));
-    drop(st);
+    {
+        let st = hv.lock();
+        assert_eq!(
+            st.live.get("vda"),
+            Some(&DiskSource::File {
+                path: "/p/a/root.qcow2".into()
+            })
+        );
+        assert!(st.job.is_none());
+        assert!(!st
+            .volumes
+            .contains_key(&("b".to_string(), "root.qcow2".to_string())));
+    }
     assert!(matches!(
         engine.cancel(&id).await,
         Err(Error::WrongPhase { .. })
@@ -267,4 +268,278 @@ fn a_restarted_engine_resumes_a_running_copy_from_the_journal() {
     });
     assert_eq!(events.last().map(|e| e.phase), Some(Phase::Completed));
     assert_eq!(hv.lock().pivots, 1);
+}
+
+fn source() -> DiskSource {
+    DiskSource::File {
+        path: "/p/a/root.qcow2".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_raced_against_the_pivot_is_honoured_or_refused_never_ignored() {
+    let mut outcomes = (0, 0);
+    for round in 0..20u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hv = Arc::new(FakeHypervisor::new());
+        hv.lock().step = CAPACITY / 4;
+        let engine = engine(hv.clone(), dir.path()).await;
+        let mut sub = engine.migrate(request("")).await.expect("start");
+        let id = sub.migration_id().to_string();
+        let mut canceller = None;
+        let mut events = Vec::new();
+        while let Some(e) = sub.next().await {
+            if e.phase == Phase::Copying && canceller.is_none() {
+                // The copy converges in about four 5 ms polls: spread the
+                // cancels from well before the pivot decision to after it.
+                let (engine, id) = (engine.clone(), id.clone());
+                canceller = Some(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_micros(round * 2000)).await;
+                    engine.cancel(&id).await
+                }));
+            }
+            events.push(e);
+        }
+        let answer = canceller
+            .expect("cancel was sent")
+            .await
+            .expect("cancel task");
+        let last = events.last().expect("terminal").clone();
+        let on_source = hv.lock().live.get("vda") == Some(&source());
+        match answer {
+            Ok(_) => {
+                assert_eq!(last.phase, Phase::Cancelled, "round {round}: {last:?}");
+                assert!(on_source, "round {round}");
+                outcomes.0 += 1;
+            }
+            Err(Error::WrongPhase { reason, .. }) => {
+                assert!(
+                    reason.contains("pivot has begun") || reason.contains("already ended"),
+                    "{reason}"
+                );
+                assert_eq!(last.phase, Phase::Completed, "round {round}: {last:?}");
+                assert!(!on_source, "round {round}");
+                outcomes.1 += 1;
+            }
+            Err(e) => panic!("round {round}: unexpected answer {e}"),
+        }
+    }
+    println!(
+        "cancel against pivot: {} honoured, {} refused",
+        outcomes.0, outcomes.1
+    );
+}
+
+#[tokio::test]
+async fn set_bandwidth_keeps_the_request_so_a_retry_attaches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = Arc::new(FakeHypervisor::new());
+    hv.lock().step = 1 << 10;
+    let engine = engine(hv.clone(), dir.path()).await;
+    let mut sub = engine.migrate(request("retry-me")).await.expect("start");
+    let id = sub.migration_id().to_string();
+    while let Some(e) = sub.next().await {
+        if e.phase == Phase::Copying && hv.lock().job.is_some() {
+            break;
+        }
+    }
+    // A bandwidth change before the copy runs is refused, not lost.
+    engine
+        .set_bandwidth(&id, 8 << 20)
+        .await
+        .expect("set bandwidth");
+    assert_eq!(hv.lock().job.as_ref().map(|j| j.2.bandwidth), Some(8 << 20));
+    assert_eq!(engine.get(&id).expect("record").bandwidth, 8 << 20);
+    assert!(matches!(
+        engine.set_bandwidth(&id, 5).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    let again = engine.migrate(request("retry-me")).await.expect("attach");
+    assert_eq!(again.migration_id(), id);
+    engine.cancel(&id).await.expect("cancel");
+    assert_eq!(
+        collect(again).await.last().map(|e| e.phase),
+        Some(Phase::Cancelled)
+    );
+}
+
+#[tokio::test]
+async fn a_destination_name_is_reserved_and_an_existing_one_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = Arc::new(FakeHypervisor::new());
+    hv.lock().step = 1;
+    {
+        let mut st = hv.lock();
+        let vdb = DiskSource::File {
+            path: "/p/a/data.raw".into(),
+        };
+        st.live.insert("vdb".into(), vdb.clone());
+        st.persistent.insert("vdb".into(), vdb);
+        let mut data = st.volumes[&("a".to_string(), "root.qcow2".to_string())].clone();
+        data.name = "data.raw".into();
+        data.path = "/p/a/data.raw".into();
+        data.key = data.path.clone();
+        st.volumes.insert(("a".into(), "data.raw".into()), data);
+    }
+    let engine = engine(hv.clone(), dir.path()).await;
+    let mut first = request("");
+    first.destination_volume = Some("shared-name".into());
+    let first = engine.migrate(first).await.expect("first");
+    let mut second = request("");
+    second.disk = "vdb".into();
+    second.destination_volume = Some("shared-name".into());
+    match engine.migrate(second).await {
+        Err(Error::DestinationReserved { migration_id, .. }) => {
+            assert_eq!(migration_id, first.migration_id())
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("two migrations got one destination name"),
+    }
+    let mut existing = request("");
+    existing.disk = "vdb".into();
+    existing.destination_volume = Some("other.qcow2".into());
+    assert!(matches!(
+        engine.migrate(existing).await,
+        Err(Error::DestinationExists { .. })
+    ));
+    engine.cancel(first.migration_id()).await.expect("cancel");
+    collect(first).await;
+    let st = hv.lock();
+    assert!(st
+        .volumes
+        .contains_key(&("b".to_string(), "other.qcow2".to_string())));
+    assert!(st.deleted.iter().all(|(_, name, _)| name == "shared-name"));
+}
+
+#[tokio::test]
+async fn a_volume_that_took_the_destination_name_is_never_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = Arc::new(FakeHypervisor::new());
+    hv.lock().step = 1;
+    let engine = engine(hv.clone(), dir.path()).await;
+    let mut sub = engine.migrate(request("")).await.expect("start");
+    let id = sub.migration_id().to_string();
+    while let Some(e) = sub.next().await {
+        if e.phase == Phase::Copying && hv.lock().job.is_some() {
+            break;
+        }
+    }
+    // Someone replaces the destination file under the same name.
+    let replacement_ino = {
+        let mut st = hv.lock();
+        let key = ("b".to_string(), "root.qcow2".to_string());
+        let mut vol = st.volumes[&key].clone();
+        vol.file_id = vol.file_id.map(|f| crate::hypervisor::FileId {
+            dev: f.dev,
+            ino: f.ino + 1000,
+        });
+        st.volumes.insert(key, vol.clone());
+        vol.file_id.map(|f| f.ino)
+    };
+    engine.cancel(&id).await.expect("cancel");
+    let last = collect(sub).await.pop().expect("terminal");
+    assert_eq!(last.phase, Phase::Cancelled);
+    let state = last.failure.expect("failure").disk_state;
+    assert!(state.contains("not the one volmig created"), "{state}");
+    let st = hv.lock();
+    let kept = &st.volumes[&("b".to_string(), "root.qcow2".to_string())];
+    assert_eq!(kept.file_id.map(|f| f.ino), replacement_ino);
+    assert!(st.deleted.is_empty());
+}
+
+#[tokio::test]
+async fn a_source_in_use_elsewhere_is_kept_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = Arc::new(FakeHypervisor::new());
+    hv.lock().other_users.push((
+        "/p/a/root.qcow2".into(),
+        crate::hypervisor::VolumeUser::Backing {
+            pool: "a".into(),
+            volume: "overlay.qcow2".into(),
+        },
+    ));
+    let engine = engine(hv.clone(), dir.path()).await;
+    let mut req = request("");
+    req.options.delete_source = true;
+    let result = collect(engine.migrate(req).await.expect("start"))
+        .await
+        .pop()
+        .and_then(|e| e.result)
+        .expect("completed");
+    assert!(!result.source_deleted);
+    let reason = result.source_kept_reason.expect("reason");
+    assert!(reason.contains("a/overlay.qcow2"), "{reason}");
+    assert!(hv
+        .lock()
+        .volumes
+        .contains_key(&("a".to_string(), "root.qcow2".to_string())));
+
+    // With a user only another host knows of (the controller's finding).
+    let hv = Arc::new(FakeHypervisor::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = super::tests::engine(hv.clone(), dir.path()).await;
+    let mut req = request("");
+    req.options.delete_source = true;
+    req.options.source_users_elsewhere =
+        vec!["node n2: domain 'x' uses it as source of vda".into()];
+    let result = collect(engine.migrate(req).await.expect("start"))
+        .await
+        .pop()
+        .and_then(|e| e.result)
+        .expect("completed");
+    assert!(!result.source_deleted);
+    assert!(result
+        .source_kept_reason
+        .is_some_and(|r| r.contains("node n2")));
+
+    // Nothing else uses it: deleted.
+    let hv = Arc::new(FakeHypervisor::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = super::tests::engine(hv.clone(), dir.path()).await;
+    let mut req = request("");
+    req.options.delete_source = true;
+    let result = collect(engine.migrate(req).await.expect("start"))
+        .await
+        .pop()
+        .and_then(|e| e.result)
+        .expect("completed");
+    assert!(result.source_deleted && result.source_kept_reason.is_none());
+    assert!(!hv
+        .lock()
+        .volumes
+        .contains_key(&("a".to_string(), "root.qcow2".to_string())));
+}
+
+#[tokio::test]
+async fn finished_records_are_pruned_beyond_the_retention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = Arc::new(FakeHypervisor::new());
+    let mut config = EngineConfig {
+        poll_interval: Duration::from_millis(1),
+        ..EngineConfig::default()
+    };
+    config.retention.max_records = 2;
+    let engine = Engine::start(
+        hv.clone(),
+        Journal::open(dir.path()).expect("journal"),
+        config,
+    )
+    .await
+    .expect("engine");
+    for (i, pool) in ["b", "a", "b"].iter().enumerate() {
+        let mut req = request(&format!("r{i}"));
+        req.destination_pool = pool.to_string();
+        req.destination_volume = Some(format!("v{i}.qcow2"));
+        let last = collect(engine.migrate(req).await.expect("start")).await;
+        assert_eq!(last.last().map(|e| e.phase), Some(Phase::Completed));
+    }
+    assert_eq!(engine.list(&Default::default()).len(), 2);
+    let files = std::fs::read_dir(dir.path().join("migrations"))
+        .expect("dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+        })
+        .count();
+    assert_eq!(files, 2);
 }
