@@ -205,6 +205,12 @@ impl Node for FakeNode {
     ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
         Err(Status::unimplemented("fake node"))
     }
+    async fn find_volume_users(
+        &self,
+        _: Request<proto::FindVolumeUsersRequest>,
+    ) -> Result<Response<proto::FindVolumeUsersResponse>, Status> {
+        Err(Status::unimplemented("fake node"))
+    }
 }
 
 /// Raises the soft open-file limit to the hard one; returns the new soft limit.

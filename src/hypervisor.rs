@@ -282,14 +282,31 @@ impl VolumeSpec {
     }
 }
 
-/// Device and inode numbers of a file: they change when a file is deleted and
-/// another is created under the same name, where path and libvirt key do not.
+/// Device, inode and birth time of a file. Path and libvirt key stay the same
+/// when a file is deleted and another is created under its name; the inode
+/// number may too (file systems reuse a freed inode at once), the birth time
+/// does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileId {
     /// `st_dev`.
     pub dev: u64,
     /// `st_ino`.
     pub ino: u64,
+    /// Birth time (statx `btime`), ns since the Unix epoch; `None` where the
+    /// file system does not record it.
+    #[serde(default)]
+    pub born_ns: Option<u64>,
+}
+
+impl FileId {
+    /// Whether two observations are of one file.
+    pub fn same_file(&self, other: &FileId) -> bool {
+        let born = match (self.born_ns, other.born_ns) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        self.dev == other.dev && self.ino == other.ino && born
+    }
 }
 
 /// One volume as it was when volmig looked at it: what volmig records about a
@@ -331,9 +348,9 @@ impl VolumeIdentity {
             ));
         }
         match (self.file_id, found.file_id) {
-            (Some(a), Some(b)) if a != b => Some(format!(
-                "it is another file now (device/inode {}/{}, was {}/{})",
-                b.dev, b.ino, a.dev, a.ino
+            (Some(a), Some(b)) if !a.same_file(&b) => Some(format!(
+                "it is another file now (device/inode/birth {}/{}/{:?}, was {}/{}/{:?})",
+                b.dev, b.ino, b.born_ns, a.dev, a.ino, a.born_ns
             )),
             (Some(_), None) => Some("it is no longer a file".to_string()),
             _ => None,
@@ -361,6 +378,8 @@ pub enum VolumeUser {
     Domain {
         /// Domain name.
         domain: String,
+        /// Domain UUID.
+        uuid: String,
         /// Disk target.
         target: String,
         /// In the live (running) or the persistent definition.
@@ -385,6 +404,7 @@ impl fmt::Display for VolumeUser {
                 target,
                 live,
                 how,
+                ..
             } => write!(
                 f,
                 "domain '{domain}' ({} definition) uses it as {how} of {target}",

@@ -6,7 +6,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::controller::ControllerProcess;
+use harness::controller::{wait_nodes_up, ControllerProcess};
 use harness::guest::guest_with_full_data_disk;
 use harness::node::{self, NodeProcess};
 use harness::{DirPool, Guest, Pool};
@@ -31,28 +31,6 @@ fn config(tag: &str, good: &[&DirPool], full: &DirPool, extra: &str) -> String {
         full.name()
     ));
     cfg
-}
-
-async fn wait_nodes_up(ctl: &ControllerProcess, ids: &[&str]) {
-    let mut client = ctl.client().await;
-    for _ in 0..100 {
-        let nodes = client
-            .list_nodes(proto::ListNodesRequest {})
-            .await
-            .expect("list nodes")
-            .into_inner()
-            .nodes;
-        let up = ids.iter().all(|id| {
-            nodes
-                .iter()
-                .any(|n| n.node_id == *id && n.state == proto::NodeState::Up as i32)
-        });
-        if up {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("nodes {ids:?} did not register:\n{}", ctl.log());
 }
 
 fn register(ctl: &ControllerProcess) -> Vec<String> {

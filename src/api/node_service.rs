@@ -137,6 +137,16 @@ impl Node for NodeService {
         }))
     }
 
+    async fn find_volume_users(
+        &self,
+        req: Request<proto::FindVolumeUsersRequest>,
+    ) -> Result<Response<proto::FindVolumeUsersResponse>, Status> {
+        let req = req.into_inner();
+        let exclude = Some(req.exclude_domain.as_str()).filter(|d| !d.is_empty());
+        let users = self.engine.volume_users(&req.source, exclude).await?;
+        Ok(Response::new(proto::FindVolumeUsersResponse { users }))
+    }
+
     async fn set_bandwidth(
         &self,
         req: Request<proto::SetBandwidthRequest>,

@@ -208,13 +208,20 @@ fn file_id(path: &str) -> Option<FileId> {
     std::fs::metadata(path).ok().map(|m| FileId {
         dev: m.dev(),
         ino: m.ino(),
+        born_ns: m
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64),
     })
 }
 
 /// Whether two image names from libvirt denote the same image: equal names, or
 /// two paths to one file (a symlink or a second mount of the same directory).
 fn same_image(a: &str, b: &str) -> bool {
-    a == b || (a.starts_with('/') && file_id(a).is_some_and(|id| Some(id) == file_id(b)))
+    a == b
+        || (a.starts_with('/')
+            && file_id(a).is_some_and(|id| file_id(b).is_some_and(|other| id.same_file(&other))))
 }
 
 /// Domain disks that refer to `path`, in the live and persistent definitions.
@@ -222,6 +229,7 @@ fn domain_users(conn: &Connect, path: &str) -> Result<Vec<VolumeUser>, CallError
     let mut users = Vec::new();
     for dom in conn.list_all_domains(0)? {
         let name = dom.name()?;
+        let uuid = dom.uuid_string()?;
         let mut definitions = Vec::new();
         if dom.is_active()? {
             definitions.push((true, dom.xml_desc(0)?));
@@ -243,6 +251,7 @@ fn domain_users(conn: &Connect, path: &str) -> Result<Vec<VolumeUser>, CallError
                 }
                 users.push(VolumeUser::Domain {
                     domain: name.clone(),
+                    uuid: uuid.clone(),
                     target: r.target,
                     live,
                     how,

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::hypervisor::{Definition, DiskSpec, HostInfo, HvError, Hypervisor, PoolSpec};
+use crate::hypervisor::{
+    Definition, DiskSpec, HostInfo, HvError, Hypervisor, PoolSpec, VolumeUser,
+};
 use crate::migration::error::Error;
 use crate::migration::journal::{Journal, Plan, Record, Stage};
 use crate::migration::model::{now_ms, Event, MigrationRequest, Phase, Progress};
@@ -758,6 +760,39 @@ impl Engine {
         self.send(&job, Command::SetBandwidth(bytes_per_sec, tx))
             .await?;
         rx.await.unwrap_or_else(|_| Err(job.ended()))
+    }
+
+    /// What on this host uses the image `source` (a path or `pool/image`), one
+    /// line each, leaving out the disks of `exclude` (a domain name or UUID).
+    pub async fn volume_users(
+        &self,
+        source: &str,
+        exclude: Option<&str>,
+    ) -> Result<Vec<String>, Error> {
+        validate::disk(source)?;
+        if let Some(domain) = exclude {
+            validate::object_name("exclude_domain", domain)?;
+        }
+        if !source.contains('/') {
+            return Err(Error::InvalidArgument {
+                field: "source",
+                reason: format!("'{source}' is neither a path nor pool/image"),
+            });
+        }
+        let path = source.to_string();
+        let users = self
+            .inner
+            .hv(move |hv| hv.volume_users(&path))
+            .await
+            .map_err(unavailable_or("looking for users of a volume"))?;
+        Ok(users
+            .iter()
+            .filter(|u| match (u, exclude) {
+                (VolumeUser::Domain { domain, uuid, .. }, Some(x)) => domain != x && uuid != x,
+                _ => true,
+            })
+            .map(ToString::to_string)
+            .collect())
     }
 
     /// Whether libvirtd answers.

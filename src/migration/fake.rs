@@ -183,6 +183,7 @@ fn volume(st: &mut FakeState, pool: &str, name: &str, capacity: u64, format: &st
         file_id: Some(FileId {
             dev: 1,
             ino: st.next_ino,
+            born_ns: Some(st.next_ino),
         }),
         capacity,
         allocation: 0,
@@ -438,6 +439,7 @@ impl Hypervisor for FakeHypervisor {
                     if source.display_name() == path {
                         users.push(VolumeUser::Domain {
                             domain: "g".into(),
+                            uuid: "u-g".into(),
                             target: target.clone(),
                             live,
                             how: "source".into(),

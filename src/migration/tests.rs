@@ -429,12 +429,13 @@ async fn a_volume_that_took_the_destination_name_is_never_deleted() {
         let mut st = hv.lock();
         let key = ("b".to_string(), "root.qcow2".to_string());
         let mut vol = st.volumes[&key].clone();
+        // Same inode number (file systems reuse it), another birth time.
         vol.file_id = vol.file_id.map(|f| crate::hypervisor::FileId {
-            dev: f.dev,
-            ino: f.ino + 1000,
+            born_ns: Some(u64::MAX),
+            ..f
         });
         st.volumes.insert(key, vol.clone());
-        vol.file_id.map(|f| f.ino)
+        vol.file_id
     };
     engine.cancel(&id).await.expect("cancel");
     let last = collect(sub).await.pop().expect("terminal");
@@ -443,7 +444,7 @@ async fn a_volume_that_took_the_destination_name_is_never_deleted() {
     assert!(state.contains("not the one volmig created"), "{state}");
     let st = hv.lock();
     let kept = &st.volumes[&("b".to_string(), "root.qcow2".to_string())];
-    assert_eq!(kept.file_id.map(|f| f.ino), replacement_ino);
+    assert_eq!(kept.file_id, replacement_ino);
     assert!(st.deleted.is_empty());
 }
 

@@ -1,6 +1,9 @@
 //! A real `volmig controller` process for end-to-end tests.
 
+use std::time::Duration;
+
 use tonic::transport::Channel;
+use volmig::proto;
 use volmig::proto::controller_client::ControllerClient;
 
 use super::service::ServiceProcess;
@@ -49,4 +52,27 @@ impl ControllerProcess {
             .unwrap_or_else(|e| panic!("connect to controller: {e}"));
         ControllerClient::new(channel)
     }
+}
+
+/// Waits until the controller lists every node of `ids` as up.
+pub async fn wait_nodes_up(ctl: &ControllerProcess, ids: &[&str]) {
+    let mut client = ctl.client().await;
+    for _ in 0..100 {
+        let nodes = client
+            .list_nodes(proto::ListNodesRequest {})
+            .await
+            .expect("list nodes")
+            .into_inner()
+            .nodes;
+        let up = ids.iter().all(|id| {
+            nodes
+                .iter()
+                .any(|n| n.node_id == *id && n.state == proto::NodeState::Up as i32)
+        });
+        if up {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("nodes {ids:?} did not register:\n{}", ctl.log());
 }

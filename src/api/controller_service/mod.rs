@@ -42,6 +42,7 @@ use crate::proto::node_client::NodeClient;
 mod nodes;
 mod relay;
 mod resolve;
+mod source_users;
 #[cfg(test)]
 mod tests;
 
@@ -312,6 +313,19 @@ impl Controller for ControllerService {
             .unwrap_or(chosen.name.clone());
         req.destination_pool = pool;
         let node = located.node;
+        let options = req.options.get_or_insert_with(Default::default);
+        if options.source_policy == proto::SourcePolicy::Delete as i32 {
+            let elsewhere = self
+                .source_users_elsewhere(
+                    &node,
+                    &located.disk.pool,
+                    &located.disk.source,
+                    &req.domain,
+                    &pools,
+                )
+                .await;
+            options.source_users_elsewhere.extend(elsewhere);
+        }
         let mut client = self.client(&node).await?;
         let mut stream = client
             .migrate_volume(req.clone())

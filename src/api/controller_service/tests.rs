@@ -95,6 +95,12 @@ impl Node for FakeNode {
     ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn find_volume_users(
+        &self,
+        _: Request<proto::FindVolumeUsersRequest>,
+    ) -> Result<Response<proto::FindVolumeUsersResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 async fn fake_node(
