@@ -22,6 +22,16 @@ pub fn is_no_volume(err: &Error) -> bool {
     )
 }
 
+/// Whether the error says the domain, pool or volume no longer exists.
+pub fn is_vanished(err: &Error) -> bool {
+    matches!(
+        err.code(),
+        virt::enumutil::Enum::Known(
+            ErrorNumber::NoDomain | ErrorNumber::NoStoragePool | ErrorNumber::NoStorageVolume
+        )
+    )
+}
+
 /// Maps a libvirt error from `op` to an [`HvError`]; `subject` names the object the
 /// call was about, for NOT_FOUND-style errors.
 pub fn classify(op: &'static str, subject: &str, uri: &str, err: Error) -> HvError {

@@ -224,19 +224,34 @@ fn same_image(a: &str, b: &str) -> bool {
             && file_id(a).is_some_and(|id| file_id(b).is_some_and(|other| id.same_file(&other))))
 }
 
+/// Skips an object that vanished while it was being looked at (another
+/// client undefined the domain or removed the pool or volume): what no longer
+/// exists uses nothing. Every other error is passed on.
+fn unless_vanished<T>(r: Result<T, virt::error::Error>) -> Result<Option<T>, CallError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if error::is_vanished(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Domain disks that refer to `path`, in the live and persistent definitions.
 fn domain_users(conn: &Connect, path: &str) -> Result<Vec<VolumeUser>, CallError> {
     let mut users = Vec::new();
     for dom in conn.list_all_domains(0)? {
-        let name = dom.name()?;
-        let uuid = dom.uuid_string()?;
-        let mut definitions = Vec::new();
-        if dom.is_active()? {
-            definitions.push((true, dom.xml_desc(0)?));
-        }
-        if dom.is_persistent()? {
-            definitions.push((false, dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?));
-        }
+        let Some((name, uuid, definitions)) = unless_vanished((|| {
+            let mut definitions = Vec::new();
+            if dom.is_active()? {
+                definitions.push((true, dom.xml_desc(0)?));
+            }
+            if dom.is_persistent()? {
+                definitions.push((false, dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?));
+            }
+            Ok((dom.name()?, dom.uuid_string()?, definitions))
+        })())?
+        else {
+            continue;
+        };
         for (live, xml) in definitions {
             for r in domain_xml::image_refs(&xml).map_err(bad_xml)? {
                 if !same_image(&r.name, path) {
@@ -267,17 +282,23 @@ fn overlay_users(conn: &Connect, path: &str) -> Result<Vec<VolumeUser>, CallErro
     let mut users = Vec::new();
     for pool in conn.list_all_storage_pools(sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)? {
         let _ = pool.refresh(0);
-        let pool_name = pool.name()?;
-        for vol in pool.list_all_volumes(0)? {
-            let Some(backing) =
-                pool_xml::parse_volume_backing(&vol.xml_desc(0)?).map_err(bad_xml)?
+        let Some((pool_name, volumes)) =
+            unless_vanished((|| Ok((pool.name()?, pool.list_all_volumes(0)?)))())?
+        else {
+            continue;
+        };
+        for vol in volumes {
+            let Some((xml, name)) = unless_vanished((|| Ok((vol.xml_desc(0)?, vol.name()?)))())?
             else {
+                continue;
+            };
+            let Some(backing) = pool_xml::parse_volume_backing(&xml).map_err(bad_xml)? else {
                 continue;
             };
             if same_image(&backing, path) {
                 users.push(VolumeUser::Backing {
                     pool: pool_name.clone(),
-                    volume: vol.name()?,
+                    volume: name,
                 });
             }
         }

@@ -580,10 +580,7 @@ async fn wait_until_ready(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             Err(e) => return Err(Error::hv("polling the block job")(e)),
         };
         let Some(info) = info else {
-            return Err(Error::Precondition(format!(
-                "the block copy of {} ended before it was synchronized (QEMU or libvirt dropped it, e.g. the destination ran out of space; see the domain log in /var/log/libvirt/qemu/{}.log)",
-                plan.target, plan.domain
-            )));
+            return Err(copy_vanished(ctx, &plan).await);
         };
         let now = Instant::now();
         samples.push_back((now, info.cur));
@@ -632,6 +629,29 @@ async fn wait_until_ready(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             }
             ctx.inner.announce(ctx.job);
         }
+    }
+}
+
+/// Space below which a destination pool counts as full when its copy stopped.
+const FULL_MARGIN: u64 = 16 << 20;
+
+/// Why a block copy ended on its own before it was synchronized. libvirt does
+/// not say through the job calls; a destination pool that is now full is the
+/// usual reason (QEMU fails the mirror on ENOSPC, the guest is unaffected).
+async fn copy_vanished(ctx: &mut Ctx<'_>, plan: &Plan) -> Error {
+    let pool_name = plan.dest_pool.clone();
+    let pool = ctx.hv(move |hv| hv.pool(&pool_name)).await;
+    match pool {
+        Ok(pool) if pool.capacity > 0 && pool.available < FULL_MARGIN => {
+            Error::Exhausted(format!(
+                "the block copy of {} stopped because destination pool '{}' ran out of space ({} of {} bytes left); free space or choose another pool",
+                plan.target, plan.dest_pool, pool.available, pool.capacity
+            ))
+        }
+        _ => Error::Precondition(format!(
+            "the block copy of {} ended before it was synchronized (QEMU or libvirt dropped it; see the domain log in /var/log/libvirt/qemu/{}.log)",
+            plan.target, plan.domain
+        )),
     }
 }
 
@@ -828,14 +848,16 @@ async fn cleanup(ctx: &mut Ctx<'_>) -> Result<(bool, Option<String>), Error> {
     )
     .await?;
     let path = volume.path.clone();
-    let mut users: Vec<String> = ctx
+    let found = ctx
         .hv_retry("looking for other users of the source", move |hv| {
             hv.volume_users(&path)
         })
-        .await?
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+        .await;
+    // What cannot be checked is not deleted; the migration itself is done.
+    let mut users: Vec<String> = match found {
+        Ok(users) => users.iter().map(ToString::to_string).collect(),
+        Err(e) => vec![format!("its users could not be checked ({e})")],
+    };
     users.extend(options.source_users_elsewhere.iter().cloned());
     if !users.is_empty() {
         let why = format!("still in use: {}", users.join("; "));

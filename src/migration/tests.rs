@@ -544,3 +544,39 @@ async fn finished_records_are_pruned_beyond_the_retention() {
         .count();
     assert_eq!(files, 2);
 }
+
+#[tokio::test]
+async fn a_copy_stopped_by_a_full_destination_is_resource_exhausted_and_rolled_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = Arc::new(FakeHypervisor::new());
+    hv.lock().step = 1;
+    let engine = engine(hv.clone(), dir.path()).await;
+    let mut sub = engine.migrate(request("")).await.expect("start");
+    while let Some(e) = sub.next().await {
+        if e.phase == Phase::Copying && hv.lock().job.is_some() {
+            break;
+        }
+    }
+    {
+        // QEMU fails the mirror on ENOSPC: the job is gone, the pool is full.
+        let mut st = hv.lock();
+        st.job = None;
+        if let Some(b) = st.pools.iter_mut().find(|p| p.name == "b") {
+            b.available = 4096;
+        }
+    }
+    let last = collect(sub).await.pop().expect("terminal");
+    assert_eq!(last.phase, Phase::Failed);
+    let failure = last.failure.expect("failure");
+    assert_eq!(failure.code, super::model::ErrorCode::ResourceExhausted);
+    assert!(
+        failure.message.contains("ran out of space"),
+        "{}",
+        failure.message
+    );
+    assert!(failure.disk_state.contains("stays on its source"));
+    assert!(!hv
+        .lock()
+        .volumes
+        .contains_key(&("b".to_string(), "root.qcow2".to_string())));
+}
