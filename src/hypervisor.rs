@@ -450,6 +450,12 @@ pub struct CopyOptions {
     pub synchronous_writes: bool,
     /// Copy only the top image, keeping the backing chain.
     pub shallow: bool,
+    /// Bytes the mirror moves per request; 0 = QEMU's default (16 MiB). A
+    /// destination that stores whole objects (RBD) stays thin only when this
+    /// is no larger than its object.
+    pub buf_size: u64,
+    /// Dirty-bitmap granularity in bytes (a power of two); 0 = QEMU's default.
+    pub granularity: u32,
 }
 
 /// Which definition of a domain to read.

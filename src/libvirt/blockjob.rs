@@ -68,6 +68,23 @@ impl TypedParams {
         }
         Ok(())
     }
+
+    fn add_uint(&mut self, name: &std::ffi::CStr, value: u32) -> Result<(), CallError> {
+        // SAFETY: as in add_ullong.
+        let rc = unsafe {
+            sys::virTypedParamsAddUInt(
+                &mut self.ptr,
+                &mut self.len,
+                &mut self.cap,
+                name.as_ptr(),
+                value,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::last_error().into());
+        }
+        Ok(())
+    }
 }
 
 impl Drop for TypedParams {
@@ -91,6 +108,12 @@ pub fn block_copy(
     let mut params = TypedParams::new();
     if options.bandwidth > 0 {
         params.add_ullong(sys::VIR_DOMAIN_BLOCK_COPY_BANDWIDTH, options.bandwidth)?;
+    }
+    if options.buf_size > 0 {
+        params.add_ullong(sys::VIR_DOMAIN_BLOCK_COPY_BUF_SIZE, options.buf_size)?;
+    }
+    if options.granularity > 0 {
+        params.add_uint(sys::VIR_DOMAIN_BLOCK_COPY_GRANULARITY, options.granularity)?;
     }
     let mut flags = sys::VIR_DOMAIN_BLOCK_COPY_REUSE_EXT | sys::VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB;
     if options.synchronous_writes {

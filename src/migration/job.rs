@@ -516,7 +516,7 @@ async fn start_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> 
     let copy = CopyOptions {
         bandwidth: record.bandwidth,
         synchronous_writes: record.request.options.synchronous_writes,
-        shallow: false,
+        ..CopyOptions::default()
     };
     let disk = dest.disk.clone();
     ctx.hv(move |hv| hv.block_copy(&plan.domain, &plan.target, &disk, plan.dest_format, copy))
