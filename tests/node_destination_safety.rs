@@ -43,9 +43,11 @@ fn scribble(path: &str, bytes: u64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn destination_full_mid_copy_fails_resource_exhausted_and_leaves_no_volume() {
     let src = DirPool::new("s-full-src");
-    // ~98 MiB available: the space check (64 MiB of data + margin) passes.
+    // ~99 MiB available: the space check (64 MiB of data + 16 MiB margin) passes. The
+    // source is qcow2 because libvirt preallocates raw volumes in dir pools, and the
+    // check counts a source's allocation.
     let small = FsPool::new("s-full-fs", 112 * MIB);
-    let guest = writing_guest_with_data("s-full", &src, "raw");
+    let guest = writing_guest_with_data("s-full", &src, "qcow2");
     let src_path = guest.live_disk_source("vda").path;
     let node = NodeProcess::start("s-full", &[]);
     let mut client = node.client().await;
