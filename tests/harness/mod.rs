@@ -20,6 +20,8 @@
 
 pub mod checks;
 pub mod controller;
+pub mod defined;
+pub mod fs_pool;
 pub mod guest;
 pub mod node;
 pub mod pattern;
@@ -29,8 +31,10 @@ pub mod service;
 mod sweep;
 pub mod xml;
 
-pub use guest::{writing_guest_with_data, DefinedDomain, DiskSource, Guest, GuestBuilder};
-pub use pools::{ceph_down, CephEnv, DirPool, DiskPool, FsPool, Pool, PoolKind, RbdPool, CEPH_DIR};
+pub use defined::DefinedDomain;
+pub use fs_pool::FsPool;
+pub use guest::{writing_guest_with_data, DiskSource, Guest, GuestBuilder};
+pub use pools::{ceph_down, CephEnv, DirPool, DiskPool, Pool, PoolKind, RbdPool, CEPH_DIR};
 pub use sweep::sweep_stale;
 
 use std::collections::hash_map::RandomState;

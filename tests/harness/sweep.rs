@@ -2,7 +2,8 @@
 //! `volmig-t<PID>-…` (see [`super::unique_name`]) whose PID is not a live process.
 //! Objects of live processes, including parallel test binaries, are never touched.
 
-use super::pools::{remove_pool, unmount_noisy, volume_names};
+use super::fs_pool::unmount_noisy;
+use super::pools::{remove_pool, volume_names};
 use super::{ensure_host, name_pid, pid_alive, run, virsh, WORK_BASE};
 use std::path::Path;
 use std::sync::OnceLock;
