@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts everything volmig's node and its tests need on a Debian 12 host:
-# libvirt + QEMU, the guest kernel and busybox for the test guest, parted for disk pools.
+# libvirt + QEMU, the guest kernel and busybox for the test guest, parted for disk pools,
+# e2fsprogs for the small filesystem pools of the destination-full test.
 # Idempotent and quiet on success; on failure it says what failed and shows the log.
 set -euo pipefail
 
@@ -21,7 +22,7 @@ packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-storage-rbd
     libvirt-clients libvirt-dev
     qemu-system-x86 qemu-block-extra qemu-utils
-    linux-image-cloud-amd64 busybox-static cpio gzip parted pkg-config bc
+    linux-image-cloud-amd64 busybox-static cpio gzip parted pkg-config bc e2fsprogs
 )
 
 missing=()

@@ -208,3 +208,58 @@ fn verify_records_catches_lost_records_even_after_the_guest_rewrites_them() {
         .expect_err("the rewind must be found");
     assert!(err.contains("started at record 16"), "{err}");
 }
+
+#[test]
+fn prewritten_data_reads_back_from_dir_disk_and_rbd_pools() {
+    let dir = DirPool::new("bed-pat-dir");
+    let block = DiskPool::new("bed-pat-blk", 128 * MIB);
+    let rbd = RbdPool::new("bed-pat-rbd");
+    let guests = [
+        (&dir as &dyn Pool, "raw"),
+        (&dir as &dyn Pool, "qcow2"),
+        (&block as &dyn Pool, "raw"),
+        (&rbd as &dyn Pool, "raw"),
+    ]
+    .map(|(pool, format)| {
+        Guest::builder(&format!("bed-pat-{format}"), pool)
+            .format(format)
+            .disk_bytes(48 * MIB)
+            .prewritten(16 * MIB)
+            .data_disk_prewritten(8 * MIB, format)
+            .pause_ms(20)
+            .start()
+    });
+    for guest in &guests {
+        guest.wait_writing(5, BOOT_TIMEOUT);
+        guest.verify_data();
+    }
+}
+
+#[test]
+fn verify_prewritten_names_the_first_damaged_offset() {
+    let pool = DirPool::new("bed-pat-bad");
+    let guest = Guest::builder("bed-pat-bad", &pool)
+        .disk_bytes(48 * MIB)
+        .prewritten(16 * MIB)
+        .pause_ms(20)
+        .start();
+    guest.wait_writing(5, BOOT_TIMEOUT);
+    guest.verify_prewritten("vda");
+    guest.destroy();
+    // Zero 4 KiB in the middle of the region, behind the guest's back.
+    let at = 40 * MIB + 12345;
+    let path = pool.volume_path(guest.disk_volume());
+    let disk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open vda");
+    std::os::unix::fs::FileExt::write_all_at(&disk, &[0u8; 4096], at).expect("zeroing");
+    drop(disk);
+    let err = guest
+        .try_verify_prewritten("vda")
+        .expect_err("the damage must be found");
+    assert!(err.contains(&format!("byte offset {at} ")), "{err}");
+    assert!(err.contains("4096 of 16777216 bytes differ"), "{err}");
+    // Nothing was written into vdb.
+    assert!(guest.try_verify_prewritten("vdb").is_err());
+}

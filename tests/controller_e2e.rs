@@ -6,10 +6,10 @@ mod harness;
 
 use std::time::Duration;
 
+use harness::checks::assert_on_destination;
 use harness::controller::{wait_nodes_up, ControllerProcess};
-use harness::guest::guest_with_full_data_disk;
 use harness::node::{self, NodeProcess};
-use harness::{DirPool, Guest, Pool};
+use harness::{writing_guest_with_data, DirPool, Guest, Pool};
 use volmig::proto;
 
 const MIB: u64 = 1 << 20;
@@ -185,11 +185,11 @@ async fn controller_places_by_the_plan_relays_and_refuses_a_named_pool_with_the_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn controller_restart_mid_migration_still_reaches_completed_and_keeps_history() {
+async fn controller_restart_mid_migration_still_completes_with_the_data_and_keeps_history() {
     let src = DirPool::new("cr-src");
     let good = DirPool::new("cr-good");
     let full = DirPool::new("cr-full");
-    let guest = guest_with_full_data_disk("cr-guest", &src, 48 * MIB);
+    let guest = writing_guest_with_data("cr-guest", &src, "qcow2");
 
     let tag = harness::unique_name("tag");
     let mut ctl = ControllerProcess::start("cr-ctl", &config(&tag, &[&good], &full, ""));
@@ -200,7 +200,7 @@ async fn controller_restart_mid_migration_still_reaches_completed_and_keeps_hist
 
     let id = {
         let mut client = ctl.client().await;
-        let mut req = node::limited(guest.name(), "vdb", "", 8 * MIB);
+        let mut req = node::limited(guest.name(), "vda", "", 8 * MIB);
         req.required_tags = vec![tag.clone()];
         let mut stream = client
             .migrate_volume(req)
@@ -236,9 +236,21 @@ async fn controller_restart_mid_migration_still_reaches_completed_and_keeps_hist
         .into_inner();
     assert_eq!(record.node_id, n1.node_id());
     assert_eq!(
-        record.latest.map(|e| e.phase),
+        record.latest.as_ref().map(|e| e.phase),
         Some(proto::Phase::Completed as i32)
     );
+    let result = node::result_of(&events);
+    assert_eq!(result.destination_pool, good.name());
+    assert_eq!(
+        record
+            .latest
+            .and_then(|e| e.result)
+            .map(|r| r.destination_source),
+        Some(result.destination_source.clone()),
+        "history and the watched stream disagree"
+    );
+    assert_on_destination(&guest, "vda", &result);
+    guest.verify_data_after_cold_restart();
 
     // The node that ran it goes away: routed calls say which node is unreachable.
     let node_id = n1.node_id().to_string();

@@ -9,6 +9,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::controller::{wait_nodes_up, ControllerProcess};
+use harness::defined::DefinedDomain;
 use harness::node::{self, NodeProcess};
 use harness::{DirPool, Guest, Pool};
 use volmig::proto;
@@ -16,47 +17,13 @@ use volmig::proto;
 const MIB: u64 = 1 << 20;
 const BOOT: Duration = Duration::from_secs(120);
 
-/// A stopped (only defined) domain whose disk is `path`: a user of that file
-/// that no running guest shows.
-struct DefinedDomain {
-    name: String,
-}
-
-impl DefinedDomain {
-    fn on(path: &str, format: &str) -> DefinedDomain {
-        let name = harness::unique_name("holder");
-        let xml = format!(
-            "<domain type='qemu'><name>{}</name><memory unit='MiB'>64</memory>\
-             <os><type arch='x86_64'>hvm</type></os><devices>\
-             <disk type='file' device='disk'><driver name='qemu' type='{}'/>\
-             <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
-             </devices></domain>",
-            harness::xml::escape(&name),
-            harness::xml::escape(format),
-            harness::xml::escape(path)
-        );
-        let dir = harness::make_dir(&name);
-        let file = dir.join("holder.xml");
-        std::fs::write(&file, xml).expect("write domain xml");
-        harness::virsh_ok(&["define", &file.to_string_lossy()]);
-        harness::remove_dir_noisy(&dir);
-        DefinedDomain { name }
-    }
-}
-
-impl Drop for DefinedDomain {
-    fn drop(&mut self) {
-        harness::virsh_noisy(&["undefine", &self.name]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_through_the_controller_keeps_a_source_another_node_uses() {
     let src = DirPool::new("cu-src");
     let dst = DirPool::new("cu-dst");
     let guest = Guest::start("cu-guest", &src, "qcow2", 64 * MIB);
     let source_path = src.volume_path(guest.disk_volume());
-    let holder = DefinedDomain::on(&source_path, "qcow2");
+    let holder = DefinedDomain::using_file("cu-holder", &source_path, "qcow2");
     let tag = harness::unique_name("tag");
     let ctl = ControllerProcess::start(
         "cu-ctl",
@@ -100,7 +67,7 @@ async fn delete_through_the_controller_keeps_a_source_another_node_uses() {
     assert!(
         result
             .source_kept_reason
-            .contains(&format!("node {other}: domain '{}'", holder.name)),
+            .contains(&format!("node {other}: domain '{}'", holder.name())),
         "{}",
         result.source_kept_reason
     );

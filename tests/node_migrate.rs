@@ -9,6 +9,7 @@ mod harness;
 
 use std::time::Duration;
 
+use harness::checks::assert_on_destination;
 use harness::node::{self, NodeProcess};
 use harness::{DirPool, DiskPool, Guest, Pool, RbdPool};
 use volmig::proto;
@@ -72,7 +73,7 @@ async fn migrate_and_prove(
     }
     guest.cold_restart();
     guest.wait_writing(20, BOOT);
-    guest.verify_records("vda");
+    guest.verify_data();
     result
 }
 
@@ -221,12 +222,15 @@ async fn synchronous_writes_converge_under_heavy_guest_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn two_disks_of_one_guest_migrate_concurrently() {
+async fn two_disks_of_one_guest_migrate_concurrently_with_their_data() {
     let src = DirPool::new("m-two-src");
     let dst = DirPool::new("m-two-dst");
+    // vda: records plus 64 MiB of its pattern; vdb: 32 MiB of its own pattern.
     let guest = Guest::builder("m-two", &src)
         .format("qcow2")
-        .data_disk(32 * MIB, "qcow2")
+        .disk_bytes(128 * MIB)
+        .prewritten(64 * MIB)
+        .data_disk_prewritten(32 * MIB, "qcow2")
         .start();
     guest.wait_writing(20, BOOT);
     let node = NodeProcess::start("m-two", &[]);
@@ -236,19 +240,21 @@ async fn two_disks_of_one_guest_migrate_concurrently() {
         node::migrate(&mut c1, node::request(guest.name(), "vda", dst.name())),
         node::migrate(&mut c2, node::request(guest.name(), "vdb", dst.name())),
     );
-    node::assert_terminal(&a.expect("vda"), proto::Phase::Completed);
-    node::assert_terminal(&b.expect("vdb"), proto::Phase::Completed);
-    assert!(guest
-        .live_disk_source("vda")
-        .path
-        .starts_with(&*dst.path().to_string_lossy()));
-    assert!(guest
-        .live_disk_source("vdb")
-        .path
-        .starts_with(&*dst.path().to_string_lossy()));
-    guest.cold_restart();
-    guest.wait_writing(20, BOOT);
-    guest.verify_records("vda");
+    let (a, b) = (a.expect("vda"), b.expect("vdb"));
+    node::assert_terminal(&a, proto::Phase::Completed);
+    node::assert_terminal(&b, proto::Phase::Completed);
+    for (disk, events) in [("vda", &a), ("vdb", &b)] {
+        let result = node::result_of(events);
+        assert!(
+            result
+                .destination_source
+                .starts_with(&*dst.path().to_string_lossy()),
+            "{disk}: {result:?}"
+        );
+        assert_on_destination(&guest, disk, &result);
+    }
+    // vda's records and pattern, and vdb's pattern, read from the destinations.
+    guest.verify_data_after_cold_restart();
 }
 
 trait RequestExt {

@@ -6,6 +6,7 @@
 //! libvirt-qemu, which cannot open /dev/kvm here), boots the test kernel directly and logs
 //! its console to a file with `append='on'`, so acks of earlier boots survive a restart.
 
+use super::pattern::{self, Region};
 use super::pools::{CephEnv, Pool, PoolKind};
 use super::records::{self, RecordReport};
 use super::xml::{self, escape, Element};
@@ -129,9 +130,15 @@ pub struct GuestBuilder<'a> {
     cdrom: bool,
     readonly_disk: bool,
     data_disk: Option<(u64, String)>,
+    data_disk_prewritten: bool,
+    prewritten: Option<u64>,
     pause_ms: Option<u32>,
     error_policy: Option<String>,
 }
+
+/// Space below a pre-written region that the guest's records may use: at ~100 records
+/// of 512 bytes a second (unthrottled), 32 MiB last more than ten minutes.
+pub const RECORD_SPACE_MIN: u64 = 32 << 20;
 
 impl<'a> GuestBuilder<'a> {
     /// `raw` (default) or `qcow2`; must be `raw` on disk and rbd pools.
@@ -174,6 +181,24 @@ impl<'a> GuestBuilder<'a> {
         self
     }
 
+    /// [`GuestBuilder::data_disk`] filled completely with its own pattern (see
+    /// [`super::pattern`]) before the first boot; check it with [`Guest::verify_prewritten`].
+    pub fn data_disk_prewritten(mut self, bytes: u64, format: &str) -> Self {
+        self.data_disk = Some((bytes, format.to_string()));
+        self.data_disk_prewritten = true;
+        self
+    }
+
+    /// Writes `bytes` of vda's own pattern (see [`super::pattern`]) into the top of vda,
+    /// `[disk_bytes - bytes, disk_bytes)`, before the first boot, so a migration of vda
+    /// has real data to copy (a bandwidth limit then makes it last) and the test can prove
+    /// the data arrived with [`Guest::verify_prewritten`]. The records grow from sector 1
+    /// and must not reach it: at least [`RECORD_SPACE_MIN`] stays below it.
+    pub fn prewritten(mut self, bytes: u64) -> Self {
+        self.prewritten = Some(bytes);
+        self
+    }
+
     /// Kernel parameter `volmig.pause_ms=N`: sleep N ms after each ack (unthrottled, a
     /// guest keeps one host core busy under TCG; 50 gives ~16 acks/s).
     pub fn pause_ms(mut self, ms: u32) -> Self {
@@ -204,6 +229,7 @@ impl<'a> GuestBuilder<'a> {
             template_volume: None,
             data_volume: None,
             prefilled: 0,
+            prewritten: Vec::new(),
             boots_before_start: AtomicUsize::new(0),
             started_at: Mutex::new(Instant::now()),
             last_verified: AtomicU64::new(0),
@@ -250,6 +276,21 @@ impl<'a> GuestBuilder<'a> {
             pool.create_volume(&vda, self.disk_bytes, &self.format);
         }
         guest.disk_volume = vda.clone();
+        if let Some(bytes) = self.prewritten {
+            assert!(
+                bytes > 0 && bytes + RECORD_SPACE_MIN <= self.disk_bytes,
+                "prewritten({bytes}) must leave {RECORD_SPACE_MIN} bytes of vda's {} for records",
+                self.disk_bytes
+            );
+            guest.prewrite(
+                pool,
+                &vda,
+                &self.format,
+                "vda",
+                self.disk_bytes - bytes,
+                bytes,
+            );
+        }
         disks.push_str(&disk_xml(
             pool,
             &vda,
@@ -263,6 +304,9 @@ impl<'a> GuestBuilder<'a> {
         if let Some((bytes, format)) = &self.data_disk {
             let vol = pool.new_volume_name(&format!("{}-vdb", self.purpose));
             pool.create_volume(&vol, *bytes, format);
+            if self.data_disk_prewritten {
+                guest.prewrite(pool, &vol, format, "vdb", 0, *bytes);
+            }
             disks.push_str(&disk_xml(
                 pool, &vol, format, "vdb", "virtio", "disk", false, None,
             ));
@@ -352,6 +396,8 @@ pub struct Guest {
     template_volume: Option<String>,
     data_volume: Option<String>,
     prefilled: u64,
+    /// Pattern regions written before the first boot, by disk target.
+    prewritten: Vec<(String, Region)>,
     /// Number of `VOLMIG-START`s in the console before the current boot.
     boots_before_start: AtomicUsize,
     started_at: Mutex<Instant>,
@@ -378,9 +424,53 @@ impl Guest {
             cdrom: false,
             readonly_disk: false,
             data_disk: None,
+            data_disk_prewritten: false,
+            prewritten: None,
             pause_ms: None,
             error_policy: None,
         }
+    }
+
+    /// Writes the pattern of `target` into `[offset, offset + len)` of a new volume (the
+    /// guest is not running yet), through qemu-io so that qcow2 and rbd work too.
+    fn prewrite(
+        &mut self,
+        pool: &dyn Pool,
+        volume: &str,
+        format: &str,
+        target: &str,
+        offset: u64,
+        len: u64,
+    ) {
+        let region = Region {
+            seed: pattern::seed_of(&format!("{}/{target}", self.name)),
+            offset,
+            len,
+        };
+        let file = self.dir.join(format!("prewrite-{target}.bin"));
+        std::fs::write(&file, region.bytes())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+        let path = pool.volume_path(volume);
+        let filename = match pool.kind() {
+            PoolKind::Rbd => CephEnv::load()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .qemu_img_spec(&path),
+            PoolKind::Dir | PoolKind::Disk => path,
+        };
+        run_with_timeout(
+            "qemu-io",
+            &[
+                "-f",
+                format,
+                "-c",
+                &format!("write -q -s {} {offset} {len}", file.display()),
+                &filename,
+            ],
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|e| panic!("pre-writing {target}: {e}"));
+        let _ = std::fs::remove_file(&file);
+        self.prewritten.push((target.to_string(), region));
     }
 
     /// Writes records 1..=`prefill` (as a boot that started at 1) into the template.
@@ -631,14 +721,14 @@ impl Guest {
         }
     }
 
-    /// Checks the guest lost nothing: converts the disk `target`'s *persistent* source to
-    /// raw (`qemu-img convert -U`, so it works on a running guest too), checks every record
-    /// up to the last ack, and checks from the console that no boot resumed at or below an
-    /// earlier ack (a hole the guest may have refilled). Read the ack before the disk: a
-    /// record is durable before it is acked.
-    pub fn try_verify_records(&self, target: &str) -> Result<RecordReport, String> {
-        let console = self.console();
-        let last_ack = records::last_ack(&console).unwrap_or(0).max(self.prefilled);
+    /// Converts the disk `target`'s *persistent* source to a raw temp file in the guest's
+    /// dir (`qemu-img convert -U`, so it works on a running guest too) and hands it to
+    /// `check`; the file is removed afterwards.
+    fn with_persistent_image<T>(
+        &self,
+        target: &str,
+        check: impl FnOnce(&DiskSource, &Path) -> Result<T, String>,
+    ) -> Result<T, String> {
         let source = self.persistent_disk_source(target);
         let (format, filename) = Self::qemu_img_source(&source)?;
         let n = self.last_verified.fetch_add(1, Ordering::SeqCst);
@@ -651,15 +741,91 @@ impl Guest {
             ],
             Duration::from_secs(600),
         );
-        let result = converted.and_then(|_| {
-            let file = std::fs::File::open(&raw).map_err(|e| format!("opening {raw_s}: {e}"))?;
+        let result = converted.and_then(|_| check(&source, &raw));
+        let _ = std::fs::remove_file(&raw);
+        result
+    }
+
+    /// Checks the guest lost nothing: reads the disk `target`'s *persistent* source, checks
+    /// every record up to the last ack, and checks from the console that no boot resumed at
+    /// or below an earlier ack (a hole the guest may have refilled). Read the ack before the
+    /// disk: a record is durable before it is acked.
+    pub fn try_verify_records(&self, target: &str) -> Result<RecordReport, String> {
+        let console = self.console();
+        let last_ack = records::last_ack(&console).unwrap_or(0).max(self.prefilled);
+        let report = self.with_persistent_image(target, |source, raw| {
+            let file =
+                std::fs::File::open(raw).map_err(|e| format!("opening {}: {e}", raw.display()))?;
             records::verify(file, last_ack)
                 .map_err(|e| format!("disk {target} ({}) of {}: {e}", source.path, self.name))
-        });
-        let _ = std::fs::remove_file(&raw);
-        let report = result?;
+        })?;
         records::check_resumes(&console).map_err(|e| format!("console of {}: {e}", self.name))?;
         Ok(report)
+    }
+
+    /// Checks that the pattern written into disk `target` before the first boot
+    /// ([`GuestBuilder::prewritten`], [`GuestBuilder::data_disk_prewritten`]) is intact on
+    /// the disk's *persistent* source, i.e. where a cold start would read it.
+    ///
+    /// # Errors
+    /// The first byte offset that differs, with how many do; or that the guest's records
+    /// grew into the region (then the test ran too long for its disk).
+    pub fn try_verify_prewritten(&self, target: &str) -> Result<(), String> {
+        let region = self
+            .prewritten
+            .iter()
+            .find(|(t, _)| t == target)
+            .map(|(_, r)| *r)
+            .ok_or_else(|| format!("nothing was pre-written into {target} of {}", self.name))?;
+        if target == "vda" {
+            let end_of_records = (self.last_ack() + 2) * records::RECORD_SIZE as u64;
+            if end_of_records > region.offset {
+                return Err(format!(
+                    "the guest's records (last ack {}) reached the pre-written region at byte {}: give vda more room",
+                    self.last_ack(),
+                    region.offset
+                ));
+            }
+        }
+        self.with_persistent_image(target, |source, raw| {
+            use std::io::Read;
+            let mut file =
+                std::fs::File::open(raw).map_err(|e| format!("opening {}: {e}", raw.display()))?;
+            file.seek(SeekFrom::Start(region.offset))
+                .map_err(|e| format!("seeking {}: {e}", raw.display()))?;
+            let mut found = Vec::with_capacity(region.len as usize);
+            file.take(region.len)
+                .read_to_end(&mut found)
+                .map_err(|e| format!("reading {}: {e}", raw.display()))?;
+            region
+                .check(&found)
+                .map_err(|e| format!("disk {target} ({}) of {}: {e}", source.path, self.name))
+        })
+    }
+
+    /// [`Guest::try_verify_prewritten`] that panics on a mismatch.
+    pub fn verify_prewritten(&self, target: &str) {
+        if let Err(e) = self.try_verify_prewritten(target) {
+            panic!("{e}");
+        }
+    }
+
+    /// Everything the guest's disks must still hold, read from the persistent sources:
+    /// vda's records and every pre-written region.
+    pub fn verify_data(&self) {
+        self.verify_records("vda");
+        for (target, _) in &self.prewritten {
+            self.verify_prewritten(target);
+        }
+    }
+
+    /// Destroy, start from the persistent definition, wait until the guest writes again,
+    /// and check all its data ([`Guest::verify_data`]): the proof that the persistent
+    /// definition names disks that hold everything.
+    pub fn verify_data_after_cold_restart(&self) {
+        self.cold_restart();
+        self.wait_writing(10, Duration::from_secs(120));
+        self.verify_data();
     }
 
     /// [`Guest::try_verify_records`] that panics (with the console tail) on any loss.
@@ -696,30 +862,23 @@ impl Drop for Guest {
     }
 }
 
-/// A qcow2 guest whose second disk `vdb` (raw, untouched by the guest) holds
-/// `bytes` of real data, so that copying it at a low bandwidth takes a
-/// predictable while. The guest is writing when this returns.
-pub fn guest_with_full_data_disk(purpose: &str, pool: &dyn Pool, bytes: u64) -> Guest {
+/// Virtual size of vda of [`writing_guest_with_data`].
+pub const DATA_GUEST_DISK: u64 = 128 << 20;
+/// Pattern bytes at the top of vda of [`writing_guest_with_data`].
+pub const DATA_GUEST_PREWRITTEN: u64 = 64 << 20;
+
+/// A guest whose vda (`format`, 128 MiB) holds 64 MiB of its pattern in its upper half
+/// and whose records grow in the lower half: migrating vda copies real data (so a
+/// bandwidth limit of 8-16 MiB/s makes the copy last seconds and a fault lands mid-copy)
+/// while the guest writes. Throttled (`pause_ms(20)`) so that several such guests fit on
+/// two cores. It is writing when this returns.
+pub fn writing_guest_with_data(purpose: &str, pool: &dyn Pool, format: &str) -> Guest {
     let guest = Guest::builder(purpose, pool)
-        .format("qcow2")
-        .data_disk(bytes, "raw")
+        .format(format)
+        .disk_bytes(DATA_GUEST_DISK)
+        .prewritten(DATA_GUEST_PREWRITTEN)
         .pause_ms(20)
         .start();
-    guest.wait_writing(5, Duration::from_secs(120));
-    guest.destroy();
-    let volume = guest.data_volume().expect("data disk").to_string();
-    let path = pool.volume_path(&volume);
-    super::run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            &format!("write -P 0x5a 0 {bytes}"),
-            &path,
-        ],
-    );
-    guest.boot();
-    guest.wait_writing(5, Duration::from_secs(120));
+    guest.wait_writing(10, Duration::from_secs(120));
     guest
 }

@@ -8,7 +8,7 @@
 //! Invariants that make the tests safe to run in parallel (several threads and several test
 //! binaries at once) and after a crash:
 //! - every object a test creates (domain, pool, secret, RBD image, temp dir, loop device
-//!   backing file) is named by [`unique_name`]: `volmig-t<PID>-<id>-<purpose>`;
+//!   backing file, mount point) is named by [`unique_name`]: `volmig-t<PID>-<id>-<purpose>`;
 //! - the first constructor in a process calls [`sweep_stale`], which removes such objects
 //!   whose PID is no longer a live process;
 //! - each object's owner removes it in `Drop`, printing (not panicking on) failures, and
@@ -18,16 +18,22 @@
 //! `allow`s below.
 #![allow(dead_code, unused_imports)]
 
+pub mod checks;
 pub mod controller;
+pub mod defined;
+pub mod fs_pool;
 pub mod guest;
 pub mod node;
+pub mod pattern;
 pub mod pools;
 pub mod records;
 pub mod service;
 mod sweep;
 pub mod xml;
 
-pub use guest::{DiskSource, Guest, GuestBuilder};
+pub use defined::DefinedDomain;
+pub use fs_pool::FsPool;
+pub use guest::{writing_guest_with_data, DiskSource, Guest, GuestBuilder};
 pub use pools::{ceph_down, CephEnv, DirPool, DiskPool, Pool, PoolKind, RbdPool, CEPH_DIR};
 pub use sweep::sweep_stale;
 

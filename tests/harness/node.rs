@@ -3,6 +3,8 @@
 //! The node runs as its own process ([`ServiceProcess`]) so tests can
 //! `kill -9` and restart it exactly as an operator's host would.
 
+use std::time::Duration;
+
 use tonic::transport::Channel;
 use volmig::proto;
 use volmig::proto::node_client::NodeClient;
@@ -95,18 +97,28 @@ pub fn limited(
     req
 }
 
-/// Reads events until `stop` says so; returns them (the stream stays usable).
+/// Bound on reading a migration's events, so a migration that never ends fails its test
+/// instead of hanging it.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Reads events until `stop` says so or the stream ends; returns them (the stream stays
+/// usable). Panics after [`STREAM_TIMEOUT`].
 pub async fn read_until(
     stream: &mut tonic::Streaming<proto::MigrationEvent>,
     mut stop: impl FnMut(&proto::MigrationEvent) -> bool,
 ) -> Vec<proto::MigrationEvent> {
     let mut seen = Vec::new();
-    while let Some(e) = stream.message().await.expect("stream") {
-        let done = stop(&e);
-        seen.push(e);
-        if done {
-            break;
+    let read = async {
+        while let Some(e) = stream.message().await.expect("stream") {
+            let done = stop(&e);
+            seen.push(e);
+            if done {
+                break;
+            }
         }
+    };
+    if tokio::time::timeout(STREAM_TIMEOUT, read).await.is_err() {
+        panic!("no awaited event within {STREAM_TIMEOUT:?}; seen: {seen:#?}");
     }
     seen
 }
@@ -116,15 +128,80 @@ pub fn copying_with_progress(e: &proto::MigrationEvent) -> bool {
     phase(e) == proto::Phase::Copying && e.progress.as_ref().is_some_and(|p| p.bytes_done > 0)
 }
 
-/// Reads a migration stream to its end.
+/// The copy is under way and not near its end: a fault injected now lands mid-copy.
+pub fn mid_copy(e: &proto::MigrationEvent) -> bool {
+    phase(e) == proto::Phase::Copying
+        && e.progress
+            .as_ref()
+            .is_some_and(|p| p.bytes_done > 0 && p.bytes_done * 4 < p.bytes_total * 3)
+}
+
+/// Whether the event ends its migration.
+pub fn is_terminal(e: &proto::MigrationEvent) -> bool {
+    matches!(
+        phase(e),
+        proto::Phase::Completed | proto::Phase::Failed | proto::Phase::Cancelled
+    )
+}
+
+/// Reads a migration stream to its end. Panics after [`STREAM_TIMEOUT`].
 pub async fn collect(
     mut stream: tonic::Streaming<proto::MigrationEvent>,
 ) -> Result<Vec<proto::MigrationEvent>, tonic::Status> {
     let mut events = Vec::new();
-    while let Some(event) = stream.message().await? {
-        events.push(event);
+    let read = async {
+        while let Some(event) = stream.message().await? {
+            events.push(event);
+        }
+        Ok::<(), tonic::Status>(())
+    };
+    match tokio::time::timeout(STREAM_TIMEOUT, read).await {
+        Ok(Ok(())) => Ok(events),
+        Ok(Err(status)) => Err(status),
+        Err(_) => {
+            panic!("the migration did not end within {STREAM_TIMEOUT:?}; events: {events:#?}")
+        }
     }
-    Ok(events)
+}
+
+/// Follows a migration by id (`WatchMigration`) to its end.
+pub async fn watch_to_end(
+    client: &mut NodeClient<Channel>,
+    migration_id: &str,
+) -> Vec<proto::MigrationEvent> {
+    let stream = client
+        .watch_migration(proto::WatchMigrationRequest {
+            migration_id: migration_id.to_string(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("WatchMigration {migration_id}: {s:?}"))
+        .into_inner();
+    collect(stream)
+        .await
+        .unwrap_or_else(|s| panic!("watching {migration_id}: {s:?}"))
+}
+
+/// The result of a completed migration's last event.
+pub fn result_of(events: &[proto::MigrationEvent]) -> proto::MigrationResult {
+    events
+        .last()
+        .and_then(|e| e.result.clone())
+        .unwrap_or_else(|| panic!("no result in the last event: {events:#?}"))
+}
+
+/// The error of a failed or cancelled migration's last event.
+pub fn error_of(events: &[proto::MigrationEvent]) -> proto::MigrationError {
+    events
+        .last()
+        .and_then(|e| e.error.clone())
+        .unwrap_or_else(|| panic!("no error in the last event: {events:#?}"))
+}
+
+/// Sets the request's source policy to DELETE.
+pub fn delete_source(req: &mut proto::MigrateVolumeRequest) {
+    req.options
+        .get_or_insert_with(Default::default)
+        .source_policy = proto::SourcePolicy::Delete as i32;
 }
 
 /// Starts a migration and reads its stream to the end.
@@ -150,15 +227,7 @@ pub fn phases(events: &[proto::MigrationEvent]) -> Vec<proto::Phase> {
 
 /// Asserts the stream ended in exactly one terminal event, of this phase.
 pub fn assert_terminal(events: &[proto::MigrationEvent], want: proto::Phase) {
-    let terminal: Vec<_> = events
-        .iter()
-        .filter(|e| {
-            matches!(
-                phase(e),
-                proto::Phase::Completed | proto::Phase::Failed | proto::Phase::Cancelled
-            )
-        })
-        .collect();
+    let terminal: Vec<_> = events.iter().filter(|e| is_terminal(e)).collect();
     assert_eq!(terminal.len(), 1, "exactly one terminal event: {events:#?}");
     assert_eq!(
         phase(terminal[0]),

@@ -2,6 +2,7 @@
 //! `volmig-t<PID>-…` (see [`super::unique_name`]) whose PID is not a live process.
 //! Objects of live processes, including parallel test binaries, are never touched.
 
+use super::fs_pool::unmount_noisy;
 use super::pools::{remove_pool, volume_names};
 use super::{ensure_host, name_pid, pid_alive, run, virsh, WORK_BASE};
 use std::path::Path;
@@ -35,7 +36,8 @@ fn names(out: Result<String, String>) -> Vec<String> {
 }
 
 /// Runs the sweep once per process (later calls return at once). Order matters: domains
-/// hold volumes, pools hold loop devices, loop devices hold files in the temp dirs.
+/// hold volumes, pools hold mounts, mounts hold loop devices, loop devices hold files in
+/// the temp dirs.
 /// Failures are printed, not raised: another process may be sweeping the same objects.
 pub fn sweep_stale() {
     static DONE: OnceLock<()> = OnceLock::new();
@@ -95,6 +97,21 @@ fn sweep_now() {
                 }
             }
         }
+    }
+
+    // Filesystem pools (`FsPool`) mount a loop device inside their temp dir: unmount it
+    // before the loop device is detached and the dir removed (removing the dir first would
+    // walk into the mounted filesystem).
+    match std::fs::read_to_string("/proc/self/mounts") {
+        Ok(mounts) => {
+            for mount in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+                if mount.starts_with(WORK_BASE) && path_is_stale(mount) {
+                    eprintln!("harness: sweep: unmounting stale {mount}");
+                    unmount_noisy(mount);
+                }
+            }
+        }
+        Err(e) => eprintln!("harness: sweep: reading /proc/self/mounts: {e}"),
     }
 
     match run("losetup", &["-l", "-n", "-O", "NAME,BACK-FILE"]) {
