@@ -68,15 +68,7 @@ async fn cancel_during_synchronized_keeps_the_guest_and_its_data_on_the_source()
         .await
         .expect("start")
         .into_inner();
-    let seen = node::read_until(&mut stream, |e| {
-        node::phase(e) == proto::Phase::Synchronized || node::is_terminal(e)
-    })
-    .await;
-    assert_eq!(
-        seen.last().map(node::phase),
-        Some(proto::Phase::Synchronized),
-        "{seen:#?}"
-    );
+    let seen = node::read_to_phase(&mut stream, proto::Phase::Synchronized).await;
     let id = seen[0].migration_id.clone();
     // Writes made while synchronized go to both disks; after the cancel they must be
     // on the source.

@@ -68,15 +68,7 @@ async fn node_killed_at_synchronized_ends_completed_or_rolled_back_as_reported()
             .await
             .expect("start")
             .into_inner();
-        let seen = node::read_until(&mut stream, |e| {
-            node::phase(e) == proto::Phase::Synchronized || node::is_terminal(e)
-        })
-        .await;
-        assert_eq!(
-            seen.last().map(node::phase),
-            Some(proto::Phase::Synchronized),
-            "{seen:#?}"
-        );
+        let seen = node::read_to_phase(&mut stream, proto::Phase::Synchronized).await;
         seen[0].migration_id.clone()
     };
     node.kill9();

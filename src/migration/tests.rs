@@ -448,6 +448,14 @@ async fn a_volume_that_took_the_destination_name_is_never_deleted() {
     assert!(st.deleted.is_empty());
 }
 
+async fn completed(engine: &Engine, req: MigrationRequest) -> super::model::MigrationResult {
+    collect(engine.migrate(req).await.expect("start"))
+        .await
+        .pop()
+        .and_then(|e| e.result)
+        .expect("completed")
+}
+
 #[tokio::test]
 async fn a_source_in_use_elsewhere_is_kept_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -462,11 +470,7 @@ async fn a_source_in_use_elsewhere_is_kept_with_the_reason() {
     let engine = engine(hv.clone(), dir.path()).await;
     let mut req = request("");
     req.options.delete_source = true;
-    let result = collect(engine.migrate(req).await.expect("start"))
-        .await
-        .pop()
-        .and_then(|e| e.result)
-        .expect("completed");
+    let result = completed(&engine, req).await;
     assert!(!result.source_deleted);
     let reason = result.source_kept_reason.expect("reason");
     assert!(reason.contains("a/overlay.qcow2"), "{reason}");
@@ -483,11 +487,7 @@ async fn a_source_in_use_elsewhere_is_kept_with_the_reason() {
     req.options.delete_source = true;
     req.options.source_users_elsewhere =
         vec!["node n2: domain 'x' uses it as source of vda".into()];
-    let result = collect(engine.migrate(req).await.expect("start"))
-        .await
-        .pop()
-        .and_then(|e| e.result)
-        .expect("completed");
+    let result = completed(&engine, req).await;
     assert!(!result.source_deleted);
     assert!(result
         .source_kept_reason
@@ -499,11 +499,7 @@ async fn a_source_in_use_elsewhere_is_kept_with_the_reason() {
     let engine = super::tests::engine(hv.clone(), dir.path()).await;
     let mut req = request("");
     req.options.delete_source = true;
-    let result = collect(engine.migrate(req).await.expect("start"))
-        .await
-        .pop()
-        .and_then(|e| e.result)
-        .expect("completed");
+    let result = completed(&engine, req).await;
     assert!(result.source_deleted && result.source_kept_reason.is_none());
     assert!(!hv
         .lock()

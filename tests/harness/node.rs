@@ -101,6 +101,17 @@ pub fn limited(
 /// instead of hanging it.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Reads events until `phase` (asserting it comes before any terminal event);
+/// returns them, the last one in `phase`.
+pub async fn read_to_phase(
+    stream: &mut tonic::Streaming<proto::MigrationEvent>,
+    want: proto::Phase,
+) -> Vec<proto::MigrationEvent> {
+    let seen = read_until(stream, |e| phase(e) == want || is_terminal(e)).await;
+    assert_eq!(seen.last().map(phase), Some(want), "{seen:#?}");
+    seen
+}
+
 /// Reads events until `stop` says so or the stream ends; returns them (the stream stays
 /// usable). Panics after [`STREAM_TIMEOUT`].
 pub async fn read_until(
