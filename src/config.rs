@@ -30,6 +30,9 @@ pub struct NodeConfig {
     pub journal_retention_days: u64,
     /// At most this many finished migrations are remembered (the newest).
     pub journal_retention_records: usize,
+    /// Where `ceph.client.<user>.keyring` files are, for RBD pools whose libvirt
+    /// secret is private (the key is needed to read object sizes and usage).
+    pub ceph_keyring_dir: PathBuf,
 }
 
 impl Default for NodeConfig {
@@ -45,6 +48,7 @@ impl Default for NodeConfig {
             advertise: String::new(),
             journal_retention_days: 7,
             journal_retention_records: 1000,
+            ceph_keyring_dir: PathBuf::from(crate::libvirt::DEFAULT_CEPH_KEYRING_DIR),
         }
     }
 }

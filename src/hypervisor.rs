@@ -594,6 +594,11 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Number of internal snapshots inside a qcow2 image (which libvirt does not
     /// know about and a block copy silently drops).
     fn qcow2_internal_snapshots(&self, source: &DiskSource) -> Result<u32, HvError>;
+    /// The object size of an RBD image; `None` for other sources.
+    fn rbd_object_size(&self, source: &DiskSource) -> Result<Option<u64>, HvError>;
+    /// Bytes of an image that hold data: what the storage really spends on it
+    /// (for RBD asked of Ceph, since libvirt reports an rbd volume as full).
+    fn allocated_bytes(&self, source: &DiskSource) -> Result<u64, HvError>;
     /// The virtual size of a running disk as QEMU sees it.
     fn disk_capacity(&self, domain: &str, disk: &str) -> Result<u64, HvError>;
 }

@@ -57,6 +57,9 @@ struct NodeArgs {
     /// Endpoint the controller should use to reach this node (default: --listen).
     #[arg(long, env = "VOLMIG_NODE_ADVERTISE")]
     advertise: Option<String>,
+    /// Directory of ceph.client.<user>.keyring files (for private libvirt secrets).
+    #[arg(long, env = "VOLMIG_CEPH_KEYRING_DIR")]
+    ceph_keyring_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -110,6 +113,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             if let Some(v) = args.advertise {
                 cfg.advertise = v;
+            }
+            if let Some(v) = args.ceph_keyring_dir {
+                cfg.ceph_keyring_dir = v;
             }
             volmig::node::run(cfg, shutdown_signal()).await?;
             Ok(0)

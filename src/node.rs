@@ -20,7 +20,10 @@ pub async fn run(
         config.node_id.clone()
     };
     let journal = Journal::open(&config.state_dir).map_err(anyhow::Error::msg)?;
-    let host = Arc::new(LibvirtHost::new(config.libvirt_uri.clone()));
+    let host = Arc::new(
+        LibvirtHost::new(config.libvirt_uri.clone())
+            .with_ceph_keyring_dir(config.ceph_keyring_dir.clone()),
+    );
     let engine = Engine::start(
         host,
         journal,

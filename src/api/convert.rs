@@ -182,6 +182,8 @@ pub fn event_to_proto(e: &Event) -> proto::MigrationEvent {
             source_deleted: r.source_deleted,
             persistent_definition_repaired: r.persistent_repaired,
             source_kept_reason: r.source_kept_reason.clone().unwrap_or_default(),
+            source_allocated_bytes: r.source_allocated,
+            destination_allocated_bytes: r.destination_allocated,
         }),
         error: e.failure.as_ref().map(|f| proto::MigrationError {
             code: f.code.number(),

@@ -51,6 +51,8 @@ fn result(r: &MigrationResult) -> Value {
         "source_deleted": r.source_deleted,
         "persistent_definition_repaired": r.persistent_definition_repaired,
         "source_kept_reason": r.source_kept_reason,
+        "source_allocated_bytes": r.source_allocated_bytes,
+        "destination_allocated_bytes": r.destination_allocated_bytes,
     })
 }
 

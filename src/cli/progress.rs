@@ -372,6 +372,18 @@ pub fn completed_summary(ev: &MigrationEvent) -> String {
         "updated"
     };
     field(&mut out, "persistent", definition);
+    if r.source_allocated_bytes > 0 && r.destination_allocated_bytes > 0 {
+        field(
+            &mut out,
+            "allocation",
+            &format!(
+                "{} on the source, {} on the destination ({:.3}×)",
+                crate::cli::units::human_bytes(r.source_allocated_bytes),
+                crate::cli::units::human_bytes(r.destination_allocated_bytes),
+                r.destination_allocated_bytes as f64 / r.source_allocated_bytes as f64
+            ),
+        );
+    }
     out
 }
 
@@ -556,6 +568,7 @@ mod tests {
                 source_deleted: false,
                 persistent_definition_repaired: true,
                 source_kept_reason: String::new(),
+                ..Default::default()
             }),
             ..Default::default()
         };

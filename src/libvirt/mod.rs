@@ -10,8 +10,10 @@ pub mod domain_xml;
 mod error;
 pub mod pool_xml;
 mod qemu_img;
+mod rbd;
 pub mod xml_tree;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use virt::connect::Connect;
@@ -34,7 +36,12 @@ pub const DEFAULT_URI: &str = "qemu:///system";
 pub struct LibvirtHost {
     uri: String,
     conn: Mutex<Option<Arc<Connect>>>,
+    ceph_keyring_dir: PathBuf,
 }
+
+/// Where Ceph's tools keep keyrings; volmig reads a cephx key there when
+/// libvirt keeps the pool's secret private.
+pub const DEFAULT_CEPH_KEYRING_DIR: &str = "/etc/ceph";
 
 impl LibvirtHost {
     /// A host for `uri`; connects lazily on first use.
@@ -45,7 +52,62 @@ impl LibvirtHost {
         LibvirtHost {
             uri: uri.into(),
             conn: Mutex::new(None),
+            ceph_keyring_dir: PathBuf::from(DEFAULT_CEPH_KEYRING_DIR),
         }
+    }
+
+    /// Reads cephx keys of private libvirt secrets from `dir`.
+    pub fn with_ceph_keyring_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.ceph_keyring_dir = dir.into();
+        self
+    }
+
+    /// Opens an rbd disk source with its credentials: the key from the libvirt
+    /// secret, or, where libvirt keeps it private, from the user's keyring.
+    fn with_rbd_image<T>(
+        &self,
+        source: &DiskSource,
+        f: impl Fn(&rbd::RbdImage<'_>) -> Result<T, HvError>,
+    ) -> Result<Option<T>, HvError> {
+        let DiskSource::Rbd {
+            pool,
+            image,
+            hosts,
+            auth,
+        } = source
+        else {
+            return Ok(None);
+        };
+        let auth = match auth {
+            None => None,
+            Some(a) => {
+                let from_libvirt = self
+                    .call("virSecretGetValue", &a.secret_uuid, |c| {
+                        Ok(c.lookup_secret_by_uuid_string(&a.secret_uuid)?.value(0)?)
+                    })
+                    .ok()
+                    .map(|v| rbd::base64(&v));
+                let key = from_libvirt
+                    .or_else(|| rbd::keyring_key(&self.ceph_keyring_dir, &a.username))
+                    .ok_or_else(|| {
+                        HvError::Unsupported(format!(
+                            "no cephx key for client.{}: libvirt keeps secret {} private and {}/ceph.client.{}.keyring does not hold it (set ceph_keyring_dir)",
+                            a.username,
+                            a.secret_uuid,
+                            self.ceph_keyring_dir.display(),
+                            a.username
+                        ))
+                    })?;
+                Some((a.username.as_str(), key))
+            }
+        };
+        f(&rbd::RbdImage {
+            pool,
+            image,
+            hosts,
+            auth,
+        })
+        .map(Some)
     }
 
     /// The connection URI.
@@ -514,6 +576,30 @@ impl Hypervisor for LibvirtHost {
             // only as far as Ceph keeps them, which the pool owner manages.
             DiskSource::Rbd { .. } => Ok(0),
         }
+    }
+
+    fn rbd_object_size(&self, source: &DiskSource) -> Result<Option<u64>, HvError> {
+        self.with_rbd_image(source, |img| img.object_size())
+    }
+
+    fn allocated_bytes(&self, source: &DiskSource) -> Result<u64, HvError> {
+        if let Some(bytes) = self.with_rbd_image(source, |img| img.allocated())? {
+            return Ok(bytes);
+        }
+        // Straight from the file system: a pool refresh would stat every
+        // volume of the pool for one number.
+        let path = source.display_name();
+        let meta =
+            std::fs::metadata(&path).map_err(|e| HvError::NoVolume(format!("{path}: {e}")))?;
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if meta.file_type().is_block_device() {
+            // A device is thick: all of it is spent.
+            use std::io::Seek;
+            return std::fs::File::open(&path)
+                .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)))
+                .map_err(|e| HvError::NoVolume(format!("{path}: {e}")));
+        }
+        Ok(meta.blocks() * 512)
     }
 
     fn disk_capacity(&self, domain: &str, disk: &str) -> Result<u64, HvError> {

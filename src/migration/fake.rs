@@ -541,6 +541,21 @@ impl Hypervisor for FakeHypervisor {
         self.step(|_| Ok(0))
     }
 
+    fn rbd_object_size(&self, source: &DiskSource) -> Result<Option<u64>, HvError> {
+        self.step(|_| Ok(matches!(source, DiskSource::Rbd { .. }).then_some(4 << 20)))
+    }
+
+    fn allocated_bytes(&self, source: &DiskSource) -> Result<u64, HvError> {
+        self.step(|st| {
+            let path = source.display_name();
+            st.volumes
+                .values()
+                .find(|v| v.path == path)
+                .map(|v| v.allocation)
+                .ok_or(HvError::NoVolume(path))
+        })
+    }
+
     fn disk_capacity(&self, _domain: &str, _disk: &str) -> Result<u64, HvError> {
         self.step(|_| Ok(CAPACITY))
     }

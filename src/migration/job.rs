@@ -27,7 +27,7 @@ use crate::migration::engine::{Command, Inner, Job};
 use crate::migration::error::Error;
 use crate::migration::journal::{Destination, Plan, Record, Stage};
 use crate::migration::model::{now_ms, Failure, MigrationResult, Phase, Progress, VerifyLevel};
-use crate::migration::{plan, recovery};
+use crate::migration::{plan, recovery, tuning};
 
 /// Poll interval once the copy is about to converge.
 const FAST_POLL: Duration = Duration::from_millis(20);
@@ -371,6 +371,9 @@ async fn continue_from(ctx: &mut Ctx<'_>, resume: Resume) -> Result<MigrationRes
         Resume::Verify(dest) => dest,
     };
     let persistent_repaired = verify(ctx, &dest).await?;
+    // Measured before a source deletion, so both sides can be compared.
+    let source_allocated = allocated(ctx, &ctx.plan().source).await;
+    let destination_allocated = allocated(ctx, &dest.disk).await;
     let (source_deleted, source_kept_reason) = cleanup(ctx).await?;
     let plan = ctx.plan();
     let source = plan.source_volume.clone();
@@ -385,7 +388,22 @@ async fn continue_from(ctx: &mut Ctx<'_>, resume: Resume) -> Result<MigrationRes
         source_deleted,
         persistent_repaired,
         source_kept_reason,
+        source_allocated,
+        destination_allocated,
     })
+}
+
+/// What the storage spends on `disk`; 0 when it cannot be measured (the
+/// migration is done either way).
+async fn allocated(ctx: &mut Ctx<'_>, disk: &DiskSource) -> u64 {
+    let disk = disk.clone();
+    match ctx.hv(move |hv| hv.allocated_bytes(&disk)).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot measure an allocation for the result");
+            0
+        }
+    }
 }
 
 async fn prepare(ctx: &mut Ctx<'_>) -> Result<Destination, Error> {
@@ -513,10 +531,22 @@ async fn start_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> 
         r.latest.message = message;
     })
     .await?;
+    let disk = dest.disk.clone();
+    let object_size = match ctx.hv(move |hv| hv.rbd_object_size(&disk)).await {
+        Ok(size) => size,
+        Err(e) => {
+            // Not fatal: QEMU's defaults copy correctly, only less thinly.
+            tracing::warn!(error = %e, "cannot read the RBD object size; copying with QEMU's default granularity");
+            None
+        }
+    };
+    let (buf_size, granularity) = tuning::for_object_size(object_size);
     let copy = CopyOptions {
         bandwidth: record.bandwidth,
         synchronous_writes: record.request.options.synchronous_writes,
-        ..CopyOptions::default()
+        shallow: false,
+        buf_size,
+        granularity,
     };
     let disk = dest.disk.clone();
     ctx.hv(move |hv| hv.block_copy(&plan.domain, &plan.target, &disk, plan.dest_format, copy))

@@ -9,6 +9,7 @@ pub mod journal;
 pub mod model;
 mod plan;
 mod recovery;
+mod tuning;
 pub mod validate;
 
 pub use engine::{

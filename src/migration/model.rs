@@ -165,6 +165,12 @@ pub struct MigrationResult {
     /// Why a source that was to be deleted was kept (something else uses it).
     #[serde(default)]
     pub source_kept_reason: Option<String>,
+    /// Bytes the source spends on its storage (0: unknown).
+    #[serde(default)]
+    pub source_allocated: u64,
+    /// Bytes the destination spends on its storage (0: unknown).
+    #[serde(default)]
+    pub destination_allocated: u64,
 }
 
 /// Error classes, numbered as google.rpc.Code so the edge can map them 1:1.

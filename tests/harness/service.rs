@@ -89,6 +89,8 @@ impl ServiceProcess {
             .arg(self.state_dir())
             .args(&self.args)
             .env("RUST_LOG", "volmig=debug,info")
+            // The test Ceph keeps its keyrings here; its libvirt secrets are private.
+            .env("VOLMIG_CEPH_KEYRING_DIR", super::pools::CEPH_DIR)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
