@@ -57,6 +57,8 @@ struct NodeArgs {
     /// Endpoint the controller should use to reach this node (default: --listen).
     #[arg(long, env = "VOLMIG_NODE_ADVERTISE")]
     advertise: Option<String>,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 #[derive(clap::Args)]
@@ -70,6 +72,48 @@ struct ControllerArgs {
     /// Directory for the migration history.
     #[arg(long, env = "VOLMIG_CONTROLLER_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+#[derive(clap::Args)]
+struct SecurityArgs {
+    /// CA certificate (PEM) that clients' and peers' certificates must chain to.
+    #[arg(long = "ca", env = "VOLMIG_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This service's certificate chain (PEM); re-read when the file changes.
+    #[arg(long = "cert", env = "VOLMIG_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// This service's private key (PEM); re-read when the file changes.
+    #[arg(long = "key", env = "VOLMIG_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve plaintext TCP on a non-loopback address (insecure; logged at every start).
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// File holding the bearer token presented to the services this one calls.
+    #[arg(long, env = "VOLMIG_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+/// Overrides the config file's security keys with the flags given.
+macro_rules! apply_security {
+    ($cfg:expr, $args:expr) => {
+        if let Some(v) = $args.tls_ca {
+            $cfg.tls_ca = Some(v);
+        }
+        if let Some(v) = $args.tls_cert {
+            $cfg.tls_cert = Some(v);
+        }
+        if let Some(v) = $args.tls_key {
+            $cfg.tls_key = Some(v);
+        }
+        if $args.insecure_plaintext {
+            $cfg.insecure_plaintext = true;
+        }
+        if let Some(v) = $args.token_file {
+            $cfg.token_file = Some(v);
+        }
+    };
 }
 
 async fn shutdown_signal() {
@@ -111,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(v) = args.advertise {
                 cfg.advertise = v;
             }
+            apply_security!(cfg, args.security);
             volmig::node::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
@@ -122,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(v) = args.state_dir {
                 cfg.state_dir = v;
             }
+            apply_security!(cfg, args.security);
             volmig::controller::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }

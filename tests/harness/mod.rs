@@ -18,6 +18,7 @@
 //! `allow`s below.
 #![allow(dead_code, unused_imports)]
 
+pub mod certs;
 pub mod controller;
 pub mod guest;
 pub mod node;

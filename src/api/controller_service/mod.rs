@@ -22,11 +22,10 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::api::client;
+use crate::api::client::{self, AuthChannel, Credentials};
 use crate::api::node_service::EventStream;
 use crate::config::ControllerConfig;
 use crate::controller::history::{Entry, History};
@@ -63,7 +62,9 @@ struct Inner {
     registry: Registry,
     inventory: Inventory,
     /// Open channels by node id, with the endpoint they go to.
-    channels: Mutex<HashMap<String, (String, Channel)>>,
+    channels: Mutex<HashMap<String, (String, AuthChannel)>>,
+    /// What the controller presents to its nodes.
+    credentials: Credentials,
     history: Arc<History>,
 }
 
@@ -112,6 +113,16 @@ impl ControllerService {
     /// A controller with its configuration and history; follows unfinished
     /// migrations again and keeps the pool inventory fresh in the background.
     pub fn new(config: ControllerConfig, history: History) -> ControllerService {
+        ControllerService::with_credentials(config, history, Credentials::default())
+    }
+
+    /// [`ControllerService::new`] whose calls to nodes present `credentials`
+    /// (its client certificate for `https://` nodes, a token).
+    pub fn with_credentials(
+        config: ControllerConfig,
+        history: History,
+        credentials: Credentials,
+    ) -> ControllerService {
         let registry = Registry::new(
             config
                 .nodes
@@ -125,6 +136,7 @@ impl ControllerService {
                 registry,
                 inventory: Inventory::new(),
                 channels: Mutex::new(HashMap::new()),
+                credentials,
                 history: Arc::new(history),
             }),
         };
@@ -146,7 +158,7 @@ impl ControllerService {
         })
     }
 
-    async fn node_of(&self, entry: &Entry) -> Result<(NodeEntry, NodeClient<Channel>), Status> {
+    async fn node_of(&self, entry: &Entry) -> Result<(NodeEntry, NodeClient<AuthChannel>), Status> {
         let node = self.inner.registry.get(&entry.record.node_id).ok_or_else(|| {
             Status::unavailable(format!(
                 "node {} that runs migration {} is not registered (it has not sent a heartbeat since the controller started)",
