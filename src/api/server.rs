@@ -424,4 +424,43 @@ mod tests {
         assert!(Listen::parse("unix://relative.sock").is_err());
         assert!(Listen::parse("nonsense").is_err());
     }
+
+    #[tokio::test]
+    async fn unix_sockets_replace_only_stale_sockets() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.sock");
+
+        // A regular file is never removed.
+        std::fs::write(&path, "precious").expect("write");
+        let err = bind_unix(&path, 0o660, None).expect_err("not a socket");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "precious");
+        std::fs::remove_file(&path).expect("rm");
+
+        // A live server keeps its socket.
+        let live = bind_unix(&path, 0o600, None).expect("bind");
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").mode() & 0o777,
+            0o600
+        );
+        let err = bind_unix(&path, 0o660, None).expect_err("in use");
+        assert!(err.to_string().contains("another process"), "{err}");
+
+        // Once nobody serves it, it is stale and replaced.
+        drop(live);
+        let _again = bind_unix(&path, 0o660, None).expect("stale socket replaced");
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").mode() & 0o777,
+            0o660
+        );
+
+        let err = bind_unix(
+            &dir.path().join("x.sock"),
+            0o660,
+            Some("volmig-no-such-group"),
+        )
+        .expect_err("unknown group");
+        assert!(matches!(err, ServeError::NoSuchGroup(_)), "{err}");
+    }
 }

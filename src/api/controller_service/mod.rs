@@ -25,13 +25,14 @@ use tokio::task::JoinSet;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
+use crate::api::auth::{Caller, Grant};
 use crate::api::client::{self, AuthChannel, Credentials};
 use crate::api::node_service::EventStream;
 use crate::config::ControllerConfig;
 use crate::controller::history::{Entry, History};
 use crate::controller::inventory::{ClusterPool, Inventory, Merged};
 use crate::controller::placement::{self, DiskToPlace, PoolCandidate, PoolPolicy, Verdict};
-use crate::controller::registry::{NodeEntry, NodeFacts, Registry};
+use crate::controller::registry::{self, NodeEntry, NodeFacts, Registry, RegistryError};
 use crate::hypervisor::ImageFormat;
 use crate::migration::model::now_ms;
 use crate::proto;
@@ -129,6 +130,7 @@ impl ControllerService {
                 .iter()
                 .map(|n| (n.id.clone(), n.endpoint.clone())),
             Duration::from_secs(u64::from(config.down_after_seconds.max(1))),
+            config.max_nodes.max(config.nodes.len()),
         );
         let service = ControllerService {
             inner: Arc::new(Inner {
@@ -184,22 +186,33 @@ impl Controller for ControllerService {
         &self,
         req: Request<proto::RegisterNodeRequest>,
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
+        let caller = Caller::of(&req).cloned();
         let req = req.into_inner();
         crate::migration::validate::object_name("node_id", &req.node_id)?;
-        if req.endpoint.is_empty() {
-            return Err(Status::invalid_argument(
-                "endpoint is required: how the controller reaches the node",
-            ));
+        // Only the node itself (its bound identity) or a local caller.
+        let caller = caller.ok_or_else(|| Status::unauthenticated("no caller identity"))?;
+        if !caller.may_register(&req.node_id) {
+            return Err(RegistryError::NotThisNode {
+                caller: caller.identity.clone(),
+                node_id: req.node_id.clone(),
+                bound: match &caller.grant {
+                    Grant::Role { node_id, .. } => node_id.clone(),
+                    _ => None,
+                },
+            }
+            .into());
         }
+        registry::check_endpoint(&req.endpoint, caller.is_local())?;
         let facts = req.info.as_ref().map(facts_of).unwrap_or_default();
-        if self
+        let news = self
             .inner
             .registry
-            .register(&req.node_id, &req.endpoint, facts)
-        {
+            .register(&req.node_id, &req.endpoint, facts)?;
+        if news {
             // A new or returning node: its pools count from now, not from the
             // next refresh.
             if let Some(node) = self.inner.registry.get(&req.node_id) {
+                tracing::info!(node = %node.id, endpoint = %node.endpoint.escape_debug(), by = %caller.identity, "node registered");
                 let svc = self.clone();
                 tokio::spawn(async move { svc.fetch_pools(&node).await }.in_current_span());
             }
