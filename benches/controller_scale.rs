@@ -371,7 +371,13 @@ fn main() {
         let served = service.clone();
         let listen = Listen::Unix(ctrl_sock.clone());
         tokio::spawn(async move {
-            let _ = server::serve_controller(served, listen, std::future::pending()).await;
+            let _ = server::serve_controller(
+                served,
+                listen,
+                server::Exposure::local_only(),
+                std::future::pending(),
+            )
+            .await;
         });
         service
     });

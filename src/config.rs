@@ -6,8 +6,57 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// Node settings.
+/// Default mode of a unix socket: owner and group may connect.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// Default limit of concurrent calls on one HTTP/2 connection.
+pub const DEFAULT_MAX_STREAMS: u32 = 128;
+/// Default limit of a request message: requests are small; 256 KiB leaves
+/// room for every legitimate one.
+pub const DEFAULT_MAX_REQUEST: usize = 256 * 1024;
+/// Default limit of watchers of one migration.
+pub const DEFAULT_MAX_WATCHERS: usize = 64;
+
+/// A role a caller can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads: Get/List/Watch/Plan, GetInfo, ListPools, ListDisks, FindVolumeUsers.
+    Viewer,
+    /// A viewer that may also migrate, cancel and change bandwidth.
+    Operator,
+    /// A node: may only register itself (its bound node id).
+    Node,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Node => "node",
+        })
+    }
+}
+
+/// A role given to a certificate identity (`identities`) or a token (`tokens`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    /// For an identity: a SAN (URI or DNS name) or the subject CN of the
+    /// client certificate. For a token: its name in logs.
+    pub name: String,
+    /// The role.
+    pub role: Role,
+    /// For the node role: the node id it may register as.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// For a token: the SHA-256 of the token, hex.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// Node settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// Stable id of this node; defaults to the host name.
@@ -33,6 +82,33 @@ pub struct NodeConfig {
     /// Where `ceph.client.<user>.keyring` files are, for RBD pools whose libvirt
     /// secret is private (the key is needed to read object sizes and usage).
     pub ceph_keyring_dir: PathBuf,
+    /// CA certificate (PEM) that peers' certificates must chain to; with
+    /// `tls_cert` and `tls_key`, TCP listeners serve mutual TLS and outgoing
+    /// calls present this certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// This component's certificate chain (PEM), re-read when it changes.
+    pub tls_cert: Option<PathBuf>,
+    /// This component's private key (PEM), re-read when it changes.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plaintext on a non-loopback TCP address (logged as a warning).
+    pub insecure_plaintext: bool,
+    /// A file holding the bearer token this component presents to the
+    /// services it calls (for a peer that takes tokens instead of certificates).
+    pub token_file: Option<PathBuf>,
+    /// Client certificates and the roles they have.
+    pub identities: Vec<GrantConfig>,
+    /// Bearer tokens (by SHA-256) and the roles they have.
+    pub tokens: Vec<GrantConfig>,
+    /// Mode of the unix socket (default 0o660).
+    pub socket_mode: u32,
+    /// Group of the unix socket; default `volmig` when that group exists.
+    pub socket_group: Option<String>,
+    /// Most concurrent HTTP/2 streams (calls) on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest request message accepted, bytes.
+    pub max_request_bytes: usize,
+    /// Most watchers of one migration at once (more are RESOURCE_EXHAUSTED).
+    pub max_watchers_per_migration: usize,
 }
 
 impl Default for NodeConfig {
@@ -49,6 +125,18 @@ impl Default for NodeConfig {
             journal_retention_days: 7,
             journal_retention_records: 1000,
             ceph_keyring_dir: PathBuf::from(crate::libvirt::DEFAULT_CEPH_KEYRING_DIR),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            insecure_plaintext: false,
+            token_file: None,
+            identities: Vec::new(),
+            tokens: Vec::new(),
+            socket_mode: DEFAULT_SOCKET_MODE,
+            socket_group: None,
+            max_concurrent_streams: DEFAULT_MAX_STREAMS,
+            max_request_bytes: DEFAULT_MAX_REQUEST,
+            max_watchers_per_migration: DEFAULT_MAX_WATCHERS,
         }
     }
 }
@@ -71,6 +159,42 @@ pub struct ControllerConfig {
     pub pool_defaults: PoolSettings,
     /// Per-pool placement settings, matched by pool name or storage id.
     pub pools: Vec<PoolOverride>,
+    /// Most nodes in the registry, configured ones included (more
+    /// registrations are RESOURCE_EXHAUSTED).
+    pub max_nodes: usize,
+    /// Bound on every call to a node (streams: until their first event), seconds.
+    pub node_call_timeout_seconds: u64,
+    /// Finished migrations are dropped from the history after this many days.
+    pub history_retention_days: u64,
+    /// At most this many finished migrations are kept in the history (the newest).
+    pub history_retention_records: usize,
+    /// CA certificate (PEM) that peers' certificates must chain to; with
+    /// `tls_cert` and `tls_key`, TCP listeners serve mutual TLS and outgoing
+    /// calls present this certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// This component's certificate chain (PEM), re-read when it changes.
+    pub tls_cert: Option<PathBuf>,
+    /// This component's private key (PEM), re-read when it changes.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plaintext on a non-loopback TCP address (logged as a warning).
+    pub insecure_plaintext: bool,
+    /// A file holding the bearer token this component presents to the
+    /// services it calls (for a peer that takes tokens instead of certificates).
+    pub token_file: Option<PathBuf>,
+    /// Client certificates and the roles they have.
+    pub identities: Vec<GrantConfig>,
+    /// Bearer tokens (by SHA-256) and the roles they have.
+    pub tokens: Vec<GrantConfig>,
+    /// Mode of the unix socket (default 0o660).
+    pub socket_mode: u32,
+    /// Group of the unix socket; default `volmig` when that group exists.
+    pub socket_group: Option<String>,
+    /// Most concurrent HTTP/2 streams (calls) on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest request message accepted, bytes.
+    pub max_request_bytes: usize,
+    /// Most watchers of one migration at once (more are RESOURCE_EXHAUSTED).
+    pub max_watchers_per_migration: usize,
 }
 
 /// A node listed in the controller's configuration.
@@ -159,7 +283,82 @@ impl Default for ControllerConfig {
             down_after_seconds: 15,
             pool_defaults: PoolSettings::default(),
             pools: Vec::new(),
+            max_nodes: 10_000,
+            node_call_timeout_seconds: 10,
+            history_retention_days: 30,
+            history_retention_records: 10_000,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            insecure_plaintext: false,
+            token_file: None,
+            identities: Vec::new(),
+            tokens: Vec::new(),
+            socket_mode: DEFAULT_SOCKET_MODE,
+            socket_group: None,
+            max_concurrent_streams: DEFAULT_MAX_STREAMS,
+            max_request_bytes: DEFAULT_MAX_REQUEST,
+            max_watchers_per_migration: DEFAULT_MAX_WATCHERS,
         }
+    }
+}
+
+/// The security settings every component has, gathered from its config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecurityConfig {
+    /// See [`NodeConfig::tls_ca`].
+    pub tls_ca: Option<PathBuf>,
+    /// See [`NodeConfig::tls_cert`].
+    pub tls_cert: Option<PathBuf>,
+    /// See [`NodeConfig::tls_key`].
+    pub tls_key: Option<PathBuf>,
+    /// See [`NodeConfig::insecure_plaintext`].
+    pub insecure_plaintext: bool,
+    /// See [`NodeConfig::token_file`].
+    pub token_file: Option<PathBuf>,
+    /// See [`NodeConfig::identities`].
+    pub identities: Vec<GrantConfig>,
+    /// See [`NodeConfig::tokens`].
+    pub tokens: Vec<GrantConfig>,
+    /// See [`NodeConfig::socket_mode`].
+    pub socket_mode: u32,
+    /// See [`NodeConfig::socket_group`].
+    pub socket_group: Option<String>,
+    /// See [`NodeConfig::max_concurrent_streams`].
+    pub max_concurrent_streams: u32,
+    /// See [`NodeConfig::max_request_bytes`].
+    pub max_request_bytes: usize,
+}
+
+macro_rules! security_of {
+    ($cfg:expr) => {
+        SecurityConfig {
+            tls_ca: $cfg.tls_ca.clone(),
+            tls_cert: $cfg.tls_cert.clone(),
+            tls_key: $cfg.tls_key.clone(),
+            insecure_plaintext: $cfg.insecure_plaintext,
+            token_file: $cfg.token_file.clone(),
+            identities: $cfg.identities.clone(),
+            tokens: $cfg.tokens.clone(),
+            socket_mode: $cfg.socket_mode,
+            socket_group: $cfg.socket_group.clone(),
+            max_concurrent_streams: $cfg.max_concurrent_streams,
+            max_request_bytes: $cfg.max_request_bytes,
+        }
+    };
+}
+
+impl NodeConfig {
+    /// The node's security settings.
+    pub fn security(&self) -> SecurityConfig {
+        security_of!(self)
+    }
+}
+
+impl ControllerConfig {
+    /// The controller's security settings.
+    pub fn security(&self) -> SecurityConfig {
+        security_of!(self)
     }
 }
 

@@ -60,6 +60,8 @@ struct NodeArgs {
     /// Directory of ceph.client.<user>.keyring files (for private libvirt secrets).
     #[arg(long, env = "VOLMIG_CEPH_KEYRING_DIR")]
     ceph_keyring_dir: Option<PathBuf>,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +75,48 @@ struct ControllerArgs {
     /// Directory for the migration history.
     #[arg(long, env = "VOLMIG_CONTROLLER_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+#[derive(clap::Args)]
+struct SecurityArgs {
+    /// CA certificate (PEM) that clients' and peers' certificates must chain to.
+    #[arg(long = "ca", env = "VOLMIG_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This service's certificate chain (PEM); re-read when the file changes.
+    #[arg(long = "cert", env = "VOLMIG_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// This service's private key (PEM); re-read when the file changes.
+    #[arg(long = "key", env = "VOLMIG_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve plaintext TCP on a non-loopback address (insecure; logged at every start).
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// File holding the bearer token presented to the services this one calls.
+    #[arg(long, env = "VOLMIG_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+/// Overrides the config file's security keys with the flags given.
+macro_rules! apply_security {
+    ($cfg:expr, $args:expr) => {
+        if let Some(v) = $args.tls_ca {
+            $cfg.tls_ca = Some(v);
+        }
+        if let Some(v) = $args.tls_cert {
+            $cfg.tls_cert = Some(v);
+        }
+        if let Some(v) = $args.tls_key {
+            $cfg.tls_key = Some(v);
+        }
+        if $args.insecure_plaintext {
+            $cfg.insecure_plaintext = true;
+        }
+        if let Some(v) = $args.token_file {
+            $cfg.token_file = Some(v);
+        }
+    };
 }
 
 async fn shutdown_signal() {
@@ -117,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(v) = args.ceph_keyring_dir {
                 cfg.ceph_keyring_dir = v;
             }
+            apply_security!(cfg, args.security);
             volmig::node::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
@@ -128,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(v) = args.state_dir {
                 cfg.state_dir = v;
             }
+            apply_security!(cfg, args.security);
             volmig::controller::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::api::server::{self, Listen};
+use crate::api::client::{self, Credentials, Peer};
+use crate::api::server::{self, Exposure, Listen};
 use crate::config::NodeConfig;
 use crate::libvirt::LibvirtHost;
 use crate::migration::journal::Journal;
@@ -14,6 +15,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let listen = Listen::parse(&config.listen).map_err(anyhow::Error::msg)?;
+    let security = config.security();
+    let exposure = Exposure::from_config(&security)?;
+    let credentials = Credentials::load(exposure.tls.clone(), security.token_file.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let node_id = if config.node_id.is_empty() {
         hostname()
     } else {
@@ -31,6 +36,7 @@ pub async fn run(
             node_id: node_id.clone(),
             max_concurrent: config.max_concurrent_migrations.max(1),
             synchronized_hold: std::time::Duration::from_millis(config.synchronized_hold_ms),
+            max_watchers: config.max_watchers_per_migration.max(1),
             retention: Retention {
                 max_age: std::time::Duration::from_secs(
                     config.journal_retention_days.saturating_mul(24 * 3600),
@@ -52,9 +58,10 @@ pub async fn run(
             engine.clone(),
             config.controller.clone(),
             advertise,
+            credentials,
         ));
     }
-    server::serve_node(engine, listen, shutdown).await?;
+    server::serve_node(engine, listen, exposure, shutdown).await?;
     Ok(())
 }
 
@@ -68,7 +75,12 @@ fn hostname() -> String {
 
 /// Registers with the controller and repeats it as a heartbeat, for as long as
 /// the node runs; a controller that is down is retried quietly.
-async fn heartbeat(engine: Engine, controller: String, advertise: String) {
+async fn heartbeat(
+    engine: Engine,
+    controller: String,
+    advertise: String,
+    credentials: Credentials,
+) {
     use crate::api::convert;
     use crate::proto::controller_client::ControllerClient;
     let mut interval = std::time::Duration::from_secs(5);
@@ -78,7 +90,7 @@ async fn heartbeat(engine: Engine, controller: String, advertise: String) {
             let host = engine.host_info().await.map_err(|e| e.to_string())?;
             let info =
                 convert::node_info_to_proto(engine.node_id(), &host, engine.max_concurrent());
-            let channel = crate::api::client::connect(&controller)
+            let channel = client::connect_with(Peer::Controller, &controller, &credentials)
                 .await
                 .map_err(|e| e.to_string())?;
             let reply = ControllerClient::new(channel)
@@ -97,7 +109,7 @@ async fn heartbeat(engine: Engine, controller: String, advertise: String) {
                 interval = std::time::Duration::from_secs(u64::from(secs.max(1)));
             }
             Err(e) if !warned => {
-                tracing::warn!(%controller, error = %e, "cannot register with the controller; retrying");
+                tracing::warn!(%controller, error = %e.escape_debug(), "cannot register with the controller; retrying");
                 warned = true;
             }
             Err(_) => {}

@@ -197,6 +197,24 @@ fn node_listens_on_tcp_when_configured() {
         .expect("free port")
         .port();
     let dir = harness::make_dir(&harness::unique_name("tcp-node"));
+    // TCP callers need credentials even on loopback: a viewer token here.
+    let token = "tcp-test-token";
+    let config = dir.join("node.toml");
+    let hash = harness::run_ok(
+        "sh",
+        &[
+            "-c",
+            &format!("printf %s {token} | sha256sum | cut -d' ' -f1"),
+        ],
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[[tokens]]\nname = \"test\"\nrole = \"viewer\"\nsha256 = \"{}\"\n",
+            hash.trim()
+        ),
+    )
+    .expect("config");
     let listen = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_volmig"))
         .args([
@@ -205,20 +223,39 @@ fn node_listens_on_tcp_when_configured() {
             &listen,
             "--node-id",
             "tcp-node",
-            "--state-dir",
+            "--config",
         ])
+        .arg(&config)
+        .arg("--state-dir")
         .arg(dir.join("state"))
         .spawn()
         .expect("start node");
     let endpoint = format!("http://{listen}");
+    let info = |token: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_volmig"));
+        cmd.args(["info", "--node", &endpoint, "--json"])
+            .env("RUST_LOG", "warn");
+        if let Some(t) = token {
+            cmd.env("VOLMIG_TOKEN", t);
+        }
+        let out = cmd.output().expect("run volmig");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
     let mut answer = (1, String::new(), String::new());
     let up = harness::try_wait_until(Duration::from_secs(20), || {
-        answer = volmig(&["info", "--node", &endpoint, "--json"]);
+        answer = info(Some(token));
         answer.0 == 0
     });
+    let anonymous = info(None);
     let _ = child.kill();
     let _ = child.wait();
     harness::remove_dir_noisy(&dir);
     assert!(up, "no answer over TCP: {answer:?}");
     assert!(answer.1.contains("\"tcp-node\""), "{}", answer.1);
+    assert_eq!(anonymous.0, 1);
+    assert!(anonymous.2.contains("UNAUTHENTICATED"), "{anonymous:?}");
 }

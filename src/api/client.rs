@@ -2,7 +2,9 @@
 //! errors for an operator.
 //!
 //! Endpoints are `unix:///abs/path.sock` (a node on the same host),
-//! `http://host:port` or `https://host:port`. The connection is made eagerly so
+//! `http://host:port` or `https://host:port` (mutual TLS with the configured
+//! CA, certificate and key; certificate files are read at each connection,
+//! so a rotated client certificate is used from the next one). The connection is made eagerly so
 //! that a wrong address or a service that is not running is reported at once,
 //! with a hint, rather than on the first call.
 
@@ -10,8 +12,15 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use std::path::Path;
+
 use hyper_util::rt::TokioIo;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::api::tls::{self, TlsFiles};
 
 /// How long to wait for a TCP connection before reporting the peer unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,13 +73,23 @@ pub enum ClientError {
         /// The I/O error kind of that cause, when it was an I/O error; chooses the hint.
         kind: Option<io::ErrorKind>,
     },
-    /// `https://` needs tonic's TLS support, which this build does not have.
-    #[error("cannot connect to {peer} at {endpoint}: this build has no TLS support; use a unix:// or http:// endpoint")]
-    TlsUnsupported {
+    /// `https://` without the CA, certificate and key to use.
+    #[error("cannot connect to {peer} at {endpoint}: https:// needs a CA, a client certificate and its key (--ca, --cert, --key; tls_ca, tls_cert, tls_key in a config file)")]
+    TlsNotConfigured {
         /// The service the endpoint was meant for.
         peer: Peer,
         /// The endpoint as given.
         endpoint: String,
+    },
+    /// The TLS files or the token file could not be used.
+    #[error("cannot connect to {peer} at {endpoint}: {reason}")]
+    Credentials {
+        /// The service the endpoint was meant for.
+        peer: Peer,
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with them.
+        reason: String,
     },
 }
 
@@ -81,7 +100,9 @@ impl ClientError {
         match self {
             ClientError::InvalidEndpoint { .. } => tonic::Code::InvalidArgument,
             ClientError::Connect { .. } => tonic::Code::Unavailable,
-            ClientError::TlsUnsupported { .. } => tonic::Code::Unimplemented,
+            ClientError::TlsNotConfigured { .. } | ClientError::Credentials { .. } => {
+                tonic::Code::InvalidArgument
+            }
         }
     }
 }
@@ -98,16 +119,88 @@ fn connect_hint(peer: Peer, kind: Option<io::ErrorKind>) -> String {
     }
 }
 
-/// Opens a channel to a volmig node (the controller uses this to reach its
-/// nodes). See [`connect_to`].
+/// What a client presents: TLS material for `https://` endpoints, and a
+/// bearer token for every call. `Debug` never shows the token.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// CA, certificate and key for `https://` endpoints.
+    pub tls: Option<TlsFiles>,
+    token: Option<MetadataValue<Ascii>>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Credentials from TLS files and a token (surrounding whitespace, such
+    /// as a file's final newline, is dropped). Err names what is unusable.
+    pub fn new(tls: Option<TlsFiles>, token: Option<&str>) -> Result<Credentials, String> {
+        let token = match token.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(t) => Some(
+                MetadataValue::try_from(format!("Bearer {t}"))
+                    .map_err(|_| "the token must be printable ASCII".to_string())?,
+            ),
+            None => None,
+        };
+        Ok(Credentials { tls, token })
+    }
+
+    /// Reads the token from `token_file`, if any; see [`Credentials::new`].
+    pub fn load(tls: Option<TlsFiles>, token_file: Option<&Path>) -> Result<Credentials, String> {
+        let token = match token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Credentials::new(tls, token.as_deref())
+    }
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.token {
+            req.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel whose calls carry the [`Credentials`]' token.
+pub type AuthChannel = InterceptedService<Channel, Credentials>;
+
+/// Opens a channel to a volmig node without credentials (a unix socket or
+/// plaintext TCP). See [`connect_to`].
 pub async fn connect(endpoint: &str) -> Result<Channel, ClientError> {
     connect_to(Peer::Node, endpoint).await
 }
 
-/// Opens a channel to the volmig `peer` at `endpoint`: `unix:///abs/path.sock`,
-/// `http://host:port` or `https://host:port` (the last is refused until TLS is
-/// built in).
+/// Opens a channel without credentials to the volmig `peer` at `endpoint`:
+/// `unix:///abs/path.sock` or `http://host:port` (`https://` needs
+/// [`connect_with`]).
 pub async fn connect_to(peer: Peer, endpoint: &str) -> Result<Channel, ClientError> {
+    open(peer, endpoint, None).await
+}
+
+/// Opens a channel to the volmig `peer` at `endpoint` (`unix:///abs/path.sock`,
+/// `http://host:port` or `https://host:port`) presenting `credentials`.
+pub async fn connect_with(
+    peer: Peer,
+    endpoint: &str,
+    credentials: &Credentials,
+) -> Result<AuthChannel, ClientError> {
+    let channel = open(peer, endpoint, credentials.tls.as_ref()).await?;
+    Ok(InterceptedService::new(channel, credentials.clone()))
+}
+
+async fn open(peer: Peer, endpoint: &str, tls: Option<&TlsFiles>) -> Result<Channel, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidEndpoint {
         peer,
         endpoint: endpoint.to_string(),
@@ -142,24 +235,28 @@ pub async fn connect_to(peer: Peer, endpoint: &str) -> Result<Channel, ClientErr
             .map_err(connect_failed)?;
         return Ok(channel);
     }
-    if endpoint.starts_with("https://") {
-        return Err(ClientError::TlsUnsupported {
-            peer,
-            endpoint: endpoint.to_string(),
-        });
-    }
-    if !endpoint.starts_with("http://") {
+    let https = endpoint.starts_with("https://");
+    if !https && !endpoint.starts_with("http://") {
         return Err(invalid(
             "expected unix:///path/to.sock, http://host:port or https://host:port",
         ));
     }
     let parsed =
         Endpoint::from_shared(endpoint.to_string()).map_err(|_| invalid("not a valid URI"))?;
-    configure(parsed)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .map_err(connect_failed)
+    let mut parsed = configure(parsed).connect_timeout(CONNECT_TIMEOUT);
+    if https {
+        let files = tls.ok_or_else(|| ClientError::TlsNotConfigured {
+            peer,
+            endpoint: endpoint.to_string(),
+        })?;
+        let config = tls::client_config(files).map_err(|e| ClientError::Credentials {
+            peer,
+            endpoint: endpoint.to_string(),
+            reason: e.to_string(),
+        })?;
+        parsed = parsed.tls_config(config).map_err(connect_failed)?;
+    }
+    parsed.connect().await.map_err(connect_failed)
 }
 
 fn configure(endpoint: Endpoint) -> Endpoint {
@@ -275,9 +372,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_is_refused_until_tls_is_built_in() {
+    async fn https_needs_tls_files() {
         let err = connect("https://node1:7400").await.expect_err("no tls");
-        assert!(matches!(err, ClientError::TlsUnsupported { .. }), "{err}");
+        assert!(matches!(err, ClientError::TlsNotConfigured { .. }), "{err}");
+    }
+
+    #[test]
+    fn credentials_never_show_the_token() {
+        let creds = Credentials::new(None, Some("s3cret\n")).expect("token");
+        assert!(!format!("{creds:?}").contains("s3cret"));
+        assert!(Credentials::new(None, Some("bad\u{7f}token")).is_err());
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The gRPC edge: proto conversions, the single error-to-status map, the
 //! service shims over the engine, and the server/client transports.
 
+pub mod auth;
 pub mod client;
 pub mod controller_service;
 pub mod convert;
@@ -8,3 +9,4 @@ pub mod identity_service;
 pub mod node_service;
 pub mod server;
 pub mod status;
+pub mod tls;

@@ -30,7 +30,14 @@ impl NodeService {
 pub fn event_stream(mut sub: Subscription) -> EventStream {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        while let Some(event) = sub.next().await {
+        loop {
+            // A caller that went away frees its subscription at once, not at
+            // the migration's next event: watchers are counted against a limit.
+            let event = tokio::select! {
+                event = sub.next() => event,
+                () = tx.closed() => None,
+            };
+            let Some(event) = event else { break };
             if tx.send(Ok(convert::event_to_proto(&event))).await.is_err() {
                 break;
             }

@@ -1,4 +1,10 @@
-//! Serving the services on a Unix socket or TCP, with health and reflection.
+//! Serving the services on a Unix socket or TCP, with health and reflection,
+//! behind the authorization layer and within the configured limits.
+//!
+//! TCP is served with mutual TLS when certificates are configured; plaintext
+//! TCP is allowed on loopback addresses, and elsewhere only with an explicit
+//! `--insecure-plaintext`. A unix socket is authenticated by the operating
+//! system: its mode and group decide who may connect.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,9 +15,13 @@ use std::sync::Arc;
 
 use tonic::transport::Server;
 
+use crate::api::auth::{AuthLayer, Policy, PolicyError};
+use crate::api::tls::{self, TlsError, TlsFiles};
+
 use crate::api::controller_service::ControllerService;
 use crate::api::identity_service::{IdentityService, Probe};
 use crate::api::node_service::NodeService;
+use crate::config::SecurityConfig;
 use crate::migration::Engine;
 use crate::proto;
 use crate::proto::controller_server::ControllerServer;
@@ -46,6 +56,75 @@ impl Listen {
     }
 }
 
+/// How a service is exposed: transport security, who may call what, and
+/// the limits every caller is held to.
+#[derive(Clone)]
+pub struct Exposure {
+    /// Serve TCP with mutual TLS using these files.
+    pub tls: Option<TlsFiles>,
+    /// Allow plaintext TCP on a non-loopback address.
+    pub insecure_plaintext: bool,
+    /// Accepted identities and tokens.
+    pub policy: Arc<Policy>,
+    /// Mode of a unix socket.
+    pub socket_mode: u32,
+    /// Group of a unix socket (`None`: `volmig` when it exists).
+    pub socket_group: Option<String>,
+    /// Most concurrent calls on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Largest request message, bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Exposure {
+    /// Local-only defaults: no TLS, no identities or tokens (so only unix
+    /// socket callers are authorized), default socket mode and limits.
+    pub fn local_only() -> Exposure {
+        Exposure {
+            tls: None,
+            insecure_plaintext: false,
+            policy: Arc::new(Policy::local_only()),
+            socket_mode: crate::config::DEFAULT_SOCKET_MODE,
+            socket_group: None,
+            max_concurrent_streams: crate::config::DEFAULT_MAX_STREAMS,
+            max_request_bytes: crate::config::DEFAULT_MAX_REQUEST,
+        }
+    }
+
+    /// The exposure a component's security settings describe; reads no file
+    /// yet (TLS files are read when the listener starts).
+    pub fn from_config(config: &SecurityConfig) -> Result<Exposure, ServeError> {
+        let tls = TlsFiles::from_parts(
+            config.tls_ca.clone(),
+            config.tls_cert.clone(),
+            config.tls_key.clone(),
+        )?;
+        let policy = Policy::new(&config.identities, &config.tokens)?;
+        Ok(Exposure {
+            tls,
+            insecure_plaintext: config.insecure_plaintext,
+            policy: Arc::new(policy),
+            socket_mode: config.socket_mode,
+            socket_group: config.socket_group.clone(),
+            max_concurrent_streams: config.max_concurrent_streams,
+            max_request_bytes: config.max_request_bytes,
+        })
+    }
+
+    fn builder(
+        &self,
+    ) -> Server<tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>> {
+        Server::builder()
+            .max_concurrent_streams(self.max_concurrent_streams.max(1))
+            // Metadata is small; a peer sending megabytes of headers is not a client.
+            .http2_max_header_list_size(MAX_HEADER_LIST)
+            .layer(AuthLayer::new(self.policy.clone()))
+    }
+}
+
+/// Largest header block accepted from a client.
+const MAX_HEADER_LIST: u32 = 64 * 1024;
+
 /// Server errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -58,6 +137,29 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The unix socket path is taken by something that is not a stale socket.
+    #[error("cannot listen on {path}: {reason}")]
+    SocketInUse {
+        /// The socket path.
+        path: String,
+        /// What is there.
+        reason: String,
+    },
+    /// A plaintext listener on an address other hosts can reach.
+    #[error("refusing to serve plaintext on {addr}, which is not a loopback address: configure tls_ca, tls_cert and tls_key, or pass --insecure-plaintext")]
+    PlaintextRefused {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The socket group does not exist.
+    #[error("unix socket group '{0}' does not exist")]
+    NoSuchGroup(String),
+    /// The identities or tokens are unusable.
+    #[error("authorization settings: {0}")]
+    Policy(#[from] PolicyError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Reflection could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
@@ -66,48 +168,134 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+/// The group id of `name`, if the group exists.
+fn group_id(name: &str) -> Result<Option<u32>, std::io::Error> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in group name"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: an all-zero `group` is a valid value for this plain C struct; it
+    // is only read after getgrnam_r filled it.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `cname` is NUL-terminated,
+    // `group` and `result` are live locals, `buf` is writable for its length.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok((!result.is_null()).then_some(group.gr_gid))
+}
+
+/// Binds a unix socket safely: an existing path is removed only when it is a
+/// socket nobody serves (a previous run that was killed); anything else there,
+/// or a live server, refuses the start. The socket gets `mode` and the group.
+fn bind_unix(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> Result<tokio::net::UnixListener, ServeError> {
+    use std::os::unix::fs::FileTypeExt;
     let err = |source| ServeError::Listen {
         what: path.display().to_string(),
         source,
     };
+    let in_use = |reason: String| ServeError::SocketInUse {
+        path: path.display().to_string(),
+        reason,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    // A socket file left by a previous (killed) run would make bind fail.
-    if path.exists() {
-        std::fs::remove_file(path).map_err(err)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(in_use("another process is serving it".into())),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "removing the stale socket of a previous run");
+                    std::fs::remove_file(path).map_err(err)?;
+                }
+                Err(e) => return Err(in_use(format!("it exists and cannot be probed: {e}"))),
+            }
+        }
+        Ok(_) => {
+            return Err(in_use(
+                "the path exists and is not a socket; not removing it".into(),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
     }
+    let gid = match group {
+        Some(name) => Some(
+            group_id(name)
+                .map_err(err)?
+                .ok_or_else(|| ServeError::NoSuchGroup(name.to_string()))?,
+        ),
+        None => group_id("volmig").map_err(err)?,
+    };
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777)).map_err(err)?;
     Ok(listener)
 }
 
-/// The reflection service over volmig's and health's descriptors.
+/// The reflection services (v1, and v1alpha for clients such as Python's
+/// grpcio-reflection that only ask that one) over volmig's and health's
+/// descriptors.
+#[allow(clippy::type_complexity)]
 fn reflection() -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
     ServeError,
 > {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = builder()
         .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let v1alpha = builder()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    Ok((v1, v1alpha))
 }
 
 /// Runs a router on the listen address until `shutdown`; `what` names the component in logs.
 async fn serve(
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<
+        tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>,
+    >,
     listen: Listen,
+    exposure: &Exposure,
     what: &'static str,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     match listen {
         Listen::Unix(path) => {
-            let listener = bind_unix(&path)?;
-            tracing::info!(socket = %path.display(), "{what} listening");
+            let listener = bind_unix(
+                &path,
+                exposure.socket_mode,
+                exposure.socket_group.as_deref(),
+            )?;
+            tracing::info!(socket = %path.display(), mode = format!("{:o}", exposure.socket_mode), "{what} listening");
             router
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::UnixListenerStream::new(listener),
@@ -117,8 +305,35 @@ async fn serve(
             let _ = std::fs::remove_file(&path);
         }
         Listen::Tcp(addr) => {
-            tracing::info!(%addr, "{what} listening");
-            router.serve_with_shutdown(addr, shutdown).await?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    what: addr.to_string(),
+                    source,
+                })?;
+            match &exposure.tls {
+                Some(files) => {
+                    let config = tls::server_config(files)?;
+                    tracing::info!(%addr, "{what} listening (mutual TLS)");
+                    router
+                        .serve_with_incoming_shutdown(tls::incoming(listener, config), shutdown)
+                        .await?;
+                }
+                None => {
+                    if !addr.ip().is_loopback() {
+                        if !exposure.insecure_plaintext {
+                            return Err(ServeError::PlaintextRefused { addr });
+                        }
+                        tracing::warn!(%addr, "{what} serving PLAINTEXT on a non-loopback address (--insecure-plaintext): anyone on the network can read and forge its traffic");
+                    }
+                    tracing::info!(%addr, "{what} listening (plaintext)");
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await?;
+                }
+            }
         }
     }
     Ok(())
@@ -128,6 +343,7 @@ async fn serve(
 pub async fn serve_node(
     engine: Engine,
     listen: Listen,
+    exposure: Exposure,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -145,18 +361,23 @@ pub async fn serve_node(
         ("node_id".to_string(), engine.node_id().to_string()),
     ]);
     let identity = IdentityService::new(proto::PluginCapability::NodeService, manifest, probe);
-    let router = Server::builder()
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let limit = exposure.max_request_bytes;
+    let router = exposure
+        .builder()
         .add_service(health)
-        .add_service(reflection()?)
-        .add_service(IdentityServer::new(identity))
-        .add_service(NodeServer::new(NodeService::new(engine)));
-    serve(router, listen, "node", shutdown).await
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(IdentityServer::new(identity).max_decoding_message_size(limit))
+        .add_service(NodeServer::new(NodeService::new(engine)).max_decoding_message_size(limit));
+    serve(router, listen, &exposure, "node", shutdown).await
 }
 
 /// Serves the Controller and Identity services (plus health and reflection) until `shutdown`.
 pub async fn serve_controller(
     controller: ControllerService,
     listen: Listen,
+    exposure: Exposure,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -170,12 +391,16 @@ pub async fn serve_controller(
     let manifest = HashMap::from([("component".to_string(), "controller".to_string())]);
     let identity =
         IdentityService::new(proto::PluginCapability::ControllerService, manifest, probe);
-    let router = Server::builder()
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let limit = exposure.max_request_bytes;
+    let router = exposure
+        .builder()
         .add_service(health)
-        .add_service(reflection()?)
-        .add_service(IdentityServer::new(identity))
-        .add_service(ControllerServer::new(controller));
-    serve(router, listen, "controller", shutdown).await
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(IdentityServer::new(identity).max_decoding_message_size(limit))
+        .add_service(ControllerServer::new(controller).max_decoding_message_size(limit));
+    serve(router, listen, &exposure, "controller", shutdown).await
 }
 
 #[cfg(test)]
@@ -198,5 +423,44 @@ mod tests {
         ));
         assert!(Listen::parse("unix://relative.sock").is_err());
         assert!(Listen::parse("nonsense").is_err());
+    }
+
+    #[tokio::test]
+    async fn unix_sockets_replace_only_stale_sockets() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.sock");
+
+        // A regular file is never removed.
+        std::fs::write(&path, "precious").expect("write");
+        let err = bind_unix(&path, 0o660, None).expect_err("not a socket");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "precious");
+        std::fs::remove_file(&path).expect("rm");
+
+        // A live server keeps its socket.
+        let live = bind_unix(&path, 0o600, None).expect("bind");
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").mode() & 0o777,
+            0o600
+        );
+        let err = bind_unix(&path, 0o660, None).expect_err("in use");
+        assert!(err.to_string().contains("another process"), "{err}");
+
+        // Once nobody serves it, it is stale and replaced.
+        drop(live);
+        let _again = bind_unix(&path, 0o660, None).expect("stale socket replaced");
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").mode() & 0o777,
+            0o660
+        );
+
+        let err = bind_unix(
+            &dir.path().join("x.sock"),
+            0o660,
+            Some("volmig-no-such-group"),
+        )
+        .expect_err("unknown group");
+        assert!(matches!(err, ServeError::NoSuchGroup(_)), "{err}");
     }
 }

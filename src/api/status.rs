@@ -1,7 +1,8 @@
-//! The one place where engine errors become gRPC statuses.
+//! The one place where engine and controller errors become gRPC statuses.
 
 use tonic::{Code, Status};
 
+use crate::controller::registry::RegistryError;
 use crate::migration::model::ErrorCode;
 use crate::migration::Error;
 
@@ -26,6 +27,17 @@ pub fn code(code: ErrorCode) -> Code {
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         Status::new(code(err.code()), err.to_string())
+    }
+}
+
+impl From<RegistryError> for Status {
+    fn from(err: RegistryError) -> Status {
+        let code = match err {
+            RegistryError::Full(_) => Code::ResourceExhausted,
+            RegistryError::Endpoint(_) => Code::InvalidArgument,
+            RegistryError::NotThisNode { .. } => Code::PermissionDenied,
+        };
+        Status::new(code, err.to_string())
     }
 }
 

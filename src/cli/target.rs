@@ -8,9 +8,11 @@
 
 use clap::Args;
 use tonic::codec::Streaming;
-use tonic::transport::Channel;
 
-use crate::api::client::{connect_to, ClientError, Peer};
+use std::path::PathBuf;
+
+use crate::api::client::{connect_with, AuthChannel, ClientError, Credentials, Peer};
+use crate::api::tls::TlsFiles;
 use crate::proto::controller_client::ControllerClient;
 use crate::proto::node_client::NodeClient;
 use crate::proto::{
@@ -23,6 +25,8 @@ use crate::proto::{
 pub const DEFAULT_NODE_ENDPOINT: &str = "unix:///run/volmig/node.sock";
 const NODE_ENV: &str = "VOLMIG_NODE";
 const CONTROLLER_ENV: &str = "VOLMIG_CONTROLLER";
+/// The bearer token itself, for callers that prefer not to write it to a file.
+const TOKEN_ENV: &str = "VOLMIG_TOKEN";
 
 /// The `--node` / `--controller` flags every operator command takes.
 #[derive(Debug, Clone, Default, Args)]
@@ -34,6 +38,18 @@ pub struct TargetArgs {
     /// Talk to the controller instead of a node [env: VOLMIG_CONTROLLER]
     #[arg(long, value_name = "ENDPOINT")]
     pub controller: Option<String>,
+    /// CA certificate (PEM) the service's certificate must chain to (https://)
+    #[arg(long = "ca", value_name = "FILE", env = "VOLMIG_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the service (https://)
+    #[arg(long = "cert", value_name = "FILE", env = "VOLMIG_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate
+    #[arg(long = "key", value_name = "FILE", env = "VOLMIG_KEY")]
+    pub key: Option<PathBuf>,
+    /// File holding a bearer token to present (or set VOLMIG_TOKEN)
+    #[arg(long, value_name = "FILE", env = "VOLMIG_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Which services can answer a command.
@@ -74,11 +90,14 @@ pub enum TargetError {
 pub struct Target {
     /// The service expected at the endpoint.
     pub peer: Peer,
-    /// The endpoint, as for [`connect_to`].
+    /// The endpoint, as for [`connect_with`].
     pub endpoint: String,
     /// Named on the command line (rather than by the environment or default),
     /// so follow-up commands suggested to the operator must repeat it.
     from_flag: bool,
+    /// TLS files and token file, as given.
+    tls: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
+    token_file: Option<PathBuf>,
 }
 
 impl TargetArgs {
@@ -96,15 +115,20 @@ impl TargetArgs {
         env_node: Option<String>,
         env_controller: Option<String>,
     ) -> Result<Target, TargetError> {
+        let tls = (self.ca.clone(), self.cert.clone(), self.key.clone());
         let node = |endpoint: String, from_flag| Target {
             peer: Peer::Node,
             endpoint,
             from_flag,
+            tls: tls.clone(),
+            token_file: self.token_file.clone(),
         };
         let controller = |endpoint: String, from_flag| Target {
             peer: Peer::Controller,
             endpoint,
             from_flag,
+            tls: tls.clone(),
+            token_file: self.token_file.clone(),
         };
         let default_node = || DEFAULT_NODE_ENDPOINT.to_string();
 
@@ -133,9 +157,22 @@ impl TargetArgs {
 }
 
 impl Target {
-    /// Opens a channel to the target.
-    pub async fn channel(&self) -> Result<Channel, ClientError> {
-        connect_to(self.peer, &self.endpoint).await
+    /// Opens a channel to the target with the credentials given: the TLS
+    /// files, and the token from `--token-file` or `VOLMIG_TOKEN`.
+    pub async fn channel(&self) -> Result<AuthChannel, ClientError> {
+        let unusable = |reason: String| ClientError::Credentials {
+            peer: self.peer,
+            endpoint: self.endpoint.clone(),
+            reason,
+        };
+        let (ca, cert, key) = self.tls.clone();
+        let tls = TlsFiles::from_parts(ca, cert, key).map_err(|e| unusable(e.to_string()))?;
+        let credentials = match &self.token_file {
+            Some(_) => Credentials::load(tls, self.token_file.as_deref()),
+            None => Credentials::new(tls, std::env::var(TOKEN_ENV).ok().as_deref()),
+        }
+        .map_err(unusable)?;
+        connect_with(self.peer, &self.endpoint, &credentials).await
     }
 
     /// The flags that make a suggested follow-up command reach the same
@@ -152,9 +189,9 @@ impl Target {
 /// A client for the calls that the Node and the Controller both serve.
 pub enum Service {
     /// Talking to a node directly.
-    Node(NodeClient<Channel>),
+    Node(NodeClient<AuthChannel>),
     /// Talking to the controller, which routes to the right node.
-    Controller(ControllerClient<Channel>),
+    Controller(ControllerClient<AuthChannel>),
 }
 
 /// Calls `$method` on whichever client `$service` holds and unwraps the response.
@@ -248,6 +285,7 @@ mod tests {
         TargetArgs {
             node: node.map(str::to_string),
             controller: controller.map(str::to_string),
+            ..TargetArgs::default()
         }
     }
 

@@ -5,8 +5,9 @@ pub mod inventory;
 pub mod placement;
 pub mod registry;
 
+use crate::api::client::Credentials;
 use crate::api::controller_service::ControllerService;
-use crate::api::server::{self, Listen};
+use crate::api::server::{self, Exposure, Listen};
 use crate::config::ControllerConfig;
 
 /// Runs a controller until `shutdown` resolves.
@@ -15,9 +16,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let listen = Listen::parse(&config.listen).map_err(anyhow::Error::msg)?;
+    let security = config.security();
+    let exposure = Exposure::from_config(&security)?;
+    let credentials = Credentials::load(exposure.tls.clone(), security.token_file.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let history = history::History::open(&config.state_dir)?;
     tracing::info!(state_dir = %config.state_dir.display(), nodes = config.nodes.len(), "controller starting");
-    let service = ControllerService::new(config, history);
-    server::serve_controller(service, listen, shutdown).await?;
+    let service = ControllerService::with_credentials(config, history, credentials);
+    server::serve_controller(service, listen, exposure, shutdown).await?;
     Ok(())
 }

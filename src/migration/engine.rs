@@ -53,6 +53,9 @@ pub struct EngineConfig {
     /// How long a migration stays SYNCHRONIZED (mirroring every write) before it
     /// pivots: a window for an operator or a test to observe or cancel it.
     pub synchronized_hold: Duration,
+    /// Most subscribers (watchers, attached requests) of one migration at
+    /// once: each holds memory and a task for as long as it lasts.
+    pub max_watchers: usize,
     /// How long finished records are kept.
     pub retention: Retention,
 }
@@ -66,6 +69,7 @@ impl Default for EngineConfig {
             progress_interval: Duration::from_secs(1),
             libvirt_grace: Duration::from_secs(90),
             synchronized_hold: Duration::ZERO,
+            max_watchers: 64,
             retention: Retention::default(),
         }
     }
@@ -694,7 +698,7 @@ impl Engine {
         if job.lock().record.request != *req {
             return Err(Error::RequestIdReused(req.request_id.clone()));
         }
-        Ok(Some(Subscription::new(job)))
+        self.subscribe(job).map(Some)
     }
 
     fn job(&self, id: &str) -> Result<Arc<Job>, Error> {
@@ -706,9 +710,21 @@ impl Engine {
             .ok_or_else(|| Error::MigrationNotFound(id.to_string()))
     }
 
-    /// Follows a migration.
+    /// Follows a migration; RESOURCE_EXHAUSTED when it has its limit of
+    /// watchers already.
     pub fn watch(&self, id: &str) -> Result<Subscription, Error> {
-        Ok(Subscription::new(self.job(id)?))
+        self.subscribe(self.job(id)?)
+    }
+
+    fn subscribe(&self, job: Arc<Job>) -> Result<Subscription, Error> {
+        let limit = self.inner.config.max_watchers;
+        if job.events.receiver_count() >= limit {
+            return Err(Error::Exhausted(format!(
+                "migration {} already has {limit} watchers; try again when one has left",
+                job.id
+            )));
+        }
+        Ok(Subscription::new(job))
     }
 
     /// Asks a migration to stop before its pivot. The job answers: with the state

@@ -28,6 +28,7 @@ fn config() -> EngineConfig {
         progress_interval: Duration::from_millis(1),
         libvirt_grace: Duration::from_millis(200),
         synchronized_hold: Duration::ZERO,
+        max_watchers: 64,
         retention: Default::default(),
     }
 }

@@ -20,6 +20,7 @@ async fn engine(hv: Arc<FakeHypervisor>, dir: &std::path::Path) -> Engine {
             progress_interval: Duration::from_millis(1),
             libvirt_grace: Duration::from_millis(100),
             synchronized_hold: Duration::ZERO,
+            max_watchers: 64,
             retention: Default::default(),
         },
     )

@@ -25,6 +25,25 @@ impl ControllerProcess {
         ControllerProcess { service }
     }
 
+    /// Starts a controller listening on TCP `listen` with `config` and
+    /// `extra` flags.
+    pub fn start_tcp(
+        purpose: &str,
+        listen: &str,
+        config: &str,
+        extra: &[&str],
+    ) -> ControllerProcess {
+        let service = ServiceProcess::start_tcp("controller", purpose, listen, |dir, _| {
+            let file = dir.join("controller.toml");
+            std::fs::write(&file, config)
+                .unwrap_or_else(|e| panic!("writing controller config: {e}"));
+            let mut args = vec!["--config".to_string(), file.to_string_lossy().into_owned()];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        });
+        ControllerProcess { service }
+    }
+
     /// `unix:///…/controller.sock`.
     pub fn endpoint(&self) -> String {
         self.service.endpoint()

@@ -18,6 +18,7 @@
 //! `allow`s below.
 #![allow(dead_code, unused_imports)]
 
+pub mod certs;
 pub mod checks;
 pub mod controller;
 pub mod defined;

@@ -28,6 +28,22 @@ impl NodeProcess {
         NodeProcess { service }
     }
 
+    /// Starts a node listening on TCP `listen` (`127.0.0.1:PORT`); `extra`
+    /// are additional flags (e.g. TLS files).
+    pub fn start_tcp(purpose: &str, listen: &str, extra: &[&str]) -> NodeProcess {
+        let service = ServiceProcess::start_tcp("node", purpose, listen, |_, name| {
+            let mut args = vec!["--node-id".to_string(), name.to_string()];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        });
+        NodeProcess { service }
+    }
+
+    /// The node process's PID.
+    pub fn pid(&self) -> u32 {
+        self.service.pid().expect("node running")
+    }
+
     /// `unix:///…/node.sock`.
     pub fn endpoint(&self) -> String {
         self.service.endpoint()

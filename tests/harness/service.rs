@@ -15,6 +15,8 @@ pub struct ServiceProcess {
     name: String,
     component: &'static str,
     args: Vec<String>,
+    /// A TCP address to listen on instead of the unix socket.
+    tcp: Option<String>,
 }
 
 impl ServiceProcess {
@@ -24,6 +26,26 @@ impl ServiceProcess {
     pub fn start(
         component: &'static str,
         purpose: &str,
+        args: impl FnOnce(&Path, &str) -> Vec<String>,
+    ) -> ServiceProcess {
+        Self::start_listening(component, purpose, None, args)
+    }
+
+    /// [`ServiceProcess::start`] listening on the TCP address `tcp`
+    /// (`127.0.0.1:PORT`) instead of the unix socket.
+    pub fn start_tcp(
+        component: &'static str,
+        purpose: &str,
+        tcp: &str,
+        args: impl FnOnce(&Path, &str) -> Vec<String>,
+    ) -> ServiceProcess {
+        Self::start_listening(component, purpose, Some(tcp.to_string()), args)
+    }
+
+    fn start_listening(
+        component: &'static str,
+        purpose: &str,
+        tcp: Option<String>,
         args: impl FnOnce(&Path, &str) -> Vec<String>,
     ) -> ServiceProcess {
         super::ensure_host();
@@ -36,6 +58,7 @@ impl ServiceProcess {
             name,
             component,
             args,
+            tcp,
         };
         service.spawn();
         service
@@ -53,6 +76,24 @@ impl ServiceProcess {
     /// `unix:///…/<component>.sock`.
     pub fn endpoint(&self) -> String {
         format!("unix://{}", self.socket().display())
+    }
+
+    /// What `--listen` gets: the TCP address, or the unix endpoint.
+    fn listen(&self) -> String {
+        self.tcp.clone().unwrap_or_else(|| self.endpoint())
+    }
+
+    /// Whether the service accepts connections yet.
+    fn listening(&self) -> bool {
+        match &self.tcp {
+            Some(addr) => std::net::TcpStream::connect(addr).is_ok(),
+            None => self.socket().exists(),
+        }
+    }
+
+    /// The PID of the running process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The state directory passed with `--state-dir`.
@@ -84,7 +125,7 @@ impl ServiceProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_volmig"))
             .arg(self.component)
             .arg("--listen")
-            .arg(self.endpoint())
+            .arg(self.listen())
             .arg("--state-dir")
             .arg(self.state_dir())
             .args(&self.args)
@@ -98,7 +139,7 @@ impl ServiceProcess {
             .unwrap_or_else(|e| panic!("cannot start volmig {}: {e}", self.component));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.socket().exists() {
+        while !self.listening() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!(
                     "volmig {} exited with {status}:\n{}",

@@ -22,17 +22,17 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::api::client;
+use crate::api::auth::{Caller, Grant};
+use crate::api::client::{self, AuthChannel, Credentials};
 use crate::api::node_service::EventStream;
 use crate::config::ControllerConfig;
 use crate::controller::history::{Entry, History};
 use crate::controller::inventory::{ClusterPool, Inventory, Merged};
 use crate::controller::placement::{self, DiskToPlace, PoolCandidate, PoolPolicy, Verdict};
-use crate::controller::registry::{NodeEntry, NodeFacts, Registry};
+use crate::controller::registry::{self, NodeEntry, NodeFacts, Registry, RegistryError};
 use crate::hypervisor::ImageFormat;
 use crate::migration::model::now_ms;
 use crate::proto;
@@ -63,7 +63,9 @@ struct Inner {
     registry: Registry,
     inventory: Inventory,
     /// Open channels by node id, with the endpoint they go to.
-    channels: Mutex<HashMap<String, (String, Channel)>>,
+    channels: Mutex<HashMap<String, (String, AuthChannel)>>,
+    /// What the controller presents to its nodes.
+    credentials: Credentials,
     history: Arc<History>,
 }
 
@@ -112,12 +114,23 @@ impl ControllerService {
     /// A controller with its configuration and history; follows unfinished
     /// migrations again and keeps the pool inventory fresh in the background.
     pub fn new(config: ControllerConfig, history: History) -> ControllerService {
+        ControllerService::with_credentials(config, history, Credentials::default())
+    }
+
+    /// [`ControllerService::new`] whose calls to nodes present `credentials`
+    /// (its client certificate for `https://` nodes, a token).
+    pub fn with_credentials(
+        config: ControllerConfig,
+        history: History,
+        credentials: Credentials,
+    ) -> ControllerService {
         let registry = Registry::new(
             config
                 .nodes
                 .iter()
                 .map(|n| (n.id.clone(), n.endpoint.clone())),
             Duration::from_secs(u64::from(config.down_after_seconds.max(1))),
+            config.max_nodes.max(config.nodes.len()),
         );
         let service = ControllerService {
             inner: Arc::new(Inner {
@@ -125,6 +138,7 @@ impl ControllerService {
                 registry,
                 inventory: Inventory::new(),
                 channels: Mutex::new(HashMap::new()),
+                credentials,
                 history: Arc::new(history),
             }),
         };
@@ -146,7 +160,7 @@ impl ControllerService {
         })
     }
 
-    async fn node_of(&self, entry: &Entry) -> Result<(NodeEntry, NodeClient<Channel>), Status> {
+    async fn node_of(&self, entry: &Entry) -> Result<(NodeEntry, NodeClient<AuthChannel>), Status> {
         let node = self.inner.registry.get(&entry.record.node_id).ok_or_else(|| {
             Status::unavailable(format!(
                 "node {} that runs migration {} is not registered (it has not sent a heartbeat since the controller started)",
@@ -172,22 +186,33 @@ impl Controller for ControllerService {
         &self,
         req: Request<proto::RegisterNodeRequest>,
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
+        let caller = Caller::of(&req).cloned();
         let req = req.into_inner();
         crate::migration::validate::object_name("node_id", &req.node_id)?;
-        if req.endpoint.is_empty() {
-            return Err(Status::invalid_argument(
-                "endpoint is required: how the controller reaches the node",
-            ));
+        // Only the node itself (its bound identity) or a local caller.
+        let caller = caller.ok_or_else(|| Status::unauthenticated("no caller identity"))?;
+        if !caller.may_register(&req.node_id) {
+            return Err(RegistryError::NotThisNode {
+                caller: caller.identity.clone(),
+                node_id: req.node_id.clone(),
+                bound: match &caller.grant {
+                    Grant::Role { node_id, .. } => node_id.clone(),
+                    _ => None,
+                },
+            }
+            .into());
         }
+        registry::check_endpoint(&req.endpoint, caller.is_local())?;
         let facts = req.info.as_ref().map(facts_of).unwrap_or_default();
-        if self
+        let news = self
             .inner
             .registry
-            .register(&req.node_id, &req.endpoint, facts)
-        {
+            .register(&req.node_id, &req.endpoint, facts)?;
+        if news {
             // A new or returning node: its pools count from now, not from the
             // next refresh.
             if let Some(node) = self.inner.registry.get(&req.node_id) {
+                tracing::info!(node = %node.id, endpoint = %node.endpoint.escape_debug(), by = %caller.identity, "node registered");
                 let svc = self.clone();
                 tokio::spawn(async move { svc.fetch_pools(&node).await }.in_current_span());
             }

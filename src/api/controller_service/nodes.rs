@@ -50,7 +50,9 @@ impl ControllerService {
         );
     }
 
-    pub(super) fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Channel)>> {
+    pub(super) fn channels(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (String, AuthChannel)>> {
         self.inner
             .channels
             .lock()
@@ -58,13 +60,15 @@ impl ControllerService {
     }
 
     /// A client for `node`, over its open channel or a new one.
-    pub(super) async fn client(&self, node: &NodeEntry) -> Result<NodeClient<Channel>, Status> {
+    pub(super) async fn client(&self, node: &NodeEntry) -> Result<NodeClient<AuthChannel>, Status> {
         if let Some((endpoint, channel)) = self.channels().get(&node.id) {
             if *endpoint == node.endpoint {
                 return Ok(NodeClient::new(channel.clone()));
             }
         }
-        match client::connect(&node.endpoint).await {
+        match client::connect_with(client::Peer::Node, &node.endpoint, &self.inner.credentials)
+            .await
+        {
             Ok(channel) => {
                 self.channels()
                     .insert(node.id.clone(), (node.endpoint.clone(), channel.clone()));

@@ -120,13 +120,15 @@ async fn fake_node(
             .add_service(NodeServer::new(node))
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
     );
-    svc.register_node(Request::new(proto::RegisterNodeRequest {
+    let mut register = Request::new(proto::RegisterNodeRequest {
         node_id: id.into(),
         endpoint: format!("unix://{}", path.display()),
         info: None,
-    }))
-    .await
-    .expect("register");
+    });
+    register
+        .extensions_mut()
+        .insert(crate::api::auth::Caller::local("unix:test"));
+    svc.register_node(register).await.expect("register");
     domain
 }
 

@@ -1,0 +1,398 @@
+//! TLS for every TCP listener and client: rustls (ring), mutual
+//! authentication against a configured CA, and certificates re-read when
+//! their files change.
+//!
+//! The server's rustls configuration is built here rather than by tonic so
+//! that certificates can be rotated without a restart: the server certificate
+//! comes from a [`ResolvesServerCert`] and client certificates are verified by
+//! a [`ClientCertVerifier`], both of which look at their files' modification
+//! times at each handshake and reload when they changed. A file that cannot be
+//! read or parsed keeps the previous material in use (and is logged), so a
+//! half-written rotation never takes a running service down.
+//!
+//! Accepted TCP connections are handshaken in their own tasks, bounded by a
+//! timeout, so a client that stalls its handshake delays nobody else.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::crypto::CryptoProvider;
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use tokio_rustls::server::TlsStream;
+
+/// How long a client may take for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The PEM files of one component: the CA that signs its peers, and its own
+/// certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate(s) (PEM) that peers' certificates must chain to.
+    pub ca: PathBuf,
+    /// This component's certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// This component's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The files when all three are set, `None` when none is, an error naming
+    /// the missing ones otherwise.
+    pub fn from_parts(
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Result<Option<TlsFiles>, TlsError> {
+        match (ca, cert, key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles { ca, cert, key })),
+            (ca, cert, key) => {
+                let missing: Vec<&str> = [
+                    ("tls_ca", ca.is_none()),
+                    ("tls_cert", cert.is_none()),
+                    ("tls_key", key.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, absent)| absent.then_some(name))
+                .collect();
+                Err(TlsError::Incomplete(missing.join(", ")))
+            }
+        }
+    }
+}
+
+/// TLS set-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Some but not all of the three files are configured.
+    #[error("TLS needs a CA, a certificate and a key; missing: {0}")]
+    Incomplete(String),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A file holds no usable PEM object of the expected kind.
+    #[error("{path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the material or the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built from the CA.
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn parse_err(path: &Path, reason: impl fmt::Display) -> TlsError {
+    TlsError::Parse {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Every certificate in a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parse_err(path, e))?;
+    if certs.is_empty() {
+        return Err(parse_err(path, "no CERTIFICATE in the file"));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| parse_err(path, e))
+}
+
+fn load_roots(path: &Path) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| parse_err(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The modification times of a set of files; `None` for one that cannot be
+/// stat'ed (then the next successful stat counts as a change).
+fn stamp(paths: &[&Path]) -> Vec<Option<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// A value built from files, rebuilt when any file's mtime changes.
+struct Reloading<T> {
+    what: &'static str,
+    paths: Vec<PathBuf>,
+    build: fn(&[PathBuf]) -> Result<T, TlsError>,
+    state: Mutex<(Vec<Option<SystemTime>>, Arc<T>)>,
+}
+
+impl<T> Reloading<T> {
+    fn new(
+        what: &'static str,
+        paths: Vec<PathBuf>,
+        build: fn(&[PathBuf]) -> Result<T, TlsError>,
+    ) -> Result<Self, TlsError> {
+        let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let stamps = stamp(&refs);
+        let value = build(&paths)?;
+        Ok(Reloading {
+            what,
+            paths,
+            build,
+            state: Mutex::new((stamps, Arc::new(value))),
+        })
+    }
+
+    /// The current value, rebuilt first when the files changed.
+    fn get(&self) -> Arc<T> {
+        let refs: Vec<&Path> = self.paths.iter().map(PathBuf::as_path).collect();
+        let now = stamp(&refs);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 != now {
+            match (self.build)(&self.paths) {
+                Ok(value) => {
+                    state.1 = Arc::new(value);
+                    tracing::info!(what = self.what, files = ?self.paths, "reloaded TLS material");
+                }
+                Err(e) => {
+                    tracing::warn!(what = self.what, error = %e, "cannot reload TLS material; keeping the previous one");
+                }
+            }
+            // Also on failure: retry only after the files change again.
+            state.0 = now;
+        }
+        state.1.clone()
+    }
+}
+
+fn build_certified_key(paths: &[PathBuf]) -> Result<CertifiedKey, TlsError> {
+    let [cert, key] = paths else {
+        return Err(TlsError::Incomplete("tls_cert, tls_key".into()));
+    };
+    let chain = load_certs(cert)?;
+    let key_der = load_key(key)?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| parse_err(key, e))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        parse_err(
+            cert,
+            format!("does not match the key in {}: {e}", key.display()),
+        )
+    })?;
+    Ok(certified)
+}
+
+fn build_client_verifier(paths: &[PathBuf]) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let [ca] = paths else {
+        return Err(TlsError::Incomplete("tls_ca".into()));
+    };
+    WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))
+}
+
+/// The server's certificate, re-read when its files change.
+struct ServerCert(Reloading<CertifiedKey>);
+
+impl fmt::Debug for ServerCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCert")
+            .field("files", &self.0.paths)
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.get())
+    }
+}
+
+/// Verifies client certificates against the CA file, re-read when it changes.
+struct ClientVerifier(Reloading<Arc<dyn ClientCertVerifier>>);
+
+impl fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("ca", &self.0.paths)
+            .finish()
+    }
+}
+
+impl ClientVerifier {
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.0.get().as_ref().clone()
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The hints are advisory; a fixed empty list lets clients pick any
+        // certificate, which the verification below then judges.
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// The server's rustls configuration: TLS 1.2/1.3, HTTP/2 only, a client
+/// certificate required and verified against `files.ca`; all three files are
+/// read now (so a wrong path fails the start-up) and again when they change.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let cert = ServerCert(Reloading::new(
+        "server certificate",
+        vec![files.cert.clone(), files.key.clone()],
+        build_certified_key,
+    )?);
+    let verifier = ClientVerifier(Reloading::new(
+        "client CA",
+        vec![files.ca.clone()],
+        build_client_verifier,
+    )?);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(cert));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts TCP connections on `listener` and hands out those whose TLS
+/// handshake succeeded, as a stream for tonic's `serve_with_incoming`. Failed
+/// handshakes (plaintext clients, unknown CAs, expired certificates) are
+/// logged at debug level and dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => handshake_failed(peer, &e.to_string()),
+                    Err(_) => handshake_failed(peer, "timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+fn handshake_failed(peer: SocketAddr, why: &str) {
+    tracing::debug!(%peer, error = %why.escape_debug(), "TLS handshake failed");
+}
+
+/// tonic's client TLS settings for `files`, read now: the CA that must have
+/// signed the server, and the client certificate presented to it. The
+/// server's certificate must name the endpoint's host (DNS name or IP).
+pub fn client_config(files: &TlsFiles) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
+    let ca = read(&files.ca)?;
+    let cert = read(&files.cert)?;
+    let key = read(&files.key)?;
+    Ok(tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .identity(tonic::transport::Identity::from_pem(cert, key)))
+}
+
+/// A fingerprint of the client material's files (their modification times),
+/// so long-lived channels can be re-opened after a rotation.
+pub fn generation(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    stamp(&[&files.ca, &files.cert, &files.key])
+}
