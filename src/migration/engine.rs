@@ -702,6 +702,7 @@ impl Engine {
     }
 
     fn job(&self, id: &str) -> Result<Arc<Job>, Error> {
+        validate::migration_id(id)?;
         self.inner
             .registry()
             .by_id
