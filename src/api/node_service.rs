@@ -90,8 +90,8 @@ impl Node for NodeService {
         req: Request<proto::MigrateVolumeRequest>,
     ) -> Result<Response<Self::MigrateVolumeStream>, Status> {
         let req = req.into_inner();
-        tracing::Span::current().record("domain", req.domain.as_str());
-        tracing::Span::current().record("disk", req.disk.as_str());
+        tracing::Span::current().record("domain", req.domain.escape_debug().to_string());
+        tracing::Span::current().record("disk", req.disk.escape_debug().to_string());
         if req.destination_pool.is_empty() {
             return Err(Status::invalid_argument(
                 "invalid destination_pool: a node needs the destination pool named (the controller chooses one when it is empty)",

@@ -338,7 +338,7 @@ impl Controller for ControllerService {
 
     type MigrateVolumeStream = EventStream;
 
-    #[tracing::instrument(skip_all, fields(domain = %req.get_ref().domain, disk = %req.get_ref().disk))]
+    #[tracing::instrument(skip_all, fields(domain = %req.get_ref().domain.escape_debug(), disk = %req.get_ref().disk.escape_debug()))]
     async fn migrate_volume(
         &self,
         req: Request<proto::MigrateVolumeRequest>,
@@ -466,15 +466,12 @@ impl Controller for ControllerService {
         req: Request<proto::WatchMigrationRequest>,
     ) -> Result<Response<Self::WatchMigrationStream>, Status> {
         let entry = self.entry(&req.into_inner().migration_id)?;
-        if entry.is_terminal() {
-            let latest = entry.record.latest.clone().unwrap_or_default();
-            return Ok(Response::new(Box::pin(tokio_stream::once(Ok(latest)))));
-        }
         let follower = match self.following(&entry.record.migration_id) {
             Some(follower) => follower,
             None => {
-                // Nobody follows it yet: reach the node now, so an unreachable
-                // node is this caller's UNAVAILABLE rather than a silent wait.
+                // Nobody follows it (it ended, or was not followed yet): reach
+                // the node now, so an unreachable node is this caller's
+                // UNAVAILABLE, naming the node, rather than a silent wait.
                 let (node, mut client) = self.node_of(&entry).await?;
                 let request = self.to_node(
                     None,
