@@ -135,6 +135,7 @@ impl Node for NodeService {
         req: Request<proto::ListMigrationsRequest>,
     ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
         let req = req.into_inner();
+        crate::migration::validate::list_filter(&req.domain, &req.node_id)?;
         if !req.node_id.is_empty() && req.node_id != self.engine.node_id() {
             return Ok(Response::new(proto::ListMigrationsResponse::default()));
         }

@@ -134,6 +134,18 @@ pub fn migration_id(value: &str) -> Result<(), Error> {
     }
 }
 
+/// The names a ListMigrations filter may hold: each empty (no filter) or a
+/// valid object name.
+pub fn list_filter(domain: &str, node_id: &str) -> Result<(), Error> {
+    if !domain.is_empty() {
+        object_name("domain", domain)?;
+    }
+    if !node_id.is_empty() {
+        object_name("node_id", node_id)?;
+    }
+    Ok(())
+}
+
 /// A request id: 1-128 characters of `[A-Za-z0-9._:-]`.
 pub fn request_id(value: &str) -> Result<(), Error> {
     if value.is_empty() {

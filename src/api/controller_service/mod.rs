@@ -548,6 +548,7 @@ impl Controller for ControllerService {
         req: Request<proto::ListMigrationsRequest>,
     ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
         let req = req.into_inner();
+        crate::migration::validate::list_filter(&req.domain, &req.node_id)?;
         let mut records: Vec<proto::MigrationRecord> = self
             .inner
             .history
