@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
+use crate::api::audit::Audit;
 use crate::api::auth::{Caller, Grant};
 use crate::api::client::{self, AuthChannel, Credentials};
 use crate::api::node_service::EventStream;
@@ -224,40 +225,11 @@ impl Controller for ControllerService {
         &self,
         req: Request<proto::RegisterNodeRequest>,
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
-        let caller = Caller::of(&req).cloned();
-        let req = req.into_inner();
-        crate::migration::validate::object_name("node_id", &req.node_id)?;
-        // Only the node itself (its bound identity) or a local caller.
-        let caller = caller.ok_or_else(|| Status::unauthenticated("no caller identity"))?;
-        if !caller.may_register(&req.node_id) {
-            return Err(RegistryError::NotThisNode {
-                caller: caller.identity.clone(),
-                node_id: req.node_id.clone(),
-                bound: match &caller.grant {
-                    Grant::Role { node_id, .. } => node_id.clone(),
-                    _ => None,
-                },
-            }
-            .into());
-        }
-        registry::check_endpoint(&req.endpoint, caller.is_local())?;
-        let facts = req.info.as_ref().map(facts_of).unwrap_or_default();
-        let news = self
-            .inner
-            .registry
-            .register(&req.node_id, &req.endpoint, facts)?;
-        if news {
-            // A new or returning node: its pools count from now, not from the
-            // next refresh.
-            if let Some(node) = self.inner.registry.get(&req.node_id) {
-                tracing::info!(node = %node.id, endpoint = %node.endpoint.escape_debug(), by = %caller.identity, "node registered");
-                let svc = self.clone();
-                tokio::spawn(async move { svc.fetch_pools(&node).await }.in_current_span());
-            }
-        }
-        Ok(Response::new(proto::RegisterNodeResponse {
-            heartbeat_interval_seconds: self.inner.config.heartbeat_interval_seconds,
-        }))
+        let audit = Audit::start(&req, "Controller/RegisterNode").target(&[
+            ("node_id", &req.get_ref().node_id),
+            ("endpoint", &req.get_ref().endpoint),
+        ]);
+        audit.finish(self.register(req).await)
     }
 
     async fn list_nodes(
@@ -338,11 +310,189 @@ impl Controller for ControllerService {
 
     type MigrateVolumeStream = EventStream;
 
-    #[tracing::instrument(skip_all, fields(domain = %req.get_ref().domain.escape_debug(), disk = %req.get_ref().disk.escape_debug()))]
     async fn migrate_volume(
         &self,
         req: Request<proto::MigrateVolumeRequest>,
     ) -> Result<Response<Self::MigrateVolumeStream>, Status> {
+        let audit = Audit::start(&req, "Controller/MigrateVolume").target(&[
+            ("domain", &req.get_ref().domain),
+            ("disk", &req.get_ref().disk),
+            ("pool", &req.get_ref().destination_pool),
+        ]);
+        let (id, stream) = match self.start_migration(req).await {
+            Ok((id, stream)) => (id, Ok(stream)),
+            Err(e) => (String::new(), Err(e)),
+        };
+        audit.migration(&id).finish(stream.map(Response::new))
+    }
+
+    type WatchMigrationStream = EventStream;
+
+    async fn watch_migration(
+        &self,
+        req: Request<proto::WatchMigrationRequest>,
+    ) -> Result<Response<Self::WatchMigrationStream>, Status> {
+        let entry = self.entry(&req.into_inner().migration_id)?;
+        let follower = match self.following(&entry.record.migration_id) {
+            Some(follower) => follower,
+            None => {
+                // Nobody follows it (it ended, or was not followed yet): reach
+                // the node now, so an unreachable node is this caller's
+                // UNAVAILABLE, naming the node, rather than a silent wait.
+                let (node, mut client) = self.node_of(&entry).await?;
+                let request = self.to_node(
+                    None,
+                    proto::WatchMigrationRequest {
+                        migration_id: entry.record.migration_id.clone(),
+                    },
+                );
+                let stream = self
+                    .timed(client.watch_migration(request))
+                    .await
+                    .map_err(|s| node_error(&node, s))?
+                    .into_inner();
+                self.follow(&entry, Some(stream))
+            }
+        };
+        Ok(Response::new(self.watch_stream(&follower)?))
+    }
+
+    async fn cancel_migration(
+        &self,
+        req: Request<proto::CancelMigrationRequest>,
+    ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
+        let audit =
+            Audit::start(&req, "Controller/CancelMigration").migration(&req.get_ref().migration_id);
+        audit.finish(self.cancel(req).await)
+    }
+
+    async fn get_migration(
+        &self,
+        req: Request<proto::GetMigrationRequest>,
+    ) -> Result<Response<proto::MigrationRecord>, Status> {
+        let entry = self.entry(&req.into_inner().migration_id)?;
+        if entry.is_terminal() {
+            return Ok(Response::new(entry.record));
+        }
+        // Ask the node for the live state; its record is the truth while it runs.
+        let (node, mut client) = self.node_of(&entry).await?;
+        let request = self.to_node(
+            None,
+            proto::GetMigrationRequest {
+                migration_id: entry.record.migration_id.clone(),
+            },
+        );
+        let record = self
+            .timed(client.get_migration(request))
+            .await
+            .map_err(|s| node_error(&node, s))?
+            .into_inner();
+        match &record.latest {
+            Some(latest) if relay::owns(&entry, latest) => {
+                let _ = self.inner.history.update_latest(latest);
+            }
+            _ => {
+                return Err(Status::internal(format!(
+                    "node {} answered with a record that is not migration {}",
+                    node.id, entry.record.migration_id
+                )))
+            }
+        }
+        Ok(Response::new(record))
+    }
+
+    async fn list_migrations(
+        &self,
+        req: Request<proto::ListMigrationsRequest>,
+    ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
+        let req = req.into_inner();
+        crate::migration::validate::list_filter(&req.domain, &req.node_id)?;
+        let mut records: Vec<proto::MigrationRecord> = self
+            .inner
+            .history
+            .all()
+            .into_iter()
+            .filter(|e| {
+                let r = &e.record;
+                let latest = r.latest.clone().unwrap_or_default();
+                (req.node_id.is_empty() || r.node_id == req.node_id)
+                    && (req.domain.is_empty() || latest.domain == req.domain)
+                    && (req.phases.is_empty() || req.phases.contains(&latest.phase))
+                    && (req.started_after_unix_ms == 0
+                        || latest.started_at_unix_ms >= req.started_after_unix_ms)
+                    && (req.started_before_unix_ms == 0
+                        || latest.started_at_unix_ms < req.started_before_unix_ms)
+                    && (!req.active_only || !e.is_terminal())
+            })
+            .map(|e| e.record)
+            .collect();
+        records.sort_by_key(|r| {
+            std::cmp::Reverse(r.latest.as_ref().map(|e| e.started_at_unix_ms).unwrap_or(0))
+        });
+        Ok(Response::new(proto::ListMigrationsResponse {
+            migrations: records,
+        }))
+    }
+
+    async fn set_bandwidth(
+        &self,
+        req: Request<proto::SetBandwidthRequest>,
+    ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
+        let audit = Audit::start(&req, "Controller/SetBandwidth")
+            .migration(&req.get_ref().migration_id)
+            .target(&[("bytes_per_sec", &req.get_ref().bytes_per_sec.to_string())]);
+        audit.finish(self.bandwidth(req).await)
+    }
+}
+
+/// The mutating calls, audited by their trait methods above.
+impl ControllerService {
+    async fn register(
+        &self,
+        req: Request<proto::RegisterNodeRequest>,
+    ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
+        let caller = Caller::of(&req).cloned();
+        let req = req.into_inner();
+        crate::migration::validate::object_name("node_id", &req.node_id)?;
+        // Only the node itself (its bound identity) or a local caller.
+        let caller = caller.ok_or_else(|| Status::unauthenticated("no caller identity"))?;
+        if !caller.may_register(&req.node_id) {
+            return Err(RegistryError::NotThisNode {
+                caller: caller.identity.clone(),
+                node_id: req.node_id.clone(),
+                bound: match &caller.grant {
+                    Grant::Role { node_id, .. } => node_id.clone(),
+                    _ => None,
+                },
+            }
+            .into());
+        }
+        registry::check_endpoint(&req.endpoint, caller.is_local())?;
+        let facts = req.info.as_ref().map(facts_of).unwrap_or_default();
+        let news = self
+            .inner
+            .registry
+            .register(&req.node_id, &req.endpoint, facts)?;
+        if news {
+            // A new or returning node: its pools count from now, not from the
+            // next refresh.
+            if let Some(node) = self.inner.registry.get(&req.node_id) {
+                tracing::info!(node = %node.id, endpoint = %node.endpoint.escape_debug(), by = %caller.identity, "node registered");
+                let svc = self.clone();
+                tokio::spawn(async move { svc.fetch_pools(&node).await }.in_current_span());
+            }
+        }
+        Ok(Response::new(proto::RegisterNodeResponse {
+            heartbeat_interval_seconds: self.inner.config.heartbeat_interval_seconds,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(domain = %req.get_ref().domain.escape_debug(), disk = %req.get_ref().disk.escape_debug()))]
+    /// Places and starts a migration; its id and the caller's event stream.
+    async fn start_migration(
+        &self,
+        req: Request<proto::MigrateVolumeRequest>,
+    ) -> Result<(String, EventStream), Status> {
         let caller = Caller::of(&req).cloned();
         let mut req = req.into_inner();
         let (located, _source_pool, pools, plan) = self.plan(&req).await?;
@@ -456,41 +606,13 @@ impl Controller for ControllerService {
         };
         tracing::info!(migration_id = %first.migration_id, node = %node.id, pool = %chosen.name, at = now_ms(), "migration relayed");
         let follower = self.follow(&entry, Some(stream));
-        Ok(Response::new(self.watch_stream(&follower)?))
+        Ok((
+            entry.record.migration_id.clone(),
+            self.watch_stream(&follower)?,
+        ))
     }
 
-    type WatchMigrationStream = EventStream;
-
-    async fn watch_migration(
-        &self,
-        req: Request<proto::WatchMigrationRequest>,
-    ) -> Result<Response<Self::WatchMigrationStream>, Status> {
-        let entry = self.entry(&req.into_inner().migration_id)?;
-        let follower = match self.following(&entry.record.migration_id) {
-            Some(follower) => follower,
-            None => {
-                // Nobody follows it (it ended, or was not followed yet): reach
-                // the node now, so an unreachable node is this caller's
-                // UNAVAILABLE, naming the node, rather than a silent wait.
-                let (node, mut client) = self.node_of(&entry).await?;
-                let request = self.to_node(
-                    None,
-                    proto::WatchMigrationRequest {
-                        migration_id: entry.record.migration_id.clone(),
-                    },
-                );
-                let stream = self
-                    .timed(client.watch_migration(request))
-                    .await
-                    .map_err(|s| node_error(&node, s))?
-                    .into_inner();
-                self.follow(&entry, Some(stream))
-            }
-        };
-        Ok(Response::new(self.watch_stream(&follower)?))
-    }
-
-    async fn cancel_migration(
+    async fn cancel(
         &self,
         req: Request<proto::CancelMigrationRequest>,
     ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
@@ -508,75 +630,7 @@ impl Controller for ControllerService {
             .map_err(|s| node_error(&node, s))
     }
 
-    async fn get_migration(
-        &self,
-        req: Request<proto::GetMigrationRequest>,
-    ) -> Result<Response<proto::MigrationRecord>, Status> {
-        let entry = self.entry(&req.into_inner().migration_id)?;
-        if entry.is_terminal() {
-            return Ok(Response::new(entry.record));
-        }
-        // Ask the node for the live state; its record is the truth while it runs.
-        let (node, mut client) = self.node_of(&entry).await?;
-        let request = self.to_node(
-            None,
-            proto::GetMigrationRequest {
-                migration_id: entry.record.migration_id.clone(),
-            },
-        );
-        let record = self
-            .timed(client.get_migration(request))
-            .await
-            .map_err(|s| node_error(&node, s))?
-            .into_inner();
-        match &record.latest {
-            Some(latest) if relay::owns(&entry, latest) => {
-                let _ = self.inner.history.update_latest(latest);
-            }
-            _ => {
-                return Err(Status::internal(format!(
-                    "node {} answered with a record that is not migration {}",
-                    node.id, entry.record.migration_id
-                )))
-            }
-        }
-        Ok(Response::new(record))
-    }
-
-    async fn list_migrations(
-        &self,
-        req: Request<proto::ListMigrationsRequest>,
-    ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
-        let req = req.into_inner();
-        crate::migration::validate::list_filter(&req.domain, &req.node_id)?;
-        let mut records: Vec<proto::MigrationRecord> = self
-            .inner
-            .history
-            .all()
-            .into_iter()
-            .filter(|e| {
-                let r = &e.record;
-                let latest = r.latest.clone().unwrap_or_default();
-                (req.node_id.is_empty() || r.node_id == req.node_id)
-                    && (req.domain.is_empty() || latest.domain == req.domain)
-                    && (req.phases.is_empty() || req.phases.contains(&latest.phase))
-                    && (req.started_after_unix_ms == 0
-                        || latest.started_at_unix_ms >= req.started_after_unix_ms)
-                    && (req.started_before_unix_ms == 0
-                        || latest.started_at_unix_ms < req.started_before_unix_ms)
-                    && (!req.active_only || !e.is_terminal())
-            })
-            .map(|e| e.record)
-            .collect();
-        records.sort_by_key(|r| {
-            std::cmp::Reverse(r.latest.as_ref().map(|e| e.started_at_unix_ms).unwrap_or(0))
-        });
-        Ok(Response::new(proto::ListMigrationsResponse {
-            migrations: records,
-        }))
-    }
-
-    async fn set_bandwidth(
+    async fn bandwidth(
         &self,
         req: Request<proto::SetBandwidthRequest>,
     ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
