@@ -340,6 +340,29 @@ async fn cli_controller_node_over_mtls_migrate_a_writing_guest_without_losing_re
         .to_string();
     assert_eq!(guest.live_disk_source("vda").path, dest);
 
+    // Audit: the controller names the operator; the node names the
+    // controller and, from x-volmig-caller, the operator it acted for.
+    let audit_line = |log: &str, rpc: &str| {
+        log.lines()
+            .find(|l| l.contains(" audit:") && l.contains(rpc))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no audit line for {rpc}:\n{log}"))
+    };
+    let line = audit_line(&ctl.log(), "Controller/MigrateVolume");
+    assert!(
+        line.contains(&format!("identity=cert:{OPERATOR}")) && line.contains("code=\"OK\""),
+        "{line}"
+    );
+    assert!(line.contains(&format!("domain={}", guest.name())), "{line}");
+    let line = audit_line(&node.log(), "Node/MigrateVolume");
+    assert!(
+        line.contains(&format!(
+            "identity=cert:controller.volmig.test for cert:{OPERATOR}"
+        )),
+        "{line}"
+    );
+    eprintln!("node audit line: {line}");
+
     // Without a client certificate the controller answers nothing.
     let (code, _, err) = volmig(&["nodes", "--controller", &ctl_https]);
     assert_eq!(code, 1);

@@ -493,7 +493,16 @@ where
                 Box::pin(ready.call(req))
             }
             Err(status) => {
-                tracing::debug!(rpc = %req.uri().path().escape_debug(), code = ?status.code(), "refused");
+                let path = req.uri().path();
+                let rpc = path.trim_start_matches('/').escape_debug().to_string();
+                let code = crate::api::client::code_name(status.code());
+                // Refused changes are part of the audit trail; refused reads
+                // only at debug level, so a flood of them cannot fill the log.
+                if matches!(need(path), Some(Need::Operator | Need::Node)) {
+                    tracing::info!(target: "audit", identity = "(refused)", rpc = %rpc, code, reason = %status.message().escape_debug(), "audit");
+                } else {
+                    tracing::debug!(rpc = %rpc, code, "refused");
+                }
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }

@@ -1,6 +1,7 @@
 //! The gRPC edge: proto conversions, the single error-to-status map, the
 //! service shims over the engine, and the server/client transports.
 
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod controller_service;

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::api::audit::Audit;
 use crate::api::convert;
 use crate::migration::{Engine, Subscription};
 use crate::proto;
@@ -89,16 +90,29 @@ impl Node for NodeService {
         &self,
         req: Request<proto::MigrateVolumeRequest>,
     ) -> Result<Response<Self::MigrateVolumeStream>, Status> {
+        let mut audit = Audit::start(&req, "Node/MigrateVolume");
         let req = req.into_inner();
-        tracing::Span::current().record("domain", req.domain.as_str());
-        tracing::Span::current().record("disk", req.disk.as_str());
-        if req.destination_pool.is_empty() {
-            return Err(Status::invalid_argument(
-                "invalid destination_pool: a node needs the destination pool named (the controller chooses one when it is empty)",
-            ));
+        tracing::Span::current().record("domain", req.domain.escape_debug().to_string());
+        tracing::Span::current().record("disk", req.disk.escape_debug().to_string());
+        audit = audit.target(&[
+            ("domain", &req.domain),
+            ("disk", &req.disk),
+            ("pool", &req.destination_pool),
+        ]);
+        let started = async {
+            if req.destination_pool.is_empty() {
+                return Err(Status::invalid_argument(
+                    "invalid destination_pool: a node needs the destination pool named (the controller chooses one when it is empty)",
+                ));
+            }
+            let request = convert::request_from_proto(req)?;
+            Ok(self.engine.migrate(request).await?)
         }
-        let request = convert::request_from_proto(req)?;
-        let sub = self.engine.migrate(request).await?;
+        .await;
+        if let Ok(sub) = &started {
+            audit.set_migration(sub.migration_id());
+        }
+        let sub = audit.finish(started)?;
         Ok(Response::new(event_stream(sub)))
     }
 
@@ -116,7 +130,9 @@ impl Node for NodeService {
         &self,
         req: Request<proto::CancelMigrationRequest>,
     ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
-        let latest = self.engine.cancel(&req.into_inner().migration_id).await?;
+        let id = req.get_ref().migration_id.clone();
+        let audit = Audit::start(&req, "Node/CancelMigration").migration(&id);
+        let latest = audit.finish(self.engine.cancel(&id).await.map_err(Status::from))?;
         Ok(Response::new(proto::CancelMigrationResponse {
             latest: Some(convert::event_to_proto(&latest)),
         }))
@@ -135,6 +151,7 @@ impl Node for NodeService {
         req: Request<proto::ListMigrationsRequest>,
     ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
         let req = req.into_inner();
+        crate::migration::validate::list_filter(&req.domain, &req.node_id)?;
         if !req.node_id.is_empty() && req.node_id != self.engine.node_id() {
             return Ok(Response::new(proto::ListMigrationsResponse::default()));
         }
@@ -158,10 +175,17 @@ impl Node for NodeService {
         &self,
         req: Request<proto::SetBandwidthRequest>,
     ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
+        let audit = Audit::start(&req, "Node/SetBandwidth");
         let req = req.into_inner();
-        self.engine
-            .set_bandwidth(&req.migration_id, req.bytes_per_sec)
-            .await?;
+        let audit = audit
+            .migration(&req.migration_id)
+            .target(&[("bytes_per_sec", &req.bytes_per_sec.to_string())]);
+        audit.finish(
+            self.engine
+                .set_bandwidth(&req.migration_id, req.bytes_per_sec)
+                .await
+                .map_err(Status::from),
+        )?;
         Ok(Response::new(proto::SetBandwidthResponse {}))
     }
 }

@@ -1,7 +1,13 @@
 //! The controller's migration history: one append-only file under its state
 //! dir, each line a JSON object holding a protobuf-encoded `MigrationRecord`
-//! (hex) and the destination's storage id. The last line of an id wins; the
-//! file is compacted when opened, so it stays small and survives restarts.
+//! (hex) and the destination's storage id. The last line of an id wins.
+//!
+//! The file is compacted when opened and again while running, whenever it
+//! holds more than twice as many lines as entries (and at least
+//! [`COMPACT_MIN_LINES`]): a long migration writes a line per progress event,
+//! and the file must not grow with them. Compaction also applies the
+//! retention: finished migrations older than `max_age`, or beyond the newest
+//! `max_records`, are forgotten. Unfinished ones are always kept.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -52,10 +58,39 @@ pub struct HistoryError {
     message: String,
 }
 
+/// How long finished migrations are remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Finished migrations whose last event is older than this are dropped.
+    pub max_age: std::time::Duration,
+    /// At most this many finished migrations are kept (the newest).
+    pub max_records: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age: std::time::Duration::from_secs(30 * 24 * 3600),
+            max_records: 10_000,
+        }
+    }
+}
+
+/// Below this many lines the file is never compacted while running.
+pub const COMPACT_MIN_LINES: usize = 1000;
+
+struct State {
+    entries: HashMap<String, Entry>,
+    file: File,
+    /// Lines in the file now.
+    lines: usize,
+}
+
 /// The history store.
 pub struct History {
     path: PathBuf,
-    state: Mutex<(HashMap<String, Entry>, File)>,
+    retention: Retention,
+    state: Mutex<State>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -81,9 +116,37 @@ fn line_of(entry: &Entry) -> Result<String, String> {
     serde_json::to_string(&line).map_err(|e| e.to_string())
 }
 
+/// Drops the finished entries the retention does not keep.
+fn retain(entries: &mut HashMap<String, Entry>, retention: Retention) {
+    let now = crate::migration::model::now_ms();
+    let max_age = u64::try_from(retention.max_age.as_millis()).unwrap_or(u64::MAX);
+    let stamp = |e: &Entry| e.record.latest.as_ref().map_or(0, |l| l.timestamp_unix_ms);
+    // An entry without a timestamp is not aged out (only counted).
+    entries.retain(|_, e| {
+        !e.is_terminal() || stamp(e) == 0 || now.saturating_sub(stamp(e)) <= max_age
+    });
+    let mut finished: Vec<(u64, String)> = entries
+        .iter()
+        .filter(|(_, e)| e.is_terminal())
+        .map(|(id, e)| (stamp(e), id.clone()))
+        .collect();
+    if finished.len() > retention.max_records {
+        finished.sort();
+        let excess = finished.len() - retention.max_records;
+        for (_, id) in finished.into_iter().take(excess) {
+            entries.remove(&id);
+        }
+    }
+}
+
 impl History {
-    /// Opens (creating) `state_dir/history.jsonl`, loading and compacting it.
+    /// Opens (creating) `state_dir/history.jsonl` with the default retention.
     pub fn open(state_dir: &Path) -> Result<History, HistoryError> {
+        History::open_with(state_dir, Retention::default())
+    }
+
+    /// Opens (creating) `state_dir/history.jsonl`, loading and compacting it.
+    pub fn open_with(state_dir: &Path, retention: Retention) -> Result<History, HistoryError> {
         let path = state_dir.join("history.jsonl");
         let err = |message: String| HistoryError {
             path: path.display().to_string(),
@@ -113,47 +176,56 @@ impl History {
                 );
             }
         }
-        let tmp = state_dir.join("history.jsonl.tmp");
-        {
-            let mut out = File::create(&tmp).map_err(|e| err(e.to_string()))?;
-            for entry in entries.values() {
-                writeln!(out, "{}", line_of(entry).map_err(&err)?)
-                    .map_err(|e| err(e.to_string()))?;
-            }
-            out.sync_all().map_err(|e| err(e.to_string()))?;
-        }
-        fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| err(e.to_string()))?;
+        retain(&mut entries, retention);
+        let file = rewrite(&path, &entries).map_err(err)?;
         Ok(History {
             path,
-            state: Mutex::new((entries, file)),
+            retention,
+            state: Mutex::new(State {
+                lines: entries.len(),
+                entries,
+                file,
+            }),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn error(&self, message: String) -> HistoryError {
+        HistoryError {
+            path: self.path.display().to_string(),
+            message,
+        }
+    }
+
+    /// Compacts the file when it holds many more lines than entries.
+    fn maybe_compact(&self, state: &mut State) -> Result<(), HistoryError> {
+        if state.lines < COMPACT_MIN_LINES || state.lines <= 2 * state.entries.len() {
+            return Ok(());
+        }
+        retain(&mut state.entries, self.retention);
+        state.file = rewrite(&self.path, &state.entries).map_err(|m| self.error(m))?;
+        state.lines = state.entries.len();
+        Ok(())
     }
 
     /// Stores a new or updated entry.
     pub fn put(&self, entry: Entry) -> Result<(), HistoryError> {
-        let line = line_of(&entry).map_err(|message| HistoryError {
-            path: self.path.display().to_string(),
-            message,
-        })?;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        writeln!(state.1, "{line}").map_err(|e| HistoryError {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        state.0.insert(entry.record.migration_id.clone(), entry);
-        Ok(())
+        let line = line_of(&entry).map_err(|m| self.error(m))?;
+        let mut state = self.lock();
+        writeln!(state.file, "{line}").map_err(|e| self.error(e.to_string()))?;
+        state.lines += 1;
+        state
+            .entries
+            .insert(entry.record.migration_id.clone(), entry);
+        self.maybe_compact(&mut state)
     }
 
     /// Updates the latest event of a known migration.
     pub fn update_latest(&self, event: &proto::MigrationEvent) -> Result<(), HistoryError> {
-        let entry = {
-            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.0.get(&event.migration_id).cloned()
-        };
+        let entry = self.lock().entries.get(&event.migration_id).cloned();
         match entry {
             Some(mut entry) => {
                 entry.record.latest = Some(event.clone());
@@ -165,15 +237,31 @@ impl History {
 
     /// One entry.
     pub fn get(&self, id: &str) -> Option<Entry> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.0.get(id).cloned()
+        self.lock().entries.get(id).cloned()
     }
 
     /// Every entry.
     pub fn all(&self) -> Vec<Entry> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.0.values().cloned().collect()
+        self.lock().entries.values().cloned().collect()
     }
+}
+
+/// Writes `entries` to a temporary file, syncs it and renames it over
+/// `path`; returns `path` opened for appending.
+fn rewrite(path: &Path, entries: &HashMap<String, Entry>) -> Result<File, String> {
+    let tmp = path.with_extension("jsonl.tmp");
+    {
+        let mut out = File::create(&tmp).map_err(|e| e.to_string())?;
+        for entry in entries.values() {
+            writeln!(out, "{}", line_of(entry)?).map_err(|e| e.to_string())?;
+        }
+        out.sync_all().map_err(|e| e.to_string())?;
+    }
+    fs::rename(&tmp, path).map_err(|e| e.to_string())?;
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -222,5 +310,67 @@ mod tests {
         assert!(!h.get("m2").expect("m2").is_terminal());
         assert_eq!(h.all().len(), 2);
         assert_eq!(unhex(&hex(&[0, 15, 255])), Some(vec![0, 15, 255]));
+    }
+
+    fn lines(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("history.jsonl"))
+            .expect("read")
+            .lines()
+            .count()
+    }
+
+    #[test]
+    fn compacts_while_running_and_applies_the_retention() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = History::open_with(
+            dir.path(),
+            Retention {
+                max_age: std::time::Duration::from_secs(3600),
+                max_records: 3,
+            },
+        )
+        .expect("open");
+        h.put(entry("running", proto::Phase::Copying)).expect("put");
+        // Progress of a long migration: the file stays bounded.
+        for i in 0..5000u64 {
+            h.update_latest(&proto::MigrationEvent {
+                migration_id: "running".into(),
+                phase: proto::Phase::Copying as i32,
+                timestamp_unix_ms: i,
+                ..Default::default()
+            })
+            .expect("update");
+        }
+        assert!(
+            lines(dir.path()) < COMPACT_MIN_LINES + 2,
+            "{}",
+            lines(dir.path())
+        );
+        let now = crate::migration::model::now_ms();
+        for i in 0..6u64 {
+            let mut e = entry(&format!("done{i}"), proto::Phase::Completed);
+            if let Some(l) = e.record.latest.as_mut() {
+                l.timestamp_unix_ms = now - 10 + i;
+            }
+            h.put(e).expect("put");
+        }
+        let mut old = entry("ancient", proto::Phase::Failed);
+        if let Some(l) = old.record.latest.as_mut() {
+            l.timestamp_unix_ms = now - 7200 * 1000;
+        }
+        h.put(old).expect("put");
+        drop(h);
+        let h = History::open_with(
+            dir.path(),
+            Retention {
+                max_age: std::time::Duration::from_secs(3600),
+                max_records: 3,
+            },
+        )
+        .expect("reopen");
+        let mut ids: Vec<String> = h.all().into_iter().map(|e| e.record.migration_id).collect();
+        ids.sort();
+        assert_eq!(ids, ["done3", "done4", "done5", "running"]);
+        assert_eq!(lines(dir.path()), 4);
     }
 }

@@ -20,7 +20,15 @@ pub async fn run(
     let exposure = Exposure::from_config(&security)?;
     let credentials = Credentials::load(exposure.tls.clone(), security.token_file.as_deref())
         .map_err(anyhow::Error::msg)?;
-    let history = history::History::open(&config.state_dir)?;
+    let history = history::History::open_with(
+        &config.state_dir,
+        history::Retention {
+            max_age: std::time::Duration::from_secs(
+                config.history_retention_days.saturating_mul(24 * 3600),
+            ),
+            max_records: config.history_retention_records,
+        },
+    )?;
     tracing::info!(state_dir = %config.state_dir.display(), nodes = config.nodes.len(), "controller starting");
     let service = ControllerService::with_credentials(config, history, credentials);
     server::serve_controller(service, listen, exposure, shutdown).await?;

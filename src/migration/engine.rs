@@ -526,7 +526,7 @@ impl Engine {
     }
 
     /// Starts a migration, or attaches to the one started with the same request id.
-    #[tracing::instrument(skip(self, req), err, fields(domain = %req.domain, disk = %req.disk, pool = %req.destination_pool))]
+    #[tracing::instrument(skip(self, req), err, fields(domain = %req.domain.escape_debug(), disk = %req.disk.escape_debug(), pool = %req.destination_pool.escape_debug()))]
     pub async fn migrate(&self, req: MigrationRequest) -> Result<Subscription, Error> {
         validate::request_id(&req.request_id)?;
         validate::object_name("domain", &req.domain)?;
@@ -702,6 +702,7 @@ impl Engine {
     }
 
     fn job(&self, id: &str) -> Result<Arc<Job>, Error> {
+        validate::migration_id(id)?;
         self.inner
             .registry()
             .by_id

@@ -111,6 +111,41 @@ pub fn bandwidth(value: u64) -> Result<(), Error> {
     }
 }
 
+/// A migration id as given back by a caller: 1-128 characters of
+/// `[A-Za-z0-9._:-]` (the node makes UUIDs). Checked before the id is looked
+/// up, echoed in an error or logged, so none of those carries a caller's
+/// megabyte or control characters; the error shows neither.
+pub fn migration_id(value: &str) -> Result<(), Error> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "migration_id",
+            format!(
+                "is not a migration id ({} bytes; expected 1-128 characters of letters, digits, '.', '_', ':', '-')",
+                value.len()
+            ),
+        ))
+    }
+}
+
+/// The names a ListMigrations filter may hold: each empty (no filter) or a
+/// valid object name.
+pub fn list_filter(domain: &str, node_id: &str) -> Result<(), Error> {
+    if !domain.is_empty() {
+        object_name("domain", domain)?;
+    }
+    if !node_id.is_empty() {
+        object_name("node_id", node_id)?;
+    }
+    Ok(())
+}
+
 /// A request id: 1-128 characters of `[A-Za-z0-9._:-]`.
 pub fn request_id(value: &str) -> Result<(), Error> {
     if value.is_empty() {
@@ -165,6 +200,15 @@ mod tests {
         assert!(disk("").is_err());
         assert!(disk("vd a").is_err());
         assert!(disk("../x").is_err());
+    }
+
+    #[test]
+    fn migration_ids() {
+        assert!(migration_id("1b4e28ba-2fa1-11d2-883f-0016d3cca427").is_ok());
+        for bad in ["", "a b", "x\ny", "\u{1b}[31m", "é", &"x".repeat(129)] {
+            let err = migration_id(bad).expect_err(bad);
+            assert!(!err.to_string().contains(bad) || bad.is_empty(), "{err}");
+        }
     }
 
     #[test]

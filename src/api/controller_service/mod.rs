@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
+use crate::api::audit::Audit;
 use crate::api::auth::{Caller, Grant};
 use crate::api::client::{self, AuthChannel, Credentials};
 use crate::api::node_service::EventStream;
@@ -46,8 +47,6 @@ mod source_users;
 #[cfg(test)]
 mod tests;
 
-/// How long one call to a node may take before the node counts as unreachable.
-const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many nodes are asked at once when many must be (probes, refreshes, a
 /// domain whose node is not known).
 const FAN_OUT: usize = 64;
@@ -62,11 +61,22 @@ struct Inner {
     config: ControllerConfig,
     registry: Registry,
     inventory: Inventory,
-    /// Open channels by node id, with the endpoint they go to.
-    channels: Mutex<HashMap<String, (String, AuthChannel)>>,
+    /// Open channels by node id, with the endpoint they go to and the
+    /// generation of the client certificate they were opened with.
+    channels: Mutex<HashMap<String, OpenChannel>>,
     /// What the controller presents to its nodes.
     credentials: Credentials,
+    /// The follower of each unfinished migration being followed.
+    followers: Mutex<HashMap<String, Arc<relay::Follower>>>,
     history: Arc<History>,
+}
+
+/// A channel to a node, reused while its endpoint and the controller's client
+/// certificate files stay the same (a rotated certificate opens new ones).
+pub(super) struct OpenChannel {
+    endpoint: String,
+    generation: Vec<Option<std::time::SystemTime>>,
+    channel: AuthChannel,
 }
 
 /// Where a domain's disk is, as its node reports it.
@@ -102,12 +112,12 @@ fn facts_of(info: &proto::NodeInfo) -> NodeFacts {
     }
 }
 
-async fn timed<T>(
-    call: impl Future<Output = Result<Response<T>, Status>>,
-) -> Result<Response<T>, Status> {
-    tokio::time::timeout(NODE_CALL_TIMEOUT, call)
-        .await
-        .map_err(|_| Status::deadline_exceeded("timed out"))?
+/// The `x-volmig-caller` value for `caller`: printable ASCII only.
+fn caller_header(
+    caller: &Caller,
+) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    let text: String = caller.audit_name().escape_default().take(256).collect();
+    text.parse().ok()
 }
 
 impl ControllerService {
@@ -139,20 +149,49 @@ impl ControllerService {
                 inventory: Inventory::new(),
                 channels: Mutex::new(HashMap::new()),
                 credentials,
+                followers: Mutex::new(HashMap::new()),
                 history: Arc::new(history),
             }),
         };
         for entry in service.inner.history.all() {
             if !entry.is_terminal() {
-                let svc = service.clone();
-                tokio::spawn(async move { svc.follow_until_done(entry).await });
+                service.follow(&entry, None);
             }
         }
         service.spawn_refresher();
         service
     }
 
+    /// Bound on one call to a node.
+    pub(super) fn call_timeout(&self) -> Duration {
+        Duration::from_secs(self.inner.config.node_call_timeout_seconds.max(1))
+    }
+
+    /// Runs a call to a node within [`Self::call_timeout`]; for a stream,
+    /// until its response headers.
+    pub(super) async fn timed<T>(
+        &self,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        tokio::time::timeout(self.call_timeout(), call)
+            .await
+            .map_err(|_| Status::deadline_exceeded("the node did not answer in time"))?
+    }
+
+    /// A request to a node, naming for its audit log the caller the
+    /// controller acts for.
+    pub(super) fn to_node<T>(&self, caller: Option<&Caller>, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(value) = caller.and_then(caller_header) {
+            request
+                .metadata_mut()
+                .insert(crate::api::auth::CALLER_HEADER, value);
+        }
+        request
+    }
+
     fn entry(&self, id: &str) -> Result<Entry, Status> {
+        crate::migration::validate::migration_id(id)?;
         self.inner.history.get(id).ok_or_else(|| {
             Status::not_found(format!(
                 "no migration with id '{id}' in the controller's history"
@@ -186,40 +225,11 @@ impl Controller for ControllerService {
         &self,
         req: Request<proto::RegisterNodeRequest>,
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
-        let caller = Caller::of(&req).cloned();
-        let req = req.into_inner();
-        crate::migration::validate::object_name("node_id", &req.node_id)?;
-        // Only the node itself (its bound identity) or a local caller.
-        let caller = caller.ok_or_else(|| Status::unauthenticated("no caller identity"))?;
-        if !caller.may_register(&req.node_id) {
-            return Err(RegistryError::NotThisNode {
-                caller: caller.identity.clone(),
-                node_id: req.node_id.clone(),
-                bound: match &caller.grant {
-                    Grant::Role { node_id, .. } => node_id.clone(),
-                    _ => None,
-                },
-            }
-            .into());
-        }
-        registry::check_endpoint(&req.endpoint, caller.is_local())?;
-        let facts = req.info.as_ref().map(facts_of).unwrap_or_default();
-        let news = self
-            .inner
-            .registry
-            .register(&req.node_id, &req.endpoint, facts)?;
-        if news {
-            // A new or returning node: its pools count from now, not from the
-            // next refresh.
-            if let Some(node) = self.inner.registry.get(&req.node_id) {
-                tracing::info!(node = %node.id, endpoint = %node.endpoint.escape_debug(), by = %caller.identity, "node registered");
-                let svc = self.clone();
-                tokio::spawn(async move { svc.fetch_pools(&node).await }.in_current_span());
-            }
-        }
-        Ok(Response::new(proto::RegisterNodeResponse {
-            heartbeat_interval_seconds: self.inner.config.heartbeat_interval_seconds,
-        }))
+        let audit = Audit::start(&req, "Controller/RegisterNode").target(&[
+            ("node_id", &req.get_ref().node_id),
+            ("endpoint", &req.get_ref().endpoint),
+        ]);
+        audit.finish(self.register(req).await)
     }
 
     async fn list_nodes(
@@ -300,11 +310,190 @@ impl Controller for ControllerService {
 
     type MigrateVolumeStream = EventStream;
 
-    #[tracing::instrument(skip_all, fields(domain = %req.get_ref().domain, disk = %req.get_ref().disk))]
     async fn migrate_volume(
         &self,
         req: Request<proto::MigrateVolumeRequest>,
     ) -> Result<Response<Self::MigrateVolumeStream>, Status> {
+        let audit = Audit::start(&req, "Controller/MigrateVolume").target(&[
+            ("domain", &req.get_ref().domain),
+            ("disk", &req.get_ref().disk),
+            ("pool", &req.get_ref().destination_pool),
+        ]);
+        let (id, stream) = match self.start_migration(req).await {
+            Ok((id, stream)) => (id, Ok(stream)),
+            Err(e) => (String::new(), Err(e)),
+        };
+        audit.migration(&id).finish(stream.map(Response::new))
+    }
+
+    type WatchMigrationStream = EventStream;
+
+    async fn watch_migration(
+        &self,
+        req: Request<proto::WatchMigrationRequest>,
+    ) -> Result<Response<Self::WatchMigrationStream>, Status> {
+        let entry = self.entry(&req.into_inner().migration_id)?;
+        let follower = match self.following(&entry.record.migration_id) {
+            Some(follower) => follower,
+            None => {
+                // Nobody follows it (it ended, or was not followed yet): reach
+                // the node now, so an unreachable node is this caller's
+                // UNAVAILABLE, naming the node, rather than a silent wait.
+                let (node, mut client) = self.node_of(&entry).await?;
+                let request = self.to_node(
+                    None,
+                    proto::WatchMigrationRequest {
+                        migration_id: entry.record.migration_id.clone(),
+                    },
+                );
+                let stream = self
+                    .timed(client.watch_migration(request))
+                    .await
+                    .map_err(|s| node_error(&node, s))?
+                    .into_inner();
+                self.follow(&entry, Some(stream))
+            }
+        };
+        Ok(Response::new(self.watch_stream(&follower)?))
+    }
+
+    async fn cancel_migration(
+        &self,
+        req: Request<proto::CancelMigrationRequest>,
+    ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
+        let audit =
+            Audit::start(&req, "Controller/CancelMigration").migration(&req.get_ref().migration_id);
+        audit.finish(self.cancel(req).await)
+    }
+
+    async fn get_migration(
+        &self,
+        req: Request<proto::GetMigrationRequest>,
+    ) -> Result<Response<proto::MigrationRecord>, Status> {
+        let entry = self.entry(&req.into_inner().migration_id)?;
+        if entry.is_terminal() {
+            return Ok(Response::new(entry.record));
+        }
+        // Ask the node for the live state; its record is the truth while it runs.
+        let (node, mut client) = self.node_of(&entry).await?;
+        let request = self.to_node(
+            None,
+            proto::GetMigrationRequest {
+                migration_id: entry.record.migration_id.clone(),
+            },
+        );
+        let record = self
+            .timed(client.get_migration(request))
+            .await
+            .map_err(|s| node_error(&node, s))?
+            .into_inner();
+        match &record.latest {
+            Some(latest) if relay::owns(&entry, latest) => {
+                let _ = self.inner.history.update_latest(latest);
+            }
+            _ => {
+                return Err(Status::internal(format!(
+                    "node {} answered with a record that is not migration {}",
+                    node.id, entry.record.migration_id
+                )))
+            }
+        }
+        Ok(Response::new(record))
+    }
+
+    async fn list_migrations(
+        &self,
+        req: Request<proto::ListMigrationsRequest>,
+    ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
+        let req = req.into_inner();
+        crate::migration::validate::list_filter(&req.domain, &req.node_id)?;
+        let mut records: Vec<proto::MigrationRecord> = self
+            .inner
+            .history
+            .all()
+            .into_iter()
+            .filter(|e| {
+                let r = &e.record;
+                let latest = r.latest.clone().unwrap_or_default();
+                (req.node_id.is_empty() || r.node_id == req.node_id)
+                    && (req.domain.is_empty() || latest.domain == req.domain)
+                    && (req.phases.is_empty() || req.phases.contains(&latest.phase))
+                    && (req.started_after_unix_ms == 0
+                        || latest.started_at_unix_ms >= req.started_after_unix_ms)
+                    && (req.started_before_unix_ms == 0
+                        || latest.started_at_unix_ms < req.started_before_unix_ms)
+                    && (!req.active_only || !e.is_terminal())
+            })
+            .map(|e| e.record)
+            .collect();
+        records.sort_by_key(|r| {
+            std::cmp::Reverse(r.latest.as_ref().map(|e| e.started_at_unix_ms).unwrap_or(0))
+        });
+        Ok(Response::new(proto::ListMigrationsResponse {
+            migrations: records,
+        }))
+    }
+
+    async fn set_bandwidth(
+        &self,
+        req: Request<proto::SetBandwidthRequest>,
+    ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
+        let audit = Audit::start(&req, "Controller/SetBandwidth")
+            .migration(&req.get_ref().migration_id)
+            .target(&[("bytes_per_sec", &req.get_ref().bytes_per_sec.to_string())]);
+        audit.finish(self.bandwidth(req).await)
+    }
+}
+
+/// The mutating calls, audited by their trait methods above.
+impl ControllerService {
+    async fn register(
+        &self,
+        req: Request<proto::RegisterNodeRequest>,
+    ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
+        let caller = Caller::of(&req).cloned();
+        let req = req.into_inner();
+        crate::migration::validate::object_name("node_id", &req.node_id)?;
+        // Only the node itself (its bound identity) or a local caller.
+        let caller = caller.ok_or_else(|| Status::unauthenticated("no caller identity"))?;
+        if !caller.may_register(&req.node_id) {
+            return Err(RegistryError::NotThisNode {
+                caller: caller.identity.clone(),
+                node_id: req.node_id.clone(),
+                bound: match &caller.grant {
+                    Grant::Role { node_id, .. } => node_id.clone(),
+                    _ => None,
+                },
+            }
+            .into());
+        }
+        registry::check_endpoint(&req.endpoint, caller.is_local())?;
+        let facts = req.info.as_ref().map(facts_of).unwrap_or_default();
+        let news = self
+            .inner
+            .registry
+            .register(&req.node_id, &req.endpoint, facts)?;
+        if news {
+            // A new or returning node: its pools count from now, not from the
+            // next refresh.
+            if let Some(node) = self.inner.registry.get(&req.node_id) {
+                tracing::info!(node = %node.id, endpoint = %node.endpoint.escape_debug(), by = %caller.identity, "node registered");
+                let svc = self.clone();
+                tokio::spawn(async move { svc.fetch_pools(&node).await }.in_current_span());
+            }
+        }
+        Ok(Response::new(proto::RegisterNodeResponse {
+            heartbeat_interval_seconds: self.inner.config.heartbeat_interval_seconds,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(domain = %req.get_ref().domain.escape_debug(), disk = %req.get_ref().disk.escape_debug()))]
+    /// Places and starts a migration; its id and the caller's event stream.
+    async fn start_migration(
+        &self,
+        req: Request<proto::MigrateVolumeRequest>,
+    ) -> Result<(String, EventStream), Status> {
+        let caller = Caller::of(&req).cloned();
         let mut req = req.into_inner();
         let (located, _source_pool, pools, plan) = self.plan(&req).await?;
         let chosen = match plan.chosen() {
@@ -352,23 +541,41 @@ impl Controller for ControllerService {
             options.source_users_elsewhere.extend(elsewhere);
         }
         let mut client = self.client(&node).await?;
-        let mut stream = client
-            .migrate_volume(req.clone())
-            .await
-            .map_err(|s| node_error(&node, s))?
-            .into_inner();
+        let request = self.to_node(caller.as_ref(), req.clone());
+        // Bounded until the first event: the node answers at once (it
+        // validates before it streams); later events may be minutes apart.
+        let (stream, first) = tokio::time::timeout(self.call_timeout(), async {
+            let mut stream = client
+                .migrate_volume(request)
+                .await
+                .map_err(|s| node_error(&node, s))?
+                .into_inner();
+            let first = stream.message().await.map_err(|s| node_error(&node, s))?;
+            Ok::<_, Status>((stream, first))
+        })
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "node {} did not start the migration in time",
+                node.id
+            ))
+        })??;
         // The first event carries the migration id the node chose; record it
         // before relaying anything so the history never misses a migration.
-        let first = stream
-            .message()
-            .await
-            .map_err(|s| node_error(&node, s))?
-            .ok_or_else(|| {
-                Status::internal(format!(
-                    "node {} ended the stream without an event",
-                    node.id
-                ))
-            })?;
+        let first = first.ok_or_else(|| {
+            Status::internal(format!(
+                "node {} ended the stream without an event",
+                node.id
+            ))
+        })?;
+        if crate::migration::validate::migration_id(&first.migration_id).is_err()
+            || first.node_id != node.id
+        {
+            return Err(Status::internal(format!(
+                "node {} answered with an event that is not its own migration",
+                node.id
+            )));
+        }
         let record = proto::MigrationRecord {
             migration_id: first.migration_id.clone(),
             node_id: node.id.clone(),
@@ -377,116 +584,63 @@ impl Controller for ControllerService {
             source_pool: located.disk.pool.clone(),
             previous_source: located.disk.source.clone(),
         };
-        let prior = self.inner.history.get(&first.migration_id);
-        if prior.is_none() {
-            self.inner
-                .history
-                .put(Entry {
+        let entry = match self.inner.history.get(&first.migration_id) {
+            Some(prior) if prior.record.node_id != node.id => {
+                return Err(Status::internal(format!(
+                    "node {} answered with migration {}, which node {} runs",
+                    node.id, first.migration_id, prior.record.node_id
+                )));
+            }
+            Some(prior) => prior,
+            None => {
+                let entry = Entry {
                     record,
                     dest_storage_id: chosen.storage_id.clone(),
-                })
-                .map_err(|e| Status::internal(e.to_string()))?;
-        }
+                };
+                self.inner
+                    .history
+                    .put(entry.clone())
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                entry
+            }
+        };
         tracing::info!(migration_id = %first.migration_id, node = %node.id, pool = %chosen.name, at = now_ms(), "migration relayed");
-        Ok(Response::new(self.relay(stream, Some(first))))
+        let follower = self.follow(&entry, Some(stream));
+        Ok((
+            entry.record.migration_id.clone(),
+            self.watch_stream(&follower)?,
+        ))
     }
 
-    type WatchMigrationStream = EventStream;
-
-    async fn watch_migration(
-        &self,
-        req: Request<proto::WatchMigrationRequest>,
-    ) -> Result<Response<Self::WatchMigrationStream>, Status> {
-        let entry = self.entry(&req.into_inner().migration_id)?;
-        let (node, mut client) = self.node_of(&entry).await?;
-        let stream = client
-            .watch_migration(proto::WatchMigrationRequest {
-                migration_id: entry.record.migration_id.clone(),
-            })
-            .await
-            .map_err(|s| node_error(&node, s))?
-            .into_inner();
-        Ok(Response::new(self.relay(stream, None)))
-    }
-
-    async fn cancel_migration(
+    async fn cancel(
         &self,
         req: Request<proto::CancelMigrationRequest>,
     ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
+        let caller = Caller::of(&req).cloned();
         let entry = self.entry(&req.into_inner().migration_id)?;
         let (node, mut client) = self.node_of(&entry).await?;
-        client
-            .cancel_migration(proto::CancelMigrationRequest {
+        let request = self.to_node(
+            caller.as_ref(),
+            proto::CancelMigrationRequest {
                 migration_id: entry.record.migration_id.clone(),
-            })
+            },
+        );
+        self.timed(client.cancel_migration(request))
             .await
             .map_err(|s| node_error(&node, s))
     }
 
-    async fn get_migration(
-        &self,
-        req: Request<proto::GetMigrationRequest>,
-    ) -> Result<Response<proto::MigrationRecord>, Status> {
-        let entry = self.entry(&req.into_inner().migration_id)?;
-        if entry.is_terminal() {
-            return Ok(Response::new(entry.record));
-        }
-        // Ask the node for the live state; its record is the truth while it runs.
-        let (node, mut client) = self.node_of(&entry).await?;
-        let record = client
-            .get_migration(proto::GetMigrationRequest {
-                migration_id: entry.record.migration_id.clone(),
-            })
-            .await
-            .map_err(|s| node_error(&node, s))?
-            .into_inner();
-        if let Some(latest) = &record.latest {
-            let _ = self.inner.history.update_latest(latest);
-        }
-        Ok(Response::new(record))
-    }
-
-    async fn list_migrations(
-        &self,
-        req: Request<proto::ListMigrationsRequest>,
-    ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
-        let req = req.into_inner();
-        let mut records: Vec<proto::MigrationRecord> = self
-            .inner
-            .history
-            .all()
-            .into_iter()
-            .filter(|e| {
-                let r = &e.record;
-                let latest = r.latest.clone().unwrap_or_default();
-                (req.node_id.is_empty() || r.node_id == req.node_id)
-                    && (req.domain.is_empty() || latest.domain == req.domain)
-                    && (req.phases.is_empty() || req.phases.contains(&latest.phase))
-                    && (req.started_after_unix_ms == 0
-                        || latest.started_at_unix_ms >= req.started_after_unix_ms)
-                    && (req.started_before_unix_ms == 0
-                        || latest.started_at_unix_ms < req.started_before_unix_ms)
-                    && (!req.active_only || !e.is_terminal())
-            })
-            .map(|e| e.record)
-            .collect();
-        records.sort_by_key(|r| {
-            std::cmp::Reverse(r.latest.as_ref().map(|e| e.started_at_unix_ms).unwrap_or(0))
-        });
-        Ok(Response::new(proto::ListMigrationsResponse {
-            migrations: records,
-        }))
-    }
-
-    async fn set_bandwidth(
+    async fn bandwidth(
         &self,
         req: Request<proto::SetBandwidthRequest>,
     ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
+        let caller = Caller::of(&req).cloned();
         let req = req.into_inner();
         let entry = self.entry(&req.migration_id)?;
+        crate::migration::validate::bandwidth(req.bytes_per_sec)?;
         let (node, mut client) = self.node_of(&entry).await?;
-        client
-            .set_bandwidth(req)
+        let request = self.to_node(caller.as_ref(), req);
+        self.timed(client.set_bandwidth(request))
             .await
             .map_err(|s| node_error(&node, s))
     }

@@ -50,9 +50,7 @@ impl ControllerService {
         );
     }
 
-    pub(super) fn channels(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (String, AuthChannel)>> {
+    pub(super) fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<String, OpenChannel>> {
         self.inner
             .channels
             .lock()
@@ -61,17 +59,30 @@ impl ControllerService {
 
     /// A client for `node`, over its open channel or a new one.
     pub(super) async fn client(&self, node: &NodeEntry) -> Result<NodeClient<AuthChannel>, Status> {
-        if let Some((endpoint, channel)) = self.channels().get(&node.id) {
-            if *endpoint == node.endpoint {
-                return Ok(NodeClient::new(channel.clone()));
+        let generation = self
+            .inner
+            .credentials
+            .tls
+            .as_ref()
+            .map(crate::api::tls::generation)
+            .unwrap_or_default();
+        if let Some(open) = self.channels().get(&node.id) {
+            if open.endpoint == node.endpoint && open.generation == generation {
+                return Ok(NodeClient::new(open.channel.clone()));
             }
         }
         match client::connect_with(client::Peer::Node, &node.endpoint, &self.inner.credentials)
             .await
         {
             Ok(channel) => {
-                self.channels()
-                    .insert(node.id.clone(), (node.endpoint.clone(), channel.clone()));
+                self.channels().insert(
+                    node.id.clone(),
+                    OpenChannel {
+                        endpoint: node.endpoint.clone(),
+                        generation,
+                        channel: channel.clone(),
+                    },
+                );
                 Ok(NodeClient::new(channel))
             }
             Err(e) => {
@@ -126,7 +137,7 @@ impl ControllerService {
             .partition(|n| self.inner.registry.is_fresh(n, fresh));
         let mut probes = self.fan_out(stale, |svc, node| async move {
             let mut c = svc.client(&node).await?;
-            timed(c.get_info(proto::GetInfoRequest {})).await
+            svc.timed(c.get_info(proto::GetInfoRequest {})).await
         });
         while let Some(joined) = probes.join_next().await {
             let Ok((node, probe)) = joined else { continue };
@@ -148,7 +159,7 @@ impl ControllerService {
     pub(super) async fn fetch_pools(&self, node: &NodeEntry) -> Result<Vec<proto::Pool>, Status> {
         let listed = async {
             let mut c = self.client(node).await?;
-            timed(c.list_pools(proto::ListPoolsRequest {})).await
+            self.timed(c.list_pools(proto::ListPoolsRequest {})).await
         };
         match listed.await {
             Ok(resp) => {
@@ -197,10 +208,11 @@ impl ControllerService {
         let Ok(mut c) = self.client(node).await else {
             return Answer::Unreachable;
         };
-        let answer = timed(c.list_disks(proto::ListDisksRequest {
-            domain: domain.to_string(),
-        }))
-        .await;
+        let answer = self
+            .timed(c.list_disks(proto::ListDisksRequest {
+                domain: domain.to_string(),
+            }))
+            .await;
         match answer {
             Ok(resp) => {
                 let disks = resp.into_inner();

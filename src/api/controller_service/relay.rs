@@ -1,76 +1,232 @@
-//! Relaying a node's migration events to the caller and into the history,
-//! and following unfinished migrations after a controller restart.
+//! Following a node's migration: one follower per unfinished migration reads
+//! the node's event stream, writes each event to the history once, and fans
+//! it out to every caller watching through the controller. Callers never
+//! open streams to nodes of their own, so N watchers cost one node stream and
+//! one history write per event.
+//!
+//! Only events of the migration being followed, stamped by the node that runs
+//! it, are recorded: a node cannot write another node's migrations (or
+//! invented ones) into the history. When the node's stream is lost, watchers
+//! are told (UNAVAILABLE) and the follower reconnects in the background, so
+//! the history still reaches the migration's end; the same happens after a
+//! controller restart.
+
+use tokio::sync::broadcast;
 
 use super::*;
 
-impl ControllerService {
-    /// Relays a node's event stream to the caller and into the history.
-    pub(super) fn relay(
-        &self,
-        mut stream: tonic::Streaming<proto::MigrationEvent>,
-        first: Option<proto::MigrationEvent>,
-    ) -> EventStream {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let history = self.inner.history.clone();
-        tokio::spawn(async move {
-            let mut caller_gone = false;
-            if let Some(event) = first {
-                caller_gone = tx.send(Ok(event)).await.is_err();
-            }
-            loop {
-                match stream.message().await {
-                    Ok(Some(event)) => {
-                        if let Err(e) = history.update_latest(&event) {
-                            tracing::error!(error = %e, "cannot record migration event");
-                        }
-                        if !caller_gone {
-                            caller_gone = tx.send(Ok(event)).await.is_err();
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        if !caller_gone {
-                            let _ = tx
-                                .send(Err(Status::unavailable(format!(
-                                    "lost the node's event stream: {}; the migration goes on there, follow it with WatchMigration",
-                                    status.message()
-                                ))))
-                                .await;
-                        }
-                        break;
-                    }
-                }
-            }
-        });
-        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+/// What a follower hands its watchers.
+#[derive(Clone)]
+enum Item {
+    Event(Box<proto::MigrationEvent>),
+    /// The node's stream was lost (why); the follower keeps trying.
+    Lost(String),
+}
+
+/// The follower of one migration.
+pub(super) struct Follower {
+    /// Latest event and the channel to watchers; one lock so that a new
+    /// watcher's snapshot and its subscription see no gap and no repeat.
+    state: Mutex<(proto::MigrationEvent, broadcast::Sender<Item>)>,
+}
+
+impl Follower {
+    fn new(latest: proto::MigrationEvent) -> Arc<Follower> {
+        let (tx, _) = broadcast::channel(256);
+        Arc::new(Follower {
+            state: Mutex::new((latest, tx)),
+        })
     }
 
-    /// Keeps the history of a migration up to date after a restart, retrying
-    /// while its node is unreachable.
-    pub(super) async fn follow_until_done(&self, entry: Entry) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (proto::MigrationEvent, broadcast::Sender<Item>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, item: Item) {
+        let mut state = self.lock();
+        if let Item::Event(event) = &item {
+            state.0 = event.as_ref().clone();
+        }
+        let _ = state.1.send(item);
+    }
+
+    fn latest(&self) -> proto::MigrationEvent {
+        self.lock().0.clone()
+    }
+}
+
+fn is_terminal(event: &proto::MigrationEvent) -> bool {
+    matches!(
+        event.phase(),
+        proto::Phase::Completed | proto::Phase::Failed | proto::Phase::Cancelled
+    )
+}
+
+/// Whether `event` may be recorded for `entry`: same migration, stamped by
+/// the node that runs it.
+pub(super) fn owns(entry: &Entry, event: &proto::MigrationEvent) -> bool {
+    event.migration_id == entry.record.migration_id && event.node_id == entry.record.node_id
+}
+
+impl ControllerService {
+    fn followers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Follower>>> {
+        self.inner
+            .followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The follower of `id`, if one runs.
+    pub(super) fn following(&self, id: &str) -> Option<Arc<Follower>> {
+        self.followers().get(id).cloned()
+    }
+
+    /// The follower of an unfinished migration, started (from `stream` when
+    /// the caller already has the node's stream) if there is none yet.
+    pub(super) fn follow(
+        &self,
+        entry: &Entry,
+        stream: Option<tonic::Streaming<proto::MigrationEvent>>,
+    ) -> Arc<Follower> {
         let id = entry.record.migration_id.clone();
+        let mut followers = self.followers();
+        if let Some(existing) = followers.get(&id) {
+            return existing.clone();
+        }
+        let latest = entry.record.latest.clone().unwrap_or_default();
+        let follower = Follower::new(latest);
+        followers.insert(id.clone(), follower.clone());
+        drop(followers);
+        let svc = self.clone();
+        let task_follower = follower.clone();
+        let entry = entry.clone();
+        tokio::spawn(
+            async move {
+                svc.pump(&entry, &task_follower, stream).await;
+                svc.followers().remove(&entry.record.migration_id);
+            }
+            .instrument(tracing::info_span!("follow", migration_id = %id)),
+        );
+        follower
+    }
+
+    /// Reads the node's events into the history and to the watchers until
+    /// the migration ends, reconnecting while the node is unreachable.
+    async fn pump(
+        &self,
+        entry: &Entry,
+        follower: &Follower,
+        mut stream: Option<tonic::Streaming<proto::MigrationEvent>>,
+    ) {
+        let id = &entry.record.migration_id;
         loop {
-            let Some(node) = self.inner.registry.get(&entry.record.node_id) else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
-            if let Ok(mut client) = self.client(&node).await {
-                if let Ok(resp) = client
-                    .watch_migration(proto::WatchMigrationRequest {
-                        migration_id: id.clone(),
-                    })
-                    .await
-                {
-                    let mut stream = resp.into_inner();
-                    while let Ok(Some(event)) = stream.message().await {
-                        let _ = self.inner.history.update_latest(&event);
+            if stream.is_none() {
+                stream = self.open_watch(entry).await;
+            }
+            if let Some(mut s) = stream.take() {
+                loop {
+                    match s.message().await {
+                        Ok(Some(event)) => {
+                            if !owns(entry, &event) {
+                                tracing::warn!(
+                                    node = %entry.record.node_id,
+                                    claimed_node = %event.node_id.escape_debug(),
+                                    claimed_migration = %event.migration_id.escape_debug(),
+                                    "ignoring an event that is not this node's migration"
+                                );
+                                continue;
+                            }
+                            if let Err(e) = self.inner.history.update_latest(&event) {
+                                tracing::error!(error = %e, "cannot record migration event");
+                            }
+                            let done = is_terminal(&event);
+                            follower.publish(Item::Event(Box::new(event)));
+                            if done {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            follower.publish(Item::Lost(status.message().to_string()));
+                            break;
+                        }
                     }
                 }
             }
-            if self.inner.history.get(&id).is_some_and(|e| e.is_terminal()) {
+            if self.inner.history.get(id).is_none_or(|e| e.is_terminal()) {
                 return;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+
+    async fn open_watch(&self, entry: &Entry) -> Option<tonic::Streaming<proto::MigrationEvent>> {
+        let node = self.inner.registry.get(&entry.record.node_id)?;
+        let mut client = self.client(&node).await.ok()?;
+        let request = self.to_node(
+            None,
+            proto::WatchMigrationRequest {
+                migration_id: entry.record.migration_id.clone(),
+            },
+        );
+        let resp = self.timed(client.watch_migration(request)).await.ok()?;
+        Some(resp.into_inner())
+    }
+
+    /// A stream for one caller: the migration's latest event, then every
+    /// later one, ending after the terminal event. RESOURCE_EXHAUSTED when
+    /// the migration has its limit of watchers.
+    pub(super) fn watch_stream(&self, follower: &Follower) -> Result<EventStream, Status> {
+        let (first, mut rx) = {
+            let state = follower.lock();
+            let limit = self.inner.config.max_watchers_per_migration.max(1);
+            if state.1.receiver_count() >= limit {
+                return Err(Status::resource_exhausted(format!(
+                    "migration {} already has {limit} watchers at the controller; try again when one has left",
+                    state.0.migration_id
+                )));
+            }
+            (state.0.clone(), state.1.subscribe())
+        };
+        let (tx, out) = tokio::sync::mpsc::channel(64);
+        let latest_of = {
+            let svc = self.clone();
+            let id = first.migration_id.clone();
+            move || svc.followers().get(&id).map(|f| f.latest())
+        };
+        tokio::spawn(async move {
+            let mut last = first.clone();
+            if tx.send(Ok(first)).await.is_err() || is_terminal(&last) {
+                return;
+            }
+            loop {
+                let item = tokio::select! {
+                    item = rx.recv() => item,
+                    () = tx.closed() => return,
+                };
+                let event = match item {
+                    Ok(Item::Event(event)) => *event,
+                    Ok(Item::Lost(why)) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!(
+                                "lost the node's event stream: {why}; the migration goes on there, follow it with WatchMigration"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    // A slow watcher skips to the latest state.
+                    Err(broadcast::error::RecvError::Lagged(_)) => match latest_of() {
+                        Some(latest) if latest != last => latest,
+                        _ => continue,
+                    },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                last = event.clone();
+                if tx.send(Ok(event)).await.is_err() || is_terminal(&last) {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)))
     }
 }

@@ -42,7 +42,7 @@ impl ControllerService {
             let request = request.clone();
             async move {
                 let mut client = svc.client(&other).await?;
-                let reply = super::timed(client.find_volume_users(request)).await?;
+                let reply = svc.timed(client.find_volume_users(request)).await?;
                 Ok::<_, Status>(reply.into_inner().users)
             }
         });

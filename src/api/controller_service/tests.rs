@@ -7,6 +7,10 @@ use crate::proto::node_server::{Node, NodeServer};
 struct FakeNode {
     id: String,
     domain: Arc<Mutex<Option<String>>>,
+    /// What MigrateVolume streams: the first event at once, the rest once
+    /// `gate` is opened.
+    script: Arc<Mutex<Vec<proto::MigrationEvent>>>,
+    gate: Arc<tokio::sync::Notify>,
 }
 
 #[tonic::async_trait]
@@ -62,7 +66,21 @@ impl Node for FakeNode {
         &self,
         _: Request<proto::MigrateVolumeRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        Err(Status::unimplemented("fake"))
+        let mut script = self.script.lock().expect("lock").clone().into_iter();
+        let gate = self.gate.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            if let Some(first) = script.next() {
+                let _ = tx.send(Ok(first)).await;
+            }
+            gate.notified().await;
+            for event in script {
+                let _ = tx.send(Ok(event)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
     type WatchMigrationStream = EventStream;
     async fn watch_migration(
@@ -114,6 +132,8 @@ async fn fake_node(
     let node = FakeNode {
         id: id.into(),
         domain: domain.clone(),
+        script: Arc::default(),
+        gate: Arc::default(),
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -187,4 +207,180 @@ async fn a_domain_that_moved_is_found_on_its_new_node_despite_the_hint() {
     *on_b.lock().expect("lock") = None;
     let err = svc.plan_migration(request("")).await.expect_err("nowhere");
     assert_eq!(err.code(), Code::NotFound);
+}
+
+fn event(id: &str, node: &str, phase: proto::Phase) -> proto::MigrationEvent {
+    proto::MigrationEvent {
+        migration_id: id.into(),
+        node_id: node.into(),
+        phase: phase as i32,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn only_the_owning_nodes_events_are_recorded_once_each_however_many_watch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let history = History::open(&state).expect("history");
+    let svc = ControllerService::new(ControllerConfig::default(), history);
+    let path = dir.path().join("a.sock");
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+    let domain = Arc::new(Mutex::new(Some("vm".to_string())));
+    let script = Arc::new(Mutex::new(vec![
+        event("m1", "a", proto::Phase::Accepted),
+        // Forged: another migration, and this one claimed by another node.
+        event("m2", "a", proto::Phase::Completed),
+        event("m1", "b", proto::Phase::Failed),
+        event("m1", "a", proto::Phase::Copying),
+        event("m1", "a", proto::Phase::Completed),
+    ]));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let node = FakeNode {
+        id: "a".into(),
+        domain,
+        script,
+        gate: gate.clone(),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NodeServer::new(node))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    let mut register = Request::new(proto::RegisterNodeRequest {
+        node_id: "a".into(),
+        endpoint: format!("unix://{}", path.display()),
+        info: None,
+    });
+    register
+        .extensions_mut()
+        .insert(crate::api::auth::Caller::local("unix:test"));
+    svc.register_node(register).await.expect("register");
+
+    let caller = svc
+        .migrate_volume(request("dst"))
+        .await
+        .expect("migrate")
+        .into_inner();
+    let mut watchers = Vec::new();
+    for _ in 0..4 {
+        watchers.push(
+            svc.watch_migration(Request::new(proto::WatchMigrationRequest {
+                migration_id: "m1".into(),
+            }))
+            .await
+            .expect("watch")
+            .into_inner(),
+        );
+    }
+    gate.notify_one();
+    use tokio_stream::StreamExt;
+    let phases = |events: Vec<Result<proto::MigrationEvent, Status>>| {
+        events
+            .into_iter()
+            .map(|e| {
+                let e = e.expect("event");
+                assert_eq!((e.migration_id.as_str(), e.node_id.as_str()), ("m1", "a"));
+                e.phase()
+            })
+            .collect::<Vec<_>>()
+    };
+    let seen = phases(caller.collect().await);
+    assert_eq!(
+        seen,
+        [
+            proto::Phase::Accepted,
+            proto::Phase::Copying,
+            proto::Phase::Completed
+        ]
+    );
+    for w in watchers {
+        let seen = phases(w.collect().await);
+        assert_eq!(seen.last(), Some(&proto::Phase::Completed), "{seen:?}");
+    }
+    assert!(
+        svc.inner.history.get("m2").is_none(),
+        "forged migration recorded"
+    );
+    let entry = svc.inner.history.get("m1").expect("m1");
+    assert_eq!(
+        entry.record.latest.expect("latest").phase(),
+        proto::Phase::Completed
+    );
+    // One line for the new record, one per owned event after it: not one
+    // per watcher.
+    let lines = std::fs::read_to_string(state.join("history.jsonl"))
+        .expect("history")
+        .lines()
+        .count();
+    assert_eq!(lines, 3);
+}
+
+#[tokio::test]
+async fn registration_is_refused_for_other_ids_and_bad_endpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = History::open(&dir.path().join("state")).expect("history");
+    let config = ControllerConfig {
+        max_nodes: 2,
+        ..ControllerConfig::default()
+    };
+    let svc = ControllerService::new(config, history);
+    let node_caller = crate::api::auth::Caller {
+        identity: "cert:n1".into(),
+        grant: crate::api::auth::Grant::Role {
+            role: crate::config::Role::Node,
+            node_id: Some("n1".into()),
+        },
+        on_behalf_of: None,
+    };
+    let register = |caller: Option<&crate::api::auth::Caller>, id: &str, endpoint: &str| {
+        let mut req = Request::new(proto::RegisterNodeRequest {
+            node_id: id.into(),
+            endpoint: endpoint.into(),
+            info: None,
+        });
+        if let Some(c) = caller {
+            req.extensions_mut().insert(c.clone());
+        }
+        svc.register_node(req)
+    };
+    let code = |r: Result<Response<proto::RegisterNodeResponse>, Status>| {
+        r.err().map(|s| s.code()).unwrap_or(Code::Ok)
+    };
+    assert_eq!(
+        code(register(Some(&node_caller), "n2", "http://10.0.0.2:7451").await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(register(Some(&node_caller), "n1", "unix:///run/volmig/node.sock").await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            register(
+                Some(&node_caller),
+                "n1",
+                &format!("http://{}:1", "h".repeat(1 << 20))
+            )
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(register(None, "n1", "http://10.0.0.1:7451").await),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        code(register(Some(&node_caller), "n1", "http://127.0.0.1:9").await),
+        Code::Ok
+    );
+    let local = crate::api::auth::Caller::local("unix:uid=0");
+    assert_eq!(
+        code(register(Some(&local), "n2", "http://127.0.0.1:9").await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(register(Some(&local), "n3", "http://127.0.0.1:9").await),
+        Code::ResourceExhausted
+    );
 }
