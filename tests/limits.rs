@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::guest::guest_with_full_data_disk;
 use harness::node::{self, NodeProcess};
+use harness::writing_guest_with_data;
 use harness::{DirPool, Pool};
 use tonic::Code;
 use volmig::proto;
@@ -35,11 +35,11 @@ fn rss_kib(pid: u32) -> u64 {
 async fn ten_thousand_watchers_of_one_migration_are_bounded() {
     let src = DirPool::new("lim-src");
     let dst = DirPool::new("lim-dst");
-    let guest = guest_with_full_data_disk("lim-guest", &src, 48 * MIB);
+    let guest = writing_guest_with_data("lim-guest", &src, "qcow2");
     let node = NodeProcess::start("lim-node", &[]);
     let mut client = node.client().await;
     let mut stream = client
-        .migrate_volume(node::limited(guest.name(), "vdb", dst.name(), MIB))
+        .migrate_volume(node::limited(guest.name(), "vda", dst.name(), MIB))
         .await
         .expect("migrate")
         .into_inner();
