@@ -145,28 +145,33 @@ async fn bad_requests_get_the_contract_status_codes() {
         status.message()
     );
 
-    for id in ["mig-unknown", "../../x"] {
+    // A well-formed unknown id is NOT_FOUND; a malformed one is refused before
+    // it is looked up or echoed.
+    for (id, want) in [
+        ("mig-unknown", Code::NotFound),
+        ("../../x", Code::InvalidArgument),
+    ] {
         let s = client
             .cancel_migration(proto::CancelMigrationRequest {
                 migration_id: id.into(),
             })
             .await
             .expect_err("cancel unknown");
-        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.code(), want, "{id}");
         let s = client
             .get_migration(proto::GetMigrationRequest {
                 migration_id: id.into(),
             })
             .await
             .expect_err("get unknown");
-        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.code(), want, "{id}");
         let s = client
             .watch_migration(proto::WatchMigrationRequest {
                 migration_id: id.into(),
             })
             .await
             .expect_err("watch unknown");
-        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.code(), want, "{id}");
     }
 
     guest.destroy();
