@@ -200,7 +200,7 @@ async fn dir_to_rbd_and_back() {
     })
     .await;
     assert_eq!(back_result.source_pool, rbd.name());
-    assert!(back_result.source_deleted);
+    assert!(back_result.source_deleted, "{back_result:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
