@@ -73,6 +73,9 @@ fn hostname() -> String {
         .unwrap_or_else(|| "node".to_string())
 }
 
+/// How long one registration may take.
+const REGISTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Registers with the controller and repeats it as a heartbeat, for as long as
 /// the node runs; a controller that is down is retried quietly.
 async fn heartbeat(
@@ -93,13 +96,17 @@ async fn heartbeat(
             let channel = client::connect_with(Peer::Controller, &controller, &credentials)
                 .await
                 .map_err(|e| e.to_string())?;
-            let reply = ControllerClient::new(channel)
-                .register_node(crate::proto::RegisterNodeRequest {
-                    node_id: engine.node_id().to_string(),
-                    endpoint: advertise.clone(),
-                    info: Some(info),
-                })
+            let mut registrar = ControllerClient::new(channel);
+            let call = registrar.register_node(crate::proto::RegisterNodeRequest {
+                node_id: engine.node_id().to_string(),
+                endpoint: advertise.clone(),
+                info: Some(info),
+            });
+            // A controller that accepts the connection but never answers
+            // must not stop the heartbeats.
+            let reply = tokio::time::timeout(REGISTER_TIMEOUT, call)
                 .await
+                .map_err(|_| "the controller did not answer in time".to_string())?
                 .map_err(|s| s.message().to_string())?;
             Ok::<u32, String>(reply.into_inner().heartbeat_interval_seconds)
         };

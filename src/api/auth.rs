@@ -169,6 +169,40 @@ impl Caller {
     }
 }
 
+/// Why a call is refused; [`crate::api::status`] turns it into a status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Neither a token nor a client certificate.
+    #[error("this call needs credentials: a client certificate (mutual TLS) or an `authorization: Bearer` token")]
+    NoCredentials,
+    /// An `authorization` header that is not `Bearer TOKEN`.
+    #[error("the authorization header must be `Bearer TOKEN`")]
+    BadHeader,
+    /// A token no configured hash matches.
+    #[error("the bearer token is not one this service accepts")]
+    UnknownToken,
+    /// The caller's role does not allow the call.
+    #[error("{identity} ({role}) may not call {rpc}: it needs {need} role")]
+    Denied {
+        /// Who called.
+        identity: String,
+        /// `role viewer`, or `no role`.
+        role: String,
+        /// The RPC, escaped.
+        rpc: String,
+        /// What it needs.
+        need: Need,
+    },
+    /// An RPC missing from the table.
+    #[error("{identity} may not call {rpc}: no role may call it")]
+    NoRule {
+        /// Who called.
+        identity: String,
+        /// The RPC, escaped.
+        rpc: String,
+    },
+}
+
 /// Why the configured identities or tokens are unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -328,7 +362,7 @@ impl Policy {
     }
 
     /// Who sent `req`, and whether it may call the RPC at its path.
-    pub fn authorize<B>(&self, req: &http::Request<B>) -> Result<Caller, Status> {
+    pub fn authorize<B>(&self, req: &http::Request<B>) -> Result<Caller, AuthError> {
         let path = req.uri().path();
         let need = need(path);
         if need == Some(Need::Open) {
@@ -354,23 +388,23 @@ impl Policy {
         match need {
             Some(need) if caller.allows(need) => Ok(caller),
             _ if caller.is_local() => Ok(caller),
-            None => Err(Status::permission_denied(format!(
-                "{} may not call {}: no role may call it",
-                caller.identity,
-                rpc.escape_debug()
-            ))),
-            Some(need) => Err(Status::permission_denied(format!(
-                "{} ({}) may not call {rpc}: it needs {need} role",
-                caller.identity,
-                match &caller.grant {
+            None => Err(AuthError::NoRule {
+                identity: caller.identity,
+                rpc: rpc.escape_debug().to_string(),
+            }),
+            Some(need) => Err(AuthError::Denied {
+                role: match &caller.grant {
                     Grant::Role { role, .. } => format!("role {role}"),
                     _ => "no role".to_string(),
                 },
-            ))),
+                identity: caller.identity,
+                rpc: rpc.escape_debug().to_string(),
+                need,
+            }),
         }
     }
 
-    fn identify<B>(&self, req: &http::Request<B>) -> Result<Caller, Status> {
+    fn identify<B>(&self, req: &http::Request<B>) -> Result<Caller, AuthError> {
         let ext = req.extensions();
         if let Some(uds) = ext.get::<UdsConnectInfo>() {
             let identity = match &uds.peer_cred {
@@ -387,12 +421,8 @@ impl Policy {
                     let (scheme, token) = v.split_once(' ')?;
                     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
                 })
-                .ok_or_else(|| {
-                    Status::unauthenticated("the authorization header must be `Bearer TOKEN`")
-                })?;
-            return self.by_token(token).ok_or_else(|| {
-                Status::unauthenticated("the bearer token is not one this service accepts")
-            });
+                .ok_or(AuthError::BadHeader)?;
+            return self.by_token(token).ok_or(AuthError::UnknownToken);
         }
         let leaf = ext
             .get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -400,9 +430,7 @@ impl Policy {
             .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
         match leaf {
             Some(leaf) => Ok(self.by_certificate(&leaf)),
-            None => Err(Status::unauthenticated(
-                "this call needs credentials: a client certificate (mutual TLS) or an `authorization: Bearer` token",
-            )),
+            None => Err(AuthError::NoCredentials),
         }
     }
 }
@@ -492,7 +520,8 @@ where
                 let mut ready = std::mem::replace(&mut self.inner, clone);
                 Box::pin(ready.call(req))
             }
-            Err(status) => {
+            Err(err) => {
+                let status = Status::from(err);
                 let path = req.uri().path();
                 let rpc = path.trim_start_matches('/').escape_debug().to_string();
                 let code = crate::api::client::code_name(status.code());

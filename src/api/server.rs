@@ -118,9 +118,17 @@ impl Exposure {
             .max_concurrent_streams(self.max_concurrent_streams.max(1))
             // Metadata is small; a peer sending megabytes of headers is not a client.
             .http2_max_header_list_size(MAX_HEADER_LIST)
+            // A peer that vanished without closing (host gone) frees its
+            // streams and watchers after a missed ping, not never.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .layer(AuthLayer::new(self.policy.clone()))
     }
 }
+
+/// How often an idle connection is pinged, and how long a ping may go unanswered.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Largest header block accepted from a client.
 const MAX_HEADER_LIST: u32 = 64 * 1024;

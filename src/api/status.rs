@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use crate::api::auth::AuthError;
 use crate::controller::registry::RegistryError;
 use crate::migration::model::ErrorCode;
 use crate::migration::Error;
@@ -27,6 +28,18 @@ pub fn code(code: ErrorCode) -> Code {
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         Status::new(code(err.code()), err.to_string())
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Status {
+        let code = match err {
+            AuthError::NoCredentials | AuthError::BadHeader | AuthError::UnknownToken => {
+                Code::Unauthenticated
+            }
+            AuthError::Denied { .. } | AuthError::NoRule { .. } => Code::PermissionDenied,
+        };
+        Status::new(code, err.to_string())
     }
 }
 

@@ -396,3 +396,52 @@ pub fn client_config(files: &TlsFiles) -> Result<tonic::transport::ClientTlsConf
 pub fn generation(files: &TlsFiles) -> Vec<Option<SystemTime>> {
     stamp(&[&files.ca, &files.cert, &files.key])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_three_files_or_none() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(TlsFiles::from_parts(None, None, None).expect("none"), None);
+        assert!(TlsFiles::from_parts(p("ca"), p("c"), p("k"))
+            .expect("all")
+            .is_some());
+        let err = TlsFiles::from_parts(p("ca"), None, p("k")).expect_err("no cert");
+        assert!(err.to_string().contains("tls_cert"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_or_mismatched_material_is_refused_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let key_a = rcgen::KeyPair::generate().expect("key");
+        let key_b = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key_a)
+            .expect("cert");
+        let files = TlsFiles {
+            ca: write("ca.pem", &cert.pem()),
+            cert: write("cert.pem", &cert.pem()),
+            key: write("key.pem", &key_a.serialize_pem()),
+        };
+        assert!(server_config(&files).is_ok());
+        let wrong_key = TlsFiles {
+            key: write("other-key.pem", &key_b.serialize_pem()),
+            ..files.clone()
+        };
+        let err = server_config(&wrong_key).expect_err("mismatched key");
+        assert!(err.to_string().contains("does not match"), "{err}");
+        let no_ca = TlsFiles {
+            ca: write("empty.pem", ""),
+            ..files
+        };
+        assert!(server_config(&no_ca).is_err());
+    }
+}

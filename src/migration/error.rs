@@ -35,6 +35,14 @@ pub enum Error {
     /// Migration id unknown.
     #[error("no migration with id '{0}' on this node")]
     MigrationNotFound(String),
+    /// A migration id that no migration can have (too long, odd
+    /// characters); unlike [`Error::MigrationNotFound`] it does not repeat
+    /// the caller's string.
+    #[error("no migration has such an id ({bytes} bytes; ids are 1-128 characters of letters, digits, '.', '_', ':', '-')")]
+    NoSuchMigrationId {
+        /// Length of what was given.
+        bytes: usize,
+    },
     /// A precondition of the host or request does not hold.
     #[error("{0}")]
     Precondition(String),
@@ -124,7 +132,8 @@ impl Error {
             Error::DomainNotFound(_)
             | Error::DiskNotFound { .. }
             | Error::PoolNotFound(_)
-            | Error::MigrationNotFound(_) => ErrorCode::NotFound,
+            | Error::MigrationNotFound(_)
+            | Error::NoSuchMigrationId { .. } => ErrorCode::NotFound,
             Error::Precondition(_) | Error::WrongPhase { .. } => ErrorCode::FailedPrecondition,
             Error::AlreadyMigrating { .. }
             | Error::RequestIdReused(_)

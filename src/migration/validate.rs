@@ -114,7 +114,8 @@ pub fn bandwidth(value: u64) -> Result<(), Error> {
 /// A migration id as given back by a caller: 1-128 characters of
 /// `[A-Za-z0-9._:-]` (the node makes UUIDs). Checked before the id is looked
 /// up, echoed in an error or logged, so none of those carries a caller's
-/// megabyte or control characters; the error shows neither.
+/// megabyte or control characters. Any other string is an id no migration
+/// has (NOT_FOUND, as for an unknown id), and the error does not repeat it.
 pub fn migration_id(value: &str) -> Result<(), Error> {
     let ok = !value.is_empty()
         && value.len() <= 128
@@ -124,13 +125,7 @@ pub fn migration_id(value: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            "migration_id",
-            format!(
-                "is not a migration id ({} bytes; expected 1-128 characters of letters, digits, '.', '_', ':', '-')",
-                value.len()
-            ),
-        ))
+        Err(Error::NoSuchMigrationId { bytes: value.len() })
     }
 }
 
@@ -207,6 +202,7 @@ mod tests {
         assert!(migration_id("1b4e28ba-2fa1-11d2-883f-0016d3cca427").is_ok());
         for bad in ["", "a b", "x\ny", "\u{1b}[31m", "é", &"x".repeat(129)] {
             let err = migration_id(bad).expect_err(bad);
+            assert!(matches!(err, Error::NoSuchMigrationId { .. }), "{err}");
             assert!(!err.to_string().contains(bad) || bad.is_empty(), "{err}");
         }
     }
