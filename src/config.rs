@@ -13,6 +13,8 @@ pub const DEFAULT_MAX_STREAMS: u32 = 128;
 /// Default limit of a request message: requests are small; 256 KiB leaves
 /// room for every legitimate one.
 pub const DEFAULT_MAX_REQUEST: usize = 256 * 1024;
+/// Default limit of connections open at once on a listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default limit of watchers of one migration.
 pub const DEFAULT_MAX_WATCHERS: usize = 64;
 
@@ -107,6 +109,8 @@ pub struct NodeConfig {
     pub max_concurrent_streams: u32,
     /// Largest request message accepted, bytes.
     pub max_request_bytes: usize,
+    /// Most connections open at once on the listener (more wait to be accepted).
+    pub max_connections: usize,
     /// Most watchers of one migration at once (more are RESOURCE_EXHAUSTED).
     pub max_watchers_per_migration: usize,
 }
@@ -136,6 +140,7 @@ impl Default for NodeConfig {
             socket_group: None,
             max_concurrent_streams: DEFAULT_MAX_STREAMS,
             max_request_bytes: DEFAULT_MAX_REQUEST,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_watchers_per_migration: DEFAULT_MAX_WATCHERS,
         }
     }
@@ -193,6 +198,8 @@ pub struct ControllerConfig {
     pub max_concurrent_streams: u32,
     /// Largest request message accepted, bytes.
     pub max_request_bytes: usize,
+    /// Most connections open at once on the listener (more wait to be accepted).
+    pub max_connections: usize,
     /// Most watchers of one migration at once (more are RESOURCE_EXHAUSTED).
     pub max_watchers_per_migration: usize,
 }
@@ -298,6 +305,7 @@ impl Default for ControllerConfig {
             socket_group: None,
             max_concurrent_streams: DEFAULT_MAX_STREAMS,
             max_request_bytes: DEFAULT_MAX_REQUEST,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_watchers_per_migration: DEFAULT_MAX_WATCHERS,
         }
     }
@@ -328,6 +336,8 @@ pub struct SecurityConfig {
     pub max_concurrent_streams: u32,
     /// See [`NodeConfig::max_request_bytes`].
     pub max_request_bytes: usize,
+    /// See [`NodeConfig::max_connections`].
+    pub max_connections: usize,
 }
 
 macro_rules! security_of {
@@ -344,6 +354,7 @@ macro_rules! security_of {
             socket_group: $cfg.socket_group.clone(),
             max_concurrent_streams: $cfg.max_concurrent_streams,
             max_request_bytes: $cfg.max_request_bytes,
+            max_connections: $cfg.max_connections,
         }
     };
 }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod controller_service;
 pub mod convert;
 pub mod identity_service;
+pub mod listener;
 pub mod node_service;
 pub mod server;
 pub mod status;

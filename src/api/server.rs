@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tonic::transport::Server;
 
 use crate::api::auth::{AuthLayer, Policy, PolicyError};
+use crate::api::listener;
 use crate::api::tls::{self, TlsError, TlsFiles};
 
 use crate::api::controller_service::ControllerService;
@@ -74,6 +75,8 @@ pub struct Exposure {
     pub max_concurrent_streams: u32,
     /// Largest request message, bytes.
     pub max_request_bytes: usize,
+    /// Most connections open at once on the listener.
+    pub max_connections: usize,
 }
 
 impl Exposure {
@@ -88,6 +91,7 @@ impl Exposure {
             socket_group: None,
             max_concurrent_streams: crate::config::DEFAULT_MAX_STREAMS,
             max_request_bytes: crate::config::DEFAULT_MAX_REQUEST,
+            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
         }
     }
 
@@ -108,6 +112,7 @@ impl Exposure {
             socket_group: config.socket_group.clone(),
             max_concurrent_streams: config.max_concurrent_streams,
             max_request_bytes: config.max_request_bytes,
+            max_connections: config.max_connections,
         })
     }
 
@@ -306,7 +311,7 @@ async fn serve(
             tracing::info!(socket = %path.display(), mode = format!("{:o}", exposure.socket_mode), "{what} listening");
             router
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    listener::unix(listener, exposure.max_connections),
                     shutdown,
                 )
                 .await?;
@@ -324,7 +329,10 @@ async fn serve(
                     let config = tls::server_config(files)?;
                     tracing::info!(%addr, "{what} listening (mutual TLS)");
                     router
-                        .serve_with_incoming_shutdown(tls::incoming(listener, config), shutdown)
+                        .serve_with_incoming_shutdown(
+                            listener::tls(listener, config, exposure.max_connections),
+                            shutdown,
+                        )
                         .await?;
                 }
                 None => {
@@ -335,10 +343,11 @@ async fn serve(
                         tracing::warn!(%addr, "{what} serving PLAINTEXT on a non-loopback address (--insecure-plaintext): anyone on the network can read and forge its traffic");
                     }
                     tracing::info!(%addr, "{what} listening (plaintext)");
-                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                        .with_nodelay(Some(true));
                     router
-                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .serve_with_incoming_shutdown(
+                            listener::tcp(listener, exposure.max_connections),
+                            shutdown,
+                        )
                         .await?;
                 }
             }

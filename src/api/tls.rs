@@ -10,19 +10,16 @@
 //! read or parsed keeps the previous material in use (and is logged), so a
 //! half-written rotation never takes a running service down.
 //!
-//! Accepted TCP connections are handshaken in their own tasks, bounded by a
-//! timeout, so a client that stalls its handshake delays nobody else.
+//! Accepting connections (and their handshakes) is [`crate::api::listener`]'s job.
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::crypto::CryptoProvider;
@@ -30,10 +27,6 @@ use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifie
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use tokio_rustls::server::TlsStream;
-
-/// How long a client may take for its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The PEM files of one component: the CA that signs its peers, and its own
 /// certificate chain and private key.
@@ -332,51 +325,6 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
         .with_cert_resolver(Arc::new(cert));
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Accepts TCP connections on `listener` and hands out those whose TLS
-/// handshake succeeded, as a stream for tonic's `serve_with_incoming`. Failed
-/// handshakes (plaintext clients, unknown CAs, expired certificates) are
-/// logged at debug level and dropped.
-pub fn incoming(
-    listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if tx.is_closed() {
-                return;
-            }
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => handshake_failed(peer, &e.to_string()),
-                    Err(_) => handshake_failed(peer, "timed out"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-fn handshake_failed(peer: SocketAddr, why: &str) {
-    tracing::debug!(%peer, error = %why.escape_debug(), "TLS handshake failed");
 }
 
 /// tonic's client TLS settings for `files`, read now: the CA that must have
