@@ -7,14 +7,17 @@
 //! A: 64 MiB at 66 MiB (off a 16 MiB boundary), B: 1 MiB at 8 MiB and 1 MiB at
 //! 100 MiB, C: 64 KiB at 1 MiB, 1 MiB at 100 MiB and 64 KiB at 200 MiB.
 //! RBD stores whole objects, so its floor is the objects the data touches; a
-//! dir pool keeps files sparse to the block.
+//! dir pool keeps files sparse to the block. A disk pool's partition is thick
+//! to libvirt, but what QEMU writes to it shows on thin storage under the
+//! device (here the sparse file behind a loop device, as on thin LVM or a thin
+//! LUN): zeros must not be written there either.
 
 mod harness;
 
 use std::time::Duration;
 
 use harness::node::{self, NodeProcess};
-use harness::{DirPool, Guest, Pool, RbdPool};
+use harness::{DirPool, DiskPool, Guest, Pool, RbdPool};
 use volmig::proto;
 
 const MIB: u64 = 1 << 20;
@@ -61,7 +64,7 @@ fn guest_with_layout(purpose: &str, pool: &DirPool, extents: &[(u64, u64)]) -> G
 async fn migrate_vdb(node: &NodeProcess, guest: &Guest, dst: &dyn Pool) -> proto::MigrationResult {
     let mut client = node.client().await;
     let mut req = node::request(guest.name(), "vdb", dst.name());
-    req.destination_volume = harness::unique_name("thin");
+    req.destination_volume = dst.new_volume_name("thin");
     let events = node::migrate(&mut client, req).await.expect("migrate");
     node::assert_terminal(&events, proto::Phase::Completed);
     node::result_of(&events)
@@ -170,5 +173,37 @@ async fn rbd_destinations_use_only_the_objects_that_hold_data() {
             "raw",
             &rbd.env().qemu_img_spec(&image),
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_pool_partitions_are_written_only_where_the_source_holds_data() {
+    let src = DirPool::new("thin-b-src");
+    // Room for three partitions of 256 MiB and the label.
+    let disk = DiskPool::new("thin-b", 800 * MIB);
+    let node = NodeProcess::start("thin-b", &[]);
+    let backing = disk.image().to_string_lossy().into_owned();
+    for (name, extents) in LAYOUTS {
+        let guest = guest_with_layout(&format!("thin-b-{name}"), &src, extents);
+        let source_path = guest.live_disk_source("vdb").path;
+        harness::run_ok("sync", &[&backing]);
+        let before = blocks_of(&backing);
+        let result = migrate_vdb(&node, &guest, &disk).await;
+        harness::run_ok("sync", &[&backing]);
+        let written = blocks_of(&backing) - before;
+        let source_blocks = blocks_of(&source_path);
+        // libvirt counts a partition as fully allocated, and so does volmig.
+        let partition = harness::run_ok("blockdev", &["--getsize64", &result.destination_source]);
+        assert_eq!(
+            result.destination_allocated_bytes.to_string(),
+            partition.trim(),
+            "layout {name}"
+        );
+        let ratio = written as f64 / source_blocks as f64;
+        eprintln!(
+            "layout {name}: disk pool wrote {written} bytes under the partition for {source_blocks} of source ({ratio:.3}×)"
+        );
+        assert!(ratio <= 1.05, "layout {name}: {ratio:.3}× the source");
+        assert_same_data(&guest, &source_path, "raw", &result.destination_source);
     }
 }
