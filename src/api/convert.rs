@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use crate::hypervisor::{DiskKind, DiskSource, HostInfo, ImageFormat, PoolRunState, PoolSpec};
 use crate::migration::journal::Record;
-use crate::migration::model::{ChainPolicy, Event, MigrationRequest, Options, Phase, VerifyLevel};
-use crate::migration::{DiskView, DomainDisks, Error, ListFilter};
+use crate::migration::model::{
+    ChainPolicy, DiskChoice, DiskSelection, Event, Failure, GroupRequest, MigrationRequest,
+    MigrationResult, Options, Phase, Progress, VerifyLevel,
+};
+use crate::migration::{DiskView, DomainDisks, Error, GroupView, ListFilter};
 use crate::proto;
 
 /// Proto phase for an engine phase.
@@ -70,9 +73,24 @@ fn invalid(field: &'static str, reason: &str) -> Error {
     }
 }
 
-/// Engine request from a proto request; rejects unknown enum values.
-pub fn request_from_proto(req: proto::MigrateVolumeRequest) -> Result<MigrationRequest, Error> {
-    let options = req.options.unwrap_or_default();
+/// What a MigrateVolume request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requested {
+    /// One disk (`disk`).
+    Disk(MigrationRequest),
+    /// Several disks as one migration (`disks` or `all_disks`).
+    Group(GroupRequest),
+}
+
+fn format_from_proto(value: i32, field: &'static str) -> Result<Option<ImageFormat>, Error> {
+    match proto::VolumeFormat::try_from(value).map_err(|_| invalid(field, "unknown value"))? {
+        proto::VolumeFormat::Unspecified => Ok(None),
+        proto::VolumeFormat::Raw => Ok(Some(ImageFormat::Raw)),
+        proto::VolumeFormat::Qcow2 => Ok(Some(ImageFormat::Qcow2)),
+    }
+}
+
+fn options_from_proto(options: proto::MigrationOptions) -> Result<Options, Error> {
     let copy_mode = proto::CopyMode::try_from(options.copy_mode)
         .map_err(|_| invalid("options.copy_mode", "unknown value"))?;
     let chain = match proto::ChainPolicy::try_from(options.chain_policy)
@@ -90,14 +108,81 @@ pub fn request_from_proto(req: proto::MigrateVolumeRequest) -> Result<MigrationR
         proto::VerifyLevel::Strict => VerifyLevel::Strict,
         _ => VerifyLevel::Xml,
     };
-    let destination_format = match proto::VolumeFormat::try_from(req.destination_format)
-        .map_err(|_| invalid("destination_format", "unknown value"))?
-    {
-        proto::VolumeFormat::Unspecified => None,
-        proto::VolumeFormat::Raw => Some(ImageFormat::Raw),
-        proto::VolumeFormat::Qcow2 => Some(ImageFormat::Qcow2),
+    Ok(Options {
+        bandwidth: options.bandwidth_bytes_per_sec,
+        synchronous_writes: copy_mode == proto::CopyMode::SynchronousWrites,
+        chain,
+        delete_source,
+        timeout: (options.timeout_seconds > 0)
+            .then(|| Duration::from_secs(options.timeout_seconds)),
+        verify,
+        source_users_elsewhere: options.source_users_elsewhere,
+    })
+}
+
+/// Engine request from a proto request; rejects unknown enum values and
+/// requests that name disks in more than one way.
+pub fn requested_from_proto(req: proto::MigrateVolumeRequest) -> Result<Requested, Error> {
+    let multi = !req.disks.is_empty() || req.all_disks;
+    if !multi {
+        if req.max_parallel_copies > 0 || req.same_pool {
+            return Err(invalid(
+                "max_parallel_copies",
+                "max_parallel_copies and same_pool apply to multi-disk requests (disks or all_disks) only",
+            ));
+        }
+        return request_from_proto(req).map(Requested::Disk);
+    }
+    if !req.disk.is_empty() {
+        return Err(invalid(
+            "disk",
+            "name one disk in `disk`, or several in `disks`, or ask for `all_disks`: not more than one of these",
+        ));
+    }
+    if req.all_disks && !req.disks.is_empty() {
+        return Err(invalid("disks", "`all_disks` takes no list of disks"));
+    }
+    if !req.destination_volume.is_empty() {
+        return Err(invalid(
+            "destination_volume",
+            "a multi-disk request names destination volumes per disk (disks[].destination_volume)",
+        ));
+    }
+    let destination_format = format_from_proto(req.destination_format, "destination_format")?;
+    let disks = if req.all_disks {
+        DiskSelection::All
+    } else {
+        DiskSelection::Listed(
+            req.disks
+                .into_iter()
+                .map(|d| {
+                    Ok(DiskChoice {
+                        disk: d.disk,
+                        destination_pool: Some(d.destination_pool).filter(|p| !p.is_empty()),
+                        destination_volume: Some(d.destination_volume).filter(|v| !v.is_empty()),
+                        destination_format: format_from_proto(
+                            d.destination_format,
+                            "disks.destination_format",
+                        )?,
+                    })
+                })
+                .collect::<Result<_, Error>>()?,
+        )
     };
-    let bandwidth = options.bandwidth_bytes_per_sec;
+    Ok(Requested::Group(GroupRequest {
+        request_id: req.request_id,
+        domain: req.domain,
+        disks,
+        destination_pool: req.destination_pool,
+        destination_format,
+        options: options_from_proto(req.options.unwrap_or_default())?,
+        max_parallel_copies: req.max_parallel_copies,
+    }))
+}
+
+/// Engine request from a single-disk proto request; rejects unknown enum values.
+pub fn request_from_proto(req: proto::MigrateVolumeRequest) -> Result<MigrationRequest, Error> {
+    let destination_format = format_from_proto(req.destination_format, "destination_format")?;
     Ok(MigrationRequest {
         request_id: req.request_id,
         domain: req.domain,
@@ -105,17 +190,39 @@ pub fn request_from_proto(req: proto::MigrateVolumeRequest) -> Result<MigrationR
         destination_pool: req.destination_pool,
         destination_volume: Some(req.destination_volume).filter(|v| !v.is_empty()),
         destination_format,
-        options: Options {
-            bandwidth,
-            synchronous_writes: copy_mode == proto::CopyMode::SynchronousWrites,
-            chain,
-            delete_source,
-            timeout: (options.timeout_seconds > 0)
-                .then(|| Duration::from_secs(options.timeout_seconds)),
-            verify,
-            source_users_elsewhere: options.source_users_elsewhere,
-        },
+        options: options_from_proto(req.options.unwrap_or_default())?,
     })
+}
+
+fn format_option_to_proto(f: Option<ImageFormat>) -> i32 {
+    f.map(format_to_proto)
+        .unwrap_or(proto::VolumeFormat::Unspecified) as i32
+}
+
+fn options_to_proto(o: &Options) -> proto::MigrationOptions {
+    proto::MigrationOptions {
+        bandwidth_bytes_per_sec: o.bandwidth,
+        copy_mode: if o.synchronous_writes {
+            proto::CopyMode::SynchronousWrites
+        } else {
+            proto::CopyMode::Background
+        } as i32,
+        chain_policy: match o.chain {
+            ChainPolicy::Flatten => proto::ChainPolicy::Flatten,
+            ChainPolicy::Shallow => proto::ChainPolicy::Shallow,
+        } as i32,
+        source_policy: if o.delete_source {
+            proto::SourcePolicy::Delete
+        } else {
+            proto::SourcePolicy::Keep
+        } as i32,
+        timeout_seconds: o.timeout.map(|t| t.as_secs()).unwrap_or(0),
+        verify: match o.verify {
+            VerifyLevel::Xml => proto::VerifyLevel::Xml,
+            VerifyLevel::Strict => proto::VerifyLevel::Strict,
+        } as i32,
+        source_users_elsewhere: o.source_users_elsewhere.clone(),
+    }
 }
 
 /// Proto request from an engine request (for records).
@@ -126,34 +233,74 @@ pub fn request_to_proto(req: &MigrationRequest) -> proto::MigrateVolumeRequest {
         disk: req.disk.clone(),
         destination_pool: req.destination_pool.clone(),
         destination_volume: req.destination_volume.clone().unwrap_or_default(),
-        destination_format: req
-            .destination_format
-            .map(format_to_proto)
-            .unwrap_or(proto::VolumeFormat::Unspecified) as i32,
-        options: Some(proto::MigrationOptions {
-            bandwidth_bytes_per_sec: req.options.bandwidth,
-            copy_mode: if req.options.synchronous_writes {
-                proto::CopyMode::SynchronousWrites
-            } else {
-                proto::CopyMode::Background
-            } as i32,
-            chain_policy: match req.options.chain {
-                ChainPolicy::Flatten => proto::ChainPolicy::Flatten,
-                ChainPolicy::Shallow => proto::ChainPolicy::Shallow,
-            } as i32,
-            source_policy: if req.options.delete_source {
-                proto::SourcePolicy::Delete
-            } else {
-                proto::SourcePolicy::Keep
-            } as i32,
-            timeout_seconds: req.options.timeout.map(|t| t.as_secs()).unwrap_or(0),
-            verify: match req.options.verify {
-                VerifyLevel::Xml => proto::VerifyLevel::Xml,
-                VerifyLevel::Strict => proto::VerifyLevel::Strict,
-            } as i32,
-            source_users_elsewhere: req.options.source_users_elsewhere.clone(),
-        }),
-        required_tags: Vec::new(),
+        destination_format: format_option_to_proto(req.destination_format),
+        options: Some(options_to_proto(&req.options)),
+        ..Default::default()
+    }
+}
+
+/// Proto request from a multi-disk engine request (for records).
+pub fn group_request_to_proto(req: &GroupRequest) -> proto::MigrateVolumeRequest {
+    let (disks, all_disks) = match &req.disks {
+        DiskSelection::All => (Vec::new(), true),
+        DiskSelection::Listed(choices) => (
+            choices
+                .iter()
+                .map(|c| proto::DiskDestination {
+                    disk: c.disk.clone(),
+                    destination_pool: c.destination_pool.clone().unwrap_or_default(),
+                    destination_volume: c.destination_volume.clone().unwrap_or_default(),
+                    destination_format: format_option_to_proto(c.destination_format),
+                })
+                .collect(),
+            false,
+        ),
+    };
+    proto::MigrateVolumeRequest {
+        request_id: req.request_id.clone(),
+        domain: req.domain.clone(),
+        destination_pool: req.destination_pool.clone(),
+        destination_format: format_option_to_proto(req.destination_format),
+        options: Some(options_to_proto(&req.options)),
+        disks,
+        all_disks,
+        max_parallel_copies: req.max_parallel_copies,
+        ..Default::default()
+    }
+}
+
+fn progress_to_proto(p: &Progress) -> proto::MigrationProgress {
+    proto::MigrationProgress {
+        bytes_done: p.bytes_done,
+        bytes_total: p.bytes_total,
+        rate_bytes_per_sec: p.rate,
+        eta_seconds: p.eta_seconds,
+    }
+}
+
+fn result_to_proto(r: &MigrationResult) -> proto::MigrationResult {
+    proto::MigrationResult {
+        destination_source: r.destination.display_name(),
+        destination_pool: r.destination_pool.clone(),
+        destination_volume: r.destination_volume.clone(),
+        destination_format: format_to_proto(r.destination_format) as i32,
+        source_pool: r.source_pool.clone(),
+        source_volume: r.source_volume.clone(),
+        previous_source: r.previous_source.clone(),
+        source_deleted: r.source_deleted,
+        persistent_definition_repaired: r.persistent_repaired,
+        source_kept_reason: r.source_kept_reason.clone().unwrap_or_default(),
+        source_allocated_bytes: r.source_allocated,
+        destination_allocated_bytes: r.destination_allocated,
+    }
+}
+
+fn failure_to_proto(f: &Failure) -> proto::MigrationError {
+    proto::MigrationError {
+        code: f.code.number(),
+        message: f.message.clone(),
+        phase: phase_to_proto(f.phase) as i32,
+        disk_state: f.disk_state.clone(),
     }
 }
 
@@ -162,38 +309,39 @@ pub fn event_to_proto(e: &Event) -> proto::MigrationEvent {
     proto::MigrationEvent {
         migration_id: e.migration_id.clone(),
         phase: phase_to_proto(e.phase) as i32,
-        progress: Some(proto::MigrationProgress {
-            bytes_done: e.progress.bytes_done,
-            bytes_total: e.progress.bytes_total,
-            rate_bytes_per_sec: e.progress.rate,
-            eta_seconds: e.progress.eta_seconds,
-        }),
+        progress: Some(progress_to_proto(&e.progress)),
         timestamp_unix_ms: e.timestamp_ms,
         started_at_unix_ms: e.started_ms,
         message: e.message.clone(),
-        result: e.result.as_ref().map(|r| proto::MigrationResult {
-            destination_source: r.destination.display_name(),
-            destination_pool: r.destination_pool.clone(),
-            destination_volume: r.destination_volume.clone(),
-            destination_format: format_to_proto(r.destination_format) as i32,
-            source_pool: r.source_pool.clone(),
-            source_volume: r.source_volume.clone(),
-            previous_source: r.previous_source.clone(),
-            source_deleted: r.source_deleted,
-            persistent_definition_repaired: r.persistent_repaired,
-            source_kept_reason: r.source_kept_reason.clone().unwrap_or_default(),
-            source_allocated_bytes: r.source_allocated,
-            destination_allocated_bytes: r.destination_allocated,
-        }),
-        error: e.failure.as_ref().map(|f| proto::MigrationError {
-            code: f.code.number(),
-            message: f.message.clone(),
-            phase: phase_to_proto(f.phase) as i32,
-            disk_state: f.disk_state.clone(),
-        }),
+        result: e.result.as_ref().map(result_to_proto),
+        error: e.failure.as_ref().map(failure_to_proto),
         node_id: e.node_id.clone(),
         domain: e.domain.clone(),
         disk: e.disk.clone(),
+        disks: e
+            .disks
+            .iter()
+            .map(|d| proto::DiskStatus {
+                disk: d.disk.clone(),
+                migration_id: d.migration_id.clone(),
+                phase: phase_to_proto(d.phase) as i32,
+                progress: Some(progress_to_proto(&d.progress)),
+                message: d.message.clone(),
+                result: d.result.as_ref().map(result_to_proto),
+                error: d.failure.as_ref().map(failure_to_proto),
+                pivot_started_unix_ms: d.pivot.map(|p| p.0).unwrap_or(0),
+                pivot_ended_unix_ms: d.pivot.map(|p| p.1).unwrap_or(0),
+            })
+            .collect(),
+        skipped: e
+            .skipped
+            .iter()
+            .map(|s| proto::SkippedDisk {
+                disk: s.disk.clone(),
+                reason: s.reason.clone(),
+            })
+            .collect(),
+        pivot_window_ms: e.pivot_window_ms,
     }
 }
 
@@ -211,6 +359,18 @@ pub fn record_to_proto(r: &Record) -> proto::MigrationRecord {
             .map(|v| v.pool.clone())
             .unwrap_or_default(),
         previous_source: r.plan.source.display_name(),
+    }
+}
+
+/// Proto record of a multi-disk migration.
+pub fn group_to_proto(g: &GroupView) -> proto::MigrationRecord {
+    proto::MigrationRecord {
+        migration_id: g.latest.migration_id.clone(),
+        node_id: g.latest.node_id.clone(),
+        request: Some(group_request_to_proto(&g.request)),
+        latest: Some(event_to_proto(&g.latest)),
+        source_pool: String::new(),
+        previous_source: String::new(),
     }
 }
 
@@ -380,7 +540,7 @@ mod tests {
                 verify: proto::VerifyLevel::Strict as i32,
                 source_users_elsewhere: vec!["domain 'x' on node n2".into()],
             }),
-            required_tags: vec![],
+            ..Default::default()
         };
         let req = request_from_proto(proto_req.clone()).expect("convert");
         assert!(req.options.synchronous_writes && req.options.delete_source);

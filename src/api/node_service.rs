@@ -93,20 +93,30 @@ impl Node for NodeService {
         let mut audit = Audit::start(&req, "Node/MigrateVolume");
         let req = req.into_inner();
         tracing::Span::current().record("domain", req.domain.escape_debug().to_string());
-        tracing::Span::current().record("disk", req.disk.escape_debug().to_string());
+        let disks = if req.all_disks {
+            "all".to_string()
+        } else if req.disks.is_empty() {
+            req.disk.clone()
+        } else {
+            let named: Vec<&str> = req.disks.iter().map(|d| d.disk.as_str()).collect();
+            named.join(",")
+        };
+        tracing::Span::current().record("disk", disks.escape_debug().to_string());
         audit = audit.target(&[
             ("domain", &req.domain),
-            ("disk", &req.disk),
+            ("disk", &disks),
             ("pool", &req.destination_pool),
         ]);
         let started = async {
-            if req.destination_pool.is_empty() {
+            if req.destination_pool.is_empty() && req.disks.is_empty() && !req.all_disks {
                 return Err(Status::invalid_argument(
                     "invalid destination_pool: a node needs the destination pool named (the controller chooses one when it is empty)",
                 ));
             }
-            let request = convert::request_from_proto(req)?;
-            Ok(self.engine.migrate(request).await?)
+            Ok(match convert::requested_from_proto(req)? {
+                convert::Requested::Disk(request) => self.engine.migrate(request).await?,
+                convert::Requested::Group(request) => self.engine.migrate_group(request).await?,
+            })
         }
         .await;
         if let Ok(sub) = &started {
@@ -142,7 +152,11 @@ impl Node for NodeService {
         &self,
         req: Request<proto::GetMigrationRequest>,
     ) -> Result<Response<proto::MigrationRecord>, Status> {
-        let record = self.engine.get(&req.into_inner().migration_id)?;
+        let id = req.into_inner().migration_id;
+        if let Some(group) = self.engine.get_group(&id)? {
+            return Ok(Response::new(convert::group_to_proto(&group)));
+        }
+        let record = self.engine.get(&id)?;
         Ok(Response::new(convert::record_to_proto(&record)))
     }
 
@@ -155,10 +169,23 @@ impl Node for NodeService {
         if !req.node_id.is_empty() && req.node_id != self.engine.node_id() {
             return Ok(Response::new(proto::ListMigrationsResponse::default()));
         }
-        let records = self.engine.list(&convert::filter_from_proto(&req));
-        Ok(Response::new(proto::ListMigrationsResponse {
-            migrations: records.iter().map(convert::record_to_proto).collect(),
-        }))
+        let filter = convert::filter_from_proto(&req);
+        let mut migrations: Vec<proto::MigrationRecord> = self
+            .engine
+            .list(&filter)
+            .iter()
+            .map(convert::record_to_proto)
+            .chain(
+                self.engine
+                    .list_groups(&filter)
+                    .iter()
+                    .map(convert::group_to_proto),
+            )
+            .collect();
+        migrations.sort_by_key(|m| {
+            std::cmp::Reverse(m.latest.as_ref().map_or(0, |e| e.started_at_unix_ms))
+        });
+        Ok(Response::new(proto::ListMigrationsResponse { migrations }))
     }
 
     async fn find_volume_users(

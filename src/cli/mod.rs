@@ -22,9 +22,9 @@ use crate::api::client::{code_name, status_message, ClientError, Peer};
 use crate::proto::controller_client::ControllerClient;
 use crate::proto::node_client::NodeClient;
 use crate::proto::{
-    ChainPolicy, CopyMode, GetInfoRequest, ListClusterPoolsRequest, ListDisksRequest,
-    ListMigrationsRequest, ListNodesRequest, ListPoolsRequest, MigrateVolumeRequest,
-    MigrationOptions, SourcePolicy, VerifyLevel, VolumeFormat,
+    ChainPolicy, CopyMode, DiskDestination, GetInfoRequest, ListClusterPoolsRequest,
+    ListDisksRequest, ListMigrationsRequest, ListNodesRequest, ListPoolsRequest,
+    MigrateVolumeRequest, MigrationOptions, SourcePolicy, VerifyLevel, VolumeFormat,
 };
 use progress::{Detach, Style};
 use target::{Accepts, Service, TargetArgs, TargetError};
@@ -81,9 +81,24 @@ pub struct RequestArgs {
     /// Domain name or UUID
     #[arg(long)]
     pub domain: String,
-    /// Disk target (vda) or the disk's current source path
+    /// Disk target (vda) or the disk's current source path; repeat it to move several
+    /// disks as one migration (pivoted together once all are synchronized)
+    #[arg(
+        long = "disk",
+        value_name = "DISK",
+        required_unless_present = "all_disks"
+    )]
+    pub disks: Vec<String>,
+    /// Move every disk of the domain that can move, as one migration (cdroms, empty,
+    /// read-only and shareable disks are skipped and listed)
+    #[arg(long, conflicts_with = "disks")]
+    pub all_disks: bool,
+    /// With several disks: at most this many copies at once [default: all]
+    #[arg(long, value_name = "N")]
+    pub max_parallel_copies: Option<u32>,
+    /// With several disks through the controller: all must land on one pool
     #[arg(long)]
-    pub disk: String,
+    pub same_pool: bool,
     /// Destination storage pool; required with a node, chosen by the controller when omitted
     #[arg(long, value_name = "POOL")]
     pub to_pool: Option<String>,
@@ -123,10 +138,27 @@ pub struct RequestArgs {
 impl RequestArgs {
     fn to_request(&self, request_id: String) -> MigrateVolumeRequest {
         let pick = |on: bool, yes: i32, no: i32| if on { yes } else { no };
+        // One --disk is today's single-disk request; several are one group.
+        let (disk, disks) = match self.disks.as_slice() {
+            [one] if !self.all_disks => (one.clone(), Vec::new()),
+            many => (
+                String::new(),
+                many.iter()
+                    .map(|d| DiskDestination {
+                        disk: d.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        };
         MigrateVolumeRequest {
             request_id,
             domain: self.domain.clone(),
-            disk: self.disk.clone(),
+            disk,
+            disks,
+            all_disks: self.all_disks,
+            max_parallel_copies: self.max_parallel_copies.unwrap_or(0),
+            same_pool: self.same_pool,
             destination_pool: self.to_pool.clone().unwrap_or_default(),
             destination_volume: self.to_volume.clone().unwrap_or_default(),
             destination_format: match self.format {

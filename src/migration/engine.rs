@@ -6,7 +6,7 @@
 //! before it is published; every subscription ends with exactly one terminal event.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -15,7 +15,8 @@ use crate::hypervisor::{
     Definition, DiskSpec, HostInfo, HvError, Hypervisor, PoolSpec, VolumeUser,
 };
 use crate::migration::error::Error;
-use crate::migration::journal::{Journal, Plan, Record, Stage};
+use crate::migration::group::Group;
+use crate::migration::journal::{GroupLink, Journal, Plan, Record, Stage};
 use crate::migration::model::{now_ms, Event, MigrationRequest, Phase, Progress};
 use crate::migration::{job, plan, validate};
 
@@ -99,6 +100,8 @@ pub(crate) struct Job {
     commands: mpsc::Sender<Command>,
     /// Taken by the job's task when it starts.
     inbox: Mutex<Option<mpsc::Receiver<Command>>>,
+    /// The group this disk moves with, if any.
+    pub group: OnceLock<Weak<Group>>,
 }
 
 impl Job {
@@ -111,7 +114,13 @@ impl Job {
             events,
             commands,
             inbox: Mutex::new(Some(inbox)),
+            group: OnceLock::new(),
         })
+    }
+
+    /// The group this disk moves with, while it exists.
+    pub fn group(&self) -> Option<Arc<Group>> {
+        self.group.get().and_then(Weak::upgrade)
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
@@ -140,6 +149,9 @@ impl Job {
     }
 }
 
+mod groups;
+pub use groups::GroupView;
+
 #[derive(Default)]
 struct Registry {
     by_id: HashMap<String, Arc<Job>>,
@@ -149,6 +161,8 @@ struct Registry {
     /// Destination names of active migrations by (pool, volume), so two
     /// migrations can never race for one name.
     reserved: HashMap<(String, String), String>,
+    /// Multi-disk migrations by id.
+    groups: HashMap<String, Arc<Group>>,
 }
 
 pub(crate) struct Inner {
@@ -206,8 +220,12 @@ impl Inner {
         let event = st.record.latest.clone();
         // No receivers is normal (nobody watching); the record keeps the state.
         let _ = job.events.send((st.seq, event));
-        if st.record.latest.phase.is_terminal() {
-            drop(st);
+        let terminal = st.record.latest.phase.is_terminal();
+        drop(st);
+        if let Some(group) = job.group() {
+            group.refresh();
+        }
+        if terminal {
             self.release(job);
             self.prune();
         }
@@ -261,7 +279,15 @@ impl Inner {
             for id in &doomed {
                 reg.by_id.remove(id);
             }
-            reg.by_request.retain(|_, id| !doomed.contains(id));
+            // A group goes with the last of its members.
+            let Registry {
+                by_id,
+                by_request,
+                groups,
+                ..
+            } = &mut *reg;
+            groups.retain(|_, g| g.members.iter().any(|m| by_id.contains_key(&m.id)));
+            by_request.retain(|_, id| by_id.contains_key(id) || groups.contains_key(id));
         }
         for id in &doomed {
             if let Err(e) = self.journal.remove(id) {
@@ -281,21 +307,53 @@ pub struct Engine {
 /// A stream of one migration's events: its latest event first, then every later
 /// one, ending after the terminal event.
 pub struct Subscription {
-    job: Arc<Job>,
+    source: Source,
     first: Option<(u64, Event)>,
     rx: broadcast::Receiver<(u64, Event)>,
     last_seq: u64,
     done: bool,
 }
 
+/// What a subscription follows: one disk's migration or a group's.
+#[derive(Clone)]
+enum Source {
+    Job(Arc<Job>),
+    Group(Arc<Group>),
+}
+
+impl Source {
+    fn id(&self) -> &str {
+        match self {
+            Source::Job(job) => &job.id,
+            Source::Group(group) => &group.id,
+        }
+    }
+
+    fn latest(&self) -> (u64, Event) {
+        match self {
+            Source::Job(job) => {
+                let st = job.lock();
+                (st.seq, st.record.latest.clone())
+            }
+            Source::Group(group) => group.latest(),
+        }
+    }
+
+    fn events(&self) -> &broadcast::Sender<(u64, Event)> {
+        match self {
+            Source::Job(job) => &job.events,
+            Source::Group(group) => &group.events,
+        }
+    }
+}
+
 impl Subscription {
-    fn new(job: Arc<Job>) -> Self {
-        let st = job.lock();
-        let rx = job.events.subscribe();
-        let first = Some((st.seq, st.record.latest.clone()));
-        drop(st);
+    fn new(source: Source) -> Self {
+        // Subscribed before the latest is read, so nothing falls between them.
+        let rx = source.events().subscribe();
+        let first = Some(source.latest());
         Subscription {
-            job,
+            source,
             first,
             rx,
             last_seq: 0,
@@ -305,7 +363,7 @@ impl Subscription {
 
     /// The migration id.
     pub fn migration_id(&self) -> &str {
-        &self.job.id
+        self.source.id()
     }
 
     /// The next event; `None` after the terminal one.
@@ -323,9 +381,7 @@ impl Subscription {
                     // stalling the job; phase changes it missed are in the record.
                     Err(broadcast::error::RecvError::Lagged(_))
                     | Err(broadcast::error::RecvError::Closed) => {
-                        let st = self.job.lock();
-                        let latest = (st.seq, st.record.latest.clone());
-                        drop(st);
+                        let latest = self.source.latest();
                         if latest.0 > self.last_seq || latest.1.phase.is_terminal() {
                             break latest;
                         }
@@ -386,6 +442,17 @@ pub struct ListFilter {
     pub active_only: bool,
 }
 
+impl ListFilter {
+    /// Whether a migration whose latest event is `e` passes.
+    fn matches(&self, e: &Event) -> bool {
+        self.domain.as_ref().is_none_or(|d| &e.domain == d)
+            && (self.phases.is_empty() || self.phases.contains(&e.phase))
+            && self.started_after_ms.is_none_or(|t| e.started_ms >= t)
+            && self.started_before_ms.is_none_or(|t| e.started_ms < t)
+            && (!self.active_only || !e.phase.is_terminal())
+    }
+}
+
 impl Engine {
     /// Opens the journal, reconciles unfinished migrations with the host and
     /// resumes or cleans them up in the background.
@@ -413,6 +480,7 @@ impl Engine {
             );
         }
         let engine = Engine { inner };
+        let mut unfinished = Vec::new();
         for record in records {
             let terminal = record.latest.phase.is_terminal();
             let job = Job::new(record.clone());
@@ -438,9 +506,16 @@ impl Engine {
                 }
             }
             if !terminal {
-                tracing::info!(migration_id = %job.id, phase = ?record.latest.phase, "reconciling unfinished migration");
-                tokio::spawn(job::run(engine.inner.clone(), job, job::Entry::Recover));
+                unfinished.push(job);
             }
+        }
+        let uncommitted = engine.recover_groups();
+        for job in unfinished {
+            tracing::info!(migration_id = %job.id, phase = ?job.latest().phase, "reconciling unfinished migration");
+            let entry = job::Entry::Recover {
+                group_uncommitted: uncommitted.contains(&job.id),
+            };
+            tokio::spawn(job::run(engine.inner.clone(), job, entry));
         }
         engine.inner.prune();
         Ok(engine)
@@ -579,28 +654,8 @@ impl Engine {
             Err(e) => return Err(e),
         };
 
-        let id = format!("mig-{}", uuid::Uuid::new_v4());
-        let now = now_ms();
-        let record = Record {
-            id: id.clone(),
-            request: req.clone(),
-            bandwidth: req.options.bandwidth,
-            plan: plan.clone(),
-            stage: Stage::Planned,
-            latest: Event {
-                migration_id: id.clone(),
-                phase: Phase::Accepted,
-                progress: Progress::default(),
-                timestamp_ms: now,
-                started_ms: now,
-                message: accepted_message(&plan),
-                result: None,
-                failure: None,
-                node_id: self.inner.config.node_id.clone(),
-                domain: plan.domain.clone(),
-                disk: plan.target.clone(),
-            },
-        };
+        let id = new_migration_id();
+        let record = new_record(&id, &req, &plan, &self.inner.config.node_id, None);
         let job = Job::new(record.clone());
         {
             let mut reg = self.inner.registry();
@@ -652,7 +707,7 @@ impl Engine {
             return Err(e);
         }
         tracing::info!(migration_id = %id, "migration accepted");
-        let sub = Subscription::new(job.clone());
+        let sub = Subscription::new(Source::Job(job.clone()));
         tokio::spawn(job::run(self.inner.clone(), job, job::Entry::Fresh));
         Ok(sub)
     }
@@ -698,7 +753,7 @@ impl Engine {
         if job.lock().record.request != *req {
             return Err(Error::RequestIdReused(req.request_id.clone()));
         }
-        self.subscribe(job).map(Some)
+        self.subscribe(Source::Job(job)).map(Some)
     }
 
     fn job(&self, id: &str) -> Result<Arc<Job>, Error> {
@@ -714,24 +769,36 @@ impl Engine {
     /// Follows a migration; RESOURCE_EXHAUSTED when it has its limit of
     /// watchers already.
     pub fn watch(&self, id: &str) -> Result<Subscription, Error> {
-        self.subscribe(self.job(id)?)
+        match self.group(id)? {
+            Some(group) => self.subscribe(Source::Group(group)),
+            None => self.subscribe(Source::Job(self.job(id)?)),
+        }
     }
 
-    fn subscribe(&self, job: Arc<Job>) -> Result<Subscription, Error> {
+    fn subscribe(&self, source: Source) -> Result<Subscription, Error> {
         let limit = self.inner.config.max_watchers;
-        if job.events.receiver_count() >= limit {
+        if source.events().receiver_count() >= limit {
             return Err(Error::Exhausted(format!(
                 "migration {} already has {limit} watchers; try again when one has left",
-                job.id
+                source.id()
             )));
         }
-        Ok(Subscription::new(job))
+        Ok(Subscription::new(source))
+    }
+
+    /// The group with id `id`, if it is one.
+    fn group(&self, id: &str) -> Result<Option<Arc<Group>>, Error> {
+        validate::migration_id(id)?;
+        Ok(self.inner.registry().groups.get(id).cloned())
     }
 
     /// Asks a migration to stop before its pivot. The job answers: with the state
     /// at that moment when it will stop, or FAILED_PRECONDITION when its pivot
     /// has begun or it has ended.
     pub async fn cancel(&self, id: &str) -> Result<Event, Error> {
+        if let Some(group) = self.group(id)? {
+            return groups::cancel_group(&group);
+        }
         let job = self.job(id)?;
         let (tx, rx) = oneshot::channel();
         self.send(&job, Command::Cancel(tx)).await?;
@@ -756,14 +823,7 @@ impl Engine {
         let mut records: Vec<Record> = jobs
             .iter()
             .map(|j| j.record())
-            .filter(|r| {
-                let e = &r.latest;
-                filter.domain.as_ref().is_none_or(|d| &e.domain == d)
-                    && (filter.phases.is_empty() || filter.phases.contains(&e.phase))
-                    && filter.started_after_ms.is_none_or(|t| e.started_ms >= t)
-                    && filter.started_before_ms.is_none_or(|t| e.started_ms < t)
-                    && (!filter.active_only || !e.phase.is_terminal())
-            })
+            .filter(|r| filter.matches(&r.latest))
             .collect();
         records.sort_by_key(|r| std::cmp::Reverse(r.latest.started_ms));
         records
@@ -772,9 +832,16 @@ impl Engine {
     /// Changes the copy bandwidth of a running migration (the job applies it).
     pub async fn set_bandwidth(&self, id: &str, bytes_per_sec: u64) -> Result<(), Error> {
         validate::bandwidth(bytes_per_sec)?;
+        if let Some(group) = self.group(id)? {
+            return self.set_group_bandwidth(&group, bytes_per_sec).await;
+        }
         let job = self.job(id)?;
+        self.set_job_bandwidth(&job, bytes_per_sec).await
+    }
+
+    async fn set_job_bandwidth(&self, job: &Job, bytes_per_sec: u64) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.send(&job, Command::SetBandwidth(bytes_per_sec, tx))
+        self.send(job, Command::SetBandwidth(bytes_per_sec, tx))
             .await?;
         rx.await.unwrap_or_else(|_| Err(job.ended()))
     }
@@ -884,6 +951,47 @@ fn unavailable_or(what: &'static str) -> impl Fn(HvError) -> Error {
     move |e| match e {
         HvError::Unreachable { .. } => Error::Unavailable(e.to_string()),
         other => Error::hv(what)(other),
+    }
+}
+
+/// A fresh migration id.
+fn new_migration_id() -> String {
+    format!("mig-{}", uuid::Uuid::new_v4())
+}
+
+/// The record of a migration just accepted.
+fn new_record(
+    id: &str,
+    req: &MigrationRequest,
+    plan: &Plan,
+    node_id: &str,
+    group: Option<GroupLink>,
+) -> Record {
+    let now = now_ms();
+    Record {
+        id: id.to_string(),
+        request: req.clone(),
+        bandwidth: req.options.bandwidth,
+        plan: plan.clone(),
+        stage: Stage::Planned,
+        latest: Event {
+            migration_id: id.to_string(),
+            phase: Phase::Accepted,
+            progress: Progress::default(),
+            timestamp_ms: now,
+            started_ms: now,
+            message: accepted_message(plan),
+            result: None,
+            failure: None,
+            node_id: node_id.to_string(),
+            domain: plan.domain.clone(),
+            disk: plan.target.clone(),
+            disks: Vec::new(),
+            skipped: Vec::new(),
+            pivot_window_ms: 0,
+        },
+        group,
+        pivot: None,
     }
 }
 

@@ -113,6 +113,17 @@ pub enum Error {
     /// The node restarted and the migration could not continue.
     #[error("{0}")]
     Interrupted(String),
+    /// Another disk of the same group failed before the pivots began, so this
+    /// one was rolled back with it.
+    #[error(
+        "rolled back because disk {disk} of the same migration failed before any pivot: {reason}"
+    )]
+    GroupAborted {
+        /// The disk that failed.
+        disk: String,
+        /// Its error.
+        reason: String,
+    },
     /// The node's own state (journal) could not be written.
     #[error("node state: {0}")]
     Journal(String),
@@ -144,7 +155,7 @@ impl Error {
             Error::Cancelled => ErrorCode::Cancelled,
             Error::TimedOut(_) => ErrorCode::DeadlineExceeded,
             Error::Journal(_) => ErrorCode::Internal,
-            Error::Interrupted(_) => ErrorCode::Aborted,
+            Error::Interrupted(_) | Error::GroupAborted { .. } => ErrorCode::Aborted,
             Error::Hypervisor { source, .. } => match source {
                 HvError::NoDomain(_)
                 | HvError::NoDisk { .. }

@@ -25,6 +25,7 @@ use crate::hypervisor::{
 };
 use crate::migration::engine::{Command, Inner, Job};
 use crate::migration::error::Error;
+use crate::migration::group::{Abort, Member};
 use crate::migration::journal::{Destination, Plan, Record, Stage};
 use crate::migration::model::{now_ms, Failure, MigrationResult, Phase, Progress, VerifyLevel};
 use crate::migration::{plan, recovery, tuning};
@@ -38,7 +39,11 @@ pub(crate) enum Entry {
     /// A new migration, from VALIDATING.
     Fresh,
     /// An unfinished migration found in the journal at start-up.
-    Recover,
+    Recover {
+        /// It belongs to a group whose disks had not all been synchronized:
+        /// it rolls back even if its copy still runs.
+        group_uncommitted: bool,
+    },
 }
 
 /// Where a recovered migration continues.
@@ -53,10 +58,15 @@ pub(crate) enum Resume {
 }
 
 /// Why a job stops before its pivot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum StopReason {
     Cancelled,
     TimedOut(u64),
+    /// Another disk of the group failed.
+    MemberFailed {
+        disk: String,
+        reason: String,
+    },
 }
 
 /// The job task's own state: its command inbox and what it has decided.
@@ -72,6 +82,10 @@ pub(crate) struct Ctx<'a> {
     pub copying: bool,
     /// The job is recording a failure (rolling back).
     ending: bool,
+    /// Its place in a group, when it moves with other disks.
+    member: Option<Member>,
+    /// Its place among a group's copies allowed at once, until it is synchronized.
+    copy_slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Runs the migration to its terminal event.
@@ -85,10 +99,12 @@ pub(crate) async fn run(inner: Arc<Inner>, job: Arc<Job>, entry: Entry) {
         let mut ctx = Ctx::new(&inner, &job, inbox);
         let outcome = match entry {
             Entry::Fresh => fresh(&mut ctx).await,
-            Entry::Recover => match recovery::decide(&mut ctx).await {
-                Ok(resume) => continue_from(&mut ctx, resume).await,
-                Err(e) => Err(e),
-            },
+            Entry::Recover { group_uncommitted } => {
+                match recovery::decide(&mut ctx, group_uncommitted).await {
+                    Ok(resume) => continue_from(&mut ctx, resume).await,
+                    Err(e) => Err(e),
+                }
+            }
         };
         match outcome {
             Ok(result) => complete(&mut ctx, result).await,
@@ -119,6 +135,12 @@ impl<'a> Ctx<'a> {
             pivot_begun: matches!(record.stage, Stage::Pivoted(_)),
             copying: false,
             ending: false,
+            member: job.group().and_then(|g| {
+                let gate = g.gate.clone()?;
+                let index = g.members.iter().position(|m| m.id == job.id)?;
+                Some(Member { gate, index })
+            }),
+            copy_slot: None,
         }
     }
 
@@ -131,9 +153,13 @@ impl<'a> Ctx<'a> {
     }
 
     fn stopped(&self) -> Result<(), Error> {
-        match self.stop {
+        match &self.stop {
             Some(StopReason::Cancelled) => Err(Error::Cancelled),
-            Some(StopReason::TimedOut(s)) => Err(Error::TimedOut(s)),
+            Some(StopReason::TimedOut(s)) => Err(Error::TimedOut(*s)),
+            Some(StopReason::MemberFailed { disk, reason }) => Err(Error::GroupAborted {
+                disk: disk.clone(),
+                reason: reason.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -144,16 +170,26 @@ impl<'a> Ctx<'a> {
             .filter(|_| self.stop.is_none() && !self.pivot_begun && !self.ending)
     }
 
+    /// The group's gate, while an abort of the group still stops this job.
+    fn live_gate(&self) -> Option<Arc<crate::migration::group::Gate>> {
+        self.member
+            .as_ref()
+            .filter(|_| self.stop.is_none() && !self.pivot_begun && !self.ending)
+            .map(|m| m.gate.clone())
+    }
+
     /// Drives `fut` to completion while answering commands.
     async fn attend<F: Future>(&mut self, fut: F) -> F::Output {
         tokio::pin!(fut);
         loop {
             let deadline = self.live_deadline();
+            let gate = self.live_gate();
             tokio::select! {
                 biased;
                 out = &mut fut => return out,
                 Some(cmd) = self.inbox.recv() => self.handle(cmd).await,
                 _ = until(deadline) => self.time_out(),
+                why = group_abort(gate) => self.group_stopped(why),
             }
         }
     }
@@ -165,14 +201,23 @@ impl<'a> Ctx<'a> {
         tokio::pin!(sleep);
         loop {
             let deadline = self.live_deadline();
+            let gate = self.live_gate();
             tokio::select! {
                 biased;
                 Some(cmd) = self.inbox.recv() => self.handle(cmd).await,
                 _ = until(deadline) => self.time_out(),
+                why = group_abort(gate) => self.group_stopped(why),
                 _ = &mut sleep => return self.stopped(),
             }
             self.stopped()?;
         }
+    }
+
+    fn group_stopped(&mut self, why: Abort) {
+        self.stop.get_or_insert(match why {
+            Abort::Cancelled => StopReason::Cancelled,
+            Abort::MemberFailed { disk, reason } => StopReason::MemberFailed { disk, reason },
+        });
     }
 
     /// Answers every queued command, then says whether the job must stop.
@@ -206,7 +251,13 @@ impl<'a> Ctx<'a> {
     async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Cancel(reply) => {
-                let answer = if self.pivot_begun {
+                // A disk of a group is cancelled with its whole group, and
+                // only while the group can still roll back.
+                let group_refused = self
+                    .member
+                    .as_ref()
+                    .is_some_and(|m| !m.gate.abort(Abort::Cancelled));
+                let answer = if self.pivot_begun || group_refused {
                     Err(self.wrong_phase(
                         "the pivot has begun: the guest is being switched to the destination and the migration can no longer be cancelled",
                     ))
@@ -297,6 +348,13 @@ fn retry_pause(inner: &Inner) -> Duration {
     Duration::from_millis(500).min(inner.config.libvirt_grace / 4 + Duration::from_millis(1))
 }
 
+async fn group_abort(gate: Option<Arc<crate::migration::group::Gate>>) -> Abort {
+    match gate {
+        Some(gate) => gate.aborted().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn until(deadline: Option<(tokio::time::Instant, u64)>) {
     match deadline {
         Some((at, _)) => tokio::time::sleep_until(at).await,
@@ -340,6 +398,12 @@ async fn fresh(ctx: &mut Ctx<'_>) -> Result<MigrationResult, Error> {
         .map_err(Error::hv("validating"))??;
     ctx.publish(|r| r.plan = fresh).await?;
     ctx.checkpoint().await?;
+    if let Some(member) = ctx.member.clone() {
+        // Waits before anything is created, so a limited group holds at most
+        // its limit of destinations being filled.
+        ctx.copy_slot = ctx.attend(member.gate.copy_slot()).await;
+        ctx.checkpoint().await?;
+    }
     let dest = prepare(ctx).await?;
     ctx.checkpoint().await?;
     start_copy(ctx, &dest).await?;
@@ -356,16 +420,26 @@ async fn continue_from(ctx: &mut Ctx<'_>, resume: Resume) -> Result<MigrationRes
                 "source and destination are synchronized".to_string(),
             )
             .await?;
+            ctx.copy_slot = None;
             let hold = ctx.inner.config.synchronized_hold;
             if !hold.is_zero() {
                 ctx.pause(hold).await?;
             }
+            let member = ctx.member.clone();
+            if let Some(member) = &member {
+                wait_for_group(ctx, member, &dest).await?;
+            }
             begin_pivot(ctx, &dest).await?;
-            pivot(ctx, &dest).await?;
+            if let Some(member) = &member {
+                // One pivot at a time, in request order, with nothing else in
+                // between: every member journaled its pivot already.
+                ctx.attend(member.gate.turn(member.index)).await;
+            }
+            timed_pivot(ctx, &dest).await?;
             dest
         }
         Resume::Pivot(dest) => {
-            pivot(ctx, &dest).await?;
+            timed_pivot(ctx, &dest).await?;
             dest
         }
         Resume::Verify(dest) => dest,
@@ -685,6 +759,66 @@ async fn copy_vanished(ctx: &mut Ctx<'_>, plan: &Plan) -> Error {
     }
 }
 
+/// Waits, synchronized, until every disk of the group is: then the pivots go
+/// ahead and nothing stops this job before its own pivot any more. Until then a
+/// cancel, a timeout or this copy ending on its own aborts the whole group.
+async fn wait_for_group(
+    ctx: &mut Ctx<'_>,
+    member: &Member,
+    dest: &Destination,
+) -> Result<(), Error> {
+    let gate = member.gate.clone();
+    let all = gate.synchronized(member.index);
+    tokio::pin!(all);
+    let plan = ctx.plan();
+    let poll = ctx.inner.config.poll_interval;
+    loop {
+        let outcome = tokio::select! {
+            biased;
+            all = &mut all => Some(all),
+            paused = ctx.pause(poll) => match paused {
+                Ok(()) => None,
+                Err(e) => {
+                    if gate.abort(Abort::MemberFailed { disk: plan.target.clone(), reason: e.to_string() }) {
+                        return Err(e);
+                    }
+                    // Too late: the others were already told to pivot.
+                    None
+                }
+            },
+        };
+        match outcome {
+            Some(Ok(())) => {
+                ctx.stop = None;
+                ctx.pivot_begun = true;
+                return Ok(());
+            }
+            Some(Err(why)) => {
+                ctx.group_stopped(why);
+                return ctx.stopped();
+            }
+            None => {}
+        }
+        if ctx.pivot_begun {
+            continue;
+        }
+        if !recovery::mirroring_to(ctx, &plan, dest).await? {
+            return Err(copy_vanished(ctx, &plan).await);
+        }
+    }
+}
+
+/// Pivots and keeps when the pivot was issued and when it ended.
+async fn timed_pivot(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
+    let started = now_ms();
+    let pivoted = pivot(ctx, dest).await;
+    ctx.job.lock().record.pivot = Some((started, now_ms()));
+    if let Some(member) = &ctx.member {
+        member.gate.done(member.index);
+    }
+    pivoted
+}
+
 /// The one place a job commits to the pivot: it answers every queued command
 /// first, and from the moment it sets `pivot_begun` (with no await in between)
 /// every cancel is refused. The stage is journaled before the pivot is issued.
@@ -931,7 +1065,16 @@ async fn cleanup(ctx: &mut Ctx<'_>) -> Result<(bool, Option<String>), Error> {
 /// be undone, and publishes the terminal event saying where the disk is.
 pub(crate) async fn fail(ctx: &mut Ctx<'_>, err: Error) {
     ctx.ending = true;
+    ctx.copy_slot = None;
     let record = ctx.record();
+    if let Some(member) = &ctx.member {
+        // Before the commit the other disks roll back too; after it they carry on.
+        member.gate.abort(Abort::MemberFailed {
+            disk: record.plan.target.clone(),
+            reason: err.to_string(),
+        });
+        member.gate.done(member.index);
+    }
     let phase_at = record.latest.phase;
     tracing::warn!(error = %err, phase = phase_at.name(), "migration failed");
     let plan = record.plan;

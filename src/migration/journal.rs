@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::{DiskSource, ImageFormat, VolumeIdentity};
-use crate::migration::model::{Event, MigrationRequest};
+use crate::migration::model::{Event, GroupRequest, MigrationRequest, Skipped};
 use crate::migration::validate;
 
 /// What validation resolved: everything later phases and recovery need.
@@ -103,6 +103,28 @@ pub struct Record {
     pub stage: Stage,
     /// The latest event.
     pub latest: Event,
+    /// Set when this disk is one of a group moved as one migration.
+    #[serde(default)]
+    pub group: Option<GroupLink>,
+    /// When the pivot was issued and when it ended (Unix ms).
+    #[serde(default)]
+    pub pivot: Option<(u64, u64)>,
+}
+
+/// What a member record keeps of its group, so that the group can be
+/// recovered from its members' records alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupLink {
+    /// The group's migration id.
+    pub id: String,
+    /// The group's request, exactly as received.
+    pub request: GroupRequest,
+    /// When the group was accepted (Unix ms).
+    pub started_ms: u64,
+    /// The member migration ids, in pivot order.
+    pub members: Vec<String>,
+    /// The disks the group leaves alone.
+    pub skipped: Vec<Skipped>,
 }
 
 /// A journal file that was moved aside instead of being acted on.
@@ -310,6 +332,15 @@ pub fn check_record(r: &Record) -> Result<(), String> {
         return Err("its latest event belongs to another migration".to_string());
     }
     validate::request_id(&r.request.request_id).map_err(bad)?;
+    if let Some(group) = &r.group {
+        if !is_migration_id(&group.id) || !group.members.iter().all(|m| is_migration_id(m)) {
+            return Err("its group names something that is not a migration id".to_string());
+        }
+        if !group.members.contains(&r.id) {
+            return Err("its group does not list it as a member".to_string());
+        }
+        validate::request_id(&group.request.request_id).map_err(bad)?;
+    }
     validate::object_name("domain", &r.plan.domain).map_err(bad)?;
     validate::disk(&r.plan.target).map_err(bad)?;
     validate::object_name("destination_pool", &r.plan.dest_pool).map_err(bad)?;
@@ -388,7 +419,12 @@ mod tests {
                 node_id: "n".into(),
                 domain: "g".into(),
                 disk: "vda".into(),
+                disks: Vec::new(),
+                skipped: Vec::new(),
+                pivot_window_ms: 0,
             },
+            group: None,
+            pivot: None,
         }
     }
 

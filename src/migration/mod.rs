@@ -4,6 +4,7 @@
 
 mod engine;
 pub mod error;
+mod group;
 mod job;
 pub mod journal;
 pub mod model;
@@ -13,7 +14,7 @@ mod tuning;
 pub mod validate;
 
 pub use engine::{
-    DiskView, DomainDisks, Engine, EngineConfig, ListFilter, Retention, Subscription,
+    DiskView, DomainDisks, Engine, EngineConfig, GroupView, ListFilter, Retention, Subscription,
 };
 pub use error::Error;
 

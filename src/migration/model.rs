@@ -258,8 +258,89 @@ pub struct Event {
     pub node_id: String,
     /// Domain name.
     pub domain: String,
+    /// Disk target (a group's targets joined by ",").
+    pub disk: String,
+    /// A group's disks, each as its own migration last reported it.
+    #[serde(default)]
+    pub disks: Vec<DiskStatus>,
+    /// The disks a group leaves alone, and why.
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
+    /// A group's pivot window, ms: from the first pivot issued to the last one
+    /// ended (0 until every pivot has ended).
+    #[serde(default)]
+    pub pivot_window_ms: u64,
+}
+
+/// One disk of a group, as of a group event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
     /// Disk target.
     pub disk: String,
+    /// The disk's own migration id.
+    pub migration_id: String,
+    /// Its latest phase.
+    pub phase: Phase,
+    /// Its progress.
+    pub progress: Progress,
+    /// Its latest message.
+    pub message: String,
+    /// On COMPLETED.
+    pub result: Option<MigrationResult>,
+    /// On FAILED/CANCELLED.
+    pub failure: Option<Failure>,
+    /// When its pivot was issued and ended (Unix ms).
+    pub pivot: Option<(u64, u64)>,
+}
+
+/// A disk a group leaves alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// Disk target.
+    pub disk: String,
+    /// Why, e.g. "cdrom".
+    pub reason: String,
+}
+
+/// Where one disk of a group goes; `None` fields take the group's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskChoice {
+    /// Disk target or source path.
+    pub disk: String,
+    /// Destination pool.
+    pub destination_pool: Option<String>,
+    /// Destination volume name.
+    pub destination_volume: Option<String>,
+    /// Destination format.
+    pub destination_format: Option<ImageFormat>,
+}
+
+/// Which disks a group request moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskSelection {
+    /// These disks, in this order (the order of their pivots).
+    Listed(Vec<DiskChoice>),
+    /// Every eligible disk, in the domain's order.
+    All,
+}
+
+/// A request to move several disks of one domain as one migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRequest {
+    /// Idempotency key; empty when the caller gave none.
+    pub request_id: String,
+    /// Domain name or UUID.
+    pub domain: String,
+    /// The disks.
+    pub disks: DiskSelection,
+    /// Destination pool of disks that name none.
+    pub destination_pool: String,
+    /// Destination format of disks that name none.
+    pub destination_format: Option<ImageFormat>,
+    /// Options, for every disk.
+    pub options: Options,
+    /// Most copies at once (0: all).
+    pub max_parallel_copies: u32,
 }
 
 /// Milliseconds since the Unix epoch, now.

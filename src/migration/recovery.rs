@@ -14,7 +14,7 @@ use crate::migration::journal::Stage;
 use crate::migration::model::Phase;
 
 /// Decides where an unfinished migration continues; an error ends it.
-pub(crate) async fn decide(ctx: &mut Ctx<'_>) -> Result<Resume, Error> {
+pub(crate) async fn decide(ctx: &mut Ctx<'_>, group_uncommitted: bool) -> Result<Resume, Error> {
     let record = ctx.record();
     let plan = record.plan;
     let phase = record.latest.phase;
@@ -31,6 +31,12 @@ pub(crate) async fn decide(ctx: &mut Ctx<'_>) -> Result<Resume, Error> {
                 ctx.pivot_begun = true;
                 ctx.publish(|r| r.stage = Stage::Pivoted(pivoted)).await?;
                 return Ok(Resume::Verify(dest));
+            }
+            if group_uncommitted {
+                return Err(Error::Interrupted(format!(
+                    "the node restarted while {} before every disk of this multi-disk migration was synchronized; every disk was rolled back so the guest stays entirely on its sources; retry it",
+                    phase.name()
+                )));
             }
             if mirroring_to(ctx, &plan, &dest).await? {
                 return Ok(Resume::Copy(dest));
@@ -52,7 +58,7 @@ pub(crate) async fn decide(ctx: &mut Ctx<'_>) -> Result<Resume, Error> {
 }
 
 /// Whether the block job of the disk still mirrors to `dest`.
-async fn mirroring_to(
+pub(crate) async fn mirroring_to(
     ctx: &mut Ctx<'_>,
     plan: &crate::migration::journal::Plan,
     dest: &crate::migration::journal::Destination,
