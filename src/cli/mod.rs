@@ -626,8 +626,39 @@ mod tests {
                     source_users_elsewhere: vec![],
                 }),
                 required_tags: vec!["ssd".into(), "eu".into()],
+                ..Default::default()
             }
         );
+    }
+
+    fn migrate_request(args: &[&str]) -> MigrateVolumeRequest {
+        let cmd = parse(&[&["migrate", "--domain", "vm1"], args].concat()).expect("parses");
+        let OperatorCommand::Migrate(args) = cmd else {
+            panic!("not migrate: {cmd:?}");
+        };
+        args.request.to_request("r1".into())
+    }
+
+    #[test]
+    fn several_disks_or_all_disks_make_one_multi_disk_request() {
+        let request = migrate_request(&[
+            "--disk",
+            "vda",
+            "--disk",
+            "vdb",
+            "--to-pool",
+            "fast",
+            "--max-parallel-copies",
+            "1",
+        ]);
+        assert!(request.disk.is_empty());
+        let named: Vec<&str> = request.disks.iter().map(|d| d.disk.as_str()).collect();
+        assert_eq!(named, ["vda", "vdb"]);
+        assert_eq!(request.max_parallel_copies, 1);
+        let request = migrate_request(&["--all-disks", "--to-pool", "fast"]);
+        assert!(request.all_disks && request.disk.is_empty() && request.disks.is_empty());
+        assert!(parse(&["migrate", "--domain", "vm1", "--all-disks", "--disk", "vda"]).is_err());
+        assert!(parse(&["migrate", "--domain", "vm1"]).is_err());
     }
 
     #[test]

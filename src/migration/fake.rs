@@ -147,7 +147,16 @@ pub struct FakeState {
     pub persistent: HashMap<String, DiskSource>,
     pub volumes: HashMap<(String, String), VolumeSpec>,
     pub pools: Vec<PoolSpec>,
-    pub job: Option<(String, DiskSource, BlockJob)>,
+    /// Block jobs by disk target.
+    pub jobs: HashMap<String, (DiskSource, BlockJob)>,
+    /// Disks whose copy never converges.
+    pub stuck: Vec<String>,
+    /// Disks whose pivot fails.
+    pub failing_pivots: Vec<String>,
+    /// Disks whose pivot finds libvirtd gone.
+    pub unreachable_pivots: Vec<String>,
+    /// Volume names a pool has no room for.
+    pub no_space_for: Vec<String>,
     /// Bytes the job advances per poll.
     pub step: u64,
     /// When true, a pivot does not update the persistent definition (the libvirt
@@ -234,6 +243,25 @@ impl FakeHypervisor {
         }
     }
 
+    /// The same host, where `g` also has `extra` disks (sources `/p/a/<target>.qcow2`).
+    pub fn with_disks(extra: &[&str]) -> Self {
+        let hv = FakeHypervisor::new();
+        {
+            let mut st = hv.lock();
+            for target in extra {
+                let name = format!("{target}.qcow2");
+                let vol = volume(&mut st, "a", &name, CAPACITY, "qcow2");
+                let src = DiskSource::File {
+                    path: vol.path.clone(),
+                };
+                st.volumes.insert(("a".into(), name), vol);
+                st.live.insert((*target).into(), src.clone());
+                st.persistent.insert((*target).into(), src);
+            }
+        }
+        hv
+    }
+
     /// The same host, with faults injected by `injector`.
     pub fn with_injector(injector: Arc<Injector>) -> Self {
         FakeHypervisor {
@@ -314,9 +342,9 @@ impl FakeHypervisor {
                 .live
                 .iter()
                 .map(|(t, s)| {
-                    let mirror = st.job.as_ref().filter(|j| &j.0 == t).map(|j| MirrorState {
-                        source: Some(j.1.clone()),
-                        ready: j.2.cur == j.2.end,
+                    let mirror = st.jobs.get(t).map(|j| MirrorState {
+                        source: Some(j.0.clone()),
+                        ready: j.1.cur == j.1.end,
                     });
                     disk_spec(t, s, mirror)
                 })
@@ -401,6 +429,9 @@ impl Hypervisor for FakeHypervisor {
             if st.volumes.contains_key(&key) {
                 return Err(HvError::VolumeExists(new.name.clone()));
             }
+            if st.no_space_for.contains(&new.name) {
+                return Err(HvError::NoSpace(format!("no room for {}", new.name)));
+            }
             let spec = volume(st, pool, &new.name, new.capacity, new.format.as_str());
             if let Some(id) = spec.file_id {
                 st.created.push(id.ino);
@@ -460,22 +491,24 @@ impl Hypervisor for FakeHypervisor {
         options: CopyOptions,
     ) -> Result<(), HvError> {
         self.step(|st| {
-            if st.job.is_some() {
+            if st.jobs.contains_key(disk) {
                 return Err(HvError::InvalidState("block copy already active".into()));
             }
             if !st.running {
                 return Err(HvError::InvalidState("domain is not running".into()));
             }
-            st.job = Some((
+            st.jobs.insert(
                 disk.to_string(),
-                dest.clone(),
-                BlockJob {
-                    cur: 0,
-                    end: CAPACITY,
-                    bandwidth: options.bandwidth,
-                    is_copy: true,
-                },
-            ));
+                (
+                    dest.clone(),
+                    BlockJob {
+                        cur: 0,
+                        end: CAPACITY,
+                        bandwidth: options.bandwidth,
+                        is_copy: true,
+                    },
+                ),
+            );
             Ok(())
         })
     }
@@ -485,39 +518,58 @@ impl Hypervisor for FakeHypervisor {
             if !st.running {
                 return Err(HvError::InvalidState("domain is not running".into()));
             }
-            let step = st.step;
-            Ok(st.job.as_mut().filter(|j| j.0 == disk).map(|j| {
-                j.2.cur = (j.2.cur + step).min(j.2.end);
-                j.2
+            let step = if st.stuck.iter().any(|d| d == disk) {
+                0
+            } else {
+                st.step
+            };
+            Ok(st.jobs.get_mut(disk).map(|j| {
+                j.1.cur = (j.1.cur + step).min(j.1.end);
+                j.1
             }))
         })
     }
 
     fn block_job_abort(&self, _domain: &str, disk: &str, pivot: bool) -> Result<(), HvError> {
         self.step(|st| {
-            let Some(job) = st.job.take() else {
+            let Some(job) = st.jobs.remove(disk) else {
                 return Err(HvError::InvalidState("no block job".into()));
             };
             if pivot {
-                if job.2.cur != job.2.end {
-                    st.job = Some(job);
+                if job.1.cur != job.1.end {
+                    st.jobs.insert(disk.to_string(), job);
                     return Err(HvError::InvalidState("block job not ready".into()));
                 }
+                if st.unreachable_pivots.iter().any(|d| d == disk) {
+                    st.jobs.insert(disk.to_string(), job);
+                    return Err(HvError::Unreachable {
+                        uri: "fake:///".into(),
+                        message: "injected: libvirtd went away during the pivot".into(),
+                    });
+                }
+                if st.failing_pivots.iter().any(|d| d == disk) {
+                    st.jobs.insert(disk.to_string(), job);
+                    return Err(HvError::Failed {
+                        op: "virDomainBlockJobAbort",
+                        code: 1,
+                        message: "injected: the pivot failed in QEMU".into(),
+                    });
+                }
                 st.pivots += 1;
-                st.pivoted_to.push(job.1.clone());
-                st.live.insert(disk.into(), job.1.clone());
+                st.pivoted_to.push(job.0.clone());
+                st.live.insert(disk.into(), job.0.clone());
                 if !st.skip_persistent_update {
-                    st.persistent.insert(disk.into(), job.1);
+                    st.persistent.insert(disk.into(), job.0);
                 }
             }
             Ok(())
         })
     }
 
-    fn block_job_set_speed(&self, _d: &str, _disk: &str, bw: u64) -> Result<(), HvError> {
-        self.step(|st| match st.job.as_mut() {
+    fn block_job_set_speed(&self, _d: &str, disk: &str, bw: u64) -> Result<(), HvError> {
+        self.step(|st| match st.jobs.get_mut(disk) {
             Some(j) => {
-                j.2.bandwidth = bw;
+                j.1.bandwidth = bw;
                 Ok(())
             }
             None => Err(HvError::InvalidState("no block job".into())),

@@ -182,9 +182,9 @@ fn check_invariants(case: &Case) {
         );
     }
     assert!(
-        st.job.is_none(),
+        st.jobs.is_empty(),
         "{what}: a block job was left: {:?}",
-        st.job
+        st.jobs
     );
     if let Some(end) = terminal.first().filter(|e| e.phase != Phase::Completed) {
         let message = &end.message;

@@ -23,4 +23,6 @@ mod fake;
 #[cfg(test)]
 mod fault_injection;
 #[cfg(test)]
+mod group_tests;
+#[cfg(test)]
 mod tests;

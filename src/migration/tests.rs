@@ -9,23 +9,24 @@ use super::model::{MigrationRequest, Options, Phase};
 use super::{Engine, EngineConfig, Error};
 use crate::hypervisor::DiskSource;
 
+/// Fast polls and a short libvirt grace, for tests.
+pub(super) fn config() -> EngineConfig {
+    EngineConfig {
+        node_id: "n1".into(),
+        max_concurrent: 2,
+        poll_interval: Duration::from_millis(5),
+        progress_interval: Duration::from_millis(1),
+        libvirt_grace: Duration::from_millis(100),
+        synchronized_hold: Duration::ZERO,
+        max_watchers: 64,
+        retention: Default::default(),
+    }
+}
+
 async fn engine(hv: Arc<FakeHypervisor>, dir: &std::path::Path) -> Engine {
-    Engine::start(
-        hv,
-        Journal::open(dir).expect("journal"),
-        EngineConfig {
-            node_id: "n1".into(),
-            max_concurrent: 2,
-            poll_interval: Duration::from_millis(5),
-            progress_interval: Duration::from_millis(1),
-            libvirt_grace: Duration::from_millis(100),
-            synchronized_hold: Duration::ZERO,
-            max_watchers: 64,
-            retention: Default::default(),
-        },
-    )
-    .await
-    .expect("engine")
+    Engine::start(hv, Journal::open(dir).expect("journal"), config())
+        .await
+        .expect("engine")
 }
 
 fn request(id: &str) -> MigrationRequest {
@@ -84,7 +85,7 @@ async fn happy_path_goes_through_every_phase_and_ends_once() {
     let st = hv.lock();
     assert_eq!(st.live.get("vda"), Some(&dest));
     assert_eq!(st.persistent.get("vda"), Some(&dest));
-    assert!(st.job.is_none());
+    assert!(st.jobs.is_empty());
 }
 
 #[tokio::test]
@@ -133,7 +134,7 @@ async fn cancel_during_copy_leaves_guest_on_source_and_deletes_destination() {
                 path: "/p/a/root.qcow2".into()
             })
         );
-        assert!(st.job.is_none());
+        assert!(st.jobs.is_empty());
         assert!(!st
             .volumes
             .contains_key(&("b".to_string(), "root.qcow2".to_string())));
@@ -255,7 +256,7 @@ fn a_restarted_engine_resumes_a_running_copy_from_the_journal() {
         }
         // COPYING is journaled before the block job starts; kill only once it runs,
         // or recovery rightly rolls back instead of resuming.
-        while hv.lock().job.is_none() {
+        while hv.lock().jobs.is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         sub.migration_id().to_string()
@@ -340,7 +341,7 @@ async fn set_bandwidth_keeps_the_request_so_a_retry_attaches() {
     let mut sub = engine.migrate(request("retry-me")).await.expect("start");
     let id = sub.migration_id().to_string();
     while let Some(e) = sub.next().await {
-        if e.phase == Phase::Copying && hv.lock().job.is_some() {
+        if e.phase == Phase::Copying && !hv.lock().jobs.is_empty() {
             break;
         }
     }
@@ -349,7 +350,10 @@ async fn set_bandwidth_keeps_the_request_so_a_retry_attaches() {
         .set_bandwidth(&id, 8 << 20)
         .await
         .expect("set bandwidth");
-    assert_eq!(hv.lock().job.as_ref().map(|j| j.2.bandwidth), Some(8 << 20));
+    assert_eq!(
+        hv.lock().jobs.get("vda").map(|j| j.1.bandwidth),
+        Some(8 << 20)
+    );
     assert_eq!(engine.get(&id).expect("record").bandwidth, 8 << 20);
     assert!(matches!(
         engine.set_bandwidth(&id, 5).await,
@@ -421,7 +425,7 @@ async fn a_volume_that_took_the_destination_name_is_never_deleted() {
     let mut sub = engine.migrate(request("")).await.expect("start");
     let id = sub.migration_id().to_string();
     while let Some(e) = sub.next().await {
-        if e.phase == Phase::Copying && hv.lock().job.is_some() {
+        if e.phase == Phase::Copying && !hv.lock().jobs.is_empty() {
             break;
         }
     }
@@ -550,14 +554,14 @@ async fn a_copy_stopped_by_a_full_destination_is_resource_exhausted_and_rolled_b
     let engine = engine(hv.clone(), dir.path()).await;
     let mut sub = engine.migrate(request("")).await.expect("start");
     while let Some(e) = sub.next().await {
-        if e.phase == Phase::Copying && hv.lock().job.is_some() {
+        if e.phase == Phase::Copying && !hv.lock().jobs.is_empty() {
             break;
         }
     }
     {
         // QEMU fails the mirror on ENOSPC: the job is gone, the pool is full.
         let mut st = hv.lock();
-        st.job = None;
+        st.jobs.clear();
         if let Some(b) = st.pools.iter_mut().find(|p| p.name == "b") {
             b.available = 4096;
         }
