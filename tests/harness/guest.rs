@@ -131,6 +131,8 @@ pub struct GuestBuilder<'a> {
     readonly_disk: bool,
     data_disk: Option<(u64, String)>,
     data_disk_prewritten: bool,
+    ide_disk: Option<(u64, String)>,
+    empty_cdrom: bool,
     prewritten: Option<u64>,
     pause_ms: Option<u32>,
     error_policy: Option<String>,
@@ -186,6 +188,19 @@ impl<'a> GuestBuilder<'a> {
     pub fn data_disk_prewritten(mut self, bytes: u64, format: &str) -> Self {
         self.data_disk = Some((bytes, format.to_string()));
         self.data_disk_prewritten = true;
+        self
+    }
+
+    /// Adds an IDE disk `hda` filled completely with its own pattern before the first
+    /// boot (the guest does not touch it); check it with [`Guest::verify_prewritten`].
+    pub fn ide_disk_prewritten(mut self, bytes: u64, format: &str) -> Self {
+        self.ide_disk = Some((bytes, format.to_string()));
+        self
+    }
+
+    /// Adds an empty IDE cdrom drive `hdc` (no medium, no source).
+    pub fn empty_cdrom(mut self) -> Self {
+        self.empty_cdrom = true;
         self
     }
 
@@ -312,6 +327,20 @@ impl<'a> GuestBuilder<'a> {
             ));
             guest.data_volume = Some(vol);
         }
+        if let Some((bytes, format)) = &self.ide_disk {
+            let vol = pool.new_volume_name(&format!("{}-hda", self.purpose));
+            pool.create_volume(&vol, *bytes, format);
+            guest.prewrite(pool, &vol, format, "hda", 0, *bytes);
+            disks.push_str(&disk_xml(
+                pool, &vol, format, "hda", "ide", "disk", false, None,
+            ));
+        }
+        if self.empty_cdrom {
+            disks.push_str(
+                "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>\
+                 <target dev='hdc' bus='ide'/><readonly/></disk>",
+            );
+        }
         if self.readonly_disk {
             let vol = pool.new_volume_name(&format!("{}-vdc", self.purpose));
             pool.create_volume(&vol, 1 << 20, "raw");
@@ -425,6 +454,8 @@ impl Guest {
             readonly_disk: false,
             data_disk: None,
             data_disk_prewritten: false,
+            ide_disk: None,
+            empty_cdrom: false,
             prewritten: None,
             pause_ms: None,
             error_policy: None,
