@@ -198,87 +198,95 @@ async fn a_destination_too_small_for_the_third_disk_rolls_every_disk_back() {
     guest.verify_data_after_cold_restart();
 }
 
+/// A three-disk migration caught with two disks synchronized and the third
+/// still copying: the moment a cancel or a crash hits before any pivot.
+struct TwoOfThree {
+    _src: DirPool,
+    dst: DirPool,
+    guest: Guest,
+    /// (target, source path) of every disk.
+    sources: Vec<(String, String)>,
+    node: NodeProcess,
+    id: String,
+}
+
+impl TwoOfThree {
+    async fn start(purpose: &str) -> (TwoOfThree, tonic::Streaming<proto::MigrationEvent>) {
+        let src = DirPool::new(&format!("{purpose}-src"));
+        let dst = DirPool::new(&format!("{purpose}-dst"));
+        // vdb (16 MiB) and vda (64 MiB of data) converge long before hda (192 MiB).
+        let guest = three_disk_guest(purpose, &src, 16 * MIB, 192 * MIB);
+        let sources: Vec<(String, String)> = ["vda", "vdb", "hda"]
+            .iter()
+            .map(|d| (d.to_string(), guest.live_disk_source(d).path))
+            .collect();
+        let node = NodeProcess::start(purpose, &[]);
+        let mut client = node.client().await;
+        let all: Vec<(&str, &str)> = ["vda", "vdb", "hda"]
+            .iter()
+            .map(|d| (*d, dst.name()))
+            .collect();
+        let mut stream = client
+            .migrate_volume(group_request(&guest, &all, 16 * MIB))
+            .await
+            .expect("start")
+            .into_inner();
+        let seen = node::read_until(&mut stream, |e| {
+            synchronized(e) == 2 && disk_phase(e, "hda") == proto::Phase::Copying
+        })
+        .await;
+        let id = seen.last().expect("event").migration_id.clone();
+        let t = TwoOfThree {
+            _src: src,
+            dst,
+            guest,
+            sources,
+            node,
+            id,
+        };
+        (t, stream)
+    }
+
+    /// Every disk back on its source in both definitions, no job and no
+    /// destination left, and all data there after a cold restart.
+    fn assert_all_rolled_back(&self, last: &proto::MigrationEvent, phase: proto::Phase) {
+        assert_none_pivoted(last, phase);
+        for (target, path) in &self.sources {
+            assert_rolled_back(&self.guest, target, &self.dst, path);
+        }
+        self.guest.verify_data_after_cold_restart();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_while_two_of_three_disks_are_synchronized_rolls_all_back() {
-    let src = DirPool::new("md-cancel-src");
-    let dst = DirPool::new("md-cancel-dst");
-    // vdb (16 MiB) and vda (64 MiB of data) converge long before hda (192 MiB).
-    let guest = three_disk_guest("md-cancel", &src, 16 * MIB, 192 * MIB);
-    let sources: Vec<(String, String)> = ["vda", "vdb", "hda"]
-        .iter()
-        .map(|d| (d.to_string(), guest.live_disk_source(d).path))
-        .collect();
-    let node = NodeProcess::start("md-cancel", &[]);
-    let mut client = node.client().await;
-    let all: Vec<(&str, &str)> = ["vda", "vdb", "hda"]
-        .iter()
-        .map(|d| (*d, dst.name()))
-        .collect();
-    let mut stream = client
-        .migrate_volume(group_request(&guest, &all, 16 * MIB))
-        .await
-        .expect("start")
-        .into_inner();
-    let seen = node::read_until(&mut stream, |e| {
-        synchronized(e) == 2 && disk_phase(e, "hda") == proto::Phase::Copying
-    })
-    .await;
-    let id = seen.last().expect("event").migration_id.clone();
+    let (t, stream) = TwoOfThree::start("md-cancel").await;
+    let mut client = t.node.client().await;
     client
         .cancel_migration(proto::CancelMigrationRequest {
-            migration_id: id.clone(),
+            migration_id: t.id.clone(),
         })
         .await
         .expect("cancel");
     let rest = node::collect(stream).await.expect("stream");
     node::assert_terminal(&rest, proto::Phase::Cancelled);
-    assert_none_pivoted(rest.last().expect("terminal"), proto::Phase::Cancelled);
-    for (target, path) in &sources {
-        assert_rolled_back(&guest, target, &dst, path);
-    }
-    guest.verify_data_after_cold_restart();
+    t.assert_all_rolled_back(rest.last().expect("terminal"), proto::Phase::Cancelled);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_killed_mid_multi_disk_copy_rolls_every_disk_back_after_restart() {
-    let src = DirPool::new("md-kill-src");
-    let dst = DirPool::new("md-kill-dst");
-    let guest = three_disk_guest("md-kill", &src, 16 * MIB, 192 * MIB);
-    let sources: Vec<(String, String)> = ["vda", "vdb", "hda"]
-        .iter()
-        .map(|d| (d.to_string(), guest.live_disk_source(d).path))
-        .collect();
-    let mut node = NodeProcess::start("md-kill", &[]);
-    let mut client = node.client().await;
-    let all: Vec<(&str, &str)> = ["vda", "vdb", "hda"]
-        .iter()
-        .map(|d| (*d, dst.name()))
-        .collect();
-    let mut stream = client
-        .migrate_volume(group_request(&guest, &all, 16 * MIB))
-        .await
-        .expect("start")
-        .into_inner();
-    let seen = node::read_until(&mut stream, |e| {
-        synchronized(e) == 2 && disk_phase(e, "hda") == proto::Phase::Copying
-    })
-    .await;
-    let id = seen.last().expect("event").migration_id.clone();
-    node.kill9();
+    let (mut t, stream) = TwoOfThree::start("md-kill").await;
+    drop(stream);
+    t.node.kill9();
     // QEMU keeps mirroring without the node; the guest keeps writing.
-    let acked = guest.last_ack();
-    guest.wait_for_ack(acked + 10, BOOT);
-    node.restart();
-    let mut client = node.client().await;
-    let events = node::watch_to_end(&mut client, &id).await;
+    let acked = t.guest.last_ack();
+    t.guest.wait_for_ack(acked + 10, BOOT);
+    t.node.restart();
+    let mut client = t.node.client().await;
+    let events = node::watch_to_end(&mut client, &t.id).await;
     node::assert_terminal(&events, proto::Phase::Failed);
-    let last = events.last().expect("terminal");
-    assert_none_pivoted(last, proto::Phase::Failed);
     let error = node::error_of(&events);
     assert_eq!(error.code, tonic::Code::Aborted as i32, "{error:#?}");
     assert!(error.message.contains("rolled back"), "{error:#?}");
-    for (target, path) in &sources {
-        assert_rolled_back(&guest, target, &dst, path);
-    }
-    guest.verify_data_after_cold_restart();
+    t.assert_all_rolled_back(events.last().expect("terminal"), proto::Phase::Failed);
 }
