@@ -8,9 +8,9 @@
 use serde_json::{json, Value};
 
 use crate::proto::{
-    ClusterPool, Disk, ListDisksResponse, MigrateVolumeRequest, MigrationError, MigrationEvent,
-    MigrationOptions, MigrationProgress, MigrationRecord, MigrationResult, NodeInfo, NodeStatus,
-    PlacementCandidate, PlanMigrationResponse, Pool,
+    ClusterPool, Disk, DiskStatus, ListDisksResponse, MigrateVolumeRequest, MigrationError,
+    MigrationEvent, MigrationOptions, MigrationProgress, MigrationRecord, MigrationResult,
+    NodeInfo, NodeStatus, PlacementCandidate, PlanMigrationResponse, Pool,
 };
 
 /// One migration event, as printed by `migrate --json` and `watch --json`.
@@ -27,6 +27,23 @@ pub fn event(ev: &MigrationEvent) -> Value {
         "message": ev.message,
         "result": ev.result.as_ref().map(result),
         "error": ev.error.as_ref().map(error),
+        "disks": ev.disks.iter().map(disk_status).collect::<Vec<_>>(),
+        "skipped": ev.skipped.iter().map(|s| json!({"disk": s.disk, "reason": s.reason})).collect::<Vec<_>>(),
+        "pivot_window_ms": ev.pivot_window_ms,
+    })
+}
+
+fn disk_status(d: &DiskStatus) -> Value {
+    json!({
+        "disk": d.disk,
+        "migration_id": d.migration_id,
+        "phase": d.phase().as_str_name(),
+        "progress": d.progress.as_ref().map(progress),
+        "message": d.message,
+        "result": d.result.as_ref().map(result),
+        "error": d.error.as_ref().map(error),
+        "pivot_started_unix_ms": d.pivot_started_unix_ms,
+        "pivot_ended_unix_ms": d.pivot_ended_unix_ms,
     })
 }
 
@@ -71,6 +88,15 @@ fn request(r: &MigrateVolumeRequest) -> Value {
         "request_id": r.request_id,
         "domain": r.domain,
         "disk": r.disk,
+        "disks": r.disks.iter().map(|d| json!({
+            "disk": d.disk,
+            "destination_pool": d.destination_pool,
+            "destination_volume": d.destination_volume,
+            "destination_format": d.destination_format().as_str_name(),
+        })).collect::<Vec<_>>(),
+        "all_disks": r.all_disks,
+        "max_parallel_copies": r.max_parallel_copies,
+        "same_pool": r.same_pool,
         "destination_pool": r.destination_pool,
         "destination_volume": r.destination_volume,
         "destination_format": r.destination_format().as_str_name(),
@@ -270,6 +296,9 @@ mod tests {
                 "message": "copying",
                 "result": null,
                 "error": null,
+                "disks": [],
+                "skipped": [],
+                "pivot_window_ms": 0,
             })
         );
     }

@@ -25,6 +25,9 @@ const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// `\r` plus "erase line", so the next write replaces the live progress line.
 const CLEAR_LINE: &str = "\r\x1b[2K";
 
+/// Cursor one line up, to redraw a multi-line progress display.
+const LINE_UP: &str = "\x1b[1A";
+
 /// Exit code when the operator pressed Ctrl-C (128 + SIGINT, as shells do).
 pub const EXIT_INTERRUPTED: i32 = 130;
 
@@ -59,9 +62,9 @@ pub struct Display<O: Write, E: Write> {
     err: E,
     last_phase: Option<Phase>,
     last_progress_line: Option<Instant>,
-    /// A live line is on screen without a newline; it must be erased before
-    /// anything else is written to stderr.
-    live_line_shown: bool,
+    /// Live progress lines on screen (the last without a newline); they must
+    /// be erased before anything else is written to stderr.
+    live_lines: usize,
     migration_id: Option<String>,
     node_id: Option<String>,
 }
@@ -75,7 +78,7 @@ impl<O: Write, E: Write> Display<O, E> {
             err,
             last_phase: None,
             last_progress_line: None,
-            live_line_shown: false,
+            live_lines: 0,
             migration_id: None,
             node_id: None,
         }
@@ -115,17 +118,23 @@ impl<O: Write, E: Write> Display<O, E> {
                 write!(self.err, "{}", failed_summary(ev))?;
             }
         } else if has_progress(ev) {
+            let lines = progress_lines(ev);
             match self.style {
                 Style::Live => {
-                    write!(self.err, "{CLEAR_LINE}{}", progress_line(ev))?;
-                    self.live_line_shown = true;
+                    if self.live_lines > 1 {
+                        self.clear_live_line()?;
+                    } else {
+                        write!(self.err, "{CLEAR_LINE}")?;
+                    }
+                    write!(self.err, "{}", lines.join("\n"))?;
+                    self.live_lines = lines.len();
                 }
                 Style::Plain => {
                     let due = self
                         .last_progress_line
                         .is_none_or(|at| now.duration_since(at) >= PLAIN_PROGRESS_EVERY);
                     if due {
-                        writeln!(self.err, "{}", progress_line(ev))?;
+                        writeln!(self.err, "{}", lines.join("\n"))?;
                         self.last_progress_line = Some(now);
                     }
                 }
@@ -178,9 +187,12 @@ impl<O: Write, E: Write> Display<O, E> {
     }
 
     fn clear_live_line(&mut self) -> io::Result<()> {
-        if self.live_line_shown {
+        if self.live_lines > 0 {
             write!(self.err, "{CLEAR_LINE}")?;
-            self.live_line_shown = false;
+            for _ in 1..self.live_lines {
+                write!(self.err, "{LINE_UP}{CLEAR_LINE}")?;
+            }
+            self.live_lines = 0;
         }
         Ok(())
     }
@@ -282,11 +294,29 @@ pub fn percent(done: u64, total: u64) -> Option<String> {
 /// Rate and ETA are left out while unknown (0); a terminal phase is shown
 /// alone, since its last rate and ETA no longer mean anything.
 pub fn progress_line(ev: &MigrationEvent) -> String {
-    let mut line = phase_name(ev.phase()).to_string();
-    let Some(p) = ev
-        .progress
-        .filter(|p| p.bytes_total > 0 && !is_terminal(ev.phase()))
-    else {
+    progress_text(ev.phase(), ev.progress.as_ref())
+}
+
+/// The progress display of an event: one line, or for a multi-disk migration
+/// the total and then a line per disk.
+pub fn progress_lines(ev: &MigrationEvent) -> Vec<String> {
+    let mut lines = vec![progress_line(ev)];
+    if !ev.disks.is_empty() {
+        lines[0] = format!("{:<6} {}", "total", lines[0]);
+        lines.extend(ev.disks.iter().map(|d| {
+            format!(
+                "{:<6} {}",
+                d.disk,
+                progress_text(d.phase(), d.progress.as_ref())
+            )
+        }));
+    }
+    lines
+}
+
+fn progress_text(phase: Phase, progress: Option<&crate::proto::MigrationProgress>) -> String {
+    let mut line = phase_name(phase).to_string();
+    let Some(p) = progress.filter(|p| p.bytes_total > 0 && !is_terminal(phase)) else {
         return line;
     };
     if let Some(pct) = percent(p.bytes_done, p.bytes_total) {
@@ -314,10 +344,14 @@ pub fn header_line(ev: &MigrationEvent) -> String {
     }
     if !ev.domain.is_empty() || !ev.disk.is_empty() {
         line.push_str(&format!(
-            ": domain {} disk {}",
+            ": domain {} {} {}",
             or_dash(&ev.domain),
+            if ev.disks.len() > 1 { "disks" } else { "disk" },
             or_dash(&ev.disk)
         ));
+    }
+    for s in &ev.skipped {
+        line.push_str(&format!("\n  skipped {}: {}", s.disk, s.reason));
     }
     line
 }
@@ -341,6 +375,9 @@ pub fn completed_summary(ev: &MigrationEvent) -> String {
         or_dash(&ev.migration_id),
         took(ev)
     );
+    if !ev.disks.is_empty() {
+        return out + &disks_summary(ev);
+    }
     let Some(r) = &ev.result else {
         return out;
     };
@@ -409,7 +446,11 @@ pub fn failed_summary(ev: &MigrationEvent) -> String {
                 or_dash(message)
             ));
             out.push_str(&format!("  phase:      {}\n", phase_name(e.phase())));
-            out.push_str(&format!("  disk state: {}\n", or_dash(&e.disk_state)));
+            if ev.disks.is_empty() {
+                out.push_str(&format!("  disk state: {}\n", or_dash(&e.disk_state)));
+            } else {
+                out.push_str(&disks_summary(ev));
+            }
         }
         None => {
             // Only a misbehaving server ends without an error; still say how it ended.
@@ -424,6 +465,47 @@ pub fn failed_summary(ev: &MigrationEvent) -> String {
                 or_dash(&ev.message)
             ));
         }
+    }
+    out
+}
+
+/// One line per disk of a multi-disk migration: where it is now.
+fn disks_summary(ev: &MigrationEvent) -> String {
+    let mut out = String::new();
+    for d in &ev.disks {
+        let state = match (&d.result, &d.error) {
+            (Some(r), _) => {
+                let old = if r.source_deleted {
+                    "deleted".to_string()
+                } else if r.source_kept_reason.is_empty() {
+                    "kept".to_string()
+                } else {
+                    format!("kept ({})", r.source_kept_reason)
+                };
+                format!(
+                    "on {} (pool {}); old source {}: {old}",
+                    or_dash(&r.destination_source),
+                    or_dash(&r.destination_pool),
+                    or_dash(&r.previous_source)
+                )
+            }
+            (None, Some(e)) => or_dash(&e.disk_state).to_string(),
+            (None, None) => d.message.clone(),
+        };
+        out.push_str(&format!(
+            "  {:<6} {:<10} {state}\n",
+            d.disk,
+            phase_name(d.phase())
+        ));
+    }
+    for s in &ev.skipped {
+        out.push_str(&format!("  {:<6} {:<10} {}\n", s.disk, "skipped", s.reason));
+    }
+    if ev.pivot_window_ms > 0 {
+        out.push_str(&format!(
+            "  pivots: {} ms from the first issued to the last ended\n",
+            ev.pivot_window_ms
+        ));
     }
     out
 }
@@ -603,6 +685,90 @@ mod tests {
              error: RESOURCE_EXHAUSTED: pool fast is full\n\
              \x20 phase:      COPYING\n\
              \x20 disk state: guest still on its source; destination volume deleted\n"
+        );
+    }
+
+    fn group_copying() -> MigrationEvent {
+        let mut ev = copying(3 << 30, 4 << 30, 0, 0);
+        ev.disk = "vda,vdb".into();
+        let disk = |name: &str, phase: Phase, done: u64| crate::proto::DiskStatus {
+            disk: name.into(),
+            phase: phase as i32,
+            progress: Some(MigrationProgress {
+                bytes_done: done,
+                bytes_total: 2 << 30,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        ev.disks = vec![
+            disk("vda", Phase::Synchronized, 2 << 30),
+            disk("vdb", Phase::Copying, 1 << 30),
+        ];
+        ev.skipped = vec![crate::proto::SkippedDisk {
+            disk: "hdc".into(),
+            reason: "cdrom".into(),
+        }];
+        ev
+    }
+
+    #[test]
+    fn a_multi_disk_migration_shows_a_total_and_a_line_per_disk() {
+        assert_eq!(
+            progress_lines(&group_copying()),
+            [
+                "total  COPYING   75.0%  3.0 GiB / 4.0 GiB",
+                "vda    SYNCHRONIZED  100.0%  2.0 GiB / 2.0 GiB",
+                "vdb    COPYING   50.0%  1.0 GiB / 2.0 GiB",
+            ]
+        );
+        let t0 = Instant::now();
+        let (_, err) = render(Style::Live, |d| {
+            d.event(&group_copying(), t0).expect("write");
+            d.event(&group_copying(), t0).expect("write");
+        });
+        // The second redraw erases all three lines first.
+        assert!(
+            err.contains(&format!(
+                "{CLEAR_LINE}{LINE_UP}{CLEAR_LINE}{LINE_UP}{CLEAR_LINE}total"
+            )),
+            "{err:?}"
+        );
+        assert!(header_line(&group_copying()).ends_with("disks vda,vdb\n  skipped hdc: cdrom"));
+    }
+
+    #[test]
+    fn a_multi_disk_summary_says_where_each_disk_is() {
+        let mut ev = group_copying();
+        ev.phase = Phase::Failed as i32;
+        ev.disks[0].phase = Phase::Completed as i32;
+        ev.disks[0].result = Some(MigrationResult {
+            destination_source: "/fast/vda.qcow2".into(),
+            destination_pool: "fast".into(),
+            previous_source: "/slow/vda.qcow2".into(),
+            ..Default::default()
+        });
+        ev.disks[1].phase = Phase::Failed as i32;
+        ev.disks[1].error = Some(MigrationError {
+            disk_state: "the guest stays on its source /slow/vdb.qcow2".into(),
+            ..Default::default()
+        });
+        ev.error = Some(MigrationError {
+            code: 13,
+            message: "disk vdb: the pivot failed".into(),
+            phase: Phase::Pivoting as i32,
+            ..Default::default()
+        });
+        ev.pivot_window_ms = 41;
+        let summary = failed_summary(&ev);
+        assert!(
+            summary.ends_with(
+                "  vda    COMPLETED  on /fast/vda.qcow2 (pool fast); old source /slow/vda.qcow2: kept\n\
+                 \x20 vdb    FAILED     the guest stays on its source /slow/vdb.qcow2\n\
+                 \x20 hdc    skipped    cdrom\n\
+                 \x20 pivots: 41 ms from the first issued to the last ended\n"
+            ),
+            "{summary}"
         );
     }
 
