@@ -265,7 +265,22 @@ pub fn record(r: &MigrationRecord) -> String {
     field(&mut out, "migration", &r.migration_id);
     field(&mut out, "node", &r.node_id);
     field(&mut out, "domain", &request.domain);
-    field(&mut out, "disk", &request.disk);
+    let disk = if request.all_disks {
+        format!("all eligible disks: {}", latest.disk)
+    } else if request.disks.is_empty() {
+        request.disk.clone()
+    } else {
+        latest.disk.clone()
+    };
+    field(
+        &mut out,
+        if latest.disks.len() > 1 {
+            "disks"
+        } else {
+            "disk"
+        },
+        &disk,
+    );
     field(
         &mut out,
         "from",
