@@ -139,9 +139,6 @@ pub fn requested_from_proto(req: proto::MigrateVolumeRequest) -> Result<Requeste
             "name one disk in `disk`, or several in `disks`, or ask for `all_disks`: not more than one of these",
         ));
     }
-    if req.all_disks && !req.disks.is_empty() {
-        return Err(invalid("disks", "`all_disks` takes no list of disks"));
-    }
     if !req.destination_volume.is_empty() {
         return Err(invalid(
             "destination_volume",
@@ -149,25 +146,26 @@ pub fn requested_from_proto(req: proto::MigrateVolumeRequest) -> Result<Requeste
         ));
     }
     let destination_format = format_from_proto(req.destination_format, "destination_format")?;
+    let choices = req
+        .disks
+        .into_iter()
+        .map(|d| {
+            Ok(DiskChoice {
+                disk: d.disk,
+                destination_pool: Some(d.destination_pool).filter(|p| !p.is_empty()),
+                destination_volume: Some(d.destination_volume).filter(|v| !v.is_empty()),
+                destination_format: format_from_proto(
+                    d.destination_format,
+                    "disks.destination_format",
+                )?,
+                source_users_elsewhere: d.source_users_elsewhere,
+            })
+        })
+        .collect::<Result<_, Error>>()?;
     let disks = if req.all_disks {
-        DiskSelection::All
+        DiskSelection::All(choices)
     } else {
-        DiskSelection::Listed(
-            req.disks
-                .into_iter()
-                .map(|d| {
-                    Ok(DiskChoice {
-                        disk: d.disk,
-                        destination_pool: Some(d.destination_pool).filter(|p| !p.is_empty()),
-                        destination_volume: Some(d.destination_volume).filter(|v| !v.is_empty()),
-                        destination_format: format_from_proto(
-                            d.destination_format,
-                            "disks.destination_format",
-                        )?,
-                    })
-                })
-                .collect::<Result<_, Error>>()?,
-        )
+        DiskSelection::Listed(choices)
     };
     Ok(Requested::Group(GroupRequest {
         request_id: req.request_id,
@@ -241,21 +239,20 @@ pub fn request_to_proto(req: &MigrationRequest) -> proto::MigrateVolumeRequest {
 
 /// Proto request from a multi-disk engine request (for records).
 pub fn group_request_to_proto(req: &GroupRequest) -> proto::MigrateVolumeRequest {
-    let (disks, all_disks) = match &req.disks {
-        DiskSelection::All => (Vec::new(), true),
-        DiskSelection::Listed(choices) => (
-            choices
-                .iter()
-                .map(|c| proto::DiskDestination {
-                    disk: c.disk.clone(),
-                    destination_pool: c.destination_pool.clone().unwrap_or_default(),
-                    destination_volume: c.destination_volume.clone().unwrap_or_default(),
-                    destination_format: format_option_to_proto(c.destination_format),
-                })
-                .collect(),
-            false,
-        ),
+    let (choices, all_disks) = match &req.disks {
+        DiskSelection::All(choices) => (choices, true),
+        DiskSelection::Listed(choices) => (choices, false),
     };
+    let disks = choices
+        .iter()
+        .map(|c| proto::DiskDestination {
+            disk: c.disk.clone(),
+            destination_pool: c.destination_pool.clone().unwrap_or_default(),
+            destination_volume: c.destination_volume.clone().unwrap_or_default(),
+            destination_format: format_option_to_proto(c.destination_format),
+            source_users_elsewhere: c.source_users_elsewhere.clone(),
+        })
+        .collect();
     proto::MigrateVolumeRequest {
         request_id: req.request_id.clone(),
         domain: req.domain.clone(),

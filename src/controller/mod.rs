@@ -1,5 +1,6 @@
 //! The controller: node registry, pool inventory, placement and migration history.
 
+pub mod group_placement;
 pub mod history;
 pub mod inventory;
 pub mod placement;

@@ -43,6 +43,7 @@ fn request() -> GroupRequest {
                     destination_pool: None,
                     destination_volume: None,
                     destination_format: None,
+                    source_users_elsewhere: Vec::new(),
                 })
                 .collect(),
         ),

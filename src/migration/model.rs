@@ -313,6 +313,9 @@ pub struct DiskChoice {
     pub destination_volume: Option<String>,
     /// Destination format.
     pub destination_format: Option<ImageFormat>,
+    /// Users of its source on other hosts (any keeps the source).
+    #[serde(default)]
+    pub source_users_elsewhere: Vec<String>,
 }
 
 /// Which disks a group request moves.
@@ -320,8 +323,9 @@ pub struct DiskChoice {
 pub enum DiskSelection {
     /// These disks, in this order (the order of their pivots).
     Listed(Vec<DiskChoice>),
-    /// Every eligible disk, in the domain's order.
-    All,
+    /// Every eligible disk, in the domain's order; these entries give some of
+    /// them their own destination.
+    All(Vec<DiskChoice>),
 }
 
 /// A request to move several disks of one domain as one migration.

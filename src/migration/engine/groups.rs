@@ -10,7 +10,7 @@ use crate::migration::error::Error;
 use crate::migration::group::{Abort, Gate, Group};
 use crate::migration::journal::{GroupLink, Plan};
 use crate::migration::model::{
-    now_ms, DiskChoice, DiskSelection, Event, GroupRequest, MigrationRequest, Skipped,
+    now_ms, DiskChoice, DiskSelection, Event, GroupRequest, MigrationRequest, Options, Skipped,
 };
 use crate::migration::{job, plan, validate};
 
@@ -135,9 +135,10 @@ impl Engine {
         &self,
         req: &GroupRequest,
     ) -> Result<(Vec<DiskChoice>, Vec<Skipped>), Error> {
-        if let DiskSelection::Listed(choices) = &req.disks {
-            return Ok((choices.clone(), Vec::new()));
-        }
+        let overrides = match &req.disks {
+            DiskSelection::Listed(choices) => return Ok((choices.clone(), Vec::new())),
+            DiskSelection::All(overrides) => overrides,
+        };
         let domain = self.disks(&req.domain).await?;
         let mut chosen = Vec::new();
         let mut skipped = Vec::new();
@@ -159,13 +160,38 @@ impl Engine {
                     disk: spec.target.clone(),
                     reason,
                 }),
-                None => chosen.push(DiskChoice {
-                    disk: spec.target.clone(),
-                    destination_pool: None,
-                    destination_volume: None,
-                    destination_format: None,
-                }),
+                None => chosen.push(
+                    overrides
+                        .iter()
+                        .find(|o| o.disk == spec.target)
+                        .cloned()
+                        .unwrap_or_else(|| DiskChoice {
+                            disk: spec.target.clone(),
+                            destination_pool: None,
+                            destination_volume: None,
+                            destination_format: None,
+                            source_users_elsewhere: Vec::new(),
+                        }),
+                ),
             }
+        }
+        if let Some(stray) = overrides
+            .iter()
+            .find(|o| !chosen.iter().any(|c| c.disk == o.disk))
+        {
+            let why = skipped
+                .iter()
+                .find(|s| s.disk == stray.disk)
+                .map_or("it has no such disk target".to_string(), |s| {
+                    format!("that disk is skipped ({})", s.reason)
+                });
+            return Err(Error::InvalidArgument {
+                field: "disks",
+                reason: format!(
+                    "with all_disks, entries give destinations to eligible disks by target; '{}': {why}",
+                    stray.disk.escape_debug()
+                ),
+            });
         }
         if chosen.is_empty() {
             let left: Vec<String> = skipped
@@ -398,28 +424,29 @@ fn check_group_request(req: &GroupRequest) -> Result<(), Error> {
         validate::object_name("destination_pool", &req.destination_pool)?;
     }
     validate::bandwidth(req.options.bandwidth)?;
-    if let DiskSelection::Listed(choices) = &req.disks {
-        if choices.is_empty() {
+    let choices = match &req.disks {
+        DiskSelection::Listed(choices) | DiskSelection::All(choices) => choices,
+    };
+    if choices.is_empty() && matches!(req.disks, DiskSelection::Listed(_)) {
+        return Err(Error::InvalidArgument {
+            field: "disks",
+            reason: "empty: name at least one disk, or ask for all_disks".to_string(),
+        });
+    }
+    let mut seen = HashSet::new();
+    for c in choices {
+        validate::disk(&c.disk)?;
+        if let Some(pool) = &c.destination_pool {
+            validate::object_name("destination_pool", pool)?;
+        }
+        if let Some(volume) = &c.destination_volume {
+            validate::volume_name("destination_volume", volume)?;
+        }
+        if !seen.insert(c.disk.as_str()) {
             return Err(Error::InvalidArgument {
                 field: "disks",
-                reason: "empty: name at least one disk, or ask for all_disks".to_string(),
+                reason: format!("disk '{}' is named twice", c.disk.escape_debug()),
             });
-        }
-        let mut seen = HashSet::new();
-        for c in choices {
-            validate::disk(&c.disk)?;
-            if let Some(pool) = &c.destination_pool {
-                validate::object_name("destination_pool", pool)?;
-            }
-            if let Some(volume) = &c.destination_volume {
-                validate::volume_name("destination_volume", volume)?;
-            }
-            if !seen.insert(c.disk.as_str()) {
-                return Err(Error::InvalidArgument {
-                    field: "disks",
-                    reason: format!("disk '{}' is named twice", c.disk.escape_debug()),
-                });
-            }
         }
     }
     Ok(())
@@ -452,7 +479,16 @@ fn member_requests(
                 destination_pool: pool,
                 destination_volume: c.destination_volume.clone(),
                 destination_format: c.destination_format.or(req.destination_format),
-                options: req.options.clone(),
+                options: Options {
+                    source_users_elsewhere: req
+                        .options
+                        .source_users_elsewhere
+                        .iter()
+                        .chain(&c.source_users_elsewhere)
+                        .cloned()
+                        .collect(),
+                    ..req.options.clone()
+                },
             })
         })
         .collect()
