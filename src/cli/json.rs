@@ -250,6 +250,7 @@ pub fn plan(p: &PlanMigrationResponse) -> Value {
         "source_pool": p.source_pool,
         "candidates": p.candidates.iter().map(candidate).collect::<Vec<_>>(),
         "chosen_pool": p.chosen_pool,
+        "disks": p.disks.iter().map(plan).collect::<Vec<_>>(),
     })
 }
 

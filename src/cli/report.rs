@@ -390,6 +390,16 @@ pub fn nodes(nodes: &[NodeStatus]) -> String {
 /// A placement dry run: the disk, the chosen pool, and every candidate with
 /// why it was accepted or rejected.
 pub fn plan(p: &PlanMigrationResponse) -> String {
+    if !p.disks.is_empty() {
+        // A multi-disk plan: each disk's, judged after the ones before it.
+        let mut out = String::new();
+        field(&mut out, "node", &p.node_id);
+        for d in &p.disks {
+            out.push('\n');
+            out.push_str(&plan(d));
+        }
+        return out;
+    }
     let mut out = String::new();
     field(&mut out, "node", &p.node_id);
     if let Some(d) = &p.disk {

@@ -27,6 +27,8 @@ pub struct Entry {
     pub record: proto::MigrationRecord,
     /// Storage id of the destination pool, for in-flight counts.
     pub dest_storage_id: String,
+    /// A multi-disk migration: the storage ids of its other disks' pools.
+    pub more_storage_ids: Vec<String>,
 }
 
 impl Entry {
@@ -47,6 +49,8 @@ impl Entry {
 struct Line {
     id: String,
     dest_storage_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    more_storage_ids: Vec<String>,
     record_hex: String,
 }
 
@@ -111,6 +115,7 @@ fn line_of(entry: &Entry) -> Result<String, String> {
     let line = Line {
         id: entry.record.migration_id.clone(),
         dest_storage_id: entry.dest_storage_id.clone(),
+        more_storage_ids: entry.more_storage_ids.clone(),
         record_hex: hex(&entry.record.encode_to_vec()),
     };
     serde_json::to_string(&line).map_err(|e| e.to_string())
@@ -172,6 +177,7 @@ impl History {
                     Entry {
                         record,
                         dest_storage_id: parsed.dest_storage_id,
+                        more_storage_ids: parsed.more_storage_ids,
                     },
                 );
             }
@@ -281,6 +287,7 @@ mod tests {
                 ..Default::default()
             },
             dest_storage_id: "local:h:/p".into(),
+            more_storage_ids: Vec::new(),
         }
     }
 

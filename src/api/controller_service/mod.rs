@@ -30,6 +30,7 @@ use crate::api::auth::{Caller, Grant};
 use crate::api::client::{self, AuthChannel, Credentials};
 use crate::api::node_service::EventStream;
 use crate::config::ControllerConfig;
+use crate::controller::group_placement::{self, DiskChoices};
 use crate::controller::history::{Entry, History};
 use crate::controller::inventory::{ClusterPool, Inventory, Merged};
 use crate::controller::placement::{self, DiskToPlace, PoolCandidate, PoolPolicy, Verdict};
@@ -40,6 +41,7 @@ use crate::proto;
 use crate::proto::controller_server::Controller;
 use crate::proto::node_client::NodeClient;
 
+mod groups;
 mod nodes;
 mod relay;
 mod resolve;
@@ -300,6 +302,10 @@ impl Controller for ControllerService {
         req: Request<proto::MigrateVolumeRequest>,
     ) -> Result<Response<proto::PlanMigrationResponse>, Status> {
         let req = req.into_inner();
+        if groups::is_group(&req) {
+            let plan = self.plan_group(&req).await?;
+            return Ok(Response::new(Self::group_plan_response(&plan)));
+        }
         let (located, source_pool, _, plan) = self.plan(&req).await?;
         Ok(Response::new(Self::plan_response(
             &located,
@@ -495,6 +501,9 @@ impl ControllerService {
     ) -> Result<(String, EventStream), Status> {
         let caller = Caller::of(&req).cloned();
         let mut req = req.into_inner();
+        if groups::is_group(&req) {
+            return self.start_group_migration(caller.as_ref(), req).await;
+        }
         let (located, _source_pool, pools, plan) = self.plan(&req).await?;
         let chosen = match plan.chosen() {
             Some(d) => d.clone(),
@@ -540,17 +549,56 @@ impl ControllerService {
                 .await;
             options.source_users_elsewhere.extend(elsewhere);
         }
-        let mut client = self.client(&node).await?;
-        let request = self.to_node(caller.as_ref(), req.clone());
+        let (stream, first) = self.start_on_node(caller.as_ref(), &node, &req).await?;
+        let record = proto::MigrationRecord {
+            migration_id: first.migration_id.clone(),
+            node_id: node.id.clone(),
+            request: Some(req),
+            latest: Some(first.clone()),
+            source_pool: located.disk.pool.clone(),
+            previous_source: located.disk.source.clone(),
+        };
+        let entry = self.record_started(
+            &node,
+            Entry {
+                record,
+                dest_storage_id: chosen.storage_id.clone(),
+                more_storage_ids: Vec::new(),
+            },
+        )?;
+        tracing::info!(migration_id = %first.migration_id, node = %node.id, pool = %chosen.name, at = now_ms(), "migration relayed");
+        let follower = self.follow(&entry, Some(stream));
+        Ok((
+            entry.record.migration_id.clone(),
+            self.watch_stream(&follower)?,
+        ))
+    }
+
+    /// Sends the request to the node and reads its first event, which must
+    /// be the start of a migration of that node's own.
+    async fn start_on_node(
+        &self,
+        caller: Option<&Caller>,
+        node: &NodeEntry,
+        req: &proto::MigrateVolumeRequest,
+    ) -> Result<
+        (
+            tonic::codec::Streaming<proto::MigrationEvent>,
+            proto::MigrationEvent,
+        ),
+        Status,
+    > {
+        let mut client = self.client(node).await?;
+        let request = self.to_node(caller, req.clone());
         // Bounded until the first event: the node answers at once (it
         // validates before it streams); later events may be minutes apart.
         let (stream, first) = tokio::time::timeout(self.call_timeout(), async {
             let mut stream = client
                 .migrate_volume(request)
                 .await
-                .map_err(|s| node_error(&node, s))?
+                .map_err(|s| node_error(node, s))?
                 .into_inner();
-            let first = stream.message().await.map_err(|s| node_error(&node, s))?;
+            let first = stream.message().await.map_err(|s| node_error(node, s))?;
             Ok::<_, Status>((stream, first))
         })
         .await
@@ -576,40 +624,28 @@ impl ControllerService {
                 node.id
             )));
         }
-        let record = proto::MigrationRecord {
-            migration_id: first.migration_id.clone(),
-            node_id: node.id.clone(),
-            request: Some(req),
-            latest: Some(first.clone()),
-            source_pool: located.disk.pool.clone(),
-            previous_source: located.disk.source.clone(),
-        };
-        let entry = match self.inner.history.get(&first.migration_id) {
-            Some(prior) if prior.record.node_id != node.id => {
-                return Err(Status::internal(format!(
-                    "node {} answered with migration {}, which node {} runs",
-                    node.id, first.migration_id, prior.record.node_id
-                )));
-            }
-            Some(prior) => prior,
+        Ok((stream, first))
+    }
+
+    /// Records a migration the node started (before anything is relayed, so
+    /// the history never misses one); a retry that attached to a migration
+    /// already recorded gets that entry.
+    fn record_started(&self, node: &NodeEntry, entry: Entry) -> Result<Entry, Status> {
+        let id = &entry.record.migration_id;
+        match self.inner.history.get(id) {
+            Some(prior) if prior.record.node_id != node.id => Err(Status::internal(format!(
+                "node {} answered with migration {id}, which node {} runs",
+                node.id, prior.record.node_id
+            ))),
+            Some(prior) => Ok(prior),
             None => {
-                let entry = Entry {
-                    record,
-                    dest_storage_id: chosen.storage_id.clone(),
-                };
                 self.inner
                     .history
                     .put(entry.clone())
                     .map_err(|e| Status::internal(e.to_string()))?;
-                entry
+                Ok(entry)
             }
-        };
-        tracing::info!(migration_id = %first.migration_id, node = %node.id, pool = %chosen.name, at = now_ms(), "migration relayed");
-        let follower = self.follow(&entry, Some(stream));
-        Ok((
-            entry.record.migration_id.clone(),
-            self.watch_stream(&follower)?,
-        ))
+        }
     }
 
     async fn cancel(

@@ -197,7 +197,9 @@ impl ControllerService {
         let mut counts = HashMap::new();
         for e in self.inner.history.all() {
             if !e.is_terminal() {
-                *counts.entry(e.dest_storage_id).or_insert(0) += 1;
+                for id in std::iter::once(e.dest_storage_id).chain(e.more_storage_ids) {
+                    *counts.entry(id).or_insert(0) += 1;
+                }
             }
         }
         counts

@@ -4,15 +4,13 @@
 use super::*;
 
 impl ControllerService {
-    /// The disk of a domain that `node` just said it runs.
+    /// The disk of a domain that `node` runs.
     pub(super) fn found(
-        &self,
         node: NodeEntry,
         domain: &str,
         disk: &str,
         disks: proto::ListDisksResponse,
     ) -> Result<Located, Status> {
-        self.inner.registry.learn_domain(domain, &node.id);
         let found = disks
             .disks
             .into_iter()
@@ -26,15 +24,25 @@ impl ControllerService {
         Ok(Located { node, disk: found })
     }
 
-    /// Finds the node running `domain` among the `up` nodes. Only a node's
-    /// answer now counts: the node that last ran it is asked first, then, if
-    /// it does not run it any more, every other up node at once.
+    /// Finds `disk` of `domain` on the node running it (see [`Self::locate_domain`]).
     pub(super) async fn locate(
         &self,
         domain: &str,
         disk: &str,
         up: &[NodeEntry],
     ) -> Result<Located, Status> {
+        let (node, disks) = self.locate_domain(domain, up).await?;
+        Self::found(node, domain, disk, disks)
+    }
+
+    /// Finds the node running `domain` among the `up` nodes, with its disks.
+    /// Only a node's answer now counts: the node that last ran it is asked
+    /// first, then, if it does not run it any more, every other up node at once.
+    pub(super) async fn locate_domain(
+        &self,
+        domain: &str,
+        up: &[NodeEntry],
+    ) -> Result<(NodeEntry, proto::ListDisksResponse), Status> {
         let mut down = Vec::new();
         let mut defined_on = Vec::new();
         let hinted = self
@@ -44,7 +52,10 @@ impl ControllerService {
             .and_then(|id| up.iter().find(|n| n.id == id).cloned());
         if let Some(node) = &hinted {
             match self.ask_disks(node, domain).await {
-                Answer::Running(disks) => return self.found(node.clone(), domain, disk, disks),
+                Answer::Running(disks) => {
+                    self.inner.registry.learn_domain(domain, &node.id);
+                    return Ok((node.clone(), disks));
+                }
                 Answer::Defined => defined_on.push(node.id.clone()),
                 Answer::Invalid(s) => return Err(s),
                 Answer::Unreachable => down.push(format!("{} ({})", node.id, node.endpoint)),
@@ -65,7 +76,10 @@ impl ControllerService {
             let Ok((node, answer)) = joined else { continue };
             match answer {
                 // Dropping `asked` stops asking the others.
-                Answer::Running(disks) => return self.found(node, domain, disk, disks),
+                Answer::Running(disks) => {
+                    self.inner.registry.learn_domain(domain, &node.id);
+                    return Ok((node, disks));
+                }
                 Answer::Defined => defined_on.push(node.id.clone()),
                 Answer::Invalid(s) => return Err(s),
                 Answer::Unreachable => down.push(format!("{} ({})", node.id, node.endpoint)),
@@ -136,9 +150,45 @@ impl ControllerService {
         }
         let up = self.up_nodes().await;
         let located = self.locate(&req.domain, &req.disk, &up).await?;
-        let source_storage_id = self.source_storage_id(&located).await;
         let pools = self.cluster_pools(&up).await;
-        let requested_format = match proto::VolumeFormat::try_from(req.destination_format) {
+        let choices = self
+            .choices(
+                &located,
+                &pools,
+                req.destination_format,
+                &req.required_tags,
+                &req.destination_pool,
+            )
+            .await?;
+        let plan = placement::plan(&choices.disk, &choices.pools, self.policy());
+        let source_pool = located.disk.pool.clone();
+        Ok((located, source_pool, pools, plan))
+    }
+
+    /// The operator's limits for a pool.
+    pub(super) fn policy(&self) -> impl Fn(&PoolCandidate) -> PoolPolicy + '_ {
+        |c: &PoolCandidate| {
+            let s = self.inner.config.pool_settings(&c.name, &c.storage_id);
+            PoolPolicy {
+                used_threshold: s.used_threshold,
+                overprovision_factor: s.overprovision_factor,
+                max_in_flight: s.max_in_flight,
+            }
+        }
+    }
+
+    /// A located disk as placement sees it, and the pools it may go to: every
+    /// pool its node reaches, or only the pool `named`.
+    pub(super) async fn choices(
+        &self,
+        located: &Located,
+        pools: &Merged,
+        destination_format: i32,
+        required_tags: &[String],
+        named: &str,
+    ) -> Result<DiskChoices, Status> {
+        let source_storage_id = self.source_storage_id(located).await;
+        let requested_format = match proto::VolumeFormat::try_from(destination_format) {
             Ok(proto::VolumeFormat::Raw) => Some(ImageFormat::Raw),
             Ok(proto::VolumeFormat::Qcow2) => Some(ImageFormat::Qcow2),
             Ok(proto::VolumeFormat::Unspecified) => None,
@@ -154,10 +204,9 @@ impl ControllerService {
             virtual_size: located.disk.capacity_bytes,
             allocation: located.disk.allocation_bytes,
             requested_format,
-            required_tags: req.required_tags.clone(),
+            required_tags: required_tags.to_vec(),
         };
         let node_id = located.node.id.as_str();
-        let named = &req.destination_pool;
         // A pool the domain's node does not reach can never be chosen, so only
         // a pool the caller names is judged (and explained) wherever it is:
         // with a thousand hosts of local pools, the rest would be thousands of
@@ -197,17 +246,10 @@ impl ControllerService {
                 in_flight: in_flight.get(&cp.storage_id).copied().unwrap_or(0),
             })
             .collect();
-        let policy = |c: &PoolCandidate| {
-            let s = self.inner.config.pool_settings(&c.name, &c.storage_id);
-            PoolPolicy {
-                used_threshold: s.used_threshold,
-                overprovision_factor: s.overprovision_factor,
-                max_in_flight: s.max_in_flight,
-            }
-        };
-        let plan = placement::plan(&disk, &candidates, policy);
-        let source_pool = located.disk.pool.clone();
-        Ok((located, source_pool, pools, plan))
+        Ok(DiskChoices {
+            disk,
+            pools: candidates,
+        })
     }
 
     pub(super) fn plan_response(
@@ -244,6 +286,7 @@ impl ControllerService {
                 })
                 .collect(),
             chosen_pool: plan.chosen().map(|d| d.name.clone()).unwrap_or_default(),
+            disks: Vec::new(),
         }
     }
 }
