@@ -7,7 +7,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::checks::assert_on_destination;
-use harness::controller::{wait_nodes_up, ControllerProcess};
+use harness::controller::{cli_events, wait_nodes_up, ControllerProcess};
 use harness::node::{self, NodeProcess};
 use harness::{writing_guest_with_data, DirPool, Guest, Pool};
 use volmig::proto;
@@ -127,32 +127,17 @@ async fn controller_places_by_the_plan_relays_and_refuses_a_named_pool_with_the_
 
     // No pool named: `volmig migrate --controller` gets the plan's pool and the
     // node's events, relayed with one migration id.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_volmig"))
-        .args([
-            "migrate",
-            "--controller",
-            &ctl.endpoint(),
-            "--domain",
-            guest.name(),
-            "--disk",
-            "vda",
-            "--tag",
-            &tag,
-            "--json",
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("volmig migrate");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-        .collect();
+    let events = cli_events(&[
+        "migrate",
+        "--controller",
+        &ctl.endpoint(),
+        "--domain",
+        guest.name(),
+        "--disk",
+        "vda",
+        "--tag",
+        &tag,
+    ]);
     let last = events.last().expect("events");
     assert_eq!(last["phase"], "PHASE_COMPLETED");
     assert!(events

@@ -9,7 +9,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::checks::assert_on_destination;
-use harness::controller::{wait_nodes_up, ControllerProcess};
+use harness::controller::{cli_events, wait_nodes_up, ControllerProcess};
 use harness::node::NodeProcess;
 use harness::{DirPool, Guest, Pool};
 use volmig::proto;
@@ -77,32 +77,17 @@ async fn two_disks_spread_over_pools_that_take_one_migration_each() {
     assert!(refused.message().contains("disk vdb"), "{refused:?}");
 
     // The operator's way: the CLI through the controller, one JSON object per event.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_volmig"))
-        .args([
-            "migrate",
-            "--controller",
-            &ctl.endpoint(),
-            "--domain",
-            guest.name(),
-            "--all-disks",
-            "--tag",
-            &tag,
-            "--json",
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("volmig migrate");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last: serde_json::Value = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON event: {stdout}"));
+    let events = cli_events(&[
+        "migrate",
+        "--controller",
+        &ctl.endpoint(),
+        "--domain",
+        guest.name(),
+        "--all-disks",
+        "--tag",
+        &tag,
+    ]);
+    let last = events.last().expect("events");
     assert_eq!(last["phase"], "PHASE_COMPLETED", "{last:#}");
     let disks = last["disks"].as_array().expect("disks");
     assert_eq!(disks.len(), 2, "{last:#}");

@@ -95,3 +95,24 @@ pub async fn wait_nodes_up(ctl: &ControllerProcess, ids: &[&str]) {
     }
     panic!("nodes {ids:?} did not register:\n{}", ctl.log());
 }
+
+/// Runs `volmig ARGS --json` (a migrate or watch), requires success, and
+/// returns its events, one JSON object per line.
+pub fn cli_events(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_volmig"))
+        .args(args)
+        .arg("--json")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("volmig {args:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "volmig {args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
