@@ -372,3 +372,31 @@ fn a_restart_after_the_first_pivot_finishes_every_pivot() {
         assert_eq!(st.live.get(d), st.persistent.get(d));
     }
 }
+
+#[tokio::test]
+async fn disks_that_fit_a_pool_alone_but_not_together_are_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = three_disks();
+    {
+        let mut st = hv.lock();
+        if let Some(v) = st
+            .volumes
+            .get_mut(&("a".to_string(), "vdb.qcow2".to_string()))
+        {
+            v.allocation = CAPACITY / 2;
+        }
+        if let Some(b) = st.pools.iter_mut().find(|p| p.name == "b") {
+            // Room for one disk's 32 MiB plus the 16 MiB margin, not for two.
+            b.available = 60 << 20;
+        }
+    }
+    let engine = engine(hv.clone(), dir.path()).await;
+    let refused = engine
+        .migrate_group(request())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), ErrorCode::ResourceExhausted, "{refused}");
+    assert!(refused.to_string().contains("vda, vdb, vdc"), "{refused}");
+    assert!(hv.lock().created.is_empty());
+}

@@ -242,6 +242,52 @@ fn next_partition_name(device: &str, existing: &[String]) -> String {
     format!("{prefix}{}", last + 1)
 }
 
+/// Whether the disks of one request fit their destination pools together:
+/// each disk was checked alone by [`plan`], but disks bound for one pool share
+/// its free space.
+pub fn check_space_together(hv: &dyn Hypervisor, plans: &[Plan]) -> Result<(), Error> {
+    let mut by_pool: Vec<(&str, Vec<&Plan>)> = Vec::new();
+    for p in plans {
+        match by_pool.iter_mut().find(|(name, _)| *name == p.dest_pool) {
+            Some((_, members)) => members.push(p),
+            None => by_pool.push((&p.dest_pool, vec![p])),
+        }
+    }
+    for (name, members) in by_pool.into_iter().filter(|(_, m)| m.len() > 1) {
+        let pool = hv
+            .pool(name)
+            .map_err(Error::hv("reading the destination pool"))?;
+        if pool.capacity == 0 {
+            continue;
+        }
+        let kind = pool.disk_kind().unwrap_or(DiskKind::Block);
+        let mut data = 0u64;
+        for p in &members {
+            let allocation = match &p.source_volume {
+                Some(v) => hv
+                    .volume(&v.pool, &v.name)
+                    .map(|v| v.allocation)
+                    .unwrap_or(p.capacity),
+                None => p.capacity,
+            };
+            data = data.saturating_add(space_needed(kind, p.capacity, allocation));
+        }
+        let needed = data.saturating_add(SPACE_MARGIN);
+        if pool.available < needed {
+            let disks: Vec<&str> = members.iter().map(|p| p.target.as_str()).collect();
+            return Err(Error::Exhausted(format!(
+                "pool '{}' has {} bytes available; disks {} need about {} together ({} of data plus margin); free space, or give some of them another pool",
+                pool.name,
+                pool.available,
+                disks.join(", "),
+                needed,
+                data
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn check_space(
     pool: &PoolSpec,
     kind: DiskKind,

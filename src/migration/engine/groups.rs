@@ -49,10 +49,12 @@ impl Engine {
             let hv = self.inner.hv.clone();
             let requests = requests.clone();
             move || {
-                requests
+                let plans = requests
                     .iter()
                     .map(|r| plan::plan(hv.as_ref(), r))
-                    .collect::<Result<Vec<Plan>, Error>>()
+                    .collect::<Result<Vec<Plan>, Error>>()?;
+                plan::check_space_together(hv.as_ref(), &plans)?;
+                Ok(plans)
             }
         })
         .await
@@ -511,7 +513,7 @@ fn distinct(plans: &[Plan]) -> Result<(), Error> {
             return Err(Error::InvalidArgument {
                 field: "destination_volume",
                 reason: format!(
-                    "disks {other} and {} would both become volume '{}' in pool '{}'; name their destination volumes",
+                    "disks {other} and {} would both become volume '{}' in pool '{}'; name their destination volumes (a disk pool names its partitions itself: send at most one disk per disk pool in one request)",
                     p.target, p.dest_volume, p.dest_pool
                 ),
             });
