@@ -113,12 +113,27 @@ fn spoil(field: &str, value: &str) -> proto::MigrateVolumeRequest {
                 ..Default::default()
             })
         }
-        other => panic!("no field {other}"),
+        multi => {
+            // A multi-disk request with one entry spoiled.
+            r.disk.clear();
+            let mut entry = proto::DiskDestination {
+                disk: "vda".into(),
+                ..Default::default()
+            };
+            match multi {
+                "disks.disk" => entry.disk = value.into(),
+                "disks.destination_pool" => entry.destination_pool = value.into(),
+                "disks.destination_volume" => entry.destination_volume = value.into(),
+                "disks.source_users_elsewhere" => entry.source_users_elsewhere = vec![value.into()],
+                other => panic!("no field {other}"),
+            }
+            r.disks = vec![entry];
+        }
     }
     r
 }
 
-const REQUEST_FIELDS: [&str; 7] = [
+const REQUEST_FIELDS: [&str; 11] = [
     "request_id",
     "domain",
     "disk",
@@ -126,6 +141,10 @@ const REQUEST_FIELDS: [&str; 7] = [
     "destination_volume",
     "required_tags",
     "source_users_elsewhere",
+    "disks.disk",
+    "disks.destination_pool",
+    "disks.destination_volume",
+    "disks.source_users_elsewhere",
 ];
 
 /// Counts of codes per RPC, and the calls that broke the rule.
