@@ -45,7 +45,7 @@ pub struct EngineConfig {
     pub node_id: String,
     /// Most migrations running at once.
     pub max_concurrent: usize,
-    /// How often the block job is polled.
+    /// The longest wait between two polls of the block job.
     pub poll_interval: Duration,
     /// How often progress is published while copying.
     pub progress_interval: Duration,

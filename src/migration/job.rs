@@ -30,7 +30,8 @@ use crate::migration::journal::{Destination, Plan, Record, Stage};
 use crate::migration::model::{now_ms, Failure, MigrationResult, Phase, Progress, VerifyLevel};
 use crate::migration::{plan, recovery, tuning};
 
-/// Poll interval once the copy is about to converge.
+/// The shortest poll interval: the first, and while the copy has converged
+/// but QEMU has not yet declared it ready.
 const FAST_POLL: Duration = Duration::from_millis(20);
 
 /// How a job's task begins.
@@ -642,7 +643,10 @@ async fn wait_until_ready(ctx: &mut Ctx<'_>) -> Result<(), Error> {
     let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut last_publish = Instant::now() - config.progress_interval;
     let mut unreachable_since: Option<Instant> = None;
-    let mut pause = config.poll_interval;
+    // A short copy is often done within one full interval, which would then be
+    // waited out: start fast and double up to the interval, a handful of extra
+    // calls on a long copy.
+    let mut pause = FAST_POLL.min(config.poll_interval);
     loop {
         ctx.pause(pause).await?;
         let (domain, target) = (plan.domain.clone(), plan.target.clone());
@@ -712,14 +716,19 @@ async fn wait_until_ready(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             ctx.job.lock().record.latest.progress = progress;
             return Ok(());
         }
-        // Near the end, poll fast so the pivot follows convergence closely; the
-        // rest of the time, slowly, to keep the node's CPU use negligible.
-        let closing = remaining == 0 || (rate > 0 && remaining <= rate / 2);
-        pause = if closing {
-            FAST_POLL.min(config.poll_interval)
+        // The next poll comes when the copy should have converged at its current
+        // rate, so the pivot follows convergence closely without polling fast
+        // for long; between, slowly, to keep the node's CPU use negligible.
+        let converging_in = if remaining == 0 {
+            Duration::ZERO
+        } else if rate > 0 {
+            Duration::from_secs_f64(remaining as f64 / rate as f64)
         } else {
             config.poll_interval
         };
+        pause = (pause * 2)
+            .min(config.poll_interval)
+            .min(converging_in.max(FAST_POLL));
         if last_publish.elapsed() >= config.progress_interval {
             last_publish = Instant::now();
             {
