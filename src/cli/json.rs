@@ -8,9 +8,9 @@
 use serde_json::{json, Value};
 
 use crate::proto::{
-    ClusterPool, Disk, ListDisksResponse, MigrateVolumeRequest, MigrationError, MigrationEvent,
-    MigrationOptions, MigrationProgress, MigrationRecord, MigrationResult, NodeInfo, NodeStatus,
-    PlacementCandidate, PlanMigrationResponse, Pool,
+    ClusterPool, ConvergenceWarning, Disk, ListDisksResponse, MigrateVolumeRequest, MigrationError,
+    MigrationEvent, MigrationOptions, MigrationProgress, MigrationRecord, MigrationResult,
+    NodeInfo, NodeStatus, PlacementCandidate, PlanMigrationResponse, Pool,
 };
 
 /// One migration event, as printed by `migrate --json` and `watch --json`.
@@ -27,6 +27,16 @@ pub fn event(ev: &MigrationEvent) -> Value {
         "message": ev.message,
         "result": ev.result.as_ref().map(result),
         "error": ev.error.as_ref().map(error),
+        "convergence": ev.convergence.as_ref().map(convergence),
+    })
+}
+
+fn convergence(c: &ConvergenceWarning) -> Value {
+    json!({
+        "dirty_rate_bytes_per_sec": c.dirty_rate_bytes_per_sec,
+        "copy_rate_bytes_per_sec": c.copy_rate_bytes_per_sec,
+        "remaining_bytes": c.remaining_bytes,
+        "remedy": c.remedy,
     })
 }
 
@@ -87,6 +97,8 @@ fn options(o: &MigrationOptions) -> Value {
         "source_policy": o.source_policy().as_str_name(),
         "timeout_seconds": o.timeout_seconds,
         "verify": o.verify().as_str_name(),
+        "on_no_convergence": o.on_no_convergence().as_str_name(),
+        "convergence_window_seconds": o.convergence_window_seconds,
     })
 }
 
@@ -249,6 +261,12 @@ mod tests {
             node_id: "n1".into(),
             domain: "vm1".into(),
             disk: "vda".into(),
+            convergence: Some(ConvergenceWarning {
+                dirty_rate_bytes_per_sec: 3 << 20,
+                copy_rate_bytes_per_sec: 1 << 20,
+                remaining_bytes: 32 << 20,
+                remedy: "raise the bandwidth".into(),
+            }),
             ..Default::default()
         };
         assert_eq!(
@@ -270,6 +288,12 @@ mod tests {
                 "message": "copying",
                 "result": null,
                 "error": null,
+                "convergence": {
+                    "dirty_rate_bytes_per_sec": 3_145_728u64,
+                    "copy_rate_bytes_per_sec": 1_048_576u64,
+                    "remaining_bytes": 33_554_432u64,
+                    "remedy": "raise the bandwidth",
+                },
             })
         );
     }

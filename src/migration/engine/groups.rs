@@ -398,6 +398,7 @@ fn check_group_request(req: &GroupRequest) -> Result<(), Error> {
         validate::object_name("destination_pool", &req.destination_pool)?;
     }
     validate::bandwidth(req.options.bandwidth)?;
+    validate::convergence_window(req.options.convergence_window)?;
     if let DiskSelection::Listed(choices) = &req.disks {
         if choices.is_empty() {
             return Err(Error::InvalidArgument {
