@@ -1,6 +1,8 @@
 //! End-to-end: a guest that dirties its disk far faster than a 1 MiB/s copy
 //! limit (the test guest's flood mode) against `volmig node` and real libvirt.
-//! The copy is reported as not converging within its window, with both rates;
+//! The copy is reported as not converging, with both rates, within one window
+//! of its first pass over the data (before that the flood only rewrites data
+//! still to be copied, which costs the copy nothing);
 //! with `switch_to_sync_writes` the copy restarts in synchronous-writes mode and
 //! the migration completes without losing an acknowledged record.
 
@@ -16,16 +18,23 @@ use volmig::proto;
 const MIB: u64 = 1 << 20;
 /// The convergence window the tests ask for.
 const WINDOW_SECS: u64 = 10;
-/// Allowed beyond the window: the node polls every 250 ms and two busy cores
-/// delay the guest, QEMU and the event's delivery.
+/// Allowed beyond the window: the node polls every 250 ms, QEMU copies in
+/// bursts, and two busy cores delay the guest and QEMU.
 const MARGIN: Duration = Duration::from_secs(10);
 
-/// A guest whose records grow from the start of a 128 MiB raw vda while it
-/// rewrites the 32 MiB from 64 MiB on as fast as it can; writing when returned.
+/// A guest whose records grow from the start of a 64 MiB qcow2 vda while it
+/// rewrites the 32 MiB from 32 MiB on as fast as it can; writing when returned.
+///
+/// Small, because QEMU 7.2 starts with the whole virtual size to copy (measured:
+/// `bytes_total` is the disk's size at first) and the flood, rewriting data
+/// still to be copied, costs the copy nothing until it has been over the disk
+/// once: at 1 MiB/s that first pass took 47 s here (the first 16 MiB go at
+/// once; a 128 MiB vda warned only after 80 s), and no honest warning can come
+/// before it.
 fn flooding_guest(purpose: &str, pool: &dyn Pool) -> Guest {
     let guest = Guest::builder(purpose, pool)
-        .format("raw")
-        .disk_bytes(128 * MIB)
+        .format("qcow2")
+        .disk_bytes(64 * MIB)
         .flood_mib(32)
         .pause_ms(20)
         .start();
@@ -51,25 +60,47 @@ fn request(
     req
 }
 
+/// When the warning came.
+struct Timing {
+    /// After the first COPYING event.
+    after_start: Duration,
+    /// After the copy had first moved as many bytes as it had to copy when it
+    /// began: from then on every block the guest dirties is new work.
+    after_first_pass: Duration,
+}
+
 /// Reads the stream to the first event carrying a convergence warning; returns
-/// the events and how long after the first COPYING event it came.
+/// the events and when it came. Times are the node's event timestamps.
 async fn read_to_warning(
     stream: &mut tonic::Streaming<proto::MigrationEvent>,
-) -> (Vec<proto::MigrationEvent>, Duration) {
-    let mut copying_since = None;
+) -> (Vec<proto::MigrationEvent>, Timing) {
+    let mut start: Option<(u64, u64)> = None;
+    let mut first_pass_ms = None;
     let seen = node::read_until(stream, |e| {
-        if node::phase(e) == proto::Phase::Copying {
-            copying_since.get_or_insert_with(Instant::now);
+        let progress = e.progress.unwrap_or_default();
+        if node::phase(e) == proto::Phase::Copying && progress.bytes_total > 0 {
+            let &mut (_, total) = start.get_or_insert((e.timestamp_unix_ms, progress.bytes_total));
+            if progress.bytes_done >= total {
+                first_pass_ms.get_or_insert(e.timestamp_unix_ms);
+            }
         }
         e.convergence.is_some() || node::is_terminal(e)
     })
     .await;
-    let after = copying_since.map(|t| t.elapsed()).unwrap_or_default();
+    let last = seen.last().expect("an event");
     assert!(
-        seen.last().is_some_and(|e| e.convergence.is_some()),
+        last.convergence.is_some(),
         "no convergence warning before the end: {seen:#?}"
     );
-    (seen, after)
+    let (start_ms, _) = start.expect("a COPYING event with progress");
+    let since = |ms: u64| Duration::from_millis(last.timestamp_unix_ms.saturating_sub(ms));
+    let timing = Timing {
+        after_start: since(start_ms),
+        after_first_pass: since(first_pass_ms.unwrap_or_else(|| {
+            panic!("warned before the copy had been over the data once: {seen:#?}")
+        })),
+    };
+    (seen, timing)
 }
 
 fn warning_of(events: &[proto::MigrationEvent]) -> proto::ConvergenceWarning {
@@ -92,12 +123,13 @@ async fn a_flooding_guest_under_a_low_limit_is_warned_about_within_the_window() 
         .await
         .expect("start")
         .into_inner();
-    let (seen, after) = read_to_warning(&mut stream).await;
+    let (seen, timing) = read_to_warning(&mut stream).await;
     let warning = warning_of(&seen);
     let last = seen.last().expect("warning event");
     eprintln!(
-        "warning {:.1} s after COPYING began: dirty {} B/s, copy {} B/s, {} bytes left; {}",
-        after.as_secs_f64(),
+        "warning {:.1} s after COPYING began, {:.1} s after the first pass: dirty {} B/s, copy {} B/s, {} bytes left; {}",
+        timing.after_start.as_secs_f64(),
+        timing.after_first_pass.as_secs_f64(),
         warning.dirty_rate_bytes_per_sec,
         warning.copy_rate_bytes_per_sec,
         warning.remaining_bytes,
@@ -105,8 +137,9 @@ async fn a_flooding_guest_under_a_low_limit_is_warned_about_within_the_window() 
     );
     assert_eq!(node::phase(last), proto::Phase::Copying);
     assert!(
-        after <= Duration::from_secs(WINDOW_SECS) + MARGIN,
-        "the warning came {after:?} after the copy began (window {WINDOW_SECS} s)"
+        timing.after_first_pass <= Duration::from_secs(WINDOW_SECS) + MARGIN,
+        "the warning came {:?} after the copy's first pass (window {WINDOW_SECS} s)",
+        timing.after_first_pass
     );
     assert!(
         warning.dirty_rate_bytes_per_sec >= warning.copy_rate_bytes_per_sec,
@@ -143,7 +176,7 @@ async fn switching_to_synchronous_writes_completes_without_losing_a_record() {
         .await
         .expect("start")
         .into_inner();
-    let (seen, after) = read_to_warning(&mut stream).await;
+    let (seen, timing) = read_to_warning(&mut stream).await;
     let warning = warning_of(&seen);
     let warned = Instant::now();
     let rest = node::collect(stream).await.expect("stream");
@@ -152,7 +185,7 @@ async fn switching_to_synchronous_writes_completes_without_losing_a_record() {
         .position(|e| node::phase(e) == proto::Phase::Synchronized);
     eprintln!(
         "warning {:.1} s after COPYING began (dirty {} B/s, copy {} B/s); completed {:.1} s after the warning",
-        after.as_secs_f64(),
+        timing.after_start.as_secs_f64(),
         warning.dirty_rate_bytes_per_sec,
         warning.copy_rate_bytes_per_sec,
         warned.elapsed().as_secs_f64()

@@ -12,9 +12,10 @@
 //! window while the guest kept dirtying data. A long but shrinking backlog is
 //! a slow copy, not a diverging one (the request's timeout bounds that), so no
 //! projection of the time to converge is used: it would flag every large disk
-//! copied at a low bandwidth limit. The window has to span several of QEMU's
-//! copy bursts (it moves up to its 16 MiB buffer at once, then sleeps to honour
-//! the bandwidth limit), or the pause between two bursts looks like a stall.
+//! copied at a low bandwidth limit. Under a limit QEMU 7.2 moves up to its
+//! 16 MiB buffer at once, sleeps, and updates `cur` and `end` only then, so
+//! between two bursts nothing changes (no verdict: nothing was dirtied as far
+//! as can be seen) and the rates over a short window come in steps.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -111,8 +111,9 @@ pub fn bandwidth(value: u64) -> Result<(), Error> {
     }
 }
 
-/// Shortest convergence window accepted: QEMU's copy cursor moves in bursts,
-/// and a shorter window would mistake the pause between two for a stall.
+/// Shortest convergence window accepted: QEMU reports progress in bursts
+/// (see `convergence`), so a verdict over less would rest on one or two of
+/// them, and the node polls only a few times a second.
 pub const MIN_CONVERGENCE_WINDOW: u64 = 5;
 /// Longest convergence window accepted (a day).
 pub const MAX_CONVERGENCE_WINDOW: u64 = 86_400;
