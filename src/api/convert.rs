@@ -5,8 +5,8 @@ use std::time::Duration;
 use crate::hypervisor::{DiskKind, DiskSource, HostInfo, ImageFormat, PoolRunState, PoolSpec};
 use crate::migration::journal::Record;
 use crate::migration::model::{
-    ChainPolicy, DiskChoice, DiskSelection, Event, Failure, GroupRequest, MigrationRequest,
-    MigrationResult, Options, Phase, Progress, VerifyLevel,
+    ChainPolicy, ConvergenceWarning, DiskChoice, DiskSelection, Event, Failure, GroupRequest,
+    MigrationRequest, MigrationResult, NoConvergencePolicy, Options, Phase, Progress, VerifyLevel,
 };
 use crate::migration::{DiskView, DomainDisks, Error, GroupView, ListFilter};
 use crate::proto;
@@ -108,6 +108,15 @@ fn options_from_proto(options: proto::MigrationOptions) -> Result<Options, Error
         proto::VerifyLevel::Strict => VerifyLevel::Strict,
         _ => VerifyLevel::Xml,
     };
+    let on_no_convergence = match proto::NoConvergencePolicy::try_from(options.on_no_convergence)
+        .map_err(|_| invalid("options.on_no_convergence", "unknown value"))?
+    {
+        proto::NoConvergencePolicy::Unspecified | proto::NoConvergencePolicy::Warn => {
+            NoConvergencePolicy::Warn
+        }
+        proto::NoConvergencePolicy::Fail => NoConvergencePolicy::Fail,
+        proto::NoConvergencePolicy::SwitchToSyncWrites => NoConvergencePolicy::SwitchToSyncWrites,
+    };
     Ok(Options {
         bandwidth: options.bandwidth_bytes_per_sec,
         synchronous_writes: copy_mode == proto::CopyMode::SynchronousWrites,
@@ -117,6 +126,9 @@ fn options_from_proto(options: proto::MigrationOptions) -> Result<Options, Error
             .then(|| Duration::from_secs(options.timeout_seconds)),
         verify,
         source_users_elsewhere: options.source_users_elsewhere,
+        on_no_convergence,
+        convergence_window: (options.convergence_window_seconds > 0)
+            .then(|| Duration::from_secs(options.convergence_window_seconds)),
     })
 }
 
@@ -220,6 +232,14 @@ fn options_to_proto(o: &Options) -> proto::MigrationOptions {
             VerifyLevel::Strict => proto::VerifyLevel::Strict,
         } as i32,
         source_users_elsewhere: o.source_users_elsewhere.clone(),
+        on_no_convergence: match o.on_no_convergence {
+            NoConvergencePolicy::Warn => proto::NoConvergencePolicy::Warn,
+            NoConvergencePolicy::Fail => proto::NoConvergencePolicy::Fail,
+            NoConvergencePolicy::SwitchToSyncWrites => {
+                proto::NoConvergencePolicy::SwitchToSyncWrites
+            }
+        } as i32,
+        convergence_window_seconds: o.convergence_window.map(|w| w.as_secs()).unwrap_or(0),
     }
 }
 
@@ -292,6 +312,15 @@ fn result_to_proto(r: &MigrationResult) -> proto::MigrationResult {
     }
 }
 
+fn convergence_to_proto(c: &ConvergenceWarning) -> proto::ConvergenceWarning {
+    proto::ConvergenceWarning {
+        dirty_rate_bytes_per_sec: c.dirty_rate,
+        copy_rate_bytes_per_sec: c.copy_rate,
+        remaining_bytes: c.remaining,
+        remedy: c.remedy.clone(),
+    }
+}
+
 fn failure_to_proto(f: &Failure) -> proto::MigrationError {
     proto::MigrationError {
         code: f.code.number(),
@@ -328,6 +357,7 @@ pub fn event_to_proto(e: &Event) -> proto::MigrationEvent {
                 error: d.failure.as_ref().map(failure_to_proto),
                 pivot_started_unix_ms: d.pivot.map(|p| p.0).unwrap_or(0),
                 pivot_ended_unix_ms: d.pivot.map(|p| p.1).unwrap_or(0),
+                convergence: d.convergence.as_ref().map(convergence_to_proto),
             })
             .collect(),
         skipped: e
@@ -339,6 +369,7 @@ pub fn event_to_proto(e: &Event) -> proto::MigrationEvent {
             })
             .collect(),
         pivot_window_ms: e.pivot_window_ms,
+        convergence: e.convergence.as_ref().map(convergence_to_proto),
     }
 }
 
@@ -536,6 +567,8 @@ mod tests {
                 timeout_seconds: 30,
                 verify: proto::VerifyLevel::Strict as i32,
                 source_users_elsewhere: vec!["domain 'x' on node n2".into()],
+                on_no_convergence: proto::NoConvergencePolicy::SwitchToSyncWrites as i32,
+                convergence_window_seconds: 10,
             }),
             ..Default::default()
         };

@@ -8,9 +8,9 @@
 use serde_json::{json, Value};
 
 use crate::proto::{
-    ClusterPool, Disk, DiskStatus, ListDisksResponse, MigrateVolumeRequest, MigrationError,
-    MigrationEvent, MigrationOptions, MigrationProgress, MigrationRecord, MigrationResult,
-    NodeInfo, NodeStatus, PlacementCandidate, PlanMigrationResponse, Pool,
+    ClusterPool, ConvergenceWarning, Disk, DiskStatus, ListDisksResponse, MigrateVolumeRequest,
+    MigrationError, MigrationEvent, MigrationOptions, MigrationProgress, MigrationRecord,
+    MigrationResult, NodeInfo, NodeStatus, PlacementCandidate, PlanMigrationResponse, Pool,
 };
 
 /// One migration event, as printed by `migrate --json` and `watch --json`.
@@ -30,6 +30,7 @@ pub fn event(ev: &MigrationEvent) -> Value {
         "disks": ev.disks.iter().map(disk_status).collect::<Vec<_>>(),
         "skipped": ev.skipped.iter().map(|s| json!({"disk": s.disk, "reason": s.reason})).collect::<Vec<_>>(),
         "pivot_window_ms": ev.pivot_window_ms,
+        "convergence": ev.convergence.as_ref().map(convergence),
     })
 }
 
@@ -44,6 +45,16 @@ fn disk_status(d: &DiskStatus) -> Value {
         "error": d.error.as_ref().map(error),
         "pivot_started_unix_ms": d.pivot_started_unix_ms,
         "pivot_ended_unix_ms": d.pivot_ended_unix_ms,
+        "convergence": d.convergence.as_ref().map(convergence),
+    })
+}
+
+fn convergence(c: &ConvergenceWarning) -> Value {
+    json!({
+        "dirty_rate_bytes_per_sec": c.dirty_rate_bytes_per_sec,
+        "copy_rate_bytes_per_sec": c.copy_rate_bytes_per_sec,
+        "remaining_bytes": c.remaining_bytes,
+        "remedy": c.remedy,
     })
 }
 
@@ -113,6 +124,8 @@ fn options(o: &MigrationOptions) -> Value {
         "source_policy": o.source_policy().as_str_name(),
         "timeout_seconds": o.timeout_seconds,
         "verify": o.verify().as_str_name(),
+        "on_no_convergence": o.on_no_convergence().as_str_name(),
+        "convergence_window_seconds": o.convergence_window_seconds,
     })
 }
 
@@ -276,6 +289,12 @@ mod tests {
             node_id: "n1".into(),
             domain: "vm1".into(),
             disk: "vda".into(),
+            convergence: Some(ConvergenceWarning {
+                dirty_rate_bytes_per_sec: 3 << 20,
+                copy_rate_bytes_per_sec: 1 << 20,
+                remaining_bytes: 32 << 20,
+                remedy: "raise the bandwidth".into(),
+            }),
             ..Default::default()
         };
         assert_eq!(
@@ -300,6 +319,12 @@ mod tests {
                 "disks": [],
                 "skipped": [],
                 "pivot_window_ms": 0,
+                "convergence": {
+                    "dirty_rate_bytes_per_sec": 3_145_728u64,
+                    "copy_rate_bytes_per_sec": 1_048_576u64,
+                    "remaining_bytes": 33_554_432u64,
+                    "remedy": "raise the bandwidth",
+                },
             })
         );
     }

@@ -24,7 +24,8 @@ use crate::proto::node_client::NodeClient;
 use crate::proto::{
     ChainPolicy, CopyMode, DiskDestination, GetInfoRequest, ListClusterPoolsRequest,
     ListDisksRequest, ListMigrationsRequest, ListNodesRequest, ListPoolsRequest,
-    MigrateVolumeRequest, MigrationOptions, SourcePolicy, VerifyLevel, VolumeFormat,
+    MigrateVolumeRequest, MigrationOptions, NoConvergencePolicy, SourcePolicy, VerifyLevel,
+    VolumeFormat,
 };
 use progress::{Detach, Style};
 use target::{Accepts, Service, TargetArgs, TargetError};
@@ -75,6 +76,17 @@ pub enum VerifyArg {
     Strict,
 }
 
+/// What a migration does when its copy does not converge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NoConvergenceArg {
+    /// Report it once and keep copying.
+    Warn,
+    /// Fail and roll back (the guest stays on its source).
+    Fail,
+    /// Restart the disk's copy in synchronous-writes mode, which always converges.
+    SwitchToSyncWrites,
+}
+
 /// What to migrate and how; shared by `migrate` and `plan`.
 #[derive(Debug, Clone, Args)]
 pub struct RequestArgs {
@@ -114,6 +126,14 @@ pub struct RequestArgs {
     /// Complete guest writes only once they reach both disks: always converges, slows guest writes
     #[arg(long)]
     pub sync_writes: bool,
+    /// When the copy cannot catch up with the guest's writes within the convergence window
+    /// [default: warn]
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub on_no_convergence: Option<NoConvergenceArg>,
+    /// Seconds the bytes left to copy may fail to shrink before the copy counts as not
+    /// converging (5-86400) [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub convergence_window: Option<u64>,
     /// Copy only the top image and keep its backing file, which the destination must reach
     #[arg(long)]
     pub shallow: bool,
@@ -189,6 +209,15 @@ impl RequestArgs {
                     Some(VerifyArg::Xml) | None => VerifyLevel::Xml,
                 } as i32,
                 source_users_elsewhere: Vec::new(),
+                on_no_convergence: match self.on_no_convergence {
+                    Some(NoConvergenceArg::Warn) => NoConvergencePolicy::Warn,
+                    Some(NoConvergenceArg::Fail) => NoConvergencePolicy::Fail,
+                    Some(NoConvergenceArg::SwitchToSyncWrites) => {
+                        NoConvergencePolicy::SwitchToSyncWrites
+                    }
+                    None => NoConvergencePolicy::Unspecified,
+                } as i32,
+                convergence_window_seconds: self.convergence_window.unwrap_or(0),
             }),
             required_tags: self.tags.clone(),
         }
@@ -599,6 +628,10 @@ mod tests {
             "ssd",
             "--tag",
             "eu",
+            "--on-no-convergence",
+            "switch-to-sync-writes",
+            "--convergence-window",
+            "30",
             "--json",
         ])
         .expect("parses");
@@ -624,6 +657,8 @@ mod tests {
                     timeout_seconds: 600,
                     verify: VerifyLevel::Strict as i32,
                     source_users_elsewhere: vec![],
+                    on_no_convergence: NoConvergencePolicy::SwitchToSyncWrites as i32,
+                    convergence_window_seconds: 30,
                 }),
                 required_tags: vec!["ssd".into(), "eu".into()],
                 ..Default::default()

@@ -17,7 +17,7 @@ use tonic::codec::Streaming;
 
 use super::units::{human_bytes, human_duration, human_rate};
 use crate::api::client::{code_name, status_message};
-use crate::proto::{MigrationEvent, Phase, VolumeFormat};
+use crate::proto::{ConvergenceWarning, MigrationEvent, Phase, VolumeFormat};
 
 /// Without a terminal, progress lines are for logs: one every so often is enough.
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -67,6 +67,8 @@ pub struct Display<O: Write, E: Write> {
     live_lines: usize,
     migration_id: Option<String>,
     node_id: Option<String>,
+    /// The convergence warning last shown, so each is shown once.
+    convergence: Option<ConvergenceWarning>,
 }
 
 impl<O: Write, E: Write> Display<O, E> {
@@ -81,6 +83,7 @@ impl<O: Write, E: Write> Display<O, E> {
             live_lines: 0,
             migration_id: None,
             node_id: None,
+            convergence: None,
         }
     }
 
@@ -109,6 +112,13 @@ impl<O: Write, E: Write> Display<O, E> {
             }
             writeln!(self.err, "{}", phase_line(ev))?;
         }
+        if ev.convergence.is_some() && ev.convergence != self.convergence {
+            if let Some(line) = convergence_line(ev) {
+                self.clear_live_line()?;
+                writeln!(self.err, "{line}")?;
+            }
+        }
+        self.convergence = ev.convergence.clone();
         if is_terminal(phase) {
             self.clear_live_line()?;
             if phase == Phase::Completed {
@@ -354,6 +364,18 @@ pub fn header_line(ev: &MigrationEvent) -> String {
         line.push_str(&format!("\n  skipped {}: {}", s.disk, s.reason));
     }
     line
+}
+
+/// The warning that a copy does not converge, with both rates and the remedy.
+pub fn convergence_line(ev: &MigrationEvent) -> Option<String> {
+    let c = ev.convergence.as_ref()?;
+    Some(format!(
+        "warning: the copy does not converge: the guest dirties {} while {} is copied ({} left); {}",
+        human_rate(c.dirty_rate_bytes_per_sec),
+        human_rate(c.copy_rate_bytes_per_sec),
+        human_bytes(c.remaining_bytes),
+        c.remedy
+    ))
 }
 
 /// One line per phase change: time since acceptance, phase, and the event's message.
@@ -663,6 +685,27 @@ mod tests {
              \x20 format       qcow2\n\
              \x20 old source   /var/lib/libvirt/images/vm1.qcow2 (pool default, volume vm1.qcow2): kept\n\
              \x20 persistent   repaired by volmig (libvirt had not updated it)\n"
+        );
+    }
+
+    #[test]
+    fn a_convergence_warning_is_shown_once_with_both_rates() {
+        let (_, err) = render(Style::Plain, |d| {
+            let mut ev = copying(1 << 20, 64 << 20, 1 << 20, 0);
+            ev.convergence = Some(ConvergenceWarning {
+                dirty_rate_bytes_per_sec: 8 << 20,
+                copy_rate_bytes_per_sec: 1 << 20,
+                remaining_bytes: 32 << 20,
+                remedy: "raise the bandwidth".into(),
+            });
+            for _ in 0..2 {
+                d.event(&ev, Instant::now()).expect("shown");
+            }
+        });
+        assert_eq!(err.matches("does not converge").count(), 1, "{err}");
+        assert!(
+            err.contains("8.0 MiB/s") && err.contains("raise the bandwidth"),
+            "{err}"
         );
     }
 

@@ -611,6 +611,7 @@ impl Engine {
             validate::volume_name("destination_volume", v)?;
         }
         validate::bandwidth(req.options.bandwidth)?;
+        validate::convergence_window(req.options.convergence_window)?;
         if let Some(sub) = self.attach_by_request(&req)? {
             return Ok(sub);
         }
@@ -989,9 +990,11 @@ fn new_record(
             disks: Vec::new(),
             skipped: Vec::new(),
             pivot_window_ms: 0,
+            convergence: None,
         },
         group,
         pivot: None,
+        forced_sync_writes: false,
     }
 }
 

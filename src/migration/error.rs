@@ -124,6 +124,23 @@ pub enum Error {
         /// Its error.
         reason: String,
     },
+    /// The copy did not converge and the request's policy is to fail.
+    /// FAILED_PRECONDITION rather than ABORTED: retrying the same request
+    /// fails the same way until the guest writes less or the copy may go
+    /// faster (and a group reports this, not ABORTED, as its cause).
+    #[error("the copy of {disk} does not converge: over {window_secs} s the guest dirtied {dirty_rate} bytes/s while {copy_rate} bytes/s were copied; {remedy}")]
+    NoConvergence {
+        /// Disk target.
+        disk: String,
+        /// The window, seconds.
+        window_secs: u64,
+        /// Bytes/s dirtied.
+        dirty_rate: u64,
+        /// Bytes/s copied.
+        copy_rate: u64,
+        /// What to do.
+        remedy: String,
+    },
     /// The node's own state (journal) could not be written.
     #[error("node state: {0}")]
     Journal(String),
@@ -145,7 +162,9 @@ impl Error {
             | Error::PoolNotFound(_)
             | Error::MigrationNotFound(_)
             | Error::NoSuchMigrationId { .. } => ErrorCode::NotFound,
-            Error::Precondition(_) | Error::WrongPhase { .. } => ErrorCode::FailedPrecondition,
+            Error::Precondition(_) | Error::WrongPhase { .. } | Error::NoConvergence { .. } => {
+                ErrorCode::FailedPrecondition
+            }
             Error::AlreadyMigrating { .. }
             | Error::RequestIdReused(_)
             | Error::DestinationExists { .. }

@@ -159,6 +159,11 @@ pub struct FakeState {
     pub no_space_for: Vec<String>,
     /// Bytes the job advances per poll.
     pub step: u64,
+    /// Bytes the guest dirties per poll of a copy that does not write
+    /// synchronously (a copy with `dirty_step >= step` never converges).
+    pub dirty_step: u64,
+    /// Every block copy started: disk target and options.
+    pub copies: Vec<(String, CopyOptions)>,
     /// When true, a pivot does not update the persistent definition (the libvirt
     /// behaviour the engine must repair).
     pub skip_persistent_update: bool,
@@ -497,6 +502,7 @@ impl Hypervisor for FakeHypervisor {
             if !st.running {
                 return Err(HvError::InvalidState("domain is not running".into()));
             }
+            st.copies.push((disk.to_string(), options));
             st.jobs.insert(
                 disk.to_string(),
                 (
@@ -523,8 +529,16 @@ impl Hypervisor for FakeHypervisor {
             } else {
                 st.step
             };
+            let synchronous = st
+                .copies
+                .iter()
+                .rev()
+                .find(|(d, _)| d == disk)
+                .is_some_and(|(_, o)| o.synchronous_writes);
+            let dirty = if synchronous { 0 } else { st.dirty_step };
             Ok(st.jobs.get_mut(disk).map(|j| {
                 j.1.cur = (j.1.cur + step).min(j.1.end);
+                j.1.end += dirty;
                 j.1
             }))
         })

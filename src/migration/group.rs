@@ -271,6 +271,7 @@ impl Group {
                 result: r.latest.result.clone(),
                 failure: r.latest.failure.clone(),
                 pivot: r.pivot,
+                convergence: r.latest.convergence.clone(),
             })
             .collect();
         let phase = group_phase(&disks);
@@ -287,6 +288,7 @@ impl Group {
             0
         };
         let targets: Vec<&str> = disks.iter().map(|d| d.disk.as_str()).collect();
+        let convergence = disks.iter().find_map(|d| d.convergence.clone());
         Event {
             migration_id: self.id.clone(),
             phase,
@@ -305,6 +307,7 @@ impl Group {
             disks,
             skipped: self.skipped.clone(),
             pivot_window_ms,
+            convergence,
         }
     }
 }
@@ -325,6 +328,7 @@ fn placeholder() -> Event {
         disks: Vec::new(),
         skipped: Vec::new(),
         pivot_window_ms: 0,
+        convergence: None,
     }
 }
 

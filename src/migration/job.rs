@@ -27,8 +27,11 @@ use crate::migration::engine::{Command, Inner, Job};
 use crate::migration::error::Error;
 use crate::migration::group::{Abort, Member};
 use crate::migration::journal::{Destination, Plan, Record, Stage};
-use crate::migration::model::{now_ms, Failure, MigrationResult, Phase, Progress, VerifyLevel};
-use crate::migration::{plan, recovery, tuning};
+use crate::migration::model::{
+    now_ms, ConvergenceWarning, Failure, MigrationResult, NoConvergencePolicy, Phase, Progress,
+    VerifyLevel,
+};
+use crate::migration::{convergence, plan, recovery, tuning};
 
 /// The shortest poll interval: the first, and while the copy has converged
 /// but QEMU has not yet declared it ready.
@@ -340,6 +343,8 @@ impl<'a> Ctx<'a> {
         self.publish(|r| {
             r.latest.phase = phase;
             r.latest.message = message;
+            // A convergence warning is about the copy, which this phase ends.
+            r.latest.convergence = None;
         })
         .await
     }
@@ -415,7 +420,7 @@ async fn continue_from(ctx: &mut Ctx<'_>, resume: Resume) -> Result<MigrationRes
     let dest = match resume {
         Resume::Copy(dest) => {
             ctx.copying = true;
-            wait_until_ready(ctx).await?;
+            wait_until_ready(ctx, &dest).await?;
             ctx.set_phase(
                 Phase::Synchronized,
                 "source and destination are synchronized".to_string(),
@@ -592,7 +597,6 @@ fn create_error(plan: &Plan, e: HvError) -> Error {
 
 async fn start_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
     let plan = ctx.plan();
-    let record = ctx.record();
     let message = format!(
         "copying {} to {}",
         plan.source.display_name(),
@@ -606,6 +610,14 @@ async fn start_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> 
         r.latest.message = message;
     })
     .await?;
+    issue_copy(ctx, dest).await
+}
+
+/// Starts the block copy onto `dest`, in synchronous-writes mode when the
+/// request asked for it or a copy that did not converge was switched to it.
+async fn issue_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
+    let plan = ctx.plan();
+    let record = ctx.record();
     let disk = dest.disk.clone();
     let object_size = match ctx.hv(move |hv| hv.rbd_object_size(&disk)).await {
         Ok(size) => size,
@@ -618,7 +630,7 @@ async fn start_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> 
     let (buf_size, granularity) = tuning::for_object_size(object_size);
     let copy = CopyOptions {
         bandwidth: record.bandwidth,
-        synchronous_writes: record.request.options.synchronous_writes,
+        synchronous_writes: record.request.options.synchronous_writes || record.forced_sync_writes,
         shallow: false,
         buf_size,
         granularity,
@@ -637,9 +649,12 @@ fn disk_of(disks: Vec<DiskSpec>, target: &str) -> Option<DiskSpec> {
     disks.into_iter().find(|d| d.target == target)
 }
 
-async fn wait_until_ready(ctx: &mut Ctx<'_>) -> Result<(), Error> {
+/// Watches the copy until it is synchronized, publishing its progress and
+/// applying the request's policy when the copy does not converge.
+async fn wait_until_ready(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
     let plan = ctx.plan();
     let config = ctx.inner.config.clone();
+    let mut detector = convergence_detector(&ctx.record());
     let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut last_publish = Instant::now() - config.progress_interval;
     let mut unreachable_since: Option<Instant> = None;
@@ -716,6 +731,19 @@ async fn wait_until_ready(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             ctx.job.lock().record.latest.progress = progress;
             return Ok(());
         }
+        if let Some(rates) = detector
+            .as_mut()
+            .and_then(|d| d.observe(now, info.cur, info.end))
+        {
+            // Once per copy: a restarted copy writes synchronously and
+            // always converges, and a warned one has said all there is.
+            detector = None;
+            if not_converging(ctx, &plan, dest, rates, progress).await? {
+                samples.clear();
+                last_publish = Instant::now() - config.progress_interval;
+                continue;
+            }
+        }
         // The next poll comes when the copy should have converged at its current
         // rate, so the pivot follows convergence closely without polling fast
         // for long; between, slowly, to keep the node's CPU use negligible.
@@ -743,6 +771,156 @@ async fn wait_until_ready(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             ctx.inner.announce(ctx.job);
         }
     }
+}
+
+/// A detector for the copy about to be watched; `None` when it writes
+/// synchronously, since then guest writes reach both sides and it converges.
+fn convergence_detector(record: &Record) -> Option<convergence::Detector> {
+    let options = &record.request.options;
+    (!options.synchronous_writes && !record.forced_sync_writes)
+        .then(|| convergence::Detector::new(options.convergence_window()))
+}
+
+/// What an operator can do about a copy that does not converge.
+fn remedy(id: &str, bandwidth: u64) -> String {
+    let faster = if bandwidth > 0 {
+        format!(
+            "raise the bandwidth limit ({bandwidth} bytes/s now) with SetBandwidth (`volmig set-bandwidth {id} RATE`)"
+        )
+    } else {
+        "the copy is not limited, so the destination cannot keep up with the guest: choose faster storage".to_string()
+    };
+    format!(
+        "{faster}, or migrate with synchronous writes (`--sync-writes`), or let volmig switch to them (`--on-no-convergence switch-to-sync-writes`)"
+    )
+}
+
+/// Warns (journaled) that the copy does not converge, then applies the
+/// request's policy. Returns whether the copy was restarted.
+async fn not_converging(
+    ctx: &mut Ctx<'_>,
+    plan: &Plan,
+    dest: &Destination,
+    rates: convergence::Rates,
+    progress: Progress,
+) -> Result<bool, Error> {
+    let record = ctx.record();
+    let options = &record.request.options;
+    let window_secs = options.convergence_window().as_secs();
+    let warning = ConvergenceWarning {
+        dirty_rate: rates.dirty,
+        copy_rate: rates.copy,
+        remaining: rates.remaining,
+        remedy: remedy(&record.id, record.bandwidth),
+    };
+    let message = format!(
+        "copy of {} not converging: over the last {window_secs} s the guest dirtied {} bytes/s while {} bytes/s were copied ({} bytes left); {}",
+        plan.target, rates.dirty, rates.copy, rates.remaining, warning.remedy
+    );
+    tracing::warn!(
+        dirty_rate = rates.dirty,
+        copy_rate = rates.copy,
+        remaining = rates.remaining,
+        "copy not converging"
+    );
+    let error = Error::NoConvergence {
+        disk: plan.target.clone(),
+        window_secs,
+        dirty_rate: rates.dirty,
+        copy_rate: rates.copy,
+        remedy: warning.remedy.clone(),
+    };
+    ctx.publish(|r| {
+        r.latest.progress = progress;
+        r.latest.message = message;
+        r.latest.convergence = Some(warning);
+    })
+    .await?;
+    match options.on_no_convergence {
+        NoConvergencePolicy::Warn => Ok(false),
+        NoConvergencePolicy::Fail => Err(error),
+        NoConvergencePolicy::SwitchToSyncWrites => {
+            switch_to_sync_writes(ctx, plan, dest).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Restarts the copy onto the same destination in synchronous-writes mode.
+///
+/// libvirt 9.0 has no call that changes a running copy's mode. QEMU 8.2 and
+/// later can (`block-job-change` with `copy-mode: write-blocking`), but libvirt
+/// offers it only through `virDomainQemuMonitorCommand`, which it documents as
+/// unsupported (the domain is marked tainted and libvirt's view of the job is
+/// bypassed), so the copy is aborted and started again on every QEMU version.
+/// QEMU zeroes or fully rewrites the reused destination before it counts as
+/// synchronized, so nothing of the first copy's partial data survives there.
+///
+/// The mode is journaled first: a node that restarts after the new copy began
+/// keeps watching it as a synchronous copy; one that restarts in between finds
+/// no copy and rolls back.
+async fn switch_to_sync_writes(
+    ctx: &mut Ctx<'_>,
+    plan: &Plan,
+    dest: &Destination,
+) -> Result<(), Error> {
+    let qemu = match ctx.hv(|hv| hv.host_info()).await {
+        Ok(host) => host.hypervisor_version,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the QEMU version");
+            "unknown".to_string()
+        }
+    };
+    let in_place = if convergence::qemu_has_block_job_change(&qemu) {
+        format!("QEMU {qemu} could switch in place (block-job-change) but libvirt has no supported call for it")
+    } else {
+        format!("QEMU {qemu} cannot switch a running copy")
+    };
+    let message = format!(
+        "restarting the copy of {} to {} with synchronous writes ({in_place}); the copy starts over",
+        plan.target,
+        dest.disk.display_name()
+    );
+    tracing::info!("{message}");
+    ctx.publish(|r| {
+        r.forced_sync_writes = true;
+        r.latest.message = message;
+        r.latest.convergence = None;
+        r.latest.progress = Progress::default();
+    })
+    .await?;
+    ctx.copying = false;
+    let (domain, target) = (plan.domain.clone(), plan.target.clone());
+    ctx.hv_retry("aborting the copy to restart it", move |hv| {
+        hv.block_job_abort(&domain, &target, false)
+    })
+    .await?;
+    if !wait_for_no_job(ctx, plan).await {
+        return Err(Error::Precondition(format!(
+            "the aborted block copy of {} did not go away, so it could not be restarted with synchronous writes",
+            plan.target
+        )));
+    }
+    ctx.checkpoint().await?;
+    issue_copy(ctx, dest).await?;
+    ctx.copying = true;
+    Ok(())
+}
+
+/// Waits (up to 10 s) until the disk has no block job; says whether it has none.
+async fn wait_for_no_job(ctx: &mut Ctx<'_>, plan: &Plan) -> bool {
+    // The abort is synchronous in libvirt, but a job may linger briefly in QEMU.
+    for _ in 0..40 {
+        let (domain, target) = (plan.domain.clone(), plan.target.clone());
+        match ctx.hv(move |hv| hv.block_job(&domain, &target)).await {
+            Ok(Some(_)) => {
+                ctx.attend(tokio::time::sleep(Duration::from_millis(250)))
+                    .await
+            }
+            _ => return true,
+        }
+    }
+    false
 }
 
 /// Space below which a destination pool counts as full when its copy stopped.
@@ -1169,16 +1347,8 @@ async fn roll_back_mirror(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) ->
     if let Err(e) = &aborted {
         tracing::warn!(error = %e, "aborting the block job failed");
     }
-    // The abort is synchronous in libvirt, but a job may linger briefly in QEMU.
-    for _ in 0..40 {
-        let (domain, target) = (plan.domain.clone(), plan.target.clone());
-        match ctx.hv(move |hv| hv.block_job(&domain, &target)).await {
-            Ok(Some(_)) => {
-                ctx.attend(tokio::time::sleep(Duration::from_millis(250)))
-                    .await
-            }
-            _ => break,
-        }
+    if !wait_for_no_job(ctx, plan).await {
+        tracing::warn!("the aborted block job is still listed");
     }
     ctx.copying = false;
     let live = current_source(ctx, plan, Definition::Live).await;

@@ -109,6 +109,11 @@ pub struct Record {
     /// When the pivot was issued and when it ended (Unix ms).
     #[serde(default)]
     pub pivot: Option<(u64, u64)>,
+    /// The copy was restarted in synchronous-writes mode because it did not
+    /// converge: every later copy of this migration (after a node restart too)
+    /// uses that mode.
+    #[serde(default)]
+    pub forced_sync_writes: bool,
 }
 
 /// What a member record keeps of its group, so that the group can be
@@ -422,9 +427,11 @@ mod tests {
                 disks: Vec::new(),
                 skipped: Vec::new(),
                 pivot_window_ms: 0,
+                convergence: None,
             },
             group: None,
             pivot: None,
+            forced_sync_writes: false,
         }
     }
 

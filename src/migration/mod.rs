@@ -2,6 +2,7 @@
 //! the journal and crash recovery. Free of gRPC and libvirt types: it talks to
 //! the host through [`crate::hypervisor::Hypervisor`].
 
+mod convergence;
 mod engine;
 pub mod error;
 mod group;
@@ -18,6 +19,8 @@ pub use engine::{
 };
 pub use error::Error;
 
+#[cfg(test)]
+mod convergence_tests;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]

@@ -88,6 +88,21 @@ pub enum VerifyLevel {
     Strict,
 }
 
+/// What a migration does when its copy does not converge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum NoConvergencePolicy {
+    /// Warn once and keep copying.
+    #[default]
+    Warn,
+    /// Warn, then fail and roll back.
+    Fail,
+    /// Warn, then restart the copy in synchronous-writes mode.
+    SwitchToSyncWrites,
+}
+
+/// The convergence window when a request names none.
+pub const DEFAULT_CONVERGENCE_WINDOW: Duration = Duration::from_secs(60);
+
 /// Tuning of one migration.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Options {
@@ -107,6 +122,35 @@ pub struct Options {
     /// the source.
     #[serde(default)]
     pub source_users_elsewhere: Vec<String>,
+    /// What happens when the copy does not converge.
+    #[serde(default)]
+    pub on_no_convergence: NoConvergencePolicy,
+    /// How long the bytes left to copy may fail to shrink before the copy
+    /// counts as not converging; `None`: [`DEFAULT_CONVERGENCE_WINDOW`].
+    #[serde(default)]
+    pub convergence_window: Option<Duration>,
+}
+
+impl Options {
+    /// The convergence window in force.
+    pub fn convergence_window(&self) -> Duration {
+        self.convergence_window
+            .unwrap_or(DEFAULT_CONVERGENCE_WINDOW)
+    }
+}
+
+/// A copy found not to converge: the guest dirtied at least as much as was
+/// copied over the convergence window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvergenceWarning {
+    /// Bytes/s newly dirtied (the growth of the copy's end), over the window.
+    pub dirty_rate: u64,
+    /// Bytes/s copied (the growth of the copy's cursor), over the window.
+    pub copy_rate: u64,
+    /// Bytes left to copy when it was found.
+    pub remaining: u64,
+    /// What the operator can do.
+    pub remedy: String,
 }
 
 /// A request to move one disk, already checked for well-formed names.
@@ -270,6 +314,10 @@ pub struct Event {
     /// ended (0 until every pivot has ended).
     #[serde(default)]
     pub pivot_window_ms: u64,
+    /// Set while copying once the copy was found not to converge (and on the
+    /// failure that policy `Fail` makes of it); a group's: its first disk's.
+    #[serde(default)]
+    pub convergence: Option<ConvergenceWarning>,
 }
 
 /// One disk of a group, as of a group event.
@@ -291,6 +339,9 @@ pub struct DiskStatus {
     pub failure: Option<Failure>,
     /// When its pivot was issued and ended (Unix ms).
     pub pivot: Option<(u64, u64)>,
+    /// Its copy's convergence warning, if any.
+    #[serde(default)]
+    pub convergence: Option<ConvergenceWarning>,
 }
 
 /// A disk a group leaves alone.

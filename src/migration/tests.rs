@@ -29,7 +29,7 @@ async fn engine(hv: Arc<FakeHypervisor>, dir: &std::path::Path) -> Engine {
         .expect("engine")
 }
 
-fn request(id: &str) -> MigrationRequest {
+pub(super) fn request(id: &str) -> MigrationRequest {
     MigrationRequest {
         request_id: id.into(),
         domain: "g".into(),
@@ -41,7 +41,7 @@ fn request(id: &str) -> MigrationRequest {
     }
 }
 
-async fn collect(mut sub: super::Subscription) -> Vec<super::model::Event> {
+pub(super) async fn collect(mut sub: super::Subscription) -> Vec<super::model::Event> {
     let mut events = Vec::new();
     while let Some(e) = sub.next().await {
         events.push(e);
@@ -272,7 +272,7 @@ fn a_restarted_engine_resumes_a_running_copy_from_the_journal() {
     assert_eq!(hv.lock().pivots, 1);
 }
 
-fn source() -> DiskSource {
+pub(super) fn source() -> DiskSource {
     DiskSource::File {
         path: "/p/a/root.qcow2".into(),
     }

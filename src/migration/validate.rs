@@ -111,6 +111,30 @@ pub fn bandwidth(value: u64) -> Result<(), Error> {
     }
 }
 
+/// Shortest convergence window accepted: QEMU reports progress in bursts
+/// (see `convergence`), so a verdict over less would rest on one or two of
+/// them, and the node polls only a few times a second.
+pub const MIN_CONVERGENCE_WINDOW: u64 = 5;
+/// Longest convergence window accepted (a day).
+pub const MAX_CONVERGENCE_WINDOW: u64 = 86_400;
+
+/// A convergence window: `None` (the default) or 5 s … 86400 s.
+pub fn convergence_window(value: Option<std::time::Duration>) -> Result<(), Error> {
+    match value {
+        None => Ok(()),
+        Some(d) if (MIN_CONVERGENCE_WINDOW..=MAX_CONVERGENCE_WINDOW).contains(&d.as_secs()) => {
+            Ok(())
+        }
+        Some(d) => Err(invalid(
+            "convergence_window_seconds",
+            format!(
+                "{} is out of range: use 0 (default, 60) or {MIN_CONVERGENCE_WINDOW} to {MAX_CONVERGENCE_WINDOW} seconds",
+                d.as_secs()
+            ),
+        )),
+    }
+}
+
 /// A migration id as given back by a caller: 1-128 characters of
 /// `[A-Za-z0-9._:-]` (the node makes UUIDs). Checked before the id is looked
 /// up, echoed in an error or logged, so none of those carries a caller's

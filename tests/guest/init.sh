@@ -47,8 +47,17 @@ max=$(($(cat /sys/block/vda/size) - 1))
 # unthrottled guest keeps a host core busy under TCG, which several guests on
 # a small test machine cannot afford.
 pause_us=0
+# Optional kernel parameter volmig.flood_mib=N: see flood below.
+flood_mib=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
+        volmig.flood_mib=*)
+            v=${arg#volmig.flood_mib=}
+            case "$v" in
+                '' | *[!0-9]*) err "ignoring $arg: not a number" ;;
+                *) flood_mib=$v ;;
+            esac
+            ;;
         volmig.pause_ms=*)
             v=${arg#volmig.pause_ms=}
             # Arithmetic on a non-number would kill this shell, i.e. PID 1.
@@ -83,6 +92,30 @@ done
 n=$((lo + 1))
 boot=$n
 echo "VOLMIG-START $boot"
+
+# Flood mode: besides the records, rewrite the N MiB that start at the middle
+# of vda over and over, as fast as the guest can (1 MiB O_DIRECT writes, then a
+# cache flush), so a block copy has to race a guest that dirties far more than
+# a low bandwidth limit copies. The records grow from sector 1 and never get
+# near the middle during a test; the flood writes zeros, which never parse as
+# a record, so the resume search above is unaffected. Runs in a subshell that
+# never ends, like PID 1 itself.
+if [ "$flood_mib" -gt 0 ]; then
+    half_mib=$(($(cat /sys/block/vda/size) / 4096))
+    if [ "$flood_mib" -gt "$half_mib" ]; then
+        err "ignoring volmig.flood_mib=$flood_mib: larger than half of vda ($half_mib MiB)"
+    else
+        echo "VOLMIG-FLOOD $flood_mib MiB at MiB $half_mib"
+        (
+            while :; do
+                out=$(dd if=/dev/zero of=/dev/vda bs=1048576 count="$flood_mib" seek="$half_mib" oflag=direct conv=fsync,notrunc 2>&1) || {
+                    err "flood: $(echo $out)"
+                    sleep 1
+                }
+            done
+        ) &
+    fi
+fi
 
 while :; do
     if [ $n -gt $max ]; then

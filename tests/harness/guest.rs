@@ -135,6 +135,7 @@ pub struct GuestBuilder<'a> {
     empty_cdrom: bool,
     prewritten: Option<u64>,
     pause_ms: Option<u32>,
+    flood_mib: Option<u32>,
     error_policy: Option<String>,
 }
 
@@ -218,6 +219,16 @@ impl<'a> GuestBuilder<'a> {
     /// guest keeps one host core busy under TCG; 50 gives ~16 acks/s).
     pub fn pause_ms(mut self, ms: u32) -> Self {
         self.pause_ms = Some(ms);
+        self
+    }
+
+    /// Kernel parameter `volmig.flood_mib=N`: the guest also rewrites the `mib` MiB that
+    /// start at the middle of vda over and over, as fast as it can (see
+    /// `tests/guest/README.md`), so a copy under a low bandwidth limit cannot converge.
+    /// The records stay checkable; the flood must fit between them and any pre-written
+    /// region at the top.
+    pub fn flood_mib(mut self, mib: u32) -> Self {
+        self.flood_mib = Some(mib);
         self
     }
 
@@ -360,6 +371,18 @@ impl<'a> GuestBuilder<'a> {
         if let Some(ms) = self.pause_ms {
             cmdline.push_str(&format!(" volmig.pause_ms={ms}"));
         }
+        if let Some(mib) = self.flood_mib {
+            let (start, end) = (
+                self.disk_bytes / 2,
+                self.disk_bytes / 2 + (u64::from(mib) << 20),
+            );
+            let top = self.disk_bytes - self.prewritten.unwrap_or(0);
+            assert!(
+                mib > 0 && start >= RECORD_SPACE_MIN && end <= top,
+                "flood_mib({mib}) must fit in [{start}, {top}) of vda and leave {RECORD_SPACE_MIN} bytes for records"
+            );
+            cmdline.push_str(&format!(" volmig.flood_mib={mib}"));
+        }
         // on_reboot=destroy: the guest never reboots on purpose, so a kernel panic
         // (panic=-1 reboots) shows up as a stopped domain instead of a silent restart.
         let domain = format!(
@@ -458,6 +481,7 @@ impl Guest {
             empty_cdrom: false,
             prewritten: None,
             pause_ms: None,
+            flood_mib: None,
             error_policy: None,
         }
     }

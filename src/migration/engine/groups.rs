@@ -426,6 +426,7 @@ fn check_group_request(req: &GroupRequest) -> Result<(), Error> {
         validate::object_name("destination_pool", &req.destination_pool)?;
     }
     validate::bandwidth(req.options.bandwidth)?;
+    validate::convergence_window(req.options.convergence_window)?;
     let choices = match &req.disks {
         DiskSelection::Listed(choices) | DiskSelection::All(choices) => choices,
     };
