@@ -36,9 +36,9 @@ pub enum Error {
     #[error("no migration with id '{0}' on this node")]
     MigrationNotFound(String),
     /// A migration id that no migration can have (too long, odd
-    /// characters); unlike [`Error::MigrationNotFound`] it does not repeat
-    /// the caller's string.
-    #[error("no migration has such an id ({bytes} bytes; ids are 1-128 characters of letters, digits, '.', '_', ':', '-')")]
+    /// characters): malformed, so INVALID_ARGUMENT; unlike
+    /// [`Error::MigrationNotFound`] it does not repeat the caller's string.
+    #[error("invalid migration_id: {bytes} bytes that no migration id can be (ids are 1-128 characters of letters, digits, '.', '_', ':', '-')")]
     NoSuchMigrationId {
         /// Length of what was given.
         bytes: usize,
@@ -156,12 +156,13 @@ impl Error {
     /// The error's class.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            Error::InvalidArgument { .. } | Error::NoSuchMigrationId { .. } => {
+                ErrorCode::InvalidArgument
+            }
             Error::DomainNotFound(_)
             | Error::DiskNotFound { .. }
             | Error::PoolNotFound(_)
-            | Error::MigrationNotFound(_)
-            | Error::NoSuchMigrationId { .. } => ErrorCode::NotFound,
+            | Error::MigrationNotFound(_) => ErrorCode::NotFound,
             Error::Precondition(_) | Error::WrongPhase { .. } | Error::NoConvergence { .. } => {
                 ErrorCode::FailedPrecondition
             }
