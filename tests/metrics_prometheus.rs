@@ -1,7 +1,8 @@
 //! End-to-end: a real Prometheus scrapes a node and a controller while a
 //! writing guest's disk is migrated through the controller; PromQL then sees
 //! one completed migration and exactly the bytes the copy reported, and
-//! `promtool check metrics` accepts both expositions.
+//! `promtool check metrics` accepts both expositions. The node logs JSON,
+//! each line of the migration naming it.
 
 mod harness;
 
@@ -38,6 +39,8 @@ async fn prometheus_sees_the_completed_migration_and_its_bytes() {
             &ctl.endpoint(),
             "--metrics-listen",
             &node_metrics.to_string(),
+            "--log-format",
+            "json",
         ],
     );
     wait_nodes_up(&ctl, &[node.node_id()]).await;
@@ -126,6 +129,23 @@ async fn prometheus_sees_the_completed_migration_and_its_bytes() {
             SCRAPED,
             |v| v > 0.0,
         );
+    }
+
+    // JSON logs: every line is one object, and every line the migration's
+    // task logged (each phase change does) names the migration.
+    let id = events[0]["migration_id"].as_str().expect("id");
+    let log = node.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let phases: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["phase"].is_string())
+        .collect();
+    assert!(phases.len() >= 5, "{log}");
+    for line in phases {
+        assert_eq!(line["span"]["migration_id"], id, "{line}");
     }
 
     for (what, addr) in [("node", node_metrics), ("controller", ctl_metrics)] {
