@@ -1,8 +1,9 @@
 //! End-to-end: a real Prometheus scrapes a node and a controller while a
 //! writing guest's disk is migrated through the controller; PromQL then sees
 //! one completed migration and exactly the bytes the copy reported, and
-//! `promtool check metrics` accepts both expositions. The node logs JSON,
-//! each line of the migration naming it.
+//! `promtool check metrics` accepts both expositions, and every query of the
+//! shipped Grafana dashboard is valid PromQL. The node logs JSON, each line
+//! of the migration naming it.
 
 mod harness;
 
@@ -146,6 +147,29 @@ async fn prometheus_sees_the_completed_migration_and_its_bytes() {
     assert!(phases.len() >= 5, "{log}");
     for line in phases {
         assert_eq!(line["span"]["migration_id"], id, "{line}");
+    }
+
+    // Every query of the shipped dashboard is valid PromQL to a real Prometheus.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(harness::repo_root().join("deploy/grafana/volmig-dashboard.json"))
+            .expect("dashboard"),
+    )
+    .expect("json");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let exprs: Vec<&str> = panels
+        .iter()
+        .filter_map(|p| p["targets"].as_array())
+        .flatten()
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(exprs.len() > 10);
+    for expr in exprs {
+        let concrete = expr
+            .replace("$instance", ".*")
+            .replace("$__rate_interval", "1m");
+        if let Err(e) = prometheus.query(&concrete) {
+            panic!("dashboard query {expr}: {e}");
+        }
     }
 
     for (what, addr) in [("node", node_metrics), ("controller", ctl_metrics)] {

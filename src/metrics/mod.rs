@@ -400,6 +400,16 @@ impl Collector for Nodes {
             ConstGauge::new(n).encode(family.encode_family(&[("state", state)])?)?;
         }
         let mut family = encoder.encode_descriptor(
+            "node_up",
+            "1 when the node was heard from within down_after_seconds, else 0",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (id, up, _) in &nodes {
+            ConstGauge::new(i64::from(*up))
+                .encode(family.encode_family(&[("node", id.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
             "node_heartbeat_age_seconds",
             "Time since each node was last heard from (no series until it has been)",
             None,

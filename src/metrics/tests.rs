@@ -190,6 +190,7 @@ fn controller_metrics_show_nodes_rejections_and_lag() {
     well_formed(&text);
     assert_eq!(value(&text, r#"volmig_nodes{state="up"}"#), Some(1.0));
     assert_eq!(value(&text, r#"volmig_nodes{state="down"}"#), Some(1.0));
+    assert_eq!(value(&text, r#"volmig_node_up{node="kvm2"}"#), Some(0.0));
     assert_eq!(
         value(&text, r#"volmig_node_heartbeat_age_seconds{node="kvm1"}"#),
         Some(2.0)
