@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts everything volmig's node and its tests need on a Debian 12 host:
 # libvirt + QEMU, the guest kernel and busybox for the test guest, parted for disk pools,
-# e2fsprogs for the small filesystem pools of the destination-full test.
+# e2fsprogs for the small filesystem pools of the destination-full test, prometheus
+# (prometheus + promtool) for the metrics test and the alert-rules check.
 # Idempotent and quiet on success; on failure it says what failed and shows the log.
 set -euo pipefail
 
@@ -23,6 +24,7 @@ packages=(
     libvirt-clients libvirt-dev
     qemu-system-x86 qemu-block-extra qemu-utils
     linux-image-cloud-amd64 busybox-static cpio gzip parted pkg-config bc e2fsprogs
+    prometheus
 )
 
 missing=()
@@ -42,6 +44,7 @@ if ! command -v qemu-system-x86_64 >/dev/null || [ ${#missing[@]} -gt 0 ]; then
         || fail "apt-get install failed"
 fi
 command -v qemu-img >/dev/null || fail "qemu-img is missing after install"
+command -v promtool >/dev/null || fail "promtool is missing after install (package prometheus)"
 ls /boot/vmlinuz-* >/dev/null 2>&1 || fail "no kernel in /boot (linux-image-cloud-amd64)"
 
 mkdir -p /run/libvirt

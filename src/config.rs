@@ -113,6 +113,21 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// Most watchers of one migration at once (more are RESOURCE_EXHAUSTED).
     pub max_watchers_per_migration: usize,
+    /// `host:port` serving Prometheus metrics at `/metrics` (plain HTTP); empty: off.
+    pub metrics_listen: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the enclosing spans.
+    Json,
 }
 
 impl Default for NodeConfig {
@@ -142,6 +157,8 @@ impl Default for NodeConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_watchers_per_migration: DEFAULT_MAX_WATCHERS,
+            metrics_listen: String::new(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -202,6 +219,10 @@ pub struct ControllerConfig {
     pub max_connections: usize,
     /// Most watchers of one migration at once (more are RESOURCE_EXHAUSTED).
     pub max_watchers_per_migration: usize,
+    /// `host:port` serving Prometheus metrics at `/metrics` (plain HTTP); empty: off.
+    pub metrics_listen: String,
+    /// Log line format.
+    pub log_format: LogFormat,
 }
 
 /// A node listed in the controller's configuration.
@@ -307,6 +328,8 @@ impl Default for ControllerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_watchers_per_migration: DEFAULT_MAX_WATCHERS,
+            metrics_listen: String::new(),
+            log_format: LogFormat::Text,
         }
     }
 }

@@ -539,6 +539,19 @@ pub enum HvError {
     },
 }
 
+/// Told of every call a [`Hypervisor`] implementation makes to its host
+/// (metrics). Called inline on the blocking call path: must be cheap.
+pub trait CallObserver: Send + Sync + 'static {
+    /// One call, by its stable name (e.g. `virDomainGetBlockJobInfo`), how long
+    /// it took (reconnects included) and whether it failed.
+    fn call(&self, call: &'static str, elapsed: std::time::Duration, failed: bool);
+}
+
+/// Observes nothing.
+impl CallObserver for () {
+    fn call(&self, _: &'static str, _: std::time::Duration, _: bool) {}
+}
+
 /// The host operations the migration engine uses.
 pub trait Hypervisor: Send + Sync + 'static {
     /// Versions and host name.

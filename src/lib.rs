@@ -10,6 +10,7 @@ pub mod config;
 pub mod controller;
 pub mod hypervisor;
 pub mod libvirt;
+pub mod metrics;
 pub mod migration;
 pub mod node;
 pub mod telemetry;

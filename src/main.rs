@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use volmig::config::{self, ControllerConfig, NodeConfig};
+use volmig::config::{self, ControllerConfig, LogFormat, NodeConfig};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +62,8 @@ struct NodeArgs {
     ceph_keyring_dir: Option<PathBuf>,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    observability: ObservabilityArgs,
 }
 
 #[derive(clap::Args)]
@@ -77,6 +79,32 @@ struct ControllerArgs {
     state_dir: Option<PathBuf>,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    observability: ObservabilityArgs,
+}
+
+#[derive(clap::Args)]
+struct ObservabilityArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9450; off by default).
+    #[arg(long, env = "VOLMIG_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, env = "VOLMIG_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+/// Overrides the config file's observability keys with the flags given,
+/// then starts logging in the chosen format.
+macro_rules! apply_observability {
+    ($cfg:expr, $args:expr) => {
+        if let Some(v) = $args.metrics_listen {
+            $cfg.metrics_listen = v;
+        }
+        if let Some(v) = $args.log_format {
+            $cfg.log_format = v;
+        }
+        volmig::telemetry::init($cfg.log_format);
+    };
 }
 
 #[derive(clap::Args)]
@@ -162,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 cfg.ceph_keyring_dir = v;
             }
             apply_security!(cfg, args.security);
+            apply_observability!(cfg, args.observability);
             volmig::node::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
@@ -174,16 +203,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 cfg.state_dir = v;
             }
             apply_security!(cfg, args.security);
+            apply_observability!(cfg, args.observability);
             volmig::controller::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
-        Command::Operator(cmd) => volmig::cli::run(cmd).await,
+        Command::Operator(cmd) => {
+            volmig::telemetry::init(LogFormat::Text);
+            volmig::cli::run(cmd).await
+        }
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    volmig::telemetry::init();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

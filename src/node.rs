@@ -6,6 +6,7 @@ use crate::api::client::{self, Credentials, Peer};
 use crate::api::server::{self, Exposure, Listen};
 use crate::config::NodeConfig;
 use crate::libvirt::LibvirtHost;
+use crate::metrics::{self, NodeMetrics};
 use crate::migration::journal::Journal;
 use crate::migration::{Engine, EngineConfig, Retention};
 
@@ -24,13 +25,20 @@ pub async fn run(
     } else {
         config.node_id.clone()
     };
-    let journal = Journal::open(&config.state_dir).map_err(anyhow::Error::msg)?;
-    let host = Arc::new(
-        LibvirtHost::new(config.libvirt_uri.clone())
-            .with_ceph_keyring_dir(config.ceph_keyring_dir.clone()),
-    );
-    let engine = Engine::start(
-        host,
+    let mut journal = Journal::open(&config.state_dir).map_err(anyhow::Error::msg)?;
+    let mut host = LibvirtHost::new(config.libvirt_uri.clone())
+        .with_ceph_keyring_dir(config.ceph_keyring_dir.clone());
+    let observer: Arc<dyn crate::migration::Observer> = if config.metrics_listen.is_empty() {
+        Arc::new(())
+    } else {
+        let metrics = NodeMetrics::new();
+        metrics::serve(&config.metrics_listen, metrics.registry()).await?;
+        host = host.with_call_observer(metrics.clone());
+        journal = journal.observed(metrics.clone());
+        metrics
+    };
+    let engine = Engine::start_observed(
+        Arc::new(host),
         journal,
         EngineConfig {
             node_id: node_id.clone(),
@@ -45,6 +53,7 @@ pub async fn run(
             },
             ..EngineConfig::default()
         },
+        observer,
     )
     .await?;
     tracing::info!(%node_id, uri = %config.libvirt_uri, state_dir = %config.state_dir.display(), "node starting");

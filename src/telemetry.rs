@@ -13,20 +13,45 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Installs a stderr logger filtered by `RUST_LOG` (default `info`); colours
-/// only on a terminal.
-pub fn init() {
+use crate::config::LogFormat;
+
+/// Installs a stderr logger filtered by `RUST_LOG` (default `info`). Text:
+/// colours only on a terminal. JSON: one object per line carrying the fields
+/// of the event's spans (`span` the innermost, `spans` all), so every line a
+/// migration logs names its `migration_id`.
+pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = io::stderr().is_terminal();
+    let registry = tracing_subscriber::registry().with(filter);
     // A second init (tests, or a library user with its own subscriber) is harmless.
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(ansi)
-                .with_writer(Escaping { keep_esc: ansi }),
-        )
-        .try_init();
+    let _ = match format {
+        LogFormat::Text => {
+            let ansi = io::stderr().is_terminal();
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(ansi)
+                        .with_writer(Escaping { keep_esc: ansi }),
+                )
+                .try_init()
+        }
+        LogFormat::Json => registry
+            .with(json_layer(Escaping { keep_esc: false }))
+            .try_init(),
+    };
+}
+
+/// The JSON formatter writing to `writer`. JSON strings escape control
+/// characters themselves; the [`EscapingWriter`] stays as the guarantee.
+fn json_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_writer(writer)
 }
 
 /// Makes [`EscapingWriter`]s over stderr.
@@ -98,5 +123,49 @@ mod tests {
             escape(b"\x1b[32mINFO\x1b[0m x\n", true),
             b"\x1b[32mINFO\x1b[0m x\n"
         );
+    }
+
+    /// Collects what the JSON layer writes, through an [`EscapingWriter`].
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = EscapingWriter<Captured>;
+        fn make_writer(&'a self) -> Self::Writer {
+            EscapingWriter {
+                inner: self.clone(),
+                keep_esc: false,
+            }
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_migration_id_and_stay_one_line_each() {
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(json_layer(out.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("migration", migration_id = "mig-1");
+            let _entered = span.enter();
+            tracing::info!(domain = "evil\nINFO forged\u{7}", "copying");
+            tracing::warn!("second");
+        });
+        let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json");
+            assert_eq!(v["span"]["migration_id"], "mig-1", "{line}");
+            assert_eq!(v["spans"][0]["name"], "migration", "{line}");
+        }
     }
 }

@@ -23,9 +23,9 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use crate::hypervisor::{
-    BlockJob, CopyOptions, Definition, Deletion, DiskSource, DiskSpec, DomainState, FileId,
-    HostInfo, HvError, Hypervisor, ImageFormat, NewVolume, PoolRunState, PoolSpec, VolumeIdentity,
-    VolumeSpec, VolumeUser,
+    BlockJob, CallObserver, CopyOptions, Definition, Deletion, DiskSource, DiskSpec, DomainState,
+    FileId, HostInfo, HvError, Hypervisor, ImageFormat, NewVolume, PoolRunState, PoolSpec,
+    VolumeIdentity, VolumeSpec, VolumeUser,
 };
 use blockjob::CallError;
 
@@ -37,6 +37,7 @@ pub struct LibvirtHost {
     uri: String,
     conn: Mutex<Option<Arc<Connect>>>,
     ceph_keyring_dir: PathBuf,
+    observer: Arc<dyn CallObserver>,
 }
 
 /// Where Ceph's tools keep keyrings; volmig reads a cephx key there when
@@ -53,7 +54,14 @@ impl LibvirtHost {
             uri: uri.into(),
             conn: Mutex::new(None),
             ceph_keyring_dir: PathBuf::from(DEFAULT_CEPH_KEYRING_DIR),
+            observer: Arc::new(()),
         }
+    }
+
+    /// Reports every libvirt call (name, latency, failure) to `observer`.
+    pub fn with_call_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Reads cephx keys of private libvirt secrets from `dir`.
@@ -140,8 +148,21 @@ impl LibvirtHost {
         *slot = None;
     }
 
-    /// Runs `f` on the connection, reconnecting once if libvirtd went away.
+    /// Runs `f` on the connection, reconnecting once if libvirtd went away;
+    /// every libvirt call goes through here, so this is where they are observed.
     fn call<T>(
+        &self,
+        op: &'static str,
+        subject: &str,
+        f: impl Fn(&Connect) -> Result<T, CallError>,
+    ) -> Result<T, HvError> {
+        let started = std::time::Instant::now();
+        let result = self.call_once_reconnecting(op, subject, f);
+        self.observer.call(op, started.elapsed(), result.is_err());
+        result
+    }
+
+    fn call_once_reconnecting<T>(
         &self,
         op: &'static str,
         subject: &str,

@@ -18,6 +18,7 @@ use crate::migration::error::Error;
 use crate::migration::group::Group;
 use crate::migration::journal::{GroupLink, Journal, Plan, Record, Stage};
 use crate::migration::model::{now_ms, Event, MigrationRequest, Phase, Progress};
+use crate::migration::observer::Observer;
 use crate::migration::{job, plan, validate};
 
 /// How long finished migrations are remembered.
@@ -170,6 +171,8 @@ pub(crate) struct Inner {
     pub journal: Journal,
     pub config: EngineConfig,
     registry: Mutex<Registry>,
+    /// Told of every event published (metrics).
+    observer: Arc<dyn Observer>,
 }
 
 impl Inner {
@@ -219,9 +222,10 @@ impl Inner {
         st.seq += 1;
         let event = st.record.latest.clone();
         // No receivers is normal (nobody watching); the record keeps the state.
-        let _ = job.events.send((st.seq, event));
-        let terminal = st.record.latest.phase.is_terminal();
+        let _ = job.events.send((st.seq, event.clone()));
         drop(st);
+        self.observer.event(&event);
+        let terminal = event.phase.is_terminal();
         if let Some(group) = job.group() {
             group.refresh();
         }
@@ -461,11 +465,22 @@ impl Engine {
         journal: Journal,
         config: EngineConfig,
     ) -> Result<Engine, Error> {
+        Engine::start_observed(hv, journal, config, Arc::new(())).await
+    }
+
+    /// [`Engine::start`], telling `observer` of every event published.
+    pub async fn start_observed(
+        hv: Arc<dyn Hypervisor>,
+        journal: Journal,
+        config: EngineConfig,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Engine, Error> {
         let inner = Arc::new(Inner {
             hv,
             journal,
             config,
             registry: Mutex::new(Registry::default()),
+            observer,
         });
         let journal = inner.journal.clone();
         let (records, quarantined) = tokio::task::spawn_blocking(move || journal.load_all())

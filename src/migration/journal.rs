@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::{DiskSource, ImageFormat, VolumeIdentity};
 use crate::migration::model::{Event, GroupRequest, MigrationRequest, Skipped};
+use crate::migration::observer::Observer;
 use crate::migration::validate;
 
 /// What validation resolved: everything later phases and recovery need.
@@ -142,9 +143,11 @@ pub struct Quarantined {
 }
 
 /// A directory of migration records.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Journal {
     dir: PathBuf,
+    /// Told of every write (its latency is a metric).
+    observer: std::sync::Arc<dyn Observer>,
     #[cfg(test)]
     hook: Option<SaveHook>,
 }
@@ -170,6 +173,12 @@ impl std::fmt::Debug for SaveHook {
     }
 }
 
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("dir", &self.dir).finish()
+    }
+}
+
 fn private_dir(dir: &Path) -> std::io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -191,6 +200,7 @@ impl Journal {
             .map_err(|e| format!("cannot create journal directory {}: {e}", dir.display()))?;
         Ok(Journal {
             dir,
+            observer: std::sync::Arc::new(()),
             #[cfg(test)]
             hook: None,
         })
@@ -200,6 +210,12 @@ impl Journal {
     #[cfg(test)]
     pub fn with_hook(mut self, hook: SaveHook) -> Self {
         self.hook = Some(hook);
+        self
+    }
+
+    /// The same journal, reporting every write to `observer`.
+    pub fn observed(mut self, observer: std::sync::Arc<dyn Observer>) -> Self {
+        self.observer = observer;
         self
     }
 
@@ -213,7 +229,11 @@ impl Journal {
         if let Some(hook) = &self.hook {
             (hook.0)(false)?;
         }
-        self.write(record)?;
+        let started = std::time::Instant::now();
+        let written = self.write(record);
+        self.observer
+            .journal_write(started.elapsed(), written.is_err());
+        written?;
         #[cfg(test)]
         if let Some(hook) = &self.hook {
             (hook.0)(true)?;

@@ -9,6 +9,7 @@ mod group;
 mod job;
 pub mod journal;
 pub mod model;
+pub mod observer;
 mod plan;
 mod recovery;
 mod tuning;
@@ -18,6 +19,7 @@ pub use engine::{
     DiskView, DomainDisks, Engine, EngineConfig, GroupView, ListFilter, Retention, Subscription,
 };
 pub use error::Error;
+pub use observer::Observer;
 
 #[cfg(test)]
 mod convergence_tests;

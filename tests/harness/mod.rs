@@ -27,6 +27,7 @@ pub mod guest;
 pub mod node;
 pub mod pattern;
 pub mod pools;
+pub mod prometheus;
 pub mod records;
 pub mod service;
 mod sweep;

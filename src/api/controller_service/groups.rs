@@ -87,6 +87,7 @@ impl ControllerService {
             located.push(disk);
         }
         let plans = group_placement::plan_together(&choices, self.policy(), req.same_pool);
+        plans.iter().for_each(|p| self.observe_rejections(p));
         let disks = located
             .into_iter()
             .zip(entries)

@@ -71,6 +71,8 @@ struct Inner {
     /// The follower of each unfinished migration being followed.
     followers: Mutex<HashMap<String, Arc<relay::Follower>>>,
     history: Arc<History>,
+    /// Told of placement rejections and relayed events (metrics).
+    observer: Arc<dyn crate::controller::Observer>,
 }
 
 /// A channel to a node, reused while its endpoint and the controller's client
@@ -136,6 +138,17 @@ impl ControllerService {
         history: History,
         credentials: Credentials,
     ) -> ControllerService {
+        ControllerService::observed(config, history, credentials, Arc::new(()))
+    }
+
+    /// [`ControllerService::with_credentials`] telling `observer` of its
+    /// placement rejections and relayed events.
+    pub fn observed(
+        config: ControllerConfig,
+        history: History,
+        credentials: Credentials,
+        observer: Arc<dyn crate::controller::Observer>,
+    ) -> ControllerService {
         let registry = Registry::new(
             config
                 .nodes
@@ -153,6 +166,7 @@ impl ControllerService {
                 credentials,
                 followers: Mutex::new(HashMap::new()),
                 history: Arc::new(history),
+                observer,
             }),
         };
         for entry in service.inner.history.all() {
@@ -162,6 +176,32 @@ impl ControllerService {
         }
         service.spawn_refresher();
         service
+    }
+
+    /// Every node with whether it is up and how long ago it was last heard
+    /// from (`None`: not since this controller started or since a failed call).
+    pub fn node_health(&self) -> Vec<(String, bool, Option<Duration>)> {
+        let registry = &self.inner.registry;
+        registry
+            .all()
+            .into_iter()
+            .map(|e| {
+                (
+                    e.id.clone(),
+                    registry.is_up(&e),
+                    e.last_seen.map(|t| t.elapsed()),
+                )
+            })
+            .collect()
+    }
+
+    /// Reports the pools `plan` rejected, by rule.
+    pub(super) fn observe_rejections(&self, plan: &placement::Plan) {
+        for decision in &plan.decisions {
+            if let Verdict::Rejected(rejection) = &decision.verdict {
+                self.inner.observer.placement_rejected(rejection.rule);
+            }
+        }
     }
 
     /// Bound on one call to a node.

@@ -136,6 +136,14 @@ impl ControllerService {
                                 );
                                 continue;
                             }
+                            // A stream opened on a running migration first
+                            // replays its latest event: that is no lag.
+                            if event.timestamp_unix_ms > follower.latest().timestamp_unix_ms {
+                                let lag = now_ms().saturating_sub(event.timestamp_unix_ms);
+                                self.inner
+                                    .observer
+                                    .event_relayed(Duration::from_millis(lag));
+                            }
                             if let Err(e) = self.inner.history.update_latest(&event) {
                                 tracing::error!(error = %e, "cannot record migration event");
                             }

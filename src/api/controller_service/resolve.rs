@@ -161,6 +161,7 @@ impl ControllerService {
             )
             .await?;
         let plan = placement::plan(&choices.disk, &choices.pools, self.policy());
+        self.observe_rejections(&plan);
         let source_pool = located.disk.pool.clone();
         Ok((located, source_pool, pools, plan))
     }
