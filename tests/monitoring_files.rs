@@ -60,6 +60,7 @@ fn event(id: &str, phase: Phase) -> Event {
         disks: Vec::new(),
         skipped: Vec::new(),
         pivot_window_ms: 0,
+        convergence: None,
     }
 }
 

@@ -25,6 +25,7 @@ fn event(id: &str, phase: Phase, bytes_done: u64, rate: u64) -> Event {
         disks: Vec::new(),
         skipped: Vec::new(),
         pivot_window_ms: 0,
+        convergence: None,
     }
 }
 
