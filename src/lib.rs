@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod migration;
 pub mod node;
 pub mod telemetry;
+pub mod tracing_export;
 
 pub mod proto {
     //! Generated gRPC types for `volmig.v1`.

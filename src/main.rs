@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing::Instrument;
 
 use volmig::config::{self, ControllerConfig, LogFormat, NodeConfig};
 
@@ -94,17 +95,18 @@ struct ObservabilityArgs {
 }
 
 /// Overrides the config file's observability keys with the flags given,
-/// then starts logging in the chosen format.
+/// then starts logging in the chosen format (and trace export if configured);
+/// evaluates to the trace exporter to keep.
 macro_rules! apply_observability {
-    ($cfg:expr, $args:expr) => {
+    ($cfg:expr, $args:expr, $service:expr) => {{
         if let Some(v) = $args.metrics_listen {
             $cfg.metrics_listen = v;
         }
         if let Some(v) = $args.log_format {
             $cfg.log_format = v;
         }
-        volmig::telemetry::init($cfg.log_format);
-    };
+        volmig::telemetry::init($cfg.log_format, $service)?
+    }};
 }
 
 #[derive(clap::Args)]
@@ -190,7 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 cfg.ceph_keyring_dir = v;
             }
             apply_security!(cfg, args.security);
-            apply_observability!(cfg, args.observability);
+            let _traces = apply_observability!(cfg, args.observability, "volmig-node");
             volmig::node::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
@@ -203,13 +205,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 cfg.state_dir = v;
             }
             apply_security!(cfg, args.security);
-            apply_observability!(cfg, args.observability);
+            let _traces = apply_observability!(cfg, args.observability, "volmig-controller");
             volmig::controller::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
         Command::Operator(cmd) => {
-            volmig::telemetry::init(LogFormat::Text);
-            volmig::cli::run(cmd).await
+            let _traces = volmig::telemetry::init(LogFormat::Text, "volmig-cli")?;
+            // The root of the trace the controller and the node continue.
+            volmig::cli::run(cmd)
+                .instrument(tracing::info_span!("volmig.cli"))
+                .await
         }
     }
 }

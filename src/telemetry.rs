@@ -8,20 +8,37 @@
 
 use std::io::{self, IsTerminal, Write};
 
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// Installs a stderr logger filtered by `RUST_LOG` (default `info`). Text:
+/// Installs a stderr logger filtered by `RUST_LOG` (default `info`), and
+/// OTLP trace export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see
+/// [`crate::tracing_export`]; `service` names the process there). Text:
 /// colours only on a terminal. JSON: one object per line carrying the fields
 /// of the event's spans (`span` the innermost, `spans` all), so every line a
-/// migration logs names its `migration_id`.
-pub fn init(format: LogFormat) {
+/// migration logs names its `migration_id`. Keep the returned exporter until
+/// the process ends: dropping it flushes the spans.
+pub fn init(
+    format: LogFormat,
+    service: &str,
+) -> Result<Option<crate::tracing_export::Exporter>, crate::tracing_export::ExportError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let (exporter, tracer) = match crate::tracing_export::exporter(service)? {
+        Some((exporter, tracer)) => (Some(exporter), Some(tracer)),
+        None => (None, None),
+    };
+    // Spans are exported at info whatever RUST_LOG says of the logs (the
+    // CLI logs only warnings, yet its span is the root of the trace).
+    let registry = tracing_subscriber::registry().with(tracer.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t)
+            .with_filter(LevelFilter::INFO)
+    }));
     // A second init (tests, or a library user with its own subscriber) is harmless.
     let _ = match format {
         LogFormat::Text => {
@@ -30,14 +47,16 @@ pub fn init(format: LogFormat) {
                 .with(
                     tracing_subscriber::fmt::layer()
                         .with_ansi(ansi)
-                        .with_writer(Escaping { keep_esc: ansi }),
+                        .with_writer(Escaping { keep_esc: ansi })
+                        .with_filter(filter),
                 )
                 .try_init()
         }
         LogFormat::Json => registry
-            .with(json_layer(Escaping { keep_esc: false }))
+            .with(json_layer(Escaping { keep_esc: false }).with_filter(filter))
             .try_init(),
     };
+    Ok(exporter)
 }
 
 /// The JSON formatter writing to `writer`. JSON strings escape control

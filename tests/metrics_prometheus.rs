@@ -10,7 +10,7 @@ mod harness;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use harness::controller::{cli_events, wait_nodes_up, ControllerProcess};
+use harness::controller::{cli_migrate_vda_tagged, wait_nodes_up, ControllerProcess};
 use harness::node::NodeProcess;
 use harness::prometheus::{free_port, get, promtool_check_metrics, Prometheus};
 use harness::{writing_guest_with_data, DirPool, Pool};
@@ -52,17 +52,7 @@ async fn prometheus_sees_the_completed_migration_and_its_bytes() {
     prometheus.wait_for(r#"up{job="node"}"#, SCRAPED, |v| v == 1.0);
     prometheus.wait_for(r#"up{job="controller"}"#, SCRAPED, |v| v == 1.0);
 
-    let events = cli_events(&[
-        "migrate",
-        "--controller",
-        &ctl.endpoint(),
-        "--domain",
-        guest.name(),
-        "--disk",
-        "vda",
-        "--tag",
-        &tag,
-    ]);
+    let events = cli_migrate_vda_tagged(&ctl, guest.name(), &tag);
     let last = events.last().expect("events");
     assert_eq!(last["phase"], "PHASE_COMPLETED", "{last:#}");
     let copied = last["progress"]["bytes_done"].as_u64().expect("bytes_done");

@@ -169,11 +169,13 @@ impl Interceptor for Credentials {
         if let Some(token) = &self.token {
             req.metadata_mut().insert("authorization", token.clone());
         }
+        crate::tracing_export::inject(req.metadata_mut());
         Ok(req)
     }
 }
 
-/// A channel whose calls carry the [`Credentials`]' token.
+/// A channel whose calls carry the [`Credentials`]' token and the caller's
+/// trace context.
 pub type AuthChannel = InterceptedService<Channel, Credentials>;
 
 /// Opens a channel to a volmig node without credentials (a unix socket or

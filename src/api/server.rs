@@ -127,6 +127,8 @@ impl Exposure {
             // streams and watchers after a missed ping, not never.
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            // Each request's span continues the caller's trace.
+            .trace_fn(crate::tracing_export::server_span)
             .layer(AuthLayer::new(self.policy.clone()))
     }
 }

@@ -156,8 +156,12 @@ impl LibvirtHost {
         subject: &str,
         f: impl Fn(&Connect) -> Result<T, CallError>,
     ) -> Result<T, HvError> {
+        let _span = tracing::info_span!("libvirt", call = op).entered();
         let started = std::time::Instant::now();
         let result = self.call_once_reconnecting(op, subject, f);
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, "libvirt call failed");
+        }
         self.observer.call(op, started.elapsed(), result.is_err());
         result
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::hypervisor::{
     Definition, DiskSpec, HostInfo, HvError, Hypervisor, PoolSpec, VolumeUser,
@@ -186,7 +187,10 @@ impl Inner {
         f: impl FnOnce(&dyn Hypervisor) -> Result<T, HvError> + Send + 'static,
     ) -> Result<T, HvError> {
         let hv = self.hv.clone();
-        tokio::task::spawn_blocking(move || f(hv.as_ref()))
+        // The blocking thread has no span of its own: keep the caller's, so
+        // the call's spans and logs belong to its migration.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(hv.as_ref())))
             .await
             .unwrap_or_else(|e| {
                 Err(HvError::Failed {
@@ -724,7 +728,11 @@ impl Engine {
         }
         tracing::info!(migration_id = %id, "migration accepted");
         let sub = Subscription::new(Source::Job(job.clone()));
-        tokio::spawn(job::run(self.inner.clone(), job, job::Entry::Fresh));
+        // The job's task continues the request's trace (its span's parent).
+        tokio::spawn(
+            job::run(self.inner.clone(), job, job::Entry::Fresh)
+                .instrument(tracing::Span::current()),
+        );
         Ok(sub)
     }
 

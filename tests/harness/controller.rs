@@ -116,3 +116,23 @@ pub fn cli_events(args: &[&str]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
         .collect()
 }
+
+/// `volmig migrate --controller … --domain DOMAIN --disk vda --tag TAG --json`:
+/// the controller places `vda` on a pool carrying `tag`; its events.
+pub fn cli_migrate_vda_tagged(
+    ctl: &ControllerProcess,
+    domain: &str,
+    tag: &str,
+) -> Vec<serde_json::Value> {
+    cli_events(&[
+        "migrate",
+        "--controller",
+        &ctl.endpoint(),
+        "--domain",
+        domain,
+        "--disk",
+        "vda",
+        "--tag",
+        tag,
+    ])
+}
