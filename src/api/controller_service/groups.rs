@@ -33,11 +33,9 @@ impl ControllerService {
         if req.domain.is_empty() {
             return Err(Status::invalid_argument("invalid domain: required"));
         }
-        if !req.disk.is_empty() {
-            return Err(Status::invalid_argument(
-                "invalid disk: name one disk in `disk`, or several in `disks`, or ask for `all_disks`: not more than one of these",
-            ));
-        }
+        // The same shape rules the node applies (one way of naming disks,
+        // volumes per disk, known enum values), refused before any node is asked.
+        crate::api::convert::requested_from_proto(req.clone())?;
         let up = self.up_nodes().await;
         let (node, listed) = self.locate_domain(&req.domain, &up).await?;
         let entries: Vec<proto::DiskDestination> = if req.all_disks {
