@@ -171,8 +171,9 @@ async fn tls_port_refuses_plaintext_another_ca_and_expired_certificates_and_rota
         refused.is_err(),
         "an expired certificate answered: {refused:?}"
     );
-    let log = node.log();
+    let log = node.wait_for_log(|l| l.contains("UnknownIssuer"));
     assert!(log.contains("UnknownIssuer"), "another CA: {log}");
+    let log = node.wait_for_log(|l| l.contains("certificate expired"));
     assert!(log.contains("certificate expired"), "expired: {log}");
 
     // Rotation: new files in place, the next handshake serves them.
@@ -342,19 +343,31 @@ async fn cli_controller_node_over_mtls_migrate_a_writing_guest_without_losing_re
 
     // Audit: the controller names the operator; the node names the
     // controller and, from x-volmig-caller, the operator it acted for.
+    let has_audit = |rpc: &'static str| {
+        move |log: &str| {
+            log.lines()
+                .any(|l| l.contains(" audit:") && l.contains(rpc))
+        }
+    };
     let audit_line = |log: &str, rpc: &str| {
         log.lines()
             .find(|l| l.contains(" audit:") && l.contains(rpc))
             .map(str::to_string)
             .unwrap_or_else(|| panic!("no audit line for {rpc}:\n{log}"))
     };
-    let line = audit_line(&ctl.log(), "Controller/MigrateVolume");
+    let line = audit_line(
+        &ctl.wait_for_log(has_audit("Controller/MigrateVolume")),
+        "Controller/MigrateVolume",
+    );
     assert!(
         line.contains(&format!("identity=cert:{OPERATOR}")) && line.contains("code=\"OK\""),
         "{line}"
     );
     assert!(line.contains(&format!("domain={}", guest.name())), "{line}");
-    let line = audit_line(&node.log(), "Node/MigrateVolume");
+    let line = audit_line(
+        &node.wait_for_log(has_audit("Node/MigrateVolume")),
+        "Node/MigrateVolume",
+    );
     assert!(
         line.contains(&format!(
             "identity=cert:controller.volmig.test for cert:{OPERATOR}"

@@ -54,6 +54,11 @@ impl ControllerProcess {
         self.service.log()
     }
 
+    /// Waits up to 10 s until `done` holds for the controller's log; returns the log.
+    pub fn wait_for_log(&self, done: impl Fn(&str) -> bool) -> String {
+        self.service.wait_for_log(done)
+    }
+
     /// SIGKILLs the controller.
     pub fn kill9(&mut self) {
         self.service.kill9();

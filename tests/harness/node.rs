@@ -64,6 +64,11 @@ impl NodeProcess {
         self.service.log()
     }
 
+    /// Waits up to 10 s until `done` holds for the node's log; returns the log.
+    pub fn wait_for_log(&self, done: impl Fn(&str) -> bool) -> String {
+        self.service.wait_for_log(done)
+    }
+
     /// SIGKILLs the node, as a crash would.
     pub fn kill9(&mut self) {
         self.service.kill9();

@@ -115,6 +115,19 @@ impl ServiceProcess {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Waits up to 10 s until `done` holds for the log, and returns the log. A
+    /// client sees a refused handshake before the server has logged why.
+    pub fn wait_for_log(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if done(&log) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.socket());
         let log = std::fs::OpenOptions::new()
