@@ -61,6 +61,7 @@ fn event(id: &str, phase: Phase) -> Event {
         skipped: Vec::new(),
         pivot_window_ms: 0,
         convergence: None,
+        trace_id: String::new(),
     }
 }
 
