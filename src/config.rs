@@ -117,6 +117,30 @@ pub struct NodeConfig {
     pub metrics_listen: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// OpenTelemetry trace export (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry trace export, the `[telemetry]` table. Each key gives way
+/// to its standard environment variable (named beside it), as OpenTelemetry
+/// SDKs do; with neither an endpoint key nor the variable, nothing is exported.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`); empty: off.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans (`OTEL_SERVICE_NAME`); empty:
+    /// `volmig-node` or `volmig-controller`.
+    pub service_name: String,
+    /// Sampler: `always_on`, `always_off`, `traceidratio`,
+    /// `parentbased_always_on`, `parentbased_always_off` or
+    /// `parentbased_traceidratio` (`OTEL_TRACES_SAMPLER`); empty:
+    /// `parentbased_always_on`.
+    pub traces_sampler: String,
+    /// The ratio of the `traceidratio` samplers, 0.0 to 1.0
+    /// (`OTEL_TRACES_SAMPLER_ARG`).
+    pub traces_sampler_arg: Option<f64>,
 }
 
 /// How log lines are written to stderr.
@@ -159,6 +183,7 @@ impl Default for NodeConfig {
             max_watchers_per_migration: DEFAULT_MAX_WATCHERS,
             metrics_listen: String::new(),
             log_format: LogFormat::Text,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -223,6 +248,8 @@ pub struct ControllerConfig {
     pub metrics_listen: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// OpenTelemetry trace export (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
 }
 
 /// A node listed in the controller's configuration.
@@ -330,6 +357,7 @@ impl Default for ControllerConfig {
             max_watchers_per_migration: DEFAULT_MAX_WATCHERS,
             metrics_listen: String::new(),
             log_format: LogFormat::Text,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }

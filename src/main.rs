@@ -105,7 +105,7 @@ macro_rules! apply_observability {
         if let Some(v) = $args.log_format {
             $cfg.log_format = v;
         }
-        volmig::telemetry::init($cfg.log_format, $service)?
+        volmig::telemetry::init($cfg.log_format, $service, &$cfg.telemetry)?
     }};
 }
 
@@ -210,7 +210,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Operator(cmd) => {
-            let _traces = volmig::telemetry::init(LogFormat::Text, "volmig-cli")?;
+            let _traces = volmig::telemetry::init(
+                LogFormat::Text,
+                "volmig-cli",
+                &config::TelemetryConfig::default(),
+            )?;
             // The root of the trace the controller and the node continue.
             volmig::cli::run(cmd)
                 .instrument(tracing::info_span!("volmig.cli"))

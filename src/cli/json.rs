@@ -31,6 +31,7 @@ pub fn event(ev: &MigrationEvent) -> Value {
         "skipped": ev.skipped.iter().map(|s| json!({"disk": s.disk, "reason": s.reason})).collect::<Vec<_>>(),
         "pivot_window_ms": ev.pivot_window_ms,
         "convergence": ev.convergence.as_ref().map(convergence),
+        "trace_id": ev.trace_id,
     })
 }
 

@@ -299,6 +299,7 @@ pub fn record(r: &MigrationRecord) -> String {
     }
     field(&mut out, "to", &to);
     field(&mut out, "request id", &request.request_id);
+    field(&mut out, "trace id", &latest.trace_id);
     field(
         &mut out,
         "options",

@@ -156,11 +156,22 @@ impl LibvirtHost {
         subject: &str,
         f: impl Fn(&Connect) -> Result<T, CallError>,
     ) -> Result<T, HvError> {
-        let _span = tracing::info_span!("libvirt", call = op).entered();
+        // A child of the caller's span (a migration's phase): the call's
+        // duration, and its error as the span's status.
+        let span = tracing::info_span!(
+            "libvirt",
+            otel.name = %format!("libvirt {op}"),
+            call = op,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let started = std::time::Instant::now();
         let result = self.call_once_reconnecting(op, subject, f);
         if let Err(e) = &result {
             tracing::debug!(error = %e, "libvirt call failed");
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", e.to_string().as_str());
         }
         self.observer.call(op, started.elapsed(), result.is_err());
         result

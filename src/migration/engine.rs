@@ -212,7 +212,7 @@ impl Inner {
             st.record.clone()
         };
         let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || journal.save(&record))
+        blocking(move || journal.save(&record))
             .await
             .map_err(|e| Error::Journal(e.to_string()))?
             .map_err(Error::Journal)?;
@@ -650,7 +650,7 @@ impl Engine {
             }
         }
         let planned_req = req.clone();
-        let planned = tokio::task::spawn_blocking({
+        let planned = blocking({
             let hv = self.inner.hv.clone();
             move || plan::plan(hv.as_ref(), &planned_req)
         })
@@ -714,7 +714,7 @@ impl Engine {
             }
         }
         let journal = self.inner.journal.clone();
-        let saved = tokio::task::spawn_blocking(move || journal.save(&record))
+        let saved = blocking(move || journal.save(&record))
             .await
             .map_err(|e| Error::Journal(e.to_string()))
             .and_then(|r| r.map_err(Error::Journal));
@@ -978,6 +978,15 @@ fn unavailable_or(what: &'static str) -> impl Fn(HvError) -> Error {
     }
 }
 
+/// Runs blocking work off the async runtime in the caller's span (a blocking
+/// thread has none of its own), so its spans and logs stay in the caller's trace.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f)).await
+}
+
 /// A fresh migration id.
 fn new_migration_id() -> String {
     format!("mig-{}", uuid::Uuid::new_v4())
@@ -1014,6 +1023,7 @@ fn new_record(
             skipped: Vec::new(),
             pivot_window_ms: 0,
             convergence: None,
+            trace_id: crate::tracing_export::current_trace_id().unwrap_or_default(),
         },
         group,
         pivot: None,

@@ -90,11 +90,38 @@ pub(crate) struct Ctx<'a> {
     member: Option<Member>,
     /// Its place among a group's copies allowed at once, until it is synchronized.
     copy_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The migration's span (see [`migration_span`]).
+    span: tracing::Span,
+    /// The phase being worked on and its span, a child of `span`: the work
+    /// the job awaits runs in it, so libvirt calls and journal writes are
+    /// children of their phase.
+    phase: Option<(Phase, tracing::Span)>,
+}
+
+/// The span of one migration, carrying the attributes that identify it
+/// (passed on to every span beneath it by the trace exporter), and an error
+/// status once it fails.
+fn migration_span(record: &Record) -> tracing::Span {
+    tracing::info_span!(
+        "migration",
+        migration.id = %record.id,
+        domain = %record.plan.domain.escape_debug(),
+        disk = %record.plan.target,
+        node.id = %record.latest.node_id,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    )
+}
+
+/// Marks `span` as failed with `message` (OpenTelemetry status ERROR).
+fn record_error(span: &tracing::Span, message: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", message);
 }
 
 /// Runs the migration to its terminal event.
 pub(crate) async fn run(inner: Arc<Inner>, job: Arc<Job>, entry: Entry) {
-    let span = tracing::info_span!("migration", migration_id = %job.id);
+    let span = migration_span(&job.record());
     async move {
         let Some(inbox) = job.take_inbox() else {
             tracing::error!("a second task was started for one migration; ignored");
@@ -145,7 +172,37 @@ impl<'a> Ctx<'a> {
                 Some(Member { gate, index })
             }),
             copy_slot: None,
+            // Created inside the migration's span (see `run`).
+            span: tracing::Span::current(),
+            phase: None,
         }
+    }
+
+    /// Opens the span of `phase` unless it is the one open (the terminal
+    /// phases have none: they end the migration's span).
+    fn enter_phase(&mut self, phase: Phase) {
+        if phase.is_terminal() || self.phase.as_ref().is_some_and(|(p, _)| *p == phase) {
+            return;
+        }
+        // The migration's identity is its parent's: the exporter copies it
+        // to the span, and a JSON log line lists the parent's fields.
+        let span = tracing::info_span!(
+            parent: &self.span,
+            "phase",
+            otel.name = %format!("phase {}", phase.name()),
+            phase = phase.name(),
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        self.phase = Some((phase, span));
+    }
+
+    /// The span work belongs in now: the phase's, else the migration's.
+    fn work_span(&self) -> tracing::Span {
+        self.phase
+            .as_ref()
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| self.span.clone())
     }
 
     pub fn record(&self) -> Record {
@@ -184,6 +241,7 @@ impl<'a> Ctx<'a> {
 
     /// Drives `fut` to completion while answering commands.
     async fn attend<F: Future>(&mut self, fut: F) -> F::Output {
+        let fut = fut.instrument(self.work_span());
         tokio::pin!(fut);
         loop {
             let deadline = self.live_deadline();
@@ -335,11 +393,15 @@ impl<'a> Ctx<'a> {
     /// Journals, then announces, a change of the record.
     pub async fn publish(&mut self, update: impl FnOnce(&mut Record)) -> Result<(), Error> {
         let (inner, job) = (self.inner, self.job);
-        self.attend(inner.publish(job, update)).await
+        let published = self.attend(inner.publish(job, update)).await;
+        self.enter_phase(self.job.latest().phase);
+        published
     }
 
     pub async fn set_phase(&mut self, phase: Phase, message: String) -> Result<(), Error> {
-        tracing::info!(phase = phase.name(), "{message}");
+        self.enter_phase(phase);
+        self.work_span()
+            .in_scope(|| tracing::info!(phase = phase.name(), "{message}"));
         self.publish(|r| {
             r.latest.phase = phase;
             r.latest.message = message;
@@ -602,6 +664,7 @@ async fn start_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> 
         plan.source.display_name(),
         dest.disk.display_name()
     );
+    ctx.enter_phase(Phase::Copying);
     tracing::info!(phase = Phase::Copying.name(), "{message}");
     let mirroring = dest.clone();
     ctx.publish(|r| {
@@ -1013,6 +1076,7 @@ async fn begin_pivot(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error>
     ctx.checkpoint().await?;
     ctx.pivot_begun = true;
     let pivoted = dest.clone();
+    ctx.enter_phase(Phase::Pivoting);
     tracing::info!(
         phase = Phase::Pivoting.name(),
         "switching the guest to the destination"
@@ -1264,6 +1328,9 @@ pub(crate) async fn fail(ctx: &mut Ctx<'_>, err: Error) {
     }
     let phase_at = record.latest.phase;
     tracing::warn!(error = %err, phase = phase_at.name(), "migration failed");
+    let status = format!("{}: {err}", err.terminal_phase().name());
+    record_error(&ctx.span, &status);
+    record_error(&ctx.work_span(), &status);
     let plan = record.plan;
     let disk_state = match record.stage {
         Stage::Planned => format!(
