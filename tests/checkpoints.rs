@@ -86,6 +86,23 @@ async fn a_checkpoint_survives_migration_and_the_next_incremental_backup_holds_o
     let before_checkpoint = guest.wait_writing(CLUSTER / RECORD + 8, BOOT);
     harness::virsh_ok(&["checkpoint-create-as", guest.name(), CHECKPOINT]);
     let at_checkpoint = guest.last_ack();
+    let listed = client
+        .list_disks(proto::ListDisksRequest {
+            domain: guest.name().to_string(),
+        })
+        .await
+        .expect("ListDisks")
+        .into_inner();
+    let vda = listed
+        .disks
+        .iter()
+        .find(|d| d.target == "vda")
+        .expect("vda");
+    assert_eq!(
+        vda.checkpoints,
+        vec![CHECKPOINT],
+        "ListDisks names the checkpoint"
+    );
 
     // A raw destination cannot hold the bitmap: refused, and nothing is made.
     let mut raw = node::request(guest.name(), "vda", dst.name());

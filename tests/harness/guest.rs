@@ -924,7 +924,8 @@ impl Drop for Guest {
                 eprintln!("harness: clean-up: {e}");
             }
         }
-        if let Err(e) = virsh(&["undefine", &self.name]) {
+        // libvirt refuses to undefine a domain that has checkpoints otherwise.
+        if let Err(e) = virsh(&["undefine", &self.name, "--checkpoints-metadata"]) {
             if !e.contains("not found") {
                 eprintln!("harness: clean-up: {e}");
             }
