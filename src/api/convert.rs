@@ -502,6 +502,7 @@ fn disk_to_proto(d: &DiskView) -> proto::Disk {
         read_only: d.spec.read_only,
         shareable: d.spec.shareable,
         migration_id: d.migration_id.clone().unwrap_or_default(),
+        checkpoints: d.checkpoints.clone(),
     }
 }
 

@@ -6,6 +6,8 @@
 //! All methods block; async callers use `spawn_blocking`.
 
 mod blockjob;
+mod checkpoint;
+pub mod checkpoint_xml;
 pub mod domain_xml;
 mod error;
 pub mod pool_xml;
@@ -23,9 +25,9 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use crate::hypervisor::{
-    BlockJob, CallObserver, CopyOptions, Definition, Deletion, DiskSource, DiskSpec, DomainState,
-    FileId, HostInfo, HvError, Hypervisor, ImageFormat, NewVolume, PoolRunState, PoolSpec,
-    VolumeIdentity, VolumeSpec, VolumeUser,
+    BlockJob, CallObserver, Checkpoint, CopyOptions, Definition, Deletion, DiskSource, DiskSpec,
+    DomainState, FileId, HostInfo, HvError, Hypervisor, ImageFormat, NewVolume, PoolRunState,
+    PoolSpec, VolumeIdentity, VolumeSpec, VolumeUser,
 };
 use blockjob::CallError;
 
@@ -433,7 +435,8 @@ impl Hypervisor for LibvirtHost {
                 uuid: dom.uuid_string()?,
                 active: dom.is_active()?,
                 persistent: dom.is_persistent()?,
-                snapshots: blockjob::snapshot_and_checkpoint_count(&dom)?,
+                snapshots: checkpoint::snapshot_count(&dom)?,
+                checkpoints: checkpoint::checkpoint_count(&dom)?,
             })
         })
     }
@@ -600,6 +603,33 @@ impl Hypervisor for LibvirtHost {
             let dom = lookup_domain(c, domain)?;
             dom.update_device_flags(&new_xml, sys::VIR_DOMAIN_AFFECT_CONFIG)?;
             Ok(())
+        })
+    }
+
+    fn checkpoints(&self, domain: &str) -> Result<Vec<Checkpoint>, HvError> {
+        let docs = self.call("virDomainCheckpointGetXMLDesc", domain, |c| {
+            checkpoint::sized_descriptions(&lookup_domain(c, domain)?)
+        })?;
+        docs.iter()
+            .map(|xml| checkpoint_xml::parse_checkpoint(xml).map_err(HvError::BadXml))
+            .collect()
+    }
+
+    fn redefine_checkpoint(
+        &self,
+        domain: &str,
+        name: &str,
+        disk: &str,
+        source: &DiskSource,
+        format: ImageFormat,
+    ) -> Result<(), HvError> {
+        let xml = self.call("virDomainCheckpointGetXMLDesc", name, |c| {
+            checkpoint::full_description(&lookup_domain(c, domain)?, name)
+        })?;
+        let moved = checkpoint_xml::retarget_checkpoint(&xml, disk, source, format)
+            .map_err(HvError::BadXml)?;
+        self.call("virDomainCheckpointCreateXML", name, |c| {
+            checkpoint::redefine_validated(&lookup_domain(c, domain)?, &moved)
         })
     }
 

@@ -420,6 +420,8 @@ pub struct DiskView {
     pub allocation: u64,
     /// The migration moving it now.
     pub migration_id: Option<String>,
+    /// Checkpoints that keep a dirty bitmap on it (running domains only).
+    pub checkpoints: Vec<String>,
 }
 
 /// A domain's disks.
@@ -570,7 +572,7 @@ impl Engine {
     pub async fn disks(&self, domain: &str) -> Result<DomainDisks, Error> {
         validate::object_name("domain", domain)?;
         let name = domain.to_string();
-        let (state, specs, sizes) = self
+        let (state, specs, sizes, checkpoints) = self
             .inner
             .hv(move |hv| {
                 let state = hv.domain(&name)?;
@@ -580,6 +582,12 @@ impl Engine {
                     Definition::Persistent
                 };
                 let specs = hv.disks(&state.name, which)?;
+                // Their bitmaps are only known to a running QEMU.
+                let checkpoints = if state.active && state.checkpoints > 0 {
+                    hv.checkpoints(&state.name)?
+                } else {
+                    Vec::new()
+                };
                 let mut sizes = Vec::new();
                 for spec in &specs {
                     let vol = match &spec.source {
@@ -588,7 +596,7 @@ impl Engine {
                     };
                     sizes.push(vol);
                 }
-                Ok((state, specs, sizes))
+                Ok((state, specs, sizes, checkpoints))
             })
             .await
             .map_err(|e| match e {
@@ -600,6 +608,11 @@ impl Engine {
             .into_iter()
             .zip(sizes)
             .map(|(spec, vol)| DiskView {
+                checkpoints: checkpoints
+                    .iter()
+                    .filter(|c| c.bitmap_on(&spec.target).is_some())
+                    .map(|c| c.name.clone())
+                    .collect(),
                 migration_id: reg
                     .by_disk
                     .get(&(state.uuid.clone(), spec.target.clone()))

@@ -1217,6 +1217,7 @@ async fn verify(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<bool, Error> {
             repaired = true;
         }
     }
+    keep_checkpoints(ctx, &plan, dest).await?;
     if ctx.record().request.options.verify == VerifyLevel::Strict {
         let (vol, p) = (dest.volume.clone(), plan.clone());
         let (vol_cap, disk_cap) = ctx
@@ -1235,6 +1236,57 @@ async fn verify(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<bool, Error> {
         }
     }
     Ok(repaired)
+}
+
+/// Points every checkpoint that tracks the disk at the destination and has
+/// libvirt validate its bitmap there (libvirt merged the bitmaps into the
+/// destination during the pivot; it skips that silently when it cannot).
+async fn keep_checkpoints(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) -> Result<(), Error> {
+    let domain = plan.domain.clone();
+    let checkpoints = ctx
+        .hv_retry("reading the checkpoints", move |hv| {
+            if hv.domain(&domain)?.checkpoints == 0 {
+                return Ok(Vec::new());
+            }
+            hv.checkpoints(&domain)
+        })
+        .await?;
+    let names: Vec<String> = checkpoints
+        .into_iter()
+        .filter(|c| c.bitmap_on(&plan.target).is_some())
+        .map(|c| c.name)
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    for name in &names {
+        let (domain, target, disk, format, cp) = (
+            plan.domain.clone(),
+            plan.target.clone(),
+            dest.disk.clone(),
+            plan.dest_format,
+            name.clone(),
+        );
+        let kept = ctx
+            .hv_retry("redefining a checkpoint on the destination", move |hv| {
+                hv.redefine_checkpoint(&domain, &cp, &target, &disk, format)
+            })
+            .await;
+        if let Err(e) = kept {
+            return Err(Error::Precondition(format!(
+                "the guest runs on {} but checkpoint '{name}' is not usable there ({e}); incremental backups from it will fail: take a full backup and a new checkpoint, then delete it (`virsh checkpoint-delete {} {name} --metadata`)",
+                dest.disk.display_name(),
+                plan.domain
+            )));
+        }
+    }
+    let message = format!(
+        "checkpoint(s) {} now describe {} and their bitmaps are valid there",
+        names.join(", "),
+        dest.disk.display_name()
+    );
+    tracing::info!("{message}");
+    ctx.publish(|r| r.latest.message = message).await
 }
 
 /// Deletes the source when asked and nothing else uses it. Returns whether it

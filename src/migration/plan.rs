@@ -5,7 +5,8 @@
 //! have moved in between (the guest stopped, the pool filled up).
 
 use crate::hypervisor::{
-    space_needed, DiskKind, DiskSource, DiskSpec, Hypervisor, ImageFormat, PoolRunState, PoolSpec,
+    space_needed, Checkpoint, DiskKind, DiskSource, DiskSpec, Hypervisor, ImageFormat,
+    PoolRunState, PoolSpec,
 };
 use crate::migration::error::Error;
 use crate::migration::journal::Plan;
@@ -28,7 +29,7 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
     }
     if domain.snapshots > 0 {
         return Err(Error::Precondition(format!(
-            "domain '{}' has {} snapshot(s)/checkpoint(s) that a block copy would lose; delete or merge them first (`virsh snapshot-list {}`)",
+            "domain '{}' has {} snapshot(s) that a block copy would lose; delete or merge them first (`virsh snapshot-list {}`)",
             domain.name, domain.snapshots, domain.name
         )));
     }
@@ -120,6 +121,13 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         ))
     })?;
     let dest_format = destination_format(req, &pool, dest_kind, source_format)?;
+    if domain.checkpoints > 0 {
+        let checkpoints = hv.checkpoints(&domain.name).map_err(Error::hv(format!(
+            "reading the checkpoints of '{}'",
+            domain.name
+        )))?;
+        check_checkpoints(&domain.name, disk, &checkpoints, &pool, dest_format)?;
+    }
     // Listed after a refresh, so partitions and files made behind libvirt's back
     // count too: every pool type is checked for an existing volume of the name.
     let existing = hv.volume_names(&pool.name).map_err(Error::hv(format!(
@@ -190,6 +198,58 @@ fn check_disk_writable(domain: &str, disk: &DiskSpec) -> Result<(), Error> {
         ))),
         None => Ok(()),
     }
+}
+
+/// Refuses what would lose the checkpoints that track `disk`: libvirt carries
+/// their bitmaps across the pivot into a qcow2 destination (and silently drops
+/// them anywhere else), and copies only bitmaps that are valid to begin with.
+fn check_checkpoints(
+    domain: &str,
+    disk: &DiskSpec,
+    checkpoints: &[Checkpoint],
+    pool: &PoolSpec,
+    dest_format: ImageFormat,
+) -> Result<(), Error> {
+    let tracking: Vec<&str> = checkpoints
+        .iter()
+        .filter(|c| c.bitmap_on(&disk.target).is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    if tracking.is_empty() {
+        return Ok(());
+    }
+    let first = tracking[0];
+    if dest_format != ImageFormat::Qcow2 {
+        let why = if pool.disk_kind() == Some(DiskKind::File) {
+            format!("the request asks for {dest_format}")
+        } else {
+            format!(
+                "pool '{}' ({}) holds raw volumes only",
+                pool.name, pool.pool_type
+            )
+        };
+        return Err(Error::Precondition(format!(
+            "disk {} of '{domain}' is tracked by checkpoint(s) {} (incremental-backup dirty bitmaps); the destination would be {dest_format} because {why}, and only qcow2 can hold persistent bitmaps, so the next incremental backup would fail; migrate to a file pool as qcow2, or delete the checkpoints (`virsh checkpoint-delete {domain} {first} --metadata`) and take a full backup afterwards",
+            disk.target,
+            tracking.join(", ")
+        )));
+    }
+    let broken: Vec<&str> = checkpoints
+        .iter()
+        .filter(|c| {
+            c.bitmap_on(&disk.target)
+                .is_some_and(|d| d.dirty_bytes.is_none())
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    if let Some(name) = broken.first() {
+        return Err(Error::Precondition(format!(
+            "checkpoint(s) {} of '{domain}' have no valid bitmap on disk {} already (libvirt cannot compute their size), so they cannot be carried to the destination; delete them (`virsh checkpoint-delete {domain} {name} --metadata`) and take a full backup after the migration",
+            broken.join(", "),
+            disk.target
+        )));
+    }
+    Ok(())
 }
 
 fn destination_format(
@@ -354,6 +414,45 @@ mod tests {
             Err(Error::Exhausted(_))
         ));
         assert!(check_space(&pool("rbd", 0, 0), DiskKind::Network, gib, None).is_ok());
+    }
+
+    #[test]
+    fn checkpoints_on_the_disk_need_a_qcow2_destination() {
+        let disk = DiskSpec {
+            target: "vda".into(),
+            device: "disk".into(),
+            format: Some("qcow2".into()),
+            source: None,
+            backing_depth: 0,
+            read_only: false,
+            shareable: false,
+            mirror: None,
+        };
+        let cp = |target: &str| Checkpoint {
+            name: "nightly".into(),
+            disks: vec![crate::hypervisor::CheckpointDisk {
+                target: target.into(),
+                bitmap: Some("nightly".into()),
+                dirty_bytes: Some(0),
+            }],
+        };
+        let rbd = pool("rbd", 1 << 30, 1 << 30);
+        let Err(Error::Precondition(msg)) =
+            check_checkpoints("g", &disk, &[cp("vda")], &rbd, ImageFormat::Raw)
+        else {
+            panic!("rbd holds raw images only");
+        };
+        assert!(
+            msg.contains("pool 'p' (rbd) holds raw volumes only"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("virsh checkpoint-delete g nightly --metadata"),
+            "{msg}"
+        );
+        let dir = pool("dir", 1 << 30, 1 << 30);
+        assert!(check_checkpoints("g", &disk, &[cp("vda")], &dir, ImageFormat::Qcow2).is_ok());
+        assert!(check_checkpoints("g", &disk, &[cp("vdb")], &rbd, ImageFormat::Raw).is_ok());
     }
 
     #[test]

@@ -242,6 +242,7 @@ impl ControllerService {
             allocation: located.disk.allocation_bytes,
             requested_format,
             required_tags: required_tags.to_vec(),
+            checkpoints: located.disk.checkpoints.clone(),
         };
         let node_id = located.node.id.as_str();
         // A pool the domain's node does not reach can never be chosen, so only
