@@ -257,7 +257,11 @@ fn bind_unix(
         None => group_id("volmig").map_err(err)?,
     };
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
-    if let Some(gid) = gid {
+    // chown only when the group differs: a service whose own group is the
+    // socket's (the packaged units) then needs no chown at all, so its
+    // system-call filter can refuse the @chown calls.
+    let current_gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(path).map_err(err)?);
+    if let Some(gid) = gid.filter(|gid| *gid != current_gid) {
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777)).map_err(err)?;
