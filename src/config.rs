@@ -68,6 +68,9 @@ pub struct NodeConfig {
     pub node_id: String,
     /// `unix:///path` or `host:port`.
     pub listen: String,
+    /// `host:port` serving only `grpc.health.v1` in plaintext, for probes that
+    /// cannot present a client certificate (kubelet); empty: off.
+    pub health_listen: String,
     /// libvirt connection URI.
     pub libvirt_uri: String,
     /// Where the journal lives.
@@ -138,6 +141,7 @@ impl Default for NodeConfig {
         NodeConfig {
             node_id: String::new(),
             listen: "unix:///run/volmig/node.sock".to_string(),
+            health_listen: String::new(),
             libvirt_uri: crate::libvirt::DEFAULT_URI.to_string(),
             state_dir: PathBuf::from("/var/lib/volmig/node"),
             max_concurrent_migrations: 4,
@@ -172,6 +176,9 @@ impl Default for NodeConfig {
 pub struct ControllerConfig {
     /// `host:port` or `unix:///path`.
     pub listen: String,
+    /// `host:port` serving only `grpc.health.v1` in plaintext, for probes that
+    /// cannot present a client certificate (kubelet); empty: off.
+    pub health_listen: String,
     /// Where the controller keeps its migration history.
     pub state_dir: PathBuf,
     /// Nodes known without registration.
@@ -308,6 +315,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             listen: "127.0.0.1:7450".to_string(),
+            health_listen: String::new(),
             state_dir: PathBuf::from("/var/lib/volmig/controller"),
             nodes: Vec::new(),
             heartbeat_interval_seconds: 5,
@@ -364,6 +372,8 @@ pub struct SecurityConfig {
     pub max_request_bytes: usize,
     /// See [`NodeConfig::max_connections`].
     pub max_connections: usize,
+    /// See [`NodeConfig::health_listen`].
+    pub health_listen: String,
 }
 
 macro_rules! security_of {
@@ -381,6 +391,7 @@ macro_rules! security_of {
             max_concurrent_streams: $cfg.max_concurrent_streams,
             max_request_bytes: $cfg.max_request_bytes,
             max_connections: $cfg.max_connections,
+            health_listen: $cfg.health_listen.clone(),
         }
     };
 }

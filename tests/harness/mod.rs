@@ -190,6 +190,22 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     run(program, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Runs the `volmig` binary under test with `args` and extra environment
+/// variables (logging at `warn`); returns its exit code, stdout and stderr.
+pub fn volmig(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_volmig"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run volmig");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `virsh -c qemu:///system ARGS`: Ok(stdout) or Err(command, status, stderr).
 pub fn virsh(args: &[&str]) -> Result<String, String> {
     virsh_with_timeout(args, CMD_TIMEOUT)

@@ -1,0 +1,647 @@
+//! End-to-end: volmig installed the way operators install it.
+//!
+//! The Debian package is built from the binary the tests already built
+//! (`deploy/debian/build-deb.sh --binary`), installed with `dpkg -i`, checked
+//! (files, user, group, conffiles, units), and its node is started exactly as
+//! `volmig-node.service` would start it: the unit's `ExecStart`, `User`,
+//! `Group`, `UMask`, state and runtime directories, and the hardening this
+//! machine can reproduce without systemd as PID 1 (`ProtectSystem=strict`
+//! and `ProtectHome=read-only` as read-only mounts in a private mount
+//! namespace, `CapabilityBoundingSet=`, `NoNewPrivileges=`). A writing guest's
+//! disk is migrated through it with no lost record. The package is purged at
+//! the end, also when the test fails, and the purge is checked.
+//!
+//! The other tests here check what the package ships without installing it:
+//! completions, man pages, `--print-config` and unknown keys.
+
+mod harness;
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::checks::assert_on_destination;
+use harness::node;
+use harness::{DirPool, Guest, Pool};
+use volmig::config::{ControllerConfig, NodeConfig};
+use volmig::proto;
+
+const MIB: u64 = 1 << 20;
+const BOOT: Duration = Duration::from_secs(120);
+const NODE_UNIT: &str = "/usr/lib/systemd/system/volmig-node.service";
+const CONTROLLER_UNIT: &str = "/usr/lib/systemd/system/volmig-controller.service";
+/// Exposure scores (`systemd-analyze security`) the units must stay at or
+/// below: what they measured when written (node 2.x: root, host network and
+/// pools; controller 1.x), with a little room.
+const NODE_MAX_EXPOSURE: f64 = 3.0;
+const CONTROLLER_MAX_EXPOSURE: f64 = 1.5;
+
+/// The `[Service]` (and other sections') settings of a unit file, by key, in order.
+fn unit_settings(path: &str) -> HashMap<String, Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut settings: HashMap<String, Vec<String>> = HashMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with('[') || line.is_empty() {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            settings
+                .entry(k.trim().to_string())
+                .or_default()
+                .push(v.trim().to_string());
+        }
+    }
+    settings
+}
+
+fn one<'a>(settings: &'a HashMap<String, Vec<String>>, key: &str) -> &'a str {
+    settings
+        .get(key)
+        .and_then(|v| v.last())
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("the unit sets no {key}"))
+}
+
+fn gid_of(group: &str) -> u32 {
+    let line = harness::run_ok("getent", &["group", group]);
+    line.split(':')
+        .nth(2)
+        .and_then(|g| g.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gid in {line:?}"))
+}
+
+/// `dpkg ARGS`, waiting up to 5 minutes while another package manager holds
+/// dpkg's lock (dpkg itself gives up at once).
+fn dpkg(args: &[&str]) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        match harness::run("dpkg", args) {
+            Err(e) if e.contains("lock") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The package installed for the test; purged when dropped, whatever happened.
+struct Installed {
+    /// `/var/lib/volmig` did not exist before: the test removes what the node left there.
+    remove_state: bool,
+}
+
+impl Installed {
+    fn install(deb: &Path) -> Installed {
+        // A run that crashed before its purge left the package behind.
+        let _ = dpkg(&["--purge", "volmig"]);
+        let remove_state = !Path::new("/var/lib/volmig").exists();
+        let installed = Installed { remove_state };
+        dpkg(&["-i", &deb.to_string_lossy()]).unwrap_or_else(|e| panic!("{e}"));
+        installed
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if let Err(e) = dpkg(&["--purge", "volmig"]) {
+            eprintln!("package test: purge failed: {e}");
+        }
+        let _ = std::fs::remove_dir_all("/run/volmig");
+        if self.remove_state {
+            let _ = std::fs::remove_dir_all("/var/lib/volmig");
+        }
+    }
+}
+
+/// `volmig node` started as `volmig-node.service` starts it; SIGTERM, then
+/// SIGKILL, when dropped.
+struct UnitNode {
+    child: Child,
+    log: PathBuf,
+}
+
+impl UnitNode {
+    /// Prepares what systemd prepares (state and runtime directories, owner,
+    /// mode) and runs the unit's ExecStart under its user, group, umask,
+    /// capability bounding set, no-new-privileges and a read-only file system
+    /// but for those directories.
+    fn start(log: PathBuf) -> UnitNode {
+        let unit = unit_settings(NODE_UNIT);
+        let exec = one(&unit, "ExecStart");
+        let user = one(&unit, "User");
+        let group = one(&unit, "Group");
+        assert_eq!(one(&unit, "ProtectSystem"), "strict");
+        assert_eq!(one(&unit, "NoNewPrivileges"), "yes");
+        let uid: u32 = harness::run_ok("id", &["-u", user])
+            .trim()
+            .parse()
+            .expect("uid");
+        let gid = gid_of(group);
+        let mut writable = Vec::new();
+        for (dir_key, mode_key, base) in [
+            ("StateDirectory", "StateDirectoryMode", "/var/lib"),
+            ("RuntimeDirectory", "RuntimeDirectoryMode", "/run"),
+        ] {
+            let dir = Path::new(base).join(one(&unit, dir_key));
+            let mode = u32::from_str_radix(one(&unit, mode_key), 8).expect("mode");
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            writable.push(dir.to_string_lossy().into_owned());
+        }
+        let caps: Vec<String> = one(&unit, "CapabilityBoundingSet")
+            .split_whitespace()
+            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect();
+        let bounding = std::iter::once("-all".to_string())
+            .chain(caps)
+            .collect::<Vec<_>>()
+            .join(",");
+        // ProtectSystem=strict (+ ProtectHome=read-only): every mount read-only
+        // except the API file systems and the service's own directories. The
+        // namespace is private, so the host's mounts are untouched.
+        let script = format!(
+            r#"set -eu
+umask {umask}
+for d in {writable}; do mount --bind "$d" "$d"; done
+awk '{{print $5}}' /proc/self/mountinfo | sort -u | while read -r m; do
+    case "$m" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue ;; esac
+    mount -o remount,bind,ro "$m"
+done
+for d in {writable}; do mount -o remount,bind,rw "$d"; done
+exec setpriv --reuid={uid} --regid={gid} --init-groups --bounding-set={bounding} --inh-caps=-all --no-new-privs -- {exec}
+"#,
+            umask = one(&unit, "UMask"),
+            writable = writable.join(" "),
+        );
+        let log_file = std::fs::File::create(&log).expect("log");
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start the node as its unit would");
+        let mut node = UnitNode { child, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !Path::new("/run/volmig/node.sock").exists() {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!("the node exited with {status}:\n{}", node.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no socket within 30 s:\n{}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        node
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: kill(2) with a PID this process started and has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for UnitNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- node log ---\n{}", harness::tail(&self.log(), 40));
+        }
+        self.stop();
+    }
+}
+
+/// The overall exposure `systemd-analyze security --offline=true` gives a unit.
+fn exposure(unit: &str) -> f64 {
+    let out = harness::run_ok("systemd-analyze", &["security", "--offline=true", unit]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level in:\n{out}"));
+    let score = line
+        .rsplit(':')
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {line:?}"));
+    eprintln!("{line}");
+    score
+}
+
+fn check_installed_files(deb: &Path) {
+    let fields = harness::run_ok("dpkg-deb", &["-f", &deb.to_string_lossy(), "Depends"]);
+    for dep in ["libvirt0", "qemu-utils", "adduser"] {
+        assert!(fields.contains(dep), "Depends lacks {dep}: {fields}");
+    }
+    for path in [
+        "/usr/bin/volmig",
+        NODE_UNIT,
+        CONTROLLER_UNIT,
+        "/etc/volmig/node.toml",
+        "/etc/volmig/controller.toml",
+        "/usr/share/bash-completion/completions/volmig",
+        "/usr/share/zsh/vendor-completions/_volmig",
+        "/usr/share/fish/vendor_completions.d/volmig.fish",
+        "/usr/share/man/man1/volmig.1.gz",
+        "/usr/share/man/man1/volmig-node.1.gz",
+        "/usr/share/man/man1/volmig-controller.1.gz",
+    ] {
+        let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(meta.len() > 0, "{path} is empty");
+    }
+    let man = harness::run_ok("zcat", &["/usr/share/man/man1/volmig-node.1.gz"]);
+    assert!(
+        man.contains(".TH") && man.contains("print\\-config"),
+        "{man}"
+    );
+    let complete = harness::run_ok(
+        "bash",
+        &[
+            "-c",
+            "source /usr/share/bash-completion/completions/volmig && complete -p volmig",
+        ],
+    );
+    assert!(complete.contains("volmig"), "{complete}");
+
+    let conffiles = harness::run_ok("dpkg-query", &["-W", "-f=${Conffiles}", "volmig"]);
+    for f in ["/etc/volmig/node.toml", "/etc/volmig/controller.toml"] {
+        assert!(conffiles.contains(f), "{f} is not a conffile: {conffiles}");
+    }
+    // The conffiles name every key and set none.
+    let node = std::fs::read_to_string("/etc/volmig/node.toml").expect("node.toml");
+    assert!(node.lines().all(|l| l.is_empty() || l.starts_with('#')));
+    assert!(
+        node.contains("# listen = \"unix:///run/volmig/node.sock\""),
+        "{node}"
+    );
+    let parsed: NodeConfig = toml::from_str(&node).expect("node.toml parses");
+    assert_eq!(parsed, NodeConfig::default());
+    let controller = std::fs::read_to_string("/etc/volmig/controller.toml").expect("controller");
+    let parsed: ControllerConfig = toml::from_str(&controller).expect("controller.toml parses");
+    assert_eq!(parsed, ControllerConfig::default());
+
+    let user = harness::run_ok("getent", &["passwd", "volmig"]);
+    let fields: Vec<&str> = user.trim().split(':').collect();
+    assert_eq!(
+        fields.get(3).copied(),
+        Some(gid_of("volmig").to_string().as_str())
+    );
+    assert_eq!(fields.get(6).copied(), Some("/usr/sbin/nologin"), "{user}");
+    let uid: u32 = fields[2].parse().expect("uid");
+    assert!(uid < 1000, "a system user: {user}");
+}
+
+fn check_units() {
+    for unit in [NODE_UNIT, CONTROLLER_UNIT] {
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no", unit])
+            .output()
+            .expect("systemd-analyze verify");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{unit}: {stderr}");
+        assert!(
+            !stderr.contains("volmig"),
+            "systemd-analyze verify complains about {unit}: {stderr}"
+        );
+    }
+    let node = exposure(NODE_UNIT);
+    let controller = exposure(CONTROLLER_UNIT);
+    assert!(node <= NODE_MAX_EXPOSURE, "node exposure {node}");
+    assert!(
+        controller <= CONTROLLER_MAX_EXPOSURE,
+        "controller exposure {controller}"
+    );
+    let unit = unit_settings(CONTROLLER_UNIT);
+    assert_eq!(one(&unit, "User"), "volmig");
+    assert_eq!(one(&unit, "CapabilityBoundingSet"), "");
+    let unit = unit_settings(NODE_UNIT);
+    assert_eq!(
+        one(&unit, "ExecStart"),
+        "/usr/bin/volmig node --config /etc/volmig/node.toml"
+    );
+    assert!(one(&unit, "Requires").contains("libvirtd.service"));
+    assert!(one(&unit, "After").contains("libvirtd.service"));
+    assert_eq!(one(&unit, "Restart"), "on-failure");
+}
+
+/// Every file the package installed is gone, and so are the unit's enablement
+/// links; the documented state (`/var/lib/volmig`), the user and the group stay.
+fn check_purged(files: &[String]) {
+    dpkg(&["--purge", "volmig"]).unwrap_or_else(|e| panic!("{e}"));
+    let status = harness::run("dpkg-query", &["-W", "-f=${db:Status-Status}", "volmig"]);
+    assert!(
+        status
+            .as_deref()
+            .map_or(true, |s| s.trim() == "not-installed"),
+        "{status:?}"
+    );
+    for f in files {
+        let p = Path::new(f);
+        if p.is_file() || (p.is_dir() && f.contains("volmig")) {
+            panic!("{f} is still there after purge");
+        }
+    }
+    assert!(!Path::new("/etc/volmig").exists());
+    let leftovers = harness::run_ok(
+        "find",
+        &[
+            "/etc/systemd",
+            "/var/lib/systemd/deb-systemd-helper-enabled",
+            "-name",
+            "*volmig*",
+        ],
+    );
+    assert!(leftovers.trim().is_empty(), "left after purge: {leftovers}");
+    assert!(
+        Path::new("/var/lib/volmig/node").is_dir(),
+        "the journal stays"
+    );
+    harness::run_ok("getent", &["passwd", "volmig"]);
+    harness::run_ok("getent", &["group", "volmig"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn debian_package_installs_runs_a_migration_as_its_unit_and_purges_clean() {
+    harness::prepare();
+    let script = harness::repo_root().join("deploy/debian/build-deb.sh");
+    let started = Instant::now();
+    let out = harness::run_ok(
+        "bash",
+        &[
+            &script.to_string_lossy(),
+            "--binary",
+            env!("CARGO_BIN_EXE_volmig"),
+            "--fast",
+        ],
+    );
+    let deb = PathBuf::from(out.lines().last().expect("deb path").trim());
+    eprintln!(
+        "package built in {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        deb.display()
+    );
+
+    let src = DirPool::new("pk-src");
+    let dst = DirPool::new("pk-dst");
+    let guest = Guest::start("pk-guest", &src, "qcow2", 64 * MIB);
+    let work = harness::make_dir(&harness::unique_name("pk-node"));
+
+    let installed = Installed::install(&deb);
+    let uid_before = harness::run_ok("id", &["-u", "volmig"]);
+    // Installing again runs the maintainer scripts over an existing user and group.
+    dpkg(&["-i", &deb.to_string_lossy()]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(harness::run_ok("id", &["-u", "volmig"]), uid_before);
+    check_installed_files(&deb);
+    check_units();
+    let files: Vec<String> = harness::run_ok("dpkg", &["-L", "volmig"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+
+    let mut node = UnitNode::start(work.join("node.log"));
+    let socket = std::fs::metadata("/run/volmig/node.sock").expect("socket");
+    assert_eq!(socket.mode() & 0o777, 0o660);
+    assert_eq!(socket.gid(), gid_of("volmig"));
+
+    let before = guest.wait_writing(20, BOOT);
+    let channel = volmig::api::client::connect("unix:///run/volmig/node.sock")
+        .await
+        .expect("connect to the unit's node");
+    let mut client = proto::node_client::NodeClient::new(channel);
+    let events = node::migrate(&mut client, node::request(guest.name(), "vda", dst.name()))
+        .await
+        .unwrap_or_else(|s| panic!("MigrateVolume refused: {s:?}\n{}", node.log()));
+    node::assert_terminal(&events, proto::Phase::Completed);
+    let result = node::result_of(&events);
+    assert_on_destination(&guest, "vda", &result);
+    // The default config's node id is the host name.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(events[0].node_id, hostname.trim());
+    let journal = std::fs::read_dir("/var/lib/volmig/node/migrations")
+        .expect("the journal is in the StateDirectory")
+        .count();
+    assert!(journal > 0);
+    guest.wait_writing(before + 20, BOOT);
+    node.stop();
+    drop(node);
+
+    guest.cold_restart();
+    guest.wait_writing(20, BOOT);
+    guest.verify_data();
+
+    check_purged(&files);
+    drop(installed);
+    harness::remove_dir_noisy(&work);
+}
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = harness::volmig(&["completions", shell], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.len() > 1000 && out.contains("print-config"),
+            "{shell}: {out}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, _, err) = harness::volmig(&["man", &dir.path().to_string_lossy()], &[]);
+    assert_eq!(code, 0, "{err}");
+    for page in [
+        "volmig.1",
+        "volmig-node.1",
+        "volmig-controller.1",
+        "volmig-migrate.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).expect(page);
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+    }
+}
+
+#[test]
+fn print_config_parses_back_and_unknown_keys_are_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "node_id = \"kvm7\"\nmax_concurrent_migrations = 2\n[[tokens]]\nname = \"ci\"\nrole = \"viewer\"\nsha256 = \"00\"\n",
+    )
+    .expect("write");
+    let file_arg = file.to_string_lossy().into_owned();
+    let (code, out, err) = harness::volmig(
+        &["node", "--config", &file_arg, "--print-config"],
+        &[("VOLMIG_NODE_LISTEN", "127.0.0.1:7999")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let printed: NodeConfig = toml::from_str(&out).expect("printed config parses");
+    let mut want: NodeConfig = volmig::config::load(Some(&file)).expect("load");
+    want.listen = "127.0.0.1:7999".into();
+    assert_eq!(printed, want, "{out}");
+
+    let (code, out, err) = harness::volmig(&["controller", "--print-config"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let printed: ControllerConfig = toml::from_str(&out).expect("printed config parses");
+    assert_eq!(printed, ControllerConfig::default());
+
+    std::fs::write(&file, "node_id = \"kvm7\"\nlisten_on = \"x\"\n").expect("write");
+    let (code, _, err) = harness::volmig(&["node", "--config", &file_arg, "--print-config"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("listen_on") && err.contains(&file_arg),
+        "{err}"
+    );
+}
+
+#[test]
+fn kubernetes_manifests_render_and_validate_against_kubernetes_1_30() {
+    harness::ensure_host();
+    let k8s = harness::repo_root().join("deploy/k8s");
+    let rendered = harness::run_ok("kubectl", &["kustomize", &k8s.to_string_lossy()]);
+    let mut kinds: Vec<&str> = rendered
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "ConfigMap",
+            "DaemonSet",
+            "Deployment",
+            "Namespace",
+            "PersistentVolumeClaim",
+            "PodDisruptionBudget",
+            "PodDisruptionBudget",
+            "Service"
+        ]
+    );
+    for want in [
+        "fieldPath: spec.nodeName",
+        "path: /run/libvirt/libvirt-sock",
+        "path: /run/volmig",
+        "secretName: volmig-controller-tls",
+    ] {
+        assert!(
+            rendered.contains(want),
+            "{want:?} missing from:\n{rendered}"
+        );
+    }
+    // Native gRPC probes: liveness and readiness of both pods, on the health ports.
+    let probes: Vec<&str> = rendered
+        .split("grpc:\n")
+        .skip(1)
+        .filter_map(|rest| rest.lines().next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        probes,
+        ["port: 7460", "port: 7460", "port: 7461", "port: 7461"],
+        "{rendered}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("volmig.yaml");
+    std::fs::write(&file, &rendered).expect("write");
+    let out = harness::run_ok(
+        "/var/tmp/volmig-k8s-venv/bin/kubernetes-validate",
+        &["--strict", "-k", "1.30.0", &file.to_string_lossy()],
+    );
+    assert_eq!(
+        out.matches("passed for resource").count(),
+        kinds.len(),
+        "{out}"
+    );
+    // The configurations the pods mount are valid for the binary they run.
+    volmig::config::load::<NodeConfig>(Some(&k8s.join("node.toml"))).expect("node.toml");
+    volmig::config::load::<ControllerConfig>(Some(&k8s.join("controller.toml")))
+        .expect("controller.toml");
+}
+
+#[tokio::test]
+async fn health_listen_serves_only_the_health_service_in_plaintext() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = dir.path().join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"unix://{dir}/controller.sock\"\nhealth_listen = \"127.0.0.1:{port}\"\nstate_dir = \"{dir}/state\"\n",
+            dir = dir.path().display()
+        ),
+    )
+    .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volmig"))
+        .args(["controller", "--config", &config.to_string_lossy()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start controller");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "health port: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "volmig.v1.Controller"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("Check({service:?}): {s:?}"))
+            .into_inner();
+        assert_eq!(reply.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    // Nothing but health answers there.
+    let mut controller = proto::controller_client::ControllerClient::new(channel);
+    let refused = controller
+        .list_nodes(proto::ListNodesRequest::default())
+        .await
+        .expect_err("the controller's API is not on the health port");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
