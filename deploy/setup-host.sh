@@ -29,7 +29,7 @@ packages=(
     qemu-system-x86 qemu-block-extra qemu-utils
     linux-image-cloud-amd64 busybox-static cpio gzip parted pkg-config bc e2fsprogs
     prometheus
-    systemd binutils util-linux
+    systemd binutils util-linux python3-seccomp
 )
 
 missing=()

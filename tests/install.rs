@@ -109,31 +109,62 @@ impl Drop for Installed {
             eprintln!("package test: purge failed: {e}");
         }
         let _ = std::fs::remove_dir_all("/run/volmig");
+        let _ = std::fs::remove_dir_all("/run/volmig-controller");
         if self.remove_state {
             let _ = std::fs::remove_dir_all("/var/lib/volmig");
         }
     }
 }
 
-/// `volmig node` started as `volmig-node.service` starts it; SIGTERM, then
+/// The system calls a unit's `SystemCallFilter=` lines allow: the groups and
+/// names of the allow lines, expanded by `systemd-analyze syscall-filter`,
+/// less those of the `~` lines.
+fn allowed_syscalls(filters: &[String]) -> Vec<String> {
+    fn expand(item: &str, out: &mut std::collections::BTreeSet<String>) {
+        if let Some(group) = item.strip_prefix('@') {
+            let text =
+                harness::run_ok("systemd-analyze", &["syscall-filter", &format!("@{group}")]);
+            for line in text.lines().skip(1).map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                expand(line, out);
+            }
+        } else {
+            out.insert(item.to_string());
+        }
+    }
+    let mut allow = std::collections::BTreeSet::new();
+    let mut deny = std::collections::BTreeSet::new();
+    for line in filters {
+        match line.strip_prefix('~') {
+            Some(denied) => denied.split_whitespace().for_each(|i| expand(i, &mut deny)),
+            None => line.split_whitespace().for_each(|i| expand(i, &mut allow)),
+        }
+    }
+    allow.difference(&deny).cloned().collect()
+}
+
+/// A `volmig` service started as its installed unit starts it; SIGTERM, then
 /// SIGKILL, when dropped.
-struct UnitNode {
+struct UnitService {
     child: Child,
     log: PathBuf,
 }
 
-impl UnitNode {
+impl UnitService {
     /// Prepares what systemd prepares (state and runtime directories, owner,
     /// mode) and runs the unit's ExecStart under its user, group, umask,
-    /// capability bounding set, no-new-privileges and a read-only file system
-    /// but for those directories.
-    fn start(log: PathBuf) -> UnitNode {
-        let unit = unit_settings(NODE_UNIT);
+    /// capability bounding set, no-new-privileges, system-call filter and a
+    /// read-only file system but for those directories; waits until `ready`.
+    fn start(unit_path: &str, log: PathBuf, ready: impl Fn() -> bool) -> UnitService {
+        let unit = unit_settings(unit_path);
         let exec = one(&unit, "ExecStart");
         let user = one(&unit, "User");
         let group = one(&unit, "Group");
         assert_eq!(one(&unit, "ProtectSystem"), "strict");
         assert_eq!(one(&unit, "NoNewPrivileges"), "yes");
+        assert_eq!(one(&unit, "SystemCallErrorNumber"), "EPERM");
         let uid: u32 = harness::run_ok("id", &["-u", user])
             .trim()
             .parse()
@@ -159,9 +190,12 @@ impl UnitNode {
             .chain(caps)
             .collect::<Vec<_>>()
             .join(",");
+        let syscalls = allowed_syscalls(unit.get("SystemCallFilter").expect("a filter")).join(",");
+        let seccomp = harness::repo_root().join("tests/python/seccomp_exec.py");
         // ProtectSystem=strict (+ ProtectHome=read-only): every mount read-only
         // except the API file systems and the service's own directories. The
-        // namespace is private, so the host's mounts are untouched.
+        // namespace is private, so the host's mounts are untouched. The filter
+        // is loaded last, after setpriv's own privileged calls, as systemd does.
         let script = format!(
             r#"set -eu
 umask {umask}
@@ -171,10 +205,11 @@ awk '{{print $5}}' /proc/self/mountinfo | sort -u | while read -r m; do
     mount -o remount,bind,ro "$m"
 done
 for d in {writable}; do mount -o remount,bind,rw "$d"; done
-exec setpriv --reuid={uid} --regid={gid} --init-groups --bounding-set={bounding} --inh-caps=-all --no-new-privs -- {exec}
+exec setpriv --reuid={uid} --regid={gid} --init-groups --bounding-set={bounding} --inh-caps=-all --no-new-privs -- /usr/bin/python3 {seccomp} {syscalls} -- {exec}
 "#,
             umask = one(&unit, "UMask"),
             writable = writable.join(" "),
+            seccomp = seccomp.display(),
         );
         let log_file = std::fs::File::create(&log).expect("log");
         let child = Command::new("unshare")
@@ -188,21 +223,21 @@ exec setpriv --reuid={uid} --regid={gid} --init-groups --bounding-set={bounding}
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
-            .expect("start the node as its unit would");
-        let mut node = UnitNode { child, log };
+            .unwrap_or_else(|e| panic!("start {unit_path} as its unit would: {e}"));
+        let mut service = UnitService { child, log };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !Path::new("/run/volmig/node.sock").exists() {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                panic!("the node exited with {status}:\n{}", node.log());
+        while !ready() {
+            if let Ok(Some(status)) = service.child.try_wait() {
+                panic!("{unit_path} exited with {status}:\n{}", service.log());
             }
             assert!(
                 Instant::now() < deadline,
-                "no socket within 30 s:\n{}",
-                node.log()
+                "{unit_path} not ready within 30 s:\n{}",
+                service.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        node
+        service
     }
 
     fn log(&self) -> String {
@@ -224,10 +259,10 @@ exec setpriv --reuid={uid} --regid={gid} --init-groups --bounding-set={bounding}
     }
 }
 
-impl Drop for UnitNode {
+impl Drop for UnitService {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- node log ---\n{}", harness::tail(&self.log(), 40));
+            eprintln!("--- service log ---\n{}", harness::tail(&self.log(), 40));
         }
         self.stop();
     }
@@ -420,7 +455,28 @@ async fn debian_package_installs_runs_a_migration_as_its_unit_and_purges_clean()
         .map(str::to_string)
         .collect();
 
-    let mut node = UnitNode::start(work.join("node.log"));
+    // The controller as its unit runs it: unprivileged, no capabilities.
+    let mut controller = UnitService::start(CONTROLLER_UNIT, work.join("controller.log"), || {
+        std::net::TcpStream::connect("127.0.0.1:7450").is_ok()
+    });
+    let channel = volmig::api::client::connect("http://127.0.0.1:7450")
+        .await
+        .expect("connect to the unit's controller");
+    let serving = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "volmig.v1.Controller".into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("health: {s:?}\n{}", controller.log()))
+        .into_inner();
+    assert_eq!(serving.status, 1, "SERVING");
+    controller.stop();
+    drop(controller);
+    assert!(Path::new("/var/lib/volmig/controller").is_dir());
+
+    let mut node = UnitService::start(NODE_UNIT, work.join("node.log"), || {
+        Path::new("/run/volmig/node.sock").exists()
+    });
     let socket = std::fs::metadata("/run/volmig/node.sock").expect("socket");
     assert_eq!(socket.mode() & 0o777, 0o660);
     assert_eq!(socket.gid(), gid_of("volmig"));
