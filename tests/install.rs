@@ -86,6 +86,16 @@ fn dpkg(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Appends `line` to a configuration file, as an operator editing it would.
+fn append_line(path: &str, line: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    writeln!(file, "{line}").unwrap_or_else(|e| panic!("{path}: {e}"));
+}
+
 /// The package installed for the test; purged when dropped, whatever happened.
 struct Installed {
     /// `/var/lib/volmig` did not exist before: the test removes what the node left there.
@@ -156,8 +166,9 @@ impl UnitService {
     /// Prepares what systemd prepares (state and runtime directories, owner,
     /// mode) and runs the unit's ExecStart under its user, group, umask,
     /// capability bounding set, no-new-privileges, system-call filter and a
-    /// read-only file system but for those directories; waits until `ready`.
-    fn start(unit_path: &str, log: PathBuf, ready: impl Fn() -> bool) -> UnitService {
+    /// read-only file system but for those directories; waits until `ready`
+    /// holds for its log.
+    fn start(unit_path: &str, log: PathBuf, ready: impl Fn(&str) -> bool) -> UnitService {
         let unit = unit_settings(unit_path);
         let exec = one(&unit, "ExecStart");
         let user = one(&unit, "User");
@@ -226,7 +237,7 @@ exec setpriv --reuid={uid} --regid={gid} --init-groups --bounding-set={bounding}
             .unwrap_or_else(|e| panic!("start {unit_path} as its unit would: {e}"));
         let mut service = UnitService { child, log };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready() {
+        while !ready(&service.log()) {
             if let Ok(Some(status)) = service.child.try_wait() {
                 panic!("{unit_path} exited with {status}:\n{}", service.log());
             }
@@ -456,9 +467,11 @@ async fn debian_package_installs_runs_a_migration_as_its_unit_and_purges_clean()
         .collect();
 
     // The controller as its unit runs it: unprivileged, no capabilities.
-    let mut controller = UnitService::start(CONTROLLER_UNIT, work.join("controller.log"), || {
-        std::net::TcpStream::connect("127.0.0.1:7450").is_ok()
-    });
+    let mut controller = UnitService::start(
+        CONTROLLER_UNIT,
+        work.join("controller-default.log"),
+        |log| log.contains("controller listening"),
+    );
     let channel = volmig::api::client::connect("http://127.0.0.1:7450")
         .await
         .expect("connect to the unit's controller");
@@ -474,34 +487,98 @@ async fn debian_package_installs_runs_a_migration_as_its_unit_and_purges_clean()
     drop(controller);
     assert!(Path::new("/var/lib/volmig/controller").is_dir());
 
-    let mut node = UnitService::start(NODE_UNIT, work.join("node.log"), || {
-        Path::new("/run/volmig/node.sock").exists()
-    });
+    // Listening is logged once the socket has its mode and group.
+    let node_ready = |log: &str| log.contains("node listening");
+    // The node with the packaged configuration (every key at its default).
+    let node = UnitService::start(NODE_UNIT, work.join("node-default.log"), node_ready);
     let socket = std::fs::metadata("/run/volmig/node.sock").expect("socket");
     assert_eq!(socket.mode() & 0o777, 0o660);
     assert_eq!(socket.gid(), gid_of("volmig"));
-
-    let before = guest.wait_writing(20, BOOT);
     let channel = volmig::api::client::connect("unix:///run/volmig/node.sock")
         .await
         .expect("connect to the unit's node");
-    let mut client = proto::node_client::NodeClient::new(channel);
-    let events = node::migrate(&mut client, node::request(guest.name(), "vda", dst.name()))
+    let pools = proto::node_client::NodeClient::new(channel)
+        .list_pools(proto::ListPoolsRequest {})
         .await
-        .unwrap_or_else(|s| panic!("MigrateVolume refused: {s:?}\n{}", node.log()));
+        .unwrap_or_else(|s| panic!("ListPools: {s:?}\n{}", node.log()))
+        .into_inner()
+        .pools;
+    assert!(pools.iter().any(|p| p.name == dst.name()), "{pools:?}");
+    drop(node);
+
+    // README's single-host set-up: the controller on its unix socket, the
+    // node registering there; the migration goes through both.
+    let controller_socket = "unix:///run/volmig-controller/controller.sock";
+    append_line(
+        "/etc/volmig/controller.toml",
+        &format!("listen = \"{controller_socket}\""),
+    );
+    append_line(
+        "/etc/volmig/node.toml",
+        &format!("controller = \"{controller_socket}\""),
+    );
+    let controller = UnitService::start(CONTROLLER_UNIT, work.join("controller.log"), |log| {
+        log.contains("controller listening")
+    });
+    let node = UnitService::start(NODE_UNIT, work.join("node.log"), node_ready);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let hostname = hostname.trim();
+    let channel = volmig::api::client::connect(controller_socket)
+        .await
+        .expect("connect to the unit's controller");
+    let mut client = proto::controller_client::ControllerClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes = client
+            .list_nodes(proto::ListNodesRequest {})
+            .await
+            .map(|r| r.into_inner().nodes)
+            .unwrap_or_default();
+        if nodes
+            .iter()
+            .any(|n| n.node_id == hostname && n.state == proto::NodeState::Up as i32)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not register: {nodes:?}\n{}\n{}",
+            node.log(),
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let before = guest.wait_writing(20, BOOT);
+    let stream = client
+        .migrate_volume(node::request(guest.name(), "vda", dst.name()))
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "MigrateVolume refused: {s:?}\n{}\n{}",
+                controller.log(),
+                node.log()
+            )
+        })
+        .into_inner();
+    let events = node::collect(stream)
+        .await
+        .unwrap_or_else(|s| panic!("migration stream: {s:?}\n{}", node.log()));
     node::assert_terminal(&events, proto::Phase::Completed);
     let result = node::result_of(&events);
     assert_on_destination(&guest, "vda", &result);
-    // The default config's node id is the host name.
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
-    assert_eq!(events[0].node_id, hostname.trim());
+    // The default node id is the host name.
+    assert_eq!(events[0].node_id, hostname);
     let journal = std::fs::read_dir("/var/lib/volmig/node/migrations")
         .expect("the journal is in the StateDirectory")
         .count();
     assert!(journal > 0);
+    let history = std::fs::read_to_string("/var/lib/volmig/controller/history.jsonl")
+        .expect("the history is in the controller's StateDirectory");
+    assert!(history.contains(&events[0].migration_id));
     guest.wait_writing(before + 20, BOOT);
-    node.stop();
     drop(node);
+    drop(controller);
 
     guest.cold_restart();
     guest.wait_writing(20, BOOT);
