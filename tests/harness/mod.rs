@@ -31,6 +31,7 @@ pub mod prometheus;
 pub mod records;
 pub mod service;
 mod sweep;
+pub mod unit;
 pub mod xml;
 
 pub use defined::DefinedDomain;
