@@ -31,6 +31,7 @@ pub mod prometheus;
 pub mod records;
 pub mod service;
 mod sweep;
+pub mod unit;
 pub mod xml;
 
 pub use defined::DefinedDomain;
@@ -188,6 +189,22 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
 /// Runs a command that must succeed; panics with its output otherwise.
 pub fn run_ok(program: &str, args: &[&str]) -> String {
     run(program, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs the `volmig` binary under test with `args` and extra environment
+/// variables (logging at `warn`); returns its exit code, stdout and stderr.
+pub fn volmig(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_volmig"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run volmig");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `virsh -c qemu:///system ARGS`: Ok(stdout) or Err(command, status, stderr).
