@@ -234,18 +234,26 @@ fn check_checkpoints(
             tracking.join(", ")
         )));
     }
-    let broken: Vec<&str> = checkpoints
+    // libvirt validates a checkpoint's bitmaps on all its disks at once, so one
+    // already broken on another disk would fail the validation after the pivot.
+    let broken: Vec<(&str, &str)> = checkpoints
         .iter()
-        .filter(|c| {
-            c.bitmap_on(&disk.target)
-                .is_some_and(|d| d.dirty_bytes.is_none())
+        .filter(|c| c.bitmap_on(&disk.target).is_some())
+        .flat_map(|c| {
+            c.disks
+                .iter()
+                .filter(|d| d.bitmap.is_some() && d.dirty_bytes.is_none())
+                .map(move |d| (c.name.as_str(), d.target.as_str()))
         })
-        .map(|c| c.name.as_str())
         .collect();
-    if let Some(name) = broken.first() {
+    if let Some((name, _)) = broken.first() {
+        let listed: Vec<String> = broken
+            .iter()
+            .map(|(c, d)| format!("{c} (disk {d})"))
+            .collect();
         return Err(Error::Precondition(format!(
-            "checkpoint(s) {} of '{domain}' have no valid bitmap on disk {} already (libvirt cannot compute their size), so they cannot be carried to the destination; delete them (`virsh checkpoint-delete {domain} {name} --metadata`) and take a full backup after the migration",
-            broken.join(", "),
+            "checkpoint(s) {} of '{domain}' have no valid bitmap already (libvirt cannot compute their size), so they cannot be carried with disk {}; delete them (`virsh checkpoint-delete {domain} {name} --metadata`) and take a full backup after the migration",
+            listed.join(", "),
             disk.target
         )));
     }
@@ -453,6 +461,23 @@ mod tests {
         let dir = pool("dir", 1 << 30, 1 << 30);
         assert!(check_checkpoints("g", &disk, &[cp("vda")], &dir, ImageFormat::Qcow2).is_ok());
         assert!(check_checkpoints("g", &disk, &[cp("vdb")], &rbd, ImageFormat::Raw).is_ok());
+        // Broken on another disk of the same checkpoint: validation would fail later.
+        let mut both = cp("vda");
+        both.disks.push(crate::hypervisor::CheckpointDisk {
+            target: "vdb".into(),
+            bitmap: Some("nightly".into()),
+            dirty_bytes: None,
+        });
+        let Err(Error::Precondition(msg)) =
+            check_checkpoints("g", &disk, &[both], &dir, ImageFormat::Qcow2)
+        else {
+            panic!("a broken bitmap of the same checkpoint fails its validation");
+        };
+        assert!(msg.contains("nightly (disk vdb)"), "{msg}");
+        assert!(
+            msg.contains("checkpoint-delete g nightly --metadata"),
+            "{msg}"
+        );
     }
 
     #[test]
