@@ -8,7 +8,9 @@
 //! the migration an incremental backup from the checkpoint must hold exactly
 //! the clusters the guest's records reached since the checkpoint: every record
 //! acked between the checkpoint and the backup, nothing of the clusters filled
-//! before it and nothing of the pre-written half.
+//! before it and nothing of the pre-written half. Last, a copy onto raw made
+//! with plain `virsh blockcopy` shows what libvirt does alone (the checkpoint
+//! loses its bitmap without a word), and volmig then refuses to carry it.
 
 mod harness;
 
@@ -209,4 +211,47 @@ async fn a_checkpoint_survives_migration_and_the_next_incremental_backup_holds_o
     guest.verify_data();
     let again = guest.dir().join("since-nightly-again.qcow2");
     assert!(incremental_backup(&guest, CHECKPOINT, &again).contains("Completed"));
+
+    // What libvirt does alone: a copy onto raw pivots and silently leaves the
+    // checkpoint without its bitmap. volmig then refuses to carry it, before
+    // creating anything.
+    let raw_copy = guest.dir().join("behind-volmigs-back.raw");
+    std::fs::File::create(&raw_copy)
+        .and_then(|f| f.set_len(DATA_GUEST_DISK))
+        .expect("raw file");
+    harness::virsh_ok(&[
+        "blockcopy",
+        guest.name(),
+        "vda",
+        &raw_copy.to_string_lossy(),
+        "--format",
+        "raw",
+        "--reuse-external",
+        "--transient-job",
+        "--wait",
+        "--pivot",
+    ]);
+    let src_volumes = harness::pools::volume_names(src.name()).expect("vol-list");
+    let mut back = node::request(guest.name(), "vda", src.name());
+    back.destination_format = proto::VolumeFormat::Qcow2 as i32;
+    let status = node::migrate(&mut client, back)
+        .await
+        .expect_err("the checkpoint has no bitmap left to carry");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("nightly (disk vda)")
+            && status.message().contains("no valid bitmap"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        harness::pools::volume_names(src.name()).expect("vol-list"),
+        src_volumes,
+        "no destination volume may be created"
+    );
+    assert_eq!(
+        node.journal_records(),
+        1,
+        "only the completed migration is recorded"
+    );
 }
