@@ -2,13 +2,13 @@
 //! metadata + a persistent qcow2 dirty bitmap) keeps it through a live
 //! migration, and a destination that cannot hold it is refused first.
 //!
-//! One writing guest (vda qcow2, 128 MiB, the upper 64 MiB pre-written before
+//! One writing guest (vda qcow2, 64 MiB, the top 16 MiB pre-written before
 //! its first boot, records growing from the start of the disk) serves every
 //! check: the refusal changes nothing, so the same guest then migrates. After
 //! the migration an incremental backup from the checkpoint must hold exactly
 //! the clusters the guest's records reached since the checkpoint: every record
 //! acked between the checkpoint and the backup, nothing of the clusters filled
-//! before it and nothing of the pre-written half. Last, a copy onto raw made
+//! before it and nothing of the pre-written top. Last, a copy onto raw made
 //! with plain `virsh blockcopy` shows what libvirt does alone (the checkpoint
 //! loses its bitmap without a word), and volmig then refuses to carry it.
 
@@ -17,7 +17,6 @@ mod harness;
 use std::path::Path;
 use std::time::Duration;
 
-use harness::guest::{DATA_GUEST_DISK, DATA_GUEST_PREWRITTEN};
 use harness::node::{self, NodeProcess};
 use harness::{DirPool, Guest, Pool};
 use tonic::Code;
@@ -28,6 +27,9 @@ const BOOT: Duration = Duration::from_secs(120);
 const CLUSTER: u64 = 64 << 10;
 const RECORD: u64 = 512;
 const CHECKPOINT: &str = "nightly";
+const DISK: u64 = 64 << 20;
+/// Pattern written at the top of vda before the first boot, long before the checkpoint.
+const PREWRITTEN: u64 = 16 << 20;
 
 /// `[start, end)` of the extents `qemu-img map` shows as data held by the
 /// image itself (depth 0), not by its backing file.
@@ -77,8 +79,8 @@ async fn a_checkpoint_survives_migration_and_the_next_incremental_backup_holds_o
     let guest = Guest::builder("ck", &src)
         .format("qcow2")
         .qcow2_v3()
-        .disk_bytes(DATA_GUEST_DISK)
-        .prewritten(DATA_GUEST_PREWRITTEN)
+        .disk_bytes(DISK)
+        .prewritten(PREWRITTEN)
         .pause_ms(20)
         .start();
     let node = NodeProcess::start("ck", &[]);
@@ -181,12 +183,12 @@ async fn a_checkpoint_survives_migration_and_the_next_incremental_backup_holds_o
         at += RECORD;
     }
     // Nothing from clusters the guest had filled before the checkpoint, nothing
-    // of the pre-written half, nothing beyond what was written by the backup.
+    // of the pre-written top, nothing beyond what was written by the backup.
     let old_end = before_checkpoint * RECORD / CLUSTER * CLUSTER;
     let new_end = ((after_backup + 2) * RECORD).div_ceil(CLUSTER) * CLUSTER;
     for &(s, e) in &extents {
         assert!(
-            s >= old_end && e <= new_end && e <= DATA_GUEST_DISK - DATA_GUEST_PREWRITTEN,
+            s >= old_end && e <= new_end && e <= DISK - PREWRITTEN,
             "extent {s}..{e} was not written since the checkpoint (allowed {old_end}..{new_end})"
         );
     }
@@ -217,7 +219,7 @@ async fn a_checkpoint_survives_migration_and_the_next_incremental_backup_holds_o
     // creating anything.
     let raw_copy = guest.dir().join("behind-volmigs-back.raw");
     std::fs::File::create(&raw_copy)
-        .and_then(|f| f.set_len(DATA_GUEST_DISK))
+        .and_then(|f| f.set_len(DISK))
         .expect("raw file");
     harness::virsh_ok(&[
         "blockcopy",
