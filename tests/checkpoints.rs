@@ -11,12 +11,14 @@
 //! before it and nothing of the pre-written top. Last, a copy onto raw made
 //! with plain `virsh blockcopy` shows what libvirt does alone (the checkpoint
 //! loses its bitmap without a word), and volmig then refuses to carry it.
+//! A controller beside the node shows that placement sees the checkpoint too.
 
 mod harness;
 
 use std::path::Path;
 use std::time::Duration;
 
+use harness::controller::{wait_nodes_up, ControllerProcess};
 use harness::node::{self, NodeProcess};
 use harness::{DirPool, Guest, Pool};
 use tonic::Code;
@@ -83,7 +85,9 @@ async fn a_checkpoint_survives_migration_and_the_next_incremental_backup_holds_o
         .prewritten(PREWRITTEN)
         .pause_ms(20)
         .start();
-    let node = NodeProcess::start("ck", &[]);
+    let ctl = ControllerProcess::start("ck-ctl", "heartbeat_interval_seconds = 1\n");
+    let node = NodeProcess::start("ck", &["--controller", &ctl.endpoint()]);
+    wait_nodes_up(&ctl, &[node.node_id()]).await;
     let mut client = node.client().await;
 
     // Enough records before the checkpoint to fill whole clusters with them only.
@@ -106,6 +110,27 @@ async fn a_checkpoint_survives_migration_and_the_next_incremental_backup_holds_o
         vda.checkpoints,
         vec![CHECKPOINT],
         "ListDisks names the checkpoint"
+    );
+    // The controller's placement knows it too: raw would lose it.
+    let mut raw_plan = node::request(guest.name(), "vda", "");
+    raw_plan.destination_format = proto::VolumeFormat::Raw as i32;
+    let plan = ctl
+        .client()
+        .await
+        .plan_migration(raw_plan)
+        .await
+        .expect("PlanMigration")
+        .into_inner();
+    let dst_verdict = plan
+        .candidates
+        .iter()
+        .find(|c| c.pool == dst.name())
+        .unwrap_or_else(|| panic!("{} not considered: {plan:#?}", dst.name()));
+    assert_eq!(dst_verdict.rejected_by, "incompatible_format", "{plan:#?}");
+    assert!(
+        dst_verdict.reason.contains("checkpoint(s) nightly"),
+        "{}",
+        dst_verdict.reason
     );
 
     // A raw destination cannot hold the bitmap: refused, and nothing is made.
