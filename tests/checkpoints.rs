@@ -2,20 +2,23 @@
 //! metadata + a persistent qcow2 dirty bitmap) keeps it through a live
 //! migration, and a destination that cannot hold it is refused first.
 //!
-//! One writing guest (vda qcow2, 128 MiB, the upper 64 MiB pre-written before
+//! One writing guest (vda qcow2, 64 MiB, the top 16 MiB pre-written before
 //! its first boot, records growing from the start of the disk) serves every
 //! check: the refusal changes nothing, so the same guest then migrates. After
 //! the migration an incremental backup from the checkpoint must hold exactly
 //! the clusters the guest's records reached since the checkpoint: every record
 //! acked between the checkpoint and the backup, nothing of the clusters filled
-//! before it and nothing of the pre-written half.
+//! before it and nothing of the pre-written top. Last, a copy onto raw made
+//! with plain `virsh blockcopy` shows what libvirt does alone (the checkpoint
+//! loses its bitmap without a word), and volmig then refuses to carry it.
+//! A controller beside the node shows that placement sees the checkpoint too.
 
 mod harness;
 
 use std::path::Path;
 use std::time::Duration;
 
-use harness::guest::{DATA_GUEST_DISK, DATA_GUEST_PREWRITTEN};
+use harness::controller::{wait_nodes_up, ControllerProcess};
 use harness::node::{self, NodeProcess};
 use harness::{DirPool, Guest, Pool};
 use tonic::Code;
@@ -26,6 +29,9 @@ const BOOT: Duration = Duration::from_secs(120);
 const CLUSTER: u64 = 64 << 10;
 const RECORD: u64 = 512;
 const CHECKPOINT: &str = "nightly";
+const DISK: u64 = 64 << 20;
+/// Pattern written at the top of vda before the first boot, long before the checkpoint.
+const PREWRITTEN: u64 = 16 << 20;
 
 /// `[start, end)` of the extents `qemu-img map` shows as data held by the
 /// image itself (depth 0), not by its backing file.
@@ -75,11 +81,13 @@ async fn a_checkpoint_survives_migration_and_the_next_incremental_backup_holds_o
     let guest = Guest::builder("ck", &src)
         .format("qcow2")
         .qcow2_v3()
-        .disk_bytes(DATA_GUEST_DISK)
-        .prewritten(DATA_GUEST_PREWRITTEN)
+        .disk_bytes(DISK)
+        .prewritten(PREWRITTEN)
         .pause_ms(20)
         .start();
-    let node = NodeProcess::start("ck", &[]);
+    let ctl = ControllerProcess::start("ck-ctl", "heartbeat_interval_seconds = 1\n");
+    let node = NodeProcess::start("ck", &["--controller", &ctl.endpoint()]);
+    wait_nodes_up(&ctl, &[node.node_id()]).await;
     let mut client = node.client().await;
 
     // Enough records before the checkpoint to fill whole clusters with them only.
@@ -102,6 +110,27 @@ async fn a_checkpoint_survives_migration_and_the_next_incremental_backup_holds_o
         vda.checkpoints,
         vec![CHECKPOINT],
         "ListDisks names the checkpoint"
+    );
+    // The controller's placement knows it too: raw would lose it.
+    let mut raw_plan = node::request(guest.name(), "vda", "");
+    raw_plan.destination_format = proto::VolumeFormat::Raw as i32;
+    let plan = ctl
+        .client()
+        .await
+        .plan_migration(raw_plan)
+        .await
+        .expect("PlanMigration")
+        .into_inner();
+    let dst_verdict = plan
+        .candidates
+        .iter()
+        .find(|c| c.pool == dst.name())
+        .unwrap_or_else(|| panic!("{} not considered: {plan:#?}", dst.name()));
+    assert_eq!(dst_verdict.rejected_by, "incompatible_format", "{plan:#?}");
+    assert!(
+        dst_verdict.reason.contains("checkpoint(s) nightly"),
+        "{}",
+        dst_verdict.reason
     );
 
     // A raw destination cannot hold the bitmap: refused, and nothing is made.
@@ -179,12 +208,12 @@ async fn a_checkpoint_survives_migration_and_the_next_incremental_backup_holds_o
         at += RECORD;
     }
     // Nothing from clusters the guest had filled before the checkpoint, nothing
-    // of the pre-written half, nothing beyond what was written by the backup.
+    // of the pre-written top, nothing beyond what was written by the backup.
     let old_end = before_checkpoint * RECORD / CLUSTER * CLUSTER;
     let new_end = ((after_backup + 2) * RECORD).div_ceil(CLUSTER) * CLUSTER;
     for &(s, e) in &extents {
         assert!(
-            s >= old_end && e <= new_end && e <= DATA_GUEST_DISK - DATA_GUEST_PREWRITTEN,
+            s >= old_end && e <= new_end && e <= DISK - PREWRITTEN,
             "extent {s}..{e} was not written since the checkpoint (allowed {old_end}..{new_end})"
         );
     }
@@ -209,4 +238,47 @@ async fn a_checkpoint_survives_migration_and_the_next_incremental_backup_holds_o
     guest.verify_data();
     let again = guest.dir().join("since-nightly-again.qcow2");
     assert!(incremental_backup(&guest, CHECKPOINT, &again).contains("Completed"));
+
+    // What libvirt does alone: a copy onto raw pivots and silently leaves the
+    // checkpoint without its bitmap. volmig then refuses to carry it, before
+    // creating anything.
+    let raw_copy = guest.dir().join("behind-volmigs-back.raw");
+    std::fs::File::create(&raw_copy)
+        .and_then(|f| f.set_len(DISK))
+        .expect("raw file");
+    harness::virsh_ok(&[
+        "blockcopy",
+        guest.name(),
+        "vda",
+        &raw_copy.to_string_lossy(),
+        "--format",
+        "raw",
+        "--reuse-external",
+        "--transient-job",
+        "--wait",
+        "--pivot",
+    ]);
+    let src_volumes = harness::pools::volume_names(src.name()).expect("vol-list");
+    let mut back = node::request(guest.name(), "vda", src.name());
+    back.destination_format = proto::VolumeFormat::Qcow2 as i32;
+    let status = node::migrate(&mut client, back)
+        .await
+        .expect_err("the checkpoint has no bitmap left to carry");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("nightly (disk vda)")
+            && status.message().contains("no valid bitmap"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        harness::pools::volume_names(src.name()).expect("vol-list"),
+        src_volumes,
+        "no destination volume may be created"
+    );
+    assert_eq!(
+        node.journal_records(),
+        1,
+        "only the completed migration is recorded"
+    );
 }

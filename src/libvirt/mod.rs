@@ -40,6 +40,9 @@ pub struct LibvirtHost {
     conn: Mutex<Option<Arc<Connect>>>,
     ceph_keyring_dir: PathBuf,
     observer: Arc<dyn CallObserver>,
+    /// Held across a checkpoint's read-modify-redefine, so two disks of one
+    /// checkpoint moved together cannot undo each other's rewrite.
+    checkpoint_rewrite: Mutex<()>,
 }
 
 /// Where Ceph's tools keep keyrings; volmig reads a cephx key there when
@@ -57,6 +60,7 @@ impl LibvirtHost {
             conn: Mutex::new(None),
             ceph_keyring_dir: PathBuf::from(DEFAULT_CEPH_KEYRING_DIR),
             observer: Arc::new(()),
+            checkpoint_rewrite: Mutex::new(()),
         }
     }
 
@@ -623,6 +627,10 @@ impl Hypervisor for LibvirtHost {
         source: &DiskSource,
         format: ImageFormat,
     ) -> Result<(), HvError> {
+        let _rewriting = self
+            .checkpoint_rewrite
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let xml = self.call("virDomainCheckpointGetXMLDesc", name, |c| {
             checkpoint::full_description(&lookup_domain(c, domain)?, name)
         })?;

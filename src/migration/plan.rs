@@ -126,7 +126,8 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
             "reading the checkpoints of '{}'",
             domain.name
         )))?;
-        check_checkpoints(&domain.name, disk, &checkpoints, &pool, dest_format)?;
+        let dest = (&pool, dest_format, req.destination_format.is_some());
+        check_checkpoints(&domain.name, disk, &checkpoints, dest)?;
     }
     // Listed after a refresh, so partitions and files made behind libvirt's back
     // count too: every pool type is checked for an existing volume of the name.
@@ -207,8 +208,7 @@ fn check_checkpoints(
     domain: &str,
     disk: &DiskSpec,
     checkpoints: &[Checkpoint],
-    pool: &PoolSpec,
-    dest_format: ImageFormat,
+    (pool, dest_format, asked): (&PoolSpec, ImageFormat, bool),
 ) -> Result<(), Error> {
     let tracking: Vec<&str> = checkpoints
         .iter()
@@ -220,13 +220,15 @@ fn check_checkpoints(
     }
     let first = tracking[0];
     if dest_format != ImageFormat::Qcow2 {
-        let why = if pool.disk_kind() == Some(DiskKind::File) {
-            format!("the request asks for {dest_format}")
-        } else {
+        let why = if pool.disk_kind() != Some(DiskKind::File) {
             format!(
                 "pool '{}' ({}) holds raw volumes only",
                 pool.name, pool.pool_type
             )
+        } else if asked {
+            format!("the request asks for {dest_format}")
+        } else {
+            format!("the source is {dest_format} and the request names no format")
         };
         return Err(Error::Precondition(format!(
             "disk {} of '{domain}' is tracked by checkpoint(s) {} (incremental-backup dirty bitmaps); the destination would be {dest_format} because {why}, and only qcow2 can hold persistent bitmaps, so the next incremental backup would fail; migrate to a file pool as qcow2, or delete the checkpoints (`virsh checkpoint-delete {domain} {first} --metadata`) and take a full backup afterwards",
@@ -234,18 +236,26 @@ fn check_checkpoints(
             tracking.join(", ")
         )));
     }
-    let broken: Vec<&str> = checkpoints
+    // libvirt validates a checkpoint's bitmaps on all its disks at once, so one
+    // already broken on another disk would fail the validation after the pivot.
+    let broken: Vec<(&str, &str)> = checkpoints
         .iter()
-        .filter(|c| {
-            c.bitmap_on(&disk.target)
-                .is_some_and(|d| d.dirty_bytes.is_none())
+        .filter(|c| c.bitmap_on(&disk.target).is_some())
+        .flat_map(|c| {
+            c.disks
+                .iter()
+                .filter(|d| d.bitmap.is_some() && d.dirty_bytes.is_none())
+                .map(move |d| (c.name.as_str(), d.target.as_str()))
         })
-        .map(|c| c.name.as_str())
         .collect();
-    if let Some(name) = broken.first() {
+    if let Some((name, _)) = broken.first() {
+        let listed: Vec<String> = broken
+            .iter()
+            .map(|(c, d)| format!("{c} (disk {d})"))
+            .collect();
         return Err(Error::Precondition(format!(
-            "checkpoint(s) {} of '{domain}' have no valid bitmap on disk {} already (libvirt cannot compute their size), so they cannot be carried to the destination; delete them (`virsh checkpoint-delete {domain} {name} --metadata`) and take a full backup after the migration",
-            broken.join(", "),
+            "checkpoint(s) {} of '{domain}' have no valid bitmap already (libvirt cannot compute their size), so they cannot be carried with disk {}; delete them (`virsh checkpoint-delete {domain} {name} --metadata`) and take a full backup after the migration",
+            listed.join(", "),
             disk.target
         )));
     }
@@ -438,7 +448,7 @@ mod tests {
         };
         let rbd = pool("rbd", 1 << 30, 1 << 30);
         let Err(Error::Precondition(msg)) =
-            check_checkpoints("g", &disk, &[cp("vda")], &rbd, ImageFormat::Raw)
+            check_checkpoints("g", &disk, &[cp("vda")], (&rbd, ImageFormat::Raw, false))
         else {
             panic!("rbd holds raw images only");
         };
@@ -451,8 +461,38 @@ mod tests {
             "{msg}"
         );
         let dir = pool("dir", 1 << 30, 1 << 30);
-        assert!(check_checkpoints("g", &disk, &[cp("vda")], &dir, ImageFormat::Qcow2).is_ok());
-        assert!(check_checkpoints("g", &disk, &[cp("vdb")], &rbd, ImageFormat::Raw).is_ok());
+        assert!(
+            check_checkpoints("g", &disk, &[cp("vda")], (&dir, ImageFormat::Qcow2, false)).is_ok()
+        );
+        assert!(
+            check_checkpoints("g", &disk, &[cp("vdb")], (&rbd, ImageFormat::Raw, false)).is_ok()
+        );
+        let Err(Error::Precondition(msg)) =
+            check_checkpoints("g", &disk, &[cp("vda")], (&dir, ImageFormat::Raw, false))
+        else {
+            panic!("a raw source would make a raw destination");
+        };
+        assert!(
+            msg.contains("the source is raw and the request names no format"),
+            "{msg}"
+        );
+        // Broken on another disk of the same checkpoint: validation would fail later.
+        let mut both = cp("vda");
+        both.disks.push(crate::hypervisor::CheckpointDisk {
+            target: "vdb".into(),
+            bitmap: Some("nightly".into()),
+            dirty_bytes: None,
+        });
+        let Err(Error::Precondition(msg)) =
+            check_checkpoints("g", &disk, &[both], (&dir, ImageFormat::Qcow2, true))
+        else {
+            panic!("a broken bitmap of the same checkpoint fails its validation");
+        };
+        assert!(msg.contains("nightly (disk vdb)"), "{msg}");
+        assert!(
+            msg.contains("checkpoint-delete g nightly --metadata"),
+            "{msg}"
+        );
     }
 
     #[test]
