@@ -290,6 +290,7 @@ mod tests {
             node_id: "n1".into(),
             domain: "vm1".into(),
             disk: "vda".into(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             convergence: Some(ConvergenceWarning {
                 dirty_rate_bytes_per_sec: 3 << 20,
                 copy_rate_bytes_per_sec: 1 << 20,
@@ -326,6 +327,7 @@ mod tests {
                     "remaining_bytes": 33_554_432u64,
                     "remedy": "raise the bandwidth",
                 },
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
             })
         );
     }
