@@ -337,6 +337,20 @@ async fn one_migration_is_one_trace_across_cli_controller_and_node() {
         })
         .await;
 
+    let spans = receiver.spans();
+    let in_trace: BTreeSet<String> = spans
+        .iter()
+        .filter(|s| s.trace_id == trace)
+        .map(|s| {
+            let parent = spans
+                .iter()
+                .find(|p| p.span_id == s.parent)
+                .map_or("-", |p| p.name.as_str());
+            format!("{}: {} (under {parent})", s.service, s.name)
+        })
+        .collect();
+    eprintln!("the migration's trace: {in_trace:#?}");
+
     // Every JSON log line of the migration names the migration and its trace.
     let log = node.log();
     let lines: Vec<serde_json::Value> = log
