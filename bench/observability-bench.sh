@@ -9,8 +9,8 @@
 #      second, against both off; alternating, RUNS each (default 3), a fresh
 #      node process per run. The disk: a 2 GiB-virtual qcow2 holding 1 GiB,
 #      dir pool <-> dir pool, the copy limited to 64 MiB/s so that it lasts
-#      ~16 s; the guest writes one record every 200 ms. Target: <= 1 % of a
-#      core with both on.
+#      ~30 s here; the guest writes one record every 200 ms. Target: <= 1 % of
+#      a core with both on.
 #   2. `/metrics` scrape time with 1,000 finished migrations in the journal:
 #      a finished record of run 1 copied under 1,000 new ids (the journal's
 #      own format), a node started on that state dir, SCRAPES (default 20)

@@ -135,6 +135,8 @@ pub(crate) async fn run(inner: Arc<Inner>, job: Arc<Job>, entry: Entry) {
         let outcome = match entry {
             Entry::Fresh => fresh(&mut ctx).await,
             Entry::Recover { group_uncommitted } => {
+                // The phase the journal left it in goes on in this process.
+                ctx.enter_phase(record.latest.phase);
                 match recovery::decide(&mut ctx, group_uncommitted).await {
                     Ok(resume) => continue_from(&mut ctx, resume).await,
                     Err(e) => Err(e),
