@@ -9,8 +9,8 @@
 #      second, against both off; alternating, RUNS each (default 3), a fresh
 #      node process per run. The disk: a 2 GiB-virtual qcow2 holding 1 GiB,
 #      dir pool <-> dir pool, the copy limited to 64 MiB/s so that it lasts
-#      ~16 s; the guest writes one record every 200 ms. Target: <= 1 % of a
-#      core with both on.
+#      ~30 s here; the guest writes one record every 200 ms. Target: <= 1 % of
+#      a core with both on.
 #   2. `/metrics` scrape time with 1,000 finished migrations in the journal:
 #      a finished record of run 1 copied under 1,000 new ids (the journal's
 #      own format), a node started on that state dir, SCRAPES (default 20)
@@ -135,9 +135,6 @@ done
 on=$(median <"$work/on.pct"); off=$(median <"$work/off.pct")
 copy_s=$(echo "$s1 - $s0" | bc -l)
 virsh -q destroy "$dom" >/dev/null; virsh -q undefine "$dom" >/dev/null
-kill "$sink_pid"; wait "$sink_pid" 2>/dev/null || true
-read -r sink_requests sink_bytes <"$work/sink.count"
-[ "$sink_requests" -gt 0 ] || { echo "the OTLP receiver got no spans" >&2; exit 1; }
 
 # --- 2. /metrics with 1,000 finished migrations ----------------------------------------
 load2=$(load)
@@ -169,6 +166,9 @@ for _ in $(seq 1 "$scrapes"); do
 done
 stop_node
 scrape_median=$(median <"$work/scrape.ms"); scrape_p99=$(p99 <"$work/scrape.ms")
+kill "$sink_pid"; wait "$sink_pid" 2>/dev/null || true
+read -r sink_requests sink_bytes <"$work/sink.count"
+[ "$sink_requests" -gt 0 ] || { echo "the OTLP receiver got no spans" >&2; exit 1; }
 
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN {print (v <= t) ? "met" : "MISSED"}'; }
 printf '\n## volmig observability bench (%s, %s cores; load %s during 1, %s during 2)\n\n' \

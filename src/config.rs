@@ -655,4 +655,17 @@ mod tests {
             ControllerConfig::default()
         );
     }
+
+    #[test]
+    fn telemetry_table_is_read_and_checked() {
+        let cfg: ControllerConfig = toml::from_str(
+            "[telemetry]\notlp_endpoint = \"http://c:4317\"\ntraces_sampler = \"traceidratio\"\ntraces_sampler_arg = 0.5\n",
+        )
+        .expect("parse");
+        assert_eq!(cfg.telemetry.otlp_endpoint, "http://c:4317");
+        assert_eq!(cfg.telemetry.traces_sampler_arg, Some(0.5));
+        assert!(cfg.telemetry.service_name.is_empty());
+        assert_eq!(NodeConfig::default().telemetry, TelemetryConfig::default());
+        assert!(toml::from_str::<NodeConfig>("[telemetry]\nendpoint = \"x\"\n").is_err());
+    }
 }

@@ -226,6 +226,31 @@ impl<P: SpanProcessor> SpanProcessor for Inherit<P> {
     }
 }
 
+/// Makes `span` (not yet entered) continue the trace `trace_id` (hex): a
+/// migration resumed after a node restart stays in the trace it began in,
+/// the one its journaled events name. Its parent there was a span of the old
+/// process, unknown now: a fresh span id stands in for it. A malformed or
+/// empty id changes nothing.
+pub fn continue_trace(span: &tracing::Span, trace_id: &str) {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let Ok(trace_id) = TraceId::from_hex(trace_id) else {
+        return;
+    };
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+    let parent = SpanContext::new(
+        trace_id,
+        SpanId::from_bytes(id),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    if parent.is_valid() {
+        // Fails only when no OpenTelemetry layer is installed: nothing to continue then.
+        let _ = span.set_parent(Context::new().with_remote_span_context(parent));
+    }
+}
+
 /// The trace id of the current span (32 hex digits), when spans are exported.
 pub fn current_trace_id() -> Option<String> {
     trace_id_of(&tracing::Span::current())
@@ -422,6 +447,25 @@ mod tests {
         assert_eq!(libvirt["disk"], "vdb");
         assert_eq!(attrs("phase")["disk"], "vda");
         assert!(!attrs("unrelated").contains_key("migration.id"));
+    }
+
+    #[test]
+    fn a_resumed_migration_continues_its_trace() {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::layer::SubscriberExt::with(
+            tracing_subscriber::registry(),
+            tracing_opentelemetry::layer().with_tracer(provider.tracer("test")),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let span = tracing::info_span!("migration");
+            continue_trace(&span, trace);
+            assert_eq!(trace_id_of(&span).as_deref(), Some(trace));
+            let fresh = tracing::info_span!("migration");
+            continue_trace(&fresh, "not hex");
+            let fresh_id = trace_id_of(&fresh).expect("a trace of its own");
+            assert_ne!(fresh_id, trace);
+        });
     }
 
     #[test]

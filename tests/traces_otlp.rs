@@ -222,7 +222,20 @@ async fn one_migration_is_one_trace_across_cli_controller_and_node() {
         .to_string();
     assert_eq!(trace.len(), 32, "first event: {}", events[0]);
 
-    // The trace id is kept in the controller's history and shown by status.
+    // The trace id is kept in the node's journal record, in the controller's
+    // history (which answers for a finished migration) and shown by status.
+    let journaled = std::fs::read_to_string(
+        node.state_dir()
+            .join("migrations")
+            .join(format!("{id}.json")),
+    )
+    .expect("the journal record");
+    let journaled: serde_json::Value = serde_json::from_str(&journaled).expect("json");
+    assert_eq!(
+        journaled["latest"]["trace_id"],
+        trace.as_str(),
+        "{journaled}"
+    );
     let status = run_cli(&["status", "--controller", &ctl.endpoint(), &id]);
     assert!(
         status
@@ -336,6 +349,20 @@ async fn one_migration_is_one_trace_across_cli_controller_and_node() {
             Ok(())
         })
         .await;
+
+    let spans = receiver.spans();
+    let in_trace: BTreeSet<String> = spans
+        .iter()
+        .filter(|s| s.trace_id == trace)
+        .map(|s| {
+            let parent = spans
+                .iter()
+                .find(|p| p.span_id == s.parent)
+                .map_or("-", |p| p.name.as_str());
+            format!("{}: {} (under {parent})", s.service, s.name)
+        })
+        .collect();
+    eprintln!("the migration's trace: {in_trace:#?}");
 
     // Every JSON log line of the migration names the migration and its trace.
     let log = node.log();

@@ -328,6 +328,7 @@ mod tests {
                     "remaining_bytes": 33_554_432u64,
                     "remedy": "raise the bandwidth",
                 },
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
             })
         );
     }

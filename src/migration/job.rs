@@ -121,7 +121,11 @@ fn record_error(span: &tracing::Span, message: &str) {
 
 /// Runs the migration to its terminal event.
 pub(crate) async fn run(inner: Arc<Inner>, job: Arc<Job>, entry: Entry) {
-    let span = migration_span(&job.record());
+    let record = job.record();
+    let span = migration_span(&record);
+    if let Entry::Recover { .. } = entry {
+        crate::tracing_export::continue_trace(&span, &record.latest.trace_id);
+    }
     async move {
         let Some(inbox) = job.take_inbox() else {
             tracing::error!("a second task was started for one migration; ignored");
@@ -131,6 +135,8 @@ pub(crate) async fn run(inner: Arc<Inner>, job: Arc<Job>, entry: Entry) {
         let outcome = match entry {
             Entry::Fresh => fresh(&mut ctx).await,
             Entry::Recover { group_uncommitted } => {
+                // The phase the journal left it in goes on in this process.
+                ctx.enter_phase(record.latest.phase);
                 match recovery::decide(&mut ctx, group_uncommitted).await {
                     Ok(resume) => continue_from(&mut ctx, resume).await,
                     Err(e) => Err(e),
