@@ -1,7 +1,7 @@
 //! End-to-end: libvirtd restarted while a copy of the guest's written disk (`vda`,
 //! 64 MiB of data plus the guest's records) runs. A binary of its own,
-//! because restarting libvirtd disturbs every other test talking to it (cargo
-//! runs test binaries one after another).
+//! because restarting libvirtd disturbs every other test talking to it:
+//! `deploy/test.sh` runs it alone, after the others.
 
 mod harness;
 
