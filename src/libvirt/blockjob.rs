@@ -206,13 +206,8 @@ pub fn block_job_set_speed(dom: &Domain, disk: &str, bandwidth: u64) -> Result<(
     Ok(())
 }
 
-/// Number of libvirt snapshots plus checkpoints of the domain.
-pub fn snapshot_and_checkpoint_count(dom: &Domain) -> Result<u32, CallError> {
-    // SAFETY: dom is live; flags 0 counts all snapshots.
-    let snapshots = unsafe { sys::virDomainSnapshotNum(dom.as_ptr(), 0) };
-    if snapshots < 0 {
-        return Err(Error::last_error().into());
-    }
+/// Number of libvirt checkpoints of the domain.
+pub fn checkpoint_count(dom: &Domain) -> Result<u32, CallError> {
     let mut list: *mut sys::virDomainCheckpointPtr = std::ptr::null_mut();
     // SAFETY: dom is live; list is an out-pointer libvirt fills with an array we free below.
     let checkpoints = unsafe { sys::virDomainListAllCheckpoints(dom.as_ptr(), &mut list, 0) };
@@ -227,5 +222,5 @@ pub fn snapshot_and_checkpoint_count(dom: &Domain) -> Result<u32, CallError> {
         // SAFETY: the array itself was allocated by libvirt with malloc.
         unsafe { libc::free(list.cast()) };
     }
-    Ok(snapshots as u32 + checkpoints as u32)
+    Ok(checkpoints as u32)
 }

@@ -247,9 +247,11 @@ impl Inner {
 
     /// Moves the job's destination reservation to the name the pool really gave
     /// the volume (disk pools name partitions themselves).
-    pub fn rename_reservation(&self, job: &Job, pool: &str, volume: &str) {
+    pub fn rename_reservation(&self, job: &Job, pool: &str, from: &str, volume: &str) {
         let mut reg = self.registry();
-        reg.reserved.retain(|_, id| id != &job.id);
+        // Only the top's name moves; the layers this job copies stay reserved.
+        reg.reserved
+            .retain(|(p, v), id| id != &job.id || p != pool || v != from);
         reg.reserved
             .insert((pool.to_string(), volume.to_string()), job.id.clone());
     }
@@ -522,6 +524,12 @@ impl Engine {
                         .map_or(plan.dest_volume.clone(), |v| v.name.clone());
                     reg.reserved
                         .insert((plan.dest_pool.clone(), volume), job.id.clone());
+                    for layer in plan.chain.iter().filter(|l| l.reused.is_none()) {
+                        reg.reserved.insert(
+                            (plan.dest_pool.clone(), layer.dest_volume.clone()),
+                            job.id.clone(),
+                        );
+                    }
                 }
             }
             if !terminal {
@@ -696,18 +704,32 @@ impl Engine {
                 });
             }
             let name = (plan.dest_pool.clone(), plan.dest_volume.clone());
-            if let Some(other) = reg.reserved.get(&name) {
-                return Err(Error::DestinationReserved {
-                    pool: name.0,
-                    volume: name.1,
-                    migration_id: other.clone(),
-                });
+            // A layer another migration is copying may yet be rolled back:
+            // neither copied again nor reused until that migration ends.
+            let layer_names = plan
+                .chain
+                .iter()
+                .map(|l| (plan.dest_pool.clone(), l.dest_volume.clone()));
+            for n in std::iter::once(name.clone()).chain(layer_names) {
+                if let Some(other) = reg.reserved.get(&n) {
+                    return Err(Error::DestinationReserved {
+                        pool: n.0,
+                        volume: n.1,
+                        migration_id: other.clone(),
+                    });
+                }
             }
             if reg.by_disk.len() >= self.inner.config.max_concurrent {
                 return Err(self.at_limit());
             }
             reg.by_disk.insert(key, id.clone());
             reg.reserved.insert(name, id.clone());
+            for layer in plan.chain.iter().filter(|l| l.reused.is_none()) {
+                reg.reserved.insert(
+                    (plan.dest_pool.clone(), layer.dest_volume.clone()),
+                    id.clone(),
+                );
+            }
             reg.by_id.insert(id.clone(), job.clone());
             if !req.request_id.is_empty() {
                 reg.by_request.insert(req.request_id.clone(), id.clone());
@@ -1018,6 +1040,8 @@ fn new_record(
         group,
         pivot: None,
         forced_sync_writes: false,
+        created_layers: Vec::new(),
+        creating_layer: None,
     }
 }
 

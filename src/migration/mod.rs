@@ -2,6 +2,7 @@
 //! the journal and crash recovery. Free of gRPC and libvirt types: it talks to
 //! the host through [`crate::hypervisor::Hypervisor`].
 
+mod chain;
 mod convergence;
 mod engine;
 pub mod error;
