@@ -515,6 +515,7 @@ mod tests {
                 read_only: true,
                 shareable: true,
                 migration_id: "m1".into(),
+                backing_layers: Vec::new(),
             }],
         };
         let text = disks(&reply);

@@ -21,6 +21,21 @@ use crate::migration::journal::ChainLayer;
 use crate::migration::model::ChainPolicy;
 use crate::migration::validate;
 
+/// Where the disk's top image goes, as validation resolved it.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    /// The destination pool.
+    pub pool: &'a PoolSpec,
+    /// How its volumes are addressed.
+    pub kind: DiskKind,
+    /// The top image's format there.
+    pub format: ImageFormat,
+    /// The top image's volume name there.
+    pub volume: &'a str,
+    /// The pool's volume names.
+    pub existing: &'a [String],
+}
+
 /// The layers below `disk`'s top image, bottom first, with the destination
 /// pool's copy of each: reused when the pool already holds it, else to copy.
 /// Empty when the disk has no backing chain.
@@ -28,12 +43,15 @@ pub fn plan_layers(
     hv: &dyn Hypervisor,
     disk: &DiskSpec,
     source_format: ImageFormat,
-    pool: &PoolSpec,
-    dest_kind: DiskKind,
-    dest_format: ImageFormat,
-    dest_volume: &str,
-    existing: &[String],
+    dest: &Target<'_>,
 ) -> Result<Vec<ChainLayer>, Error> {
+    let Target {
+        pool,
+        kind: dest_kind,
+        format: dest_format,
+        volume: dest_volume,
+        existing,
+    } = *dest;
     if disk.backing.is_empty() {
         return Ok(Vec::new());
     }

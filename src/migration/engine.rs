@@ -13,7 +13,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::hypervisor::{
-    Definition, DiskSpec, HostInfo, HvError, Hypervisor, PoolSpec, VolumeUser,
+    Definition, DiskKind, DiskSource, DiskSpec, HostInfo, HvError, Hypervisor, PoolRunState,
+    PoolSpec, VolumeUser,
 };
 use crate::migration::error::Error;
 use crate::migration::group::Group;
@@ -422,6 +423,56 @@ pub struct DiskView {
     pub allocation: u64,
     /// The migration moving it now.
     pub migration_id: Option<String>,
+    /// Its backing layers, nearest first.
+    pub layers: Vec<LayerView>,
+}
+
+/// One backing layer of a disk, as placement needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerView {
+    /// Its path.
+    pub source: String,
+    /// The volume name it keeps in a destination pool.
+    pub volume: String,
+    /// Virtual size, bytes.
+    pub capacity: u64,
+    /// Bytes its file spends.
+    pub allocation: u64,
+    /// Active file pools holding a volume of that name and virtual size.
+    pub present_in_pools: Vec<String>,
+}
+
+/// What the host says of each backing layer of `spec` (see [`LayerView`]);
+/// a layer it cannot read is left out rather than failing the listing.
+fn layer_views(hv: &dyn Hypervisor, spec: &DiskSpec, file_pools: &[String]) -> Vec<LayerView> {
+    spec.backing
+        .iter()
+        .filter_map(|layer| {
+            let DiskSource::File { path } = &layer.source else {
+                return None;
+            };
+            let info = hv.image_info(path).ok()?;
+            let volume = match hv.volume_by_path(path).ok().flatten() {
+                Some(v) => v.name,
+                None => path.rsplit('/').next().unwrap_or_default().to_string(),
+            };
+            let present_in_pools = file_pools
+                .iter()
+                .filter(|pool| {
+                    hv.volume(pool, &volume)
+                        .is_ok_and(|v| v.capacity == info.virtual_size && v.path != *path)
+                })
+                .cloned()
+                .collect();
+            Some(LayerView {
+                source: path.clone(),
+                volume,
+                capacity: info.virtual_size,
+                allocation: info.actual_size,
+                present_in_pools,
+            })
+        })
+        .collect()
 }
 
 /// A domain's disks.
@@ -588,13 +639,25 @@ impl Engine {
                     Definition::Persistent
                 };
                 let specs = hv.disks(&state.name, which)?;
+                let file_pools: Vec<String> = if specs.iter().any(|s| !s.backing.is_empty()) {
+                    hv.pools()?
+                        .into_iter()
+                        .filter(|p| {
+                            p.state == PoolRunState::Running
+                                && p.disk_kind() == Some(DiskKind::File)
+                        })
+                        .map(|p| p.name)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let mut sizes = Vec::new();
                 for spec in &specs {
                     let vol = match &spec.source {
                         Some(src) => hv.volume_by_path(&src.display_name()).ok().flatten(),
                         None => None,
                     };
-                    sizes.push(vol);
+                    sizes.push((vol, layer_views(hv, spec, &file_pools)));
                 }
                 Ok((state, specs, sizes))
             })
@@ -607,7 +670,8 @@ impl Engine {
         let disks = specs
             .into_iter()
             .zip(sizes)
-            .map(|(spec, vol)| DiskView {
+            .map(|(spec, (vol, layers))| DiskView {
+                layers,
                 migration_id: reg
                     .by_disk
                     .get(&(state.uuid.clone(), spec.target.clone()))

@@ -17,7 +17,8 @@ mod tuning;
 pub mod validate;
 
 pub use engine::{
-    DiskView, DomainDisks, Engine, EngineConfig, GroupView, ListFilter, Retention, Subscription,
+    DiskView, DomainDisks, Engine, EngineConfig, GroupView, LayerView, ListFilter, Retention,
+    Subscription,
 };
 pub use error::Error;
 pub use observer::Observer;

@@ -142,11 +142,13 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
             hv,
             disk,
             source_format,
-            &pool,
-            dest_kind,
-            dest_format,
-            &dest_volume,
-            &existing,
+            &chain::Target {
+                pool: &pool,
+                kind: dest_kind,
+                format: dest_format,
+                volume: &dest_volume,
+                existing: &existing,
+            },
         )?,
         ChainPolicy::Flatten => Vec::new(),
     };
