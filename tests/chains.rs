@@ -83,13 +83,29 @@ async fn shallow_keeps_every_layer_and_a_second_guest_reuses_the_template() {
         .pause_ms(20)
         .start();
     let node = NodeProcess::start("ch", &[]);
+    let template = a.template_volume().expect("template").to_string();
+
+    // An impostor: the template's name, format and size in the destination, other
+    // contents. Refused before anything is created; it is neither used nor touched.
+    let impostor = dst.create_volume(&template, 96 * MIB, "qcow2");
+    let events = migrate(&node, &a, &dst, shallow).await;
+    node::assert_terminal(&events, proto::Phase::Failed);
+    let err = node::error_of(&events);
+    assert_eq!(err.code, tonic::Code::FailedPrecondition as i32, "{err:?}");
+    assert!(err.message.contains("not the same contents"), "{err:?}");
+    assert_eq!(
+        volumes_in(&dst),
+        vec![template.clone()],
+        "nothing left behind"
+    );
+    harness::virsh_ok(&["vol-delete", &impostor]);
+
     let before = a.wait_writing(20, BOOT);
     let events = migrate(&node, &a, &dst, shallow).await;
     node::assert_terminal(&events, proto::Phase::Completed);
     let result = node::result_of(&events);
     assert_no_block_job(&a, "vda");
 
-    let template = a.template_volume().expect("template").to_string();
     let layers: Vec<String> = std::iter::once(template.clone())
         .chain(a.delta_volumes().iter().cloned())
         .collect();
