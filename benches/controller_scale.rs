@@ -293,11 +293,23 @@ fn endpoint(path: &Path) -> String {
 
 struct Row(String, String, String);
 
+/// The one test this binary offers to `cargo test` and cargo-nextest.
+const SMOKE_TEST: &str = "controller_scale_smoke";
+
 fn main() {
+    // cargo-nextest lists a binary's tests first (libtest's `--list --format
+    // terse`, once more with `--ignored`), then runs each by name.
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        if !args.iter().any(|a| a == "--ignored") {
+            println!("{SMOKE_TEST}: test");
+        }
+        return;
+    }
     let nofile = raise_nofile();
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary
     // without it, and then a small fleet only checks that the bench still works.
-    let full = std::env::args().any(|a| a == "--bench");
+    let full = args.iter().any(|a| a == "--bench");
     let scale = |full_size: usize, smoke: usize| if full { full_size } else { smoke };
     let nodes = knob("VOLMIG_BENCH_NODES", scale(1000, 20));
     let plans = knob("VOLMIG_BENCH_PLANS", scale(2000, 50));

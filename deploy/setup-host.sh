@@ -2,7 +2,11 @@
 # Installs and starts everything volmig's node and its tests need on a Debian 12 host:
 # libvirt + QEMU, the guest kernel and busybox for the test guest, parted for disk pools,
 # e2fsprogs for the small filesystem pools of the destination-full test, prometheus
-# (prometheus + promtool) for the metrics test and the alert-rules check.
+# (prometheus + promtool) for the metrics test and the alert-rules check;
+# for the packaging tests: systemd (systemd-analyze), binutils (strip),
+# cargo-deb (pinned, built once and kept in ~/.cargo/bin), kubectl (the
+# image's, else Debian's kubernetes-client) and kubernetes-validate (pinned,
+# in a venv under /var/tmp).
 # Idempotent and quiet on success; on failure it says what failed and shows the log.
 set -euo pipefail
 
@@ -25,6 +29,7 @@ packages=(
     qemu-system-x86 qemu-block-extra qemu-utils
     linux-image-cloud-amd64 busybox-static cpio gzip parted pkg-config bc e2fsprogs
     prometheus
+    systemd binutils util-linux python3-seccomp
 )
 
 missing=()
@@ -46,6 +51,36 @@ fi
 command -v qemu-img >/dev/null || fail "qemu-img is missing after install"
 command -v promtool >/dev/null || fail "promtool is missing after install (package prometheus)"
 ls /boot/vmlinuz-* >/dev/null 2>&1 || fail "no kernel in /boot (linux-image-cloud-amd64)"
+
+# Packaging tests (tests/install.rs).
+cargo_deb_version=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -qx "cargo-deb $cargo_deb_version"; then
+    # Measured: ~25 min at load 9 on the shared 2-core machine; paid once per machine.
+    cargo install --locked --quiet cargo-deb --version "$cargo_deb_version" >>"$log" 2>&1 \
+        || fail "cargo install cargo-deb $cargo_deb_version failed"
+fi
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+    # The machine image ships kubectl; Debian 12's kubernetes-client (kubectl
+    # 1.20, kustomize v2) renders the same kustomization where it does not.
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends kubernetes-client >>"$log" 2>&1 \
+        || fail "apt-get install kubernetes-client failed"
+fi
+k8s_venv=/var/tmp/volmig-k8s-venv
+k8s_validate_version=1.37.0
+if ! "$k8s_venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$k8s_validate_version"; then
+    python=$(command -v python3)
+    if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+        apt-get install -y --no-install-recommends python3-venv >>"$log" 2>&1 \
+            || fail "apt-get install python3-venv failed"
+        python=/usr/bin/python3
+    fi
+    rm -rf "$k8s_venv"
+    { "$python" -m venv "$k8s_venv" \
+        && "$k8s_venv/bin/pip" install --quiet --disable-pip-version-check \
+            "kubernetes-validate==$k8s_validate_version"; } >>"$log" 2>&1 \
+        || fail "pip install kubernetes-validate failed"
+fi
 
 mkdir -p /run/libvirt
 # A daemon may be on its way out (killed a moment ago): check liveness from

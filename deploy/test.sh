@@ -17,6 +17,16 @@ if [ ! -e "$ceph_dir/env" ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-# E2E tests boot TCG guests; on 2 cores more than 3 at once only adds waiting.
-cargo test --locked --all-targets -- --test-threads="${VOLMIG_TEST_THREADS:-3}"
+# Host set-up ran above; tests skip their own run of it (each nextest process would
+# otherwise repeat it).
+export VOLMIG_HOST_READY=1
+# cargo-nextest (on the CI machines) keeps all slots busy across test binaries; the
+# slot count is in .config/nextest.toml. `cargo test` is the fallback elsewhere.
+threads="${VOLMIG_TEST_THREADS:-3}"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --all-targets --test-threads="$threads"
+else
+    echo "cargo-nextest not found: running the binaries one after another with cargo test"
+    cargo test --locked --all-targets --no-fail-fast -- --test-threads="$threads"
+fi
 echo "test suite finished in $(( $(date +%s) - start )) s"

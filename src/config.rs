@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use documented::DocumentedFields;
+use serde::{Deserialize, Serialize};
+
+use crate::commented_toml::{self, RenderError, Style, TableDocs};
 
 /// Default mode of a unix socket: owner and group may connect.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
@@ -19,7 +22,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_WATCHERS: usize = 64;
 
 /// A role a caller can have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads: Get/List/Watch/Plan, GetInfo, ListPools, ListDisks, FindVolumeUsers.
@@ -41,7 +44,7 @@ impl std::fmt::Display for Role {
 }
 
 /// A role given to a certificate identity (`identities`) or a token (`tokens`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, DocumentedFields, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GrantConfig {
     /// For an identity: a SAN (URI or DNS name) or the subject CN of the
@@ -58,13 +61,16 @@ pub struct GrantConfig {
 }
 
 /// Node settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, DocumentedFields, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// Stable id of this node; defaults to the host name.
     pub node_id: String,
     /// `unix:///path` or `host:port`.
     pub listen: String,
+    /// `host:port` serving only `grpc.health.v1` in plaintext, for probes that
+    /// cannot present a client certificate (kubelet); empty: off.
+    pub health_listen: String,
     /// libvirt connection URI.
     pub libvirt_uri: String,
     /// Where the journal lives.
@@ -117,10 +123,34 @@ pub struct NodeConfig {
     pub metrics_listen: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// OpenTelemetry trace export (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry trace export, the `[telemetry]` table. Each key gives way
+/// to its standard environment variable (named beside it), as OpenTelemetry
+/// SDKs do; with neither an endpoint key nor the variable, nothing is exported.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, DocumentedFields, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`); empty: off.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans (`OTEL_SERVICE_NAME`); empty:
+    /// `volmig-node` or `volmig-controller`.
+    pub service_name: String,
+    /// Sampler: `always_on`, `always_off`, `traceidratio`,
+    /// `parentbased_always_on`, `parentbased_always_off` or
+    /// `parentbased_traceidratio` (`OTEL_TRACES_SAMPLER`); empty:
+    /// `parentbased_always_on`.
+    pub traces_sampler: String,
+    /// The ratio of the `traceidratio` samplers, 0.0 to 1.0
+    /// (`OTEL_TRACES_SAMPLER_ARG`).
+    pub traces_sampler_arg: Option<f64>,
 }
 
 /// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines (coloured on a terminal).
@@ -135,6 +165,7 @@ impl Default for NodeConfig {
         NodeConfig {
             node_id: String::new(),
             listen: "unix:///run/volmig/node.sock".to_string(),
+            health_listen: String::new(),
             libvirt_uri: crate::libvirt::DEFAULT_URI.to_string(),
             state_dir: PathBuf::from("/var/lib/volmig/node"),
             max_concurrent_migrations: 4,
@@ -159,16 +190,20 @@ impl Default for NodeConfig {
             max_watchers_per_migration: DEFAULT_MAX_WATCHERS,
             metrics_listen: String::new(),
             log_format: LogFormat::Text,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
 
 /// Controller settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, DocumentedFields, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerConfig {
     /// `host:port` or `unix:///path`.
     pub listen: String,
+    /// `host:port` serving only `grpc.health.v1` in plaintext, for probes that
+    /// cannot present a client certificate (kubelet); empty: off.
+    pub health_listen: String,
     /// Where the controller keeps its migration history.
     pub state_dir: PathBuf,
     /// Nodes known without registration.
@@ -223,10 +258,12 @@ pub struct ControllerConfig {
     pub metrics_listen: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// OpenTelemetry trace export (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
 }
 
 /// A node listed in the controller's configuration.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, DocumentedFields, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StaticNode {
     /// Node id (must match the node's own `node_id`).
@@ -236,7 +273,7 @@ pub struct StaticNode {
 }
 
 /// Placement settings of a pool.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, DocumentedFields, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSettings {
     /// Keep the pool's used fraction at or below this after placement (0..1).
@@ -261,7 +298,7 @@ impl Default for PoolSettings {
 }
 
 /// Settings for the pools whose name or storage id is `pool`; unset keys keep the defaults.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, DocumentedFields, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PoolOverride {
     /// Pool name or storage id.
@@ -305,6 +342,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             listen: "127.0.0.1:7450".to_string(),
+            health_listen: String::new(),
             state_dir: PathBuf::from("/var/lib/volmig/controller"),
             nodes: Vec::new(),
             heartbeat_interval_seconds: 5,
@@ -330,6 +368,7 @@ impl Default for ControllerConfig {
             max_watchers_per_migration: DEFAULT_MAX_WATCHERS,
             metrics_listen: String::new(),
             log_format: LogFormat::Text,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -361,6 +400,8 @@ pub struct SecurityConfig {
     pub max_request_bytes: usize,
     /// See [`NodeConfig::max_connections`].
     pub max_connections: usize,
+    /// See [`NodeConfig::health_listen`].
+    pub health_listen: String,
 }
 
 macro_rules! security_of {
@@ -378,6 +419,7 @@ macro_rules! security_of {
             max_concurrent_streams: $cfg.max_concurrent_streams,
             max_request_bytes: $cfg.max_request_bytes,
             max_connections: $cfg.max_connections,
+            health_listen: $cfg.health_listen.clone(),
         }
     };
 }
@@ -394,6 +436,40 @@ impl ControllerConfig {
     pub fn security(&self) -> SecurityConfig {
         security_of!(self)
     }
+}
+
+/// A component's configuration file: its keys and what they mean, so it can
+/// be printed as commented TOML (`--print-config`, the packaged examples).
+pub trait ConfigFile: Serialize + for<'de> Deserialize<'de> + Default {
+    /// The doc comments of the file's keys, nested tables included.
+    fn docs() -> TableDocs;
+}
+
+impl ConfigFile for NodeConfig {
+    fn docs() -> TableDocs {
+        TableDocs::of::<NodeConfig>()
+            .with("telemetry", TableDocs::of::<TelemetryConfig>())
+            .with("identities", TableDocs::of::<GrantConfig>())
+            .with("tokens", TableDocs::of::<GrantConfig>())
+    }
+}
+
+impl ConfigFile for ControllerConfig {
+    fn docs() -> TableDocs {
+        TableDocs::of::<ControllerConfig>()
+            .with("telemetry", TableDocs::of::<TelemetryConfig>())
+            .with("nodes", TableDocs::of::<StaticNode>())
+            .with("pool_defaults", TableDocs::of::<PoolSettings>())
+            .with("pools", TableDocs::of::<PoolOverride>())
+            .with("identities", TableDocs::of::<GrantConfig>())
+            .with("tokens", TableDocs::of::<GrantConfig>())
+    }
+}
+
+/// `config` as TOML with every key preceded by its doc comment: active
+/// settings, or (`Style::CommentedOut`) an example that sets nothing.
+pub fn to_commented_toml<T: ConfigFile>(config: &T, style: Style) -> Result<String, RenderError> {
+    commented_toml::render(config, &T::docs(), style)
 }
 
 /// Configuration errors.
@@ -452,5 +528,144 @@ mod tests {
             load::<NodeConfig>(Some(&path)),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_naming_the_key_and_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\nhistory_retention_dayz = 3\n",
+        )
+        .expect("write");
+        let err = load::<ControllerConfig>(Some(&path))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("history_retention_dayz"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        std::fs::write(&path, "[pool_defaults]\nused_treshold = 0.5\n").expect("write");
+        let err = load::<ControllerConfig>(Some(&path))
+            .expect_err("unknown nested key")
+            .to_string();
+        assert!(err.contains("used_treshold"), "{err}");
+    }
+
+    /// Every key of every table, as printed.
+    fn printed_keys(text: &str) -> Vec<String> {
+        text.lines()
+            .map(|l| l.trim_start_matches("# "))
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_string()))
+            .filter(|k| !k.contains(' '))
+            .collect()
+    }
+
+    /// Each printed key line is directly below its doc comment.
+    fn assert_documented(text: &str) {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let key_line = line.trim_start_matches("# ");
+            let is_key = key_line
+                .split_once(" = ")
+                .is_some_and(|(k, _)| !k.contains(' '));
+            if is_key || key_line.starts_with('[') {
+                let above = if i > 0 { lines[i - 1] } else { "" };
+                let doc_above = above.starts_with("# ")
+                    && !above.trim_start_matches("# ").contains(" = ")
+                    || above.trim_start_matches("# ").starts_with("[[");
+                assert!(doc_above, "no doc comment above {line:?}:\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn printed_node_config_parses_back_to_the_same_configuration() {
+        let mut cfg = NodeConfig {
+            node_id: "kvm1".into(),
+            tls_ca: Some(PathBuf::from("/etc/volmig/ca.pem")),
+            socket_group: Some("kvm".into()),
+            log_format: LogFormat::Json,
+            ..NodeConfig::default()
+        };
+        cfg.tokens.push(GrantConfig {
+            name: "ci".into(),
+            role: Role::Operator,
+            node_id: None,
+            sha256: Some("ab".repeat(32)),
+        });
+        let text = to_commented_toml(&cfg, Style::Active).expect("render");
+        assert_documented(&text);
+        let back: NodeConfig = toml::from_str(&text).expect("parses back");
+        assert_eq!(back, cfg);
+        assert!(text.contains("# tls_cert = (unset)"), "{text}");
+    }
+
+    #[test]
+    fn printed_controller_config_parses_back_to_the_same_configuration() {
+        let mut cfg = ControllerConfig {
+            listen: "0.0.0.0:7450".into(),
+            ..ControllerConfig::default()
+        };
+        cfg.nodes.push(StaticNode {
+            id: "kvm1".into(),
+            endpoint: "unix:///run/volmig/node.sock".into(),
+        });
+        cfg.pools.push(PoolOverride {
+            pool: "ssd".into(),
+            used_threshold: Some(0.5),
+            overprovision_factor: None,
+            max_in_flight: Some(2),
+            tags: vec!["ssd".into()],
+        });
+        cfg.pool_defaults.max_in_flight = Some(3);
+        let text = to_commented_toml(&cfg, Style::Active).expect("render");
+        assert_documented(&text);
+        let back: ControllerConfig = toml::from_str(&text).expect("parses back");
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn the_example_files_name_every_key_and_set_nothing() {
+        let node = to_commented_toml(&NodeConfig::default(), Style::CommentedOut).expect("node");
+        let controller = to_commented_toml(&ControllerConfig::default(), Style::CommentedOut)
+            .expect("controller");
+        for (text, names) in [
+            (&node, NodeConfig::FIELD_NAMES),
+            (&controller, ControllerConfig::FIELD_NAMES),
+        ] {
+            assert_documented(text);
+            let keys = printed_keys(text);
+            for name in names {
+                assert!(
+                    keys.iter().any(|k| k == name) || text.contains(&format!("[{name}]")),
+                    "{name} missing from:\n{text}"
+                );
+            }
+            assert!(
+                text.lines().all(|l| l.is_empty() || l.starts_with('#')),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            toml::from_str::<NodeConfig>(&node).expect("node"),
+            NodeConfig::default()
+        );
+        assert_eq!(
+            toml::from_str::<ControllerConfig>(&controller).expect("controller"),
+            ControllerConfig::default()
+        );
+    }
+
+    #[test]
+    fn telemetry_table_is_read_and_checked() {
+        let cfg: ControllerConfig = toml::from_str(
+            "[telemetry]\notlp_endpoint = \"http://c:4317\"\ntraces_sampler = \"traceidratio\"\ntraces_sampler_arg = 0.5\n",
+        )
+        .expect("parse");
+        assert_eq!(cfg.telemetry.otlp_endpoint, "http://c:4317");
+        assert_eq!(cfg.telemetry.traces_sampler_arg, Some(0.5));
+        assert!(cfg.telemetry.service_name.is_empty());
+        assert_eq!(NodeConfig::default().telemetry, TelemetryConfig::default());
+        assert!(toml::from_str::<NodeConfig>("[telemetry]\nendpoint = \"x\"\n").is_err());
     }
 }

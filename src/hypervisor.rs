@@ -171,10 +171,42 @@ pub struct DomainState {
     pub active: bool,
     /// Has a persistent definition.
     pub persistent: bool,
-    /// Number of libvirt snapshots (metadata of any kind).
+    /// Number of libvirt snapshots.
     pub snapshots: u32,
     /// Number of libvirt checkpoints (incremental-backup metadata).
     pub checkpoints: u32,
+}
+
+/// A libvirt checkpoint: the point an incremental backup starts from, kept by
+/// libvirt as metadata plus one persistent dirty bitmap per covered disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The checkpoint's name.
+    pub name: String,
+    /// Its `<disk>` entries.
+    pub disks: Vec<CheckpointDisk>,
+}
+
+/// How a checkpoint covers one disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointDisk {
+    /// Target device, e.g. `vda`.
+    pub target: String,
+    /// The dirty bitmap that records writes since the checkpoint; `None` when
+    /// the checkpoint does not cover this disk (`checkpoint='no'`).
+    pub bitmap: Option<String>,
+    /// Bytes written since the checkpoint, as libvirt computes them from the
+    /// bitmap chain; `None` when libvirt found no valid bitmap for it.
+    pub dirty_bytes: Option<u64>,
+}
+
+impl Checkpoint {
+    /// This checkpoint's entry for `target`, when it keeps a bitmap there.
+    pub fn bitmap_on(&self, target: &str) -> Option<&CheckpointDisk> {
+        self.disks
+            .iter()
+            .find(|d| d.target == target && d.bitmap.is_some())
+    }
 }
 
 /// State of a storage pool.
@@ -668,6 +700,20 @@ pub trait Hypervisor: Send + Sync + 'static {
         source: &DiskSource,
         format: ImageFormat,
         backing: &[BackingLayer],
+    ) -> Result<(), HvError>;
+    /// The domain's checkpoints, with the dirty bytes of each covered disk
+    /// (the domain must be running for those).
+    fn checkpoints(&self, domain: &str) -> Result<Vec<Checkpoint>, HvError>;
+    /// Redefines checkpoint `name` with its embedded domain's `disk` now on
+    /// `source`, asking libvirt to validate its bitmaps: fails when a bitmap of
+    /// the checkpoint is missing or broken on the disk the guest runs on.
+    fn redefine_checkpoint(
+        &self,
+        domain: &str,
+        name: &str,
+        disk: &str,
+        source: &DiskSource,
+        format: ImageFormat,
     ) -> Result<(), HvError>;
     /// Number of internal snapshots inside a qcow2 image (which libvirt does not
     /// know about and a block copy silently drops).

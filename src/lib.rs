@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod commented_toml;
 pub mod config;
 pub mod controller;
 pub mod hypervisor;

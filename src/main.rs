@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing::Instrument;
 
-use volmig::config::{self, ControllerConfig, LogFormat, NodeConfig};
+use volmig::commented_toml::Style;
+use volmig::config::{self, ConfigFile, ControllerConfig, LogFormat, NodeConfig};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +26,17 @@ enum Command {
     Node(NodeArgs),
     /// Run the controller service.
     Controller(ControllerArgs),
+    /// Print a shell completion script to stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (volmig.1 and one per subcommand) into DIR.
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
     #[command(flatten)]
     Operator(volmig::cli::OperatorCommand),
 }
@@ -34,6 +46,8 @@ struct NodeArgs {
     /// TOML config file.
     #[arg(long, env = "VOLMIG_NODE_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    print: PrintArgs,
     /// Node id (default: host name).
     #[arg(long, env = "VOLMIG_NODE_ID")]
     node_id: Option<String>,
@@ -72,6 +86,8 @@ struct ControllerArgs {
     /// TOML config file.
     #[arg(long, env = "VOLMIG_CONTROLLER_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    print: PrintArgs,
     /// host:port or unix:///path.
     #[arg(long, env = "VOLMIG_CONTROLLER_LISTEN")]
     listen: Option<String>,
@@ -85,6 +101,31 @@ struct ControllerArgs {
 }
 
 #[derive(clap::Args)]
+struct PrintArgs {
+    /// Print the effective configuration (file, environment and flags) as
+    /// commented TOML and exit.
+    #[arg(long, conflicts_with = "example_config")]
+    print_config: bool,
+    /// Print every key commented out at its default (the packaged
+    /// /etc/volmig file) and exit.
+    #[arg(long)]
+    example_config: bool,
+}
+
+/// Prints the configuration when asked to; whether it did.
+fn print_config<T: ConfigFile>(cfg: &T, args: &PrintArgs) -> anyhow::Result<bool> {
+    let text = if args.print_config {
+        config::to_commented_toml(cfg, Style::Active)?
+    } else if args.example_config {
+        config::to_commented_toml(&T::default(), Style::CommentedOut)?
+    } else {
+        return Ok(false);
+    };
+    print!("{text}");
+    Ok(true)
+}
+
+#[derive(clap::Args)]
 struct ObservabilityArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9450; off by default).
     #[arg(long, env = "VOLMIG_METRICS_LISTEN")]
@@ -94,18 +135,15 @@ struct ObservabilityArgs {
     log_format: Option<LogFormat>,
 }
 
-/// Overrides the config file's observability keys with the flags given,
-/// then starts logging in the chosen format (and trace export if configured);
-/// evaluates to the trace exporter to keep.
+/// Overrides the config file's observability keys with the flags given.
 macro_rules! apply_observability {
-    ($cfg:expr, $args:expr, $service:expr) => {{
+    ($cfg:expr, $args:expr) => {{
         if let Some(v) = $args.metrics_listen {
             $cfg.metrics_listen = v;
         }
         if let Some(v) = $args.log_format {
             $cfg.log_format = v;
         }
-        volmig::telemetry::init($cfg.log_format, $service)?
     }};
 }
 
@@ -192,7 +230,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 cfg.ceph_keyring_dir = v;
             }
             apply_security!(cfg, args.security);
-            let _traces = apply_observability!(cfg, args.observability, "volmig-node");
+            apply_observability!(cfg, args.observability);
+            if print_config(&cfg, &args.print)? {
+                return Ok(0);
+            }
+            // Logging (and trace export if configured) in the chosen format.
+            let _traces = volmig::telemetry::init(cfg.log_format, "volmig-node", &cfg.telemetry)?;
             volmig::node::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
@@ -205,12 +248,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 cfg.state_dir = v;
             }
             apply_security!(cfg, args.security);
-            let _traces = apply_observability!(cfg, args.observability, "volmig-controller");
+            apply_observability!(cfg, args.observability);
+            if print_config(&cfg, &args.print)? {
+                return Ok(0);
+            }
+            let _traces =
+                volmig::telemetry::init(cfg.log_format, "volmig-controller", &cfg.telemetry)?;
             volmig::controller::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
+        Command::Completions { shell } => {
+            volmig::cli::generate::completions(Cli::command(), shell, &mut std::io::stdout())?;
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            volmig::cli::generate::man_pages(Cli::command(), &dir)?;
+            Ok(0)
+        }
         Command::Operator(cmd) => {
-            let _traces = volmig::telemetry::init(LogFormat::Text, "volmig-cli")?;
+            let _traces = volmig::telemetry::init(
+                LogFormat::Text,
+                "volmig-cli",
+                &config::TelemetryConfig::default(),
+            )?;
             // The root of the trace the controller and the node continue.
             volmig::cli::run(cmd)
                 .instrument(tracing::info_span!("volmig.cli"))

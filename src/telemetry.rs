@@ -9,26 +9,30 @@
 use std::io::{self, IsTerminal, Write};
 
 use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::fmt::MakeWriter;
+
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TelemetryConfig};
 
 /// Installs a stderr logger filtered by `RUST_LOG` (default `info`), and
-/// OTLP trace export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see
-/// [`crate::tracing_export`]; `service` names the process there). Text:
-/// colours only on a terminal. JSON: one object per line carrying the fields
-/// of the event's spans (`span` the innermost, `spans` all), so every line a
-/// migration logs names its `migration_id`. Keep the returned exporter until
-/// the process ends: dropping it flushes the spans.
+/// OTLP trace export when an endpoint is configured in the environment or
+/// `telemetry` (see [`crate::tracing_export`]; `service` names the process
+/// there). Text: colours only on a terminal. JSON: one object per line
+/// carrying the fields of the event's spans (`span` the innermost, `spans`
+/// all), so every line a migration logs names its `migration.id`, and, while
+/// traces are exported, the event's `trace_id`. Keep the returned exporter
+/// until the process ends: dropping it flushes the spans.
 pub fn init(
     format: LogFormat,
     service: &str,
+    telemetry: &TelemetryConfig,
 ) -> Result<Option<crate::tracing_export::Exporter>, crate::tracing_export::ExportError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (exporter, tracer) = match crate::tracing_export::exporter(service)? {
+    let (exporter, tracer) = match crate::tracing_export::exporter(service, telemetry)? {
         Some((exporter, tracer)) => (Some(exporter), Some(tracer)),
         None => (None, None),
     };
@@ -66,11 +70,51 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     W: for<'a> MakeWriter<'a> + 'static,
 {
-    tracing_subscriber::fmt::layer()
+    let json = tracing_subscriber::fmt::format()
         .json()
         .with_current_span(true)
-        .with_span_list(true)
+        .with_span_list(true);
+    tracing_subscriber::fmt::layer()
+        .json()
+        .event_format(WithTraceId(json))
         .with_writer(writer)
+}
+
+/// A JSON event format that adds the event's `trace_id` (its innermost
+/// exported span's) as the first key, so a log line leads to its trace.
+struct WithTraceId<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceId<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let trace_id = ctx.event_scope().and_then(|scope| {
+            scope
+                .filter_map(|span| {
+                    let ext = span.extensions();
+                    ext.get::<tracing_opentelemetry::OtelData>()
+                        .and_then(|d| d.trace_id())
+                })
+                .find(|t| *t != opentelemetry::TraceId::INVALID)
+        });
+        let Some(trace_id) = trace_id else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{\"trace_id\":\"{trace_id}\",{rest}"),
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// Makes [`EscapingWriter`]s over stderr.
@@ -169,22 +213,33 @@ mod tests {
     }
 
     #[test]
-    fn json_lines_carry_the_migration_id_and_stay_one_line_each() {
+    fn json_lines_carry_the_migration_and_trace_ids_and_stay_one_line_each() {
+        use opentelemetry::trace::TracerProvider as _;
         let out = Captured::default();
-        let subscriber = tracing_subscriber::registry().with(json_layer(out.clone()));
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(json_layer(out.clone()));
+        let mut trace_id = None;
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("migration", migration_id = "mig-1");
+            tracing::info!("outside any span");
+            let span = tracing::info_span!("migration", migration.id = "mig-1");
             let _entered = span.enter();
+            trace_id = crate::tracing_export::current_trace_id();
             tracing::info!(domain = "evil\nINFO forged\u{7}", "copying");
             tracing::warn!("second");
         });
+        let trace_id = trace_id.expect("a trace id");
         let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{text}");
-        for line in lines {
+        assert_eq!(lines.len(), 3, "{text}");
+        let outside: serde_json::Value = serde_json::from_str(lines[0]).expect("json");
+        assert!(outside.get("trace_id").is_none(), "{outside}");
+        for line in &lines[1..] {
             let v: serde_json::Value = serde_json::from_str(line).expect("json");
-            assert_eq!(v["span"]["migration_id"], "mig-1", "{line}");
+            assert_eq!(v["span"]["migration.id"], "mig-1", "{line}");
             assert_eq!(v["spans"][0]["name"], "migration", "{line}");
+            assert_eq!(v["trace_id"], trace_id.as_str(), "{line}");
         }
     }
 }

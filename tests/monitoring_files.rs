@@ -61,6 +61,7 @@ fn event(id: &str, phase: Phase) -> Event {
         skipped: Vec::new(),
         pivot_window_ms: 0,
         convergence: None,
+        trace_id: String::new(),
     }
 }
 
@@ -129,4 +130,36 @@ fn dashboard_and_alerts_name_only_exposed_metrics() {
     )
     .expect("the dashboard is JSON");
     assert_eq!(dashboard["uid"], "volmig");
+}
+
+#[test]
+fn readme_metrics_tables_list_exactly_the_exposed_metrics() {
+    let readme = std::fs::read_to_string(harness::repo_root().join("README.md")).expect("README");
+    let section = readme
+        .split("\n### Metrics\n")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("README has an Observability / Metrics section");
+    // The first cell of each table row.
+    let listed: BTreeSet<String> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `volmig_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| format!("volmig_{name}"))
+        .collect();
+    let exposed: BTreeSet<String> = exposed()
+        .into_iter()
+        .map(|name| {
+            // A counter's family is named without the `_total` its sample has.
+            if listed.contains(&format!("{name}_total")) {
+                format!("{name}_total")
+            } else {
+                name
+            }
+        })
+        .collect();
+    assert_eq!(
+        listed, exposed,
+        "README's metrics tables differ from what node and controller expose"
+    );
 }

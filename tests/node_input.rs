@@ -327,4 +327,10 @@ async fn qcow2_internal_snapshots_are_refused_before_anything_changes() {
         status.message()
     );
     assert_eq!(guest.live_disk_source("vda").path, path);
+    assert_eq!(
+        harness::pools::volume_names(dst.name()).expect("vol-list"),
+        Vec::<String>::new(),
+        "no destination volume may be created"
+    );
+    assert_eq!(node.journal_records(), 0, "no migration may be recorded");
 }

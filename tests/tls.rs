@@ -52,16 +52,7 @@ impl Drop for Scratch {
 }
 
 fn volmig(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_volmig"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run volmig");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    harness::volmig(args, &[])
 }
 
 fn server_leaf(ca: &TestCa, stem: &str) -> Leaf {

@@ -370,6 +370,7 @@ pub fn event_to_proto(e: &Event) -> proto::MigrationEvent {
             .collect(),
         pivot_window_ms: e.pivot_window_ms,
         convergence: e.convergence.as_ref().map(convergence_to_proto),
+        trace_id: e.trace_id.clone(),
     }
 }
 
@@ -512,6 +513,7 @@ fn disk_to_proto(d: &DiskView) -> proto::Disk {
                 present_in_pools: l.present_in_pools.clone(),
             })
             .collect(),
+        checkpoints: d.checkpoints.clone(),
     }
 }
 

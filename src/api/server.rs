@@ -77,6 +77,8 @@ pub struct Exposure {
     pub max_request_bytes: usize,
     /// Most connections open at once on the listener.
     pub max_connections: usize,
+    /// Where to serve only the health service, in plaintext (probes).
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Exposure {
@@ -92,6 +94,7 @@ impl Exposure {
             max_concurrent_streams: crate::config::DEFAULT_MAX_STREAMS,
             max_request_bytes: crate::config::DEFAULT_MAX_REQUEST,
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            health_listen: None,
         }
     }
 
@@ -113,6 +116,7 @@ impl Exposure {
             max_concurrent_streams: config.max_concurrent_streams,
             max_request_bytes: config.max_request_bytes,
             max_connections: config.max_connections,
+            health_listen: parse_health_listen(&config.health_listen)?,
         })
     }
 
@@ -166,6 +170,9 @@ pub enum ServeError {
         /// The address.
         addr: SocketAddr,
     },
+    /// `health_listen` is not a `host:port`.
+    #[error("health_listen '{0}' is not a host:port address")]
+    BadHealthListen(String),
     /// The socket group does not exist.
     #[error("unix socket group '{0}' does not exist")]
     NoSuchGroup(String),
@@ -182,6 +189,62 @@ pub enum ServeError {
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
+
+/// The health-only listen address (`""`: none).
+fn parse_health_listen(text: &str) -> Result<Option<SocketAddr>, ServeError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match Listen::parse(text) {
+        Ok(Listen::Tcp(addr)) => Ok(Some(addr)),
+        _ => Err(ServeError::BadHealthListen(text.escape_debug().to_string())),
+    }
+}
+
+/// Serves only the health service, in plaintext, on `exposure.health_listen`
+/// until the returned guard is dropped. It tells nothing but SERVING or not,
+/// which every caller of the main listener may ask too; kubelet's gRPC
+/// probes cannot present a client certificate to a mutual-TLS listener.
+async fn spawn_health(
+    exposure: &Exposure,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    what: &'static str,
+) -> Result<Option<tokio_util::sync::DropGuard>, ServeError> {
+    let Some(addr) = exposure.health_listen else {
+        return Ok(None);
+    };
+    let listener = bind_tcp(addr).await?;
+    tracing::info!(%addr, "{what} health listening (plaintext, grpc.health.v1 only)");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        let served = Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(
+                listener::tcp(listener, MAX_HEALTH_CONNECTIONS),
+                stopped.cancelled_owned(),
+            )
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "health listener failed");
+        }
+    });
+    Ok(Some(stop.drop_guard()))
+}
+
+async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            what: addr.to_string(),
+            source,
+        })
+}
+
+/// Connections open at once on the health listener: probes, a handful.
+const MAX_HEALTH_CONNECTIONS: usize = 16;
 
 /// The group id of `name`, if the group exists.
 fn group_id(name: &str) -> Result<Option<u32>, std::io::Error> {
@@ -257,7 +320,11 @@ fn bind_unix(
         None => group_id("volmig").map_err(err)?,
     };
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
-    if let Some(gid) = gid {
+    // chown only when the group differs: a service whose own group is the
+    // socket's (the packaged units) then needs no chown at all, so its
+    // system-call filter can refuse the @chown calls.
+    let current_gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(path).map_err(err)?);
+    if let Some(gid) = gid.filter(|gid| *gid != current_gid) {
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777)).map_err(err)?;
@@ -320,12 +387,7 @@ async fn serve(
             let _ = std::fs::remove_file(&path);
         }
         Listen::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Listen {
-                    what: addr.to_string(),
-                    source,
-                })?;
+            let listener = bind_tcp(addr).await?;
             match &exposure.tls {
                 Some(files) => {
                     let config = tls::server_config(files)?;
@@ -366,6 +428,7 @@ pub async fn serve_node(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
+    let health_probe = health.clone();
     reporter.set_serving::<NodeServer<NodeService>>().await;
     reporter
         .set_serving::<IdentityServer<IdentityService>>()
@@ -389,6 +452,7 @@ pub async fn serve_node(
         .add_service(reflection_v1alpha)
         .add_service(IdentityServer::new(identity).max_decoding_message_size(limit))
         .add_service(NodeServer::new(NodeService::new(engine)).max_decoding_message_size(limit));
+    let _health = spawn_health(&exposure, health_probe, "node").await?;
     serve(router, listen, &exposure, "node", shutdown).await
 }
 
@@ -400,6 +464,7 @@ pub async fn serve_controller(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
+    let health_probe = health.clone();
     reporter
         .set_serving::<IdentityServer<IdentityService>>()
         .await;
@@ -419,6 +484,7 @@ pub async fn serve_controller(
         .add_service(reflection_v1alpha)
         .add_service(IdentityServer::new(identity).max_decoding_message_size(limit))
         .add_service(ControllerServer::new(controller).max_decoding_message_size(limit));
+    let _health = spawn_health(&exposure, health_probe, "controller").await?;
     serve(router, listen, &exposure, "controller", shutdown).await
 }
 
@@ -481,5 +547,23 @@ mod tests {
         )
         .expect_err("unknown group");
         assert!(matches!(err, ServeError::NoSuchGroup(_)), "{err}");
+    }
+
+    #[test]
+    fn health_listen_is_a_tcp_address_or_off() {
+        assert_eq!(parse_health_listen("").expect("off"), None);
+        assert_eq!(
+            parse_health_listen("0.0.0.0:7461").expect("tcp"),
+            Some(SocketAddr::from(([0, 0, 0, 0], 7461)))
+        );
+        for bad in ["unix:///run/volmig/health.sock", "localhost", "7461"] {
+            assert!(
+                matches!(
+                    parse_health_listen(bad),
+                    Err(ServeError::BadHealthListen(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 }

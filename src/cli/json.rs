@@ -31,6 +31,7 @@ pub fn event(ev: &MigrationEvent) -> Value {
         "skipped": ev.skipped.iter().map(|s| json!({"disk": s.disk, "reason": s.reason})).collect::<Vec<_>>(),
         "pivot_window_ms": ev.pivot_window_ms,
         "convergence": ev.convergence.as_ref().map(convergence),
+        "trace_id": ev.trace_id,
     })
 }
 
@@ -289,6 +290,7 @@ mod tests {
             node_id: "n1".into(),
             domain: "vm1".into(),
             disk: "vda".into(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             convergence: Some(ConvergenceWarning {
                 dirty_rate_bytes_per_sec: 3 << 20,
                 copy_rate_bytes_per_sec: 1 << 20,
@@ -319,12 +321,14 @@ mod tests {
                 "disks": [],
                 "skipped": [],
                 "pivot_window_ms": 0,
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
                 "convergence": {
                     "dirty_rate_bytes_per_sec": 3_145_728u64,
                     "copy_rate_bytes_per_sec": 1_048_576u64,
                     "remaining_bytes": 33_554_432u64,
                     "remedy": "raise the bandwidth",
                 },
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
             })
         );
     }

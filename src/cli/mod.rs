@@ -7,6 +7,7 @@
 //! Failures are one `error: CODE: message` line on stderr and exit code 1;
 //! nothing from outside the process can make this module panic.
 
+pub mod generate;
 mod json;
 mod progress;
 mod report;

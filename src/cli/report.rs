@@ -149,6 +149,7 @@ pub fn disks(reply: &ListDisksResponse) -> String {
         "ALLOCATED",
         "CHAIN",
         "FLAGS",
+        "CHECKPOINTS",
         "MIGRATION",
     ]);
     for d in &reply.disks {
@@ -164,6 +165,7 @@ pub fn disks(reply: &ListDisksResponse) -> String {
             size_or_dash(d.allocation_bytes),
             d.backing_chain_depth.to_string(),
             disk_flags(d),
+            d.checkpoints.join(","),
             d.migration_id.clone(),
         ]);
     }
@@ -299,6 +301,7 @@ pub fn record(r: &MigrationRecord) -> String {
     }
     field(&mut out, "to", &to);
     field(&mut out, "request id", &request.request_id);
+    field(&mut out, "trace id", &latest.trace_id);
     field(
         &mut out,
         "options",
@@ -516,6 +519,7 @@ mod tests {
                 shareable: true,
                 migration_id: "m1".into(),
                 backing_layers: Vec::new(),
+                checkpoints: vec!["daily".into(), "hourly".into()],
             }],
         };
         let text = disks(&reply);
@@ -526,6 +530,7 @@ mod tests {
         let column = |name: &str| header.find(name).map(|at| row[at..].split("  ").next());
         assert_eq!(column("FLAGS"), Some(Some("readonly,shareable")), "{text}");
         assert_eq!(column("MIGRATION"), Some(Some("m1")), "{text}");
+        assert_eq!(column("CHECKPOINTS"), Some(Some("daily,hourly")), "{text}");
         assert_eq!(column("VIRTUAL"), Some(Some("10.0 GiB")), "{text}");
     }
 

@@ -141,6 +141,7 @@ mod tests {
             requested_format: None,
             required_tags: Vec::new(),
             shallow_layers: Vec::new(),
+            checkpoints: Vec::new(),
         }
     }
 

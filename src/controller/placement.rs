@@ -18,7 +18,8 @@
 //! 4. `incompatible_type`: volmig cannot write to this pool type. It writes to
 //!    `dir`, `fs`, `netfs` (file), `logical`, `disk`, `iscsi` (block) and `rbd`.
 //! 5. `incompatible_format`: qcow2 was asked for on a block or rbd pool, which
-//!    hold raw volumes only.
+//!    hold raw volumes only; or the disk is tracked by checkpoints and would
+//!    become raw there (only qcow2 holds their dirty bitmaps).
 //! 6. `capacity_unknown`: the pool reports a capacity of 0 (an rbd pool without
 //!    ceph-mgr statistics), so its free space cannot be checked.
 //! 7. `used_threshold`: the bytes the disk needs exceed what the pool has
@@ -137,6 +138,8 @@ pub struct DiskToPlace {
     /// needs too unless it already holds them. Empty when the chain is
     /// flattened or there is none.
     pub shallow_layers: Vec<LayerToPlace>,
+    /// Checkpoints whose dirty bitmaps live in the disk (qcow2 only can hold them).
+    pub checkpoints: Vec<String>,
 }
 
 /// One backing layer of a disk migrated SHALLOW.
@@ -462,13 +465,22 @@ fn incompatible_format(c: &Candidate<'_>) -> Result<(), String> {
             c.pool.name, c.pool.pool_type
         ));
     }
-    if !(raw_only && c.disk.requested_format == Some(ImageFormat::Qcow2)) {
-        return Ok(());
+    if raw_only && c.disk.requested_format == Some(ImageFormat::Qcow2) {
+        return Err(format!(
+            "qcow2 was requested, but pool '{}' is of type '{}', which holds raw volumes only; ask for raw or leave the format unset",
+            c.pool.name, c.pool.pool_type
+        ));
     }
-    Err(format!(
-        "qcow2 was requested, but pool '{}' is of type '{}', which holds raw volumes only; ask for raw or leave the format unset",
-        c.pool.name, c.pool.pool_type
-    ))
+    let raw = raw_only || c.disk.requested_format == Some(ImageFormat::Raw);
+    if raw && !c.disk.checkpoints.is_empty() {
+        return Err(format!(
+            "the disk is tracked by checkpoint(s) {} (incremental-backup dirty bitmaps), which only qcow2 can hold, and pool '{}' ({}) would get it as raw",
+            c.disk.checkpoints.join(", "),
+            c.pool.name,
+            c.pool.pool_type
+        ));
+    }
+    Ok(())
 }
 
 fn capacity_unknown(c: &Candidate<'_>) -> Result<(), String> {
@@ -614,6 +626,7 @@ mod tests {
             requested_format: None,
             required_tags: Vec::new(),
             shallow_layers: Vec::new(),
+            checkpoints: Vec::new(),
         }
     }
 
@@ -720,6 +733,28 @@ mod tests {
                     Rule::IncompatibleFormat,
                     &["qcow2", "'logical'", "raw volumes only"],
                 )
+            },
+            Case {
+                disk: DiskToPlace {
+                    checkpoints: vec!["nightly".into()],
+                    ..disk()
+                },
+                pool: PoolCandidate {
+                    pool_type: "rbd".to_string(),
+                    ..pool()
+                },
+                ..case(
+                    Rule::IncompatibleFormat,
+                    &["checkpoint(s) nightly", "only qcow2", "'images' (rbd)"],
+                )
+            },
+            Case {
+                disk: DiskToPlace {
+                    checkpoints: vec!["nightly".into()],
+                    requested_format: Some(ImageFormat::Raw),
+                    ..disk()
+                },
+                ..case(Rule::IncompatibleFormat, &["checkpoint(s) nightly", "raw"])
             },
             Case {
                 pool: PoolCandidate {
@@ -1162,6 +1197,7 @@ mod tests {
                     requested_format,
                     required_tags: strings(tags),
                     shallow_layers: Vec::new(),
+                    checkpoints: Vec::new(),
                 },
             )
     }

@@ -1,6 +1,6 @@
 //! The block-job calls the `virt` crate does not wrap, over `virt::sys`.
 //!
-//! This is the only place in volmig with `unsafe`. Every pointer handed to
+//! With `checkpoint.rs`, the only place in volmig with `unsafe`. Every pointer handed to
 //! libvirt comes from a live `virt::domain::Domain` or a `CString` that outlives
 //! the call, and typed parameters are freed exactly once by [`TypedParams`].
 
@@ -30,7 +30,7 @@ impl From<Error> for CallError {
     }
 }
 
-fn cstring(s: &str) -> Result<CString, CallError> {
+pub(crate) fn cstring(s: &str) -> Result<CString, CallError> {
     // A NUL would silently truncate the C string, so it is refused instead.
     CString::new(s).map_err(|_| CallError::Nul(s.replace('\0', "\\0")))
 }
@@ -204,23 +204,4 @@ pub fn block_job_set_speed(dom: &Domain, disk: &str, bandwidth: u64) -> Result<(
         return Err(Error::last_error().into());
     }
     Ok(())
-}
-
-/// Number of libvirt checkpoints of the domain.
-pub fn checkpoint_count(dom: &Domain) -> Result<u32, CallError> {
-    let mut list: *mut sys::virDomainCheckpointPtr = std::ptr::null_mut();
-    // SAFETY: dom is live; list is an out-pointer libvirt fills with an array we free below.
-    let checkpoints = unsafe { sys::virDomainListAllCheckpoints(dom.as_ptr(), &mut list, 0) };
-    if checkpoints < 0 {
-        return Err(Error::last_error().into());
-    }
-    if !list.is_null() {
-        for i in 0..checkpoints as usize {
-            // SAFETY: libvirt returned `checkpoints` valid references in `list`.
-            unsafe { sys::virDomainCheckpointFree(*list.add(i)) };
-        }
-        // SAFETY: the array itself was allocated by libvirt with malloc.
-        unsafe { libc::free(list.cast()) };
-    }
-    Ok(checkpoints as u32)
 }

@@ -6,6 +6,8 @@
 //! All methods block; async callers use `spawn_blocking`.
 
 mod blockjob;
+mod checkpoint;
+pub mod checkpoint_xml;
 pub mod domain_xml;
 mod error;
 pub mod pool_xml;
@@ -24,9 +26,10 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use crate::hypervisor::{
-    BackingLayer, BlockJob, CallObserver, CopyOptions, Definition, Deletion, DiskSource, DiskSpec,
-    DomainState, FileId, HostInfo, HvError, Hypervisor, ImageFormat, ImageInfo, NewVolume,
-    PoolRunState, PoolSpec, SnapshotSpec, VolumeIdentity, VolumeSpec, VolumeUser,
+    BackingLayer, BlockJob, CallObserver, Checkpoint, CopyOptions, Definition, Deletion,
+    DiskSource, DiskSpec, DomainState, FileId, HostInfo, HvError, Hypervisor, ImageFormat,
+    ImageInfo, NewVolume, PoolRunState, PoolSpec, SnapshotSpec, VolumeIdentity, VolumeSpec,
+    VolumeUser,
 };
 use blockjob::CallError;
 
@@ -39,6 +42,9 @@ pub struct LibvirtHost {
     conn: Mutex<Option<Arc<Connect>>>,
     ceph_keyring_dir: PathBuf,
     observer: Arc<dyn CallObserver>,
+    /// Held across a checkpoint's read-modify-redefine, so two disks of one
+    /// checkpoint moved together cannot undo each other's rewrite.
+    checkpoint_rewrite: Mutex<()>,
 }
 
 /// Where Ceph's tools keep keyrings; volmig reads a cephx key there when
@@ -56,6 +62,7 @@ impl LibvirtHost {
             conn: Mutex::new(None),
             ceph_keyring_dir: PathBuf::from(DEFAULT_CEPH_KEYRING_DIR),
             observer: Arc::new(()),
+            checkpoint_rewrite: Mutex::new(()),
         }
     }
 
@@ -157,11 +164,22 @@ impl LibvirtHost {
         subject: &str,
         f: impl Fn(&Connect) -> Result<T, CallError>,
     ) -> Result<T, HvError> {
-        let _span = tracing::info_span!("libvirt", call = op).entered();
+        // A child of the caller's span (a migration's phase): the call's
+        // duration, and its error as the span's status.
+        let span = tracing::info_span!(
+            "libvirt",
+            otel.name = %format!("libvirt {op}"),
+            call = op,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let started = std::time::Instant::now();
         let result = self.call_once_reconnecting(op, subject, f);
         if let Err(e) = &result {
             tracing::debug!(error = %e, "libvirt call failed");
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", e.to_string().as_str());
         }
         self.observer.call(op, started.elapsed(), result.is_err());
         result
@@ -423,8 +441,8 @@ impl Hypervisor for LibvirtHost {
                 uuid: dom.uuid_string()?,
                 active: dom.is_active()?,
                 persistent: dom.is_persistent()?,
-                snapshots: dom.num_snapshots(0)?,
-                checkpoints: blockjob::checkpoint_count(&dom)?,
+                snapshots: checkpoint::snapshot_count(&dom)?,
+                checkpoints: checkpoint::checkpoint_count(&dom)?,
             })
         })
     }
@@ -593,6 +611,37 @@ impl Hypervisor for LibvirtHost {
             let dom = lookup_domain(c, domain)?;
             dom.update_device_flags(&new_xml, sys::VIR_DOMAIN_AFFECT_CONFIG)?;
             Ok(())
+        })
+    }
+
+    fn checkpoints(&self, domain: &str) -> Result<Vec<Checkpoint>, HvError> {
+        let docs = self.call("virDomainCheckpointGetXMLDesc", domain, |c| {
+            checkpoint::sized_descriptions(&lookup_domain(c, domain)?)
+        })?;
+        docs.iter()
+            .map(|xml| checkpoint_xml::parse_checkpoint(xml).map_err(HvError::BadXml))
+            .collect()
+    }
+
+    fn redefine_checkpoint(
+        &self,
+        domain: &str,
+        name: &str,
+        disk: &str,
+        source: &DiskSource,
+        format: ImageFormat,
+    ) -> Result<(), HvError> {
+        let _rewriting = self
+            .checkpoint_rewrite
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let xml = self.call("virDomainCheckpointGetXMLDesc", name, |c| {
+            checkpoint::full_description(&lookup_domain(c, domain)?, name)
+        })?;
+        let moved = checkpoint_xml::retarget_checkpoint(&xml, disk, source, format)
+            .map_err(HvError::BadXml)?;
+        self.call("virDomainCheckpointCreateXML", name, |c| {
+            checkpoint::redefine_validated(&lookup_domain(c, domain)?, &moved)
         })
     }
 

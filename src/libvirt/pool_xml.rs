@@ -99,13 +99,27 @@ pub fn volume_xml(volume: &NewVolume, pool_type: &str) -> String {
                 .with_text("0"),
         );
     if matches!(pool_type, "dir" | "fs" | "netfs") {
-        let format = match volume.format {
-            ImageFormat::Raw => "raw",
-            ImageFormat::Qcow2 => "qcow2",
-        };
-        el.children.push(
-            Element::new("target").with_child(Element::new("format").with_attr("type", format)),
-        );
+        let mut target = Element::new("target");
+        match volume.format {
+            ImageFormat::Raw => {
+                target
+                    .children
+                    .push(Element::new("format").with_attr("type", "raw"));
+            }
+            ImageFormat::Qcow2 => {
+                target
+                    .children
+                    .push(Element::new("format").with_attr("type", "qcow2"));
+                // libvirt makes qcow2 version 2 (compat 0.10) unless told, which
+                // cannot store persistent dirty bitmaps: libvirt would then drop a
+                // checkpoint's bitmap at the pivot without a word. Version 3 is
+                // also what `qemu-img create` makes; the guest sees no difference.
+                target
+                    .children
+                    .push(Element::new("compat").with_text("1.1"));
+            }
+        }
+        el.children.push(target);
         if let Some((path, backing_format)) = &volume.backing {
             el.children.push(
                 Element::new("backingStore")
@@ -157,6 +171,11 @@ mod tests {
         assert_eq!(
             parse_volume_format(&xml).expect("parse").as_deref(),
             Some("qcow2")
+        );
+        assert_eq!(
+            root.find(&["target", "compat"]).map(|n| n.text.as_str()),
+            Some("1.1"),
+            "qcow2 version 3 holds checkpoint bitmaps"
         );
         assert!(xml_tree::parse(&volume_xml(&vol, "disk"))
             .expect("parse")

@@ -26,6 +26,7 @@ fn event(id: &str, phase: Phase, bytes_done: u64, rate: u64) -> Event {
         skipped: Vec::new(),
         pivot_window_ms: 0,
         convergence: None,
+        trace_id: String::new(),
     }
 }
 

@@ -213,7 +213,7 @@ impl Inner {
             st.record.clone()
         };
         let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || journal.save(&record))
+        blocking(move || journal.save(&record))
             .await
             .map_err(|e| Error::Journal(e.to_string()))?
             .map_err(Error::Journal)?;
@@ -423,6 +423,8 @@ pub struct DiskView {
     pub allocation: u64,
     /// The migration moving it now.
     pub migration_id: Option<String>,
+    /// Checkpoints that keep a dirty bitmap on it (running domains only).
+    pub checkpoints: Vec<String>,
     /// Its backing layers, nearest first.
     pub layers: Vec<LayerView>,
 }
@@ -629,7 +631,7 @@ impl Engine {
     pub async fn disks(&self, domain: &str) -> Result<DomainDisks, Error> {
         validate::object_name("domain", domain)?;
         let name = domain.to_string();
-        let (state, specs, sizes) = self
+        let (state, specs, sizes, checkpoints) = self
             .inner
             .hv(move |hv| {
                 let state = hv.domain(&name)?;
@@ -639,6 +641,12 @@ impl Engine {
                     Definition::Persistent
                 };
                 let specs = hv.disks(&state.name, which)?;
+                // Their bitmaps are only known to a running QEMU.
+                let checkpoints = if state.active && state.checkpoints > 0 {
+                    hv.checkpoints(&state.name)?
+                } else {
+                    Vec::new()
+                };
                 let file_pools: Vec<String> = if specs.iter().any(|s| !s.backing.is_empty()) {
                     hv.pools()?
                         .into_iter()
@@ -659,7 +667,7 @@ impl Engine {
                     };
                     sizes.push((vol, layer_views(hv, spec, &file_pools)));
                 }
-                Ok((state, specs, sizes))
+                Ok((state, specs, sizes, checkpoints))
             })
             .await
             .map_err(|e| match e {
@@ -672,6 +680,11 @@ impl Engine {
             .zip(sizes)
             .map(|(spec, (vol, layers))| DiskView {
                 layers,
+                checkpoints: checkpoints
+                    .iter()
+                    .filter(|c| c.bitmap_on(&spec.target).is_some())
+                    .map(|c| c.name.clone())
+                    .collect(),
                 migration_id: reg
                     .by_disk
                     .get(&(state.uuid.clone(), spec.target.clone()))
@@ -722,7 +735,7 @@ impl Engine {
             }
         }
         let planned_req = req.clone();
-        let planned = tokio::task::spawn_blocking({
+        let planned = blocking({
             let hv = self.inner.hv.clone();
             move || plan::plan(hv.as_ref(), &planned_req)
         })
@@ -800,7 +813,7 @@ impl Engine {
             }
         }
         let journal = self.inner.journal.clone();
-        let saved = tokio::task::spawn_blocking(move || journal.save(&record))
+        let saved = blocking(move || journal.save(&record))
             .await
             .map_err(|e| Error::Journal(e.to_string()))
             .and_then(|r| r.map_err(Error::Journal));
@@ -1064,6 +1077,15 @@ fn unavailable_or(what: &'static str) -> impl Fn(HvError) -> Error {
     }
 }
 
+/// Runs blocking work off the async runtime in the caller's span (a blocking
+/// thread has none of its own), so its spans and logs stay in the caller's trace.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f)).await
+}
+
 /// A fresh migration id.
 fn new_migration_id() -> String {
     format!("mig-{}", uuid::Uuid::new_v4())
@@ -1100,6 +1122,7 @@ fn new_record(
             skipped: Vec::new(),
             pivot_window_ms: 0,
             convergence: None,
+            trace_id: crate::tracing_export::current_trace_id().unwrap_or_default(),
         },
         group,
         pivot: None,

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::hypervisor::{
-    BackingLayer, BlockJob, CopyOptions, Definition, Deletion, DiskSource, DiskSpec, DomainState,
-    FileId, HostInfo, HvError, Hypervisor, ImageFormat, ImageInfo, MirrorState, NewVolume,
-    PoolRunState, PoolSpec, SnapshotSpec, VolumeIdentity, VolumeSpec, VolumeUser,
+    BackingLayer, BlockJob, Checkpoint, CopyOptions, Definition, Deletion, DiskSource, DiskSpec,
+    DomainState, FileId, HostInfo, HvError, Hypervisor, ImageFormat, ImageInfo, MirrorState,
+    NewVolume, PoolRunState, PoolSpec, SnapshotSpec, VolumeIdentity, VolumeSpec, VolumeUser,
 };
 
 /// A fault injected at one step.
@@ -176,6 +176,13 @@ pub struct FakeState {
     pub pivoted_to: Vec<DiskSource>,
     /// Users of a path other than the domain `g`, as `volume_users` reports them.
     pub other_users: Vec<(String, VolumeUser)>,
+    /// The domain's checkpoints.
+    pub checkpoints: Vec<Checkpoint>,
+    /// When true, a pivot loses the disk's checkpoint bitmaps (what libvirt
+    /// does, silently, on a destination that cannot hold them).
+    pub pivot_loses_bitmaps: bool,
+    /// Checkpoints redefined (and validated), in order.
+    pub redefined: Vec<String>,
     next_ino: u64,
 }
 
@@ -339,7 +346,7 @@ impl FakeHypervisor {
             active: st.running,
             persistent: true,
             snapshots: 0,
-            checkpoints: 0,
+            checkpoints: st.checkpoints.len() as u32,
         })
     }
 
@@ -573,6 +580,14 @@ impl Hypervisor for FakeHypervisor {
                     });
                 }
                 st.pivots += 1;
+                if st.pivot_loses_bitmaps {
+                    for cp in &mut st.checkpoints {
+                        cp.disks
+                            .iter_mut()
+                            .filter(|d| d.target == disk)
+                            .for_each(|d| d.dirty_bytes = None);
+                    }
+                }
                 st.pivoted_to.push(job.0.clone());
                 st.live.insert(disk.into(), job.0.clone());
                 if !st.skip_persistent_update {
@@ -603,6 +618,43 @@ impl Hypervisor for FakeHypervisor {
     ) -> Result<(), HvError> {
         self.step(|st| {
             st.persistent.insert(disk.into(), source.clone());
+            Ok(())
+        })
+    }
+
+    fn checkpoints(&self, _domain: &str) -> Result<Vec<Checkpoint>, HvError> {
+        self.step(|st| Ok(st.checkpoints.clone()))
+    }
+
+    fn redefine_checkpoint(
+        &self,
+        _domain: &str,
+        name: &str,
+        _disk: &str,
+        _source: &DiskSource,
+        _format: ImageFormat,
+    ) -> Result<(), HvError> {
+        self.step(|st| {
+            let cp = st
+                .checkpoints
+                .iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| HvError::InvalidArgument(format!("no checkpoint {name}")))?;
+            if let Some(broken) = cp
+                .disks
+                .iter()
+                .find(|d| d.bitmap.is_some() && d.dirty_bytes.is_none())
+            {
+                return Err(HvError::Failed {
+                    op: "virDomainCheckpointCreateXML",
+                    code: 102,
+                    message: format!(
+                        "checkpoint inconsistent: missing or broken bitmap '{name}' for disk '{}'",
+                        broken.target
+                    ),
+                });
+            }
+            st.redefined.push(name.to_string());
             Ok(())
         })
     }

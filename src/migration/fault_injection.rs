@@ -9,6 +9,8 @@
 //! - the live and persistent definitions name volumes that exist;
 //! - after a pivot the destination is never deleted;
 //! - no block job is left behind;
+//! - a completed migration redefined (and had libvirt validate) the disk's
+//!   checkpoint on the destination;
 //! - a migration that was accepted ends with exactly one terminal event, and a
 //!   destination volume it leaves behind is named in that event.
 
@@ -70,6 +72,15 @@ fn run_case(fault: Option<(usize, Fault)>) -> Case {
     };
     let hv = Arc::new(FakeHypervisor::with_injector(injector.clone()));
     hv.lock().step = CAPACITY / 4;
+    // A checkpoint on the disk puts its listing and redefinition among the steps.
+    hv.lock().checkpoints = vec![crate::hypervisor::Checkpoint {
+        name: "nightly".into(),
+        disks: vec![crate::hypervisor::CheckpointDisk {
+            target: "vda".into(),
+            bitmap: Some("nightly".into()),
+            dirty_bytes: Some(0),
+        }],
+    }];
     let events = Arc::new(Mutex::new(Vec::<Event>::new()));
     let accepted = Arc::new(Mutex::new(None::<String>));
 
@@ -153,6 +164,10 @@ fn check_invariants(case: &Case) {
     let completed = terminal
         .first()
         .is_some_and(|e| e.phase == Phase::Completed);
+    assert!(
+        !completed || st.redefined.iter().any(|c| c == "nightly"),
+        "{what}: completed without redefining the disk's checkpoint on the destination"
+    );
     for (pool, name, ino) in &st.deleted {
         let source = pool == "a" && name == "root.qcow2";
         assert!(

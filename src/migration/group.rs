@@ -308,6 +308,10 @@ impl Group {
             skipped: self.skipped.clone(),
             pivot_window_ms,
             convergence,
+            trace_id: records
+                .first()
+                .map(|r| r.latest.trace_id.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -329,6 +333,7 @@ fn placeholder() -> Event {
         skipped: Vec::new(),
         pivot_window_ms: 0,
         convergence: None,
+        trace_id: String::new(),
     }
 }
 

@@ -90,11 +90,42 @@ pub(crate) struct Ctx<'a> {
     member: Option<Member>,
     /// Its place among a group's copies allowed at once, until it is synchronized.
     copy_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The migration's span (see [`migration_span`]).
+    span: tracing::Span,
+    /// The phase being worked on and its span, a child of `span`: the work
+    /// the job awaits runs in it, so libvirt calls and journal writes are
+    /// children of their phase.
+    phase: Option<(Phase, tracing::Span)>,
+}
+
+/// The span of one migration, carrying the attributes that identify it
+/// (passed on to every span beneath it by the trace exporter), and an error
+/// status once it fails.
+fn migration_span(record: &Record) -> tracing::Span {
+    tracing::info_span!(
+        "migration",
+        migration.id = %record.id,
+        domain = %record.plan.domain.escape_debug(),
+        disk = %record.plan.target,
+        node.id = %record.latest.node_id,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    )
+}
+
+/// Marks `span` as failed with `message` (OpenTelemetry status ERROR).
+fn record_error(span: &tracing::Span, message: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", message);
 }
 
 /// Runs the migration to its terminal event.
 pub(crate) async fn run(inner: Arc<Inner>, job: Arc<Job>, entry: Entry) {
-    let span = tracing::info_span!("migration", migration_id = %job.id);
+    let record = job.record();
+    let span = migration_span(&record);
+    if let Entry::Recover { .. } = entry {
+        crate::tracing_export::continue_trace(&span, &record.latest.trace_id);
+    }
     async move {
         let Some(inbox) = job.take_inbox() else {
             tracing::error!("a second task was started for one migration; ignored");
@@ -104,6 +135,8 @@ pub(crate) async fn run(inner: Arc<Inner>, job: Arc<Job>, entry: Entry) {
         let outcome = match entry {
             Entry::Fresh => fresh(&mut ctx).await,
             Entry::Recover { group_uncommitted } => {
+                // The phase the journal left it in goes on in this process.
+                ctx.enter_phase(record.latest.phase);
                 match recovery::decide(&mut ctx, group_uncommitted).await {
                     Ok(resume) => continue_from(&mut ctx, resume).await,
                     Err(e) => Err(e),
@@ -145,7 +178,37 @@ impl<'a> Ctx<'a> {
                 Some(Member { gate, index })
             }),
             copy_slot: None,
+            // Created inside the migration's span (see `run`).
+            span: tracing::Span::current(),
+            phase: None,
         }
+    }
+
+    /// Opens the span of `phase` unless it is the one open (the terminal
+    /// phases have none: they end the migration's span).
+    fn enter_phase(&mut self, phase: Phase) {
+        if phase.is_terminal() || self.phase.as_ref().is_some_and(|(p, _)| *p == phase) {
+            return;
+        }
+        // The migration's identity is its parent's: the exporter copies it
+        // to the span, and a JSON log line lists the parent's fields.
+        let span = tracing::info_span!(
+            parent: &self.span,
+            "phase",
+            otel.name = %format!("phase {}", phase.name()),
+            phase = phase.name(),
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        self.phase = Some((phase, span));
+    }
+
+    /// The span work belongs in now: the phase's, else the migration's.
+    fn work_span(&self) -> tracing::Span {
+        self.phase
+            .as_ref()
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| self.span.clone())
     }
 
     pub fn record(&self) -> Record {
@@ -184,6 +247,7 @@ impl<'a> Ctx<'a> {
 
     /// Drives `fut` to completion while answering commands.
     async fn attend<F: Future>(&mut self, fut: F) -> F::Output {
+        let fut = fut.instrument(self.work_span());
         tokio::pin!(fut);
         loop {
             let deadline = self.live_deadline();
@@ -335,11 +399,15 @@ impl<'a> Ctx<'a> {
     /// Journals, then announces, a change of the record.
     pub async fn publish(&mut self, update: impl FnOnce(&mut Record)) -> Result<(), Error> {
         let (inner, job) = (self.inner, self.job);
-        self.attend(inner.publish(job, update)).await
+        let published = self.attend(inner.publish(job, update)).await;
+        self.enter_phase(self.job.latest().phase);
+        published
     }
 
     pub async fn set_phase(&mut self, phase: Phase, message: String) -> Result<(), Error> {
-        tracing::info!(phase = phase.name(), "{message}");
+        self.enter_phase(phase);
+        self.work_span()
+            .in_scope(|| tracing::info!(phase = phase.name(), "{message}"));
         self.publish(|r| {
             r.latest.phase = phase;
             r.latest.message = message;
@@ -717,6 +785,7 @@ async fn start_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> 
         plan.source.display_name(),
         dest.disk.display_name()
     );
+    ctx.enter_phase(Phase::Copying);
     tracing::info!(phase = Phase::Copying.name(), "{message}");
     let mirroring = dest.clone();
     ctx.publish(|r| {
@@ -1185,6 +1254,7 @@ async fn begin_pivot(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error>
     ctx.checkpoint().await?;
     ctx.pivot_begun = true;
     let pivoted = dest.clone();
+    ctx.enter_phase(Phase::Pivoting);
     tracing::info!(
         phase = Phase::Pivoting.name(),
         "switching the guest to the destination"
@@ -1361,6 +1431,7 @@ async fn verify(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<bool, Error> {
             repaired = true;
         }
     }
+    keep_checkpoints(ctx, &plan, dest).await?;
     if ctx.record().request.options.verify == VerifyLevel::Strict {
         let (vol, p) = (dest.volume.clone(), plan.clone());
         let (vol_cap, disk_cap) = ctx
@@ -1379,6 +1450,57 @@ async fn verify(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<bool, Error> {
         }
     }
     Ok(repaired)
+}
+
+/// Points every checkpoint that tracks the disk at the destination and has
+/// libvirt validate its bitmap there (libvirt merged the bitmaps into the
+/// destination during the pivot; it skips that silently when it cannot).
+async fn keep_checkpoints(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) -> Result<(), Error> {
+    let domain = plan.domain.clone();
+    let checkpoints = ctx
+        .hv_retry("reading the checkpoints", move |hv| {
+            if hv.domain(&domain)?.checkpoints == 0 {
+                return Ok(Vec::new());
+            }
+            hv.checkpoints(&domain)
+        })
+        .await?;
+    let names: Vec<String> = checkpoints
+        .into_iter()
+        .filter(|c| c.bitmap_on(&plan.target).is_some())
+        .map(|c| c.name)
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    for name in &names {
+        let (domain, target, disk, format, cp) = (
+            plan.domain.clone(),
+            plan.target.clone(),
+            dest.disk.clone(),
+            plan.dest_format,
+            name.clone(),
+        );
+        let kept = ctx
+            .hv_retry("redefining a checkpoint on the destination", move |hv| {
+                hv.redefine_checkpoint(&domain, &cp, &target, &disk, format)
+            })
+            .await;
+        if let Err(e) = kept {
+            return Err(Error::Precondition(format!(
+                "the guest runs on {} but checkpoint '{name}' is not usable there ({e}); incremental backups from it will fail: take a full backup and a new checkpoint, then delete it (`virsh checkpoint-delete {} {name} --metadata`)",
+                dest.disk.display_name(),
+                plan.domain
+            )));
+        }
+    }
+    let message = format!(
+        "checkpoint(s) {} now describe {} and their bitmaps are valid there",
+        names.join(", "),
+        dest.disk.display_name()
+    );
+    tracing::info!("{message}");
+    ctx.publish(|r| r.latest.message = message).await
 }
 
 /// Deletes the source when asked and nothing else uses it. Returns whether it
@@ -1472,6 +1594,9 @@ pub(crate) async fn fail(ctx: &mut Ctx<'_>, err: Error) {
     }
     let phase_at = record.latest.phase;
     tracing::warn!(error = %err, phase = phase_at.name(), "migration failed");
+    let status = format!("{}: {err}", err.terminal_phase().name());
+    record_error(&ctx.span, &status);
+    record_error(&ctx.work_span(), &status);
     let plan = record.plan;
     let disk_state = match record.stage.clone() {
         Stage::Planned => format!(

@@ -271,8 +271,24 @@ impl Journal {
         if let Some(hook) = &self.hook {
             (hook.0)(false)?;
         }
+        // Its own span: the write's duration and error in the migration's trace.
+        let span = tracing::info_span!(
+            "journal.write",
+            migration.id = %record.id,
+            domain = %record.plan.domain.escape_debug(),
+            disk = %record.plan.target,
+            node.id = %record.latest.node_id,
+            phase = record.latest.phase.name(),
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let started = std::time::Instant::now();
         let written = self.write(record);
+        if let Err(e) = &written {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", e.as_str());
+        }
         self.observer
             .journal_write(started.elapsed(), written.is_err());
         written?;
@@ -496,6 +512,7 @@ mod tests {
                 skipped: Vec::new(),
                 pivot_window_ms: 0,
                 convergence: None,
+                trace_id: String::new(),
             },
             group: None,
             pivot: None,

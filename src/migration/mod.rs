@@ -24,6 +24,8 @@ pub use error::Error;
 pub use observer::Observer;
 
 #[cfg(test)]
+mod checkpoint_tests;
+#[cfg(test)]
 mod convergence_tests;
 #[cfg(test)]
 mod fake;

@@ -318,6 +318,10 @@ pub struct Event {
     /// failure that policy `Fail` makes of it); a group's: its first disk's.
     #[serde(default)]
     pub convergence: Option<ConvergenceWarning>,
+    /// The trace this migration belongs to (W3C trace id, hex), from the
+    /// first event on; empty when no trace is exported.
+    #[serde(default)]
+    pub trace_id: String,
 }
 
 /// One disk of a group, as of a group event.

@@ -5,7 +5,7 @@
 //! have moved in between (the guest stopped, the pool filled up).
 
 use crate::hypervisor::{
-    space_needed, DiskKind, DiskSource, DiskSpec, DomainState, Hypervisor, ImageFormat,
+    space_needed, Checkpoint, DiskKind, DiskSource, DiskSpec, Hypervisor, ImageFormat,
     PoolRunState, PoolSpec,
 };
 use crate::migration::chain;
@@ -28,7 +28,6 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
             domain.name
         )));
     }
-    check_checkpoints(&domain)?;
     let disks = hv
         .disks(&domain.name, crate::hypervisor::Definition::Live)
         .map_err(Error::hv(format!("reading the disks of '{}'", domain.name)))?;
@@ -113,6 +112,25 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         ))
     })?;
     let dest_format = destination_format(req, &pool, dest_kind, source_format)?;
+    if domain.checkpoints > 0 {
+        let checkpoints = hv.checkpoints(&domain.name).map_err(Error::hv(format!(
+            "reading the checkpoints of '{}'",
+            domain.name
+        )))?;
+        let dest = (&pool, dest_format, req.destination_format.is_some());
+        check_checkpoints(&domain.name, disk, &checkpoints, dest)?;
+        let tracked = checkpoints
+            .iter()
+            .any(|c| c.bitmap_on(&disk.target).is_some());
+        if tracked && req.options.chain == ChainPolicy::Shallow && !disk.backing.is_empty() {
+            // libvirt merges only the top image's bitmaps into the new top at the
+            // pivot; bitmaps kept in the layers below were never tried here.
+            return Err(Error::Precondition(format!(
+                "disk {} of '{}' is tracked by checkpoint(s) and has a backing chain; chain policy SHALLOW does not carry checkpoints yet: migrate with FLATTEN (the default), which keeps them",
+                disk.target, domain.name
+            )));
+        }
+    }
     // Listed after a refresh, so partitions and files made behind libvirt's back
     // count too: every pool type is checked for an existing volume of the name.
     let existing = hv.volume_names(&pool.name).map_err(Error::hv(format!(
@@ -176,18 +194,6 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
     })
 }
 
-/// Checkpoints (incremental-backup metadata and the bitmaps behind it) are
-/// not carried by the copy yet.
-fn check_checkpoints(domain: &DomainState) -> Result<(), Error> {
-    if domain.checkpoints > 0 {
-        return Err(Error::Precondition(format!(
-            "domain '{}' has {} checkpoint(s) that a block copy would lose; delete them first (`virsh checkpoint-list {}`)",
-            domain.name, domain.checkpoints, domain.name
-        )));
-    }
-    Ok(())
-}
-
 /// The bytes the copy of the disk's own image costs: its pool volume's
 /// allocation; when only the top of a chain is copied, the top image's alone
 /// (a pool may not know a file that is a domain's private overlay).
@@ -233,6 +239,67 @@ fn check_disk_writable(domain: &str, disk: &DiskSpec) -> Result<(), Error> {
         ))),
         None => Ok(()),
     }
+}
+
+/// Refuses what would lose the checkpoints that track `disk`: libvirt carries
+/// their bitmaps across the pivot into a qcow2 destination (and silently drops
+/// them anywhere else), and copies only bitmaps that are valid to begin with.
+fn check_checkpoints(
+    domain: &str,
+    disk: &DiskSpec,
+    checkpoints: &[Checkpoint],
+    (pool, dest_format, asked): (&PoolSpec, ImageFormat, bool),
+) -> Result<(), Error> {
+    let tracking: Vec<&str> = checkpoints
+        .iter()
+        .filter(|c| c.bitmap_on(&disk.target).is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    if tracking.is_empty() {
+        return Ok(());
+    }
+    let first = tracking[0];
+    if dest_format != ImageFormat::Qcow2 {
+        let why = if pool.disk_kind() != Some(DiskKind::File) {
+            format!(
+                "pool '{}' ({}) holds raw volumes only",
+                pool.name, pool.pool_type
+            )
+        } else if asked {
+            format!("the request asks for {dest_format}")
+        } else {
+            format!("the source is {dest_format} and the request names no format")
+        };
+        return Err(Error::Precondition(format!(
+            "disk {} of '{domain}' is tracked by checkpoint(s) {} (incremental-backup dirty bitmaps); the destination would be {dest_format} because {why}, and only qcow2 can hold persistent bitmaps, so the next incremental backup would fail; migrate to a file pool as qcow2, or delete the checkpoints (`virsh checkpoint-delete {domain} {first} --metadata`) and take a full backup afterwards",
+            disk.target,
+            tracking.join(", ")
+        )));
+    }
+    // libvirt validates a checkpoint's bitmaps on all its disks at once, so one
+    // already broken on another disk would fail the validation after the pivot.
+    let broken: Vec<(&str, &str)> = checkpoints
+        .iter()
+        .filter(|c| c.bitmap_on(&disk.target).is_some())
+        .flat_map(|c| {
+            c.disks
+                .iter()
+                .filter(|d| d.bitmap.is_some() && d.dirty_bytes.is_none())
+                .map(move |d| (c.name.as_str(), d.target.as_str()))
+        })
+        .collect();
+    if let Some((name, _)) = broken.first() {
+        let listed: Vec<String> = broken
+            .iter()
+            .map(|(c, d)| format!("{c} (disk {d})"))
+            .collect();
+        return Err(Error::Precondition(format!(
+            "checkpoint(s) {} of '{domain}' have no valid bitmap already (libvirt cannot compute their size), so they cannot be carried with disk {}; delete them (`virsh checkpoint-delete {domain} {name} --metadata`) and take a full backup after the migration",
+            listed.join(", "),
+            disk.target
+        )));
+    }
+    Ok(())
 }
 
 fn destination_format(
@@ -419,6 +486,76 @@ mod tests {
             Err(Error::Exhausted(_))
         ));
         assert!(check_space(&pool("rbd", 0, 0), DiskKind::Network, gib, None, 0).is_ok());
+    }
+
+    #[test]
+    fn checkpoints_on_the_disk_need_a_qcow2_destination() {
+        let disk = DiskSpec {
+            target: "vda".into(),
+            device: "disk".into(),
+            format: Some("qcow2".into()),
+            source: None,
+            backing_depth: 0,
+            backing: Vec::new(),
+            read_only: false,
+            shareable: false,
+            mirror: None,
+        };
+        let cp = |target: &str| Checkpoint {
+            name: "nightly".into(),
+            disks: vec![crate::hypervisor::CheckpointDisk {
+                target: target.into(),
+                bitmap: Some("nightly".into()),
+                dirty_bytes: Some(0),
+            }],
+        };
+        let rbd = pool("rbd", 1 << 30, 1 << 30);
+        let Err(Error::Precondition(msg)) =
+            check_checkpoints("g", &disk, &[cp("vda")], (&rbd, ImageFormat::Raw, false))
+        else {
+            panic!("rbd holds raw images only");
+        };
+        assert!(
+            msg.contains("pool 'p' (rbd) holds raw volumes only"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("virsh checkpoint-delete g nightly --metadata"),
+            "{msg}"
+        );
+        let dir = pool("dir", 1 << 30, 1 << 30);
+        assert!(
+            check_checkpoints("g", &disk, &[cp("vda")], (&dir, ImageFormat::Qcow2, false)).is_ok()
+        );
+        assert!(
+            check_checkpoints("g", &disk, &[cp("vdb")], (&rbd, ImageFormat::Raw, false)).is_ok()
+        );
+        let Err(Error::Precondition(msg)) =
+            check_checkpoints("g", &disk, &[cp("vda")], (&dir, ImageFormat::Raw, false))
+        else {
+            panic!("a raw source would make a raw destination");
+        };
+        assert!(
+            msg.contains("the source is raw and the request names no format"),
+            "{msg}"
+        );
+        // Broken on another disk of the same checkpoint: validation would fail later.
+        let mut both = cp("vda");
+        both.disks.push(crate::hypervisor::CheckpointDisk {
+            target: "vdb".into(),
+            bitmap: Some("nightly".into()),
+            dirty_bytes: None,
+        });
+        let Err(Error::Precondition(msg)) =
+            check_checkpoints("g", &disk, &[both], (&dir, ImageFormat::Qcow2, true))
+        else {
+            panic!("a broken bitmap of the same checkpoint fails its validation");
+        };
+        assert!(msg.contains("nightly (disk vdb)"), "{msg}");
+        assert!(
+            msg.contains("checkpoint-delete g nightly --metadata"),
+            "{msg}"
+        );
     }
 
     #[test]

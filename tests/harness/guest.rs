@@ -139,6 +139,7 @@ pub struct GuestBuilder<'a> {
     pause_ms: Option<u32>,
     flood_mib: Option<u32>,
     error_policy: Option<String>,
+    qcow2_v3: bool,
 }
 
 /// Space below a pre-written region that the guest's records may use: at ~100 records
@@ -251,6 +252,13 @@ impl<'a> GuestBuilder<'a> {
         self
     }
 
+    /// Makes vda a qcow2 version 3 image (`compat=1.1`): libvirt's `vol-create-as`
+    /// makes version 2, which cannot store persistent dirty bitmaps (checkpoints).
+    pub fn qcow2_v3(mut self) -> Self {
+        self.qcow2_v3 = true;
+        self
+    }
+
     /// `<driver error_policy=…>` of vda, e.g. `report` so ENOSPC reaches the guest instead
     /// of pausing it.
     pub fn error_policy(mut self, policy: &str) -> Self {
@@ -325,7 +333,16 @@ impl<'a> GuestBuilder<'a> {
             overlay(&lower, &dir.join(&vda).to_string_lossy());
             pool.refresh();
         } else {
-            pool.create_volume(&vda, self.disk_bytes, &self.format);
+            let path = pool.create_volume(&vda, self.disk_bytes, &self.format);
+            if self.qcow2_v3 {
+                assert_eq!(self.format, "qcow2", "qcow2_v3 needs format qcow2");
+                run_with_timeout(
+                    "qemu-img",
+                    &["amend", "-q", "-f", "qcow2", "-o", "compat=1.1", &path],
+                    Duration::from_secs(60),
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            }
         }
         guest.disk_volume = vda.clone();
         if let Some(bytes) = self.prewritten {
@@ -527,6 +544,7 @@ impl Guest {
             pause_ms: None,
             flood_mib: None,
             error_policy: None,
+            qcow2_v3: false,
         }
     }
 
@@ -985,8 +1003,14 @@ impl Drop for Guest {
                 eprintln!("harness: clean-up: {e}");
             }
         }
-        // Snapshot metadata (tests/chains.rs) would otherwise block the undefine.
-        if let Err(e) = virsh(&["undefine", &self.name, "--snapshots-metadata"]) {
+        // Snapshot (tests/chains.rs) and checkpoint (tests/checkpoints.rs) metadata
+        // would otherwise block the undefine.
+        if let Err(e) = virsh(&[
+            "undefine",
+            &self.name,
+            "--snapshots-metadata",
+            "--checkpoints-metadata",
+        ]) {
             if !e.contains("not found") {
                 eprintln!("harness: clean-up: {e}");
             }

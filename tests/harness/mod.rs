@@ -31,6 +31,7 @@ pub mod prometheus;
 pub mod records;
 pub mod service;
 mod sweep;
+pub mod unit;
 pub mod xml;
 
 pub use defined::DefinedDomain;
@@ -190,6 +191,22 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     run(program, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Runs the `volmig` binary under test with `args` and extra environment
+/// variables (logging at `warn`); returns its exit code, stdout and stderr.
+pub fn volmig(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_volmig"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run volmig");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `virsh -c qemu:///system ARGS`: Ok(stdout) or Err(command, status, stderr).
 pub fn virsh(args: &[&str]) -> Result<String, String> {
     virsh_with_timeout(args, CMD_TIMEOUT)
@@ -238,9 +255,15 @@ pub fn try_wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool
 /// Runs `deploy/setup-host.sh` once per process: installs and starts libvirt, QEMU and the
 /// guest's ingredients. Panics with the script's output if it fails: a host without
 /// libvirtd is a failed test, never a skipped one.
+///
+/// `deploy/test.sh` runs the script once before the tests and sets `VOLMIG_HOST_READY`,
+/// so that each test process (nextest runs one per test) does not repeat it.
 pub fn ensure_host() {
     static SETUP: OnceLock<Result<(), String>> = OnceLock::new();
     let result = SETUP.get_or_init(|| {
+        if std::env::var_os("VOLMIG_HOST_READY").is_some() {
+            return Ok(());
+        }
         let script = repo_root().join("deploy/setup-host.sh");
         let script = script.to_string_lossy();
         run_with_timeout("bash", &[&script], Duration::from_secs(1800)).map(|_| ())

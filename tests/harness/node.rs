@@ -59,6 +59,17 @@ impl NodeProcess {
         self.service.state_dir()
     }
 
+    /// How many migrations the node's journal holds (`migrations/*.json`).
+    pub fn journal_records(&self) -> usize {
+        std::fs::read_dir(self.state_dir().join("migrations"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// What the node logged so far.
     pub fn log(&self) -> String {
         self.service.log()

@@ -55,7 +55,7 @@ fn sweep_now() {
         eprintln!("harness: sweep: removing stale domain {dom}");
         // Fails for a domain that is not running: fine.
         let _ = virsh(&["destroy", dom]);
-        if let Err(e) = virsh(&["undefine", dom]) {
+        if let Err(e) = virsh(&["undefine", dom, "--checkpoints-metadata"]) {
             // A transient domain is gone after destroy.
             if !e.contains("not found") {
                 eprintln!("harness: sweep: {e}");

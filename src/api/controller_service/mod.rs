@@ -536,7 +536,7 @@ impl ControllerService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(domain = %req.get_ref().domain.escape_debug(), disk = %req.get_ref().disk.escape_debug()))]
+    #[tracing::instrument(skip_all, fields(domain = %req.get_ref().domain.escape_debug(), disk = %req.get_ref().disk.escape_debug(), migration.id, node.id))]
     /// Places and starts a migration; its id and the caller's event stream.
     async fn start_migration(
         &self,
@@ -609,6 +609,9 @@ impl ControllerService {
                 more_storage_ids: Vec::new(),
             },
         )?;
+        let span = tracing::Span::current();
+        span.record("migration.id", first.migration_id.as_str());
+        span.record("node.id", node.id.as_str());
         tracing::info!(migration_id = %first.migration_id, node = %node.id, pool = %chosen.name, at = now_ms(), "migration relayed");
         let follower = self.follow(&entry, Some(stream));
         Ok((

@@ -94,6 +94,13 @@ impl ControllerService {
             return existing.clone();
         }
         let latest = entry.record.latest.clone().unwrap_or_default();
+        let span = tracing::info_span!(
+            "controller.relay",
+            migration.id = %id,
+            domain = %latest.domain.escape_debug(),
+            disk = %latest.disk,
+            node.id = %entry.record.node_id,
+        );
         let follower = Follower::new(latest);
         followers.insert(id.clone(), follower.clone());
         drop(followers);
@@ -105,7 +112,7 @@ impl ControllerService {
                 svc.pump(&entry, &task_follower, stream).await;
                 svc.followers().remove(&entry.record.migration_id);
             }
-            .instrument(tracing::info_span!("follow", migration_id = %id)),
+            .instrument(span),
         );
         follower
     }

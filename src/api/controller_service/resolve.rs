@@ -148,21 +148,57 @@ impl ControllerService {
         if req.domain.is_empty() || req.disk.is_empty() {
             return Err(Status::invalid_argument("domain and disk are required"));
         }
-        let up = self.up_nodes().await;
-        let located = self.locate(&req.domain, &req.disk, &up).await?;
-        let pools = self.cluster_pools(&up).await;
-        let choices = self
-            .choices(
-                &located,
-                &pools,
-                req.destination_format,
-                &req.required_tags,
-                &req.destination_pool,
-                shallow(req.options.as_ref()),
-            )
-            .await?;
-        let plan = placement::plan(&choices.disk, &choices.pools, self.policy());
-        self.observe_rejections(&plan);
+        let (domain, disk) = (req.domain.escape_debug(), req.disk.escape_debug());
+        // Two spans an operator finds in the migration's trace: which node
+        // runs the domain, then which pool placement chose.
+        let resolve = tracing::info_span!(
+            "controller.resolve",
+            domain = %domain,
+            disk = %disk,
+            node.id = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let located = async {
+            let up = self.up_nodes().await;
+            let located = self.locate(&req.domain, &req.disk, &up).await?;
+            Ok::<_, Status>((up, located))
+        }
+        .instrument(resolve.clone())
+        .await;
+        let (up, located) = spanned(&resolve, located)?;
+        resolve.record("node.id", located.node.id.as_str());
+        let span = tracing::info_span!(
+            "controller.plan",
+            domain = %domain,
+            disk = %disk,
+            node.id = %located.node.id,
+            pool.chosen = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let planned = async {
+            let pools = self.cluster_pools(&up).await;
+            let choices = self
+                .choices(
+                    &located,
+                    &pools,
+                    req.destination_format,
+                    &req.required_tags,
+                    &req.destination_pool,
+                    shallow(req.options.as_ref()),
+                )
+                .await?;
+            let plan = placement::plan(&choices.disk, &choices.pools, self.policy());
+            self.observe_rejections(&plan);
+            Ok::<_, Status>((pools, plan))
+        }
+        .instrument(span.clone())
+        .await;
+        let (pools, plan) = spanned(&span, planned)?;
+        if let Some(chosen) = plan.chosen() {
+            span.record("pool.chosen", chosen.name.as_str());
+        }
         let source_pool = located.disk.pool.clone();
         Ok((located, source_pool, pools, plan))
     }
@@ -221,6 +257,7 @@ impl ControllerService {
             } else {
                 Vec::new()
             },
+            checkpoints: located.disk.checkpoints.clone(),
         };
         let node_id = located.node.id.as_str();
         // A pool the domain's node does not reach can never be chosen, so only
@@ -311,4 +348,13 @@ impl ControllerService {
 /// the layers a pool lacks).
 pub(super) fn shallow(options: Option<&proto::MigrationOptions>) -> bool {
     options.is_some_and(|o| o.chain_policy == proto::ChainPolicy::Shallow as i32)
+}
+
+/// `result`, its error also recorded as `span`'s status.
+fn spanned<T>(span: &tracing::Span, result: Result<T, Status>) -> Result<T, Status> {
+    if let Err(status) = &result {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", status.message());
+    }
+    result
 }

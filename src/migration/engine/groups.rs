@@ -45,7 +45,7 @@ impl Engine {
             }
         }
         self.room_for(requests.len())?;
-        let planned = tokio::task::spawn_blocking({
+        let planned = super::blocking({
             let hv = self.inner.hv.clone();
             let requests = requests.clone();
             move || {
@@ -104,11 +104,10 @@ impl Engine {
         );
         self.register_group(&req, &group)?;
         let journal = self.inner.journal.clone();
-        let saved =
-            tokio::task::spawn_blocking(move || records.iter().try_for_each(|r| journal.save(r)))
-                .await
-                .map_err(|e| Error::Journal(e.to_string()))
-                .and_then(|r| r.map_err(Error::Journal));
+        let saved = super::blocking(move || records.iter().try_for_each(|r| journal.save(r)))
+            .await
+            .map_err(|e| Error::Journal(e.to_string()))
+            .and_then(|r| r.map_err(Error::Journal));
         if let Err(e) = saved {
             self.unregister_group(&group);
             for id in &ids {

@@ -1,0 +1,592 @@
+//! End-to-end: volmig installed the way operators install it.
+//!
+//! The Debian package is built from the binary the tests already built
+//! (`deploy/debian/build-deb.sh --binary`), installed with `dpkg -i`, checked
+//! (files, user, group, conffiles, units), and its controller and node are
+//! started as their units would start them ([`harness::unit`]): first with
+//! the packaged configuration, then with README's single-host lines added,
+//! and a writing guest's disk is migrated through both with no lost record.
+//! The package is purged at the end, also when the test fails, and the purge
+//! is checked.
+//!
+//! The other tests here check what the package and the manifests ship
+//! without installing them: completions, man pages, `--print-config`,
+//! unknown keys, the health-only listener, the Kubernetes manifests.
+
+mod harness;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::checks::assert_on_destination;
+use harness::node;
+use harness::unit::{gid_of, one, unit_settings, UnitService};
+use harness::{DirPool, Guest, Pool};
+use volmig::config::{ControllerConfig, NodeConfig};
+use volmig::proto;
+
+const MIB: u64 = 1 << 20;
+const BOOT: Duration = Duration::from_secs(120);
+const NODE_UNIT: &str = "/usr/lib/systemd/system/volmig-node.service";
+const CONTROLLER_UNIT: &str = "/usr/lib/systemd/system/volmig-controller.service";
+/// Exposure scores (`systemd-analyze security`) the units must stay at or
+/// below: what they measured when written (node 2.x: root, host network and
+/// pools; controller 1.x), with a little room.
+const NODE_MAX_EXPOSURE: f64 = 3.0;
+const CONTROLLER_MAX_EXPOSURE: f64 = 1.5;
+
+/// `dpkg ARGS`, waiting up to 5 minutes while another package manager holds
+/// dpkg's lock (dpkg itself gives up at once).
+fn dpkg(args: &[&str]) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        match harness::run("dpkg", args) {
+            Err(e) if e.contains("lock") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Appends `line` to a configuration file, as an operator editing it would.
+fn append_line(path: &str, line: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    writeln!(file, "{line}").unwrap_or_else(|e| panic!("{path}: {e}"));
+}
+
+/// The package installed for the test; purged when dropped, whatever happened.
+struct Installed {
+    /// `/var/lib/volmig` did not exist before: the test removes what the node left there.
+    remove_state: bool,
+}
+
+impl Installed {
+    fn install(deb: &Path) -> Installed {
+        // A run that crashed before its purge left the package behind.
+        let _ = dpkg(&["--purge", "volmig"]);
+        let remove_state = !Path::new("/var/lib/volmig").exists();
+        let installed = Installed { remove_state };
+        dpkg(&["-i", &deb.to_string_lossy()]).unwrap_or_else(|e| panic!("{e}"));
+        installed
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if let Err(e) = dpkg(&["--purge", "volmig"]) {
+            eprintln!("package test: purge failed: {e}");
+        }
+        let _ = std::fs::remove_dir_all("/run/volmig");
+        let _ = std::fs::remove_dir_all("/run/volmig-controller");
+        if self.remove_state {
+            let _ = std::fs::remove_dir_all("/var/lib/volmig");
+        }
+    }
+}
+
+/// The overall exposure `systemd-analyze security --offline=true` gives a unit.
+fn exposure(unit: &str) -> f64 {
+    let out = harness::run_ok("systemd-analyze", &["security", "--offline=true", unit]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level in:\n{out}"));
+    let score = line
+        .rsplit(':')
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {line:?}"));
+    eprintln!("{line}");
+    score
+}
+
+fn check_installed_files(deb: &Path) {
+    let fields = harness::run_ok("dpkg-deb", &["-f", &deb.to_string_lossy(), "Depends"]);
+    for dep in ["libvirt0", "qemu-utils", "adduser"] {
+        assert!(fields.contains(dep), "Depends lacks {dep}: {fields}");
+    }
+    for path in [
+        "/usr/bin/volmig",
+        NODE_UNIT,
+        CONTROLLER_UNIT,
+        "/etc/volmig/node.toml",
+        "/etc/volmig/controller.toml",
+        "/usr/share/bash-completion/completions/volmig",
+        "/usr/share/zsh/vendor-completions/_volmig",
+        "/usr/share/fish/vendor_completions.d/volmig.fish",
+        "/usr/share/man/man1/volmig.1.gz",
+        "/usr/share/man/man1/volmig-node.1.gz",
+        "/usr/share/man/man1/volmig-controller.1.gz",
+    ] {
+        let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(meta.len() > 0, "{path} is empty");
+    }
+    let man = harness::run_ok("zcat", &["/usr/share/man/man1/volmig-node.1.gz"]);
+    assert!(
+        man.contains(".TH") && man.contains("print\\-config"),
+        "{man}"
+    );
+    let complete = harness::run_ok(
+        "bash",
+        &[
+            "-c",
+            "source /usr/share/bash-completion/completions/volmig && complete -p volmig",
+        ],
+    );
+    assert!(complete.contains("volmig"), "{complete}");
+
+    let conffiles = harness::run_ok("dpkg-query", &["-W", "-f=${Conffiles}", "volmig"]);
+    for f in ["/etc/volmig/node.toml", "/etc/volmig/controller.toml"] {
+        assert!(conffiles.contains(f), "{f} is not a conffile: {conffiles}");
+    }
+    // The conffiles name every key and set none.
+    let node = std::fs::read_to_string("/etc/volmig/node.toml").expect("node.toml");
+    assert!(node.lines().all(|l| l.is_empty() || l.starts_with('#')));
+    assert!(
+        node.contains("# listen = \"unix:///run/volmig/node.sock\""),
+        "{node}"
+    );
+    let parsed: NodeConfig = toml::from_str(&node).expect("node.toml parses");
+    assert_eq!(parsed, NodeConfig::default());
+    let controller = std::fs::read_to_string("/etc/volmig/controller.toml").expect("controller");
+    let parsed: ControllerConfig = toml::from_str(&controller).expect("controller.toml parses");
+    assert_eq!(parsed, ControllerConfig::default());
+
+    let user = harness::run_ok("getent", &["passwd", "volmig"]);
+    let fields: Vec<&str> = user.trim().split(':').collect();
+    assert_eq!(
+        fields.get(3).copied(),
+        Some(gid_of("volmig").to_string().as_str())
+    );
+    assert_eq!(fields.get(6).copied(), Some("/usr/sbin/nologin"), "{user}");
+    let uid: u32 = fields[2].parse().expect("uid");
+    assert!(uid < 1000, "a system user: {user}");
+}
+
+fn check_units() {
+    for unit in [NODE_UNIT, CONTROLLER_UNIT] {
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no", unit])
+            .output()
+            .expect("systemd-analyze verify");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{unit}: {stderr}");
+        assert!(
+            !stderr.contains("volmig"),
+            "systemd-analyze verify complains about {unit}: {stderr}"
+        );
+    }
+    let node = exposure(NODE_UNIT);
+    let controller = exposure(CONTROLLER_UNIT);
+    assert!(node <= NODE_MAX_EXPOSURE, "node exposure {node}");
+    assert!(
+        controller <= CONTROLLER_MAX_EXPOSURE,
+        "controller exposure {controller}"
+    );
+    let unit = unit_settings(CONTROLLER_UNIT);
+    assert_eq!(one(&unit, "User"), "volmig");
+    assert_eq!(one(&unit, "CapabilityBoundingSet"), "");
+    let unit = unit_settings(NODE_UNIT);
+    assert_eq!(
+        one(&unit, "ExecStart"),
+        "/usr/bin/volmig node --config /etc/volmig/node.toml"
+    );
+    assert!(one(&unit, "Requires").contains("libvirtd.service"));
+    assert!(one(&unit, "After").contains("libvirtd.service"));
+    assert_eq!(one(&unit, "Restart"), "on-failure");
+}
+
+/// Every file the package installed is gone, and so are the unit's enablement
+/// links; the documented state (`/var/lib/volmig`), the user and the group stay.
+fn check_purged(files: &[String]) {
+    dpkg(&["--purge", "volmig"]).unwrap_or_else(|e| panic!("{e}"));
+    let status = harness::run("dpkg-query", &["-W", "-f=${db:Status-Status}", "volmig"]);
+    assert!(
+        status
+            .as_deref()
+            .map_or(true, |s| s.trim() == "not-installed"),
+        "{status:?}"
+    );
+    for f in files {
+        let p = Path::new(f);
+        if p.is_file() || (p.is_dir() && f.contains("volmig")) {
+            panic!("{f} is still there after purge");
+        }
+    }
+    assert!(!Path::new("/etc/volmig").exists());
+    let leftovers = harness::run_ok(
+        "find",
+        &[
+            "/etc/systemd",
+            "/var/lib/systemd/deb-systemd-helper-enabled",
+            "-name",
+            "*volmig*",
+        ],
+    );
+    assert!(leftovers.trim().is_empty(), "left after purge: {leftovers}");
+    assert!(
+        Path::new("/var/lib/volmig/node").is_dir(),
+        "the journal stays"
+    );
+    harness::run_ok("getent", &["passwd", "volmig"]);
+    harness::run_ok("getent", &["group", "volmig"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn debian_package_installs_runs_a_migration_as_its_unit_and_purges_clean() {
+    harness::prepare();
+    let script = harness::repo_root().join("deploy/debian/build-deb.sh");
+    let started = Instant::now();
+    let out = harness::run_ok(
+        "bash",
+        &[
+            &script.to_string_lossy(),
+            "--binary",
+            env!("CARGO_BIN_EXE_volmig"),
+            "--fast",
+        ],
+    );
+    let deb = PathBuf::from(out.lines().last().expect("deb path").trim());
+    eprintln!(
+        "package built in {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        deb.display()
+    );
+
+    let src = DirPool::new("pk-src");
+    let dst = DirPool::new("pk-dst");
+    let guest = Guest::start("pk-guest", &src, "qcow2", 64 * MIB);
+    let work = harness::make_dir(&harness::unique_name("pk-node"));
+
+    let installed = Installed::install(&deb);
+    let uid_before = harness::run_ok("id", &["-u", "volmig"]);
+    // Installing again runs the maintainer scripts over an existing user and group.
+    dpkg(&["-i", &deb.to_string_lossy()]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(harness::run_ok("id", &["-u", "volmig"]), uid_before);
+    check_installed_files(&deb);
+    check_units();
+    let files: Vec<String> = harness::run_ok("dpkg", &["-L", "volmig"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+
+    // The controller as its unit runs it: unprivileged, no capabilities.
+    let mut controller = UnitService::start(
+        CONTROLLER_UNIT,
+        work.join("controller-default.log"),
+        |log| log.contains("controller listening"),
+    );
+    let channel = volmig::api::client::connect("http://127.0.0.1:7450")
+        .await
+        .expect("connect to the unit's controller");
+    let serving = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "volmig.v1.Controller".into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("health: {s:?}\n{}", controller.log()))
+        .into_inner();
+    assert_eq!(serving.status, 1, "SERVING");
+    controller.stop();
+    drop(controller);
+    assert!(Path::new("/var/lib/volmig/controller").is_dir());
+
+    // Listening is logged once the socket has its mode and group.
+    let node_ready = |log: &str| log.contains("node listening");
+    // The node with the packaged configuration (every key at its default).
+    let node = UnitService::start(NODE_UNIT, work.join("node-default.log"), node_ready);
+    let socket = std::fs::metadata("/run/volmig/node.sock").expect("socket");
+    assert_eq!(socket.mode() & 0o777, 0o660);
+    assert_eq!(socket.gid(), gid_of("volmig"));
+    let channel = volmig::api::client::connect("unix:///run/volmig/node.sock")
+        .await
+        .expect("connect to the unit's node");
+    let pools = proto::node_client::NodeClient::new(channel)
+        .list_pools(proto::ListPoolsRequest {})
+        .await
+        .unwrap_or_else(|s| panic!("ListPools: {s:?}\n{}", node.log()))
+        .into_inner()
+        .pools;
+    assert!(pools.iter().any(|p| p.name == dst.name()), "{pools:?}");
+    drop(node);
+
+    // README's single-host set-up: the controller on its unix socket, the
+    // node registering there; the migration goes through both.
+    let controller_socket = "unix:///run/volmig-controller/controller.sock";
+    append_line(
+        "/etc/volmig/controller.toml",
+        &format!("listen = \"{controller_socket}\""),
+    );
+    append_line(
+        "/etc/volmig/node.toml",
+        &format!("controller = \"{controller_socket}\""),
+    );
+    let controller = UnitService::start(CONTROLLER_UNIT, work.join("controller.log"), |log| {
+        log.contains("controller listening")
+    });
+    let node = UnitService::start(NODE_UNIT, work.join("node.log"), node_ready);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let hostname = hostname.trim();
+    let channel = volmig::api::client::connect(controller_socket)
+        .await
+        .expect("connect to the unit's controller");
+    let mut client = proto::controller_client::ControllerClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes = client
+            .list_nodes(proto::ListNodesRequest {})
+            .await
+            .map(|r| r.into_inner().nodes)
+            .unwrap_or_default();
+        if nodes
+            .iter()
+            .any(|n| n.node_id == hostname && n.state == proto::NodeState::Up as i32)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not register: {nodes:?}\n{}\n{}",
+            node.log(),
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let before = guest.wait_writing(20, BOOT);
+    let stream = client
+        .migrate_volume(node::request(guest.name(), "vda", dst.name()))
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "MigrateVolume refused: {s:?}\n{}\n{}",
+                controller.log(),
+                node.log()
+            )
+        })
+        .into_inner();
+    let events = node::collect(stream)
+        .await
+        .unwrap_or_else(|s| panic!("migration stream: {s:?}\n{}", node.log()));
+    node::assert_terminal(&events, proto::Phase::Completed);
+    let result = node::result_of(&events);
+    assert_on_destination(&guest, "vda", &result);
+    // The default node id is the host name.
+    assert_eq!(events[0].node_id, hostname);
+    let journal = std::fs::read_dir("/var/lib/volmig/node/migrations")
+        .expect("the journal is in the StateDirectory")
+        .count();
+    assert!(journal > 0);
+    let history = std::fs::read_to_string("/var/lib/volmig/controller/history.jsonl")
+        .expect("the history is in the controller's StateDirectory");
+    assert!(history.contains(&events[0].migration_id));
+    guest.wait_writing(before + 20, BOOT);
+    drop(node);
+    drop(controller);
+
+    guest.cold_restart();
+    guest.wait_writing(20, BOOT);
+    guest.verify_data();
+
+    check_purged(&files);
+    drop(installed);
+    harness::remove_dir_noisy(&work);
+}
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = harness::volmig(&["completions", shell], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.len() > 1000 && out.contains("print-config"),
+            "{shell}: {out}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, _, err) = harness::volmig(&["man", &dir.path().to_string_lossy()], &[]);
+    assert_eq!(code, 0, "{err}");
+    for page in [
+        "volmig.1",
+        "volmig-node.1",
+        "volmig-controller.1",
+        "volmig-migrate.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).expect(page);
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+    }
+}
+
+#[test]
+fn print_config_parses_back_and_unknown_keys_are_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "node_id = \"kvm7\"\nmax_concurrent_migrations = 2\n[[tokens]]\nname = \"ci\"\nrole = \"viewer\"\nsha256 = \"00\"\n",
+    )
+    .expect("write");
+    let file_arg = file.to_string_lossy().into_owned();
+    let (code, out, err) = harness::volmig(
+        &["node", "--config", &file_arg, "--print-config"],
+        &[("VOLMIG_NODE_LISTEN", "127.0.0.1:7999")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let printed: NodeConfig = toml::from_str(&out).expect("printed config parses");
+    let mut want: NodeConfig = volmig::config::load(Some(&file)).expect("load");
+    want.listen = "127.0.0.1:7999".into();
+    assert_eq!(printed, want, "{out}");
+
+    let (code, out, err) = harness::volmig(&["controller", "--print-config"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let printed: ControllerConfig = toml::from_str(&out).expect("printed config parses");
+    assert_eq!(printed, ControllerConfig::default());
+
+    std::fs::write(&file, "node_id = \"kvm7\"\nlisten_on = \"x\"\n").expect("write");
+    let (code, _, err) = harness::volmig(&["node", "--config", &file_arg, "--print-config"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("listen_on") && err.contains(&file_arg),
+        "{err}"
+    );
+}
+
+#[test]
+fn kubernetes_manifests_render_and_validate_against_kubernetes_1_30() {
+    harness::ensure_host();
+    let k8s = harness::repo_root().join("deploy/k8s");
+    let rendered = harness::run_ok("kubectl", &["kustomize", &k8s.to_string_lossy()]);
+    let mut kinds: Vec<&str> = rendered
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "ConfigMap",
+            "DaemonSet",
+            "Deployment",
+            "Namespace",
+            "PersistentVolumeClaim",
+            "PodDisruptionBudget",
+            "PodDisruptionBudget",
+            "Service"
+        ]
+    );
+    for want in [
+        "fieldPath: spec.nodeName",
+        "path: /run/libvirt/libvirt-sock",
+        "path: /run/volmig",
+        "secretName: volmig-controller-tls",
+    ] {
+        assert!(
+            rendered.contains(want),
+            "{want:?} missing from:\n{rendered}"
+        );
+    }
+    // Native gRPC probes: liveness and readiness of both pods, on the health ports.
+    let probes: Vec<&str> = rendered
+        .split("grpc:\n")
+        .skip(1)
+        .filter_map(|rest| rest.lines().next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        probes,
+        ["port: 7460", "port: 7460", "port: 7461", "port: 7461"],
+        "{rendered}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("volmig.yaml");
+    std::fs::write(&file, &rendered).expect("write");
+    let out = harness::run_ok(
+        "/var/tmp/volmig-k8s-venv/bin/kubernetes-validate",
+        &["--strict", "-k", "1.30.0", &file.to_string_lossy()],
+    );
+    assert_eq!(
+        out.matches("passed for resource").count(),
+        kinds.len(),
+        "{out}"
+    );
+    // The configurations the pods mount are valid for the binary they run.
+    volmig::config::load::<NodeConfig>(Some(&k8s.join("node.toml"))).expect("node.toml");
+    volmig::config::load::<ControllerConfig>(Some(&k8s.join("controller.toml")))
+        .expect("controller.toml");
+}
+
+#[tokio::test]
+async fn health_listen_serves_only_the_health_service_in_plaintext() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = dir.path().join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"unix://{dir}/controller.sock\"\nhealth_listen = \"127.0.0.1:{port}\"\nstate_dir = \"{dir}/state\"\n",
+            dir = dir.path().display()
+        ),
+    )
+    .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volmig"))
+        .args(["controller", "--config", &config.to_string_lossy()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start controller");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "health port: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "volmig.v1.Controller"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("Check({service:?}): {s:?}"))
+            .into_inner();
+        assert_eq!(reply.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    // Nothing but health answers there.
+    let mut controller = proto::controller_client::ControllerClient::new(channel);
+    let refused = controller
+        .list_nodes(proto::ListNodesRequest::default())
+        .await
+        .expect_err("the controller's API is not on the health port");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
