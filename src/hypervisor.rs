@@ -130,12 +130,25 @@ pub struct DiskSpec {
     pub source: Option<DiskSource>,
     /// Number of images below the top one that libvirt knows about.
     pub backing_depth: u32,
+    /// The images below the top one as the definition shows them, nearest
+    /// first (the live definition lists the whole chain; a persistent one
+    /// often none, libvirt probes it at start).
+    pub backing: Vec<BackingLayer>,
     /// `<readonly/>` present.
     pub read_only: bool,
     /// `<shareable/>` present.
     pub shareable: bool,
     /// A block job mirror is attached (`<mirror>`), with its `ready` attribute.
     pub mirror: Option<MirrorState>,
+}
+
+/// One read-only image of a disk's backing chain, as a `<backingStore>` names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackingLayer {
+    /// Where the image is.
+    pub source: DiskSource,
+    /// `<format type=…>`; `None` when absent.
+    pub format: Option<String>,
 }
 
 /// The `<mirror>` element libvirt shows on a disk during a block copy.
@@ -460,6 +473,51 @@ pub struct NewVolume {
     pub capacity: u64,
     /// Format; file pools honour it, block and rbd pools are raw.
     pub format: ImageFormat,
+    /// A qcow2 volume's backing image (absolute path, format); file pools only.
+    pub backing: Option<(String, ImageFormat)>,
+}
+
+/// What `qemu-img info` says of one image (not its chain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Format of the image itself.
+    pub format: String,
+    /// Virtual size, bytes.
+    pub virtual_size: u64,
+    /// Bytes the image file spends on its storage.
+    pub actual_size: u64,
+    /// Its backing image, resolved to an absolute path, if any.
+    pub backing: Option<String>,
+    /// Format recorded for the backing image, if any.
+    pub backing_format: Option<String>,
+}
+
+/// How a libvirt snapshot captured one disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotDiskMode {
+    /// A new overlay file was started (`snapshot='external'`).
+    External,
+    /// Inside the qcow2 image (`snapshot='internal'`).
+    Internal,
+    /// Not captured (`snapshot='no'`).
+    No,
+}
+
+/// One libvirt snapshot, as far as a disk migration cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotSpec {
+    /// Snapshot name.
+    pub name: String,
+    /// libvirt's `<state>`: `disk-snapshot` for disk-only, a run state when
+    /// memory was saved too.
+    pub state: String,
+    /// Memory saved, internally or to a file.
+    pub has_memory: bool,
+    /// Each disk the snapshot lists, by target, with how it was captured.
+    pub disks: Vec<(String, SnapshotDiskMode)>,
+    /// Every image path the snapshot's metadata names (its overlays, and the
+    /// disks and backing chains of the domain definitions it stores).
+    pub images: Vec<String>,
 }
 
 /// A block job as libvirt reports it.
@@ -615,13 +673,16 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// `pool/image`): disks of any domain, running or only defined, as source or
     /// backing file, and volumes in any active pool backed by it.
     fn volume_users(&self, path: &str) -> Result<Vec<VolumeUser>, HvError>;
-    /// Starts a block copy of `disk` to `dest` (which must already exist).
+    /// Starts a block copy of `disk` to `dest` (which must already exist);
+    /// `backing` is the chain below `dest` (nearest first) for a shallow copy,
+    /// empty for a flattening one.
     fn block_copy(
         &self,
         domain: &str,
         disk: &str,
         dest: &DiskSource,
         format: ImageFormat,
+        backing: &[BackingLayer],
         options: CopyOptions,
     ) -> Result<(), HvError>;
     /// The block job on `disk`, if any.
@@ -630,13 +691,15 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn block_job_abort(&self, domain: &str, disk: &str, pivot: bool) -> Result<(), HvError>;
     /// Changes the block job's bandwidth (bytes/s, 0 = unlimited).
     fn block_job_set_speed(&self, domain: &str, disk: &str, bandwidth: u64) -> Result<(), HvError>;
-    /// Rewrites the persistent definition of `disk` to use `source`.
+    /// Rewrites the persistent definition of `disk` to use `source` over the
+    /// backing chain `backing` (nearest first; empty: no backing file).
     fn update_persistent_disk(
         &self,
         domain: &str,
         disk: &str,
         source: &DiskSource,
         format: ImageFormat,
+        backing: &[BackingLayer],
     ) -> Result<(), HvError>;
     /// The domain's checkpoints, with the dirty bytes of each covered disk
     /// (the domain must be running for those).
@@ -662,4 +725,34 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn allocated_bytes(&self, source: &DiskSource) -> Result<u64, HvError>;
     /// The virtual size of a running disk as QEMU sees it.
     fn disk_capacity(&self, domain: &str, disk: &str) -> Result<u64, HvError>;
+    /// Header facts of the image at a path (read-shared: the guest may hold it).
+    fn image_info(&self, path: &str) -> Result<ImageInfo, HvError>;
+    /// Whether two images (each with its backing chain) hold the same guest-visible
+    /// contents, byte for byte (`qemu-img compare`).
+    fn images_equal(
+        &self,
+        a: &str,
+        a_format: ImageFormat,
+        b: &str,
+        b_format: ImageFormat,
+    ) -> Result<bool, HvError>;
+    /// Makes the file volume `dest` (created empty by volmig) an exact copy of the
+    /// read-only image at `source`, cluster for cluster, then points its backing
+    /// link at `backing` (path, format), or at none.
+    fn copy_layer(
+        &self,
+        source: &str,
+        dest: &VolumeIdentity,
+        backing: Option<(&str, ImageFormat)>,
+    ) -> Result<(), HvError>;
+    /// The domain's libvirt snapshots.
+    fn snapshots(&self, domain: &str) -> Result<Vec<SnapshotSpec>, HvError>;
+    /// Redefines every snapshot of the domain (parents first, the current one
+    /// kept current) with each image path of `renames` (old, new) replaced, so
+    /// the metadata follows a chain that moved. Returns how many were redefined.
+    fn redefine_snapshots(
+        &self,
+        domain: &str,
+        renames: &[(String, String)],
+    ) -> Result<u32, HvError>;
 }

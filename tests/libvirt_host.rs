@@ -78,6 +78,7 @@ fn deletes_a_volume_only_while_it_is_the_one_created() {
         name: "owned.raw".into(),
         capacity: MIB,
         format: ImageFormat::Raw,
+        backing: None,
     };
     let first = host.create_volume(pool.name(), &new).expect("create");
     let identity = first.identity();
@@ -155,6 +156,7 @@ fn creates_and_deletes_volumes_without_preallocation() {
                 name: "exact.qcow2".into(),
                 capacity: 67_108_864 + 512,
                 format: ImageFormat::Qcow2,
+                backing: None,
             },
         )
         .expect("create");
@@ -170,6 +172,7 @@ fn creates_and_deletes_volumes_without_preallocation() {
                 name: "exact.qcow2".into(),
                 capacity: MIB,
                 format: ImageFormat::Raw,
+                backing: None,
             },
         ),
         Err(HvError::VolumeExists(_)) | Err(HvError::Failed { .. })
@@ -207,6 +210,7 @@ fn block_job_calls_copy_throttle_and_abort_without_pivot() {
                 name: "copy.raw".into(),
                 capacity: 32 * MIB,
                 format: ImageFormat::Raw,
+                backing: None,
             },
         )
         .expect("create");
@@ -216,6 +220,7 @@ fn block_job_calls_copy_throttle_and_abort_without_pivot() {
         "vdb",
         &dest_source,
         ImageFormat::Raw,
+        &[],
         CopyOptions {
             bandwidth: 2 * MIB,
             ..Default::default()
@@ -248,6 +253,7 @@ fn block_job_calls_copy_throttle_and_abort_without_pivot() {
             "vdb",
             &DiskSource::File { path: "/x".into() },
             ImageFormat::Raw,
+            &[],
             CopyOptions::default()
         ),
         Err(HvError::InvalidState(_))

@@ -502,6 +502,17 @@ fn disk_to_proto(d: &DiskView) -> proto::Disk {
         read_only: d.spec.read_only,
         shareable: d.spec.shareable,
         migration_id: d.migration_id.clone().unwrap_or_default(),
+        backing_layers: d
+            .layers
+            .iter()
+            .map(|l| proto::BackingLayer {
+                source: l.source.clone(),
+                volume: l.volume.clone(),
+                capacity_bytes: l.capacity,
+                allocation_bytes: l.allocation,
+                present_in_pools: l.present_in_pools.clone(),
+            })
+            .collect(),
         checkpoints: d.checkpoints.clone(),
     }
 }

@@ -518,6 +518,7 @@ mod tests {
                 read_only: true,
                 shareable: true,
                 migration_id: "m1".into(),
+                backing_layers: Vec::new(),
                 checkpoints: vec!["daily".into(), "hourly".into()],
             }],
         };

@@ -140,6 +140,7 @@ mod tests {
             allocation,
             requested_format: None,
             required_tags: Vec::new(),
+            shallow_layers: Vec::new(),
             checkpoints: Vec::new(),
         }
     }

@@ -134,8 +134,21 @@ pub struct DiskToPlace {
     pub requested_format: Option<ImageFormat>,
     /// Tags the destination pool must all carry.
     pub required_tags: Vec<String>,
+    /// Chain policy SHALLOW: the disk's backing layers, which the destination
+    /// needs too unless it already holds them. Empty when the chain is
+    /// flattened or there is none.
+    pub shallow_layers: Vec<LayerToPlace>,
     /// Checkpoints whose dirty bitmaps live in the disk (qcow2 only can hold them).
     pub checkpoints: Vec<String>,
+}
+
+/// One backing layer of a disk migrated SHALLOW.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerToPlace {
+    /// Bytes its copy would spend.
+    pub allocation: u64,
+    /// Pools (by name on the domain's node) that already hold it.
+    pub present_in: Vec<String>,
 }
 
 /// A placement rule; [`Rule::ALL`] is the order in which they are applied.
@@ -362,11 +375,19 @@ impl<'a> Candidate<'a> {
         let kind = pool_disk_kind(&pool.pool_type);
         // A type volmig cannot write to is rejected before space is
         // considered; counting it thick keeps `needed` total.
+        // SHALLOW: the top's allocation plus every layer the pool lacks.
+        let layers: u64 = disk
+            .shallow_layers
+            .iter()
+            .filter(|l| !l.present_in.contains(&pool.name))
+            .map(|l| l.allocation)
+            .sum();
         let needed = space_needed(
             kind.unwrap_or(DiskKind::Block),
             disk.virtual_size,
             disk.allocation,
-        );
+        )
+        .saturating_add(layers);
         Candidate {
             disk,
             pool,
@@ -378,6 +399,9 @@ impl<'a> Candidate<'a> {
 
     /// Why `needed` is what it is, for reasons about space.
     fn needed_basis(&self) -> &'static str {
+        if !self.disk.shallow_layers.is_empty() {
+            return "the top image's allocation plus the backing layers the pool does not hold yet (SHALLOW)";
+        }
         match self.kind {
             Some(DiskKind::File) => "the disk's allocation: file pools keep the copy sparse",
             Some(DiskKind::Network) => "the disk's allocation: rbd images stay thin",
@@ -433,6 +457,14 @@ fn incompatible_type(c: &Candidate<'_>) -> Result<(), String> {
 
 fn incompatible_format(c: &Candidate<'_>) -> Result<(), String> {
     let raw_only = matches!(c.kind, Some(DiskKind::Block | DiskKind::Network));
+    if !c.disk.shallow_layers.is_empty()
+        && (raw_only || c.disk.requested_format == Some(ImageFormat::Raw))
+    {
+        return Err(format!(
+            "chain policy SHALLOW keeps a qcow2 chain of files, and pool '{}' (type '{}') would hold a raw volume; choose a dir, fs or netfs pool, or FLATTEN",
+            c.pool.name, c.pool.pool_type
+        ));
+    }
     if raw_only && c.disk.requested_format == Some(ImageFormat::Qcow2) {
         return Err(format!(
             "qcow2 was requested, but pool '{}' is of type '{}', which holds raw volumes only; ask for raw or leave the format unset",
@@ -593,6 +625,7 @@ mod tests {
             allocation: 8 * GIB,
             requested_format: None,
             required_tags: Vec::new(),
+            shallow_layers: Vec::new(),
             checkpoints: Vec::new(),
         }
     }
@@ -672,6 +705,20 @@ mod tests {
                     ..pool()
                 },
                 ..case(Rule::IncompatibleType, &["type 'zfs'", "supported: dir"])
+            },
+            Case {
+                disk: DiskToPlace {
+                    shallow_layers: vec![LayerToPlace {
+                        allocation: GIB,
+                        present_in: Vec::new(),
+                    }],
+                    ..disk()
+                },
+                pool: PoolCandidate {
+                    pool_type: "rbd".to_string(),
+                    ..pool()
+                },
+                ..case(Rule::IncompatibleFormat, &["SHALLOW", "'rbd'"])
             },
             Case {
                 disk: DiskToPlace {
@@ -897,6 +944,23 @@ mod tests {
                 "{thick}"
             );
         }
+    }
+
+    #[test]
+    fn shallow_needs_the_top_plus_the_layers_a_pool_lacks() {
+        let with_template = named("has", pool());
+        let without = named("lacks", pool());
+        let disk = DiskToPlace {
+            shallow_layers: vec![LayerToPlace {
+                allocation: 30 * GIB,
+                present_in: vec![with_template.name.clone()],
+            }],
+            ..disk()
+        };
+        let planned = plan(&disk, &[with_template, without], |_| PoolPolicy::default());
+        // 60 GiB free: the 8 GiB top alone where the template is, 38 GiB elsewhere.
+        assert_eq!(fit(&planned, "has").map(|f| f.free_after), Some(52 * GIB));
+        assert_eq!(fit(&planned, "lacks").map(|f| f.free_after), Some(22 * GIB));
     }
 
     #[test]
@@ -1132,6 +1196,7 @@ mod tests {
                     allocation: allocation * GIB / 2,
                     requested_format,
                     required_tags: strings(tags),
+                    shallow_layers: Vec::new(),
                     checkpoints: Vec::new(),
                 },
             )

@@ -69,7 +69,8 @@ pub fn retarget_checkpoint(
         });
     if let Some(disk) = disk {
         let old = std::mem::replace(disk, Element::new("disk"));
-        *disk = retarget_disk(old, source, format);
+        // Flattened: SHALLOW copies of disks with checkpoints are refused.
+        *disk = retarget_disk(old, source, format, &[]);
     }
     Ok(root.to_xml())
 }

@@ -5,7 +5,9 @@
 //! the domain itself are escaped on the way out.
 
 use super::xml_tree::{self, Element};
-use crate::hypervisor::{CephAuth, CephHost, DiskSource, DiskSpec, ImageFormat, MirrorState};
+use crate::hypervisor::{
+    BackingLayer, CephAuth, CephHost, DiskSource, DiskSpec, ImageFormat, MirrorState,
+};
 
 /// Parses every `<disk>` under `<devices>`.
 pub fn parse_disks(domain_xml: &str) -> Result<Vec<DiskSpec>, String> {
@@ -82,13 +84,19 @@ pub fn find_disk(domain_xml: &str, target: &str) -> Result<Option<Element>, Stri
 
 fn disk_spec(disk: &Element) -> Option<DiskSpec> {
     let target = disk.find(&["target"])?.attr("dev")?.to_string();
-    let mut backing_depth = 0;
+    let mut backing = Vec::new();
     let mut node = disk.child("backingStore");
     while let Some(bs) = node {
-        if bs.child("source").is_none() {
+        let Some(source) = source_of(bs) else {
             break;
-        }
-        backing_depth += 1;
+        };
+        backing.push(BackingLayer {
+            source,
+            format: bs
+                .child("format")
+                .and_then(|f| f.attr("type"))
+                .map(str::to_string),
+        });
         node = bs.child("backingStore");
     }
     let mirror = disk.child("mirror").map(|m| MirrorState {
@@ -103,7 +111,8 @@ fn disk_spec(disk: &Element) -> Option<DiskSpec> {
             .and_then(|d| d.attr("type"))
             .map(str::to_string),
         source: source_of(disk),
-        backing_depth,
+        backing_depth: backing.len() as u32,
+        backing,
         read_only: disk.child("readonly").is_some(),
         shareable: disk.child("shareable").is_some(),
         mirror,
@@ -216,22 +225,54 @@ pub fn source_element(source: &DiskSource) -> Element {
     }
 }
 
-/// The destination `<disk>` document passed to virDomainBlockCopy.
-pub fn copy_destination_xml(source: &DiskSource, format: ImageFormat) -> String {
-    Element::new("disk")
-        .with_attr("type", disk_type(source))
-        .with_child(source_element(source))
-        .with_child(Element::new("driver").with_attr("type", format.as_str()))
-        .to_xml()
+/// The `<backingStore>` element of a chain (nearest first), ending in an
+/// empty `<backingStore/>` that tells libvirt the chain ends there.
+fn backing_store(chain: &[BackingLayer]) -> Element {
+    let Some((first, rest)) = chain.split_first() else {
+        return Element::new("backingStore");
+    };
+    let mut el = Element::new("backingStore").with_attr("type", disk_type(&first.source));
+    if let Some(format) = &first.format {
+        el.children
+            .push(Element::new("format").with_attr("type", format.as_str()));
+    }
+    el.with_child(source_element(&first.source))
+        .with_child(backing_store(rest))
 }
 
-/// Rewrites a persistent `<disk>` so it points at `source`, keeping everything
-/// else (target, bus, address, cache settings) as it was. The backing chain is
-/// dropped because the destination was flattened.
-pub fn retarget_disk(mut disk: Element, source: &DiskSource, format: ImageFormat) -> Element {
+/// The destination `<disk>` document passed to virDomainBlockCopy; a shallow
+/// copy names the chain below it (nearest first), so libvirt opens exactly
+/// that chain instead of probing the image headers.
+pub fn copy_destination_xml(
+    source: &DiskSource,
+    format: ImageFormat,
+    backing: &[BackingLayer],
+) -> String {
+    let mut disk = Element::new("disk")
+        .with_attr("type", disk_type(source))
+        .with_child(source_element(source))
+        .with_child(Element::new("driver").with_attr("type", format.as_str()));
+    if !backing.is_empty() {
+        disk.children.push(backing_store(backing));
+    }
+    disk.to_xml()
+}
+
+/// Rewrites a persistent `<disk>` so it points at `source` over `backing`
+/// (nearest first; empty for a flattened destination, which has none), keeping
+/// everything else (target, bus, address, cache settings) as it was.
+pub fn retarget_disk(
+    mut disk: Element,
+    source: &DiskSource,
+    format: ImageFormat,
+    backing: &[BackingLayer],
+) -> Element {
     disk.set_attr("type", disk_type(source));
     disk.replace_child(source_element(source));
     disk.remove_children("backingStore");
+    if !backing.is_empty() {
+        disk.children.push(backing_store(backing));
+    }
     disk.remove_children("mirror");
     // An rbd disk may carry <auth> beside <source> (older syntax); the new source
     // carries its own, so a stale one must not survive.
@@ -341,6 +382,7 @@ mod tests {
                 slice_size: Some(268_435_456),
             },
             ImageFormat::Raw,
+            &[],
         );
         let el = xml_tree::parse(&xml).expect("parse");
         assert_eq!(el.attr("type"), Some("block"));
@@ -355,7 +397,7 @@ mod tests {
         let dest = DiskSource::File {
             path: "/pools/b/root.qcow2".into(),
         };
-        let new = retarget_disk(disk, &dest, ImageFormat::Qcow2);
+        let new = retarget_disk(disk, &dest, ImageFormat::Qcow2, &[]);
         let xml = new.to_xml();
         let spec = parse_disks(&format!("<domain><devices>{xml}</devices></domain>"))
             .expect("parse")
@@ -370,6 +412,36 @@ mod tests {
     }
 
     #[test]
+    fn shallow_destination_names_its_chain_and_parses_back() {
+        let layer = |p: &str| BackingLayer {
+            source: DiskSource::File { path: p.into() },
+            format: Some("qcow2".into()),
+        };
+        let chain = vec![layer("/b/d1.qcow2"), layer("/b/tmpl.qcow2")];
+        let top = DiskSource::File {
+            path: "/b/top.qcow2".into(),
+        };
+        let xml = copy_destination_xml(&top, ImageFormat::Qcow2, &chain);
+        let spec = parse_disks(&format!(
+            "<domain><devices>{}</devices></domain>",
+            xml_with_target(&xml)
+        ))
+        .expect("parse")
+        .remove(0);
+        assert_eq!(spec.backing, chain);
+        assert_eq!(spec.backing_depth, 2);
+        let disk = find_disk(DOMAIN, "vda").expect("parse").expect("vda");
+        let new = retarget_disk(disk, &top, ImageFormat::Qcow2, &chain);
+        let spec = parse_disks(&format!(
+            "<domain><devices>{}</devices></domain>",
+            new.to_xml()
+        ))
+        .expect("parse")
+        .remove(0);
+        assert_eq!(spec.backing, chain, "the old chain is replaced, not kept");
+    }
+
+    #[test]
     fn hostile_paths_stay_inside_their_attribute() {
         for evil in [
             "/x'/><source file='/etc/shadow",
@@ -378,7 +450,7 @@ mod tests {
             "]]><!--",
         ] {
             let src = DiskSource::File { path: evil.into() };
-            let xml = copy_destination_xml(&src, ImageFormat::Raw);
+            let xml = copy_destination_xml(&src, ImageFormat::Raw, &[]);
             let spec = parse_disks(&format!(
                 "<domain><devices>{}</devices></domain>",
                 xml_with_target(&xml)
@@ -418,7 +490,7 @@ mod tests {
                     DiskSource::File { path: path.clone() },
                     DiskSource::Block { path: path.clone(), slice_size: Some(size) },
                 ] {
-                    let xml = copy_destination_xml(&src, ImageFormat::Raw);
+                    let xml = copy_destination_xml(&src, ImageFormat::Raw, &[]);
                     let root = xml_tree::parse(&xml).expect("parses");
                     prop_assert_eq!(root.children.len(), 2, "{}", xml);
                     let disks = parse_disks(&with_target(&xml)).expect("parses");
@@ -442,7 +514,7 @@ mod tests {
                     hosts: vec![CephHost { name: host, port: Some(port) }],
                     auth: Some(CephAuth { username: user, secret_uuid: uuid }),
                 };
-                let xml = copy_destination_xml(&src, ImageFormat::Raw);
+                let xml = copy_destination_xml(&src, ImageFormat::Raw, &[]);
                 let disks = parse_disks(&with_target(&xml)).expect("parses");
                 prop_assert_eq!(disks[0].source.as_ref(), Some(&src));
             }
@@ -452,7 +524,7 @@ mod tests {
                 let disk = find_disk(DOMAIN, "vda").expect("parse").expect("vda");
                 let children_before = disk.children.len();
                 let src = DiskSource::File { path };
-                let new = retarget_disk(disk, &src, ImageFormat::Qcow2);
+                let new = retarget_disk(disk, &src, ImageFormat::Qcow2, &[]);
                 // <backingStore> and <mirror> go, nothing is added.
                 prop_assert_eq!(new.children.len(), children_before - 2);
                 let reparsed = xml_tree::parse(&new.to_xml()).expect("parses");

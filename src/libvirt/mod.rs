@@ -13,6 +13,7 @@ mod error;
 pub mod pool_xml;
 mod qemu_img;
 mod rbd;
+pub mod snapshot_xml;
 pub mod xml_tree;
 
 use std::path::PathBuf;
@@ -25,9 +26,10 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use crate::hypervisor::{
-    BlockJob, CallObserver, Checkpoint, CopyOptions, Definition, Deletion, DiskSource, DiskSpec,
-    DomainState, FileId, HostInfo, HvError, Hypervisor, ImageFormat, NewVolume, PoolRunState,
-    PoolSpec, VolumeIdentity, VolumeSpec, VolumeUser,
+    BackingLayer, BlockJob, CallObserver, Checkpoint, CopyOptions, Definition, Deletion,
+    DiskSource, DiskSpec, DomainState, FileId, HostInfo, HvError, Hypervisor, ImageFormat,
+    ImageInfo, NewVolume, PoolRunState, PoolSpec, SnapshotSpec, VolumeIdentity, VolumeSpec,
+    VolumeUser,
 };
 use blockjob::CallError;
 
@@ -561,9 +563,10 @@ impl Hypervisor for LibvirtHost {
         disk: &str,
         dest: &DiskSource,
         format: ImageFormat,
+        backing: &[BackingLayer],
         options: CopyOptions,
     ) -> Result<(), HvError> {
-        let dest_xml = domain_xml::copy_destination_xml(dest, format);
+        let dest_xml = domain_xml::copy_destination_xml(dest, format, backing);
         self.call("virDomainBlockCopy", domain, |c| {
             let dom = lookup_domain(c, domain)?;
             blockjob::block_copy(&dom, disk, &dest_xml, options)
@@ -594,6 +597,7 @@ impl Hypervisor for LibvirtHost {
         disk: &str,
         source: &DiskSource,
         format: ImageFormat,
+        backing: &[BackingLayer],
     ) -> Result<(), HvError> {
         let xml = self.domain_xml(domain, Definition::Persistent)?;
         let current = domain_xml::find_disk(&xml, disk)
@@ -602,7 +606,7 @@ impl Hypervisor for LibvirtHost {
                 domain: domain.to_string(),
                 disk: disk.to_string(),
             })?;
-        let new_xml = domain_xml::retarget_disk(current, source, format).to_xml();
+        let new_xml = domain_xml::retarget_disk(current, source, format, backing).to_xml();
         self.call("virDomainUpdateDeviceFlags", domain, |c| {
             let dom = lookup_domain(c, domain)?;
             dom.update_device_flags(&new_xml, sys::VIR_DOMAIN_AFFECT_CONFIG)?;
@@ -679,6 +683,88 @@ impl Hypervisor for LibvirtHost {
     fn disk_capacity(&self, domain: &str, disk: &str) -> Result<u64, HvError> {
         self.call("virDomainGetBlockInfo", domain, |c| {
             Ok(lookup_domain(c, domain)?.block_info(disk, 0)?.capacity)
+        })
+    }
+
+    fn image_info(&self, path: &str) -> Result<ImageInfo, HvError> {
+        qemu_img::image_info(path)
+    }
+
+    fn images_equal(
+        &self,
+        a: &str,
+        a_format: ImageFormat,
+        b: &str,
+        b_format: ImageFormat,
+    ) -> Result<bool, HvError> {
+        qemu_img::images_equal(a, a_format, b, b_format)
+    }
+
+    fn copy_layer(
+        &self,
+        source: &str,
+        dest: &VolumeIdentity,
+        backing: Option<(&str, ImageFormat)>,
+    ) -> Result<(), HvError> {
+        // Only into the very file volmig created: checked by identity first.
+        let vol = self.volume(&dest.pool, &dest.name)?;
+        if let Some(why) = dest.differs_from(&vol.identity()) {
+            return Err(HvError::InvalidState(format!(
+                "volume {} is not the one volmig created: {why}",
+                dest.display_name()
+            )));
+        }
+        let format = vol
+            .format
+            .as_deref()
+            .and_then(ImageFormat::parse)
+            .unwrap_or(ImageFormat::Raw);
+        qemu_img::copy_layer(source, &dest.path, format, backing)?;
+        // libvirt caches a volume's allocation until its pool is refreshed.
+        self.call("virStoragePoolRefresh", &dest.pool, |c| {
+            c.lookup_storage_pool_by_name(&dest.pool)?.refresh(0)?;
+            Ok(())
+        })
+    }
+
+    fn snapshots(&self, domain: &str) -> Result<Vec<SnapshotSpec>, HvError> {
+        self.call("virDomainListAllSnapshots", domain, |c| {
+            let dom = lookup_domain(c, domain)?;
+            let mut specs = Vec::new();
+            for snap in dom.list_all_snapshots(0)? {
+                let xml = snap.xml_desc(0)?;
+                specs.push(snapshot_xml::parse_snapshot(&xml).map_err(bad_xml)?);
+            }
+            Ok(specs)
+        })
+    }
+
+    fn redefine_snapshots(
+        &self,
+        domain: &str,
+        renames: &[(String, String)],
+    ) -> Result<u32, HvError> {
+        self.call("virDomainSnapshotCreateXML", domain, |c| {
+            let dom = lookup_domain(c, domain)?;
+            // Parents before children: a redefinition names its parent, which
+            // must already be defined with its own new paths.
+            let snapshots = dom.list_all_snapshots(sys::VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL)?;
+            let mut redefined = 0;
+            for snap in snapshots {
+                let current = snap.is_current(0)?;
+                let xml = snap.xml_desc(sys::VIR_DOMAIN_SNAPSHOT_XML_SECURE)?;
+                let new = snapshot_xml::rewrite_images(&xml, renames).map_err(bad_xml)?;
+                if new == xml {
+                    continue;
+                }
+                let mut flags = sys::VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE;
+                if current {
+                    flags |= sys::VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT;
+                }
+                dom.create_snapshot_xml(&new, flags)?;
+                redefined += 1;
+            }
+            Ok(redefined)
         })
     }
 }

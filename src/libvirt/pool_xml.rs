@@ -120,6 +120,13 @@ pub fn volume_xml(volume: &NewVolume, pool_type: &str) -> String {
             }
         }
         el.children.push(target);
+        if let Some((path, backing_format)) = &volume.backing {
+            el.children.push(
+                Element::new("backingStore")
+                    .with_child(Element::new("path").with_text(path.as_str()))
+                    .with_child(Element::new("format").with_attr("type", backing_format.as_str())),
+            );
+        }
     }
     el.to_xml()
 }
@@ -145,8 +152,13 @@ mod tests {
             name: "a<b>&'c".into(),
             capacity: 268_435_456,
             format: ImageFormat::Qcow2,
+            backing: Some(("/p/t'mpl".into(), ImageFormat::Raw)),
         };
         let xml = volume_xml(&vol, "dir");
+        assert_eq!(
+            parse_volume_backing(&xml).expect("parse").as_deref(),
+            Some("/p/t'mpl")
+        );
         let root = xml_tree::parse(&xml).expect("parse");
         assert_eq!(
             root.find(&["name"]).map(|n| n.text.as_str()),
@@ -176,7 +188,7 @@ mod tests {
         fn volume_names_cannot_break_out(name in "\\PC*", capacity in proptest::prelude::any::<u64>()) {
             // The reader trims text nodes (libvirt indents its documents).
             proptest::prop_assume!(name.trim() == name);
-            let vol = NewVolume { name: name.clone(), capacity, format: ImageFormat::Raw };
+            let vol = NewVolume { name: name.clone(), capacity, format: ImageFormat::Raw, backing: None };
             let root = xml_tree::parse(&volume_xml(&vol, "dir")).expect("parses");
             proptest::prop_assert_eq!(root.children.len(), 4);
             proptest::prop_assert_eq!(root.find(&["name"]).map(|n| n.text.clone()), Some(name));

@@ -13,7 +13,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::hypervisor::{
-    Definition, DiskSpec, HostInfo, HvError, Hypervisor, PoolSpec, VolumeUser,
+    Definition, DiskKind, DiskSource, DiskSpec, HostInfo, HvError, Hypervisor, PoolRunState,
+    PoolSpec, VolumeUser,
 };
 use crate::migration::error::Error;
 use crate::migration::group::Group;
@@ -247,9 +248,11 @@ impl Inner {
 
     /// Moves the job's destination reservation to the name the pool really gave
     /// the volume (disk pools name partitions themselves).
-    pub fn rename_reservation(&self, job: &Job, pool: &str, volume: &str) {
+    pub fn rename_reservation(&self, job: &Job, pool: &str, from: &str, volume: &str) {
         let mut reg = self.registry();
-        reg.reserved.retain(|_, id| id != &job.id);
+        // Only the top's name moves; the layers this job copies stay reserved.
+        reg.reserved
+            .retain(|(p, v), id| id != &job.id || p != pool || v != from);
         reg.reserved
             .insert((pool.to_string(), volume.to_string()), job.id.clone());
     }
@@ -422,6 +425,56 @@ pub struct DiskView {
     pub migration_id: Option<String>,
     /// Checkpoints that keep a dirty bitmap on it (running domains only).
     pub checkpoints: Vec<String>,
+    /// Its backing layers, nearest first.
+    pub layers: Vec<LayerView>,
+}
+
+/// One backing layer of a disk, as placement needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerView {
+    /// Its path.
+    pub source: String,
+    /// The volume name it keeps in a destination pool.
+    pub volume: String,
+    /// Virtual size, bytes.
+    pub capacity: u64,
+    /// Bytes its file spends.
+    pub allocation: u64,
+    /// Active file pools holding a volume of that name and virtual size.
+    pub present_in_pools: Vec<String>,
+}
+
+/// What the host says of each backing layer of `spec` (see [`LayerView`]);
+/// a layer it cannot read is left out rather than failing the listing.
+fn layer_views(hv: &dyn Hypervisor, spec: &DiskSpec, file_pools: &[String]) -> Vec<LayerView> {
+    spec.backing
+        .iter()
+        .filter_map(|layer| {
+            let DiskSource::File { path } = &layer.source else {
+                return None;
+            };
+            let info = hv.image_info(path).ok()?;
+            let volume = match hv.volume_by_path(path).ok().flatten() {
+                Some(v) => v.name,
+                None => path.rsplit('/').next().unwrap_or_default().to_string(),
+            };
+            let present_in_pools = file_pools
+                .iter()
+                .filter(|pool| {
+                    hv.volume(pool, &volume)
+                        .is_ok_and(|v| v.capacity == info.virtual_size && v.path != *path)
+                })
+                .cloned()
+                .collect();
+            Some(LayerView {
+                source: path.clone(),
+                volume,
+                capacity: info.virtual_size,
+                allocation: info.actual_size,
+                present_in_pools,
+            })
+        })
+        .collect()
 }
 
 /// A domain's disks.
@@ -524,6 +577,12 @@ impl Engine {
                         .map_or(plan.dest_volume.clone(), |v| v.name.clone());
                     reg.reserved
                         .insert((plan.dest_pool.clone(), volume), job.id.clone());
+                    for layer in plan.chain.iter().filter(|l| l.reused.is_none()) {
+                        reg.reserved.insert(
+                            (plan.dest_pool.clone(), layer.dest_volume.clone()),
+                            job.id.clone(),
+                        );
+                    }
                 }
             }
             if !terminal {
@@ -588,13 +647,25 @@ impl Engine {
                 } else {
                     Vec::new()
                 };
+                let file_pools: Vec<String> = if specs.iter().any(|s| !s.backing.is_empty()) {
+                    hv.pools()?
+                        .into_iter()
+                        .filter(|p| {
+                            p.state == PoolRunState::Running
+                                && p.disk_kind() == Some(DiskKind::File)
+                        })
+                        .map(|p| p.name)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let mut sizes = Vec::new();
                 for spec in &specs {
                     let vol = match &spec.source {
                         Some(src) => hv.volume_by_path(&src.display_name()).ok().flatten(),
                         None => None,
                     };
-                    sizes.push(vol);
+                    sizes.push((vol, layer_views(hv, spec, &file_pools)));
                 }
                 Ok((state, specs, sizes, checkpoints))
             })
@@ -607,7 +678,8 @@ impl Engine {
         let disks = specs
             .into_iter()
             .zip(sizes)
-            .map(|(spec, vol)| DiskView {
+            .map(|(spec, (vol, layers))| DiskView {
+                layers,
                 checkpoints: checkpoints
                     .iter()
                     .filter(|c| c.bitmap_on(&spec.target).is_some())
@@ -709,18 +781,32 @@ impl Engine {
                 });
             }
             let name = (plan.dest_pool.clone(), plan.dest_volume.clone());
-            if let Some(other) = reg.reserved.get(&name) {
-                return Err(Error::DestinationReserved {
-                    pool: name.0,
-                    volume: name.1,
-                    migration_id: other.clone(),
-                });
+            // A layer another migration is copying may yet be rolled back:
+            // neither copied again nor reused until that migration ends.
+            let layer_names = plan
+                .chain
+                .iter()
+                .map(|l| (plan.dest_pool.clone(), l.dest_volume.clone()));
+            for n in std::iter::once(name.clone()).chain(layer_names) {
+                if let Some(other) = reg.reserved.get(&n) {
+                    return Err(Error::DestinationReserved {
+                        pool: n.0,
+                        volume: n.1,
+                        migration_id: other.clone(),
+                    });
+                }
             }
             if reg.by_disk.len() >= self.inner.config.max_concurrent {
                 return Err(self.at_limit());
             }
             reg.by_disk.insert(key, id.clone());
             reg.reserved.insert(name, id.clone());
+            for layer in plan.chain.iter().filter(|l| l.reused.is_none()) {
+                reg.reserved.insert(
+                    (plan.dest_pool.clone(), layer.dest_volume.clone()),
+                    id.clone(),
+                );
+            }
             reg.by_id.insert(id.clone(), job.clone());
             if !req.request_id.is_empty() {
                 reg.by_request.insert(req.request_id.clone(), id.clone());
@@ -1041,6 +1127,8 @@ fn new_record(
         group,
         pivot: None,
         forced_sync_writes: false,
+        created_layers: Vec::new(),
+        creating_layer: None,
     }
 }
 

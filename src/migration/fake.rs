@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::hypervisor::{
-    BlockJob, Checkpoint, CopyOptions, Definition, Deletion, DiskSource, DiskSpec, DomainState,
-    FileId, HostInfo, HvError, Hypervisor, ImageFormat, MirrorState, NewVolume, PoolRunState,
-    PoolSpec, VolumeIdentity, VolumeSpec, VolumeUser,
+    BackingLayer, BlockJob, Checkpoint, CopyOptions, Definition, Deletion, DiskSource, DiskSpec,
+    DomainState, FileId, HostInfo, HvError, Hypervisor, ImageFormat, ImageInfo, MirrorState,
+    NewVolume, PoolRunState, PoolSpec, SnapshotSpec, VolumeIdentity, VolumeSpec, VolumeUser,
 };
 
 /// A fault injected at one step.
@@ -328,6 +328,7 @@ fn disk_spec(target: &str, source: &DiskSource, mirror: Option<MirrorState>) -> 
         format: Some("qcow2".into()),
         source: Some(source.clone()),
         backing_depth: 0,
+        backing: Vec::new(),
         read_only: false,
         shareable: false,
         mirror,
@@ -501,6 +502,7 @@ impl Hypervisor for FakeHypervisor {
         disk: &str,
         dest: &DiskSource,
         _format: ImageFormat,
+        _backing: &[BackingLayer],
         options: CopyOptions,
     ) -> Result<(), HvError> {
         self.step(|st| {
@@ -612,6 +614,7 @@ impl Hypervisor for FakeHypervisor {
         disk: &str,
         source: &DiskSource,
         _format: ImageFormat,
+        _backing: &[BackingLayer],
     ) -> Result<(), HvError> {
         self.step(|st| {
             st.persistent.insert(disk.into(), source.clone());
@@ -677,5 +680,44 @@ impl Hypervisor for FakeHypervisor {
 
     fn disk_capacity(&self, _domain: &str, _disk: &str) -> Result<u64, HvError> {
         self.step(|_| Ok(CAPACITY))
+    }
+
+    // The fake's disks have no backing chains and its domain no snapshots:
+    // chain handling is tested against libvirt (tests/chains.rs).
+    fn image_info(&self, path: &str) -> Result<ImageInfo, HvError> {
+        Err(HvError::Unsupported(format!(
+            "the fake has no image at {path}"
+        )))
+    }
+
+    fn images_equal(
+        &self,
+        _a: &str,
+        _a_format: ImageFormat,
+        _b: &str,
+        _b_format: ImageFormat,
+    ) -> Result<bool, HvError> {
+        Err(HvError::Unsupported("the fake compares no images".into()))
+    }
+
+    fn copy_layer(
+        &self,
+        _source: &str,
+        _dest: &VolumeIdentity,
+        _backing: Option<(&str, ImageFormat)>,
+    ) -> Result<(), HvError> {
+        Err(HvError::Unsupported("the fake copies no layers".into()))
+    }
+
+    fn snapshots(&self, _domain: &str) -> Result<Vec<SnapshotSpec>, HvError> {
+        self.step(|_| Ok(Vec::new()))
+    }
+
+    fn redefine_snapshots(
+        &self,
+        _domain: &str,
+        _renames: &[(String, String)],
+    ) -> Result<u32, HvError> {
+        self.step(|_| Ok(0))
     }
 }

@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::hypervisor::{
-    CopyOptions, Definition, Deletion, DiskKind, DiskSource, DiskSpec, HvError, Hypervisor,
-    ImageFormat, NewVolume, VolumeIdentity,
+    BackingLayer, CopyOptions, Definition, Deletion, DiskKind, DiskSource, DiskSpec, HvError,
+    Hypervisor, ImageFormat, NewVolume, VolumeIdentity,
 };
 use crate::migration::engine::{Command, Inner, Job};
 use crate::migration::error::Error;
@@ -31,7 +31,7 @@ use crate::migration::model::{
     now_ms, ConvergenceWarning, Failure, MigrationResult, NoConvergencePolicy, Phase, Progress,
     VerifyLevel,
 };
-use crate::migration::{convergence, plan, recovery, tuning};
+use crate::migration::{chain, convergence, plan, recovery, tuning};
 
 /// The shortest poll interval: the first, and while the copy has converged
 /// but QEMU has not yet declared it ready.
@@ -467,7 +467,14 @@ async fn fresh(ctx: &mut Ctx<'_>) -> Result<MigrationResult, Error> {
     let mut request = ctx.record().request;
     request.destination_volume = Some(ctx.plan().dest_volume);
     let fresh = ctx
-        .hv(move |hv| Ok(plan::plan(hv, &request)))
+        .hv(move |hv| {
+            Ok(plan::plan(hv, &request).and_then(|p| {
+                // Proven here, right before anything is created, and not when
+                // the request is accepted: it reads both layers whole.
+                chain::prove_reuse(hv, &p.chain)?;
+                Ok(p)
+            }))
+        })
         .await
         .map_err(Error::hv("validating"))??;
     ctx.publish(|r| r.plan = fresh).await?;
@@ -478,7 +485,9 @@ async fn fresh(ctx: &mut Ctx<'_>) -> Result<MigrationResult, Error> {
         ctx.copy_slot = ctx.attend(member.gate.copy_slot()).await;
         ctx.checkpoint().await?;
     }
-    let dest = prepare(ctx).await?;
+    let backing = prepare_layers(ctx).await?;
+    ctx.checkpoint().await?;
+    let dest = prepare(ctx, backing).await?;
     ctx.checkpoint().await?;
     start_copy(ctx, &dest).await?;
     continue_from(ctx, Resume::Copy(dest)).await
@@ -519,6 +528,7 @@ async fn continue_from(ctx: &mut Ctx<'_>, resume: Resume) -> Result<MigrationRes
         Resume::Verify(dest) => dest,
     };
     let persistent_repaired = verify(ctx, &dest).await?;
+    redefine_snapshots(ctx, &dest).await?;
     // Measured before a source deletion, so both sides can be compared.
     let source_allocated = allocated(ctx, &ctx.plan().source).await;
     let destination_allocated = allocated(ctx, &dest.disk).await;
@@ -554,7 +564,108 @@ async fn allocated(ctx: &mut Ctx<'_>, disk: &DiskSource) -> u64 {
     }
 }
 
-async fn prepare(ctx: &mut Ctx<'_>) -> Result<Destination, Error> {
+/// SHALLOW: makes every read-only layer of the chain present in the
+/// destination pool, bottom first: a layer the pool holds already (proven in
+/// VALIDATING) is used as it is; any other is created, journaled, and filled
+/// with an exact copy of the source layer linked to the destination's copy of
+/// the layer below. Returns the destination chain, nearest first, for the
+/// top to be created over (empty when the chain is flattened).
+async fn prepare_layers(ctx: &mut Ctx<'_>) -> Result<Vec<BackingLayer>, Error> {
+    let plan = ctx.plan();
+    if plan.chain.is_empty() {
+        return Ok(Vec::new());
+    }
+    let to_copy = plan.chain.iter().filter(|l| l.reused.is_none()).count();
+    ctx.set_phase(
+        Phase::PreparingDestination,
+        format!(
+            "making the {} backing layer(s) present in pool {}: {} reused, {} to copy ({} bytes)",
+            plan.chain.len(),
+            plan.dest_pool,
+            plan.chain.len() - to_copy,
+            to_copy,
+            chain::layers_to_copy_bytes(&plan.chain)
+        ),
+    )
+    .await?;
+    let mut below: Option<(String, ImageFormat)> = None;
+    let mut chain = Vec::new();
+    for layer in &plan.chain {
+        ctx.checkpoint().await?;
+        let path = match &layer.reused {
+            Some(volume) => volume.path.clone(),
+            None => {
+                // Journaled before the call, as for the top (see `prepare`).
+                let name = layer.dest_volume.clone();
+                ctx.publish(|r| r.creating_layer = Some(name)).await?;
+                let new = NewVolume {
+                    name: layer.dest_volume.clone(),
+                    capacity: layer.capacity,
+                    format: layer.format,
+                    backing: below.clone(),
+                };
+                let pool = plan.dest_pool.clone();
+                let created = ctx.hv(move |hv| hv.create_volume(&pool, &new)).await;
+                let volume = match created {
+                    Ok(v) => v,
+                    Err(e) => {
+                        if !matches!(e, HvError::Unreachable { .. }) {
+                            ctx.job.lock().record.creating_layer = None;
+                        }
+                        return Err(layer_error(&plan, &layer.dest_volume, e));
+                    }
+                };
+                let identity = volume.identity();
+                let message = format!(
+                    "copying backing layer {} ({} bytes) to {}",
+                    layer.source, layer.allocation, volume.path
+                );
+                ctx.publish(|r| {
+                    r.creating_layer = None;
+                    r.created_layers.push(identity.clone());
+                    r.latest.message = message;
+                })
+                .await?;
+                let (source, back) = (layer.source.clone(), below.clone());
+                ctx.hv_retry("copying a backing layer", move |hv| {
+                    hv.copy_layer(
+                        &source,
+                        &identity,
+                        back.as_ref().map(|(p, f)| (p.as_str(), *f)),
+                    )
+                })
+                .await?;
+                volume.path
+            }
+        };
+        below = Some((path.clone(), layer.format));
+        chain.push(BackingLayer {
+            source: DiskSource::File { path },
+            format: Some(layer.format.as_str().to_string()),
+        });
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+fn layer_error(plan: &Plan, name: &str, e: HvError) -> Error {
+    match e {
+        HvError::NoSpace(m) => Error::Exhausted(format!(
+            "pool '{}' cannot hold backing layer {name}: {m}",
+            plan.dest_pool
+        )),
+        HvError::VolumeExists(_) => Error::DestinationExists {
+            pool: plan.dest_pool.clone(),
+            volume: name.to_string(),
+        },
+        other => Error::hv(format!(
+            "creating backing layer {name} in pool '{}'",
+            plan.dest_pool
+        ))(other),
+    }
+}
+
+async fn prepare(ctx: &mut Ctx<'_>, backing: Vec<BackingLayer>) -> Result<Destination, Error> {
     let plan = ctx.plan();
     ctx.set_phase(
         Phase::PreparingDestination,
@@ -575,6 +686,9 @@ async fn prepare(ctx: &mut Ctx<'_>) -> Result<Destination, Error> {
         name: plan.dest_volume.clone(),
         capacity: plan.capacity,
         format: plan.dest_format,
+        backing: backing
+            .first()
+            .map(|l| (l.source.display_name(), ImageFormat::Qcow2)),
     };
     let dest_pool = plan.dest_pool.clone();
     let created = ctx.hv(move |hv| hv.create_volume(&dest_pool, &new)).await;
@@ -589,7 +703,7 @@ async fn prepare(ctx: &mut Ctx<'_>) -> Result<Destination, Error> {
         }
     };
     ctx.inner
-        .rename_reservation(ctx.job, &plan.dest_pool, &volume.name);
+        .rename_reservation(ctx.job, &plan.dest_pool, &plan.dest_volume, &volume.name);
     let identity = volume.identity();
     ctx.publish(|r| {
         r.plan.dest_volume = identity.name.clone();
@@ -639,6 +753,7 @@ async fn prepare(ctx: &mut Ctx<'_>) -> Result<Destination, Error> {
     Ok(Destination {
         volume: identity,
         disk,
+        backing,
     })
 }
 
@@ -700,18 +815,75 @@ async fn issue_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> 
     let copy = CopyOptions {
         bandwidth: record.bandwidth,
         synchronous_writes: record.request.options.synchronous_writes || record.forced_sync_writes,
-        shallow: false,
+        shallow: !dest.backing.is_empty(),
         buf_size,
         granularity,
     };
-    let disk = dest.disk.clone();
-    ctx.hv(move |hv| hv.block_copy(&plan.domain, &plan.target, &disk, plan.dest_format, copy))
-        .await
-        .map_err(Error::hv("starting the block copy"))
+    let (disk, backing) = (dest.disk.clone(), dest.backing.clone());
+    ctx.hv(move |hv| {
+        hv.block_copy(
+            &plan.domain,
+            &plan.target,
+            &disk,
+            plan.dest_format,
+            &backing,
+            copy,
+        )
+    })
+    .await
+    .map_err(Error::hv("starting the block copy"))
 }
 
 fn same_source(a: &DiskSource, b: &DiskSource) -> bool {
     a.kind() == b.kind() && a.display_name() == b.display_name()
+}
+
+/// Whether a definition's disk shows exactly the destination chain below its
+/// top; always true for a flattened copy, which has none to show.
+fn chain_matches(disk: &DiskSpec, backing: &[BackingLayer]) -> bool {
+    backing.is_empty()
+        || (disk.backing.len() == backing.len()
+            && disk
+                .backing
+                .iter()
+                .zip(backing)
+                .all(|(a, b)| same_source(&a.source, &b.source)))
+}
+
+fn chain_names(chain: &[BackingLayer]) -> String {
+    let names: Vec<String> = chain.iter().map(|l| l.source.display_name()).collect();
+    format!("[{}]", names.join(" <- "))
+}
+
+/// SHALLOW, after the pivot: redefines the domain's snapshots with the
+/// destination's paths, so listing, reverting and deleting them act on the
+/// moved chain. Idempotent: a restarted node redoes it harmlessly.
+async fn redefine_snapshots(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
+    let plan = ctx.plan();
+    if plan.snapshots == 0 {
+        return Ok(());
+    }
+    let mut renames = vec![(plan.source.display_name(), dest.disk.display_name())];
+    renames.extend(
+        plan.chain
+            .iter()
+            .zip(dest.backing.iter().rev())
+            .map(|(l, d)| (l.source.clone(), d.source.display_name())),
+    );
+    let domain = plan.domain.clone();
+    let redefined = ctx
+        .hv_retry("redefining the snapshots on the moved chain", move |hv| {
+            hv.redefine_snapshots(&domain, &renames)
+        })
+        .await
+        .map_err(|e| {
+            Error::Precondition(format!(
+                "the disk is on its destination, but its {} snapshot(s) could not be redefined there ({e}); they still name the source images, which are kept: retry with `virsh snapshot-create {} FILE --redefine` on each snapshot's XML with the paths changed",
+                plan.snapshots, plan.domain
+            ))
+        })?;
+    let message = format!("{redefined} snapshot(s) redefined on the destination chain");
+    ctx.publish(|r| r.latest.message = message).await
 }
 
 fn disk_of(disks: Vec<DiskSpec>, target: &str) -> Option<DiskSpec> {
@@ -1182,6 +1354,26 @@ async fn verify(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<bool, Error> {
             dest.disk.display_name()
         )));
     }
+    if !dest.backing.is_empty() {
+        let (domain, target) = (plan.domain.clone(), plan.target.clone());
+        let live = ctx
+            .hv_retry("reading the live definition", move |hv| {
+                Ok(disk_of(hv.disks(&domain, Definition::Live)?, &target))
+            })
+            .await?;
+        if !live
+            .as_ref()
+            .is_some_and(|d| chain_matches(d, &dest.backing))
+        {
+            return Err(Error::Precondition(format!(
+                "after the pivot the running guest's {} is on {} but its backing chain is {}, not {}",
+                plan.target,
+                dest.disk.display_name(),
+                live.map(|d| chain_names(&d.backing)).unwrap_or_default(),
+                chain_names(&dest.backing)
+            )));
+        }
+    }
     let (domain, target) = (plan.domain.clone(), plan.target.clone());
     let persistent = ctx
         .hv_retry("reading the persistent definition", move |hv| {
@@ -1196,23 +1388,39 @@ async fn verify(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<bool, Error> {
         .await?;
     let mut repaired = false;
     if let Some(disk) = persistent {
-        let ok = disk
-            .and_then(|d| d.source)
-            .is_some_and(|s| same_source(&s, &dest.disk));
+        let ok = disk.is_some_and(|d| {
+            d.source
+                .as_ref()
+                .is_some_and(|s| same_source(s, &dest.disk))
+                && chain_matches(&d, &dest.backing)
+        });
         if !ok {
-            tracing::warn!("persistent definition still names the old source; repairing it");
-            let (domain, target, d, fmt) = (
+            tracing::warn!(
+                "persistent definition still names the old source or chain; repairing it"
+            );
+            let (domain, target, d, fmt, backing) = (
                 plan.domain.clone(),
                 plan.target.clone(),
                 dest.disk.clone(),
                 plan.dest_format,
+                dest.backing.clone(),
             );
             ctx.hv_retry("repairing the persistent definition", move |hv| {
-                hv.update_persistent_disk(&domain, &target, &d, fmt)
+                hv.update_persistent_disk(&domain, &target, &d, fmt, &backing)
             })
             .await?;
-            let again = current_source(ctx, &plan, Definition::Persistent).await?;
-            if !again.is_some_and(|s| same_source(&s, &dest.disk)) {
+            let (domain, target) = (plan.domain.clone(), plan.target.clone());
+            let again = ctx
+                .hv_retry("reading the persistent definition", move |hv| {
+                    Ok(disk_of(hv.disks(&domain, Definition::Persistent)?, &target))
+                })
+                .await?;
+            if !again.is_some_and(|d| {
+                d.source
+                    .as_ref()
+                    .is_some_and(|s| same_source(s, &dest.disk))
+                    && chain_matches(&d, &dest.backing)
+            }) {
                 return Err(Error::Precondition(format!(
                     "the persistent definition of '{}' still does not name {} after repair; the guest runs on the destination but would boot from the old disk: fix it with `virsh edit {}`",
                     plan.domain,
@@ -1390,7 +1598,7 @@ pub(crate) async fn fail(ctx: &mut Ctx<'_>, err: Error) {
     record_error(&ctx.span, &status);
     record_error(&ctx.work_span(), &status);
     let plan = record.plan;
-    let disk_state = match record.stage {
+    let disk_state = match record.stage.clone() {
         Stage::Planned => format!(
             "nothing was changed; the guest stays on its source {}",
             plan.source.display_name()
@@ -1413,6 +1621,24 @@ pub(crate) async fn fail(ctx: &mut Ctx<'_>, err: Error) {
         Stage::Mirroring(dest) => roll_back_mirror(ctx, &plan, &dest).await,
         Stage::Pivoted(dest) => where_after_pivot(ctx, &plan, &dest).await,
     };
+    // Layers go only while the guest provably never left its source: before
+    // any mirror, or after a rollback that deleted the top over them.
+    let layers_unused = match &record.stage {
+        Stage::Planned | Stage::Creating | Stage::Created(_) => true,
+        Stage::Mirroring(_) => disk_state.starts_with("the guest stays on its source"),
+        Stage::Pivoted(_) => false,
+    };
+    let disk_state = format!(
+        "{disk_state}{}",
+        roll_back_layers(
+            ctx,
+            &record.created_layers,
+            record.creating_layer.as_deref(),
+            &plan.dest_pool,
+            layers_unused
+        )
+        .await
+    );
     let failure = Failure {
         code: err.code(),
         message: err.to_string(),
@@ -1431,6 +1657,61 @@ pub(crate) async fn fail(ctx: &mut Ctx<'_>, err: Error) {
         tracing::error!(error = %e, "cannot journal the failure");
         ctx.inner.announce(ctx.job);
     }
+}
+
+/// Deletes the backing layers this migration copied (topmost first, never a
+/// reused one), each only while it is still the volume volmig created and
+/// nothing uses it (another migration's overlay, a domain); says what
+/// happened, as a suffix of the disk state. With `unused` false (the guest
+/// may be on the destination chain) every layer is kept and named.
+async fn roll_back_layers(
+    ctx: &mut Ctx<'_>,
+    created: &[VolumeIdentity],
+    creating: Option<&str>,
+    pool: &str,
+    unused: bool,
+) -> String {
+    let mut said = String::new();
+    if let Some(name) = creating {
+        said.push_str(&format!(
+            "; the node lost track while creating backing layer {name} in pool {pool}: if it exists, volmig did not delete it (check with `virsh vol-info {name} --pool {pool}` and delete it if nothing uses it)"
+        ));
+    }
+    if created.is_empty() {
+        return said;
+    }
+    if !unused {
+        let names: Vec<String> = created.iter().map(|v| v.display_name()).collect();
+        said.push_str(&format!(
+            "; the backing layers volmig copied are kept: {}",
+            names.join(", ")
+        ));
+        return said;
+    }
+    for layer in created.iter().rev() {
+        let path = layer.path.clone();
+        let users = ctx
+            .hv_retry("looking for users of a copied layer", move |hv| {
+                hv.volume_users(&path)
+            })
+            .await;
+        match users {
+            Ok(users) if users.is_empty() => said.push_str(&delete_destination(ctx, layer).await),
+            Ok(users) => {
+                let users: Vec<String> = users.iter().map(ToString::to_string).collect();
+                said.push_str(&format!(
+                    "; backing layer {} kept: {}",
+                    layer.display_name(),
+                    users.join("; ")
+                ));
+            }
+            Err(e) => said.push_str(&format!(
+                "; backing layer {} kept: its users could not be checked ({e})",
+                layer.display_name()
+            )),
+        }
+    }
+    said
 }
 
 /// Deletes the destination volume volmig created, only while it is still that

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hypervisor::{DiskSource, ImageFormat, VolumeIdentity};
+use crate::hypervisor::{BackingLayer, DiskSource, ImageFormat, VolumeIdentity};
 use crate::migration::model::{Event, GroupRequest, MigrationRequest, Skipped};
 use crate::migration::observer::Observer;
 use crate::migration::validate;
@@ -46,6 +46,34 @@ pub struct Plan {
     pub dest_volume: String,
     /// Destination format.
     pub dest_format: ImageFormat,
+    /// SHALLOW: the read-only layers below the disk's top image, bottom
+    /// (template) first, each to be reused or copied into the destination
+    /// pool. Empty when the chain is flattened or there is none.
+    #[serde(default)]
+    pub chain: Vec<ChainLayer>,
+    /// SHALLOW: libvirt snapshots whose metadata follows the chain (redefined
+    /// with the destination paths after the pivot).
+    #[serde(default)]
+    pub snapshots: u32,
+}
+
+/// One read-only layer of a disk's backing chain and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLayer {
+    /// The source layer's path.
+    pub source: String,
+    /// Its format.
+    pub format: ImageFormat,
+    /// Its virtual size, bytes.
+    pub capacity: u64,
+    /// What its file spends on storage: what a copy costs the destination.
+    pub allocation: u64,
+    /// Its volume name in the destination pool.
+    pub dest_volume: String,
+    /// A volume of the destination pool that already holds this layer (same
+    /// name, format, size, backing link; proven equal by `qemu-img compare`
+    /// before anything is created). volmig neither creates nor deletes it.
+    pub reused: Option<VolumeIdentity>,
 }
 
 /// A destination volume volmig created, and the disk source that addresses it.
@@ -55,6 +83,10 @@ pub struct Destination {
     pub volume: VolumeIdentity,
     /// How the domain addresses it.
     pub disk: DiskSource,
+    /// The destination chain below it, nearest first (SHALLOW); empty when
+    /// the copy is flattened.
+    #[serde(default)]
+    pub backing: Vec<BackingLayer>,
 }
 
 /// How far a migration got on the host: what exists and what may be undone.
@@ -115,6 +147,16 @@ pub struct Record {
     /// uses that mode.
     #[serde(default)]
     pub forced_sync_writes: bool,
+    /// Layers of the chain volmig copied into the destination pool for this
+    /// migration, bottom first, each journaled once its creation returned:
+    /// the only layers a rollback may delete (reused ones never are).
+    #[serde(default)]
+    pub created_layers: Vec<VolumeIdentity>,
+    /// A layer volume being created (the name): if the node stops here, a
+    /// volume of that name may exist that volmig cannot prove it made; it is
+    /// reported, never deleted.
+    #[serde(default)]
+    pub creating_layer: Option<String>,
 }
 
 /// What a member record keeps of its group, so that the group can be
@@ -392,6 +434,10 @@ pub fn check_record(r: &Record) -> Result<(), String> {
     if let Some(dest) = r.stage.created_volume() {
         check_volume(dest, &r.plan.dest_pool)?;
     }
+    // Layers are deleted on a rollback too: they must be in the plan's pool.
+    for layer in &r.created_layers {
+        check_volume(layer, &r.plan.dest_pool)?;
+    }
     Ok(())
 }
 
@@ -446,6 +492,8 @@ mod tests {
                 dest_pool: "b".into(),
                 dest_volume: "root.qcow2".into(),
                 dest_format: ImageFormat::Qcow2,
+                chain: Vec::new(),
+                snapshots: 0,
             },
             stage: Stage::Planned,
             latest: Event {
@@ -469,6 +517,8 @@ mod tests {
             group: None,
             pivot: None,
             forced_sync_writes: false,
+            created_layers: Vec::new(),
+            creating_layer: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! the journal and crash recovery. Free of gRPC and libvirt types: it talks to
 //! the host through [`crate::hypervisor::Hypervisor`].
 
+mod chain;
 mod convergence;
 mod engine;
 pub mod error;
@@ -16,7 +17,8 @@ mod tuning;
 pub mod validate;
 
 pub use engine::{
-    DiskView, DomainDisks, Engine, EngineConfig, GroupView, ListFilter, Retention, Subscription,
+    DiskView, DomainDisks, Engine, EngineConfig, GroupView, LayerView, ListFilter, Retention,
+    Subscription,
 };
 pub use error::Error;
 pub use observer::Observer;

@@ -8,6 +8,7 @@ use crate::hypervisor::{
     space_needed, Checkpoint, DiskKind, DiskSource, DiskSpec, Hypervisor, ImageFormat,
     PoolRunState, PoolSpec,
 };
+use crate::migration::chain;
 use crate::migration::error::Error;
 use crate::migration::journal::Plan;
 use crate::migration::model::{ChainPolicy, MigrationRequest};
@@ -25,12 +26,6 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         return Err(Error::Precondition(format!(
             "domain '{}' is not running; live migration needs a running guest (for a stopped guest, move the volume with `virsh vol-clone`/`vol-upload` and edit the definition)",
             domain.name
-        )));
-    }
-    if domain.snapshots > 0 {
-        return Err(Error::Precondition(format!(
-            "domain '{}' has {} snapshot(s) that a block copy would lose; delete or merge them first (`virsh snapshot-list {}`)",
-            domain.name, domain.snapshots, domain.name
         )));
     }
     let disks = hv
@@ -85,11 +80,7 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
             )));
         }
     }
-    if req.options.chain == ChainPolicy::Shallow && disk.backing_depth > 0 {
-        return Err(Error::Precondition(
-            "chain policy SHALLOW is not supported yet: the destination would need the backing file pre-linked; use FLATTEN (the default)".to_string(),
-        ));
-    }
+    let snapshots = chain::check_snapshots(hv, &domain, &disk.target, req.options.chain)?;
 
     let source_volume = hv
         .volume_by_path(&source.display_name())
@@ -128,6 +119,17 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         )))?;
         let dest = (&pool, dest_format, req.destination_format.is_some());
         check_checkpoints(&domain.name, disk, &checkpoints, dest)?;
+        let tracked = checkpoints
+            .iter()
+            .any(|c| c.bitmap_on(&disk.target).is_some());
+        if tracked && req.options.chain == ChainPolicy::Shallow && !disk.backing.is_empty() {
+            // libvirt merges only the top image's bitmaps into the new top at the
+            // pivot; bitmaps kept in the layers below were never tried here.
+            return Err(Error::Precondition(format!(
+                "disk {} of '{}' is tracked by checkpoint(s) and has a backing chain; chain policy SHALLOW does not carry checkpoints yet: migrate with FLATTEN (the default), which keeps them",
+                disk.target, domain.name
+            )));
+        }
     }
     // Listed after a refresh, so partitions and files made behind libvirt's back
     // count too: every pool type is checked for an existing volume of the name.
@@ -147,18 +149,34 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         }
         (None, _) => default_volume_name(&source, source_volume.as_ref().map(|v| v.name.as_str())),
     };
-    check_space(
-        &pool,
-        dest_kind,
-        capacity,
-        source_volume.as_ref().map(|v| v.allocation),
-    )?;
     if existing.contains(&dest_volume) {
         return Err(Error::DestinationExists {
             pool: pool.name.clone(),
             volume: dest_volume,
         });
     }
+    let layers = match req.options.chain {
+        ChainPolicy::Shallow => chain::plan_layers(
+            hv,
+            disk,
+            source_format,
+            &chain::Target {
+                pool: &pool,
+                kind: dest_kind,
+                format: dest_format,
+                volume: &dest_volume,
+                existing: &existing,
+            },
+        )?,
+        ChainPolicy::Flatten => Vec::new(),
+    };
+    check_space(
+        &pool,
+        dest_kind,
+        capacity,
+        top_allocation(hv, &source, source_volume.as_ref(), &layers),
+        chain::layers_to_copy_bytes(&layers),
+    )?;
 
     Ok(Plan {
         domain: domain.name,
@@ -171,7 +189,29 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         dest_pool: pool.name,
         dest_volume,
         dest_format,
+        chain: layers,
+        snapshots,
     })
+}
+
+/// The bytes the copy of the disk's own image costs: its pool volume's
+/// allocation; when only the top of a chain is copied, the top image's alone
+/// (a pool may not know a file that is a domain's private overlay).
+fn top_allocation(
+    hv: &dyn Hypervisor,
+    source: &DiskSource,
+    volume: Option<&crate::hypervisor::VolumeSpec>,
+    layers: &[crate::migration::journal::ChainLayer],
+) -> Option<u64> {
+    if let Some(v) = volume {
+        return Some(v.allocation);
+    }
+    if layers.is_empty() {
+        return None;
+    }
+    hv.image_info(&source.display_name())
+        .ok()
+        .map(|i| i.actual_size)
 }
 
 fn find_disk<'a>(disks: &'a [DiskSpec], wanted: &str) -> Option<&'a DiskSpec> {
@@ -358,11 +398,15 @@ pub fn check_space_together(hv: &dyn Hypervisor, plans: &[Plan]) -> Result<(), E
     Ok(())
 }
 
+/// Whether the pool has room for the copy of the disk (`source_allocation`, or
+/// its whole size when unknown or on block pools) plus `layers` bytes of
+/// backing layers it does not hold yet (SHALLOW).
 fn check_space(
     pool: &PoolSpec,
     kind: DiskKind,
     capacity: u64,
     source_allocation: Option<u64>,
+    layers: u64,
 ) -> Result<(), Error> {
     if pool.capacity == 0 {
         // rbd pools without a ceph-mgr report no statistics; a full cluster then
@@ -371,10 +415,15 @@ fn check_space(
         return Ok(());
     }
     let data = space_needed(kind, capacity, source_allocation.unwrap_or(capacity));
-    let needed = data + SPACE_MARGIN;
+    let needed = data.saturating_add(layers).saturating_add(SPACE_MARGIN);
     if pool.available < needed {
+        let layers = if layers > 0 {
+            format!(", {layers} of backing layers the pool lacks")
+        } else {
+            String::new()
+        };
         return Err(Error::Exhausted(format!(
-            "pool '{}' has {} bytes available; this disk needs about {} ({} of data plus margin); free space or choose another pool",
+            "pool '{}' has {} bytes available; this disk needs about {} ({} of data{layers} plus margin); free space or choose another pool",
             pool.name, pool.available, needed, data
         )));
     }
@@ -411,19 +460,32 @@ mod tests {
             &pool("dir", 10 * gib, gib),
             DiskKind::File,
             20 * gib,
-            Some(gib / 2)
+            Some(gib / 2),
+            0
         )
         .is_ok());
+        // SHALLOW: the layers the pool lacks count on top of the disk's own data.
+        assert!(matches!(
+            check_space(
+                &pool("dir", 10 * gib, gib),
+                DiskKind::File,
+                20 * gib,
+                Some(gib / 2),
+                gib / 2
+            ),
+            Err(Error::Exhausted(_))
+        ));
         assert!(matches!(
             check_space(
                 &pool("disk", 10 * gib, gib),
                 DiskKind::Block,
                 2 * gib,
-                Some(1)
+                Some(1),
+                0
             ),
             Err(Error::Exhausted(_))
         ));
-        assert!(check_space(&pool("rbd", 0, 0), DiskKind::Network, gib, None).is_ok());
+        assert!(check_space(&pool("rbd", 0, 0), DiskKind::Network, gib, None, 0).is_ok());
     }
 
     #[test]
@@ -434,6 +496,7 @@ mod tests {
             format: Some("qcow2".into()),
             source: None,
             backing_depth: 0,
+            backing: Vec::new(),
             read_only: false,
             shareable: false,
             mirror: None,

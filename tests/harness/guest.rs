@@ -127,6 +127,8 @@ pub struct GuestBuilder<'a> {
     format: String,
     disk_bytes: u64,
     backing_prefill: Option<u64>,
+    deltas: usize,
+    shared_template: Option<(String, u64)>,
     cdrom: bool,
     readonly_disk: bool,
     data_disk: Option<(u64, String)>,
@@ -145,6 +147,23 @@ pub struct GuestBuilder<'a> {
 pub const RECORD_SPACE_MIN: u64 = 32 << 20;
 
 impl<'a> GuestBuilder<'a> {
+    /// With [`GuestBuilder::backing_file`] or [`GuestBuilder::shared_template`]:
+    /// `n` qcow2 layers between the template and vda (template ← d1 ← … ← dn ← vda),
+    /// each holding its own pre-written pattern region (checked by
+    /// [`Guest::verify_data`]), so every layer has distinct data.
+    pub fn deltas(mut self, n: usize) -> Self {
+        self.deltas = n;
+        self
+    }
+
+    /// vda over the existing qcow2 template `volume` of the pool (another guest's),
+    /// which holds `prefilled` records. Implies format qcow2.
+    pub fn shared_template(mut self, volume: &str, prefilled: u64) -> Self {
+        self.shared_template = Some((volume.to_string(), prefilled));
+        self.format = "qcow2".to_string();
+        self
+    }
+
     /// `raw` (default) or `qcow2`; must be `raw` on disk and rbd pools.
     pub fn format(mut self, format: &str) -> Self {
         self.format = format.to_string();
@@ -261,6 +280,7 @@ impl<'a> GuestBuilder<'a> {
             pool_name: pool.name().to_string(),
             disk_volume: String::new(),
             template_volume: None,
+            delta_volumes: Vec::new(),
             data_volume: None,
             prefilled: 0,
             prewritten: Vec::new(),
@@ -271,40 +291,46 @@ impl<'a> GuestBuilder<'a> {
 
         let mut disks = String::new();
         let vda = pool.new_volume_name(&format!("{}-vda", self.purpose));
-        if let Some(prefill) = self.backing_prefill {
+        if self.backing_prefill.is_some() || self.shared_template.is_some() {
             assert_eq!(
                 pool.kind(),
                 PoolKind::Dir,
                 "backing files are only supported in dir pools"
             );
-            let template = pool.new_volume_name(&format!("{}-tmpl", self.purpose));
-            let template_path = pool.create_volume(&template, self.disk_bytes, "qcow2");
-            guest.template_volume = Some(template.clone());
-            if prefill > 0 {
-                guest.prefill_template(&template_path, self.disk_bytes, prefill);
-                guest.prefilled = prefill;
-            }
-            let overlay = Path::new(&template_path)
+            let (template, template_path) = match &self.shared_template {
+                Some((template, prefilled)) => {
+                    guest.prefilled = *prefilled;
+                    (template.clone(), pool.volume_path(template))
+                }
+                None => {
+                    let template = pool.new_volume_name(&format!("{}-tmpl", self.purpose));
+                    let template_path = pool.create_volume(&template, self.disk_bytes, "qcow2");
+                    let prefill = self.backing_prefill.unwrap_or(0);
+                    if prefill > 0 {
+                        guest.prefill_template(&template_path, self.disk_bytes, prefill);
+                        guest.prefilled = prefill;
+                    }
+                    (template, template_path)
+                }
+            };
+            guest.template_volume = Some(template);
+            let dir = Path::new(&template_path)
                 .parent()
                 .unwrap_or_else(|| panic!("{template_path} has no directory"))
-                .join(&vda);
-            let overlay = overlay.to_string_lossy().into_owned();
-            run_with_timeout(
-                "qemu-img",
-                &[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-b",
-                    &template_path,
-                    "-F",
-                    "qcow2",
-                    &overlay,
-                ],
-                Duration::from_secs(60),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
+                .to_path_buf();
+            let mut lower = template_path.clone();
+            for i in 1..=self.deltas {
+                let delta = pool.new_volume_name(&format!("{}-d{i}", self.purpose));
+                let path = dir.join(&delta).to_string_lossy().into_owned();
+                overlay(&lower, &path);
+                // Distinct data per layer, above the records and below each other.
+                let len = DELTA_REGION;
+                let offset = self.disk_bytes - (i as u64) * 2 * len;
+                guest.prewrite_path(&path, "qcow2", &format!("vda-d{i}"), "vda", offset, len);
+                guest.delta_volumes.push(delta);
+                lower = path;
+            }
+            overlay(&lower, &dir.join(&vda).to_string_lossy());
             pool.refresh();
         } else {
             let path = pool.create_volume(&vda, self.disk_bytes, &self.format);
@@ -453,6 +479,21 @@ fn disk_xml(
     )
 }
 
+/// Bytes of pattern each layer of [`GuestBuilder::deltas`] holds.
+const DELTA_REGION: u64 = 2 << 20;
+
+/// `qemu-img create` of a qcow2 overlay `path` over the qcow2 image `backing`.
+fn overlay(backing: &str, path: &str) {
+    run_with_timeout(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", path,
+        ],
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A persistent test domain. Dropping it destroys and undefines the domain (its volumes
 /// belong to the pool and go with it); if the thread is panicking, the console tail is
 /// printed and the guest's temp dir kept.
@@ -463,6 +504,7 @@ pub struct Guest {
     pool_name: String,
     disk_volume: String,
     template_volume: Option<String>,
+    delta_volumes: Vec<String>,
     data_volume: Option<String>,
     prefilled: u64,
     /// Pattern regions written before the first boot, by disk target.
@@ -490,6 +532,8 @@ impl Guest {
             format: "raw".to_string(),
             disk_bytes: 64 << 20,
             backing_prefill: None,
+            deltas: 0,
+            shared_template: None,
             cdrom: false,
             readonly_disk: false,
             data_disk: None,
@@ -515,14 +559,6 @@ impl Guest {
         offset: u64,
         len: u64,
     ) {
-        let region = Region {
-            seed: pattern::seed_of(&format!("{}/{target}", self.name)),
-            offset,
-            len,
-        };
-        let file = self.dir.join(format!("prewrite-{target}.bin"));
-        std::fs::write(&file, region.bytes())
-            .unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
         let path = pool.volume_path(volume);
         let filename = match pool.kind() {
             PoolKind::Rbd => CephEnv::load()
@@ -530,6 +566,28 @@ impl Guest {
                 .qemu_img_spec(&path),
             PoolKind::Dir | PoolKind::Disk => path,
         };
+        self.prewrite_path(&filename, format, target, target, offset, len);
+    }
+
+    /// Writes a pattern (seeded by `label`) into `[offset, offset + len)` of the image
+    /// file `path`, checked later as part of disk `target`.
+    fn prewrite_path(
+        &mut self,
+        path: &str,
+        format: &str,
+        label: &str,
+        target: &str,
+        offset: u64,
+        len: u64,
+    ) {
+        let region = Region {
+            seed: pattern::seed_of(&format!("{}/{label}", self.name)),
+            offset,
+            len,
+        };
+        let file = self.dir.join(format!("prewrite-{label}.bin"));
+        std::fs::write(&file, region.bytes())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
         run_with_timeout(
             "qemu-io",
             &[
@@ -537,11 +595,11 @@ impl Guest {
                 format,
                 "-c",
                 &format!("write -q -s {} {offset} {len}", file.display()),
-                &filename,
+                path,
             ],
             Duration::from_secs(300),
         )
-        .unwrap_or_else(|e| panic!("pre-writing {target}: {e}"));
+        .unwrap_or_else(|e| panic!("pre-writing {label}: {e}"));
         let _ = std::fs::remove_file(&file);
         self.prewritten.push((target.to_string(), region));
     }
@@ -599,6 +657,12 @@ impl Guest {
     /// The backing template volume, if built with [`GuestBuilder::backing_file`].
     pub fn template_volume(&self) -> Option<&str> {
         self.template_volume.as_deref()
+    }
+
+    /// The layers between the template and vda, template side first
+    /// ([`GuestBuilder::deltas`]).
+    pub fn delta_volumes(&self) -> &[String] {
+        &self.delta_volumes
     }
 
     /// The vdb volume, if built with [`GuestBuilder::data_disk`].
@@ -844,12 +908,25 @@ impl Guest {
     /// The first byte offset that differs, with how many do; or that the guest's records
     /// grew into the region (then the test ran too long for its disk).
     pub fn try_verify_prewritten(&self, target: &str) -> Result<(), String> {
-        let region = self
+        let regions: Vec<Region> = self
             .prewritten
             .iter()
-            .find(|(t, _)| t == target)
+            .filter(|(t, _)| t == target)
             .map(|(_, r)| *r)
-            .ok_or_else(|| format!("nothing was pre-written into {target} of {}", self.name))?;
+            .collect();
+        if regions.is_empty() {
+            return Err(format!(
+                "nothing was pre-written into {target} of {}",
+                self.name
+            ));
+        }
+        for region in regions {
+            self.verify_region(target, region)?;
+        }
+        Ok(())
+    }
+
+    fn verify_region(&self, target: &str, region: Region) -> Result<(), String> {
         if target == "vda" {
             let end_of_records = (self.last_ack() + 2) * records::RECORD_SIZE as u64;
             if end_of_records > region.offset {
@@ -887,7 +964,9 @@ impl Guest {
     /// vda's records and every pre-written region.
     pub fn verify_data(&self) {
         self.verify_records("vda");
-        for (target, _) in &self.prewritten {
+        let mut targets: Vec<&str> = self.prewritten.iter().map(|(t, _)| t.as_str()).collect();
+        targets.dedup();
+        for target in targets {
             self.verify_prewritten(target);
         }
     }
@@ -924,8 +1003,14 @@ impl Drop for Guest {
                 eprintln!("harness: clean-up: {e}");
             }
         }
-        // libvirt refuses to undefine a domain that has checkpoints otherwise.
-        if let Err(e) = virsh(&["undefine", &self.name, "--checkpoints-metadata"]) {
+        // Snapshot (tests/chains.rs) and checkpoint (tests/checkpoints.rs) metadata
+        // would otherwise block the undefine.
+        if let Err(e) = virsh(&[
+            "undefine",
+            &self.name,
+            "--snapshots-metadata",
+            "--checkpoints-metadata",
+        ]) {
             if !e.contains("not found") {
                 eprintln!("harness: clean-up: {e}");
             }

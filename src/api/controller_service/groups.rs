@@ -79,8 +79,15 @@ impl ControllerService {
                 entry.destination_format
             };
             choices.push(
-                self.choices(&disk, &pools, format, &req.required_tags, named)
-                    .await?,
+                self.choices(
+                    &disk,
+                    &pools,
+                    format,
+                    &req.required_tags,
+                    named,
+                    shallow(req.options.as_ref()),
+                )
+                .await?,
             );
             located.push(disk);
         }

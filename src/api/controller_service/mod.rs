@@ -33,7 +33,9 @@ use crate::config::ControllerConfig;
 use crate::controller::group_placement::{self, DiskChoices};
 use crate::controller::history::{Entry, History};
 use crate::controller::inventory::{ClusterPool, Inventory, Merged};
-use crate::controller::placement::{self, DiskToPlace, PoolCandidate, PoolPolicy, Verdict};
+use crate::controller::placement::{
+    self, DiskToPlace, LayerToPlace, PoolCandidate, PoolPolicy, Verdict,
+};
 use crate::controller::registry::{self, NodeEntry, NodeFacts, Registry, RegistryError};
 use crate::hypervisor::ImageFormat;
 use crate::migration::model::now_ms;
@@ -45,6 +47,7 @@ mod groups;
 mod nodes;
 mod relay;
 mod resolve;
+use resolve::shallow;
 mod source_users;
 #[cfg(test)]
 mod tests;

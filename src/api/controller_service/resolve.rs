@@ -186,6 +186,7 @@ impl ControllerService {
                     req.destination_format,
                     &req.required_tags,
                     &req.destination_pool,
+                    shallow(req.options.as_ref()),
                 )
                 .await?;
             let plan = placement::plan(&choices.disk, &choices.pools, self.policy());
@@ -223,6 +224,7 @@ impl ControllerService {
         destination_format: i32,
         required_tags: &[String],
         named: &str,
+        shallow: bool,
     ) -> Result<DiskChoices, Status> {
         let source_storage_id = self.source_storage_id(located).await;
         let requested_format = match proto::VolumeFormat::try_from(destination_format) {
@@ -242,6 +244,19 @@ impl ControllerService {
             allocation: located.disk.allocation_bytes,
             requested_format,
             required_tags: required_tags.to_vec(),
+            shallow_layers: if shallow {
+                located
+                    .disk
+                    .backing_layers
+                    .iter()
+                    .map(|l| LayerToPlace {
+                        allocation: l.allocation_bytes,
+                        present_in: l.present_in_pools.clone(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             checkpoints: located.disk.checkpoints.clone(),
         };
         let node_id = located.node.id.as_str();
@@ -327,6 +342,12 @@ impl ControllerService {
             disks: Vec::new(),
         }
     }
+}
+
+/// Whether a request keeps the disk's backing chain (placement then counts
+/// the layers a pool lacks).
+pub(super) fn shallow(options: Option<&proto::MigrationOptions>) -> bool {
+    options.is_some_and(|o| o.chain_policy == proto::ChainPolicy::Shallow as i32)
 }
 
 /// `result`, its error also recorded as `span`'s status.

@@ -53,6 +53,14 @@ impl Engine {
                     .iter()
                     .map(|r| plan::plan(hv.as_ref(), r))
                     .collect::<Result<Vec<Plan>, Error>>()?;
+                // Disks of one request could share layers, which their
+                // reservations and rollbacks do not arbitrate yet.
+                if let Some(p) = plans.iter().find(|p| !p.chain.is_empty()) {
+                    return Err(Error::Precondition(format!(
+                        "disk {} keeps a backing chain (SHALLOW), which a multi-disk request cannot do yet; migrate it in a request of its own",
+                        p.target
+                    )));
+                }
                 plan::check_space_together(hv.as_ref(), &plans)?;
                 Ok(plans)
             }
