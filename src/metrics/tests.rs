@@ -207,31 +207,26 @@ fn controller_metrics_show_nodes_rejections_and_lag() {
     assert_eq!(value(&text, "volmig_relay_lag_seconds_count"), Some(1.0));
 }
 
-/// The scrape budget of issue 11: a scrape stays cheap however many
-/// migrations the node has finished, because none is iterated per scrape.
+/// The scrape budget of issue 11 (≤ 5 ms with 1,000 finished migrations,
+/// measured by `bench/observability-bench.sh`) holds because a scrape's work
+/// does not grow with the migrations a node has finished: no label or series
+/// is kept per migration, so the exposition after 1,000 is as long as after 10.
 #[test]
-fn a_scrape_after_a_thousand_migrations_stays_cheap() {
-    let m = NodeMetrics::new();
-    for i in 0..1000 {
-        let id = format!("mig-{i}");
-        for phase in [Phase::Validating, Phase::Copying, Phase::Completed] {
-            m.event(&event(&id, phase, 1000, 5));
+fn a_scrape_after_a_thousand_migrations_is_as_long_as_after_ten() {
+    let after = |migrations: usize| {
+        let m = NodeMetrics::new();
+        for i in 0..migrations {
+            let id = format!("mig-{i}");
+            for phase in [Phase::Validating, Phase::Copying, Phase::Completed] {
+                m.event(&event(&id, phase, 1000, 5));
+            }
+            m.call(
+                "virDomainGetBlockJobInfo",
+                Duration::from_micros(300),
+                false,
+            );
         }
-        m.call(
-            "virDomainGetBlockJobInfo",
-            Duration::from_micros(300),
-            false,
-        );
-    }
-    let registry = m.registry();
-    scrape(&registry);
-    let started = Instant::now();
-    let runs = 20u32;
-    for _ in 0..runs {
-        scrape(&registry);
-    }
-    let each = started.elapsed() / runs;
-    eprintln!("one scrape after 1,000 migrations: {each:?}");
-    // Debug build on a loaded 2-core machine; the budget is 5 ms.
-    assert!(each < Duration::from_millis(5), "a scrape took {each:?}");
+        scrape(&m.registry()).lines().count()
+    };
+    assert_eq!(after(1000), after(10));
 }
