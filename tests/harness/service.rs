@@ -87,7 +87,8 @@ impl ServiceProcess {
     fn listening(&self) -> bool {
         match &self.tcp {
             Some(addr) => std::net::TcpStream::connect(addr).is_ok(),
-            None => self.socket().exists(),
+            // The socket file exists from bind() on, before listen(): connect.
+            None => std::os::unix::net::UnixStream::connect(self.socket()).is_ok(),
         }
     }
 
