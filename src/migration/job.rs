@@ -941,7 +941,22 @@ async fn wait_until_ready(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), E
                     plan.domain
                 )))
             }
-            Err(e) => return Err(Error::hv("polling the block job")(e)),
+            Err(e) => {
+                // A guest destroyed while the call was in flight surfaces as a
+                // broken monitor connection rather than as "not running".
+                let domain = plan.domain.clone();
+                let stopped = ctx
+                    .hv(move |hv| Ok(hv.domain(&domain).map_or(true, |d| !d.active)))
+                    .await
+                    .unwrap_or(false);
+                if stopped {
+                    return Err(Error::Precondition(format!(
+                        "domain '{}' stopped during the copy ({e}); its disk stays on the source",
+                        plan.domain
+                    )));
+                }
+                return Err(Error::hv("polling the block job")(e));
+            }
         };
         let Some(info) = info else {
             return Err(copy_vanished(ctx, &plan).await);
