@@ -936,10 +936,7 @@ async fn wait_until_ready(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), E
                 continue;
             }
             Err(HvError::InvalidState(m)) | Err(HvError::NoDomain(m)) => {
-                return Err(Error::Precondition(format!(
-                    "domain '{}' stopped during the copy ({m}); its disk stays on the source",
-                    plan.domain
-                )))
+                return Err(stopped_during_copy(&plan.domain, &m))
             }
             Err(e) => {
                 // A guest destroyed while the call was in flight surfaces as a
@@ -950,10 +947,7 @@ async fn wait_until_ready(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), E
                     .await
                     .unwrap_or(false);
                 if stopped {
-                    return Err(Error::Precondition(format!(
-                        "domain '{}' stopped during the copy ({e}); its disk stays on the source",
-                        plan.domain
-                    )));
+                    return Err(stopped_during_copy(&plan.domain, &e));
                 }
                 return Err(Error::hv("polling the block job")(e));
             }
@@ -1851,4 +1845,11 @@ async fn where_after_pivot(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) -
         plan.source.display_name(),
         dest.disk.display_name()
     )
+}
+
+/// The guest stopped under a running copy: its disk stays on the source.
+fn stopped_during_copy(domain: &str, why: &dyn std::fmt::Display) -> Error {
+    Error::Precondition(format!(
+        "domain '{domain}' stopped during the copy ({why}); its disk stays on the source"
+    ))
 }
