@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod controller_main;
 pub mod hypervisor;
 pub mod libvirt;
 pub mod metrics;
@@ -15,6 +16,7 @@ pub mod migration;
 pub mod node;
 pub mod telemetry;
 pub mod tracing_export;
+pub mod units;
 
 pub mod proto {
     //! Generated gRPC types for `volmig.v1`.

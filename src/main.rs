@@ -206,7 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             apply_security!(cfg, args.security);
             let _traces = apply_observability!(cfg, args.observability, "volmig-controller");
-            volmig::controller::run(cfg, shutdown_signal()).await?;
+            volmig::controller_main::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
         Command::Operator(cmd) => {
