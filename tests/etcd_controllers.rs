@@ -178,3 +178,141 @@ async fn two_controllers_on_etcd_survive_a_controller_and_an_etcd_member_dying_m
     guest.verify_data_after_cold_restart();
 }
 
+/// Attaches `n` small qcow2 disks (vdc, vdd, …) from `pool` to the running guest and
+/// its persistent definition (volmig verifies both after the pivot).
+fn attach_small_disks(guest: &harness::Guest, pool: &DirPool, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let target = format!("vd{}", (b'c' + i as u8) as char);
+            let vol = format!("{}-{target}", guest.name());
+            harness::virsh_ok(&[
+                "vol-create-as",
+                pool.name(),
+                &vol,
+                "1M",
+                "--format",
+                "qcow2",
+            ]);
+            let path = pool.path().join(&vol);
+            harness::virsh_ok(&[
+                "attach-disk",
+                guest.name(),
+                &path.to_string_lossy(),
+                &target,
+                "--targetbus",
+                "virtio",
+                "--subdriver",
+                "qcow2",
+                "--persistent",
+            ]);
+            target
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_controllers_never_overfill_a_pool_with_twenty_concurrent_migrations() {
+    let src = DirPool::new("eq-src");
+    let d1 = DirPool::new("eq-d1");
+    let d2 = DirPool::new("eq-d2");
+    let guest = harness::Guest::start("eq-guest", &src, "qcow2", 64 * MIB);
+    guest.wait_writing(5, Duration::from_secs(120));
+    let targets = attach_small_disks(&guest, &src, 20);
+    let etcd = EtcdCluster::start("eq-etcd", 1);
+    let prefix = format!("/{}/", harness::unique_name("eq"));
+    let tag = harness::unique_name("tag");
+    let mut cfg = config(&etcd, &prefix, &tag, &[]);
+    let pools: String = [&d1, &d2]
+        .iter()
+        .map(|p| {
+            format!(
+                "[[pools]]\npool = \"{}\"\ntags = [\"{tag}\"]\nmax_in_flight = 2\n",
+                p.name()
+            )
+        })
+        .collect();
+    cfg = cfg.replacen("[etcd]", &format!("{pools}[etcd]"), 1);
+    let a = ControllerProcess::start("eq-a", &cfg);
+    let b = ControllerProcess::start("eq-b", &cfg);
+    let args = register(&a);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--max-concurrent", "32"]);
+    let n1 = NodeProcess::start("eq-n1", &args);
+    wait_nodes_up(&a, &[n1.node_id()]).await;
+    wait_nodes_up(&b, &[n1.node_id()]).await;
+
+    // The nodes' own view: migrations active per destination pool, sampled.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        let mut node_client = n1.client().await;
+        tokio::spawn(async move {
+            let mut most = 0usize;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(r) = node_client
+                    .list_migrations(proto::ListMigrationsRequest {
+                        active_only: true,
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    let mut per_pool = std::collections::HashMap::new();
+                    for m in r.into_inner().migrations {
+                        let pool = m.request.map(|r| r.destination_pool).unwrap_or_default();
+                        *per_pool.entry(pool).or_insert(0usize) += 1;
+                    }
+                    most = most.max(per_pool.values().copied().max().unwrap_or(0));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            most
+        })
+    };
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, target) in targets.iter().enumerate() {
+        let ctl = if i % 2 == 0 {
+            a.endpoint()
+        } else {
+            b.endpoint()
+        };
+        let mut req = node::limited(guest.name(), target, "", MIB);
+        req.required_tags = vec![tag.clone()];
+        tasks.spawn(async move {
+            let channel = volmig::api::client::connect(&ctl).await.expect("connect");
+            let mut client = proto::controller_client::ControllerClient::new(channel);
+            let mut refused = 0u32;
+            loop {
+                match client.migrate_volume(req.clone()).await {
+                    Ok(stream) => {
+                        let events = node::collect(stream.into_inner()).await.expect("stream");
+                        return (events, refused);
+                    }
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(s) => panic!("migrate: {s:?}"),
+                }
+            }
+        });
+    }
+    let mut refusals = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (events, refused) = joined.expect("join");
+        node::assert_terminal(&events, proto::Phase::Completed);
+        refusals += refused;
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.await.expect("sampler");
+    eprintln!(
+        "20 migrations through two controllers in {:?}; {refusals} refusals at the limit; at most {most} in flight per pool on the node",
+        started.elapsed()
+    );
+    assert!(
+        most <= 2,
+        "{most} migrations in flight on one pool (limit 2)"
+    );
+    assert!(most >= 1, "the sampler saw no migration");
+    assert!(refusals > 0, "20 concurrent requests never hit the limit");
+}
