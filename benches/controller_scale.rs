@@ -5,7 +5,10 @@
 //! `VOLMIG_BENCH_NODES` (1000), `VOLMIG_BENCH_PLANS` (2000),
 //! `VOLMIG_BENCH_STREAMS` (100), `VOLMIG_BENCH_EVENTS` (100 per migration, 10/s),
 //! `VOLMIG_BENCH_COLD` (200: domains first planned without a hint; the warm
-//! calls pick among them, since a cold call asks every node and takes long).
+//! calls pick among them, since a cold call asks every node and takes long),
+//! `VOLMIG_BENCH_ETCD` (comma-separated etcd client URLs: the controller keeps
+//! its registrations, history and reservations there instead of in a file;
+//! `bench/etcd-bench.sh` starts one).
 //!
 //! Three tokio runtimes share the process: the fake nodes, the controller
 //! (gRPC server, its calls to the nodes, history) and the bench client. The
@@ -25,7 +28,9 @@ use volmig::api::client::{self, Peer};
 use volmig::api::controller_service::ControllerService;
 use volmig::api::server::{self, Listen};
 use volmig::config::ControllerConfig;
-use volmig::controller::history::History;
+use volmig::config::EtcdConfig;
+use volmig::controller::store::etcd::EtcdStore;
+use volmig::controller::store::file::FileStore;
 use volmig::proto;
 use volmig::proto::controller_client::ControllerClient;
 use volmig::proto::controller_server::Controller;
@@ -378,8 +383,27 @@ fn main() {
     };
     let ctrl_sock = dir.path().join("controller.sock");
     let service = ctrl_rt.block_on(async {
-        let history = History::open(&config.state_dir).expect("history");
-        let service = ControllerService::new(config, history);
+        let store: std::sync::Arc<dyn volmig::controller::store::Store> =
+            match std::env::var("VOLMIG_BENCH_ETCD") {
+                Ok(endpoints) => std::sync::Arc::new(
+                    EtcdStore::connect(&EtcdConfig {
+                        endpoints: endpoints.split(',').map(str::to_string).collect(),
+                        prefix: format!("/volmig-bench-{}/", std::process::id()),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("etcd"),
+                ),
+                Err(_) => std::sync::Arc::new(FileStore::open(&config.state_dir).expect("store")),
+            };
+        let service = ControllerService::start(
+            config,
+            store,
+            volmig::api::client::Credentials::default(),
+            std::sync::Arc::new(()),
+        )
+        .await
+        .expect("controller");
         let served = service.clone();
         let listen = Listen::Unix(ctrl_sock.clone());
         tokio::spawn(async move {

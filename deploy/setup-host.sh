@@ -7,6 +7,9 @@
 # cargo-deb (pinned, built once and kept in ~/.cargo/bin), kubectl (the
 # image's, else Debian's kubernetes-client) and kubernetes-validate (pinned,
 # in a venv under /var/tmp).
+# etcd-server for the tests of several controllers on one etcd, and
+# protobuf-compiler (protoc), which the etcd-client crate's build needs to
+# compile etcd's protos (libprotobuf-dev: the well-known types they import).
 # Idempotent and quiet on success; on failure it says what failed and shows the log.
 set -euo pipefail
 
@@ -28,7 +31,7 @@ packages=(
     libvirt-clients libvirt-dev
     qemu-system-x86 qemu-block-extra qemu-utils
     linux-image-cloud-amd64 busybox-static cpio gzip parted pkg-config bc e2fsprogs
-    prometheus
+    prometheus etcd-server protobuf-compiler libprotobuf-dev
     systemd binutils util-linux python3-seccomp
 )
 
@@ -50,6 +53,8 @@ if ! command -v qemu-system-x86_64 >/dev/null || [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v qemu-img >/dev/null || fail "qemu-img is missing after install"
 command -v promtool >/dev/null || fail "promtool is missing after install (package prometheus)"
+command -v etcd >/dev/null || fail "etcd is missing after install (package etcd-server)"
+command -v protoc >/dev/null || fail "protoc is missing after install (package protobuf-compiler)"
 ls /boot/vmlinuz-* >/dev/null 2>&1 || fail "no kernel in /boot (linux-image-cloud-amd64)"
 
 # Packaging tests (tests/install.rs).

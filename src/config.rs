@@ -260,6 +260,61 @@ pub struct ControllerConfig {
     pub log_format: LogFormat,
     /// OpenTelemetry trace export (`[telemetry]`).
     pub telemetry: TelemetryConfig,
+    /// Where the history, node registrations and in-flight reservations live.
+    pub store: StoreKind,
+    /// How to reach etcd, for the etcd store.
+    pub etcd: EtcdConfig,
+}
+
+/// The controller's store.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// One file under `state_dir`: a single controller.
+    #[default]
+    File,
+    /// An etcd cluster shared by several controllers.
+    Etcd,
+}
+
+/// The `[etcd]` table of the controller's configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, DocumentedFields, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// Client URLs of the members, `http(s)://host:port`.
+    pub endpoints: Vec<String>,
+    /// Prefix of every key volmig writes (several volmig clusters can share one etcd).
+    pub prefix: String,
+    /// CA certificate (PEM) of the members; TLS to etcd when set.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to etcd, with `key`.
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    pub key: Option<PathBuf>,
+    /// User for etcd's password authentication.
+    pub user: Option<String>,
+    /// File holding that user's password (first line).
+    pub password_file: Option<PathBuf>,
+    /// TTL of the leader's lease: another controller takes over within it, seconds.
+    pub lease_ttl_seconds: u64,
+    /// Bound on every request to etcd, seconds.
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            prefix: "/volmig/".to_string(),
+            ca: None,
+            cert: None,
+            key: None,
+            user: None,
+            password_file: None,
+            lease_ttl_seconds: 5,
+            request_timeout_seconds: 5,
+        }
+    }
 }
 
 /// A node listed in the controller's configuration.
@@ -369,6 +424,8 @@ impl Default for ControllerConfig {
             metrics_listen: String::new(),
             log_format: LogFormat::Text,
             telemetry: TelemetryConfig::default(),
+            store: StoreKind::File,
+            etcd: EtcdConfig::default(),
         }
     }
 }
@@ -461,6 +518,7 @@ impl ConfigFile for ControllerConfig {
             .with("nodes", TableDocs::of::<StaticNode>())
             .with("pool_defaults", TableDocs::of::<PoolSettings>())
             .with("pools", TableDocs::of::<PoolOverride>())
+            .with("etcd", TableDocs::of::<EtcdConfig>())
             .with("identities", TableDocs::of::<GrantConfig>())
             .with("tokens", TableDocs::of::<GrantConfig>())
     }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commented_toml;
 pub mod config;
 pub mod controller;
+pub mod controller_main;
 pub mod hypervisor;
 pub mod libvirt;
 pub mod metrics;
@@ -16,6 +17,7 @@ pub mod migration;
 pub mod node;
 pub mod telemetry;
 pub mod tracing_export;
+pub mod units;
 
 pub mod proto {
     //! Generated gRPC types for `volmig.v1`.

@@ -254,7 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             let _traces =
                 volmig::telemetry::init(cfg.log_format, "volmig-controller", &cfg.telemetry)?;
-            volmig::controller::run(cfg, shutdown_signal()).await?;
+            volmig::controller_main::run(cfg, shutdown_signal()).await?;
             Ok(0)
         }
         Command::Completions { shell } => {

@@ -28,7 +28,7 @@ pub fn phase_to_proto(p: Phase) -> proto::Phase {
     }
 }
 
-fn phase_from_proto(p: proto::Phase) -> Option<Phase> {
+pub(crate) fn phase_from_proto(p: proto::Phase) -> Option<Phase> {
     Some(match p {
         proto::Phase::Unspecified => return None,
         proto::Phase::Accepted => Phase::Accepted,
@@ -45,7 +45,7 @@ fn phase_from_proto(p: proto::Phase) -> Option<Phase> {
     })
 }
 
-fn format_to_proto(f: ImageFormat) -> proto::VolumeFormat {
+pub(crate) fn format_to_proto(f: ImageFormat) -> proto::VolumeFormat {
     match f {
         ImageFormat::Raw => proto::VolumeFormat::Raw,
         ImageFormat::Qcow2 => proto::VolumeFormat::Qcow2,
@@ -58,7 +58,7 @@ fn format_name_to_proto(f: Option<&str>) -> proto::VolumeFormat {
         .unwrap_or(proto::VolumeFormat::Unspecified)
 }
 
-fn kind_to_proto(k: DiskKind) -> proto::DiskType {
+pub(crate) fn kind_to_proto(k: DiskKind) -> proto::DiskType {
     match k {
         DiskKind::File => proto::DiskType::File,
         DiskKind::Block => proto::DiskType::Block,
@@ -82,7 +82,10 @@ pub enum Requested {
     Group(GroupRequest),
 }
 
-fn format_from_proto(value: i32, field: &'static str) -> Result<Option<ImageFormat>, Error> {
+pub(crate) fn format_from_proto(
+    value: i32,
+    field: &'static str,
+) -> Result<Option<ImageFormat>, Error> {
     match proto::VolumeFormat::try_from(value).map_err(|_| invalid(field, "unknown value"))? {
         proto::VolumeFormat::Unspecified => Ok(None),
         proto::VolumeFormat::Raw => Ok(Some(ImageFormat::Raw)),

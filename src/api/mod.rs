@@ -8,6 +8,7 @@ pub mod controller_service;
 pub mod convert;
 pub mod identity_service;
 pub mod listener;
+pub mod node_client;
 pub mod node_service;
 pub mod server;
 pub mod status;

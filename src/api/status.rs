@@ -3,7 +3,9 @@
 use tonic::{Code, Status};
 
 use crate::api::auth::AuthError;
+use crate::controller::error::{ControllerError, NodeErrorKind};
 use crate::controller::registry::RegistryError;
+use crate::controller::store::StoreError;
 use crate::migration::model::ErrorCode;
 use crate::migration::Error;
 
@@ -49,6 +51,53 @@ impl From<RegistryError> for Status {
             RegistryError::Full(_) => Code::ResourceExhausted,
             RegistryError::Endpoint(_) => Code::InvalidArgument,
             RegistryError::NotThisNode { .. } => Code::PermissionDenied,
+        };
+        Status::new(code, err.to_string())
+    }
+}
+
+/// The gRPC code a node answered with.
+fn node_code(kind: NodeErrorKind) -> Code {
+    match kind {
+        NodeErrorKind::Unavailable => Code::Unavailable,
+        NodeErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        NodeErrorKind::InvalidArgument => Code::InvalidArgument,
+        NodeErrorKind::NotFound => Code::NotFound,
+        NodeErrorKind::AlreadyExists => Code::AlreadyExists,
+        NodeErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        NodeErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        NodeErrorKind::PermissionDenied => Code::PermissionDenied,
+        NodeErrorKind::Unauthenticated => Code::Unauthenticated,
+        NodeErrorKind::OutOfRange => Code::OutOfRange,
+        NodeErrorKind::Cancelled => Code::Cancelled,
+        NodeErrorKind::Aborted => Code::Aborted,
+        NodeErrorKind::Unimplemented => Code::Unimplemented,
+        NodeErrorKind::Internal => Code::Internal,
+        NodeErrorKind::DataLoss => Code::DataLoss,
+        NodeErrorKind::Unknown => Code::Unknown,
+    }
+}
+
+impl From<ControllerError> for Status {
+    fn from(err: ControllerError) -> Status {
+        let code = match &err {
+            ControllerError::InvalidArgument { .. } => Code::InvalidArgument,
+            ControllerError::UnknownMigration(_) | ControllerError::NotFound(_) => Code::NotFound,
+            ControllerError::NotRunning { .. } | ControllerError::Precondition(_) => {
+                Code::FailedPrecondition
+            }
+            ControllerError::Exhausted(_) => Code::ResourceExhausted,
+            ControllerError::NoReachableNode { .. }
+            | ControllerError::NodeNotRegistered { .. }
+            | ControllerError::NodeUnreachable { .. }
+            | ControllerError::StreamLost(_) => Code::Unavailable,
+            ControllerError::Node(e) => node_code(e.kind),
+            ControllerError::NodeMisbehaved(_) => Code::Internal,
+            ControllerError::Registry(e) => return e.clone().into(),
+            ControllerError::Store(StoreError::Unavailable(_) | StoreError::Contention(_)) => {
+                Code::Unavailable
+            }
+            ControllerError::Store(_) => Code::Internal,
         };
         Status::new(code, err.to_string())
     }

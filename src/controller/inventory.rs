@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use crate::proto;
+use super::model::PoolInfo;
 
 /// One pool of the cluster.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,7 +19,7 @@ pub struct ClusterPool {
     /// The storage id.
     pub storage_id: String,
     /// The pool as the first node (by id) that reaches it reports it.
-    pub pool: proto::Pool,
+    pub pool: PoolInfo,
     /// The pool's name on each node that reaches it.
     pub names: BTreeMap<String, String>,
 }
@@ -35,13 +35,13 @@ impl ClusterPool {
 }
 
 /// Merges the pools reported by each node (node id → its pools).
-pub fn merge(per_node: &BTreeMap<String, Vec<proto::Pool>>) -> Vec<ClusterPool> {
+pub fn merge(per_node: &BTreeMap<String, Vec<PoolInfo>>) -> Vec<ClusterPool> {
     merge_nodes(per_node.iter())
 }
 
 /// [`merge`] over nodes given in id order.
 fn merge_nodes<'a>(
-    per_node: impl Iterator<Item = (&'a String, &'a Vec<proto::Pool>)>,
+    per_node: impl Iterator<Item = (&'a String, &'a Vec<PoolInfo>)>,
 ) -> Vec<ClusterPool> {
     let mut merged: BTreeMap<String, ClusterPool> = BTreeMap::new();
     for (node_id, pools) in per_node {
@@ -96,7 +96,7 @@ pub struct Inventory {
 
 #[derive(Default)]
 struct State {
-    per_node: BTreeMap<String, Vec<proto::Pool>>,
+    per_node: BTreeMap<String, Vec<PoolInfo>>,
     /// Bumped whenever a node's pools change.
     generation: u64,
     /// The last merge: the generation and the nodes it was made of.
@@ -114,7 +114,7 @@ impl Inventory {
     }
 
     /// Records the pools `node_id` reports now.
-    pub fn set(&self, node_id: &str, pools: Vec<proto::Pool>) {
+    pub fn set(&self, node_id: &str, pools: Vec<PoolInfo>) {
         let mut state = self.lock();
         if state.per_node.get(node_id) != Some(&pools) {
             state.per_node.insert(node_id.to_string(), pools);
@@ -131,7 +131,7 @@ impl Inventory {
     }
 
     /// The pools `node_id` last reported, if it was asked yet.
-    pub fn pools_of(&self, node_id: &str) -> Option<Vec<proto::Pool>> {
+    pub fn pools_of(&self, node_id: &str) -> Option<Vec<PoolInfo>> {
         self.lock().per_node.get(node_id).cloned()
     }
 
@@ -164,8 +164,8 @@ impl Inventory {
 mod tests {
     use super::*;
 
-    fn pool(name: &str, storage_id: &str) -> proto::Pool {
-        proto::Pool {
+    fn pool(name: &str, storage_id: &str) -> PoolInfo {
+        PoolInfo {
             name: name.into(),
             storage_id: storage_id.into(),
             ..Default::default()

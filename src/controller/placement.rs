@@ -57,7 +57,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use crate::cli::units::human_bytes;
+use crate::units::human_bytes;
 
 use crate::hypervisor::{pool_disk_kind, space_needed, DiskKind, ImageFormat};
 

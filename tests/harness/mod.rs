@@ -22,6 +22,7 @@ pub mod certs;
 pub mod checks;
 pub mod controller;
 pub mod defined;
+pub mod etcd;
 pub mod fs_pool;
 pub mod guest;
 pub mod node;

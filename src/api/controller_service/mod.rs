@@ -1,267 +1,147 @@
-//! The Controller gRPC service: resolves which node runs a domain, places the
-//! disk with [`crate::controller::placement`], forwards the migration to that
-//! node and relays its events, keeping every migration in the history.
-//!
-//! The relay runs in its own task: a caller dropping the stream neither stops
-//! the migration (it runs on the node) nor the history updates. After a
-//! controller restart, unfinished migrations are followed again from the nodes.
-//!
-//! Scale: placement reads the pool [`Inventory`], refreshed in the background
-//! every heartbeat interval and when a node (re)registers, never asking every
-//! node per request. The source of a migration is always a node's fresh
-//! answer: the node that last ran the domain is asked first, and only when it
-//! does not run it any more are all up nodes asked, concurrently. Channels to
-//! nodes are kept and reused. A plan judges the pools the domain's node
-//! reaches (plus a pool the caller names, wherever it is), so its cost and
-//! size follow that node's pools, not the size of the fleet.
+//! The Controller gRPC service: a shim over [`crate::controller::Controller`]
+//! that checks who calls, converts proto ↔ domain ([`convert`]) and audits
+//! the mutating calls. What the controller decides lives in the domain.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tonic::{Code, Request, Response, Status};
-use tracing::Instrument;
+use tonic::{Request, Response, Status};
 
 use crate::api::audit::Audit;
 use crate::api::auth::{Caller, Grant};
-use crate::api::client::{self, AuthChannel, Credentials};
+use crate::api::client::Credentials;
+use crate::api::node_client::GrpcNodes;
 use crate::api::node_service::EventStream;
 use crate::config::ControllerConfig;
-use crate::controller::group_placement::{self, DiskChoices};
-use crate::controller::history::{Entry, History};
-use crate::controller::inventory::{ClusterPool, Inventory, Merged};
-use crate::controller::placement::{
-    self, DiskToPlace, LayerToPlace, PoolCandidate, PoolPolicy, Verdict,
-};
-use crate::controller::registry::{self, NodeEntry, NodeFacts, Registry, RegistryError};
-use crate::hypervisor::ImageFormat;
-use crate::migration::model::now_ms;
+use crate::controller::error::ControllerError;
+use crate::controller::placement::{self, Verdict};
+use crate::controller::registry::RegistryError;
+use crate::controller::store::Store;
+use crate::controller::{self, Found, Observer, Planned, SinglePlan, WatchStream};
 use crate::proto;
 use crate::proto::controller_server::Controller;
-use crate::proto::node_client::NodeClient;
 
-mod groups;
-mod nodes;
-mod relay;
-mod resolve;
-use resolve::shallow;
-mod source_users;
+pub mod convert;
 #[cfg(test)]
 mod tests;
-
-/// How many nodes are asked at once when many must be (probes, refreshes, a
-/// domain whose node is not known).
-const FAN_OUT: usize = 64;
 
 /// The controller service.
 #[derive(Clone)]
 pub struct ControllerService {
-    inner: Arc<Inner>,
+    controller: controller::Controller,
 }
 
-struct Inner {
-    config: ControllerConfig,
-    registry: Registry,
-    inventory: Inventory,
-    /// Open channels by node id, with the endpoint they go to and the
-    /// generation of the client certificate they were opened with.
-    channels: Mutex<HashMap<String, OpenChannel>>,
-    /// What the controller presents to its nodes.
-    credentials: Credentials,
-    /// The follower of each unfinished migration being followed.
-    followers: Mutex<HashMap<String, Arc<relay::Follower>>>,
-    history: Arc<History>,
-    /// Told of placement rejections and relayed events (metrics).
-    observer: Arc<dyn crate::controller::Observer>,
+/// The stream a caller reads: the domain's events as the node sent them.
+fn event_stream(mut watch: WatchStream) -> EventStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                item = watch.recv() => item,
+                () = tx.closed() => return,
+            };
+            let Some(item) = item else { return };
+            let item = item
+                .map(|e| convert::event_to_proto(&e))
+                .map_err(Status::from);
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// A channel to a node, reused while its endpoint and the controller's client
-/// certificate files stay the same (a rotated certificate opens new ones).
-pub(super) struct OpenChannel {
-    endpoint: String,
-    generation: Vec<Option<std::time::SystemTime>>,
-    channel: AuthChannel,
+fn candidates(plan: &placement::Plan) -> Vec<proto::PlacementCandidate> {
+    plan.decisions
+        .iter()
+        .map(|d| match &d.verdict {
+            Verdict::Accepted(fit) => proto::PlacementCandidate {
+                pool: d.name.clone(),
+                storage_id: d.storage_id.clone(),
+                accepted: true,
+                rejected_by: String::new(),
+                reason: String::new(),
+                score: fit.score,
+                free_after_bytes: fit.free_after,
+            },
+            Verdict::Rejected(r) => proto::PlacementCandidate {
+                pool: d.name.clone(),
+                storage_id: d.storage_id.clone(),
+                accepted: false,
+                rejected_by: r.rule.name().to_string(),
+                reason: r.reason.clone(),
+                score: 0.0,
+                free_after_bytes: 0,
+            },
+        })
+        .collect()
 }
 
-/// Where a domain's disk is, as its node reports it.
-struct Located {
-    node: NodeEntry,
-    disk: proto::Disk,
-}
-
-/// One node's answer to "do you run this domain?".
-enum Answer {
-    Running(proto::ListDisksResponse),
-    /// Defined there but not running.
-    Defined,
-    Absent,
-    /// The request itself is wrong; every node would say so.
-    Invalid(Status),
-    Unreachable,
-}
-
-fn node_unavailable(node: &NodeEntry, err: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!(
-        "node {} at {} is unreachable: {err}; check that `volmig node` runs there",
-        node.id, node.endpoint
-    ))
-}
-
-fn facts_of(info: &proto::NodeInfo) -> NodeFacts {
-    NodeFacts {
-        hostname: info.hostname.clone(),
-        libvirt_version: info.libvirt_version.clone(),
-        hypervisor_version: info.hypervisor_version.clone(),
-        volmig_version: info.volmig_version.clone(),
+fn single_plan_response(p: &SinglePlan) -> proto::PlanMigrationResponse {
+    proto::PlanMigrationResponse {
+        node_id: p.located.node.id.clone(),
+        disk: Some(convert::disk_to_proto(&p.located.disk)),
+        source_pool: p.source_pool.clone(),
+        candidates: candidates(&p.plan),
+        chosen_pool: p.plan.chosen().map(|d| d.name.clone()).unwrap_or_default(),
+        disks: Vec::new(),
     }
 }
 
-/// The `x-volmig-caller` value for `caller`: printable ASCII only.
-fn caller_header(
-    caller: &Caller,
-) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
-    let text: String = caller.audit_name().escape_default().take(256).collect();
-    text.parse().ok()
+fn plan_response(planned: &Planned) -> proto::PlanMigrationResponse {
+    match planned {
+        Planned::Single(p) => single_plan_response(p),
+        Planned::Group(g) => proto::PlanMigrationResponse {
+            node_id: g.node.id.clone(),
+            disks: g
+                .disks
+                .iter()
+                .map(|(located, _, plan)| {
+                    single_plan_response(&SinglePlan {
+                        located: located.clone(),
+                        source_pool: located.disk.pool.clone(),
+                        plan: plan.clone(),
+                    })
+                })
+                .collect(),
+            ..Default::default()
+        },
+    }
 }
 
 impl ControllerService {
-    /// A controller with its configuration and history; follows unfinished
-    /// migrations again and keeps the pool inventory fresh in the background.
-    pub fn new(config: ControllerConfig, history: History) -> ControllerService {
-        ControllerService::with_credentials(config, history, Credentials::default())
-    }
-
-    /// [`ControllerService::new`] whose calls to nodes present `credentials`
-    /// (its client certificate for `https://` nodes, a token).
-    pub fn with_credentials(
+    /// A controller over `store` whose calls to nodes present `credentials`
+    /// (its client certificate for `https://` nodes, a token) and that tells
+    /// `observer` of its placement rejections and relayed events.
+    pub async fn start(
         config: ControllerConfig,
-        history: History,
+        store: Arc<dyn Store>,
         credentials: Credentials,
-    ) -> ControllerService {
-        ControllerService::observed(config, history, credentials, Arc::new(()))
+        observer: Arc<dyn Observer>,
+    ) -> Result<ControllerService, ControllerError> {
+        let nodes = Arc::new(GrpcNodes::new(
+            credentials,
+            std::time::Duration::from_secs(config.node_call_timeout_seconds.max(1)),
+        ));
+        let controller = controller::Controller::start(config, store, nodes, observer).await?;
+        Ok(ControllerService { controller })
     }
 
-    /// [`ControllerService::with_credentials`] telling `observer` of its
-    /// placement rejections and relayed events.
-    pub fn observed(
-        config: ControllerConfig,
-        history: History,
-        credentials: Credentials,
-        observer: Arc<dyn crate::controller::Observer>,
-    ) -> ControllerService {
-        let registry = Registry::new(
-            config
-                .nodes
-                .iter()
-                .map(|n| (n.id.clone(), n.endpoint.clone())),
-            Duration::from_secs(u64::from(config.down_after_seconds.max(1))),
-            config.max_nodes.max(config.nodes.len()),
-        );
-        let service = ControllerService {
-            inner: Arc::new(Inner {
-                config,
-                registry,
-                inventory: Inventory::new(),
-                channels: Mutex::new(HashMap::new()),
-                credentials,
-                followers: Mutex::new(HashMap::new()),
-                history: Arc::new(history),
-                observer,
-            }),
-        };
-        for entry in service.inner.history.all() {
-            if !entry.is_terminal() {
-                service.follow(&entry, None);
-            }
-        }
-        service.spawn_refresher();
-        service
+    /// The domain controller behind the service.
+    pub fn controller(&self) -> &controller::Controller {
+        &self.controller
     }
 
-    /// Every node with whether it is up and how long ago it was last heard
-    /// from (`None`: not since this controller started or since a failed call).
-    pub fn node_health(&self) -> Vec<(String, bool, Option<Duration>)> {
-        let registry = &self.inner.registry;
-        registry
-            .all()
-            .into_iter()
-            .map(|e| {
-                (
-                    e.id.clone(),
-                    registry.is_up(&e),
-                    e.last_seen.map(|t| t.elapsed()),
-                )
-            })
-            .collect()
-    }
-
-    /// Reports the pools `plan` rejected, by rule.
-    pub(super) fn observe_rejections(&self, plan: &placement::Plan) {
-        for decision in &plan.decisions {
-            if let Verdict::Rejected(rejection) = &decision.verdict {
-                self.inner.observer.placement_rejected(rejection.rule);
-            }
-        }
-    }
-
-    /// Bound on one call to a node.
-    pub(super) fn call_timeout(&self) -> Duration {
-        Duration::from_secs(self.inner.config.node_call_timeout_seconds.max(1))
-    }
-
-    /// Runs a call to a node within [`Self::call_timeout`]; for a stream,
-    /// until its response headers.
-    pub(super) async fn timed<T>(
-        &self,
-        call: impl Future<Output = Result<Response<T>, Status>>,
-    ) -> Result<Response<T>, Status> {
-        tokio::time::timeout(self.call_timeout(), call)
-            .await
-            .map_err(|_| Status::deadline_exceeded("the node did not answer in time"))?
-    }
-
-    /// A request to a node, naming for its audit log the caller the
-    /// controller acts for.
-    pub(super) fn to_node<T>(&self, caller: Option<&Caller>, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        if let Some(value) = caller.and_then(caller_header) {
-            request
-                .metadata_mut()
-                .insert(crate::api::auth::CALLER_HEADER, value);
-        }
-        request
-    }
-
-    fn entry(&self, id: &str) -> Result<Entry, Status> {
-        crate::migration::validate::migration_id(id)?;
-        self.inner.history.get(id).ok_or_else(|| {
-            Status::not_found(format!(
-                "no migration with id '{id}' in the controller's history"
-            ))
-        })
-    }
-
-    async fn node_of(&self, entry: &Entry) -> Result<(NodeEntry, NodeClient<AuthChannel>), Status> {
-        let node = self.inner.registry.get(&entry.record.node_id).ok_or_else(|| {
-            Status::unavailable(format!(
-                "node {} that runs migration {} is not registered (it has not sent a heartbeat since the controller started)",
-                entry.record.node_id, entry.record.migration_id
-            ))
-        })?;
-        let client = self.client(&node).await?;
-        Ok((node, client))
+    /// See [`controller::Controller::node_health`].
+    pub fn node_health(&self) -> Vec<(String, bool, Option<std::time::Duration>)> {
+        self.controller.node_health()
     }
 }
 
-fn node_error(node: &NodeEntry, status: Status) -> Status {
-    if matches!(status.code(), Code::Unavailable | Code::Unknown) {
-        node_unavailable(node, status.message())
-    } else {
-        status
-    }
+/// A malformed migration id is the caller's error.
+fn migration_id(id: &str) -> Result<&str, Status> {
+    crate::migration::validate::migration_id(id)?;
+    Ok(id)
 }
 
 #[tonic::async_trait]
@@ -281,30 +161,32 @@ impl Controller for ControllerService {
         &self,
         _req: Request<proto::ListNodesRequest>,
     ) -> Result<Response<proto::ListNodesResponse>, Status> {
-        self.up_nodes().await;
         let nodes = self
-            .inner
-            .registry
-            .all()
+            .controller
+            .list_nodes()
+            .await
             .into_iter()
-            .map(|n| proto::NodeStatus {
-                state: if self.inner.registry.is_up(&n) {
-                    proto::NodeState::Up
-                } else {
-                    proto::NodeState::Down
-                } as i32,
-                info: n.facts.as_ref().map(|f| proto::NodeInfo {
-                    node_id: n.id.clone(),
-                    hostname: f.hostname.clone(),
-                    libvirt_version: f.libvirt_version.clone(),
-                    hypervisor_version: f.hypervisor_version.clone(),
-                    volmig_version: f.volmig_version.clone(),
-                    ..Default::default()
-                }),
-                node_id: n.id,
-                endpoint: n.endpoint,
-                last_seen_unix_ms: n.last_seen_ms,
-                configured: n.configured,
+            .map(|s| {
+                let n = s.node;
+                proto::NodeStatus {
+                    state: if s.up {
+                        proto::NodeState::Up
+                    } else {
+                        proto::NodeState::Down
+                    } as i32,
+                    info: n.facts.as_ref().map(|f| proto::NodeInfo {
+                        node_id: n.id.clone(),
+                        hostname: f.hostname.clone(),
+                        libvirt_version: f.libvirt_version.clone(),
+                        hypervisor_version: f.hypervisor_version.clone(),
+                        volmig_version: f.volmig_version.clone(),
+                        ..Default::default()
+                    }),
+                    node_id: n.id,
+                    endpoint: n.endpoint,
+                    last_seen_unix_ms: n.last_seen_ms,
+                    configured: n.configured,
+                }
             })
             .collect();
         Ok(Response::new(proto::ListNodesResponse { nodes }))
@@ -314,27 +196,18 @@ impl Controller for ControllerService {
         &self,
         _req: Request<proto::ListClusterPoolsRequest>,
     ) -> Result<Response<proto::ListClusterPoolsResponse>, Status> {
-        let up = self.up_nodes().await;
-        let in_flight = self.in_flight();
         let pools = self
-            .cluster_pools(&up)
-            .await
-            .pools
-            .iter()
-            .cloned()
-            .map(|cp| {
-                let settings = self
-                    .inner
-                    .config
-                    .pool_settings(&cp.pool.name, &cp.storage_id);
-                proto::ClusterPool {
-                    in_flight_migrations: in_flight.get(&cp.storage_id).copied().unwrap_or(0),
-                    node_ids: cp.names.keys().cloned().collect(),
-                    tags: settings.tags,
-                    used_threshold: settings.used_threshold,
-                    storage_id: cp.storage_id,
-                    pool: Some(cp.pool),
-                }
+            .controller
+            .list_pools()
+            .await?
+            .into_iter()
+            .map(|p| proto::ClusterPool {
+                in_flight_migrations: p.in_flight,
+                node_ids: p.pool.names.keys().cloned().collect(),
+                tags: p.tags,
+                used_threshold: p.used_threshold,
+                storage_id: p.pool.storage_id.clone(),
+                pool: Some(convert::pool_to_proto(&p.pool.pool)),
             })
             .collect();
         Ok(Response::new(proto::ListClusterPoolsResponse { pools }))
@@ -344,17 +217,9 @@ impl Controller for ControllerService {
         &self,
         req: Request<proto::MigrateVolumeRequest>,
     ) -> Result<Response<proto::PlanMigrationResponse>, Status> {
-        let req = req.into_inner();
-        if groups::is_group(&req) {
-            let plan = self.plan_group(&req).await?;
-            return Ok(Response::new(Self::group_plan_response(&plan)));
-        }
-        let (located, source_pool, _, plan) = self.plan(&req).await?;
-        Ok(Response::new(Self::plan_response(
-            &located,
-            &source_pool,
-            &plan,
-        )))
+        let order = convert::order_from_proto(req.into_inner())?;
+        let planned = self.controller.plan(&order).await?;
+        Ok(Response::new(plan_response(&planned)))
     }
 
     type MigrateVolumeStream = EventStream;
@@ -381,29 +246,12 @@ impl Controller for ControllerService {
         &self,
         req: Request<proto::WatchMigrationRequest>,
     ) -> Result<Response<Self::WatchMigrationStream>, Status> {
-        let entry = self.entry(&req.into_inner().migration_id)?;
-        let follower = match self.following(&entry.record.migration_id) {
-            Some(follower) => follower,
-            None => {
-                // Nobody follows it (it ended, or was not followed yet): reach
-                // the node now, so an unreachable node is this caller's
-                // UNAVAILABLE, naming the node, rather than a silent wait.
-                let (node, mut client) = self.node_of(&entry).await?;
-                let request = self.to_node(
-                    None,
-                    proto::WatchMigrationRequest {
-                        migration_id: entry.record.migration_id.clone(),
-                    },
-                );
-                let stream = self
-                    .timed(client.watch_migration(request))
-                    .await
-                    .map_err(|s| node_error(&node, s))?
-                    .into_inner();
-                self.follow(&entry, Some(stream))
-            }
-        };
-        Ok(Response::new(self.watch_stream(&follower)?))
+        let req = req.into_inner();
+        let watch = self
+            .controller
+            .watch(migration_id(&req.migration_id)?)
+            .await?;
+        Ok(Response::new(event_stream(watch)))
     }
 
     async fn cancel_migration(
@@ -419,34 +267,15 @@ impl Controller for ControllerService {
         &self,
         req: Request<proto::GetMigrationRequest>,
     ) -> Result<Response<proto::MigrationRecord>, Status> {
-        let entry = self.entry(&req.into_inner().migration_id)?;
-        if entry.is_terminal() {
-            return Ok(Response::new(entry.record));
-        }
-        // Ask the node for the live state; its record is the truth while it runs.
-        let (node, mut client) = self.node_of(&entry).await?;
-        let request = self.to_node(
-            None,
-            proto::GetMigrationRequest {
-                migration_id: entry.record.migration_id.clone(),
-            },
-        );
-        let record = self
-            .timed(client.get_migration(request))
-            .await
-            .map_err(|s| node_error(&node, s))?
-            .into_inner();
-        match &record.latest {
-            Some(latest) if relay::owns(&entry, latest) => {
-                let _ = self.inner.history.update_latest(latest);
-            }
-            _ => {
-                return Err(Status::internal(format!(
-                    "node {} answered with a record that is not migration {}",
-                    node.id, entry.record.migration_id
-                )))
-            }
-        }
+        let req = req.into_inner();
+        let record = match self
+            .controller
+            .get(migration_id(&req.migration_id)?)
+            .await?
+        {
+            Found::Recorded(entry) => convert::entry_to_proto(&entry),
+            Found::Live(record) => convert::node_record_to_proto(&record),
+        };
         Ok(Response::new(record))
     }
 
@@ -456,31 +285,14 @@ impl Controller for ControllerService {
     ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
         let req = req.into_inner();
         crate::migration::validate::list_filter(&req.domain, &req.node_id)?;
-        let mut records: Vec<proto::MigrationRecord> = self
-            .inner
-            .history
-            .all()
-            .into_iter()
-            .filter(|e| {
-                let r = &e.record;
-                let latest = r.latest.clone().unwrap_or_default();
-                (req.node_id.is_empty() || r.node_id == req.node_id)
-                    && (req.domain.is_empty() || latest.domain == req.domain)
-                    && (req.phases.is_empty() || req.phases.contains(&latest.phase))
-                    && (req.started_after_unix_ms == 0
-                        || latest.started_at_unix_ms >= req.started_after_unix_ms)
-                    && (req.started_before_unix_ms == 0
-                        || latest.started_at_unix_ms < req.started_before_unix_ms)
-                    && (!req.active_only || !e.is_terminal())
-            })
-            .map(|e| e.record)
+        let migrations = self
+            .controller
+            .list(&convert::filter_from_proto(&req))
+            .await?
+            .iter()
+            .map(convert::entry_to_proto)
             .collect();
-        records.sort_by_key(|r| {
-            std::cmp::Reverse(r.latest.as_ref().map(|e| e.started_at_unix_ms).unwrap_or(0))
-        });
-        Ok(Response::new(proto::ListMigrationsResponse {
-            migrations: records,
-        }))
+        Ok(Response::new(proto::ListMigrationsResponse { migrations }))
     }
 
     async fn set_bandwidth(
@@ -516,23 +328,18 @@ impl ControllerService {
             }
             .into());
         }
-        registry::check_endpoint(&req.endpoint, caller.is_local())?;
-        let facts = req.info.as_ref().map(facts_of).unwrap_or_default();
-        let news = self
-            .inner
-            .registry
-            .register(&req.node_id, &req.endpoint, facts)?;
-        if news {
-            // A new or returning node: its pools count from now, not from the
-            // next refresh.
-            if let Some(node) = self.inner.registry.get(&req.node_id) {
-                tracing::info!(node = %node.id, endpoint = %node.endpoint.escape_debug(), by = %caller.identity, "node registered");
-                let svc = self.clone();
-                tokio::spawn(async move { svc.fetch_pools(&node).await }.in_current_span());
-            }
-        }
+        let facts = req
+            .info
+            .as_ref()
+            .map(convert::facts_from_proto)
+            .unwrap_or_default();
+        let heartbeat = self
+            .controller
+            .register(&req.node_id, &req.endpoint, facts, caller.is_local())
+            .await?;
+        tracing::debug!(node = %req.node_id, by = %caller.identity, "registration");
         Ok(Response::new(proto::RegisterNodeResponse {
-            heartbeat_interval_seconds: self.inner.config.heartbeat_interval_seconds,
+            heartbeat_interval_seconds: heartbeat,
         }))
     }
 
@@ -542,188 +349,42 @@ impl ControllerService {
         &self,
         req: Request<proto::MigrateVolumeRequest>,
     ) -> Result<(String, EventStream), Status> {
-        let caller = Caller::of(&req).cloned();
-        let mut req = req.into_inner();
-        if groups::is_group(&req) {
-            return self.start_group_migration(caller.as_ref(), req).await;
-        }
-        let (located, _source_pool, pools, plan) = self.plan(&req).await?;
-        let chosen = match plan.chosen() {
-            Some(d) => d.clone(),
-            None if !req.destination_pool.is_empty() => {
-                let why = plan
-                    .decisions
-                    .first()
-                    .map(|d| match &d.verdict {
-                        Verdict::Rejected(r) => format!("{}: {}", r.rule.name(), r.reason),
-                        Verdict::Accepted(_) => String::new(),
-                    })
-                    .unwrap_or_default();
-                return Err(Status::failed_precondition(format!(
-                    "pool '{}' cannot take disk {} of '{}': {why}",
-                    req.destination_pool, req.disk, req.domain
-                )));
-            }
-            None => {
-                return Err(Status::resource_exhausted(format!(
-                    "no pool can take disk {} of '{}'; see `volmig plan` for each pool's reason",
-                    req.disk, req.domain
-                )))
-            }
-        };
-        let pool = pools
-            .pools
-            .iter()
-            .find(|p| p.storage_id == chosen.storage_id)
-            .map(|p| p.name_on(&located.node.id).to_string())
-            .unwrap_or(chosen.name.clone());
-        req.destination_pool = pool;
-        let node = located.node;
-        let options = req.options.get_or_insert_with(Default::default);
-        if options.source_policy == proto::SourcePolicy::Delete as i32 {
-            let elsewhere = self
-                .source_users_elsewhere(
-                    &node,
-                    &located.disk.pool,
-                    &located.disk.source,
-                    &req.domain,
-                    &pools,
-                )
-                .await;
-            options.source_users_elsewhere.extend(elsewhere);
-        }
-        let (stream, first) = self.start_on_node(caller.as_ref(), &node, &req).await?;
-        let record = proto::MigrationRecord {
-            migration_id: first.migration_id.clone(),
-            node_id: node.id.clone(),
-            request: Some(req),
-            latest: Some(first.clone()),
-            source_pool: located.disk.pool.clone(),
-            previous_source: located.disk.source.clone(),
-        };
-        let entry = self.record_started(
-            &node,
-            Entry {
-                record,
-                dest_storage_id: chosen.storage_id.clone(),
-                more_storage_ids: Vec::new(),
-            },
-        )?;
-        let span = tracing::Span::current();
-        span.record("migration.id", first.migration_id.as_str());
-        span.record("node.id", node.id.as_str());
-        tracing::info!(migration_id = %first.migration_id, node = %node.id, pool = %chosen.name, at = now_ms(), "migration relayed");
-        let follower = self.follow(&entry, Some(stream));
-        Ok((
-            entry.record.migration_id.clone(),
-            self.watch_stream(&follower)?,
-        ))
-    }
-
-    /// Sends the request to the node and reads its first event, which must
-    /// be the start of a migration of that node's own.
-    async fn start_on_node(
-        &self,
-        caller: Option<&Caller>,
-        node: &NodeEntry,
-        req: &proto::MigrateVolumeRequest,
-    ) -> Result<
-        (
-            tonic::codec::Streaming<proto::MigrationEvent>,
-            proto::MigrationEvent,
-        ),
-        Status,
-    > {
-        let mut client = self.client(node).await?;
-        let request = self.to_node(caller, req.clone());
-        // Bounded until the first event: the node answers at once (it
-        // validates before it streams); later events may be minutes apart.
-        let (stream, first) = tokio::time::timeout(self.call_timeout(), async {
-            let mut stream = client
-                .migrate_volume(request)
-                .await
-                .map_err(|s| node_error(node, s))?
-                .into_inner();
-            let first = stream.message().await.map_err(|s| node_error(node, s))?;
-            Ok::<_, Status>((stream, first))
-        })
-        .await
-        .map_err(|_| {
-            Status::deadline_exceeded(format!(
-                "node {} did not start the migration in time",
-                node.id
-            ))
-        })??;
-        // The first event carries the migration id the node chose; record it
-        // before relaying anything so the history never misses a migration.
-        let first = first.ok_or_else(|| {
-            Status::internal(format!(
-                "node {} ended the stream without an event",
-                node.id
-            ))
-        })?;
-        if crate::migration::validate::migration_id(&first.migration_id).is_err()
-            || first.node_id != node.id
-        {
-            return Err(Status::internal(format!(
-                "node {} answered with an event that is not its own migration",
-                node.id
-            )));
-        }
-        Ok((stream, first))
-    }
-
-    /// Records a migration the node started (before anything is relayed, so
-    /// the history never misses one); a retry that attached to a migration
-    /// already recorded gets that entry.
-    fn record_started(&self, node: &NodeEntry, entry: Entry) -> Result<Entry, Status> {
-        let id = &entry.record.migration_id;
-        match self.inner.history.get(id) {
-            Some(prior) if prior.record.node_id != node.id => Err(Status::internal(format!(
-                "node {} answered with migration {id}, which node {} runs",
-                node.id, prior.record.node_id
-            ))),
-            Some(prior) => Ok(prior),
-            None => {
-                self.inner
-                    .history
-                    .put(entry.clone())
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                Ok(entry)
-            }
-        }
+        let actor = Caller::of(&req).map(Caller::audit_name);
+        let order = convert::order_from_proto(req.into_inner())?;
+        let (id, watch) = self
+            .controller
+            .start_migration(actor.as_deref(), order)
+            .await?;
+        Ok((id, event_stream(watch)))
     }
 
     async fn cancel(
         &self,
         req: Request<proto::CancelMigrationRequest>,
     ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
-        let caller = Caller::of(&req).cloned();
-        let entry = self.entry(&req.into_inner().migration_id)?;
-        let (node, mut client) = self.node_of(&entry).await?;
-        let request = self.to_node(
-            caller.as_ref(),
-            proto::CancelMigrationRequest {
-                migration_id: entry.record.migration_id.clone(),
-            },
-        );
-        self.timed(client.cancel_migration(request))
-            .await
-            .map_err(|s| node_error(&node, s))
+        let actor = Caller::of(&req).map(Caller::audit_name);
+        let req = req.into_inner();
+        let latest = self
+            .controller
+            .cancel(actor.as_deref(), migration_id(&req.migration_id)?)
+            .await?;
+        Ok(Response::new(proto::CancelMigrationResponse {
+            latest: latest.as_ref().map(convert::event_to_proto),
+        }))
     }
 
     async fn bandwidth(
         &self,
         req: Request<proto::SetBandwidthRequest>,
     ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
-        let caller = Caller::of(&req).cloned();
+        let actor = Caller::of(&req).map(Caller::audit_name);
         let req = req.into_inner();
-        let entry = self.entry(&req.migration_id)?;
+        let id = migration_id(&req.migration_id)?;
+        self.controller.entry(id).await?;
         crate::migration::validate::bandwidth(req.bytes_per_sec)?;
-        let (node, mut client) = self.node_of(&entry).await?;
-        let request = self.to_node(caller.as_ref(), req);
-        self.timed(client.set_bandwidth(request))
-            .await
-            .map_err(|s| node_error(&node, s))
+        self.controller
+            .set_bandwidth(actor.as_deref(), id, req.bytes_per_sec)
+            .await?;
+        Ok(Response::new(proto::SetBandwidthResponse {}))
     }
 }

@@ -1,7 +1,20 @@
 //! Unit tests of the controller service against in-process fake nodes.
 
+use std::sync::Mutex;
+
+use tonic::Code;
+
 use super::*;
+use crate::controller::store::file::FileStore;
 use crate::proto::node_server::{Node, NodeServer};
+
+/// A controller with its store in `state`.
+async fn service(state: &std::path::Path, config: ControllerConfig) -> ControllerService {
+    let store: Arc<dyn Store> = Arc::new(FileStore::open(state).expect("store"));
+    ControllerService::start(config, store, Credentials::default(), Arc::new(()))
+        .await
+        .expect("controller")
+}
 
 /// A node that runs `domain` when it is set, with one local pool.
 struct FakeNode {
@@ -164,8 +177,7 @@ fn request(pool: &str) -> Request<proto::MigrateVolumeRequest> {
 #[tokio::test]
 async fn a_domain_that_moved_is_found_on_its_new_node_despite_the_hint() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let history = History::open(&dir.path().join("state")).expect("history");
-    let svc = ControllerService::new(ControllerConfig::default(), history);
+    let svc = service(&dir.path().join("state"), ControllerConfig::default()).await;
     let on_a = fake_node(dir.path(), &svc, "a").await;
     let on_b = fake_node(dir.path(), &svc, "b").await;
 
@@ -176,7 +188,7 @@ async fn a_domain_that_moved_is_found_on_its_new_node_despite_the_hint() {
         .expect("plan")
         .into_inner();
     assert_eq!(plan.node_id, "a");
-    assert_eq!(svc.inner.registry.domain_hint("vm").as_deref(), Some("a"));
+    assert_eq!(svc.controller().domain_hint("vm").as_deref(), Some("a"));
     // Only a's pools are judged; its other pool is chosen.
     assert_eq!(plan.candidates.len(), 2);
     assert_eq!(plan.chosen_pool, "dst");
@@ -189,7 +201,7 @@ async fn a_domain_that_moved_is_found_on_its_new_node_despite_the_hint() {
         .expect("plan")
         .into_inner();
     assert_eq!(plan.node_id, "b", "the stale hint is not trusted");
-    assert_eq!(svc.inner.registry.domain_hint("vm").as_deref(), Some("b"));
+    assert_eq!(svc.controller().domain_hint("vm").as_deref(), Some("b"));
     assert!(plan
         .candidates
         .iter()
@@ -222,8 +234,7 @@ fn event(id: &str, node: &str, phase: proto::Phase) -> proto::MigrationEvent {
 async fn only_the_owning_nodes_events_are_recorded_once_each_however_many_watch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let history = History::open(&state).expect("history");
-    let svc = ControllerService::new(ControllerConfig::default(), history);
+    let svc = service(&state, ControllerConfig::default()).await;
     let path = dir.path().join("a.sock");
     let listener = tokio::net::UnixListener::bind(&path).expect("bind");
     let domain = Arc::new(Mutex::new(Some("vm".to_string())));
@@ -299,32 +310,32 @@ async fn only_the_owning_nodes_events_are_recorded_once_each_however_many_watch(
         assert_eq!(seen.last(), Some(&proto::Phase::Completed), "{seen:?}");
     }
     assert!(
-        svc.inner.history.get("m2").is_none(),
+        svc.controller().entry("m2").await.is_err(),
         "forged migration recorded"
     );
-    let entry = svc.inner.history.get("m1").expect("m1");
+    let entry = svc.controller().entry("m1").await.expect("m1");
     assert_eq!(
-        entry.record.latest.expect("latest").phase(),
-        proto::Phase::Completed
+        entry.latest.phase,
+        Some(crate::migration::model::Phase::Completed)
     );
-    // One line for the new record, one per owned event after it: not one
+    // One write for the new record, one per owned event after it: not one
     // per watcher.
-    let lines = std::fs::read_to_string(state.join("history.jsonl"))
-        .expect("history")
+    let writes = std::fs::read_to_string(state.join("store.jsonl"))
+        .expect("store")
         .lines()
+        .filter(|l| l.contains("\"migrations/m1\""))
         .count();
-    assert_eq!(lines, 3);
+    assert_eq!(writes, 3);
 }
 
 #[tokio::test]
 async fn registration_is_refused_for_other_ids_and_bad_endpoints() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let history = History::open(&dir.path().join("state")).expect("history");
     let config = ControllerConfig {
         max_nodes: 2,
         ..ControllerConfig::default()
     };
-    let svc = ControllerService::new(config, history);
+    let svc = service(&dir.path().join("state"), config).await;
     let node_caller = crate::api::auth::Caller {
         identity: "cert:n1".into(),
         grant: crate::api::auth::Grant::Role {

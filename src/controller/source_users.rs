@@ -2,14 +2,11 @@
 //! every other node that reaches the source's pool what uses the image there: a
 //! node sees only its own domains and pools.
 
-use tonic::Status;
+use super::inventory::Merged;
+use super::registry::NodeEntry;
+use super::Controller;
 
-use super::ControllerService;
-use crate::controller::inventory::Merged;
-use crate::controller::registry::NodeEntry;
-use crate::proto;
-
-impl ControllerService {
+impl Controller {
     /// Users of `source` (in pool `pool` of `node`) on the other nodes that
     /// reach the same storage, one line each. A node that cannot be asked is a
     /// line too: what cannot be checked is not deleted.
@@ -34,16 +31,14 @@ impl ControllerService {
             .into_iter()
             .filter(|n| n.id != node.id && shared.names.contains_key(&n.id))
             .collect();
-        let request = proto::FindVolumeUsersRequest {
-            source: source.to_string(),
-            exclude_domain: domain.to_string(),
-        };
-        let mut asks = self.fan_out(others, move |svc, other| {
-            let request = request.clone();
+        let (source, domain) = (source.to_string(), domain.to_string());
+        let mut asks = self.fan_out(others, move |c, other| {
+            let (source, domain) = (source.clone(), domain.clone());
             async move {
-                let mut client = svc.client(&other).await?;
-                let reply = svc.timed(client.find_volume_users(request)).await?;
-                Ok::<_, Status>(reply.into_inner().users)
+                c.inner
+                    .nodes
+                    .find_volume_users(&other, &source, &domain)
+                    .await
             }
         });
         let mut lines = Vec::new();
@@ -53,11 +48,11 @@ impl ControllerService {
             };
             match answer {
                 Ok(users) => lines.extend(users.into_iter().map(|u| format!("node {}: {u}", other.id))),
-                Err(status) => lines.push(format!(
+                Err(e) => lines.push(format!(
                     "node {} reaches pool '{}' but could not be asked whether it uses the source ({})",
                     other.id,
                     shared.name_on(&other.id),
-                    status.message()
+                    e.message
                 )),
             }
         }

@@ -1,0 +1,163 @@
+//! The controller's one error type. The edge maps it to a gRPC status in one
+//! place (`crate::api::status`); here each variant names the situation.
+
+use super::registry::RegistryError;
+use super::store::StoreError;
+
+/// How a call to a node failed, in the classes the node's API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeErrorKind {
+    /// The node could not be reached (or the call broke off).
+    Unavailable,
+    /// No answer in time.
+    DeadlineExceeded,
+    /// The node found the request malformed.
+    InvalidArgument,
+    /// The node does not know the object.
+    NotFound,
+    /// The node already has the object.
+    AlreadyExists,
+    /// The node's state does not allow it.
+    FailedPrecondition,
+    /// The node is at a limit.
+    ResourceExhausted,
+    /// The node refused the controller's identity.
+    PermissionDenied,
+    /// The node did not accept the controller's credentials.
+    Unauthenticated,
+    /// A value out of range.
+    OutOfRange,
+    /// Cancelled.
+    Cancelled,
+    /// Aborted.
+    Aborted,
+    /// The node does not implement the call.
+    Unimplemented,
+    /// The node failed.
+    Internal,
+    /// Data loss.
+    DataLoss,
+    /// Anything else.
+    Unknown,
+}
+
+/// A failed call to a node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct NodeError {
+    /// Its class.
+    pub kind: NodeErrorKind,
+    /// What the node (or the transport) said.
+    pub message: String,
+}
+
+impl NodeError {
+    /// A node that could not be reached.
+    pub fn unavailable(message: impl Into<String>) -> NodeError {
+        NodeError {
+            kind: NodeErrorKind::Unavailable,
+            message: message.into(),
+        }
+    }
+
+    /// Whether the node (not the request) is the problem.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self.kind,
+            NodeErrorKind::Unavailable | NodeErrorKind::Unknown
+        )
+    }
+}
+
+/// Why the controller refused or failed a call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControllerError {
+    /// The request is malformed.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The history has no such migration.
+    #[error("no migration with id '{0}' in the controller's history")]
+    UnknownMigration(String),
+    /// No node runs the domain, it has no such disk, or no such pool is known.
+    #[error("{0}")]
+    NotFound(String),
+    /// The domain is defined somewhere but does not run.
+    #[error("domain '{domain}' is defined on node(s) {nodes} but not running; live migration needs a running guest")]
+    NotRunning {
+        /// The domain.
+        domain: String,
+        /// Where it is defined.
+        nodes: String,
+    },
+    /// The domain runs on no reachable node and some nodes could not be asked.
+    #[error("domain '{domain}' runs on no reachable node; unreachable: {unreachable}")]
+    NoReachableNode {
+        /// The domain.
+        domain: String,
+        /// The nodes that could not be asked.
+        unreachable: String,
+    },
+    /// The request cannot be carried out in the cluster's state (a named
+    /// pool that its rules refuse, a domain without movable disks).
+    #[error("{0}")]
+    Precondition(String),
+    /// No pool can take the disk, or a limit is reached.
+    #[error("{0}")]
+    Exhausted(String),
+    /// The node that runs a migration is not registered.
+    #[error("node {node} that runs migration {migration_id} is not registered (it has not sent a heartbeat since the controller started)")]
+    NodeNotRegistered {
+        /// The node.
+        node: String,
+        /// The migration.
+        migration_id: String,
+    },
+    /// A node could not be reached.
+    #[error(
+        "node {node} at {endpoint} is unreachable: {message}; check that `volmig node` runs there"
+    )]
+    NodeUnreachable {
+        /// The node.
+        node: String,
+        /// Its endpoint.
+        endpoint: String,
+        /// What failed.
+        message: String,
+    },
+    /// A node refused or failed the call; its answer is passed on.
+    #[error("{0}")]
+    Node(NodeError),
+    /// The node's stream of a watched migration was lost.
+    #[error("lost the node's event stream: {0}; the migration goes on there, follow it with WatchMigration")]
+    StreamLost(String),
+    /// A node answered with something it should not have.
+    #[error("{0}")]
+    NodeMisbehaved(String),
+    /// A registration was refused.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ControllerError {
+    /// A failed call to `node` (id, endpoint): unreachable nodes are named,
+    /// other answers passed on as the node gave them.
+    pub fn from_node(node: &str, endpoint: &str, err: NodeError) -> ControllerError {
+        if err.is_unreachable() {
+            ControllerError::NodeUnreachable {
+                node: node.to_string(),
+                endpoint: endpoint.to_string(),
+                message: err.message,
+            }
+        } else {
+            ControllerError::Node(err)
+        }
+    }
+}

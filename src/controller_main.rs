@@ -1,0 +1,47 @@
+//! Wiring of the `volmig controller` component: config → store → controller
+//! → server.
+
+use std::sync::Arc;
+
+use crate::api::client::Credentials;
+use crate::api::controller_service::ControllerService;
+use crate::api::server::{self, Exposure, Listen};
+use crate::config::{ControllerConfig, StoreKind};
+use crate::controller::store::etcd::EtcdStore;
+use crate::controller::store::file::FileStore;
+use crate::controller::store::Store;
+
+/// Runs a controller until `shutdown` resolves.
+pub async fn run(
+    config: ControllerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let listen = Listen::parse(&config.listen).map_err(anyhow::Error::msg)?;
+    let security = config.security();
+    let exposure = Exposure::from_config(&security)?;
+    let credentials = Credentials::load(exposure.tls.clone(), security.token_file.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let store = open_store(&config).await?;
+    tracing::info!(state_dir = %config.state_dir.display(), store = ?config.store, nodes = config.nodes.len(), "controller starting");
+    let service = if config.metrics_listen.is_empty() {
+        ControllerService::start(config, store, credentials, Arc::new(())).await?
+    } else {
+        let listen = config.metrics_listen.clone();
+        let metrics = crate::metrics::ControllerMetrics::new();
+        let service = ControllerService::start(config, store, credentials, metrics.clone()).await?;
+        let nodes = service.clone();
+        metrics.read_nodes_from(move || nodes.node_health());
+        crate::metrics::serve(&listen, metrics.registry()).await?;
+        service
+    };
+    server::serve_controller(service, listen, exposure, shutdown).await?;
+    Ok(())
+}
+
+/// The configured store: the state dir's file, or etcd.
+pub async fn open_store(config: &ControllerConfig) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.store {
+        StoreKind::File => Arc::new(FileStore::open(&config.state_dir)?),
+        StoreKind::Etcd => Arc::new(EtcdStore::connect(&config.etcd).await?),
+    })
+}
