@@ -295,7 +295,10 @@ pub struct EtcdConfig {
     pub user: Option<String>,
     /// File holding that user's password (first line).
     pub password_file: Option<PathBuf>,
-    /// TTL of the leader's lease: another controller takes over within it, seconds.
+    /// Another controller takes over within this many seconds of the leader's
+    /// death: the leader's etcd lease is granted one second shorter, leaving
+    /// etcd time to notice the lapse (it checks every 500 ms) and elect the
+    /// next (etcd raises a lease below its minimum, about 2 s, to it).
     pub lease_ttl_seconds: u64,
     /// Bound on every request to etcd, seconds.
     pub request_timeout_seconds: u64,

@@ -22,6 +22,7 @@ pub async fn run(
     let credentials = Credentials::load(exposure.tls.clone(), security.token_file.as_deref())
         .map_err(anyhow::Error::msg)?;
     let store = open_store(&config).await?;
+    crate::api::controller_service::legacy::import(&config, store.clone()).await?;
     tracing::info!(state_dir = %config.state_dir.display(), store = ?config.store, nodes = config.nodes.len(), "controller starting");
     let service = if config.metrics_listen.is_empty() {
         ControllerService::start(config, store, credentials, Arc::new(())).await?

@@ -385,8 +385,8 @@ async fn debian_package_installs_runs_a_migration_as_its_unit_and_purges_clean()
         .expect("the journal is in the StateDirectory")
         .count();
     assert!(journal > 0);
-    let history = std::fs::read_to_string("/var/lib/volmig/controller/history.jsonl")
-        .expect("the history is in the controller's StateDirectory");
+    let history = std::fs::read_to_string("/var/lib/volmig/controller/store.jsonl")
+        .expect("the history is in the controller's store, in its StateDirectory");
     assert!(history.contains(&events[0].migration_id));
     guest.wait_writing(before + 20, BOOT);
     drop(node);

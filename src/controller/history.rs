@@ -40,6 +40,18 @@ impl Default for Retention {
     }
 }
 
+impl Retention {
+    /// The retention a controller's configuration asks for.
+    pub fn of(config: &crate::config::ControllerConfig) -> Retention {
+        Retention {
+            max_age: std::time::Duration::from_secs(
+                config.history_retention_days.saturating_mul(24 * 3600),
+            ),
+            max_records: config.history_retention_records,
+        }
+    }
+}
+
 /// The history over a store.
 pub struct History {
     store: Arc<dyn Store>,

@@ -138,11 +138,7 @@ impl Controller {
         nodes: Arc<dyn NodeAccess>,
         observer: Arc<dyn Observer>,
     ) -> Result<Controller, ControllerError> {
-        let retention = history::Retention {
-            max_age: Duration::from_secs(config.history_retention_days.saturating_mul(24 * 3600)),
-            max_records: config.history_retention_records,
-        };
-        let history = History::open(store.clone(), retention).await?;
+        let history = History::open(store.clone(), history::Retention::of(&config)).await?;
         let registry = Registry::new(
             config
                 .nodes

@@ -88,10 +88,12 @@ impl Reservations {
         Reservations { store }
     }
 
-    /// Migrations in flight per storage id.
+    /// Migrations in flight per storage id, for placement: it may lag the
+    /// latest reservations by a moment, which [`Reservations::reserve`]
+    /// re-checks.
     pub async fn counts(&self) -> Result<HashMap<String, u32>, StoreError> {
         let mut counts = HashMap::new();
-        for (k, v) in self.store.list(PREFIX).await? {
+        for (k, v) in self.store.list_relaxed(PREFIX).await? {
             let holders = decode(&k, Some(&v.value))?;
             let n = u32::try_from(holders.len()).unwrap_or(u32::MAX);
             counts.insert(k[PREFIX.len()..].to_string(), n);

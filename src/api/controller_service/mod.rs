@@ -21,6 +21,7 @@ use crate::proto;
 use crate::proto::controller_server::Controller;
 
 pub mod convert;
+pub mod legacy;
 #[cfg(test)]
 mod tests;
 

@@ -3,8 +3,12 @@
 //! Keys live under a prefix (`/volmig/` by default). Transactions compare
 //! each key's `mod_revision` (or `create_revision == 0` for an absent key),
 //! so a compare-and-swap that lost to another controller writes nothing.
-//! Leased keys get a fresh lease per write, so a registration lapses `ttl`
-//! after the last heartbeat that any controller recorded. Leadership is
+//! A leased key lapses `ttl` after the last heartbeat that any controller
+//! recorded. Heartbeats are frequent (a thousand nodes every few seconds)
+//! and mostly unchanged, so a controller keeps one lease per key: while the
+//! key still holds the same value under its lease, renewing that lease is
+//! the whole write (etcd renews leases without a Raft round or an fsync);
+//! otherwise the value is put under a live lease. Leadership is
 //! etcd's election API on `<prefix>leader`, held with a lease this
 //! controller keeps alive: if the controller dies or loses etcd, the lease
 //! lapses within its TTL and the next campaigner is elected.
@@ -30,14 +34,36 @@ pub struct EtcdStore {
     lease_ttl: Duration,
     /// This controller's name in elections.
     name: String,
+    /// The lease this controller last attached to each leased key.
+    leases: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Attempts after the first for a request that never reached a member.
+const CONNECT_RETRIES: u32 = 5;
+
+/// Whether the request failed to connect, so no member saw it.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => status.message().contains("connect error"),
+        _ => false,
+    }
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, StoreError> {
     std::fs::read(path).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))
+}
+
+/// The etcd lease behind leadership when another controller must take over
+/// within `ttl` of the leader's death: one second shorter, because after the
+/// lease lapses etcd still has to notice (it checks every 500 ms) and answer
+/// the waiting campaign.
+fn election_lease(ttl: Duration) -> Duration {
+    ttl.saturating_sub(Duration::from_secs(1))
+        .max(Duration::from_secs(1))
 }
 
 /// Whole seconds of a TTL, at least 1 (etcd's leases count in seconds).
@@ -84,6 +110,7 @@ impl EtcdStore {
             prefix: settings.prefix.clone(),
             lease_ttl: Duration::from_secs(settings.lease_ttl_seconds.max(1)),
             name: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            leases: Default::default(),
         })
     }
 
@@ -91,11 +118,63 @@ impl EtcdStore {
         format!("{}{key}", self.prefix)
     }
 
+    /// Keys (without the prefix) and their values and revisions.
+    fn versioned(&self, kvs: &[etcd_client::KeyValue]) -> Vec<(String, Versioned)> {
+        kvs.iter()
+            .filter_map(|kv| {
+                let key = std::str::from_utf8(kv.key()).ok()?;
+                let key = key.strip_prefix(&self.prefix)?.to_string();
+                Some((
+                    key,
+                    Versioned {
+                        value: kv.value().to_vec(),
+                        revision: kv.mod_revision(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Runs `call` with a client, and again when it failed before reaching
+    /// etcd: a member that is down refuses the connection and the next
+    /// attempt goes to another. Nothing was sent, so even a transaction is
+    /// safe to repeat.
+    async fn call<T, Fut>(&self, call: impl Fn(Client) -> Fut) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match call(self.client.clone()).await {
+                Err(e) if attempt < CONNECT_RETRIES && never_sent(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                }
+                other => return other.map_err(unavailable),
+            }
+        }
+    }
+
+    /// The lease this controller last attached to `key`.
+    fn lease_of(&self, key: &str) -> Option<i64> {
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .copied()
+    }
+
+    /// Renews `lease` once; whether it was still alive.
+    async fn renew(&self, lease: i64) -> bool {
+        // The call sends one keep-alive and fails when etcd answers that the
+        // lease is gone; dropping the stream ends it.
+        self.client.clone().lease_keep_alive(lease).await.is_ok()
+    }
+
     /// Keeps `lease` alive every third of `ttl`; turns `lost` true when
     /// etcd says it expired or nothing was renewed for a whole TTL.
-    fn keep_alive(&self, lease: i64, lost: tokio::sync::watch::Sender<bool>) {
+    fn keep_alive(&self, lease: i64, ttl: Duration, lost: tokio::sync::watch::Sender<bool>) {
         let mut client = self.client.clone();
-        let ttl = self.lease_ttl;
         tokio::spawn(async move {
             let mut renewed = tokio::time::Instant::now();
             let mut tick = tokio::time::interval(ttl / 3);
@@ -141,12 +220,13 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let key = self.key(key);
         let resp = self
-            .client
-            .clone()
-            .get(self.key(key), None)
-            .await
-            .map_err(unavailable)?;
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(resp.kvs().first().map(|kv| Versioned {
             value: kv.value().to_vec(),
             revision: kv.mod_revision(),
@@ -154,27 +234,29 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let prefix = self.key(prefix);
         let resp = self
-            .client
-            .clone()
-            .get(self.key(prefix), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(unavailable)?;
-        Ok(resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                let key = std::str::from_utf8(kv.key()).ok()?;
-                let key = key.strip_prefix(&self.prefix)?.to_string();
-                Some((
-                    key,
-                    Versioned {
-                        value: kv.value().to_vec(),
-                        revision: kv.mod_revision(),
-                    },
-                ))
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
             })
-            .collect())
+            .await?;
+        Ok(self.versioned(resp.kvs()))
+    }
+
+    async fn list_relaxed(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        // Serializable: the member answers from what it has applied, without
+        // waiting for the leader to confirm it is current (which, under a
+        // fleet's heartbeats, waits behind their commits).
+        let prefix = self.key(prefix);
+        let resp = self
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                let options = GetOptions::new().with_prefix().with_serializable();
+                async move { c.get(prefix, Some(options)).await }
+            })
+            .await?;
+        Ok(self.versioned(resp.kvs()))
     }
 
     async fn commit(&self, when: Vec<Compare>, then: Vec<Write>) -> Result<bool, StoreError> {
@@ -196,43 +278,67 @@ impl Store for EtcdStore {
                 Write::Delete(k) => TxnOp::delete(self.key(&k), None),
             })
             .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
         let resp = self
-            .client
-            .clone()
-            .txn(Txn::new().when(compares).and_then(ops))
-            .await
-            .map_err(unavailable)?;
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         Ok(resp.succeeded())
     }
 
     async fn put_leased(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
-        let mut client = self.client.clone();
-        let lease = client
-            .lease_grant(seconds(ttl), None)
-            .await
-            .map_err(unavailable)?;
-        client
-            .put(
-                self.key(key),
-                value,
-                Some(PutOptions::new().with_lease(lease.id())),
-            )
-            .await
-            .map_err(unavailable)?;
+        let full = self.key(key);
+        let mine = self.lease_of(&full);
+        if let Some(lease) = mine {
+            let current = self
+                .call(|mut c| {
+                    let key = full.clone();
+                    async move { c.get(key, None).await }
+                })
+                .await?;
+            let unchanged = current
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.lease() == lease && kv.value() == value.as_slice());
+            if unchanged && self.renew(lease).await {
+                return Ok(());
+            }
+        }
+        let lease = match mine {
+            Some(lease) if self.renew(lease).await => lease,
+            _ => self
+                .call(|mut c| async move { c.lease_grant(seconds(ttl), None).await })
+                .await?
+                .id(),
+        };
+        self.call(|mut c| {
+            let (key, value) = (full.clone(), value.clone());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await?;
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(full, lease);
         Ok(())
     }
 
     async fn lead(&self) -> Result<Leadership, StoreError> {
-        let mut client = self.client.clone();
-        let lease = client
-            .lease_grant(seconds(self.lease_ttl), None)
-            .await
-            .map_err(unavailable)?
+        let ttl = seconds(election_lease(self.lease_ttl));
+        let lease = self
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await?
             .id();
+        let mut client = self.client.clone();
         let (tx, rx) = tokio::sync::watch::channel(false);
         // Kept alive while campaigning too: a campaign waits as long as
         // another controller leads.
-        self.keep_alive(lease, tx);
+        self.keep_alive(lease, election_lease(self.lease_ttl), tx);
         let mut lost = rx.clone();
         let campaign = client.campaign(self.key("leader"), self.name.clone(), lease);
         tokio::select! {

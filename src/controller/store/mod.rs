@@ -70,6 +70,13 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
     /// Every key under `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
+    /// Every key under `prefix` as the nearest replica has it, which may
+    /// miss the very latest writes: for advisory reads that a later
+    /// transaction re-checks (placement's in-flight counts), never for a
+    /// decision on its own.
+    async fn list_relaxed(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.list(prefix).await
+    }
     /// Applies `then` atomically if every condition in `when` holds; whether it did.
     async fn commit(&self, when: Vec<Compare>, then: Vec<Write>) -> Result<bool, StoreError>;
     /// Sets `key` to a value that lapses `ttl` after this write unless written again.
