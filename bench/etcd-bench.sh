@@ -42,6 +42,7 @@ if [ -z "${SKIP_PLAN:-}" ]; then # SKIP_PLAN=1: the failover part only
         cargo bench --locked --bench controller_scale 2>/dev/null
 fi
 
+[ -n "${SKIP_FAILOVER:-}" ] && exit 0 # SKIP_FAILOVER=1: the PlanMigration part only
 echo
 echo "## Failover: leader kill -9 to the next controller leading (3 controllers, lease TTL 5 s)"
 echo

@@ -13,15 +13,22 @@
 //! controller keeps alive: if the controller dies or loses etcd, the lease
 //! lapses within its TTL and the next campaigner is elected.
 //!
+//! Placement's in-flight counts are read often and may lag a moment (the
+//! reservation's transaction re-checks them), so [`Store::list_relaxed`]
+//! answers from an in-memory mirror of the prefix that a watch keeps
+//! current, and reads etcd only until the watch runs.
+//!
 //! This adapter is the only part of the controller that speaks a wire
 //! protocol (etcd's), as the file store is the only one that writes files.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions,
+    Identity, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 
 use super::{Compare, Leadership, Store, StoreError, Versioned, Write};
@@ -36,10 +43,71 @@ pub struct EtcdStore {
     name: String,
     /// The lease this controller last attached to each leased key.
     leases: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// Prefixes read with [`Store::list_relaxed`], mirrored in memory and kept
+    /// current by a watch; a prefix is here only while its watch runs.
+    mirrors: Arc<Mirrors>,
 }
+
+/// Keys (without the store's prefix) of each mirrored prefix.
+type Mirrors = std::sync::Mutex<HashMap<String, BTreeMap<String, Versioned>>>;
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+fn lock(
+    mirrors: &Mirrors,
+) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<String, Versioned>>> {
+    mirrors
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Applies the watch's events to the mirror of `full` until the watch ends
+/// (etcd cancelled it, e.g. after a compaction, or the connection broke) or
+/// the store is gone; then drops the mirror, so reads go to etcd again and
+/// the next one mirrors afresh.
+async fn follow(mirrors: Weak<Mirrors>, full: String, prefix: String, mut stream: WatchStream) {
+    loop {
+        let message = stream.message().await;
+        let Some(mirrors) = mirrors.upgrade() else {
+            return;
+        };
+        let mut all = lock(&mirrors);
+        let resp = match message {
+            Ok(Some(resp)) if !resp.canceled() => resp,
+            _ => {
+                all.remove(&full);
+                return;
+            }
+        };
+        let Some(keys) = all.get_mut(&full) else {
+            return;
+        };
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let Some(key) = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| k.strip_prefix(&prefix))
+            else {
+                continue;
+            };
+            match event.event_type() {
+                EventType::Put => {
+                    keys.insert(
+                        key.to_string(),
+                        Versioned {
+                            value: kv.value().to_vec(),
+                            revision: kv.mod_revision(),
+                        },
+                    );
+                }
+                EventType::Delete => {
+                    keys.remove(key);
+                }
+            }
+        }
+    }
 }
 
 /// Attempts after the first for a request that never reached a member.
@@ -111,6 +179,7 @@ impl EtcdStore {
             lease_ttl: Duration::from_secs(settings.lease_ttl_seconds.max(1)),
             name: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             leases: Default::default(),
+            mirrors: Default::default(),
         })
     }
 
@@ -153,6 +222,25 @@ impl EtcdStore {
                 other => return other.map_err(unavailable),
             }
         }
+    }
+
+    /// Mirrors `full` (listed as `listed` at `revision`) from now on, when a
+    /// watch from the next revision can be opened; without it, reads keep
+    /// going to etcd.
+    async fn mirror(&self, full: &str, revision: i64, listed: &[(String, Versioned)]) {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let Ok(stream) = self.client.clone().watch(full, Some(options)).await else {
+            return;
+        };
+        lock(&self.mirrors).insert(full.to_string(), listed.iter().cloned().collect());
+        tokio::spawn(follow(
+            Arc::downgrade(&self.mirrors),
+            full.to_string(),
+            self.prefix.clone(),
+            stream,
+        ));
     }
 
     /// The lease this controller last attached to `key`.
@@ -245,18 +333,23 @@ impl Store for EtcdStore {
     }
 
     async fn list_relaxed(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
-        // Serializable: the member answers from what it has applied, without
-        // waiting for the leader to confirm it is current (which, under a
-        // fleet's heartbeats, waits behind their commits).
-        let prefix = self.key(prefix);
+        // From memory once a watch mirrors the prefix: a plan then waits for
+        // no etcd round trip at all.
+        let full = self.key(prefix);
+        if let Some(keys) = lock(&self.mirrors).get(&full) {
+            return Ok(keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        }
         let resp = self
             .call(|mut c| {
-                let prefix = prefix.clone();
-                let options = GetOptions::new().with_prefix().with_serializable();
-                async move { c.get(prefix, Some(options)).await }
+                let full = full.clone();
+                async move { c.get(full, Some(GetOptions::new().with_prefix())).await }
             })
             .await?;
-        Ok(self.versioned(resp.kvs()))
+        let listed = self.versioned(resp.kvs());
+        if let Some(revision) = resp.header().map(|h| h.revision()) {
+            self.mirror(&full, revision, &listed).await;
+        }
+        Ok(listed)
     }
 
     async fn commit(&self, when: Vec<Compare>, then: Vec<Write>) -> Result<bool, StoreError> {

@@ -108,10 +108,42 @@ pub async fn run(store: &dyn Store) {
         Some(b"8".to_vec())
     );
 
+    // Relaxed listings may lag a moment, but follow puts and deletes.
+    let relaxed = k("relaxed/");
+    store
+        .put(&k("relaxed/1"), b"1".to_vec())
+        .await
+        .expect("put");
+    assert_eq!(relaxed_keys(store, &relaxed).await, [k("relaxed/1")]);
+    store
+        .put(&k("relaxed/2"), b"2".to_vec())
+        .await
+        .expect("put");
+    store.delete(&k("relaxed/1")).await.expect("delete");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while relaxed_keys(store, &relaxed).await != [k("relaxed/2")] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a relaxed listing still shows {:?} 5 s after the writes",
+            relaxed_keys(store, &relaxed).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     for (key, _) in store.list(&p).await.expect("list") {
         store.delete(&key).await.expect("delete");
     }
     assert!(store.list(&p).await.expect("list").is_empty());
+}
+
+async fn relaxed_keys(store: &dyn Store, prefix: &str) -> Vec<String> {
+    store
+        .list_relaxed(prefix)
+        .await
+        .expect("list_relaxed")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// Runs the futures concurrently on this task.
