@@ -24,7 +24,7 @@ use harness::checks::assert_on_destination;
 use harness::node;
 use harness::unit::{gid_of, one, unit_settings, UnitService};
 use harness::{DirPool, Guest, Pool};
-use volmig::config::{ControllerConfig, NodeConfig};
+use volmig::config::{ControllerConfig, NodeConfig, StoreKind};
 use volmig::proto;
 
 const MIB: u64 = 1 << 20;
@@ -462,30 +462,99 @@ fn print_config_parses_back_and_unknown_keys_are_refused_by_name() {
     );
 }
 
+/// The virtualenv deploy/setup-host.sh installs `kubernetes-validate` into
+/// (its Python has PyYAML, which the validator needs anyway).
+const K8S_VENV: &str = "/var/tmp/volmig-k8s-venv/bin";
+
+/// `kubectl kustomize DIR`, validated strictly against the Kubernetes 1.30
+/// schemas (every object must pass), and read back: the YAML text and its
+/// objects. Also checks what the schemas cannot: every container's volume
+/// mount names a volume of its pod.
+fn render_and_validate(dir: &Path) -> (String, Vec<serde_json::Value>) {
+    let rendered = harness::run_ok("kubectl", &["kustomize", &dir.to_string_lossy()]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("volmig.yaml");
+    std::fs::write(&file, &rendered).expect("write");
+    let file = file.to_string_lossy();
+    let out = harness::run_ok(
+        &format!("{K8S_VENV}/kubernetes-validate"),
+        &["--strict", "-k", "1.30.0", &file],
+    );
+    let json = harness::run_ok(
+        &format!("{K8S_VENV}/python"),
+        &[
+            "-c",
+            "import json, sys, yaml\n\
+             print(json.dumps([o for o in yaml.safe_load_all(open(sys.argv[1])) if o]))",
+            &file,
+        ],
+    );
+    let objects: Vec<serde_json::Value> = serde_json::from_str(&json).expect("objects");
+    assert_eq!(
+        out.matches("passed for resource").count(),
+        objects.len(),
+        "{out}"
+    );
+    for pod in objects
+        .iter()
+        .filter_map(|o| o.pointer("/spec/template/spec"))
+    {
+        let volumes = names(&pod["volumes"]);
+        for container in pod["containers"].as_array().expect("containers") {
+            for mount in names(&container["volumeMounts"]) {
+                assert!(volumes.contains(&mount), "{mount} has no volume: {pod}");
+            }
+        }
+    }
+    (rendered, objects)
+}
+
+/// The `name`s of a list of objects (none when it is absent).
+fn names(list: &serde_json::Value) -> Vec<&str> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect()
+}
+
+/// The kinds both renderings hold (sorted), one per object: all of the base's
+/// but its controller's PersistentVolumeClaim.
+const KINDS_BUT_THE_STATE_VOLUME: [&str; 8] = [
+    "ConfigMap",
+    "ConfigMap",
+    "DaemonSet",
+    "Deployment",
+    "Namespace",
+    "PodDisruptionBudget",
+    "PodDisruptionBudget",
+    "Service",
+];
+
+/// The sorted kinds of `objects`.
+fn kinds(objects: &[serde_json::Value]) -> Vec<&str> {
+    let mut kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    kinds.sort_unstable();
+    kinds
+}
+
+/// The object of `kind` named `name`.
+fn object<'a>(objects: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
 #[test]
 fn kubernetes_manifests_render_and_validate_against_kubernetes_1_30() {
     harness::ensure_host();
     let k8s = harness::repo_root().join("deploy/k8s");
-    let rendered = harness::run_ok("kubectl", &["kustomize", &k8s.to_string_lossy()]);
-    let mut kinds: Vec<&str> = rendered
-        .lines()
-        .filter_map(|l| l.strip_prefix("kind: "))
-        .collect();
-    kinds.sort_unstable();
-    assert_eq!(
-        kinds,
-        [
-            "ConfigMap",
-            "ConfigMap",
-            "DaemonSet",
-            "Deployment",
-            "Namespace",
-            "PersistentVolumeClaim",
-            "PodDisruptionBudget",
-            "PodDisruptionBudget",
-            "Service"
-        ]
-    );
+    let (rendered, objects) = render_and_validate(&k8s);
+    let mut want = KINDS_BUT_THE_STATE_VOLUME.to_vec();
+    want.push("PersistentVolumeClaim");
+    want.sort_unstable();
+    assert_eq!(kinds(&objects), want);
     for want in [
         "fieldPath: spec.nodeName",
         "path: /run/libvirt/libvirt-sock",
@@ -509,22 +578,99 @@ fn kubernetes_manifests_render_and_validate_against_kubernetes_1_30() {
         ["port: 7460", "port: 7460", "port: 7461", "port: 7461"],
         "{rendered}"
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("volmig.yaml");
-    std::fs::write(&file, &rendered).expect("write");
-    let out = harness::run_ok(
-        "/var/tmp/volmig-k8s-venv/bin/kubernetes-validate",
-        &["--strict", "-k", "1.30.0", &file.to_string_lossy()],
-    );
-    assert_eq!(
-        out.matches("passed for resource").count(),
-        kinds.len(),
-        "{out}"
-    );
     // The configurations the pods mount are valid for the binary they run.
-    volmig::config::load::<NodeConfig>(Some(&k8s.join("node.toml"))).expect("node.toml");
-    volmig::config::load::<ControllerConfig>(Some(&k8s.join("controller.toml")))
+    let base = k8s.join("base");
+    volmig::config::load::<NodeConfig>(Some(&base.join("node.toml"))).expect("node.toml");
+    volmig::config::load::<ControllerConfig>(Some(&base.join("controller.toml")))
         .expect("controller.toml");
+}
+
+/// The overlay deploy/k8s/ha: the base's controller as three replicas on an
+/// operator's etcd, with no volume of its own.
+#[test]
+fn kubernetes_ha_overlay_runs_three_controllers_on_etcd_without_a_volume() {
+    harness::ensure_host();
+    let ha = harness::repo_root().join("deploy/k8s/ha");
+    let (rendered, objects) = render_and_validate(&ha);
+    assert_eq!(kinds(&objects), KINDS_BUT_THE_STATE_VOLUME);
+    assert!(
+        !rendered.to_lowercase().contains("persistentvolumeclaim"),
+        "{rendered}"
+    );
+    let deployment = object(&objects, "Deployment", "volmig-controller");
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], 3, "{deployment}");
+    assert_eq!(spec["strategy"]["type"], "RollingUpdate", "{deployment}");
+    // Two of three keep serving through voluntary disruptions.
+    let pdb = object(&objects, "PodDisruptionBudget", "volmig-controller");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1, "{pdb}");
+    // Replicas prefer different hosts: the term selects the controller's own pods.
+    let pod = &spec["template"]["spec"];
+    let term = &pod["affinity"]["podAntiAffinity"]
+        ["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname", "{pod}");
+    assert_eq!(
+        term["labelSelector"]["matchLabels"],
+        spec["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+            .as_str()
+            .map(|name| serde_json::json!({ "app.kubernetes.io/name": name }))
+            .expect("pod label"),
+        "{pod}"
+    );
+    // The ConfigMap the controller mounts is the overlay's file, which
+    // selects etcd for the binary under test.
+    let file = ha.join("controller.toml");
+    let volume = |name: &str| {
+        pod["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == name))
+            .unwrap_or_else(|| panic!("no volume {name}: {pod}"))
+    };
+    let config_map = volume("config")["configMap"]["name"]
+        .as_str()
+        .expect("config map");
+    assert_eq!(
+        object(&objects, "ConfigMap", config_map)["data"]["controller.toml"],
+        std::fs::read_to_string(&file)
+            .expect("controller.toml")
+            .as_str()
+    );
+    let config = volmig::config::load::<ControllerConfig>(Some(&file)).expect("controller.toml");
+    assert_eq!(config.store, StoreKind::Etcd);
+    assert!(
+        config
+            .etcd
+            .endpoints
+            .iter()
+            .all(|e| e.starts_with("https://")),
+        "{:?}",
+        config.etcd.endpoints
+    );
+    // etcd's CA and the client certificate come from the operator's Secret,
+    // mounted read-only where the configuration looks for them, under the
+    // Secret's key names.
+    let mounts = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts");
+    for (path, key) in [
+        (&config.etcd.ca, "ca.crt"),
+        (&config.etcd.cert, "tls.crt"),
+        (&config.etcd.key, "tls.key"),
+    ] {
+        let path = path.as_deref().expect("etcd TLS file set");
+        let mount = mounts
+            .iter()
+            .find(|m| m["mountPath"].as_str().map(Path::new) == path.parent())
+            .unwrap_or_else(|| panic!("{} is not mounted: {pod}", path.display()));
+        assert_eq!(mount["readOnly"], true, "{mount}");
+        assert_eq!(path.file_name(), Some(key.as_ref()));
+        let name = mount["name"].as_str().expect("mount name");
+        assert_eq!(
+            volume(name)["secret"]["secretName"],
+            "volmig-etcd-client-tls",
+            "{pod}"
+        );
+    }
 }
 
 #[tokio::test]
