@@ -6,7 +6,7 @@
 //! whom to ask first: the controller trusts no answer but the node's own.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::migration::model::now_ms;
@@ -33,8 +33,9 @@ pub struct NodeEntry {
     pub endpoint: String,
     /// Listed in the configuration (rather than only registered).
     pub configured: bool,
-    /// Its facts, once heard from.
-    pub facts: Option<NodeFacts>,
+    /// Its facts, once heard from (shared: every plan copies the up nodes'
+    /// entries, a thousand of them in a large fleet).
+    pub facts: Option<Arc<NodeFacts>>,
     /// Last contact, for the up/down decision.
     pub last_seen: Option<Instant>,
     /// Last contact, Unix ms, for display.
@@ -196,7 +197,9 @@ impl Registry {
             last_error: None,
         });
         entry.endpoint = endpoint.to_string();
-        entry.facts = Some(facts);
+        if entry.facts.as_deref() != Some(&facts) {
+            entry.facts = Some(Arc::new(facts));
+        }
         entry.last_seen = Some(Instant::now());
         entry.last_seen_ms = now_ms();
         entry.last_error = None;
@@ -209,8 +212,8 @@ impl Registry {
             entry.last_seen = Some(Instant::now());
             entry.last_seen_ms = now_ms();
             entry.last_error = None;
-            if facts.is_some() {
-                entry.facts = facts;
+            if let Some(facts) = facts {
+                entry.facts = Some(Arc::new(facts));
             }
         }
     }

@@ -6,9 +6,13 @@
 //! A leased key lapses `ttl` after the last heartbeat that any controller
 //! recorded. Heartbeats are frequent (a thousand nodes every few seconds)
 //! and mostly unchanged, so a controller keeps one lease per key: while the
-//! key still holds the same value under its lease, renewing that lease is
+//! key still holds the value it put under its lease, renewing that lease is
 //! the whole write (etcd renews leases without a Raft round or an fsync);
-//! otherwise the value is put under a live lease. Leadership is
+//! otherwise the value is put under a live lease. Whether the key still
+//! holds it is checked by every listing of the key's prefix (the
+//! registration sync lists them twice a second): a key another controller
+//! rewrote meanwhile carries that controller's fresh lease, so renewing
+//! ours until the next listing lets nothing lapse early. Leadership is
 //! etcd's election API on `<prefix>leader`, held with a lease this
 //! controller keeps alive: if the controller dies or loses etcd, the lease
 //! lapses within its TTL and the next campaigner is elected.
@@ -42,10 +46,16 @@ pub struct EtcdStore {
     /// This controller's name in elections.
     name: String,
     /// The lease this controller last attached to each leased key.
-    leases: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    leases: std::sync::Mutex<HashMap<String, Attached>>,
     /// Prefixes read with [`Store::list_relaxed`], mirrored in memory and kept
     /// current by a watch; a prefix is here only while its watch runs.
     mirrors: Arc<Mirrors>,
+}
+
+/// A value this controller put under a lease of its own.
+struct Attached {
+    lease: i64,
+    value: Vec<u8>,
 }
 
 /// Keys (without the store's prefix) of each mirrored prefix.
@@ -243,13 +253,23 @@ impl EtcdStore {
         ));
     }
 
-    /// The lease this controller last attached to `key`.
-    fn lease_of(&self, key: &str) -> Option<i64> {
+    fn attached(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attached>> {
         self.leases
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
-            .copied()
+    }
+
+    /// Forgets the leased values under `full` (a prefix with the store's
+    /// prefix) that `kvs`, a listing of it, shows replaced or gone.
+    fn reconcile(&self, full: &str, kvs: &[etcd_client::KeyValue]) {
+        let listed: HashMap<&[u8], &etcd_client::KeyValue> =
+            kvs.iter().map(|kv| (kv.key(), kv)).collect();
+        self.attached().retain(|key, a| {
+            !key.starts_with(full)
+                || listed
+                    .get(key.as_bytes())
+                    .is_some_and(|kv| kv.lease() == a.lease && kv.value() == a.value.as_slice())
+        });
     }
 
     /// Renews `lease` once; whether it was still alive.
@@ -329,6 +349,7 @@ impl Store for EtcdStore {
                 async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
             })
             .await?;
+        self.reconcile(&prefix, resp.kvs());
         Ok(self.versioned(resp.kvs()))
     }
 
@@ -383,24 +404,17 @@ impl Store for EtcdStore {
 
     async fn put_leased(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
         let full = self.key(key);
-        let mine = self.lease_of(&full);
-        if let Some(lease) = mine {
-            let current = self
-                .call(|mut c| {
-                    let key = full.clone();
-                    async move { c.get(key, None).await }
-                })
-                .await?;
-            let unchanged = current
-                .kvs()
-                .first()
-                .is_some_and(|kv| kv.lease() == lease && kv.value() == value.as_slice());
-            if unchanged && self.renew(lease).await {
-                return Ok(());
-            }
-        }
+        let mine = self
+            .attached()
+            .get(&full)
+            .map(|a| (a.lease, a.value == value));
         let lease = match mine {
-            Some(lease) if self.renew(lease).await => lease,
+            Some((lease, unchanged)) if self.renew(lease).await => {
+                if unchanged {
+                    return Ok(());
+                }
+                lease
+            }
             _ => self
                 .call(|mut c| async move { c.lease_grant(seconds(ttl), None).await })
                 .await?
@@ -414,10 +428,7 @@ impl Store for EtcdStore {
             }
         })
         .await?;
-        self.leases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(full, lease);
+        self.attached().insert(full, Attached { lease, value });
         Ok(())
     }
 
