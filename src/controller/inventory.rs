@@ -142,10 +142,10 @@ impl Inventory {
 
     /// The merged pools of the nodes in `up`; a node outside it (down) adds
     /// nothing. The merge is reused until a node's pools or the set change.
-    pub fn merged(&self, up: &BTreeSet<String>) -> Arc<Merged> {
+    pub fn merged(&self, up: &BTreeSet<&str>) -> Arc<Merged> {
         let mut state = self.lock();
         let state = &mut *state;
-        let included = || state.per_node.keys().filter(|id| up.contains(*id));
+        let included = || state.per_node.keys().filter(|id| up.contains(id.as_str()));
         if let Some((generation, nodes, merged)) = &state.merged {
             if *generation == state.generation && included().eq(nodes.iter()) {
                 return merged.clone();
@@ -153,7 +153,10 @@ impl Inventory {
         }
         let nodes: Vec<String> = included().cloned().collect();
         let merged = Arc::new(Merged::new(merge_nodes(
-            state.per_node.iter().filter(|(id, _)| up.contains(*id)),
+            state
+                .per_node
+                .iter()
+                .filter(|(id, _)| up.contains(id.as_str())),
         )));
         state.merged = Some((state.generation, nodes, merged.clone()));
         merged
@@ -201,8 +204,8 @@ mod tests {
     #[test]
     fn inventory_leaves_out_down_nodes_and_follows_changes() {
         let inv = Inventory::new();
-        let both = BTreeSet::from(["a".to_string(), "b".to_string()]);
-        let only_b = BTreeSet::from(["b".to_string()]);
+        let both = BTreeSet::from(["a", "b"]);
+        let only_b = BTreeSet::from(["b"]);
         inv.set(
             "a",
             vec![pool("ceph", "rbd:m1:6789/vms"), pool("l", "local:a:/v")],

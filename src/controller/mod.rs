@@ -81,7 +81,7 @@ impl Observer for () {
 #[derive(Debug, Clone)]
 pub struct NodeStatus {
     /// The registry's entry.
-    pub node: NodeEntry,
+    pub node: Arc<NodeEntry>,
     /// Up now.
     pub up: bool,
 }
@@ -269,7 +269,7 @@ impl Controller {
     }
 
     /// The node that runs `entry`'s migration.
-    fn node_of(&self, entry: &Entry) -> Result<NodeEntry, ControllerError> {
+    fn node_of(&self, entry: &Entry) -> Result<Arc<NodeEntry>, ControllerError> {
         self.inner
             .registry
             .get(&entry.node_id)

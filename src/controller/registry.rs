@@ -33,8 +33,7 @@ pub struct NodeEntry {
     pub endpoint: String,
     /// Listed in the configuration (rather than only registered).
     pub configured: bool,
-    /// Its facts, once heard from (shared: every plan copies the up nodes'
-    /// entries, a thousand of them in a large fleet).
+    /// Its facts, once heard from.
     pub facts: Option<Arc<NodeFacts>>,
     /// Last contact, for the up/down decision.
     pub last_seen: Option<Instant>,
@@ -46,7 +45,7 @@ pub struct NodeEntry {
 
 /// Known nodes, thread-safe, at most `max_nodes` of them.
 pub struct Registry {
-    nodes: Mutex<BTreeMap<String, NodeEntry>>,
+    nodes: Mutex<BTreeMap<String, Arc<NodeEntry>>>,
     domain_hints: Mutex<HashMap<String, String>>,
     down_after: Duration,
     max_nodes: usize,
@@ -141,7 +140,7 @@ impl Registry {
             .map(|(id, endpoint)| {
                 (
                     id.clone(),
-                    NodeEntry {
+                    Arc::new(NodeEntry {
                         id,
                         endpoint,
                         configured: true,
@@ -149,7 +148,7 @@ impl Registry {
                         last_seen: None,
                         last_seen_ms: 0,
                         last_error: None,
-                    },
+                    }),
                 )
             })
             .collect();
@@ -161,7 +160,7 @@ impl Registry {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, NodeEntry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<NodeEntry>>> {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -187,15 +186,17 @@ impl Registry {
         let news = nodes
             .get(id)
             .is_none_or(|e| e.endpoint != endpoint || !self.is_up(e));
-        let entry = nodes.entry(id.to_string()).or_insert_with(|| NodeEntry {
-            id: id.to_string(),
-            endpoint: endpoint.to_string(),
-            configured: false,
-            facts: None,
-            last_seen: None,
-            last_seen_ms: 0,
-            last_error: None,
-        });
+        let entry = Arc::make_mut(nodes.entry(id.to_string()).or_insert_with(|| {
+            Arc::new(NodeEntry {
+                id: id.to_string(),
+                endpoint: endpoint.to_string(),
+                configured: false,
+                facts: None,
+                last_seen: None,
+                last_seen_ms: 0,
+                last_error: None,
+            })
+        }));
         entry.endpoint = endpoint.to_string();
         if entry.facts.as_deref() != Some(&facts) {
             entry.facts = Some(Arc::new(facts));
@@ -209,6 +210,7 @@ impl Registry {
     /// Records a successful call to the node.
     pub fn seen(&self, id: &str, facts: Option<NodeFacts>) {
         if let Some(entry) = self.lock().get_mut(id) {
+            let entry = Arc::make_mut(entry);
             entry.last_seen = Some(Instant::now());
             entry.last_seen_ms = now_ms();
             entry.last_error = None;
@@ -221,6 +223,7 @@ impl Registry {
     /// Records a failed call: the node is down until heard from again.
     pub fn failed(&self, id: &str, error: String) {
         if let Some(entry) = self.lock().get_mut(id) {
+            let entry = Arc::make_mut(entry);
             entry.last_seen = None;
             entry.last_error = Some(error);
         }
@@ -238,22 +241,13 @@ impl Registry {
         entry.last_seen.is_some_and(|t| t.elapsed() <= fresh)
     }
 
-    /// The ids of the nodes up now.
-    pub fn up_ids(&self) -> std::collections::BTreeSet<String> {
-        self.lock()
-            .values()
-            .filter(|e| self.is_up(e))
-            .map(|e| e.id.clone())
-            .collect()
-    }
-
-    /// Every node, by id.
-    pub fn all(&self) -> Vec<NodeEntry> {
+    /// Every node, by id (shared: a plan copies a thousand of them).
+    pub fn all(&self) -> Vec<Arc<NodeEntry>> {
         self.lock().values().cloned().collect()
     }
 
     /// One node.
-    pub fn get(&self, id: &str) -> Option<NodeEntry> {
+    pub fn get(&self, id: &str) -> Option<Arc<NodeEntry>> {
         self.lock().get(id).cloned()
     }
 

@@ -19,7 +19,7 @@ use super::Controller;
 #[derive(Debug, Clone)]
 pub struct Located {
     /// The node running the domain.
-    pub node: NodeEntry,
+    pub node: Arc<NodeEntry>,
     /// The disk.
     pub disk: DiskInfo,
 }
@@ -39,7 +39,7 @@ pub struct SinglePlan {
 #[derive(Debug, Clone)]
 pub struct GroupPlan {
     /// The node running the domain.
-    pub node: NodeEntry,
+    pub node: Arc<NodeEntry>,
     /// Each disk with its request entry and plan, in pivot order.
     pub disks: Vec<(Located, DiskOrder, placement::Plan)>,
     /// The cluster's pools.
@@ -78,7 +78,7 @@ impl Controller {
 
     /// The disk of a domain that `node` runs.
     pub(super) fn found(
-        node: NodeEntry,
+        node: Arc<NodeEntry>,
         domain: &str,
         disk: &str,
         disks: &DomainDisks,
@@ -114,8 +114,8 @@ impl Controller {
     pub(super) async fn locate_domain(
         &self,
         domain: &str,
-        up: &[NodeEntry],
-    ) -> Result<(NodeEntry, DomainDisks), ControllerError> {
+        up: &[Arc<NodeEntry>],
+    ) -> Result<(Arc<NodeEntry>, DomainDisks), ControllerError> {
         let mut down = Vec::new();
         let mut defined_on = Vec::new();
         let hinted = self
@@ -135,7 +135,7 @@ impl Controller {
                 Answer::Absent => {}
             }
         }
-        let others: Vec<NodeEntry> = up
+        let others: Vec<Arc<NodeEntry>> = up
             .iter()
             .filter(|n| hinted.as_ref().is_none_or(|h| h.id != n.id))
             .cloned()

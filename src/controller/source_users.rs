@@ -2,6 +2,8 @@
 //! every other node that reaches the source's pool what uses the image there: a
 //! node sees only its own domains and pools.
 
+use std::sync::Arc;
+
 use super::inventory::Merged;
 use super::registry::NodeEntry;
 use super::Controller;
@@ -24,7 +26,7 @@ impl Controller {
         else {
             return Vec::new();
         };
-        let others: Vec<NodeEntry> = self
+        let others: Vec<Arc<NodeEntry>> = self
             .inner
             .registry
             .all()

@@ -183,8 +183,8 @@ impl Controller for ControllerService {
                         volmig_version: f.volmig_version.clone(),
                         ..Default::default()
                     }),
-                    node_id: n.id,
-                    endpoint: n.endpoint,
+                    node_id: n.id.clone(),
+                    endpoint: n.endpoint.clone(),
                     last_seen_unix_ms: n.last_seen_ms,
                     configured: n.configured,
                 }
