@@ -14,6 +14,8 @@ set -euo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 runs=${RUNS:-3}
 work=/var/tmp/volmig-mdbench
 dom=volmig-mdbench
@@ -24,12 +26,7 @@ node_pid=
 
 cleanup() {
     [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null || true
-    virsh -q destroy "$dom" >/dev/null 2>&1 || true
-    virsh -q undefine "$dom" >/dev/null 2>&1 || true
-    for p in "$pa" "$pb"; do
-        virsh -q pool-destroy "$p" >/dev/null 2>&1 || true
-        virsh -q pool-undefine "$p" >/dev/null 2>&1 || true
-    done
+    bench_remove_domain_and_pools "$dom" "$pa" "$pb"
     rm -rf "$work"
 }
 

@@ -12,6 +12,8 @@ set -euo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 runs=${RUNS:-5}
 work=/var/tmp/volmig-tlsbench
 dom=volmig-tlsbench
@@ -21,12 +23,7 @@ pids=()
 
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
-    virsh -q destroy "$dom" >/dev/null 2>&1 || true
-    virsh -q undefine "$dom" >/dev/null 2>&1 || true
-    for p in "$pa" "$pb"; do
-        virsh -q pool-destroy "$p" >/dev/null 2>&1 || true
-        virsh -q pool-undefine "$p" >/dev/null 2>&1 || true
-    done
+    bench_remove_domain_and_pools "$dom" "$pa" "$pb"
     rm -rf "$work"
 }
 

@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::api::client::Credentials;
 use crate::api::controller_service::ControllerService;
-use crate::api::server::{self, Exposure, Listen};
+use crate::api::server::{self, Exposure};
 use crate::config::{ControllerConfig, StoreKind};
 use crate::controller::store::etcd::EtcdStore;
 use crate::controller::store::file::FileStore;
@@ -16,11 +15,8 @@ pub async fn run(
     config: ControllerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let listen = Listen::parse(&config.listen).map_err(anyhow::Error::msg)?;
-    let security = config.security();
-    let exposure = Exposure::from_config(&security)?;
-    let credentials = Credentials::load(exposure.tls.clone(), security.token_file.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    let (listen, exposure, credentials) =
+        Exposure::for_component(&config.listen, &config.security())?;
     let store = open_store(&config).await?;
     crate::api::controller_service::legacy::import(&config, store.clone()).await?;
     tracing::info!(state_dir = %config.state_dir.display(), store = ?config.store, nodes = config.nodes.len(), "controller starting");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::api::client::{self, Credentials, Peer};
-use crate::api::server::{self, Exposure, Listen};
+use crate::api::server::{self, Exposure};
 use crate::config::NodeConfig;
 use crate::libvirt::LibvirtHost;
 use crate::metrics::{self, NodeMetrics};
@@ -15,11 +15,8 @@ pub async fn run(
     config: NodeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let listen = Listen::parse(&config.listen).map_err(anyhow::Error::msg)?;
-    let security = config.security();
-    let exposure = Exposure::from_config(&security)?;
-    let credentials = Credentials::load(exposure.tls.clone(), security.token_file.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    let (listen, exposure, credentials) =
+        Exposure::for_component(&config.listen, &config.security())?;
     let node_id = if config.node_id.is_empty() {
         hostname()
     } else {

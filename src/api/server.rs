@@ -98,6 +98,23 @@ impl Exposure {
         }
     }
 
+    /// What a component serves on and how: its listener, the exposure its
+    /// security settings describe, and the credentials it presents to the
+    /// components it calls (the same certificate, and its token file).
+    pub fn for_component(
+        listen: &str,
+        config: &SecurityConfig,
+    ) -> anyhow::Result<(Listen, Exposure, crate::api::client::Credentials)> {
+        let listen = Listen::parse(listen).map_err(anyhow::Error::msg)?;
+        let exposure = Exposure::from_config(config)?;
+        let credentials = crate::api::client::Credentials::load(
+            exposure.tls.clone(),
+            config.token_file.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok((listen, exposure, credentials))
+    }
+
     /// The exposure a component's security settings describe; reads no file
     /// yet (TLS files are read when the listener starts).
     pub fn from_config(config: &SecurityConfig) -> Result<Exposure, ServeError> {

@@ -3,10 +3,12 @@
 //! the node, record the migration before relaying anything, then follow it.
 
 use super::error::ControllerError;
+use super::inventory::Merged;
 use super::model::{Entry, Order};
 use super::placement::{self, Verdict};
 use super::registry::NodeEntry;
 use super::reservations::Slots;
+use super::resolve::Located;
 use super::{Controller, WatchStream};
 use crate::migration::model::now_ms;
 
@@ -51,25 +53,18 @@ impl Controller {
                 )))
             }
         };
-        order.destination_pool = pools
-            .pools
-            .iter()
-            .find(|p| p.storage_id == chosen.storage_id)
-            .map(|p| p.name_on(&located.node.id).to_string())
-            .unwrap_or(chosen.name.clone());
+        let (pool, elsewhere) = self
+            .destination(
+                &located,
+                &chosen,
+                &pools,
+                &order.domain,
+                order.delete_source,
+            )
+            .await;
+        order.destination_pool = pool;
+        order.source_users_elsewhere.extend(elsewhere);
         let node = located.node;
-        if order.delete_source {
-            let elsewhere = self
-                .source_users_elsewhere(
-                    &node,
-                    &located.disk.pool,
-                    &located.disk.source,
-                    &order.domain,
-                    &pools,
-                )
-                .await;
-            order.source_users_elsewhere.extend(elsewhere);
-        }
         let entry = Entry {
             migration_id: String::new(),
             node_id: node.id.clone(),
@@ -116,25 +111,17 @@ impl Controller {
                 )));
             };
             let mut entry = entry.clone();
-            entry.destination_pool = plan
-                .pools
-                .pools
-                .iter()
-                .find(|cp| cp.storage_id == chosen.storage_id)
-                .map(|cp| cp.name_on(&node.id).to_string())
-                .unwrap_or(chosen.name.clone());
-            if order.delete_source {
-                let elsewhere = self
-                    .source_users_elsewhere(
-                        &node,
-                        &located.disk.pool,
-                        &located.disk.source,
-                        &order.domain,
-                        &plan.pools,
-                    )
-                    .await;
-                entry.source_users_elsewhere.extend(elsewhere);
-            }
+            let (pool, elsewhere) = self
+                .destination(
+                    located,
+                    chosen,
+                    &plan.pools,
+                    &order.domain,
+                    order.delete_source,
+                )
+                .await;
+            entry.destination_pool = pool;
+            entry.source_users_elsewhere.extend(elsewhere);
             storage_ids.push(chosen.storage_id.clone());
             placed.push(entry);
         }
@@ -154,6 +141,38 @@ impl Controller {
         let (id, stream) = self.launch(actor, &node, entry).await?;
         tracing::info!(migration_id = %id, node = %node.id, disks, "multi-disk migration relayed");
         Ok((id, stream))
+    }
+
+    /// The chosen pool's name on the disk's node and, when the source is to
+    /// be deleted, its users on the other nodes that reach it.
+    async fn destination(
+        &self,
+        located: &Located,
+        chosen: &placement::Decision,
+        pools: &Merged,
+        domain: &str,
+        delete_source: bool,
+    ) -> (String, Vec<String>) {
+        let node = &located.node;
+        let name = pools
+            .pools
+            .iter()
+            .find(|cp| cp.storage_id == chosen.storage_id)
+            .map(|cp| cp.name_on(&node.id).to_string())
+            .unwrap_or(chosen.name.clone());
+        let elsewhere = if delete_source {
+            self.source_users_elsewhere(
+                node,
+                &located.disk.pool,
+                &located.disk.source,
+                domain,
+                pools,
+            )
+            .await
+        } else {
+            Vec::new()
+        };
+        (name, elsewhere)
     }
 
     /// Reserves the entry's pools, starts it on the node, records it and

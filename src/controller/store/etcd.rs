@@ -234,6 +234,25 @@ impl EtcdStore {
         }
     }
 
+    /// Every key under `full` (a prefix with the store's prefix) and the
+    /// revision of the read; forgets the leased values it shows replaced.
+    async fn read_prefix(
+        &self,
+        full: &str,
+    ) -> Result<(Vec<(String, Versioned)>, Option<i64>), StoreError> {
+        let resp = self
+            .call(|mut c| {
+                let full = full.to_string();
+                async move { c.get(full, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        self.reconcile(full, resp.kvs());
+        Ok((
+            self.versioned(resp.kvs()),
+            resp.header().map(|h| h.revision()),
+        ))
+    }
+
     /// Mirrors `full` (listed as `listed` at `revision`) from now on, when a
     /// watch from the next revision can be opened; without it, reads keep
     /// going to etcd.
@@ -342,15 +361,7 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
-        let prefix = self.key(prefix);
-        let resp = self
-            .call(|mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        self.reconcile(&prefix, resp.kvs());
-        Ok(self.versioned(resp.kvs()))
+        Ok(self.read_prefix(&self.key(prefix)).await?.0)
     }
 
     async fn list_relaxed(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
@@ -360,14 +371,8 @@ impl Store for EtcdStore {
         if let Some(keys) = lock(&self.mirrors).get(&full) {
             return Ok(keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
         }
-        let resp = self
-            .call(|mut c| {
-                let full = full.clone();
-                async move { c.get(full, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        let listed = self.versioned(resp.kvs());
-        if let Some(revision) = resp.header().map(|h| h.revision()) {
+        let (listed, revision) = self.read_prefix(&full).await?;
+        if let Some(revision) = revision {
             self.mirror(&full, revision, &listed).await;
         }
         Ok(listed)
