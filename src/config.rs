@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::commented_toml::{self, RenderError, Style, TableDocs};
 
+mod connections;
+pub use connections::ConnectionConfig;
+
 /// Default mode of a unix socket: owner and group may connect.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 /// Default limit of concurrent calls on one HTTP/2 connection.
@@ -98,6 +101,9 @@ pub struct NodeConfig {
     pub tls_cert: Option<PathBuf>,
     /// This component's private key (PEM), re-read when it changes.
     pub tls_key: Option<PathBuf>,
+    /// Certificate revocation lists (PEM, one or more) of `tls_ca`, re-read
+    /// when the file changes; a revoked peer certificate is refused.
+    pub tls_crl: Option<PathBuf>,
     /// Serve plaintext on a non-loopback TCP address (logged as a warning).
     pub insecure_plaintext: bool,
     /// A file holding the bearer token this component presents to the
@@ -125,6 +131,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// OpenTelemetry trace export (`[telemetry]`).
     pub telemetry: TelemetryConfig,
+    /// Bounds on connections, before and after authentication (`[connections]`).
+    pub connections: ConnectionConfig,
 }
 
 /// OpenTelemetry trace export, the `[telemetry]` table. Each key gives way
@@ -178,6 +186,7 @@ impl Default for NodeConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            tls_crl: None,
             insecure_plaintext: false,
             token_file: None,
             identities: Vec::new(),
@@ -191,6 +200,7 @@ impl Default for NodeConfig {
             metrics_listen: String::new(),
             log_format: LogFormat::Text,
             telemetry: TelemetryConfig::default(),
+            connections: ConnectionConfig::default(),
         }
     }
 }
@@ -225,6 +235,12 @@ pub struct ControllerConfig {
     pub history_retention_days: u64,
     /// At most this many finished migrations are kept in the history (the newest).
     pub history_retention_records: usize,
+    /// Hosts a node may advertise in its registration: CIDRs (`10.0.0.0/8`),
+    /// DNS names, or `*.suffix`; empty: any host its certificate names.
+    pub advertise_allow: Vec<String>,
+    /// A registered node not heard from for this many seconds is forgotten,
+    /// which frees its place under `max_nodes` (configured nodes never are).
+    pub forget_lapsed_nodes_after_seconds: u64,
     /// CA certificate (PEM) that peers' certificates must chain to; with
     /// `tls_cert` and `tls_key`, TCP listeners serve mutual TLS and outgoing
     /// calls present this certificate.
@@ -233,6 +249,9 @@ pub struct ControllerConfig {
     pub tls_cert: Option<PathBuf>,
     /// This component's private key (PEM), re-read when it changes.
     pub tls_key: Option<PathBuf>,
+    /// Certificate revocation lists (PEM, one or more) of `tls_ca`, re-read
+    /// when the file changes; a revoked peer certificate is refused.
+    pub tls_crl: Option<PathBuf>,
     /// Serve plaintext on a non-loopback TCP address (logged as a warning).
     pub insecure_plaintext: bool,
     /// A file holding the bearer token this component presents to the
@@ -260,6 +279,8 @@ pub struct ControllerConfig {
     pub log_format: LogFormat,
     /// OpenTelemetry trace export (`[telemetry]`).
     pub telemetry: TelemetryConfig,
+    /// Bounds on connections, before and after authentication (`[connections]`).
+    pub connections: ConnectionConfig,
     /// Where the history, node registrations and in-flight reservations live.
     pub store: StoreKind,
     /// How to reach etcd, for the etcd store.
@@ -411,9 +432,12 @@ impl Default for ControllerConfig {
             node_call_timeout_seconds: 10,
             history_retention_days: 30,
             history_retention_records: 10_000,
+            advertise_allow: Vec::new(),
+            forget_lapsed_nodes_after_seconds: 3600,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            tls_crl: None,
             insecure_plaintext: false,
             token_file: None,
             identities: Vec::new(),
@@ -427,6 +451,7 @@ impl Default for ControllerConfig {
             metrics_listen: String::new(),
             log_format: LogFormat::Text,
             telemetry: TelemetryConfig::default(),
+            connections: ConnectionConfig::default(),
             store: StoreKind::File,
             etcd: EtcdConfig::default(),
         }
@@ -442,6 +467,8 @@ pub struct SecurityConfig {
     pub tls_cert: Option<PathBuf>,
     /// See [`NodeConfig::tls_key`].
     pub tls_key: Option<PathBuf>,
+    /// See [`NodeConfig::tls_crl`].
+    pub tls_crl: Option<PathBuf>,
     /// See [`NodeConfig::insecure_plaintext`].
     pub insecure_plaintext: bool,
     /// See [`NodeConfig::token_file`].
@@ -462,6 +489,8 @@ pub struct SecurityConfig {
     pub max_connections: usize,
     /// See [`NodeConfig::health_listen`].
     pub health_listen: String,
+    /// See [`NodeConfig::connections`].
+    pub connections: ConnectionConfig,
 }
 
 macro_rules! security_of {
@@ -470,6 +499,7 @@ macro_rules! security_of {
             tls_ca: $cfg.tls_ca.clone(),
             tls_cert: $cfg.tls_cert.clone(),
             tls_key: $cfg.tls_key.clone(),
+            tls_crl: $cfg.tls_crl.clone(),
             insecure_plaintext: $cfg.insecure_plaintext,
             token_file: $cfg.token_file.clone(),
             identities: $cfg.identities.clone(),
@@ -480,6 +510,7 @@ macro_rules! security_of {
             max_request_bytes: $cfg.max_request_bytes,
             max_connections: $cfg.max_connections,
             health_listen: $cfg.health_listen.clone(),
+            connections: $cfg.connections.clone(),
         }
     };
 }
@@ -509,6 +540,7 @@ impl ConfigFile for NodeConfig {
     fn docs() -> TableDocs {
         TableDocs::of::<NodeConfig>()
             .with("telemetry", TableDocs::of::<TelemetryConfig>())
+            .with("connections", TableDocs::of::<ConnectionConfig>())
             .with("identities", TableDocs::of::<GrantConfig>())
             .with("tokens", TableDocs::of::<GrantConfig>())
     }
@@ -518,6 +550,7 @@ impl ConfigFile for ControllerConfig {
     fn docs() -> TableDocs {
         TableDocs::of::<ControllerConfig>()
             .with("telemetry", TableDocs::of::<TelemetryConfig>())
+            .with("connections", TableDocs::of::<ConnectionConfig>())
             .with("nodes", TableDocs::of::<StaticNode>())
             .with("pool_defaults", TableDocs::of::<PoolSettings>())
             .with("pools", TableDocs::of::<PoolOverride>())
