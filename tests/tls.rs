@@ -351,7 +351,7 @@ async fn cli_controller_node_over_mtls_migrate_a_writing_guest_without_losing_re
         "Controller/MigrateVolume",
     );
     assert!(
-        line.contains(&format!("identity=cert:{OPERATOR}")) && line.contains("code=\"OK\""),
+        line.contains(&format!("identity=\"cert:{OPERATOR}\"")) && line.contains("code=\"OK\""),
         "{line}"
     );
     assert!(line.contains(&format!("domain={}", guest.name())), "{line}");
@@ -361,7 +361,7 @@ async fn cli_controller_node_over_mtls_migrate_a_writing_guest_without_losing_re
     );
     assert!(
         line.contains(&format!(
-            "identity=cert:controller.volmig.test for cert:{OPERATOR}"
+            "identity=\"cert:controller.volmig.test for cert:{OPERATOR}\""
         )),
         "{line}"
     );
