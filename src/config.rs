@@ -121,7 +121,9 @@ pub struct NodeConfig {
     /// A file holding the bearer token this component presents to the
     /// services it calls (for a peer that takes tokens instead of certificates).
     pub token_file: Option<PathBuf>,
-    /// Client certificates and the roles they have.
+    /// Client certificates and the roles they have, each by one of `uri`,
+    /// `dns` (SANs) or `cn` (certificates without SANs). Re-read, with
+    /// `tokens`, when this file changes or on SIGHUP.
     pub identities: Vec<GrantConfig>,
     /// Bearer tokens (by SHA-256) and the roles they have.
     pub tokens: Vec<GrantConfig>,
@@ -269,7 +271,9 @@ pub struct ControllerConfig {
     /// A file holding the bearer token this component presents to the
     /// services it calls (for a peer that takes tokens instead of certificates).
     pub token_file: Option<PathBuf>,
-    /// Client certificates and the roles they have.
+    /// Client certificates and the roles they have, each by one of `uri`,
+    /// `dns` (SANs) or `cn` (certificates without SANs). Re-read, with
+    /// `tokens`, when this file changes or on SIGHUP.
     pub identities: Vec<GrantConfig>,
     /// Bearer tokens (by SHA-256) and the roles they have.
     pub tokens: Vec<GrantConfig>,
