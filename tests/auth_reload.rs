@@ -262,3 +262,56 @@ async fn an_identity_added_to_the_file_works_without_a_restart() {
     drop(node);
     harness::remove_dir_noisy(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_authentications_are_throttled_per_address_and_their_log_lines_limited() {
+    harness::ensure_host();
+    let dir = harness::make_dir(&harness::unique_name("auth-throttle"));
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[connections]\nmax_auth_failures_per_minute = 3\n{}",
+            token("ci", "good-secret")
+        ),
+    )
+    .expect("config");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let endpoint = format!("http://{addr}");
+    let cfg_arg = cfg.display().to_string();
+    let node = NodeProcess::start_tcp("auth-throttle", &addr, &["--config", &cfg_arg]);
+    let good = channel(
+        &endpoint,
+        &Credentials::new(None, Some("good-secret")).expect("creds"),
+    )
+    .await;
+    assert_eq!(list(&good).await, Code::Ok);
+    for guess in ["guess-1", "guess-2", "guess-3"] {
+        let bad = channel(
+            &endpoint,
+            &Credentials::new(None, Some(guess)).expect("creds"),
+        )
+        .await;
+        assert_eq!(list(&bad).await, Code::Unauthenticated);
+    }
+    let err = NodeClient::new(good.clone())
+        .list_migrations(proto::ListMigrationsRequest::default())
+        .await
+        .expect_err("the address is throttled, whatever its token");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains("too many failed authentications")
+            && err.message().contains("retry in"),
+        "{}",
+        err.message()
+    );
+    // Four refusals within seconds from one address: one line.
+    let log = node.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("refused unauthenticated call"))
+        .count();
+    assert_eq!(lines, 1, "{}", harness::tail(&log, 30));
+    drop(node);
+    harness::remove_dir_noisy(&dir);
+}
