@@ -42,7 +42,8 @@ pub mod reload;
 mod throttle;
 
 pub use policy::{certificate_names, CertificateNames, Policy, PolicyError, SharedPolicy};
-pub use throttle::{Clock, Throttle};
+pub use throttle::Clock;
+use throttle::Throttle;
 
 /// Metadata key in which the controller names, for the node's audit log, the
 /// caller it acts for.
@@ -367,14 +368,14 @@ fn peer_addr<B>(req: &http::Request<B>) -> Option<SocketAddr> {
 
 /// What the layer keeps across calls and policy reloads: the failure
 /// counts and the log's rate limit.
-pub struct Guard {
+struct Guard {
     throttle: Throttle,
     log: refusals::RateLimit,
 }
 
 impl Guard {
     /// Throttles at `max_failures_per_minute` (0: never), on `clock`.
-    pub fn new(max_failures_per_minute: u32, clock: Clock) -> Guard {
+    fn new(max_failures_per_minute: u32, clock: Clock) -> Guard {
         Guard {
             throttle: Throttle::with_clock(max_failures_per_minute, clock.clone()),
             log: refusals::RateLimit::new(clock),
@@ -383,7 +384,7 @@ impl Guard {
 
     /// Authorizes `req` under `policy`: refuses a throttled address before
     /// looking at its credentials, and counts and logs each refusal.
-    pub fn check<B>(&self, policy: &Policy, req: &http::Request<B>) -> Result<Caller, Status> {
+    fn check<B>(&self, policy: &Policy, req: &http::Request<B>) -> Result<Caller, Status> {
         let path = req.uri().path();
         let peer = peer_addr(req);
         let ip = peer.map(|p| p.ip());
@@ -395,7 +396,8 @@ impl Guard {
                 .map(|left| AuthError::Throttled {
                     addr,
                     limit: self.throttle.limit(),
-                    retry_after_secs: left.as_secs().max(1),
+                    // Rounded up: retrying at the time said must succeed.
+                    retry_after_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
                 }),
             _ => None,
         };

@@ -31,12 +31,7 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// At most `limit` failures per address and minute (0: no limit).
-    pub fn new(limit: u32) -> Throttle {
-        Throttle::with_clock(limit, Arc::new(Instant::now))
-    }
-
-    /// The same, on `clock`.
+    /// At most `limit` failures per address and minute (0: no limit), on `clock`.
     pub fn with_clock(limit: u32, clock: Clock) -> Throttle {
         Throttle {
             limit,
@@ -129,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_limit_of_zero_never_throttles() {
-        let throttle = Throttle::new(0);
+        let throttle = Throttle::with_clock(0, Arc::new(Instant::now));
         let addr: IpAddr = "192.0.2.1".parse().expect("ip");
         for _ in 0..1000 {
             throttle.failed(addr);
