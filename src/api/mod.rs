@@ -10,6 +10,7 @@ pub mod identity_service;
 pub mod listener;
 pub mod node_client;
 pub mod node_service;
+pub mod peer_check;
 pub mod secret_files;
 pub mod server;
 pub mod status;

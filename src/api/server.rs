@@ -17,7 +17,8 @@ use tonic::transport::Server;
 
 use crate::api::auth::{AuthLayer, Policy, PolicyError, SharedPolicy};
 use crate::api::listener;
-use crate::api::tls::{self, TlsError, TlsFiles};
+use crate::api::peer_check::PeerCheckLayer;
+use crate::api::tls::{self, TlsError, TlsFiles, Trust};
 
 use crate::api::controller_service::ControllerService;
 use crate::api::identity_service::{IdentityService, Probe};
@@ -63,6 +64,9 @@ impl Listen {
 pub struct Exposure {
     /// Serve TCP with mutual TLS using these files.
     pub tls: Option<TlsFiles>,
+    /// What peers are verified against, at the handshake and at every
+    /// request (read from `tls`'s CA and CRL files).
+    pub trust: Option<Arc<Trust>>,
     /// Allow plaintext TCP on a non-loopback address.
     pub insecure_plaintext: bool,
     /// Accepted identities and tokens (replaced when the configuration is reloaded).
@@ -87,6 +91,7 @@ impl Exposure {
     pub fn local_only() -> Exposure {
         Exposure {
             tls: None,
+            trust: None,
             insecure_plaintext: false,
             policy: SharedPolicy::new(Policy::local_only(), 0),
             socket_mode: crate::config::DEFAULT_SOCKET_MODE,
@@ -115,17 +120,20 @@ impl Exposure {
         Ok((listen, exposure, credentials))
     }
 
-    /// The exposure a component's security settings describe; reads no file
-    /// yet (TLS files are read when the listener starts).
+    /// The exposure a component's security settings describe; reads the CA
+    /// and CRL files (the certificate and key are read when the listener starts).
     pub fn from_config(config: &SecurityConfig) -> Result<Exposure, ServeError> {
         let tls = TlsFiles::from_parts(
             config.tls_ca.clone(),
             config.tls_cert.clone(),
             config.tls_key.clone(),
         )?;
+        let tls = TlsFiles::with_crl(tls, config.tls_crl.clone())?;
+        let trust = tls.as_ref().map(TlsFiles::trust).transpose()?.map(Arc::new);
         let policy = Policy::new(&config.identities, &config.tokens)?;
         Ok(Exposure {
             tls,
+            trust,
             insecure_plaintext: config.insecure_plaintext,
             policy: SharedPolicy::new(policy, config.connections.max_auth_failures_per_minute),
             socket_mode: config.socket_mode,
@@ -137,9 +145,7 @@ impl Exposure {
         })
     }
 
-    fn builder(
-        &self,
-    ) -> Server<tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>> {
+    fn builder(&self) -> Server<Layers> {
         Server::builder()
             .max_concurrent_streams(self.max_concurrent_streams.max(1))
             // Metadata is small; a peer sending megabytes of headers is not a client.
@@ -150,9 +156,16 @@ impl Exposure {
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             // Each request's span continues the caller's trace.
             .trace_fn(crate::tracing_export::server_span)
+            .layer(PeerCheckLayer::new(self.trust.clone()))
             .layer(AuthLayer::new(self.policy.clone()))
     }
 }
+
+/// The layers every request passes: the peer re-check, then authorization.
+type Layers = tower::layer::util::Stack<
+    AuthLayer,
+    tower::layer::util::Stack<PeerCheckLayer, tower::layer::util::Identity>,
+>;
 
 /// How often an idle connection is pinged, and how long a ping may go unanswered.
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -379,9 +392,7 @@ fn reflection() -> Result<
 
 /// Runs a router on the listen address until `shutdown`; `what` names the component in logs.
 async fn serve(
-    router: tonic::transport::server::Router<
-        tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>,
-    >,
+    router: tonic::transport::server::Router<Layers>,
     listen: Listen,
     exposure: &Exposure,
     what: &'static str,
@@ -407,7 +418,11 @@ async fn serve(
             let listener = bind_tcp(addr).await?;
             match &exposure.tls {
                 Some(files) => {
-                    let config = tls::server_config(files)?;
+                    let trust = match &exposure.trust {
+                        Some(trust) => trust.clone(),
+                        None => Arc::new(files.trust()?),
+                    };
+                    let config = tls::server_config(files, trust)?;
                     tracing::info!(%addr, "{what} listening (mutual TLS)");
                     router
                         .serve_with_incoming_shutdown(

@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::api::auth::AuthError;
+use crate::api::peer_check::PeerRefused;
 use crate::controller::error::{ControllerError, NodeErrorKind};
 use crate::controller::registry::RegistryError;
 use crate::controller::store::StoreError;
@@ -45,6 +46,12 @@ impl From<AuthError> for Status {
             AuthError::Throttled { .. } => Code::ResourceExhausted,
         };
         Status::new(code, err.to_string())
+    }
+}
+
+impl From<PeerRefused> for Status {
+    fn from(err: PeerRefused) -> Status {
+        Status::new(Code::Unauthenticated, err.to_string())
     }
 }
 

@@ -1,20 +1,23 @@
 //! TLS for every TCP listener and client: rustls (ring), mutual
-//! authentication against a configured CA, and certificates re-read when
-//! their files change.
+//! authentication against a configured CA and its revocation lists, and
+//! certificates re-read when their files change.
 //!
 //! The server's rustls configuration is built here rather than by tonic so
 //! that certificates can be rotated without a restart: the server certificate
 //! comes from a [`ResolvesServerCert`] and client certificates are verified by
-//! a [`ClientCertVerifier`], both of which look at their files' modification
-//! times at each handshake and reload when they changed. A file that cannot be
-//! read or parsed keeps the previous material in use (and is logged), so a
-//! half-written rotation never takes a running service down.
+//! a [`ClientCertVerifier`] over the component's [`Trust`], both of which look
+//! at their files at each handshake and reload when they changed. A file that
+//! cannot be read or parsed, or that other users could change (or, for a key,
+//! read), keeps the previous material in use (and is logged), so a
+//! half-written rotation never takes a running service down and a loosened
+//! file is never trusted; at start the same faults refuse the start.
 //!
 //! Accepting connections (and their handshakes) is [`crate::api::listener`]'s job.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -24,12 +27,18 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-/// The PEM files of one component: the CA that signs its peers, and its own
-/// certificate chain and private key.
+use crate::api::secret_files::{self, SecretFileError, SecretKind};
+
+mod trust;
+
+pub use trust::{Trust, TrustMaterial};
+
+/// The PEM files of one component: the CA that signs its peers (and its
+/// revocation lists), and its own certificate chain and private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     /// CA certificate(s) (PEM) that peers' certificates must chain to.
@@ -38,6 +47,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This component's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// CRLs (PEM) of the CA; a peer certificate they list is refused.
+    pub crl: Option<PathBuf>,
 }
 
 impl TlsFiles {
@@ -50,7 +61,12 @@ impl TlsFiles {
     ) -> Result<Option<TlsFiles>, TlsError> {
         match (ca, cert, key) {
             (None, None, None) => Ok(None),
-            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles { ca, cert, key })),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                ca,
+                cert,
+                key,
+                crl: None,
+            })),
             (ca, cert, key) => {
                 let missing: Vec<&str> = [
                     ("tls_ca", ca.is_none()),
@@ -63,6 +79,24 @@ impl TlsFiles {
                 Err(TlsError::Incomplete(missing.join(", ")))
             }
         }
+    }
+
+    /// `files` with the CRL file `crl`; a CRL without the other files is an
+    /// error (there would be nothing to check it against).
+    pub fn with_crl(
+        files: Option<TlsFiles>,
+        crl: Option<PathBuf>,
+    ) -> Result<Option<TlsFiles>, TlsError> {
+        match (files, crl) {
+            (None, Some(_)) => Err(TlsError::Incomplete("tls_ca, tls_cert, tls_key (tls_crl is set)".into())),
+            (files, None) => Ok(files),
+            (Some(files), crl) => Ok(Some(TlsFiles { crl, ..files })),
+        }
+    }
+
+    /// The trust these files describe (CA and CRL), read now.
+    pub fn trust(&self) -> Result<Trust, TlsError> {
+        Trust::load(&self.ca, self.crl.as_deref())
     }
 }
 
@@ -95,6 +129,9 @@ pub enum TlsError {
     /// The client verifier could not be built from the CA.
     #[error("client certificate verifier: {0}")]
     Verifier(String),
+    /// A file others could change (or, for a key, read).
+    #[error(transparent)]
+    Mode(#[from] SecretFileError),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -132,22 +169,20 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| parse_err(path, e))
 }
 
-fn load_roots(path: &Path) -> Result<Arc<rustls::RootCertStore>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in load_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|e| parse_err(path, format!("not a usable CA certificate: {e}")))?;
-    }
-    Ok(Arc::new(roots))
-}
+/// What tells that a file changed: its modification time, and its inode,
+/// size and mode (a file replaced with an older copy, or only chmod'ed, is
+/// looked at again too).
+type FileStamp = (SystemTime, u64, u64, u32);
 
-/// The modification times of a set of files; `None` for one that cannot be
-/// stat'ed (then the next successful stat counts as a change).
-fn stamp(paths: &[&Path]) -> Vec<Option<SystemTime>> {
+/// The stamps of a set of files; `None` for one that cannot be stat'ed (then
+/// the next successful stat counts as a change).
+fn stamp(paths: &[&Path]) -> Vec<Option<FileStamp>> {
     paths
         .iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .map(|p| {
+            let meta = std::fs::metadata(p).ok()?;
+            Some((meta.modified().ok()?, meta.ino(), meta.len(), meta.mode()))
+        })
         .collect()
 }
 
@@ -156,7 +191,7 @@ struct Reloading<T> {
     what: &'static str,
     paths: Vec<PathBuf>,
     build: fn(&[PathBuf]) -> Result<T, TlsError>,
-    state: Mutex<(Vec<Option<SystemTime>>, Arc<T>)>,
+    state: Mutex<(Vec<Option<FileStamp>>, Arc<T>)>,
 }
 
 impl<T> Reloading<T> {
@@ -176,11 +211,20 @@ impl<T> Reloading<T> {
         })
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Option<FileStamp>>, Arc<T>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The value as last built, without looking at the files.
+    fn last(&self) -> Arc<T> {
+        self.lock().1.clone()
+    }
+
     /// The current value, rebuilt first when the files changed.
     fn get(&self) -> Arc<T> {
         let refs: Vec<&Path> = self.paths.iter().map(PathBuf::as_path).collect();
         let now = stamp(&refs);
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         if state.0 != now {
             match (self.build)(&self.paths) {
                 Ok(value) => {
@@ -202,6 +246,8 @@ fn build_certified_key(paths: &[PathBuf]) -> Result<CertifiedKey, TlsError> {
     let [cert, key] = paths else {
         return Err(TlsError::Incomplete("tls_cert, tls_key".into()));
     };
+    secret_files::check(cert, SecretKind::Trust, "certificate file")?;
+    secret_files::check(key, SecretKind::Private, "private key")?;
     let chain = load_certs(cert)?;
     let key_der = load_key(key)?;
     let signing = provider()
@@ -216,15 +262,6 @@ fn build_certified_key(paths: &[PathBuf]) -> Result<CertifiedKey, TlsError> {
         )
     })?;
     Ok(certified)
-}
-
-fn build_client_verifier(paths: &[PathBuf]) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let [ca] = paths else {
-        return Err(TlsError::Incomplete("tls_ca".into()));
-    };
-    WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))
 }
 
 /// The server's certificate, re-read when its files change.
@@ -244,20 +281,14 @@ impl ResolvesServerCert for ServerCert {
     }
 }
 
-/// Verifies client certificates against the CA file, re-read when it changes.
-struct ClientVerifier(Reloading<Arc<dyn ClientCertVerifier>>);
-
-impl fmt::Debug for ClientVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientVerifier")
-            .field("ca", &self.0.paths)
-            .finish()
-    }
-}
+/// Verifies client certificates against the component's trust (CA and
+/// CRLs), re-read when it changes.
+#[derive(Debug)]
+struct ClientVerifier(Arc<Trust>);
 
 impl ClientVerifier {
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
-        self.0.get().as_ref().clone()
+        self.0.current().clients().clone()
     }
 }
 
@@ -306,19 +337,19 @@ impl ClientCertVerifier for ClientVerifier {
 }
 
 /// The server's rustls configuration: TLS 1.2/1.3, HTTP/2 only, a client
-/// certificate required and verified against `files.ca`; all three files are
-/// read now (so a wrong path fails the start-up) and again when they change.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// certificate required and verified against `trust` (`files.ca` and
+/// `files.crl`, already read); the certificate and key are read now (so a
+/// wrong path fails the start-up) and again when they change.
+pub fn server_config(
+    files: &TlsFiles,
+    trust: Arc<Trust>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let cert = ServerCert(Reloading::new(
         "server certificate",
         vec![files.cert.clone(), files.key.clone()],
         build_certified_key,
     )?);
-    let verifier = ClientVerifier(Reloading::new(
-        "client CA",
-        vec![files.ca.clone()],
-        build_client_verifier,
-    )?);
+    let verifier = ClientVerifier(trust);
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
@@ -331,6 +362,9 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
 /// signed the server, and the client certificate presented to it. The
 /// server's certificate must name the endpoint's host (DNS name or IP).
 pub fn client_config(files: &TlsFiles) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
+    secret_files::check(&files.ca, SecretKind::Trust, "CA file")?;
+    secret_files::check(&files.cert, SecretKind::Trust, "certificate file")?;
+    secret_files::check(&files.key, SecretKind::Private, "private key")?;
     let ca = read(&files.ca)?;
     let cert = read(&files.cert)?;
     let key = read(&files.key)?;
@@ -342,7 +376,10 @@ pub fn client_config(files: &TlsFiles) -> Result<tonic::transport::ClientTlsConf
 /// A fingerprint of the client material's files (their modification times),
 /// so long-lived channels can be re-opened after a rotation.
 pub fn generation(files: &TlsFiles) -> Vec<Option<SystemTime>> {
-    stamp(&[&files.ca, &files.cert, &files.key])
+    [&files.ca, &files.cert, &files.key]
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -366,6 +403,8 @@ mod tests {
         let write = |name: &str, text: &str| {
             let path = dir.path().join(name);
             std::fs::write(&path, text).expect("write");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
             path
         };
         let key_a = rcgen::KeyPair::generate().expect("key");
@@ -378,18 +417,20 @@ mod tests {
             ca: write("ca.pem", &cert.pem()),
             cert: write("cert.pem", &cert.pem()),
             key: write("key.pem", &key_a.serialize_pem()),
+            crl: None,
         };
-        assert!(server_config(&files).is_ok());
+        let config = |files: &TlsFiles| server_config(files, Arc::new(files.trust()?));
+        assert!(config(&files).is_ok());
         let wrong_key = TlsFiles {
             key: write("other-key.pem", &key_b.serialize_pem()),
             ..files.clone()
         };
-        let err = server_config(&wrong_key).expect_err("mismatched key");
+        let err = config(&wrong_key).expect_err("mismatched key");
         assert!(err.to_string().contains("does not match"), "{err}");
         let no_ca = TlsFiles {
             ca: write("empty.pem", ""),
             ..files
         };
-        assert!(server_config(&no_ca).is_err());
+        assert!(config(&no_ca).is_err());
     }
 }
