@@ -42,6 +42,9 @@ for p in "$pa:$work/a" "$pb:$work/b"; do
 done
 
 # --- PKI and tokens ---------------------------------------------------------------
+# Keys and tokens readable by their owner only: volmig refuses ones others can read.
+old_umask=$(umask)
+umask 077
 pki=$work/pki
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -keyout "$pki/ca-key.pem" -out "$pki/ca.pem" -subj "/CN=volmig bench CA" \
@@ -65,6 +68,7 @@ token() { # file: writes a new random token there, prints its SHA-256
 }
 hash=$(token "$work/token")
 node_hash=$(token "$work/node-token")
+umask "$old_umask"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }

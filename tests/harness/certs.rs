@@ -1,11 +1,16 @@
 //! Test PKI made with rcgen: a CA, leaf certificates signed by it (or by
-//! another CA, or already expired), written as PEM files for `volmig`'s
-//! `--ca/--cert/--key` flags and `tls_*` config keys.
+//! another CA, or already expired) and its revocation lists, written as PEM
+//! files for `volmig`'s `--ca/--cert/--key` flags and `tls_*` config keys.
+//! Keys are written readable by their owner only, as volmig requires.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
 };
 
 /// A CA that signs test certificates.
@@ -14,6 +19,8 @@ pub struct TestCa {
     /// The CA certificate's PEM file.
     pub ca_file: PathBuf,
     dir: PathBuf,
+    /// Serial number of the next leaf (and number of the next CRL).
+    next_serial: AtomicU64,
 }
 
 /// A leaf certificate and its key, as files.
@@ -23,8 +30,10 @@ pub struct Leaf {
     pub ca: PathBuf,
     /// Certificate PEM.
     pub cert: PathBuf,
-    /// Key PEM.
+    /// Key PEM (mode 0600).
     pub key: PathBuf,
+    /// The certificate's serial number, which a CRL names it by.
+    pub serial: u64,
 }
 
 impl Leaf {
@@ -56,6 +65,7 @@ impl Leaf {
             ca: self.ca.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
+            crl: None,
         }
     }
 }
@@ -108,13 +118,42 @@ impl TestCa {
             issuer: Issuer::new(params, key),
             ca_file,
             dir: dir.to_path_buf(),
+            next_serial: AtomicU64::new(1),
         }
+    }
+
+    /// Writes `file` (PEM) as this CA's CRL revoking `revoked` (none: an
+    /// empty CRL, which says every certificate of this CA is good).
+    pub fn write_crl(&self, file: &Path, revoked: &[&Leaf]) {
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: SerialNumber::from(self.next_serial.fetch_add(1, Ordering::Relaxed)),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|leaf| RevokedCertParams {
+                    serial_number: SerialNumber::from(leaf.serial),
+                    revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).expect("sign CRL");
+        // Replaced atomically, as an operator's CRL update would be.
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, crl.pem().expect("CRL PEM")).expect("write CRL");
+        std::fs::rename(&tmp, file).expect("rename CRL");
     }
 
     /// Signs a leaf certificate and writes `<stem>.pem` and `<stem>-key.pem`.
     pub fn leaf(&self, spec: LeafSpec<'_>) -> Leaf {
         let key = KeyPair::generate().expect("leaf key");
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.serial_number = Some(SerialNumber::from(serial));
         for name in spec.dns {
             params.subject_alt_names.push(match name.parse() {
                 Ok(ip) => SanType::IpAddress(ip),
@@ -136,11 +175,25 @@ impl TestCa {
             ca: self.ca_file.clone(),
             cert: self.dir.join(format!("{}.pem", spec.stem)),
             key: self.dir.join(format!("{}-key.pem", spec.stem)),
+            serial,
         };
         std::fs::write(&leaf.cert, cert.pem()).expect("write cert");
-        std::fs::write(&leaf.key, key.serialize_pem()).expect("write key");
+        write_private(&leaf.key, &key.serialize_pem());
         leaf
     }
+}
+
+/// Writes `text` to a new `path` readable by its owner only (no moment
+/// where others could read it).
+pub fn write_private(path: &Path, text: &str) {
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 /// A free TCP port on 127.0.0.1.
