@@ -272,7 +272,13 @@ async fn trust_files_others_can_change_or_read_are_refused_at_start_and_at_reloa
     let scratch = Scratch::new("trust-modes");
     let ca = TestCa::new(scratch.path(), "main");
     let other = TestCa::new(scratch.path(), "other");
-    let server = server_leaf(&ca, "node-server");
+    // The node's own copy of the CA file (its clients keep theirs).
+    let node_ca = scratch.path().join("node-ca.pem");
+    std::fs::copy(&ca.ca_file, &node_ca).expect("copy CA");
+    let server = Leaf {
+        ca: node_ca.clone(),
+        ..server_leaf(&ca, "node-server")
+    };
     let operator = ca.leaf(LeafSpec::new("operator", OPERATOR, &[OPERATOR]));
     let config = node_config(&scratch, "");
     let flags = [
@@ -289,30 +295,29 @@ async fn trust_files_others_can_change_or_read_are_refused_at_start_and_at_reloa
     );
     chmod(&server.key, 0o600);
 
-    chmod(&ca.ca_file, 0o666);
+    chmod(&node_ca, 0o666);
     let out = refused_start(scratch.path(), &flags);
     assert!(
-        out.contains(&ca.ca_file.display().to_string()) && out.contains("0666"),
+        out.contains(&node_ca.display().to_string()) && out.contains("0666"),
         "a CA file others can change is refused, naming it and its mode:\n{out}"
     );
-    chmod(&ca.ca_file, 0o644);
+    chmod(&node_ca, 0o644);
 
     let (node, https) = start_node("trust-modes", &server, &config);
     assert_eq!(
         info_new(&https, &operator).await.as_deref(),
         Ok(node.node_id())
     );
-    // Their certificate (trusting the node's CA, from a file of its own)
-    // would work if the CA file were reloaded.
-    let main_ca = std::fs::read_to_string(&ca.ca_file).expect("CA");
+    // What a local user could do with a CA file left writable: add their CA.
+    chmod(&node_ca, 0o666);
+    let main_ca = std::fs::read_to_string(&node_ca).expect("CA");
+    let other_ca = std::fs::read_to_string(&other.ca_file).expect("other CA");
+    std::fs::write(&node_ca, format!("{main_ca}{other_ca}")).expect("append CA");
+    // Their certificate would work if the CA file were reloaded.
     let intruder = Leaf {
-        ca: scratch.write("intruder-trusts.pem", &main_ca),
+        ca: ca.ca_file.clone(),
         ..other.leaf(LeafSpec::new("intruder", OPERATOR, &[OPERATOR]))
     };
-    // What a local user could do with a CA file left writable: add their CA.
-    chmod(&ca.ca_file, 0o666);
-    let other_ca = std::fs::read_to_string(&other.ca_file).expect("other CA");
-    std::fs::write(&ca.ca_file, format!("{main_ca}{other_ca}")).expect("append CA");
 
     let refused = info_new(&https, &intruder).await;
     assert!(
@@ -322,7 +327,7 @@ async fn trust_files_others_can_change_or_read_are_refused_at_start_and_at_reloa
     let log = node.wait_for_log(|l| l.contains("cannot reload TLS material") && l.contains("0666"));
     assert!(
         log.contains("cannot reload TLS material")
-            && log.contains(&ca.ca_file.display().to_string())
+            && log.contains(&node_ca.display().to_string())
             && log.contains("0666"),
         "the reload is refused with a warning naming the file and its mode:\n{log}"
     );
