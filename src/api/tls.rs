@@ -33,6 +33,8 @@ use tokio_rustls::rustls::{DigitallySignedStruct, DistinguishedName, SignatureSc
 
 use crate::api::secret_files::{self, SecretFileError, SecretKind};
 
+#[cfg(test)]
+pub(crate) mod test_pki;
 mod trust;
 
 pub use trust::{Trust, TrustMaterial};
