@@ -175,15 +175,11 @@ async fn a_certificate_revoked_in_the_crl_is_refused_on_its_open_connection_and_
 
     // The other certificate keeps working, open and new.
     assert_eq!(info(&kept_open).await.as_deref(), Ok(node.node_id()));
-    assert_eq!(
-        info_new(&https, &kept).await.as_deref(),
-        Ok(node.node_id())
-    );
+    assert_eq!(info_new(&https, &kept).await.as_deref(), Ok(node.node_id()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn after_the_ca_file_is_replaced_an_old_ca_certificate_is_refused_on_its_open_connection()
-{
+async fn after_the_ca_file_is_replaced_an_old_ca_certificate_is_refused_on_its_open_connection() {
     let scratch = Scratch::new("ca-rotate");
     let old = TestCa::new(scratch.path(), "old");
     let new = TestCa::new(scratch.path(), "new");
@@ -237,7 +233,12 @@ fn refused_start(dir: &Path, flags: &[String]) -> String {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_volmig"))
         .arg("node")
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", "refused"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--node-id",
+            "refused",
+        ])
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(flags)

@@ -16,8 +16,8 @@
 
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -90,7 +90,9 @@ impl TlsFiles {
         crl: Option<PathBuf>,
     ) -> Result<Option<TlsFiles>, TlsError> {
         match (files, crl) {
-            (None, Some(_)) => Err(TlsError::Incomplete("tls_ca, tls_cert, tls_key (tls_crl is set)".into())),
+            (None, Some(_)) => Err(TlsError::Incomplete(
+                "tls_ca, tls_cert, tls_key (tls_crl is set)".into(),
+            )),
             (files, None) => Ok(files),
             (Some(files), crl) => Ok(Some(TlsFiles { crl, ..files })),
         }
@@ -434,5 +436,45 @@ mod tests {
             ..files
         };
         assert!(config(&no_ca).is_err());
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused_at_start_and_at_reload() {
+        use test_pki::write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let pair = |mode: u32| {
+            let key_pair = rcgen::KeyPair::generate().expect("key");
+            let made = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+                .expect("params")
+                .self_signed(&key_pair)
+                .expect("cert");
+            write(&cert, &made.pem(), 0o644);
+            write(&key, &key_pair.serialize_pem(), mode);
+        };
+        let paths = vec![cert.clone(), key.clone()];
+
+        pair(0o644);
+        let err = Reloading::new("server certificate", paths.clone(), build_certified_key)
+            .err()
+            .expect("a key others can read");
+        let text = err.to_string();
+        assert!(
+            text.contains(&key.display().to_string()) && text.contains("0644"),
+            "{text}"
+        );
+
+        pair(0o600);
+        let served = Reloading::new("server certificate", paths, build_certified_key)
+            .expect("a private key");
+        let first = served.get();
+        pair(0o640);
+        assert!(
+            Arc::ptr_eq(&served.get(), &first),
+            "a key the group can read is not loaded"
+        );
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        assert!(!Arc::ptr_eq(&served.get(), &first), "loaded once private");
     }
 }

@@ -39,12 +39,13 @@ fn a_peer_whose_ca_was_removed_no_longer_chains() {
     let (leaf, _) = pki.leaf("client.test");
     let trust = Arc::new(Trust::load(&pki.ca, None).expect("trust"));
     let checker = PeerChecker::new(trust.clone());
-    assert_eq!(checker.check(&[leaf.clone()]).0, Ok(()));
+    let chain = [leaf];
+    assert_eq!(checker.check(&chain).0, Ok(()));
 
     let other = TestPki::new();
     let other_ca = std::fs::read_to_string(&other.ca).expect("CA");
     write(&pki.ca, &other_ca, 0o644);
-    let (verdict, fresh) = checker.check_with(&trust.current(), &[leaf]);
+    let (verdict, fresh) = checker.check_with(&trust.current(), &chain);
     assert_eq!(verdict, Err(PeerRefused::NotChained));
     assert!(fresh);
     let status = Status::from(PeerRefused::NotChained);

@@ -56,7 +56,9 @@ impl TrustMaterial {
 
     /// Verifies a client's chain (leaf first) as a handshake would, now.
     pub fn verify_client(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
-        let (leaf, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
         self.clients
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map(|_| ())

@@ -7,7 +7,10 @@ fn a_crl_file_that_does_not_parse_is_refused_naming_it() {
     let crl = pki.path("crl.pem");
     for (text, why) in [
         ("", "no X509 CRL"),
-        ("-----BEGIN X509 CRL-----\n!!!\n-----END X509 CRL-----\n", ""),
+        (
+            "-----BEGIN X509 CRL-----\n!!!\n-----END X509 CRL-----\n",
+            "",
+        ),
         (
             "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
             "not a valid CRL",
@@ -49,12 +52,17 @@ fn a_revoked_certificate_is_refused_and_another_is_not() {
 fn a_reload_gets_a_new_generation_and_a_refused_reload_keeps_the_previous_material() {
     let mut pki = TestPki::new();
     let (leaf, serial) = pki.leaf("client.test");
+    let chain = [leaf];
     let crl = pki.path("crl.pem");
     pki.write_crl(&crl, &[]);
     let trust = Trust::load(&pki.ca, Some(&crl)).expect("trust");
     let first = trust.current();
-    assert_eq!(trust.current().generation(), first.generation(), "no change, no reload");
-    first.verify_client(&[leaf.clone()]).expect("trusted");
+    assert_eq!(
+        trust.current().generation(),
+        first.generation(),
+        "no change, no reload"
+    );
+    first.verify_client(&chain).expect("trusted");
 
     // A CRL others can change is not loaded: the previous trust stays.
     pki.write_crl(&crl, &[serial]);
@@ -62,7 +70,7 @@ fn a_reload_gets_a_new_generation_and_a_refused_reload_keeps_the_previous_materi
         .expect("chmod");
     let kept = trust.current();
     assert_eq!(kept.generation(), first.generation());
-    kept.verify_client(&[leaf.clone()])
+    kept.verify_client(&chain)
         .expect("the revocation in a refused file is not applied");
 
     // Made private again, the same file is loaded.
@@ -70,7 +78,7 @@ fn a_reload_gets_a_new_generation_and_a_refused_reload_keeps_the_previous_materi
         .expect("chmod");
     let reloaded = trust.current();
     assert_ne!(reloaded.generation(), first.generation());
-    assert!(reloaded.verify_client(&[leaf]).is_err(), "revoked now");
+    assert!(reloaded.verify_client(&chain).is_err(), "revoked now");
 }
 
 #[test]
