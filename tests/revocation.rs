@@ -6,6 +6,7 @@
 //!   another certificate keeps working;
 //! - after the CA file is replaced by another CA, a client still connected
 //!   with the old CA's certificate is refused on its open channel;
+//! - a client whose CRL revokes the server's certificate does not connect;
 //! - a key readable by others or a CA file writable by others stops the start
 //!   (naming the file and its mode), and a CA file made writable by others
 //!   after the start is not reloaded: a CA appended to it is not trusted.
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use harness::certs::{free_port, Leaf, LeafSpec, TestCa};
 use harness::node::NodeProcess;
 use volmig::api::client::{self, AuthChannel as Channel, Credentials, Peer};
+use volmig::api::tls::TlsFiles;
 use volmig::proto;
 use volmig::proto::node_client::NodeClient;
 
@@ -337,4 +339,41 @@ async fn trust_files_others_can_change_or_read_are_refused_at_start_and_at_reloa
         info_new(&https, &operator).await.as_deref(),
         Ok(node.node_id())
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_refuses_a_server_whose_certificate_its_crl_revokes() {
+    let scratch = Scratch::new("crl-server");
+    let ca = TestCa::new(scratch.path(), "main");
+    let server = server_leaf(&ca, "node-server");
+    let operator = ca.leaf(LeafSpec::new("operator", OPERATOR, &[OPERATOR]));
+    let config = node_config(&scratch, "");
+    let (node, https) = start_node("crl-server", &server, &config);
+    let crl = scratch.path().join("client.crl");
+    let with_crl = |leaf: &Leaf| TlsFiles {
+        crl: Some(crl.clone()),
+        ..leaf.files()
+    };
+    let info_checked = |files: TlsFiles| {
+        let https = https.clone();
+        async move {
+            let creds = Credentials::new(Some(files), None).map_err(|e| e.to_string())?;
+            let channel = client::connect_with(Peer::Node, &https, &creds)
+                .await
+                .map_err(|e| e.to_string())?;
+            info(&channel)
+                .await
+                .map_err(|(code, message)| format!("{code:?}: {message}"))
+        }
+    };
+
+    ca.write_crl(&crl, &[]);
+    assert_eq!(
+        info_checked(with_crl(&operator)).await.as_deref(),
+        Ok(node.node_id())
+    );
+    ca.write_crl(&crl, &[&server]);
+    let refused = info_checked(with_crl(&operator)).await;
+    let err = refused.expect_err("a revoked server certificate was accepted");
+    assert!(err.contains("Revoked"), "{err}");
 }

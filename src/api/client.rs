@@ -3,7 +3,7 @@
 //!
 //! Endpoints are `unix:///abs/path.sock` (a node on the same host),
 //! `http://host:port` or `https://host:port` (mutual TLS with the configured
-//! CA, certificate and key; certificate files are read at each connection,
+//! CA, its CRLs, certificate and key; these files are read at each connection,
 //! so a rotated client certificate is used from the next one). The connection is made eagerly so
 //! that a wrong address or a service that is not running is reported at once,
 //! with a hint, rather than on the first call.
@@ -243,22 +243,33 @@ async fn open(peer: Peer, endpoint: &str, tls: Option<&TlsFiles>) -> Result<Chan
             "expected unix:///path/to.sock, http://host:port or https://host:port",
         ));
     }
-    let parsed =
-        Endpoint::from_shared(endpoint.to_string()).map_err(|_| invalid("not a valid URI"))?;
-    let mut parsed = configure(parsed).connect_timeout(CONNECT_TIMEOUT);
     if https {
         let files = tls.ok_or_else(|| ClientError::TlsNotConfigured {
             peer,
             endpoint: endpoint.to_string(),
         })?;
-        let config = tls::client_config(files).map_err(|e| ClientError::Credentials {
+        let connector = tls::TlsConnector::new(files).map_err(|e| ClientError::Credentials {
             peer,
             endpoint: endpoint.to_string(),
             reason: e.to_string(),
         })?;
-        parsed = parsed.tls_config(config).map_err(connect_failed)?;
+        // tonic's own TLS cannot check CRLs: the connector does the TLS, and
+        // tonic speaks plain HTTP/2 over it.
+        let inner = Endpoint::from_shared(endpoint.replacen("https://", "http://", 1))
+            .map_err(|_| invalid("not a valid URI"))?;
+        return configure(inner)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_with_connector(connector)
+            .await
+            .map_err(connect_failed);
     }
-    parsed.connect().await.map_err(connect_failed)
+    let parsed =
+        Endpoint::from_shared(endpoint.to_string()).map_err(|_| invalid("not a valid URI"))?;
+    configure(parsed)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(connect_failed)
 }
 
 fn configure(endpoint: Endpoint) -> Endpoint {

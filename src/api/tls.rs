@@ -33,10 +33,12 @@ use tokio_rustls::rustls::{DigitallySignedStruct, DistinguishedName, SignatureSc
 
 use crate::api::secret_files::{self, SecretFileError, SecretKind};
 
+mod connector;
 #[cfg(test)]
 pub(crate) mod test_pki;
 mod trust;
 
+pub use connector::TlsConnector;
 pub use trust::{Trust, TrustMaterial};
 
 /// The PEM files of one component: the CA that signs its peers (and its
@@ -362,28 +364,19 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// tonic's client TLS settings for `files`, read now: the CA that must have
-/// signed the server, and the client certificate presented to it. The
-/// server's certificate must name the endpoint's host (DNS name or IP).
-pub fn client_config(files: &TlsFiles) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
-    secret_files::check(&files.ca, SecretKind::Trust, "CA file")?;
-    secret_files::check(&files.cert, SecretKind::Trust, "certificate file")?;
-    secret_files::check(&files.key, SecretKind::Private, "private key")?;
-    let ca = read(&files.ca)?;
-    let cert = read(&files.cert)?;
-    let key = read(&files.key)?;
-    Ok(tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-        .identity(tonic::transport::Identity::from_pem(cert, key)))
-}
-
 /// A fingerprint of the client material's files (their modification times),
-/// so long-lived channels can be re-opened after a rotation.
+/// so long-lived channels can be re-opened after a rotation or a new CRL.
 pub fn generation(files: &TlsFiles) -> Vec<Option<SystemTime>> {
-    [&files.ca, &files.cert, &files.key]
-        .iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
+    [
+        Some(&files.ca),
+        Some(&files.cert),
+        Some(&files.key),
+        files.crl.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .collect()
 }
 
 #[cfg(test)]
