@@ -67,8 +67,8 @@ fn node_config(scratch: &Scratch, extra: &str) -> PathBuf {
     scratch.write(
         "node.toml",
         &format!(
-            "{extra}\n[[identities]]\nname = \"{OPERATOR}\"\nrole = \"operator\"\n\n\
-             [[identities]]\nname = \"{OPERATOR2}\"\nrole = \"operator\"\n"
+            "{extra}\n[[identities]]\ndns = \"{OPERATOR}\"\nrole = \"operator\"\n\n\
+             [[identities]]\ndns = \"{OPERATOR2}\"\nrole = \"operator\"\n"
         ),
     )
 }
