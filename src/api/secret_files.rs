@@ -6,6 +6,13 @@
 //! every reload), naming the file and its mode, instead of being trusted
 //! silently. The check follows symbolic links, as the loading does: what is
 //! judged is the file that is read.
+//!
+//! One exception, PostgreSQL's and Debian's `ssl-cert` convention: a service
+//! that does not run as root may read a private file through its own group
+//! (mode 0440/0640, group = the service's group, owner root or the service).
+//! Kubernetes gives secret files exactly that shape when a pod sets
+//! `fsGroup`, and nobody outside the service's group can read them. A service
+//! running as root gets no such exception: its keys are 0600/0400.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -66,7 +73,11 @@ pub fn check(path: &Path, kind: SecretKind, what: &'static str) -> Result<(), Se
         reason: e.kind().to_string(),
     })?;
     let mode = meta.mode() & 0o7777;
-    if mode & kind.forbidden_bits() == 0 {
+    let mut forbidden = kind.forbidden_bits();
+    if kind == SecretKind::Private && readable_through_own_group(&meta) {
+        forbidden &= !0o040;
+    }
+    if mode & forbidden == 0 {
         return Ok(());
     }
     let (why, fix) = if mode & 0o022 != 0 {
@@ -87,6 +98,18 @@ pub fn check(path: &Path, kind: SecretKind, what: &'static str) -> Result<(), Se
         why,
         fix,
     })
+}
+
+/// Whether the file is the non-root service's own: group is the process's
+/// effective group, owner is root or the process.
+fn readable_through_own_group(meta: &std::fs::Metadata) -> bool {
+    // SAFETY: geteuid and getegid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    own_group_file((meta.uid(), meta.gid()), (uid, gid))
+}
+
+fn own_group_file((file_uid, file_gid): (u32, u32), (uid, gid): (u32, u32)) -> bool {
+    uid != 0 && gid != 0 && file_gid == gid && (file_uid == 0 || file_uid == uid)
 }
 
 #[cfg(test)]
@@ -158,6 +181,18 @@ mod tests {
         )
         .expect_err("writable by the group");
         assert!(err.to_string().contains("can change it"), "{err}");
+    }
+
+    #[test]
+    fn only_a_non_root_service_may_read_its_key_through_its_own_group() {
+        // Kubernetes with fsGroup 10001: root:10001, the service 10001:10001.
+        assert!(own_group_file((0, 10001), (10001, 10001)));
+        assert!(own_group_file((10001, 10001), (10001, 10001)));
+        // Another group, another owner, or a service running as root: no.
+        assert!(!own_group_file((0, 50), (10001, 10001)));
+        assert!(!own_group_file((2000, 10001), (10001, 10001)));
+        assert!(!own_group_file((0, 0), (0, 0)));
+        assert!(!own_group_file((0, 10001), (0, 10001)));
     }
 
     #[test]
