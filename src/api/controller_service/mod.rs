@@ -12,6 +12,7 @@ use crate::api::client::Credentials;
 use crate::api::node_client::GrpcNodes;
 use crate::api::node_service::EventStream;
 use crate::config::ControllerConfig;
+use crate::controller::advertise::Registrant;
 use crate::controller::error::ControllerError;
 use crate::controller::placement::{self, Verdict};
 use crate::controller::registry::RegistryError;
@@ -22,6 +23,7 @@ use crate::proto::controller_server::Controller;
 
 pub mod convert;
 pub mod legacy;
+mod peer;
 #[cfg(test)]
 mod tests;
 
@@ -314,6 +316,7 @@ impl ControllerService {
         req: Request<proto::RegisterNodeRequest>,
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
         let caller = Caller::of(&req).cloned();
+        let certificate = peer::certificate_hosts(&req);
         let req = req.into_inner();
         crate::migration::validate::object_name("node_id", &req.node_id)?;
         // Only the node itself (its bound identity) or a local caller.
@@ -334,9 +337,14 @@ impl ControllerService {
             .as_ref()
             .map(convert::facts_from_proto)
             .unwrap_or_default();
+        let registrant = if caller.is_local() {
+            Registrant::Local
+        } else {
+            Registrant::Remote(certificate)
+        };
         let heartbeat = self
             .controller
-            .register(&req.node_id, &req.endpoint, facts, caller.is_local())
+            .register(&req.node_id, &req.endpoint, facts, &registrant)
             .await?;
         tracing::debug!(node = %req.node_id, by = %caller.identity, "registration");
         Ok(Response::new(proto::RegisterNodeResponse {
