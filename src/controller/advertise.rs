@@ -290,7 +290,10 @@ mod tests {
     #[test]
     fn the_certificate_must_name_the_advertised_host_by_the_same_kind_of_name() {
         let p = policy(true, &[]);
-        let node = cert(&["kvm1.example", "*.pods.example"], &["10.0.0.2", "fd00::2"]);
+        let node = cert(
+            &["kvm1.example", "*.pods.example"],
+            &["10.0.0.2", "fd00::2"],
+        );
         for good in [
             "https://10.0.0.2:7451",
             "https://[fd00::2]:7451",
@@ -310,7 +313,10 @@ mod tests {
         }
         // An address written as a DNS SAN does not name the address.
         let err = p
-            .check("https://127.0.0.1:7451", &cert(&["127.0.0.1", "n.example"], &[]))
+            .check(
+                "https://127.0.0.1:7451",
+                &cert(&["127.0.0.1", "n.example"], &[]),
+            )
             .expect_err("DNS SAN for an IP");
         assert_eq!(
             err.to_string(),
@@ -322,7 +328,10 @@ mod tests {
 
     #[test]
     fn advertise_allow_restricts_hosts_by_block_name_and_suffix() {
-        let p = policy(false, &["10.0.0.0/8", "fd00::/8", "kvm9.example", "*.pods.example"]);
+        let p = policy(
+            false,
+            &["10.0.0.0/8", "fd00::/8", "kvm9.example", "*.pods.example"],
+        );
         let anyone = Registrant::Remote(None);
         for good in [
             "http://10.1.2.3:1",

@@ -225,8 +225,8 @@ impl Registry {
             config.max_nodes.max(config.nodes.len()),
         );
         // Never before the node is down: a lapsed node is a down one.
-        registry.forget_after = Duration::from_secs(config.forget_lapsed_nodes_after_seconds)
-            .max(registry.down_after);
+        registry.forget_after =
+            Duration::from_secs(config.forget_lapsed_nodes_after_seconds).max(registry.down_after);
         registry.advertise =
             AdvertisePolicy::new(config.tls_cert.is_some(), &config.advertise_allow)?;
         Ok(registry)
@@ -483,5 +483,48 @@ mod tests {
         assert!(reg
             .register("b", "http://10.0.0.2:7451", NodeFacts::default())
             .is_ok());
+    }
+
+    #[test]
+    fn registered_nodes_not_heard_from_are_forgotten_and_free_their_places() {
+        let start = Instant::now();
+        let now = Arc::new(Mutex::new(start));
+        let clock: Clock = {
+            let now = now.clone();
+            Arc::new(move || *now.lock().expect("clock"))
+        };
+        let step = |secs: u64| *now.lock().expect("clock") += Duration::from_secs(secs);
+        let reg = Registry::new(
+            [("s".to_string(), "unix:///s.sock".to_string())],
+            Duration::from_secs(5),
+            3,
+        )
+        .with_clock(clock, Duration::from_secs(60));
+        let register = |id: &str| reg.register(id, "https://10.0.0.2:7451", NodeFacts::default());
+        register("a").expect("room for a");
+        register("b").expect("room for b");
+        assert_eq!(register("c"), Err(RegistryError::Full(3)));
+        reg.learn_domain("vm-b", "b");
+        reg.learn_domain("vm-a", "a");
+
+        step(30);
+        register("a").expect("heartbeat");
+        assert!(reg.forget_lapsed().is_empty(), "nothing lapsed yet");
+        step(31);
+        // b was last heard 61 s ago; a 31 s ago; the configured node, never
+        // heard from, is never forgotten.
+        assert_eq!(reg.forget_lapsed(), ["b"]);
+        assert!(reg.get("b").is_none() && reg.get("s").is_some());
+        assert_eq!(reg.domain_hint("vm-b"), None);
+        assert_eq!(reg.domain_hint("vm-a").as_deref(), Some("a"));
+        register("c").expect("b's place is free");
+        assert_eq!(register("d"), Err(RegistryError::Full(3)));
+
+        // A failed call marks a node down but does not restart its lapse.
+        reg.failed("a", "connection refused".into());
+        step(30);
+        assert_eq!(reg.forget_lapsed(), ["a"]);
+        register("d").expect("a's place is free");
+        assert_eq!(reg.all().len(), 3);
     }
 }

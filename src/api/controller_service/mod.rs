@@ -114,7 +114,8 @@ fn plan_response(planned: &Planned) -> proto::PlanMigrationResponse {
 
 impl ControllerService {
     /// A controller over `store` whose calls to nodes present `credentials`
-    /// (its client certificate for `https://` nodes, a token) and that tells
+    /// (its client certificate for `https://` nodes; its token only to the
+    /// configured nodes reached over `https://` or `unix://`) and that tells
     /// `observer` of its placement rejections and relayed events.
     pub async fn start(
         config: ControllerConfig,
@@ -124,6 +125,7 @@ impl ControllerService {
     ) -> Result<ControllerService, ControllerError> {
         let nodes = Arc::new(GrpcNodes::new(
             credentials,
+            &config.nodes,
             std::time::Duration::from_secs(config.node_call_timeout_seconds.max(1)),
         ));
         let controller = controller::Controller::start(config, store, nodes, observer).await?;

@@ -32,7 +32,9 @@ fn hosts_of(der: &[u8]) -> CertificateHosts {
             GeneralName::IPAddress(bytes) => {
                 let ip = match bytes.len() {
                     4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
-                    16 => <[u8; 16]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                    16 => <[u8; 16]>::try_from(*bytes)
+                        .ok()
+                        .map(std::net::IpAddr::from),
                     _ => None,
                 };
                 hosts.ips.extend(ip);
@@ -50,17 +52,17 @@ mod tests {
     #[test]
     fn san_dns_names_and_addresses_are_read_and_the_cn_is_not() {
         let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(vec!["kvm1.example".to_string()])
-            .expect("params");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["kvm1.example".to_string()]).expect("params");
         params
             .subject_alt_names
             .push(rcgen::SanType::IpAddress("10.0.0.2".parse().expect("ip")));
         params
             .subject_alt_names
             .push(rcgen::SanType::IpAddress("fd00::2".parse().expect("ip")));
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::URI("spiffe://x/node/1".try_into().expect("uri")));
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://x/node/1".try_into().expect("uri"),
+        ));
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "cn.example");
