@@ -2,6 +2,8 @@
 //! background refresh of the pool inventory, and registrations shared
 //! through the store (`nodes/<id>`, lapsing `down_after_seconds` after the
 //! last heartbeat, so a node that stops is down at every controller).
+//! Registered nodes that stay lapsed are forgotten, pools and channels with
+//! them, at each refresh and before each registration.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
