@@ -199,7 +199,7 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789a
 
 fn node_identity(id: &str) -> String {
     format!(
-        "[[identities]]\nname = \"spiffe://volmig.test/node/{id}\"\nrole = \"node\"\nnode_id = \"{id}\"\n"
+        "[[identities]]\nuri = \"spiffe://volmig.test/node/{id}\"\nrole = \"node\"\nnode_id = \"{id}\"\n"
     )
 }
 
