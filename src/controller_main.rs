@@ -21,6 +21,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (listen, exposure, credentials) =
         Exposure::for_component(&config.listen, &config.security())?;
+    crate::api::node_client::check_token_reach(&config.nodes, &credentials)?;
     if let Some(path) = config_file {
         let grants: reload::Grants<ControllerConfig> = |c| (&c.identities, &c.tokens);
         tokio::spawn(reload::watch(path, exposure.policy.clone(), grants));

@@ -20,6 +20,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (listen, exposure, credentials) =
         Exposure::for_component(&config.listen, &config.security())?;
+    if credentials.token().is_some()
+        && !config.controller.is_empty()
+        && !client::encrypted_or_local(&config.controller)
+    {
+        anyhow::bail!(
+            "controller = {:?} is plaintext TCP, and the node sends the token of token_file only over https:// or unix://: \
+             use the controller's https:// address (with tls_ca, tls_cert, tls_key) or its unix socket, or remove token_file",
+            config.controller
+        );
+    }
     if let Some(path) = config_file {
         let grants: reload::Grants<NodeConfig> = |c| (&c.identities, &c.tokens);
         tokio::spawn(reload::watch(path, exposure.policy.clone(), grants));

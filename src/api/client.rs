@@ -7,6 +7,12 @@
 //! so a rotated client certificate is used from the next one). The connection is made eagerly so
 //! that a wrong address or a service that is not running is reported at once,
 //! with a hint, rather than on the first call.
+//!
+//! A bearer token is a replayable credential, so it is never sent where it
+//! could be read on the way: only over `https://`, a unix socket, or
+//! plaintext to a loopback address (which never leaves the host; the CLI
+//! talking to a local service). Components are stricter about their own
+//! token (see [`encrypted_or_local`]).
 
 use std::fmt;
 use std::io;
@@ -15,12 +21,14 @@ use std::time::Duration;
 use std::path::Path;
 
 use hyper_util::rt::TokioIo;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::api::tls::{self, TlsFiles};
+
+mod token;
+pub use token::{Token, TokenError, MIN_TOKEN_CHARS};
 
 /// How long to wait for a TCP connection before reporting the peer unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,6 +89,14 @@ pub enum ClientError {
         /// The endpoint as given.
         endpoint: String,
     },
+    /// A bearer token would travel in plaintext off this host.
+    #[error("refusing to send the bearer token to {peer} at {endpoint} in plaintext: use https:// (a token goes only over https://, unix:// or http:// to a loopback address)")]
+    PlaintextToken {
+        /// The service the endpoint was meant for.
+        peer: Peer,
+        /// The endpoint as given.
+        endpoint: String,
+    },
     /// The TLS files or the token file could not be used.
     #[error("cannot connect to {peer} at {endpoint}: {reason}")]
     Credentials {
@@ -100,9 +116,9 @@ impl ClientError {
         match self {
             ClientError::InvalidEndpoint { .. } => tonic::Code::InvalidArgument,
             ClientError::Connect { .. } => tonic::Code::Unavailable,
-            ClientError::TlsNotConfigured { .. } | ClientError::Credentials { .. } => {
-                tonic::Code::InvalidArgument
-            }
+            ClientError::TlsNotConfigured { .. }
+            | ClientError::PlaintextToken { .. }
+            | ClientError::Credentials { .. } => tonic::Code::InvalidArgument,
         }
     }
 }
@@ -119,59 +135,86 @@ fn connect_hint(peer: Peer, kind: Option<io::ErrorKind>) -> String {
     }
 }
 
-/// What a client presents: TLS material for `https://` endpoints, and a
-/// bearer token for every call. `Debug` never shows the token.
-#[derive(Clone, Default)]
+/// What a client presents: TLS material for `https://` endpoints, and
+/// perhaps a bearer token for every call. `Debug` never shows the token.
+#[derive(Clone, Default, Debug)]
 pub struct Credentials {
     /// CA, certificate and key for `https://` endpoints.
     pub tls: Option<TlsFiles>,
-    token: Option<MetadataValue<Ascii>>,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("tls", &self.tls)
-            .field("token", &self.token.as_ref().map(|_| "(set)"))
-            .finish()
-    }
+    token: Option<Token>,
 }
 
 impl Credentials {
-    /// Credentials from TLS files and a token (surrounding whitespace, such
-    /// as a file's final newline, is dropped). Err names what is unusable.
-    pub fn new(tls: Option<TlsFiles>, token: Option<&str>) -> Result<Credentials, String> {
-        let token = match token.map(str::trim).filter(|t| !t.is_empty()) {
-            Some(t) => Some(
-                MetadataValue::try_from(format!("Bearer {t}"))
-                    .map_err(|_| "the token must be printable ASCII".to_string())?,
-            ),
+    /// Credentials from TLS files and a token given as text (surrounding
+    /// whitespace dropped; empty is none). Err when a header cannot carry it.
+    pub fn new(tls: Option<TlsFiles>, token: Option<&str>) -> Result<Credentials, TokenError> {
+        let token = match token {
+            Some(t) => Token::fixed(t)?,
             None => None,
         };
         Ok(Credentials { tls, token })
     }
 
-    /// Reads the token from `token_file`, if any; see [`Credentials::new`].
-    pub fn load(tls: Option<TlsFiles>, token_file: Option<&Path>) -> Result<Credentials, String> {
-        let token = match token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?,
-            ),
-            None => None,
-        };
-        Credentials::new(tls, token.as_deref())
+    /// Credentials with the token of `token_file`, if any: refused when the
+    /// file is too open or its token too short, re-read when it changes
+    /// (see [`Token::load`]).
+    pub fn load(
+        tls: Option<TlsFiles>,
+        token_file: Option<&Path>,
+    ) -> Result<Credentials, TokenError> {
+        Ok(Credentials {
+            tls,
+            token: token_file.map(Token::load).transpose()?,
+        })
+    }
+
+    /// Credentials of `tls` and `token`.
+    pub fn from_parts(tls: Option<TlsFiles>, token: Option<Token>) -> Credentials {
+        Credentials { tls, token }
+    }
+
+    /// The token presented, if any.
+    pub fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
     }
 }
 
 impl Interceptor for Credentials {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(token) = &self.token {
-            req.metadata_mut().insert("authorization", token.clone());
+            req.metadata_mut().insert("authorization", token.header());
         }
         crate::tracing_export::inject(req.metadata_mut());
         Ok(req)
     }
+}
+
+/// Whether `endpoint` is reached over TLS or a unix socket: where a
+/// component sends its own token. A component never sends it over
+/// plaintext TCP, loopback included: its token outlives the call, and any
+/// local user can listen on a loopback port the service is not holding.
+pub fn encrypted_or_local(endpoint: &str) -> bool {
+    endpoint.starts_with("https://") || endpoint.starts_with("unix://")
+}
+
+/// Whether a bearer token may be sent to `endpoint` at all: as
+/// [`encrypted_or_local`], or `http://` to a loopback address.
+fn token_may_go_to(endpoint: &str) -> bool {
+    if encrypted_or_local(endpoint) {
+        return true;
+    }
+    let Some(uri) = endpoint
+        .strip_prefix("http://")
+        .and_then(|_| endpoint.parse::<http::Uri>().ok())
+    else {
+        return false;
+    };
+    let host = uri.host().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A channel whose calls carry the [`Credentials`]' token and the caller's
@@ -192,12 +235,19 @@ pub async fn connect_to(peer: Peer, endpoint: &str) -> Result<Channel, ClientErr
 }
 
 /// Opens a channel to the volmig `peer` at `endpoint` (`unix:///abs/path.sock`,
-/// `http://host:port` or `https://host:port`) presenting `credentials`.
+/// `http://host:port` or `https://host:port`) presenting `credentials`; a
+/// token is refused for a plaintext endpoint off this host.
 pub async fn connect_with(
     peer: Peer,
     endpoint: &str,
     credentials: &Credentials,
 ) -> Result<AuthChannel, ClientError> {
+    if credentials.token.is_some() && !token_may_go_to(endpoint) {
+        return Err(ClientError::PlaintextToken {
+            peer,
+            endpoint: endpoint.to_string(),
+        });
+    }
     let channel = open(peer, endpoint, credentials.tls.as_ref()).await?;
     Ok(InterceptedService::new(channel, credentials.clone()))
 }
@@ -395,6 +445,36 @@ mod tests {
         let creds = Credentials::new(None, Some("s3cret\n")).expect("token");
         assert!(!format!("{creds:?}").contains("s3cret"));
         assert!(Credentials::new(None, Some("bad\u{7f}token")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_token_is_never_sent_in_plaintext_off_the_host() {
+        let creds = Credentials::new(None, Some("s3cret")).expect("token");
+        for endpoint in ["http://10.0.0.1:7451", "http://kvm1.example:7451"] {
+            let err = connect_with(Peer::Node, endpoint, &creds)
+                .await
+                .expect_err("plaintext");
+            assert!(matches!(err, ClientError::PlaintextToken { .. }), "{err}");
+            assert!(err.to_string().contains("use https://"), "{err}");
+        }
+        // To a loopback address it may go: the endpoint is dialled (and
+        // refused, nothing listening on a port just freed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        for endpoint in [
+            format!("http://127.0.0.1:{port}"),
+            format!("http://localhost:{port}"),
+            format!("http://[::1]:{port}"),
+        ] {
+            let err = connect_with(Peer::Node, &endpoint, &creds)
+                .await
+                .expect_err("nothing listens");
+            assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+        }
+        assert!(encrypted_or_local("https://kvm1:7451") && encrypted_or_local("unix:///s"));
+        assert!(!encrypted_or_local("http://127.0.0.1:7451"));
     }
 
     #[tokio::test]

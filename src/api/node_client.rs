@@ -1,6 +1,14 @@
 //! The controller's [`NodeAccess`] over gRPC: channels to nodes kept and
 //! reused, every call bounded by the node call timeout (a stream until its
 //! first event), and the caller the controller acts for named to the node.
+//!
+//! The controller authenticates to nodes with its certificate. Its bearer
+//! token, when it has one, goes only to the nodes of its own configuration
+//! whose configured endpoint is `https://` or `unix://`: a registered
+//! endpoint is a place a node chose, and a token sent there could be
+//! replayed against every node. The token is held only by
+//! [`ConfiguredToken`], keyed by the configuration; a channel to any other
+//! endpoint is built from the certificate alone.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,8 +18,10 @@ use std::time::{Duration, SystemTime};
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, Response, Status};
 
-use super::client::{self, AuthChannel, Credentials};
+use super::client::{self, AuthChannel, Credentials, Token};
 use super::controller_service::convert;
+use super::tls::TlsFiles;
+use crate::config::StaticNode;
 use crate::controller::error::{NodeError, NodeErrorKind};
 use crate::controller::model::{DomainDisks, Event, NodeRecord, Order, PoolInfo};
 use crate::controller::nodes::{EventStream, NodeAccess};
@@ -27,9 +37,56 @@ struct OpenChannel {
     channel: AuthChannel,
 }
 
+/// The controller's token and the only endpoints it is presented to.
+struct ConfiguredToken {
+    token: Token,
+    /// Configured node id → its configured endpoint, `https://` or `unix://`.
+    endpoints: HashMap<String, String>,
+}
+
+impl ConfiguredToken {
+    /// The token, when `node` is the configured node at its configured endpoint.
+    fn for_node(&self, node: &NodeEntry) -> Option<Token> {
+        (self.endpoints.get(&node.id) == Some(&node.endpoint)).then(|| self.token.clone())
+    }
+}
+
+/// A configured node the controller's token would reach in plaintext.
+#[derive(Debug, thiserror::Error)]
+#[error("static node '{id}' is reached at {endpoint}, where the token of token_file would travel in plaintext; the controller sends its token only over https:// or unix://: reach the node over https:// (tls_ca, tls_cert, tls_key) or remove token_file")]
+pub struct PlaintextTokenNode {
+    /// The node's id.
+    pub id: String,
+    /// Its configured endpoint.
+    pub endpoint: String,
+}
+
+/// Refuses a configuration whose token would be sent to a static node over
+/// plaintext (the token is never sent there; better to say so at start than
+/// to have the node refuse every call).
+pub fn check_token_reach(
+    nodes: &[StaticNode],
+    credentials: &Credentials,
+) -> Result<(), PlaintextTokenNode> {
+    if credentials.token().is_none() {
+        return Ok(());
+    }
+    match nodes
+        .iter()
+        .find(|n| !client::encrypted_or_local(&n.endpoint))
+    {
+        Some(n) => Err(PlaintextTokenNode {
+            id: n.id.clone(),
+            endpoint: n.endpoint.escape_debug().to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Nodes reached over gRPC.
 pub struct GrpcNodes {
-    credentials: Credentials,
+    tls: Option<TlsFiles>,
+    token: Option<ConfiguredToken>,
     timeout: Duration,
     channels: Mutex<HashMap<String, OpenChannel>>,
 }
@@ -84,13 +141,35 @@ fn events(stream: tonic::Streaming<proto::MigrationEvent>) -> EventStream {
 }
 
 impl GrpcNodes {
-    /// Nodes reached presenting `credentials`, each call bounded by `timeout`.
-    pub fn new(credentials: Credentials, timeout: Duration) -> GrpcNodes {
+    /// Nodes reached presenting the certificate of `credentials`, and its
+    /// token only to the `configured` nodes reached over `https://` or
+    /// `unix://`; each call bounded by `timeout`.
+    pub fn new(
+        credentials: Credentials,
+        configured: &[StaticNode],
+        timeout: Duration,
+    ) -> GrpcNodes {
+        let token = credentials.token().cloned().map(|token| ConfiguredToken {
+            token,
+            endpoints: configured
+                .iter()
+                .filter(|n| client::encrypted_or_local(&n.endpoint))
+                .map(|n| (n.id.clone(), n.endpoint.clone()))
+                .collect(),
+        });
         GrpcNodes {
-            credentials,
+            tls: credentials.tls,
+            token,
             timeout,
             channels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What `node` is presented: the certificate, and the token only when
+    /// [`ConfiguredToken`] has it for this node and endpoint.
+    fn credentials_for(&self, node: &NodeEntry) -> Credentials {
+        let token = self.token.as_ref().and_then(|t| t.for_node(node));
+        Credentials::from_parts(self.tls.clone(), token)
     }
 
     fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<String, OpenChannel>> {
@@ -100,7 +179,6 @@ impl GrpcNodes {
     /// A client for `node`, over its open channel or a new one.
     async fn client(&self, node: &NodeEntry) -> Result<NodeClient<AuthChannel>, NodeError> {
         let generation = self
-            .credentials
             .tls
             .as_ref()
             .map(super::tls::generation)
@@ -110,7 +188,8 @@ impl GrpcNodes {
                 return Ok(NodeClient::new(open.channel.clone()));
             }
         }
-        let channel = client::connect_with(client::Peer::Node, &node.endpoint, &self.credentials)
+        let credentials = self.credentials_for(node);
+        let channel = client::connect_with(client::Peer::Node, &node.endpoint, &credentials)
             .await
             .map_err(|e| NodeError::unavailable(e.to_string()))?;
         self.channels().insert(
@@ -283,5 +362,66 @@ impl NodeAccess for GrpcNodes {
 
     fn forget(&self, node_id: &str) {
         self.channels().remove(node_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, endpoint: &str) -> NodeEntry {
+        NodeEntry {
+            id: id.into(),
+            endpoint: endpoint.into(),
+            configured: true,
+            facts: None,
+            last_seen: None,
+            last_heard: None,
+            last_seen_ms: 0,
+            last_error: None,
+        }
+    }
+
+    fn configured() -> Vec<StaticNode> {
+        [
+            ("tls", "https://kvm1.example:7451"),
+            ("local", "unix:///run/volmig/node.sock"),
+            ("plain", "http://127.0.0.1:7451"),
+        ]
+        .iter()
+        .map(|(id, endpoint)| StaticNode {
+            id: id.to_string(),
+            endpoint: endpoint.to_string(),
+        })
+        .collect()
+    }
+
+    #[test]
+    fn the_token_goes_only_to_configured_nodes_at_their_encrypted_or_local_endpoints() {
+        let creds = Credentials::new(None, Some("s3cret")).expect("token");
+        let nodes = GrpcNodes::new(creds.clone(), &configured(), Duration::from_secs(1));
+        let gets = |id: &str, endpoint: &str| {
+            nodes
+                .credentials_for(&entry(id, endpoint))
+                .token()
+                .is_some()
+        };
+        assert!(gets("tls", "https://kvm1.example:7451"));
+        assert!(gets("local", "unix:///run/volmig/node.sock"));
+        // Plaintext, even configured and on loopback.
+        assert!(!gets("plain", "http://127.0.0.1:7451"));
+        // A registered node, or a configured id at another endpoint, whatever
+        // the registry's `configured` flag says.
+        assert!(!gets("kvm9", "https://kvm9.example:7451"));
+        assert!(!gets("tls", "https://evil.example:7451"));
+
+        let err = check_token_reach(&configured(), &creds).expect_err("plain");
+        assert_eq!(err.id, "plain");
+        assert!(
+            err.to_string().contains("only over https:// or unix://"),
+            "{err}"
+        );
+        assert!(check_token_reach(&configured(), &Credentials::default()).is_ok());
+        assert!(check_token_reach(&configured()[..2], &creds).is_ok());
     }
 }

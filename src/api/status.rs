@@ -59,8 +59,10 @@ impl From<RegistryError> for Status {
     fn from(err: RegistryError) -> Status {
         let code = match err {
             RegistryError::Full(_) => Code::ResourceExhausted,
-            RegistryError::Endpoint(_) => Code::InvalidArgument,
-            RegistryError::NotThisNode { .. } => Code::PermissionDenied,
+            RegistryError::Endpoint(_) | RegistryError::BadAllow { .. } => Code::InvalidArgument,
+            RegistryError::NotThisNode { .. }
+            | RegistryError::HostNotNamed { .. }
+            | RegistryError::HostNotAllowed { .. } => Code::PermissionDenied,
         };
         Status::new(code, err.to_string())
     }

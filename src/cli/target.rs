@@ -47,7 +47,8 @@ pub struct TargetArgs {
     /// Private key (PEM) of the client certificate
     #[arg(long = "key", value_name = "FILE", env = "VOLMIG_KEY")]
     pub key: Option<PathBuf>,
-    /// File holding a bearer token to present (or set VOLMIG_TOKEN)
+    /// File holding a bearer token to present: at least 32 characters,
+    /// readable by its owner only (or set VOLMIG_TOKEN)
     #[arg(long, value_name = "FILE", env = "VOLMIG_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 }
@@ -171,7 +172,7 @@ impl Target {
             Some(_) => Credentials::load(tls, self.token_file.as_deref()),
             None => Credentials::new(tls, std::env::var(TOKEN_ENV).ok().as_deref()),
         }
-        .map_err(unusable)?;
+        .map_err(|e| unusable(e.to_string()))?;
         connect_with(self.peer, &self.endpoint, &credentials).await
     }
 

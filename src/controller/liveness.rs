@@ -2,6 +2,8 @@
 //! background refresh of the pool inventory, and registrations shared
 //! through the store (`nodes/<id>`, lapsing `down_after_seconds` after the
 //! last heartbeat, so a node that stops is down at every controller).
+//! Registered nodes that stay lapsed are forgotten, pools and channels with
+//! them, at each refresh and before each registration.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -149,6 +151,7 @@ impl Controller {
                     tick.tick().await;
                     let Some(inner) = weak.upgrade() else { return };
                     let c = Controller { inner };
+                    c.forget_lapsed_nodes();
                     let nodes = c
                         .inner
                         .registry
@@ -164,6 +167,17 @@ impl Controller {
             }
             .instrument(tracing::info_span!("inventory_refresh")),
         );
+    }
+
+    /// Forgets the registered nodes that lapsed (see
+    /// [`super::registry::Registry::forget_lapsed`]) with their pools and
+    /// channels, so their places under `max_nodes` can be taken again.
+    pub(super) fn forget_lapsed_nodes(&self) {
+        for id in self.inner.registry.forget_lapsed() {
+            tracing::info!(node = %id, "registered node not heard from for forget_lapsed_nodes_after_seconds: forgotten");
+            self.inner.inventory.remove(&id);
+            self.inner.nodes.forget(&id);
+        }
     }
 
     /// Marks a node down and drops what is open to it, so the next call reconnects.

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+pub mod advertise;
 pub mod error;
 pub mod group_placement;
 pub mod history;
@@ -139,14 +140,7 @@ impl Controller {
         observer: Arc<dyn Observer>,
     ) -> Result<Controller, ControllerError> {
         let history = History::open(store.clone(), history::Retention::of(&config)).await?;
-        let registry = Registry::new(
-            config
-                .nodes
-                .iter()
-                .map(|n| (n.id.clone(), n.endpoint.clone())),
-            Duration::from_secs(u64::from(config.down_after_seconds.max(1))),
-            config.max_nodes.max(config.nodes.len()),
-        );
+        let registry = Registry::from_config(&config)?;
         let controller = Controller {
             inner: Arc::new(Inner {
                 config,
@@ -223,15 +217,17 @@ impl Controller {
     }
 
     /// Records a node's registration or heartbeat (the caller's right to
-    /// register as `node_id` is checked by the edge); the heartbeat interval.
+    /// register as `node_id` is checked by the edge, which also says who
+    /// stands behind the endpoint); the heartbeat interval.
     pub async fn register(
         &self,
         node_id: &str,
         endpoint: &str,
         facts: NodeFacts,
-        local_caller: bool,
+        registrant: &advertise::Registrant,
     ) -> Result<u32, ControllerError> {
-        registry::check_endpoint(endpoint, local_caller)?;
+        self.inner.registry.admit(endpoint, registrant)?;
+        self.forget_lapsed_nodes();
         let news = self
             .inner
             .registry

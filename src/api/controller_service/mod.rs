@@ -12,6 +12,7 @@ use crate::api::client::Credentials;
 use crate::api::node_client::GrpcNodes;
 use crate::api::node_service::EventStream;
 use crate::config::ControllerConfig;
+use crate::controller::advertise::Registrant;
 use crate::controller::error::ControllerError;
 use crate::controller::placement::{self, Verdict};
 use crate::controller::registry::RegistryError;
@@ -22,6 +23,7 @@ use crate::proto::controller_server::Controller;
 
 pub mod convert;
 pub mod legacy;
+mod peer;
 #[cfg(test)]
 mod tests;
 
@@ -112,7 +114,8 @@ fn plan_response(planned: &Planned) -> proto::PlanMigrationResponse {
 
 impl ControllerService {
     /// A controller over `store` whose calls to nodes present `credentials`
-    /// (its client certificate for `https://` nodes, a token) and that tells
+    /// (its client certificate for `https://` nodes; its token only to the
+    /// configured nodes reached over `https://` or `unix://`) and that tells
     /// `observer` of its placement rejections and relayed events.
     pub async fn start(
         config: ControllerConfig,
@@ -122,6 +125,7 @@ impl ControllerService {
     ) -> Result<ControllerService, ControllerError> {
         let nodes = Arc::new(GrpcNodes::new(
             credentials,
+            &config.nodes,
             std::time::Duration::from_secs(config.node_call_timeout_seconds.max(1)),
         ));
         let controller = controller::Controller::start(config, store, nodes, observer).await?;
@@ -314,6 +318,7 @@ impl ControllerService {
         req: Request<proto::RegisterNodeRequest>,
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
         let caller = Caller::of(&req).cloned();
+        let certificate = peer::certificate_hosts(&req);
         let req = req.into_inner();
         crate::migration::validate::object_name("node_id", &req.node_id)?;
         // Only the node itself (its bound identity) or a local caller.
@@ -334,9 +339,14 @@ impl ControllerService {
             .as_ref()
             .map(convert::facts_from_proto)
             .unwrap_or_default();
+        let registrant = if caller.is_local() {
+            Registrant::Local
+        } else {
+            Registrant::Remote(certificate)
+        };
         let heartbeat = self
             .controller
-            .register(&req.node_id, &req.endpoint, facts, caller.is_local())
+            .register(&req.node_id, &req.endpoint, facts, &registrant)
             .await?;
         tracing::debug!(node = %req.node_id, by = %caller.identity, "registration");
         Ok(Response::new(proto::RegisterNodeResponse {

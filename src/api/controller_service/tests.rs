@@ -395,3 +395,53 @@ async fn registration_is_refused_for_other_ids_and_bad_endpoints() {
         Code::ResourceExhausted
     );
 }
+
+#[tokio::test]
+async fn with_tls_a_node_without_a_certificate_must_still_advertise_https() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = ControllerConfig {
+        tls_cert: Some("/etc/volmig/tls/tls.crt".into()),
+        ..ControllerConfig::default()
+    };
+    let svc = service(&dir.path().join("state"), config).await;
+    // A token caller: the request carries no client certificate.
+    let register = |endpoint: &str| {
+        let mut req = Request::new(proto::RegisterNodeRequest {
+            node_id: "n1".into(),
+            endpoint: endpoint.into(),
+            info: None,
+        });
+        req.extensions_mut().insert(crate::api::auth::Caller {
+            identity: "token:n1".into(),
+            grant: crate::api::auth::Grant::Role {
+                role: crate::config::Role::Node,
+                node_id: Some("n1".into()),
+            },
+            on_behalf_of: None,
+        });
+        svc.register_node(req)
+    };
+    let err = register("http://127.0.0.1:9").await.expect_err("plaintext");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("https://"), "{}", err.message());
+    assert!(svc.controller().list_nodes().await.is_empty());
+    register("https://127.0.0.1:9").await.expect("https");
+}
+
+#[tokio::test]
+async fn a_malformed_advertise_allow_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(FileStore::open(dir.path()).expect("store"));
+    let config = ControllerConfig {
+        advertise_allow: vec!["10.0.0.0/8".into(), "10.0.0.0/40".into()],
+        ..ControllerConfig::default()
+    };
+    let err = ControllerService::start(config, store, Credentials::default(), Arc::new(()))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err.to_string(),
+        "advertise_allow entry \"10.0.0.0/40\": the prefix length must be 0 to 32"
+    );
+}
