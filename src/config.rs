@@ -118,8 +118,9 @@ pub struct NodeConfig {
     pub tls_crl: Option<PathBuf>,
     /// Serve plaintext on a non-loopback TCP address (logged as a warning).
     pub insecure_plaintext: bool,
-    /// A file holding the bearer token this component presents to the
-    /// services it calls (for a peer that takes tokens instead of certificates).
+    /// A file holding the bearer token the node presents to its controller,
+    /// only over `https://` or `unix://`; owner-only, at least 32 characters,
+    /// re-read when it changes.
     pub token_file: Option<PathBuf>,
     /// Client certificates and the roles they have, each by one of `uri`,
     /// `dns` (SANs) or `cn` (certificates without SANs). Re-read, with
@@ -268,8 +269,10 @@ pub struct ControllerConfig {
     pub tls_crl: Option<PathBuf>,
     /// Serve plaintext on a non-loopback TCP address (logged as a warning).
     pub insecure_plaintext: bool,
-    /// A file holding the bearer token this component presents to the
-    /// services it calls (for a peer that takes tokens instead of certificates).
+    /// A file holding the bearer token the controller presents to the nodes
+    /// of `nodes` whose endpoint is `https://` or `unix://` (never to a
+    /// registered endpoint); owner-only, at least 32 characters, re-read when
+    /// it changes.
     pub token_file: Option<PathBuf>,
     /// Client certificates and the roles they have, each by one of `uri`,
     /// `dns` (SANs) or `cn` (certificates without SANs). Re-read, with
@@ -363,7 +366,8 @@ impl Default for EtcdConfig {
 pub struct StaticNode {
     /// Node id (must match the node's own `node_id`).
     pub id: String,
-    /// `unix:///path` or `http://host:port`.
+    /// `unix:///path`, `https://host:port` or `http://host:port` (the
+    /// controller's token is never sent over `http://`).
     pub endpoint: String,
 }
 
