@@ -277,7 +277,10 @@ async fn spawn_health(
     tokio::spawn(async move {
         let served = server
             .add_service(health)
-            .serve_with_incoming_shutdown(listener::tcp(listener, limits), stopped.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                listener::tcp(listener, limits),
+                stopped.cancelled_owned(),
+            )
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "health listener failed");
@@ -371,10 +374,7 @@ async fn serve(
                     }
                     tracing::info!(%addr, "{what} listening (plaintext)");
                     router
-                        .serve_with_incoming_shutdown(
-                            listener::tcp(listener, limits),
-                            shutdown,
-                        )
+                        .serve_with_incoming_shutdown(listener::tcp(listener, limits), shutdown)
                         .await?;
                 }
             }

@@ -428,7 +428,10 @@ fn remote_addr<B>(req: &http::Request<B>) -> Option<SocketAddr> {
     let ext = req.extensions();
     ext.get::<TlsConnectInfo<TcpConnectInfo>>()
         .and_then(|tls| tls.get_ref().remote_addr())
-        .or_else(|| ext.get::<TcpConnectInfo>().and_then(|tcp| tcp.remote_addr()))
+        .or_else(|| {
+            ext.get::<TcpConnectInfo>()
+                .and_then(|tcp| tcp.remote_addr())
+        })
 }
 
 #[cfg(test)]

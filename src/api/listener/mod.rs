@@ -33,8 +33,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::ConnectionConfig;
 
-pub use conn::{CallsLayer, Lifetime, Lifetimes, Limited};
 use conn::Places;
+pub use conn::{CallsLayer, Lifetime, Lifetimes, Limited};
 use peers::{peer_key, PeerCounts};
 
 /// The bounds of one TCP listener.
@@ -131,7 +131,10 @@ impl Established {
         total: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Option<Places> {
         let Some(peer_slot) = self.per_peer.try_take(peer_key(peer)) else {
-            refused(peer, "too many connections from this address (max_connections_per_peer)");
+            refused(
+                peer,
+                "too many connections from this address (max_connections_per_peer)",
+            );
             return None;
         };
         let total = match total {
@@ -225,7 +228,11 @@ pub fn unix(listener: UnixListener, max_connections: usize) -> Incoming<Limited<
                 _total: Some(place),
                 _peer: None,
             };
-            if tx.send(Ok(Limited::new(stream, places, None))).await.is_err() {
+            if tx
+                .send(Ok(Limited::new(stream, places, None)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -278,11 +285,12 @@ pub fn tls(
             let deadline = limits.handshake_timeout;
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut stream = match tokio::time::timeout(deadline, acceptor.accept(conn)).await
-                {
+                let mut stream = match tokio::time::timeout(deadline, acceptor.accept(conn)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => return handshake_failed(peer, &e.to_string()),
-                    Err(_) => return handshake_failed(peer, "timed out (handshake_timeout_seconds)"),
+                    Err(_) => {
+                        return handshake_failed(peer, "timed out (handshake_timeout_seconds)")
+                    }
                 };
                 let Some(places) = established.take(peer, None) else {
                     return;
