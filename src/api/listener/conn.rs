@@ -13,7 +13,8 @@
 //! there is enough to end the connection at the right moment, by failing
 //! its reads and writes. A connection past its maximum age and with no call
 //! in progress is closed gracefully (GOAWAY) by tonic's `max_connection_age`;
-//! the watchdog closes what is still open `max_age_grace` later.
+//! the watchdog closes one that is still open a moment later with no call in
+//! progress (a peer that never spoke HTTP/2), and any `max_age_grace` later.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,7 +56,8 @@ impl Lifetime {
 pub enum Reason {
     /// No call in progress for the idle timeout.
     Idle,
-    /// Past its maximum age and the grace after it.
+    /// Past its maximum age with no call in progress, or past the grace
+    /// after it.
     MaxAge,
 }
 
@@ -63,7 +65,7 @@ impl Reason {
     fn as_str(self) -> &'static str {
         match self {
             Reason::Idle => "idle for idle_timeout_seconds",
-            Reason::MaxAge => "open for max_age_seconds + max_age_grace_seconds",
+            Reason::MaxAge => "open for max_age_seconds (and its calls for max_age_grace_seconds)",
         }
     }
 }
@@ -76,6 +78,16 @@ pub enum Verdict {
     /// Keep it; look again at this instant (`None`: never).
     CheckAt(Option<Instant>),
 }
+
+/// How long after its maximum age the watchdog closes a connection with
+/// no call in progress: tonic's GOAWAY closes a well-behaved client's
+/// connection first, without failing a request already on the wire; this
+/// catches the rest (a peer that never finished the HTTP/2 preface).
+const GOAWAY_HEADSTART: Duration = Duration::from_secs(1);
+
+/// How often an old connection still carrying calls is looked at, to close
+/// it soon after its last call ends.
+const OLD_RECHECK: Duration = Duration::from_secs(1);
 
 /// The decision, from the connection's state at `now`.
 pub fn verdict(
@@ -91,6 +103,19 @@ pub fn verdict(
     if forced.is_some_and(|at| now >= at) {
         return Verdict::Close(Reason::MaxAge);
     }
+    let old = lifetime
+        .max_age
+        .zip(forced)
+        .map(|(age, forced)| (established + age + GOAWAY_HEADSTART).min(forced));
+    let old_check = match old {
+        Some(at) if now >= at => {
+            if in_flight == 0 {
+                return Verdict::Close(Reason::MaxAge);
+            }
+            Some(now + OLD_RECHECK)
+        }
+        other => other,
+    };
     // A call in progress is activity until it ends; look again one timeout
     // from now, by when it has ended (and set `last_active`) or is still on.
     let idle_at = lifetime.idle.map(|idle| {
@@ -103,10 +128,7 @@ pub fn verdict(
     if idle_at.is_some_and(|at| now >= at) {
         return Verdict::Close(Reason::Idle);
     }
-    Verdict::CheckAt(match (forced, idle_at) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    })
+    Verdict::CheckAt([forced, old_check, idle_at].into_iter().flatten().min())
 }
 
 /// The calls of one connection: how many are in progress, and when the last

@@ -51,7 +51,13 @@ fn past_the_maximum_age_and_its_grace_a_connection_is_closed_under_its_calls() {
         ..lifetime()
     };
     assert_eq!(
-        verdict(t0 + AGE, t0, t0, 3, never_idle),
+        verdict(
+            t0 + AGE + GRACE - Duration::from_millis(1),
+            t0,
+            t0,
+            3,
+            never_idle
+        ),
         Verdict::CheckAt(Some(t0 + AGE + GRACE))
     );
     assert_eq!(
@@ -60,6 +66,33 @@ fn past_the_maximum_age_and_its_grace_a_connection_is_closed_under_its_calls() {
     );
     assert_eq!(
         verdict(t0 + AGE + GRACE, t0, t0, 3, lifetime()),
+        Verdict::Close(Reason::MaxAge)
+    );
+}
+
+#[test]
+fn past_the_maximum_age_a_connection_is_closed_once_its_calls_are_over() {
+    let t0 = Instant::now();
+    let never_idle = Lifetime {
+        idle: None,
+        ..lifetime()
+    };
+    let old = t0 + AGE + GOAWAY_HEADSTART;
+    assert_eq!(
+        verdict(t0, t0, t0, 0, never_idle),
+        Verdict::CheckAt(Some(old))
+    );
+    assert_eq!(
+        verdict(old, t0, t0, 0, never_idle),
+        Verdict::Close(Reason::MaxAge)
+    );
+    // With a call: looked at again soon, closed when it is over.
+    assert_eq!(
+        verdict(old, t0, t0, 1, never_idle),
+        Verdict::CheckAt(Some(old + OLD_RECHECK))
+    );
+    assert_eq!(
+        verdict(old + OLD_RECHECK, t0, old, 0, never_idle),
         Verdict::Close(Reason::MaxAge)
     );
 }
