@@ -87,6 +87,7 @@ impl Limits {
         Limits {
             max_connections: MAX_HEALTH_CONNECTIONS,
             max_connections_per_peer: config.max_handshakes_per_peer,
+            // Plaintext: no handshake, these two bound nothing there.
             max_handshakes: 0,
             max_handshakes_per_peer: 0,
             handshake_timeout: quick,
