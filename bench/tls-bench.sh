@@ -84,10 +84,10 @@ ct=$(free_port); nt=$(free_port)
 start controller ctl-tls "127.0.0.1:$ct" "heartbeat_interval_seconds = 1
 $(tls_files controller)
 [[identities]]
-name = \"operator.bench\"
+dns = \"operator.bench\"
 role = \"operator\"
 [[identities]]
-name = \"node.bench\"
+dns = \"node.bench\"
 role = \"node\"
 node_id = \"bench-tls\"
 "
@@ -96,7 +96,7 @@ controller = \"https://localhost:$ct\"
 advertise = \"https://localhost:$nt\"
 $(tls_files node)
 [[identities]]
-name = \"controller.bench\"
+dns = \"controller.bench\"
 role = \"operator\"
 "
 # Plaintext pair (loopback; tokens, since TCP callers always need credentials).

@@ -25,10 +25,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_WATCHERS: usize = 64;
 
 /// A role a caller can have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads: Get/List/Watch/Plan, GetInfo, ListPools, ListDisks, FindVolumeUsers.
+    #[default]
     Viewer,
     /// A viewer that may also migrate, cancel and change bandwidth.
     Operator,
@@ -47,12 +48,23 @@ impl std::fmt::Display for Role {
 }
 
 /// A role given to a certificate identity (`identities`) or a token (`tokens`).
-#[derive(Debug, Clone, Deserialize, Serialize, DocumentedFields, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, DocumentedFields, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GrantConfig {
-    /// For an identity: a SAN (URI or DNS name) or the subject CN of the
-    /// client certificate. For a token: its name in logs.
+    /// For a token: its name in logs (required). For an identity: its name in
+    /// logs (optional: defaults to its `uri`, `dns` or `cn`).
+    #[serde(default)]
     pub name: String,
+    /// For an identity: a SAN URI of the client certificate (`spiffe://…`).
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// For an identity: a SAN DNS name of the client certificate.
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// For an identity: the subject CN of a client certificate that has no
+    /// SANs at all (a certificate with SANs is never matched by its CN).
+    #[serde(default)]
+    pub cn: Option<String>,
     /// The role.
     pub role: Role,
     /// For the node role: the node id it may register as.
@@ -109,7 +121,9 @@ pub struct NodeConfig {
     /// A file holding the bearer token this component presents to the
     /// services it calls (for a peer that takes tokens instead of certificates).
     pub token_file: Option<PathBuf>,
-    /// Client certificates and the roles they have.
+    /// Client certificates and the roles they have, each by one of `uri`,
+    /// `dns` (SANs) or `cn` (certificates without SANs). Re-read, with
+    /// `tokens`, when this file changes or on SIGHUP.
     pub identities: Vec<GrantConfig>,
     /// Bearer tokens (by SHA-256) and the roles they have.
     pub tokens: Vec<GrantConfig>,
@@ -257,7 +271,9 @@ pub struct ControllerConfig {
     /// A file holding the bearer token this component presents to the
     /// services it calls (for a peer that takes tokens instead of certificates).
     pub token_file: Option<PathBuf>,
-    /// Client certificates and the roles they have.
+    /// Client certificates and the roles they have, each by one of `uri`,
+    /// `dns` (SANs) or `cn` (certificates without SANs). Re-read, with
+    /// `tokens`, when this file changes or on SIGHUP.
     pub identities: Vec<GrantConfig>,
     /// Bearer tokens (by SHA-256) and the roles they have.
     pub tokens: Vec<GrantConfig>,
@@ -684,8 +700,20 @@ mod tests {
         cfg.tokens.push(GrantConfig {
             name: "ci".into(),
             role: Role::Operator,
-            node_id: None,
             sha256: Some("ab".repeat(32)),
+            ..GrantConfig::default()
+        });
+        cfg.identities.push(GrantConfig {
+            dns: Some("ctl.example".into()),
+            role: Role::Operator,
+            ..GrantConfig::default()
+        });
+        cfg.identities.push(GrantConfig {
+            name: "kvm1".into(),
+            uri: Some("spiffe://example/node/kvm1".into()),
+            role: Role::Node,
+            node_id: Some("kvm1".into()),
+            ..GrantConfig::default()
         });
         let text = to_commented_toml(&cfg, Style::Active).expect("render");
         assert_documented(&text);

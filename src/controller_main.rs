@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::api::auth::reload;
 use crate::api::controller_service::ControllerService;
 use crate::api::server::{self, Exposure};
 use crate::config::{ControllerConfig, StoreKind};
@@ -10,13 +11,20 @@ use crate::controller::store::etcd::EtcdStore;
 use crate::controller::store::file::FileStore;
 use crate::controller::store::Store;
 
-/// Runs a controller until `shutdown` resolves.
+/// Runs a controller until `shutdown` resolves; its identities and tokens
+/// are re-read from `config_file` (when there is one) as it changes or on
+/// SIGHUP.
 pub async fn run(
     config: ControllerConfig,
+    config_file: Option<std::path::PathBuf>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (listen, exposure, credentials) =
         Exposure::for_component(&config.listen, &config.security())?;
+    if let Some(path) = config_file {
+        let grants: reload::Grants<ControllerConfig> = |c| (&c.identities, &c.tokens);
+        tokio::spawn(reload::watch(path, exposure.policy.clone(), grants));
+    }
     let store = open_store(&config).await?;
     crate::api::controller_service::legacy::import(&config, store.clone()).await?;
     tracing::info!(state_dir = %config.state_dir.display(), store = ?config.store, nodes = config.nodes.len(), "controller starting");

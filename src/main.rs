@@ -236,7 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             // Logging (and trace export if configured) in the chosen format.
             let _traces = volmig::telemetry::init(cfg.log_format, "volmig-node", &cfg.telemetry)?;
-            volmig::node::run(cfg, shutdown_signal()).await?;
+            volmig::node::run(cfg, args.config, shutdown_signal()).await?;
             Ok(0)
         }
         Command::Controller(args) => {
@@ -254,7 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             let _traces =
                 volmig::telemetry::init(cfg.log_format, "volmig-controller", &cfg.telemetry)?;
-            volmig::controller_main::run(cfg, shutdown_signal()).await?;
+            volmig::controller_main::run(cfg, args.config, shutdown_signal()).await?;
             Ok(0)
         }
         Command::Completions { shell } => {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::api::auth::reload;
 use crate::api::client::{self, Credentials, Peer};
 use crate::api::server::{self, Exposure};
 use crate::config::NodeConfig;
@@ -10,13 +11,19 @@ use crate::metrics::{self, NodeMetrics};
 use crate::migration::journal::Journal;
 use crate::migration::{Engine, EngineConfig, Retention};
 
-/// Runs a node until `shutdown` resolves.
+/// Runs a node until `shutdown` resolves; its identities and tokens are
+/// re-read from `config_file` (when there is one) as it changes or on SIGHUP.
 pub async fn run(
     config: NodeConfig,
+    config_file: Option<std::path::PathBuf>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (listen, exposure, credentials) =
         Exposure::for_component(&config.listen, &config.security())?;
+    if let Some(path) = config_file {
+        let grants: reload::Grants<NodeConfig> = |c| (&c.identities, &c.tokens);
+        tokio::spawn(reload::watch(path, exposure.policy.clone(), grants));
+    }
     let node_id = if config.node_id.is_empty() {
         hostname()
     } else {

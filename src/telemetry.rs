@@ -137,24 +137,41 @@ impl<'a> MakeWriter<'a> for Escaping {
 }
 
 /// Writes one formatted event, with every control character but the final
-/// newline (and ESC when colours are on) written as `\xNN`.
+/// newline (and ESC when colours are on) written as `\xNN`, every
+/// bidirectional-text or line-separator character as `\uNNNN` (valid in a
+/// JSON string too), and the event cut to [`MAX_LINE`] bytes.
 pub struct EscapingWriter<W> {
     inner: W,
     keep_esc: bool,
 }
 
+/// Longest event written, in bytes: every field is bounded where it is
+/// logged, and this bounds what a forgotten one can do to the log.
+pub const MAX_LINE: usize = 16 * 1024;
+
 /// `buf` with its control characters escaped (see [`EscapingWriter`]).
 fn escape(buf: &[u8], keep_esc: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(buf.len() + 8);
-    let last = buf.len().saturating_sub(1);
-    for (i, &b) in buf.iter().enumerate() {
-        let control = b < 0x20 || b == 0x7f;
-        let allowed = (b == b'\n' && i == last) || (b == 0x1b && keep_esc);
-        if control && !allowed {
-            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
-        } else {
-            out.push(b);
+    let text = String::from_utf8_lossy(buf);
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    let mut out = Vec::with_capacity(body.len().min(MAX_LINE) + 32);
+    let mut chars = body.char_indices();
+    for (at, c) in chars.by_ref() {
+        if out.len() >= MAX_LINE {
+            out.extend_from_slice(format!("…(+{} bytes)", body.len() - at).as_bytes());
+            break;
         }
+        let control = c.is_control() && !(c == '\x1b' && keep_esc);
+        if control {
+            out.extend_from_slice(format!("\\x{:02x}", u32::from(c)).as_bytes());
+        } else if crate::migration::validate::is_deceptive(c) {
+            out.extend_from_slice(format!("\\u{:04x}", u32::from(c)).as_bytes());
+        } else {
+            let mut utf8 = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+        }
+    }
+    if body.len() != text.len() {
+        out.push(b'\n');
     }
     out
 }
@@ -186,6 +203,18 @@ mod tests {
             escape(b"\x1b[32mINFO\x1b[0m x\n", true),
             b"\x1b[32mINFO\x1b[0m x\n"
         );
+    }
+
+    #[test]
+    fn bidi_and_line_separators_are_escaped_and_lines_are_bounded() {
+        let line = "INFO domain=\"abc\u{202E}fed\u{2028}x\u{2066}\u{61C}\"\n";
+        let out = String::from_utf8(escape(line.as_bytes(), false)).expect("utf8");
+        assert_eq!(out, "INFO domain=\"abc\\u202efed\\u2028x\\u2066\\u061c\"\n");
+        let huge = format!("INFO disks={}\n", "vda,".repeat(40_000));
+        let out = String::from_utf8(escape(huge.as_bytes(), false)).expect("utf8");
+        assert!(out.len() < MAX_LINE + 64, "{} bytes", out.len());
+        assert!(out.ends_with(" bytes)\n"), "{}", &out[out.len() - 40..]);
+        assert_eq!(out.lines().count(), 1);
     }
 
     /// Collects what the JSON layer writes, through an [`EscapingWriter`].

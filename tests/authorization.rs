@@ -159,7 +159,7 @@ fn grants(kind: &str, names: [&str; 3], node_id: &str) -> String {
                 format!("{key} = \"{}\"\n", sha256_hex(name)),
             )
         } else {
-            (format!("name = \"{name}\"\n"), String::new())
+            (format!("dns = \"{name}\"\n"), String::new())
         };
         format!("[[{kind}]]\n{name_line}{hash_line}role = \"{role}\"\n{extra}")
     };

@@ -91,7 +91,7 @@ fn serve(purpose: &str, connections: &str) -> Served {
     let config = scratch.write(
         "node.toml",
         &format!(
-            "health_listen = \"{health}\"\n[[identities]]\nname = \"{OPERATOR}\"\nrole = \"operator\"\n[connections]\n{connections}"
+            "health_listen = \"{health}\"\n[[identities]]\ndns = \"{OPERATOR}\"\nrole = \"operator\"\n[connections]\n{connections}"
         ),
     );
     let tls: SocketAddr = format!("127.0.0.1:{}", free_port())

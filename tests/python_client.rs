@@ -84,7 +84,7 @@ fn python_grpcio_discovers_and_calls_the_node_over_unix_and_mtls() {
     let config = dir.join("node.toml");
     std::fs::write(
         &config,
-        "[[identities]]\nname = \"python.volmig.test\"\nrole = \"viewer\"\n",
+        "[[identities]]\ndns = \"python.volmig.test\"\nrole = \"viewer\"\n",
     )
     .expect("config");
     let port = free_port();

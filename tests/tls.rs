@@ -134,7 +134,7 @@ async fn tls_port_refuses_plaintext_another_ca_and_expired_certificates_and_rota
     });
     let config = scratch.write(
         "node.toml",
-        &format!("[[identities]]\nname = \"{OPERATOR}\"\nrole = \"operator\"\n"),
+        &format!("[[identities]]\ndns = \"{OPERATOR}\"\nrole = \"operator\"\n"),
     );
     let addr = format!("127.0.0.1:{}", free_port());
     let flags = [server.flags(), vec!["--config".into(), config]].concat();
@@ -277,7 +277,7 @@ async fn cli_controller_node_over_mtls_migrate_a_writing_guest_without_losing_re
         "node.toml",
         &format!(
             "controller = \"{ctl_https}\"\nadvertise = \"https://localhost:{node_port}\"\n{}\
-             [[identities]]\nname = \"controller.volmig.test\"\nrole = \"operator\"\n",
+             [[identities]]\ndns = \"controller.volmig.test\"\nrole = \"operator\"\n",
             node_leaf.toml()
         ),
     );
@@ -286,8 +286,8 @@ async fn cli_controller_node_over_mtls_migrate_a_writing_guest_without_losing_re
     let node_id = node.node_id().to_string();
     let ctl_config = format!(
         "heartbeat_interval_seconds = 1\ndown_after_seconds = 5\n{}\
-         [[identities]]\nname = \"{OPERATOR}\"\nrole = \"operator\"\n\
-         [[identities]]\nname = \"spiffe://volmig.test/node/n1\"\nrole = \"node\"\nnode_id = \"{node_id}\"\n",
+         [[identities]]\ndns = \"{OPERATOR}\"\nrole = \"operator\"\n\
+         [[identities]]\nuri = \"spiffe://volmig.test/node/n1\"\nrole = \"node\"\nnode_id = \"{node_id}\"\n",
         controller_leaf.toml()
     );
     let ctl = ControllerProcess::start_tcp("tls-ctl", &ctl_addr, &ctl_config, &[]);
@@ -351,7 +351,7 @@ async fn cli_controller_node_over_mtls_migrate_a_writing_guest_without_losing_re
         "Controller/MigrateVolume",
     );
     assert!(
-        line.contains(&format!("identity=cert:{OPERATOR}")) && line.contains("code=\"OK\""),
+        line.contains(&format!("identity=\"cert:{OPERATOR}\"")) && line.contains("code=\"OK\""),
         "{line}"
     );
     assert!(line.contains(&format!("domain={}", guest.name())), "{line}");
@@ -361,7 +361,7 @@ async fn cli_controller_node_over_mtls_migrate_a_writing_guest_without_losing_re
     );
     assert!(
         line.contains(&format!(
-            "identity=cert:controller.volmig.test for cert:{OPERATOR}"
+            "identity=\"cert:controller.volmig.test for cert:{OPERATOR}\""
         )),
         "{line}"
     );

@@ -6,8 +6,9 @@
 //! - a bearer token (`authorization: Bearer …`), looked up by its SHA-256 in
 //!   the configuration (constant-time comparison; the token itself is never
 //!   stored or logged);
-//! - the client certificate of a mutual-TLS connection, by a SAN (URI or DNS)
-//!   or its subject CN, mapped to a role in the configuration.
+//! - the client certificate of a mutual-TLS connection, by its SAN URIs,
+//!   then its SAN DNS names, each only against identities of that type, and
+//!   its subject CN only when it has no SANs ([`policy`]).
 //!
 //! A token, when present, decides; otherwise the certificate does. Each RPC
 //! needs a role ([`need`]); the table is complete for `volmig.v1` (a unit test
@@ -18,10 +19,14 @@
 //! The check runs as a tower layer in front of every service, so no handler
 //! can forget it; the [`Caller`] it found is put into the request's extensions
 //! for the handlers that need more (RegisterNode binds the node id, audit
-//! lines name the identity).
+//! lines name the identity). Failed authentications are counted per source
+//! address and throttled ([`throttle`]); refusals are logged with the peer,
+//! the identity presented, the RPC and the reason, unauthenticated ones at a
+//! bounded rate ([`refusals`]).
 
 use std::fmt;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,13 +34,38 @@ use std::task::{Context, Poll};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::Status;
 
-use crate::config::{GrantConfig, Role};
+use crate::config::Role;
+
+mod policy;
+mod refusals;
+pub mod reload;
+mod throttle;
+
+pub use policy::{certificate_names, CertificateNames, Policy, PolicyError, SharedPolicy};
+pub use throttle::Clock;
+use throttle::Throttle;
 
 /// Metadata key in which the controller names, for the node's audit log, the
 /// caller it acts for.
 pub const CALLER_HEADER: &str = "x-volmig-caller";
 /// Longest `x-volmig-caller` value kept (longer ones are cut).
 const MAX_CALLER: usize = 256;
+/// Longest certificate name kept for logs and messages.
+const MAX_NAME: usize = 128;
+
+/// `name` cut to [`MAX_NAME`] characters and escaped, for logs and messages.
+fn bounded(name: &str) -> String {
+    let mut out = name
+        .chars()
+        .take(MAX_NAME)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if name.chars().count() > MAX_NAME {
+        out.push('…');
+    }
+    out
+}
 
 /// What an RPC needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,12 +212,12 @@ pub enum AuthError {
     #[error("the bearer token is not one this service accepts")]
     UnknownToken,
     /// The caller's role does not allow the call.
-    #[error("{identity} ({role}) may not call {rpc}: it needs {need} role")]
+    #[error("{identity} ({}) may not call {rpc}: it needs {need} role", role.map_or("no role".to_string(), |r| format!("role {r}")))]
     Denied {
         /// Who called.
         identity: String,
-        /// `role viewer`, or `no role`.
-        role: String,
+        /// Its role; none for a certificate the configuration does not know.
+        role: Option<Role>,
         /// The RPC, escaped.
         rpc: String,
         /// What it needs.
@@ -201,166 +231,56 @@ pub enum AuthError {
         /// The RPC, escaped.
         rpc: String,
     },
-}
-
-/// Why the configured identities or tokens are unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    /// A token's hash is not 64 hex digits.
-    #[error("token '{name}': sha256 must be 64 hex digits (`printf %s TOKEN | sha256sum`)")]
-    BadHash {
-        /// The token's name.
-        name: String,
+    /// Too many failed authentications from the caller's address.
+    #[error("too many failed authentications from {addr} (more than {limit} a minute): its calls are refused unchecked; retry in {retry_after_secs} s with valid credentials")]
+    Throttled {
+        /// The source address.
+        addr: IpAddr,
+        /// `max_auth_failures_per_minute`.
+        limit: u32,
+        /// Seconds until the address's minute is over.
+        retry_after_secs: u64,
     },
-    /// A node-role entry does not say which node.
-    #[error("'{name}' has the node role but no node_id: which node may it register as?")]
-    NodeWithoutId {
-        /// The identity or token name.
-        name: String,
-    },
-    /// An entry without a name.
-    #[error("an identity or token has an empty name")]
-    EmptyName,
 }
 
-struct TokenEntry {
-    name: String,
-    hash: [u8; 32],
-    role: Role,
-    node_id: Option<String>,
-}
-
-/// The identities and tokens a service accepts.
-pub struct Policy {
-    identities: Vec<GrantConfig>,
-    tokens: Vec<TokenEntry>,
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
+impl AuthError {
+    /// Whether the caller failed to authenticate (as opposed to an identified
+    /// caller lacking the role): what the throttle counts and the log limits.
+    fn is_unauthenticated(&self) -> bool {
+        match self {
+            AuthError::NoCredentials
+            | AuthError::BadHeader
+            | AuthError::UnknownToken
+            | AuthError::Throttled { .. } => true,
+            AuthError::Denied { role, .. } => role.is_none(),
+            AuthError::NoRule { .. } => false,
+        }
     }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
 
-/// Equality that takes the same time wherever the first difference is.
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
-fn sha256(data: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
-
-fn check_entry(entry: &GrantConfig) -> Result<(), PolicyError> {
-    if entry.name.is_empty() {
-        return Err(PolicyError::EmptyName);
+    /// The metric label of an unauthenticated refusal.
+    fn reason_label(&self) -> &'static str {
+        match self {
+            AuthError::NoCredentials => "no_credentials",
+            AuthError::BadHeader => "bad_header",
+            AuthError::UnknownToken => "unknown_token",
+            AuthError::Throttled { .. } => "throttled",
+            AuthError::Denied { .. } => "no_role",
+            AuthError::NoRule { .. } => "no_rule",
+        }
     }
-    if entry.role == Role::Node && entry.node_id.as_deref().is_none_or(str::is_empty) {
-        return Err(PolicyError::NodeWithoutId {
-            name: entry.name.clone(),
-        });
+
+    /// The identity the caller presented, for logs.
+    fn presented(&self) -> &str {
+        match self {
+            AuthError::Denied { identity, .. } | AuthError::NoRule { identity, .. } => identity,
+            AuthError::UnknownToken => "token:(unknown)",
+            AuthError::BadHeader => "token:(malformed header)",
+            AuthError::NoCredentials | AuthError::Throttled { .. } => "none",
+        }
     }
-    Ok(())
 }
 
 impl Policy {
-    /// A policy from the configuration's `identities` and `tokens`.
-    pub fn new(identities: &[GrantConfig], tokens: &[GrantConfig]) -> Result<Policy, PolicyError> {
-        for entry in identities.iter().chain(tokens) {
-            check_entry(entry)?;
-        }
-        let tokens = tokens
-            .iter()
-            .map(|t| {
-                let hash = t
-                    .sha256
-                    .as_deref()
-                    .and_then(|h| unhex32(&h.to_ascii_lowercase()))
-                    .ok_or_else(|| PolicyError::BadHash {
-                        name: t.name.clone(),
-                    })?;
-                Ok(TokenEntry {
-                    name: t.name.clone(),
-                    hash,
-                    role: t.role,
-                    node_id: t.node_id.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, PolicyError>>()?;
-        Ok(Policy {
-            identities: identities.to_vec(),
-            tokens,
-        })
-    }
-
-    /// Accepts no certificate identity and no token: only local callers.
-    pub fn local_only() -> Policy {
-        Policy {
-            identities: Vec::new(),
-            tokens: Vec::new(),
-        }
-    }
-
-    fn by_token(&self, token: &str) -> Option<Caller> {
-        let presented = sha256(token.as_bytes());
-        // Compare with every entry, so the time does not tell which matched.
-        let mut found = None;
-        for entry in &self.tokens {
-            if constant_time_eq(&presented, &entry.hash) && found.is_none() {
-                found = Some(entry);
-            }
-        }
-        found.map(|entry| Caller {
-            identity: format!("token:{}", entry.name),
-            grant: Grant::Role {
-                role: entry.role,
-                node_id: entry.node_id.clone(),
-            },
-            on_behalf_of: None,
-        })
-    }
-
-    fn by_certificate(&self, leaf: &[u8]) -> Caller {
-        let names = certificate_names(leaf);
-        let matched = self
-            .identities
-            .iter()
-            .find(|entry| names.contains(&entry.name));
-        match matched {
-            Some(entry) => Caller {
-                identity: format!("cert:{}", entry.name),
-                grant: Grant::Role {
-                    role: entry.role,
-                    node_id: entry.node_id.clone(),
-                },
-                on_behalf_of: None,
-            },
-            None => Caller {
-                identity: format!(
-                    "cert:{}",
-                    names
-                        .first()
-                        .map(|n| n.escape_debug().to_string())
-                        .unwrap_or_else(|| "(no name)".into())
-                ),
-                grant: Grant::Nothing,
-                on_behalf_of: None,
-            },
-        }
-    }
-
     /// Who sent `req`, and whether it may call the RPC at its path.
     pub fn authorize<B>(&self, req: &http::Request<B>) -> Result<Caller, AuthError> {
         let path = req.uri().path();
@@ -394,8 +314,8 @@ impl Policy {
             }),
             Some(need) => Err(AuthError::Denied {
                 role: match &caller.grant {
-                    Grant::Role { role, .. } => format!("role {role}"),
-                    _ => "no role".to_string(),
+                    Grant::Role { role, .. } => Some(*role),
+                    _ => None,
                 },
                 identity: caller.identity,
                 rpc: rpc.escape_debug().to_string(),
@@ -435,41 +355,116 @@ impl Policy {
     }
 }
 
-/// The names a certificate can be configured by: its SAN URIs and DNS names,
-/// then its subject CNs. Empty when it does not parse (the TLS layer already
-/// verified it, so that does not happen for a served connection).
-pub fn certificate_names(der: &[u8]) -> Vec<String> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
-    };
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                x509_parser::extensions::GeneralName::URI(u) => names.push(u.to_string()),
-                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
-                _ => {}
+/// Where a request came from: its TCP peer, or none for the unix socket.
+fn peer_addr<B>(req: &http::Request<B>) -> Option<SocketAddr> {
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        })
+}
+
+/// What the layer keeps across calls and policy reloads: the failure
+/// counts and the log's rate limit.
+struct Guard {
+    throttle: Throttle,
+    log: refusals::RateLimit,
+}
+
+impl Guard {
+    /// Throttles at `max_failures_per_minute` (0: never), on `clock`.
+    fn new(max_failures_per_minute: u32, clock: Clock) -> Guard {
+        Guard {
+            throttle: Throttle::with_clock(max_failures_per_minute, clock.clone()),
+            log: refusals::RateLimit::new(clock),
+        }
+    }
+
+    /// Authorizes `req` under `policy`: refuses a throttled address before
+    /// looking at its credentials, and counts and logs each refusal.
+    fn check<B>(&self, policy: &Policy, req: &http::Request<B>) -> Result<Caller, Status> {
+        let path = req.uri().path();
+        let peer = peer_addr(req);
+        let ip = peer.map(|p| p.ip());
+        let open = need(path) == Some(Need::Open);
+        let throttled = match ip {
+            Some(addr) if !open => self
+                .throttle
+                .blocked(addr)
+                .map(|left| AuthError::Throttled {
+                    addr,
+                    limit: self.throttle.limit(),
+                    // Rounded up: retrying at the time said must succeed.
+                    retry_after_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+                }),
+            _ => None,
+        };
+        let err = match throttled {
+            Some(err) => err,
+            None => match policy.authorize(req) {
+                Ok(caller) => return Ok(caller),
+                Err(err) => err,
+            },
+        };
+        let unauthenticated = err.is_unauthenticated();
+        if unauthenticated {
+            if let (Some(addr), false) = (ip, matches!(err, AuthError::Throttled { .. })) {
+                self.throttle.failed(addr);
             }
+            crate::metrics::auth_refused(err.reason_label());
         }
-    }
-    for cn in cert.subject().iter_common_name() {
-        if let Ok(cn) = cn.as_str() {
-            names.push(cn.to_string());
+        let identity = err.presented().to_string();
+        let status = Status::from(err);
+        let rpc = bounded(path.trim_start_matches('/'));
+        let peer = peer.map_or_else(|| "unix".to_string(), |p| p.to_string());
+        let reason = crate::api::audit::clean(status.message());
+        let refusal = refusals::Refusal {
+            peer: &peer,
+            identity: &identity,
+            rpc: &rpc,
+            code: crate::api::client::code_name(status.code()),
+            reason: &reason,
+        };
+        if unauthenticated {
+            if let Some(suppressed) = self.log.admit(ip) {
+                refusal.unauthenticated(suppressed);
+            }
+        } else if matches!(need(path), Some(Need::Operator | Need::Node)) {
+            // Refused changes by identified callers are part of the audit trail.
+            refusal.audit();
+        } else {
+            tracing::debug!(
+                peer = peer.as_str(),
+                identity = identity.as_str(),
+                rpc = rpc.as_str(),
+                "refused"
+            );
         }
+        Err(status)
     }
-    names
 }
 
 /// The tower layer that authorizes every request before it reaches a service.
 #[derive(Clone)]
 pub struct AuthLayer {
-    policy: Arc<Policy>,
+    policy: SharedPolicy,
+    guard: Arc<Guard>,
 }
 
 impl AuthLayer {
-    /// A layer enforcing `policy`.
-    pub fn new(policy: Arc<Policy>) -> AuthLayer {
-        AuthLayer { policy }
+    /// A layer enforcing the policy in force in `policy`, throttling
+    /// addresses past `max_failures_per_minute` failed authentications.
+    pub fn new(policy: SharedPolicy) -> AuthLayer {
+        let guard = Guard::new(
+            policy.max_failures_per_minute(),
+            Arc::new(std::time::Instant::now),
+        );
+        AuthLayer {
+            policy,
+            guard: Arc::new(guard),
+        }
     }
 }
 
@@ -480,6 +475,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         Authorize {
             inner,
             policy: self.policy.clone(),
+            guard: self.guard.clone(),
         }
     }
 }
@@ -488,7 +484,8 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Authorize<S> {
     inner: S,
-    policy: Arc<Policy>,
+    policy: SharedPolicy,
+    guard: Arc<Guard>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -512,7 +509,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        match self.policy.authorize(&req) {
+        match self.guard.check(&self.policy.current(), &req) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
                 // The ready clone is the one to call; keep a fresh one for next time.
@@ -520,20 +517,7 @@ where
                 let mut ready = std::mem::replace(&mut self.inner, clone);
                 Box::pin(ready.call(req))
             }
-            Err(err) => {
-                let status = Status::from(err);
-                let path = req.uri().path();
-                let rpc = path.trim_start_matches('/').escape_debug().to_string();
-                let code = crate::api::client::code_name(status.code());
-                // Refused changes are part of the audit trail; refused reads
-                // only at debug level, so a flood of them cannot fill the log.
-                if matches!(need(path), Some(Need::Operator | Need::Node)) {
-                    tracing::info!(target: "audit", identity = "(refused)", rpc = %rpc, code, reason = %status.message().escape_debug(), "audit");
-                } else {
-                    tracing::debug!(rpc = %rpc, code, "refused");
-                }
-                Box::pin(std::future::ready(Ok(status.into_http())))
-            }
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }
     }
 }

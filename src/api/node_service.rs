@@ -99,7 +99,7 @@ impl Node for NodeService {
             req.disk.clone()
         } else {
             let named: Vec<&str> = req.disks.iter().map(|d| d.disk.as_str()).collect();
-            named.join(",")
+            crate::api::audit::bounded_list(&named)
         };
         tracing::Span::current().record("disk", disks.escape_debug().to_string());
         audit = audit.target(&[

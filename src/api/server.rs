@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tonic::transport::Server;
 use tower::layer::util::{Identity, Stack};
 
-use crate::api::auth::{AuthLayer, Policy, PolicyError};
+use crate::api::auth::{AuthLayer, Policy, PolicyError, SharedPolicy};
 use crate::api::listener::{self, CallsLayer, Limits};
 use crate::api::tls::{self, TlsError, TlsFiles};
 use crate::api::unix_socket::bind_unix;
@@ -66,8 +66,8 @@ pub struct Exposure {
     pub tls: Option<TlsFiles>,
     /// Allow plaintext TCP on a non-loopback address.
     pub insecure_plaintext: bool,
-    /// Accepted identities and tokens.
-    pub policy: Arc<Policy>,
+    /// Accepted identities and tokens (replaced when the configuration is reloaded).
+    pub policy: SharedPolicy,
     /// Mode of a unix socket.
     pub socket_mode: u32,
     /// Group of a unix socket (`None`: `volmig` when it exists).
@@ -91,7 +91,7 @@ impl Exposure {
         Exposure {
             tls: None,
             insecure_plaintext: false,
-            policy: Arc::new(Policy::local_only()),
+            policy: SharedPolicy::new(Policy::local_only(), 0),
             socket_mode: crate::config::DEFAULT_SOCKET_MODE,
             socket_group: None,
             max_concurrent_streams: crate::config::DEFAULT_MAX_STREAMS,
@@ -131,7 +131,7 @@ impl Exposure {
         Ok(Exposure {
             tls,
             insecure_plaintext: config.insecure_plaintext,
-            policy: Arc::new(policy),
+            policy: SharedPolicy::new(policy, config.connections.max_auth_failures_per_minute),
             socket_mode: config.socket_mode,
             socket_group: config.socket_group.clone(),
             max_concurrent_streams: config.max_concurrent_streams,

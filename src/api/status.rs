@@ -40,6 +40,9 @@ impl From<AuthError> for Status {
                 Code::Unauthenticated
             }
             AuthError::Denied { .. } | AuthError::NoRule { .. } => Code::PermissionDenied,
+            // A rate limit, not a verdict on the credentials (which were not
+            // checked): the code clients and dashboards read as "back off".
+            AuthError::Throttled { .. } => Code::ResourceExhausted,
         };
         Status::new(code, err.to_string())
     }

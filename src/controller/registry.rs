@@ -93,7 +93,7 @@ pub fn check_endpoint(endpoint: &str, local_caller: bool) -> Result<(), Registry
     }
     if endpoint
         .chars()
-        .any(|c| c.is_control() || c.is_whitespace())
+        .any(|c| crate::migration::validate::is_unsafe_char(c) || c.is_whitespace())
     {
         return bad("contains control or space characters");
     }

@@ -47,6 +47,26 @@ fn call_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
 }
 
+/// Refused unauthenticated calls, by reason. Process-wide: the
+/// authorization layer sits in front of every service and holds no registry;
+/// both components' registries serve this one family.
+static AUTH_REFUSALS: std::sync::LazyLock<Family<Labels<1>, Counter>> =
+    std::sync::LazyLock::new(Family::default);
+
+/// Counts a refused unauthenticated call (`no_credentials`, `bad_header`,
+/// `unknown_token`, `no_role`, `throttled`).
+pub fn auth_refused(reason: &'static str) {
+    AUTH_REFUSALS.get_or_create(&[("reason", reason)]).inc();
+}
+
+fn register_auth_refusals(registry: &mut Registry) {
+    registry.register(
+        "auth_refusals",
+        "Calls refused before authentication succeeded (no or unknown credentials, a certificate without a role, a throttled address), by reason",
+        AUTH_REFUSALS.clone(),
+    );
+}
+
 /// What a node exposes: its migrations, libvirt calls and journal writes.
 pub struct NodeMetrics {
     registry: Arc<Registry>,
@@ -150,6 +170,7 @@ impl NodeMetrics {
             "Journal writes that failed",
             journal_errors.clone(),
         );
+        register_auth_refusals(&mut registry);
         registry.register_collector(Box::new(process::Process));
         Arc::new(NodeMetrics {
             registry: Arc::new(registry),
@@ -337,6 +358,7 @@ impl ControllerMetrics {
         );
         let nodes = Arc::new(Nodes(std::sync::OnceLock::new()));
         registry.register_collector(Box::new(nodes.clone()));
+        register_auth_refusals(&mut registry);
         registry.register_collector(Box::new(process::Process));
         Arc::new(ControllerMetrics {
             registry: Arc::new(registry),

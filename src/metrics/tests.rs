@@ -230,3 +230,26 @@ fn a_scrape_after_a_thousand_migrations_is_as_long_as_after_ten() {
     };
     assert_eq!(after(1000), after(10));
 }
+
+#[test]
+fn refused_unauthenticated_calls_are_counted_by_reason_on_both_components() {
+    let series = r#"volmig_auth_refusals_total{reason="unknown_token"}"#;
+    let node = NodeMetrics::new();
+    let controller = ControllerMetrics::new();
+    // The family is process-wide: other tests may count too, so compare.
+    let before = value(&scrape(&node.registry()), series).unwrap_or(0.0);
+    auth_refused("unknown_token");
+    auth_refused("unknown_token");
+    let node_text = scrape(&node.registry());
+    well_formed(&node_text);
+    assert!(
+        value(&node_text, series).expect("counted") >= before + 2.0,
+        "{node_text}"
+    );
+    let controller_text = scrape(&controller.registry());
+    well_formed(&controller_text);
+    assert!(
+        value(&controller_text, series).is_some(),
+        "{controller_text}"
+    );
+}

@@ -31,7 +31,39 @@ fn common(field: &'static str, value: &str, max: usize) -> Result<(), Error> {
             format!("contains the control character {:?}", c),
         ));
     }
+    if let Some(c) = value.chars().find(|c| is_deceptive(*c)) {
+        return Err(invalid(
+            field,
+            format!(
+                "contains U+{:04X}, a bidirectional-text or line-separator character (it makes logs and listings display something other than what they hold)",
+                u32::from(c)
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Characters that are not control characters yet change how the text
+/// around them is displayed: bidirectional embeddings, overrides, isolates
+/// and marks reorder a log line on screen, and the line and paragraph
+/// separators break it in editors and viewers. Refused in names like control
+/// characters.
+pub fn is_deceptive(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// A control or [`is_deceptive`] character.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || is_deceptive(c)
 }
 
 /// A libvirt object name (domain, pool): no `/`, not `.` or `..`.
@@ -187,6 +219,23 @@ pub fn request_id(value: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidi_and_line_separator_characters_are_refused_in_names() {
+        for c in [
+            '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}',
+            '\u{2028}', '\u{2029}',
+        ] {
+            let name = format!("web{c}01");
+            let err = object_name("domain", &name).expect_err("refused");
+            assert!(
+                err.to_string().contains(&format!("U+{:04X}", u32::from(c))),
+                "{err}"
+            );
+            assert!(volume_name("volume", &name).is_err());
+        }
+        assert!(object_name("domain", "web-01.é").is_ok());
+    }
 
     #[test]
     fn rejects_hostile_names() {
