@@ -62,6 +62,14 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The reason's label in `volmig_connections_closed_total`.
+    fn metric(self) -> &'static str {
+        match self {
+            Reason::Idle => "idle",
+            Reason::MaxAge => "max_age",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Reason::Idle => "idle for idle_timeout_seconds",
@@ -256,6 +264,7 @@ impl Watchdog {
                 .verdict(Instant::now(), self.lifetimes.lifetime)
             {
                 Verdict::Close(reason) => {
+                    crate::metrics::connection_closed(reason.metric());
                     tracing::debug!(peer = %self.peer, reason = reason.as_str(), "closing connection");
                     self.closed = Some(reason);
                     return self.closed;

@@ -12,7 +12,8 @@
 //!   succeeded; over either, it is closed at once.
 //! - Established connections are ended when idle or too old ([`conn`]).
 //!
-//! Refusals are logged at debug level only: a flood must not fill the log.
+//! Refusals are logged at debug level only (a flood must not fill the log)
+//! and counted in `volmig_connections_closed_total`, by reason.
 //! Plaintext TCP (loopback, the health listener) has no handshake: its
 //! connections are established when accepted. Unix socket connections are
 //! bounded in number only; the socket's mode decides who can open them.
@@ -134,6 +135,7 @@ impl Established {
         let Some(peer_slot) = self.per_peer.try_take(peer_key(peer)) else {
             refused(
                 peer,
+                "connections_per_peer",
                 "too many connections from this address (max_connections_per_peer)",
             );
             return None;
@@ -143,7 +145,11 @@ impl Established {
             None => match self.places.clone().try_acquire_owned() {
                 Ok(total) => total,
                 Err(_) => {
-                    refused(peer, "every connection place is taken (max_connections)");
+                    refused(
+                        peer,
+                        "max_connections",
+                        "every connection place is taken (max_connections)",
+                    );
                     return None;
                 }
             },
@@ -155,7 +161,10 @@ impl Established {
     }
 }
 
-fn refused(peer: SocketAddr, why: &str) {
+/// A connection refused by a bound: logged at debug level, counted under
+/// `metric` in `volmig_connections_closed_total`.
+fn refused(peer: SocketAddr, metric: &'static str, why: &str) {
+    crate::metrics::connection_closed(metric);
     tracing::debug!(%peer, reason = why, "connection refused");
 }
 
@@ -268,6 +277,7 @@ pub fn tls(
             let Some(peer_handshake) = handshakes_per_peer.try_take(peer_key(peer)) else {
                 refused(
                     peer,
+                    "handshakes_per_peer",
                     "too many handshakes in progress from this address (max_handshakes_per_peer)",
                 );
                 continue;
@@ -288,9 +298,15 @@ pub fn tls(
             tokio::spawn(async move {
                 let mut stream = match tokio::time::timeout(deadline, acceptor.accept(conn)).await {
                     Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return handshake_failed(peer, &e.to_string()),
+                    Ok(Err(e)) => {
+                        return handshake_failed(peer, "handshake_failed", &e.to_string())
+                    }
                     Err(_) => {
-                        return handshake_failed(peer, "timed out (handshake_timeout_seconds)")
+                        return handshake_failed(
+                            peer,
+                            "handshake_timeout",
+                            "timed out (handshake_timeout_seconds)",
+                        )
                     }
                 };
                 let Some(places) = established.take(peer, None) else {
@@ -307,7 +323,8 @@ pub fn tls(
     ReceiverStream::new(rx)
 }
 
-fn handshake_failed(peer: SocketAddr, why: &str) {
+fn handshake_failed(peer: SocketAddr, metric: &'static str, why: &str) {
+    crate::metrics::connection_closed(metric);
     tracing::debug!(%peer, error = %why.escape_debug(), "TLS handshake failed");
 }
 

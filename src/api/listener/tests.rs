@@ -39,6 +39,20 @@ async fn closed_by_server(stream: &mut TcpStream) -> bool {
     )
 }
 
+/// `volmig_connections_closed_total` for `reason`, as a node would serve it.
+fn closed_total(reason: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(
+        &mut text,
+        &crate::metrics::NodeMetrics::new().registry(),
+    )
+    .expect("encode");
+    let series = format!("volmig_connections_closed_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Whether `stream` is still open (nothing to read, no end of file).
 fn still_open(stream: &TcpStream) -> bool {
     let mut buf = [0u8; 64];
@@ -185,6 +199,8 @@ async fn handshakes_over_a_peers_share_are_closed_at_once() {
             ..limits()
         },
     );
+    // Process-wide counter: other tests may count too, so compare.
+    let before = closed_total("handshakes_per_peer");
     let a = connect_from("127.0.0.2", addr).await;
     let b = connect_from("127.0.0.2", addr).await;
     let mut c = connect_from("127.0.0.2", addr).await;
@@ -193,6 +209,7 @@ async fn handshakes_over_a_peers_share_are_closed_at_once() {
         "a third handshake from one address"
     );
     assert!(still_open(&a) && still_open(&b));
+    assert!(closed_total("handshakes_per_peer") > before, "not counted");
 }
 
 #[tokio::test(start_paused = true)]
