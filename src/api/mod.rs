@@ -15,3 +15,4 @@ pub mod secret_files;
 pub mod server;
 pub mod status;
 pub mod tls;
+pub mod unix_socket;

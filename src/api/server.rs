@@ -9,21 +9,22 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tonic::transport::Server;
+use tower::layer::util::{Identity, Stack};
 
 use crate::api::auth::{AuthLayer, Policy, PolicyError, SharedPolicy};
-use crate::api::listener;
+use crate::api::listener::{self, CallsLayer, Limits};
 use crate::api::peer_check::PeerCheckLayer;
 use crate::api::tls::{self, TlsError, TlsFiles, Trust};
+use crate::api::unix_socket::bind_unix;
 
 use crate::api::controller_service::ControllerService;
 use crate::api::identity_service::{IdentityService, Probe};
 use crate::api::node_service::NodeService;
-use crate::config::SecurityConfig;
+use crate::config::{ConnectionConfig, SecurityConfig};
 use crate::migration::Engine;
 use crate::proto;
 use crate::proto::controller_server::ControllerServer;
@@ -83,6 +84,8 @@ pub struct Exposure {
     pub max_connections: usize,
     /// Where to serve only the health service, in plaintext (probes).
     pub health_listen: Option<SocketAddr>,
+    /// Bounds on connections before and after authentication.
+    pub connections: ConnectionConfig,
 }
 
 impl Exposure {
@@ -100,6 +103,7 @@ impl Exposure {
             max_request_bytes: crate::config::DEFAULT_MAX_REQUEST,
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
             health_listen: None,
+            connections: ConnectionConfig::default(),
         }
     }
 
@@ -142,11 +146,18 @@ impl Exposure {
             max_request_bytes: config.max_request_bytes,
             max_connections: config.max_connections,
             health_listen: parse_health_listen(&config.health_listen)?,
+            connections: config.connections.clone(),
         })
     }
 
-    fn builder(&self) -> Server<Layers> {
-        Server::builder()
+    /// The main listener's bounds (one value per server: its connections'
+    /// calls are counted by the layer [`Exposure::builder`] adds).
+    fn limits(&self) -> Limits {
+        Limits::new(self.max_connections, &self.connections)
+    }
+
+    fn builder(&self, limits: &Limits) -> Server<Layers> {
+        let server = Server::builder()
             .max_concurrent_streams(self.max_concurrent_streams.max(1))
             // Metadata is small; a peer sending megabytes of headers is not a client.
             .http2_max_header_list_size(MAX_HEADER_LIST)
@@ -155,17 +166,28 @@ impl Exposure {
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             // Each request's span continues the caller's trace.
-            .trace_fn(crate::tracing_export::server_span)
+            .trace_fn(crate::tracing_export::server_span);
+        with_max_age(server, limits)
             .layer(PeerCheckLayer::new(self.trust.clone()))
             .layer(AuthLayer::new(self.policy.clone()))
+            // Inside authorization: refused calls do not keep a connection alive.
+            .layer(limits.lifetimes.layer())
     }
 }
 
-/// The layers every request passes: the peer re-check, then authorization.
-type Layers = tower::layer::util::Stack<
-    AuthLayer,
-    tower::layer::util::Stack<PeerCheckLayer, tower::layer::util::Identity>,
->;
+/// The layers every request passes: the peer re-check, authorization, then
+/// counting calls.
+type Layers = Stack<CallsLayer, Stack<AuthLayer, Stack<PeerCheckLayer, Identity>>>;
+
+/// Past its maximum age, a connection is closed gracefully (GOAWAY: the
+/// client opens a new one for its next call) once its calls are over; the
+/// listener's watchdog ends it after the grace period if they are not.
+fn with_max_age(server: Server, limits: &Limits) -> Server {
+    match limits.lifetimes.lifetime().max_age {
+        Some(age) => server.max_connection_age(age),
+        None => server,
+    }
+}
 
 /// How often an idle connection is pinged, and how long a ping may go unanswered.
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -203,6 +225,14 @@ pub enum ServeError {
     /// `health_listen` is not a `host:port`.
     #[error("health_listen '{0}' is not a host:port address")]
     BadHealthListen(String),
+    /// The unix socket's directory could let someone else replace the socket.
+    #[error("refusing the unix socket directory {dir}: {reason}")]
+    UnsafeSocketDir {
+        /// The directory.
+        dir: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The socket group does not exist.
     #[error("unix socket group '{0}' does not exist")]
     NoSuchGroup(String),
@@ -249,11 +279,16 @@ async fn spawn_health(
     tracing::info!(%addr, "{what} health listening (plaintext, grpc.health.v1 only)");
     let stop = tokio_util::sync::CancellationToken::new();
     let stopped = stop.clone();
+    let limits = Limits::health(&exposure.connections);
+    let mut server = with_max_age(Server::builder(), &limits)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(limits.lifetimes.layer());
     tokio::spawn(async move {
-        let served = Server::builder()
+        let served = server
             .add_service(health)
             .serve_with_incoming_shutdown(
-                listener::tcp(listener, MAX_HEALTH_CONNECTIONS),
+                listener::tcp(listener, limits),
                 stopped.cancelled_owned(),
             )
             .await;
@@ -271,94 +306,6 @@ async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeErro
             what: addr.to_string(),
             source,
         })
-}
-
-/// Connections open at once on the health listener: probes, a handful.
-const MAX_HEALTH_CONNECTIONS: usize = 16;
-
-/// The group id of `name`, if the group exists.
-fn group_id(name: &str) -> Result<Option<u32>, std::io::Error> {
-    let cname = std::ffi::CString::new(name)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in group name"))?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: an all-zero `group` is a valid value for this plain C struct; it
-    // is only read after getgrnam_r filled it.
-    let mut group: libc::group = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: `cname` is NUL-terminated,
-    // `group` and `result` are live locals, `buf` is writable for its length.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut group,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok((!result.is_null()).then_some(group.gr_gid))
-}
-
-/// Binds a unix socket safely: an existing path is removed only when it is a
-/// socket nobody serves (a previous run that was killed); anything else there,
-/// or a live server, refuses the start. The socket gets `mode` and the group.
-fn bind_unix(
-    path: &Path,
-    mode: u32,
-    group: Option<&str>,
-) -> Result<tokio::net::UnixListener, ServeError> {
-    use std::os::unix::fs::FileTypeExt;
-    let err = |source| ServeError::Listen {
-        what: path.display().to_string(),
-        source,
-    };
-    let in_use = |reason: String| ServeError::SocketInUse {
-        path: path.display().to_string(),
-        reason,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => return Err(in_use("another process is serving it".into())),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    tracing::info!(socket = %path.display(), "removing the stale socket of a previous run");
-                    std::fs::remove_file(path).map_err(err)?;
-                }
-                Err(e) => return Err(in_use(format!("it exists and cannot be probed: {e}"))),
-            }
-        }
-        Ok(_) => {
-            return Err(in_use(
-                "the path exists and is not a socket; not removing it".into(),
-            ))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let gid = match group {
-        Some(name) => Some(
-            group_id(name)
-                .map_err(err)?
-                .ok_or_else(|| ServeError::NoSuchGroup(name.to_string()))?,
-        ),
-        None => group_id("volmig").map_err(err)?,
-    };
-    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
-    // chown only when the group differs: a service whose own group is the
-    // socket's (the packaged units) then needs no chown at all, so its
-    // system-call filter can refuse the @chown calls.
-    let current_gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(path).map_err(err)?);
-    if let Some(gid) = gid.filter(|gid| *gid != current_gid) {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777)).map_err(err)?;
-    Ok(listener)
 }
 
 /// The reflection services (v1, and v1alpha for clients such as Python's
@@ -395,6 +342,7 @@ async fn serve(
     router: tonic::transport::server::Router<Layers>,
     listen: Listen,
     exposure: &Exposure,
+    limits: Limits,
     what: &'static str,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -426,7 +374,7 @@ async fn serve(
                     tracing::info!(%addr, "{what} listening (mutual TLS)");
                     router
                         .serve_with_incoming_shutdown(
-                            listener::tls(listener, config, exposure.max_connections),
+                            listener::tls(listener, config, limits),
                             shutdown,
                         )
                         .await?;
@@ -440,10 +388,7 @@ async fn serve(
                     }
                     tracing::info!(%addr, "{what} listening (plaintext)");
                     router
-                        .serve_with_incoming_shutdown(
-                            listener::tcp(listener, exposure.max_connections),
-                            shutdown,
-                        )
+                        .serve_with_incoming_shutdown(listener::tcp(listener, limits), shutdown)
                         .await?;
                 }
             }
@@ -477,15 +422,16 @@ pub async fn serve_node(
     let identity = IdentityService::new(proto::PluginCapability::NodeService, manifest, probe);
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let limit = exposure.max_request_bytes;
+    let limits = exposure.limits();
     let router = exposure
-        .builder()
+        .builder(&limits)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(IdentityServer::new(identity).max_decoding_message_size(limit))
         .add_service(NodeServer::new(NodeService::new(engine)).max_decoding_message_size(limit));
     let _health = spawn_health(&exposure, health_probe, "node").await?;
-    serve(router, listen, &exposure, "node", shutdown).await
+    serve(router, listen, &exposure, limits, "node", shutdown).await
 }
 
 /// Serves the Controller and Identity services (plus health and reflection) until `shutdown`.
@@ -509,15 +455,16 @@ pub async fn serve_controller(
         IdentityService::new(proto::PluginCapability::ControllerService, manifest, probe);
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let limit = exposure.max_request_bytes;
+    let limits = exposure.limits();
     let router = exposure
-        .builder()
+        .builder(&limits)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(IdentityServer::new(identity).max_decoding_message_size(limit))
         .add_service(ControllerServer::new(controller).max_decoding_message_size(limit));
     let _health = spawn_health(&exposure, health_probe, "controller").await?;
-    serve(router, listen, &exposure, "controller", shutdown).await
+    serve(router, listen, &exposure, limits, "controller", shutdown).await
 }
 
 #[cfg(test)]
@@ -540,45 +487,6 @@ mod tests {
         ));
         assert!(Listen::parse("unix://relative.sock").is_err());
         assert!(Listen::parse("nonsense").is_err());
-    }
-
-    #[tokio::test]
-    async fn unix_sockets_replace_only_stale_sockets() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("node.sock");
-
-        // A regular file is never removed.
-        std::fs::write(&path, "precious").expect("write");
-        let err = bind_unix(&path, 0o660, None).expect_err("not a socket");
-        assert!(err.to_string().contains("not a socket"), "{err}");
-        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "precious");
-        std::fs::remove_file(&path).expect("rm");
-
-        // A live server keeps its socket.
-        let live = bind_unix(&path, 0o600, None).expect("bind");
-        assert_eq!(
-            std::fs::metadata(&path).expect("stat").mode() & 0o777,
-            0o600
-        );
-        let err = bind_unix(&path, 0o660, None).expect_err("in use");
-        assert!(err.to_string().contains("another process"), "{err}");
-
-        // Once nobody serves it, it is stale and replaced.
-        drop(live);
-        let _again = bind_unix(&path, 0o660, None).expect("stale socket replaced");
-        assert_eq!(
-            std::fs::metadata(&path).expect("stat").mode() & 0o777,
-            0o660
-        );
-
-        let err = bind_unix(
-            &dir.path().join("x.sock"),
-            0o660,
-            Some("volmig-no-such-group"),
-        )
-        .expect_err("unknown group");
-        assert!(matches!(err, ServeError::NoSuchGroup(_)), "{err}");
     }
 
     #[test]

@@ -11,21 +11,26 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Deserialize, Serialize, DocumentedFields, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionConfig {
-    /// A TLS handshake not finished within this many seconds is dropped.
+    /// A TLS handshake not finished within this many seconds is dropped; on
+    /// the health listener, a connection without a call for this long is
+    /// closed (a probe asks at once). At least 1.
     pub handshake_timeout_seconds: u64,
     /// Most TLS handshakes in progress at once on a listener; they do not
     /// take the places of established connections (`max_connections`).
     pub max_handshakes: usize,
-    /// Most TLS handshakes in progress at once from one source address.
+    /// Most TLS handshakes in progress at once from one source address (an
+    /// IPv6 source counts by its /64); more are closed at once. Also the most
+    /// connections one source address may hold on the health listener.
     pub max_handshakes_per_peer: usize,
-    /// Most established connections at once from one source address.
+    /// Most established connections at once from one source address (an
+    /// IPv6 source counts by its /64); more are closed at once.
     pub max_connections_per_peer: usize,
-    /// A connection with no call in progress for this many seconds is closed
-    /// (0: never).
+    /// A TCP connection with no call in progress for this many seconds is
+    /// closed (0: never); HTTP/2 keepalive pings are not calls.
     pub idle_timeout_seconds: u64,
-    /// A connection is closed once it has no call in progress after this many
-    /// seconds, so its certificate is checked again (CA, CRL) at the next
-    /// handshake (0: never).
+    /// A TCP connection is closed once it has no call in progress after this
+    /// many seconds (GOAWAY: clients reconnect for their next call), so its
+    /// certificate is checked again (CA, CRL) at the next handshake (0: never).
     pub max_age_seconds: u64,
     /// Past `max_age_seconds`, calls still in progress get this many seconds
     /// more before the connection is closed under them.

@@ -67,6 +67,28 @@ fn register_auth_refusals(registry: &mut Registry) {
     );
 }
 
+/// Connections the listeners refused or closed because of their bounds, by
+/// reason. Process-wide, as [`AUTH_REFUSALS`]: the listeners hold no registry.
+static CONNECTIONS_CLOSED: std::sync::LazyLock<Family<Labels<1>, Counter>> =
+    std::sync::LazyLock::new(Family::default);
+
+/// Counts a connection a listener refused or closed (`handshakes_per_peer`,
+/// `connections_per_peer`, `max_connections`, `handshake_failed`,
+/// `handshake_timeout`, `idle`, `max_age`).
+pub fn connection_closed(reason: &'static str) {
+    CONNECTIONS_CLOSED
+        .get_or_create(&[("reason", reason)])
+        .inc();
+}
+
+fn register_connections_closed(registry: &mut Registry) {
+    registry.register(
+        "connections_closed",
+        "Connections refused or closed by the listeners' [connections] bounds (over a per-address or total limit, a failed or timed-out TLS handshake, idle, past the maximum age), by reason",
+        CONNECTIONS_CLOSED.clone(),
+    );
+}
+
 /// What a node exposes: its migrations, libvirt calls and journal writes.
 pub struct NodeMetrics {
     registry: Arc<Registry>,
@@ -171,6 +193,7 @@ impl NodeMetrics {
             journal_errors.clone(),
         );
         register_auth_refusals(&mut registry);
+        register_connections_closed(&mut registry);
         registry.register_collector(Box::new(process::Process));
         Arc::new(NodeMetrics {
             registry: Arc::new(registry),
@@ -359,6 +382,7 @@ impl ControllerMetrics {
         let nodes = Arc::new(Nodes(std::sync::OnceLock::new()));
         registry.register_collector(Box::new(nodes.clone()));
         register_auth_refusals(&mut registry);
+        register_connections_closed(&mut registry);
         registry.register_collector(Box::new(process::Process));
         Arc::new(ControllerMetrics {
             registry: Arc::new(registry),

@@ -253,3 +253,25 @@ fn refused_unauthenticated_calls_are_counted_by_reason_on_both_components() {
         "{controller_text}"
     );
 }
+
+#[test]
+fn connections_closed_by_the_listeners_bounds_are_counted_on_both_components() {
+    let series = r#"volmig_connections_closed_total{reason="handshakes_per_peer"}"#;
+    let node = NodeMetrics::new();
+    let controller = ControllerMetrics::new();
+    // The family is process-wide: other tests may count too, so compare.
+    let before = value(&scrape(&node.registry()), series).unwrap_or(0.0);
+    connection_closed("handshakes_per_peer");
+    let node_text = scrape(&node.registry());
+    well_formed(&node_text);
+    assert!(
+        value(&node_text, series).expect("counted") >= before + 1.0,
+        "{node_text}"
+    );
+    let controller_text = scrape(&controller.registry());
+    well_formed(&controller_text);
+    assert!(
+        value(&controller_text, series).is_some(),
+        "{controller_text}"
+    );
+}
