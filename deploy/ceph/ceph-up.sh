@@ -65,10 +65,20 @@ probe() {
 
 # ---- packages -------------------------------------------------------------------------
 pkgs=(ceph-mon ceph-osd ceph-common librbd1)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
+missing_pkgs() {
+    missing=()
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+}
+missing_pkgs
+if [ ${#missing[@]} -gt 0 ]; then
+    # Parallel tests each start this script on a fresh machine: one installs while
+    # the others wait, then find nothing missing (apt's own lock fails at once).
+    exec 8>/var/lock/volmig-ceph-apt.lock
+    flock -w 1200 8 || die "timed out waiting for another run's package install"
+    missing_pkgs
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     aptlog=$(mktemp /tmp/ceph-up-apt.XXXXXX.log)
     export DEBIAN_FRONTEND=noninteractive
@@ -76,6 +86,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         >"$aptlog" 2>&1 || { echo "$me: installing ${missing[*]} failed:" >&2; tail -n 25 "$aptlog" >&2; exit 1; }
     rm -f "$aptlog"
 fi
+exec 8>&-
 
 # ---- lock DIR (parallel callers, e.g. tests, share one cluster) -------------------------
 for _ in 1 2 3 4 5; do
