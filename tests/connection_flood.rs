@@ -10,13 +10,13 @@
 mod harness;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::certs::{free_port, Leaf, LeafSpec, TestCa};
 use harness::node::NodeProcess;
+use harness::scratch::Scratch;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::rustls;
@@ -35,32 +35,6 @@ const FLOOD: usize = 1_100;
 const FLOOD_FOR: Duration = Duration::from_secs(14);
 /// The flood's source address; the operator and the probe come from 127.0.0.1.
 const ATTACKER: &str = "127.0.0.2";
-
-/// A directory for certificates and config files, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(purpose: &str) -> Scratch {
-        harness::ensure_host();
-        Scratch(harness::make_dir(&harness::unique_name(purpose)))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write");
-        path.display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        harness::remove_dir_noisy(&self.0);
-    }
-}
 
 /// A node on mutual TLS at a free port, with `connections` as its
 /// `[connections]` table and a plaintext health listener; returns it, its

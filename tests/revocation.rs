@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use harness::certs::{free_port, Leaf, LeafSpec, TestCa};
 use harness::node::NodeProcess;
+use harness::scratch::Scratch;
 use volmig::api::client::{self, AuthChannel as Channel, Credentials, Peer};
 use volmig::api::tls::TlsFiles;
 use volmig::proto;
@@ -32,39 +33,13 @@ const OPERATOR2: &str = "operator2.volmig.test";
 /// (the node looks at the files about once a second).
 const TAKES_EFFECT: Duration = Duration::from_secs(10);
 
-/// A directory for certificates and config files, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(purpose: &str) -> Scratch {
-        harness::ensure_host();
-        Scratch(harness::make_dir(&harness::unique_name(purpose)))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write");
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        harness::remove_dir_noisy(&self.0);
-    }
-}
-
 fn server_leaf(ca: &TestCa, stem: &str) -> Leaf {
     ca.leaf(LeafSpec::new(stem, stem, &["localhost", "127.0.0.1"]))
 }
 
 /// A node config giving both operator certificates the operator role, plus `extra`.
 fn node_config(scratch: &Scratch, extra: &str) -> PathBuf {
-    scratch.write(
+    scratch.file(
         "node.toml",
         &format!(
             "{extra}\n[[identities]]\ndns = \"{OPERATOR}\"\nrole = \"operator\"\n\n\

@@ -7,7 +7,7 @@
 
 mod harness;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use harness::certs::{free_port, Leaf, LeafSpec, TestCa};
 use harness::controller::ControllerProcess;
 use harness::node::NodeProcess;
+use harness::scratch::Scratch;
 use harness::{DirPool, Guest, Pool};
 use tokio_rustls::rustls;
 use volmig::api::client::{self, Credentials, Peer};
@@ -24,32 +25,6 @@ use volmig::proto::node_client::NodeClient;
 const MIB: u64 = 1 << 20;
 const BOOT: Duration = Duration::from_secs(120);
 const OPERATOR: &str = "operator.volmig.test";
-
-/// A directory for certificates and config files, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(purpose: &str) -> Scratch {
-        harness::ensure_host();
-        Scratch(harness::make_dir(&harness::unique_name(purpose)))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write");
-        path.display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        harness::remove_dir_noisy(&self.0);
-    }
-}
 
 fn volmig(args: &[&str]) -> (i32, String, String) {
     harness::volmig(args, &[])

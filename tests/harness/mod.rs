@@ -30,6 +30,7 @@ pub mod pattern;
 pub mod pools;
 pub mod prometheus;
 pub mod records;
+pub mod scratch;
 pub mod service;
 mod sweep;
 pub mod unit;
