@@ -2,7 +2,8 @@
 //! writing guest's disk (`vda`, with real data on it): the bandwidth limit is
 //! honoured and changed live, a second request for the same disk is refused, and a
 //! retry with the same request id attaches to the migration it started, also after
-//! SetBandwidth changed the migration's bandwidth.
+//! SetBandwidth changed the migration's bandwidth; SetBandwidth is accepted from the
+//! COPYING event on, before the copy is issued.
 
 mod harness;
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use harness::checks::assert_on_destination;
 use harness::node::{self, NodeProcess};
-use harness::{writing_guest_with_data, DirPool, Guest, Pool};
+use harness::{virsh_ok, writing_guest_with_data, DirPool, Guest, Pool};
 use volmig::proto;
 
 const MIB: u64 = 1 << 20;
@@ -169,6 +170,41 @@ async fn set_bandwidth_then_retry_with_same_request_id_attaches() {
     );
     node::assert_terminal(&attached, proto::Phase::Completed);
     let rest = node::collect(first).await.expect("first stream");
+    node::assert_terminal(&rest, proto::Phase::Completed);
+    assert_on_destination(&guest, "vda", &node::result_of(&rest));
+    guest.verify_data();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn set_bandwidth_on_the_copying_event_is_accepted_and_applied() {
+    let src = DirPool::new("f-bwearly-src");
+    let dst = DirPool::new("f-bwearly-dst");
+    let guest = writing_guest_with_data("f-bwearly", &src, "qcow2");
+    let node = NodeProcess::start("f-bwearly", &[]);
+    let mut client = node.client().await;
+    let mut stream = client
+        .migrate_volume(node::limited(guest.name(), "vda", dst.name(), 8 * MIB))
+        .await
+        .expect("start")
+        .into_inner();
+    // COPYING is announced before the block copy is issued: sent at once, this
+    // reaches the node while the copy is being set up.
+    let seen = node::read_to_phase(&mut stream, proto::Phase::Copying).await;
+    let id = seen[0].migration_id.clone();
+    client
+        .set_bandwidth(proto::SetBandwidthRequest {
+            migration_id: id.clone(),
+            bytes_per_sec: 16 * MIB,
+        })
+        .await
+        .expect("SetBandwidth on the COPYING event");
+    node::read_until(&mut stream, node::copying_with_progress).await;
+    let info = virsh_ok(&["blockjob", guest.name(), "vda", "--info", "--bytes"]);
+    assert!(
+        info.contains(&format!("{} bytes/s", 16 * MIB)),
+        "the running copy does not have the new limit: {info}"
+    );
+    let rest = node::collect(stream).await.expect("stream");
     node::assert_terminal(&rest, proto::Phase::Completed);
     assert_on_destination(&guest, "vda", &node::result_of(&rest));
     guest.verify_data();

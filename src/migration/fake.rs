@@ -139,6 +139,34 @@ impl Injector {
     }
 }
 
+/// A call the fake parks until the test lets it go, so that a test acts at an
+/// exact point of the engine's sequence (see [`FakeHypervisor::hold`]).
+struct Hold {
+    call: &'static str,
+    reached: tokio::sync::Notify,
+    released: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// Holds the first call of one kind; lets it go when dropped, also when the
+/// test fails before it lets it go (a parked call would keep the runtime from
+/// shutting down).
+pub struct HoldGuard(Arc<Hold>);
+
+impl HoldGuard {
+    /// Returns once the held call is parked.
+    pub async fn reached(&self) {
+        self.0.reached.notified().await
+    }
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        *self.0.released.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.0.wake.notify_all();
+    }
+}
+
 /// State of the fake host, public so tests can arrange and inspect it.
 #[derive(Debug, Default)]
 pub struct FakeState {
@@ -164,6 +192,8 @@ pub struct FakeState {
     pub dirty_step: u64,
     /// Every block copy started: disk target and options.
     pub copies: Vec<(String, CopyOptions)>,
+    /// Every speed set on a running block job: disk target and bytes/s.
+    pub speeds: Vec<(String, u64)>,
     /// When true, a pivot does not update the persistent definition (the libvirt
     /// behaviour the engine must repair).
     pub skip_persistent_update: bool,
@@ -190,6 +220,7 @@ pub struct FakeState {
 pub struct FakeHypervisor {
     pub state: Mutex<FakeState>,
     injector: Option<Arc<Injector>>,
+    hold: Mutex<Option<Arc<Hold>>>,
 }
 
 /// A volume of the fake, with a fresh inode.
@@ -252,6 +283,7 @@ impl FakeHypervisor {
         FakeHypervisor {
             state: Mutex::new(st),
             injector: None,
+            hold: Mutex::new(None),
         }
     }
 
@@ -318,6 +350,36 @@ impl FakeHypervisor {
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Parks the next `call` (`"rbd_object_size"` or `"block_copy"`) before
+    /// it takes effect, until the guard is dropped.
+    pub fn hold(&self, call: &'static str) -> HoldGuard {
+        let hold = Arc::new(Hold {
+            call,
+            reached: tokio::sync::Notify::new(),
+            released: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        *self.hold.lock().unwrap_or_else(|p| p.into_inner()) = Some(hold.clone());
+        HoldGuard(hold)
+    }
+
+    /// Parks this thread if `call` is held (once).
+    fn park(&self, call: &str) {
+        let held = {
+            let mut slot = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some(h) if h.call == call => slot.take(),
+                _ => None,
+            }
+        };
+        let Some(hold) = held else { return };
+        hold.reached.notify_one();
+        let mut released = hold.released.lock().unwrap_or_else(|p| p.into_inner());
+        while !*released {
+            released = hold.wake.wait(released).unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 
@@ -505,6 +567,7 @@ impl Hypervisor for FakeHypervisor {
         _backing: &[BackingLayer],
         options: CopyOptions,
     ) -> Result<(), HvError> {
+        self.park("block_copy");
         self.step(|st| {
             if st.jobs.contains_key(disk) {
                 return Err(HvError::InvalidState("block copy already active".into()));
@@ -602,6 +665,7 @@ impl Hypervisor for FakeHypervisor {
         self.step(|st| match st.jobs.get_mut(disk) {
             Some(j) => {
                 j.1.bandwidth = bw;
+                st.speeds.push((disk.to_string(), bw));
                 Ok(())
             }
             None => Err(HvError::InvalidState("no block job".into())),
@@ -664,6 +728,7 @@ impl Hypervisor for FakeHypervisor {
     }
 
     fn rbd_object_size(&self, source: &DiskSource) -> Result<Option<u64>, HvError> {
+        self.park("rbd_object_size");
         self.step(|_| Ok(matches!(source, DiskSource::Rbd { .. }).then_some(4 << 20)))
     }
 

@@ -73,6 +73,20 @@ enum StopReason {
     },
 }
 
+/// What a SetBandwidth acts on, from the COPYING event on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyControl {
+    /// COPYING has not been announced (or the copy is over): refused.
+    NotAnnounced,
+    /// COPYING is announced but no block job can be changed (it is not
+    /// issued yet, is being issued again, or a recovered one is not yet
+    /// confirmed): the new bandwidth is recorded, and the copy is issued with
+    /// it or given it once it runs (see [`Ctx::copy_runs`]).
+    Pending,
+    /// The block job runs: its speed is changed in place.
+    Running,
+}
+
 /// The job task's own state: its command inbox and what it has decided.
 pub(crate) struct Ctx<'a> {
     pub inner: &'a Inner,
@@ -82,8 +96,8 @@ pub(crate) struct Ctx<'a> {
     deadline: Option<(tokio::time::Instant, u64)>,
     /// Set once the pivot has begun: cancel and the timeout no longer apply.
     pub pivot_begun: bool,
-    /// A block job exists whose speed can be changed.
-    pub copying: bool,
+    /// What a bandwidth change acts on.
+    copy: CopyControl,
     /// The job is recording a failure (rolling back).
     ending: bool,
     /// Its place in a group, when it moves with other disks.
@@ -138,7 +152,13 @@ pub(crate) async fn run(inner: Arc<Inner>, job: Arc<Job>, entry: Entry) {
                 // The phase the journal left it in goes on in this process.
                 ctx.enter_phase(record.latest.phase);
                 match recovery::decide(&mut ctx, group_uncommitted).await {
-                    Ok(resume) => continue_from(&mut ctx, resume).await,
+                    Ok(resume) => {
+                        if let Resume::Copy(_) = resume {
+                            // The copy found running has the journaled speed.
+                            ctx.copy_runs(record.bandwidth).await;
+                        }
+                        continue_from(&mut ctx, resume).await
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -170,7 +190,13 @@ impl<'a> Ctx<'a> {
             stop: None,
             deadline,
             pivot_begun: matches!(record.stage, Stage::Pivoted(_)),
-            copying: false,
+            // A recovered copy is announced already; it is confirmed running
+            // (or not) by `recovery::decide`.
+            copy: if matches!(record.stage, Stage::Mirroring(_)) {
+                CopyControl::Pending
+            } else {
+                CopyControl::NotAnnounced
+            },
             ending: false,
             member: job.group().and_then(|g| {
                 let gate = g.gate.clone()?;
@@ -339,26 +365,55 @@ impl<'a> Ctx<'a> {
                 let _ = reply.send(answer);
             }
             Command::SetBandwidth(bandwidth, reply) => {
-                let answer = if !self.copying || self.pivot_begun {
+                let answer = if self.pivot_begun {
                     Err(self.wrong_phase("bandwidth can only be changed while copying"))
                 } else if self.stop.is_some() || self.ending {
                     Err(self.wrong_phase("it is stopping"))
                 } else {
-                    let plan = self.plan();
-                    let changed = self
-                        .inner
-                        .hv(move |hv| hv.block_job_set_speed(&plan.domain, &plan.target, bandwidth))
-                        .await;
-                    match changed {
-                        Ok(()) => {
+                    match self.copy {
+                        CopyControl::NotAnnounced => {
+                            Err(self
+                                .wrong_phase("the copy has not begun: wait for the COPYING event"))
+                        }
+                        CopyControl::Pending => {
                             self.job.lock().record.bandwidth = bandwidth;
                             Ok(())
                         }
-                        Err(e) => Err(Error::hv("changing the copy bandwidth")(e)),
+                        CopyControl::Running => {
+                            let plan = self.plan();
+                            self.inner
+                                .hv(move |hv| {
+                                    hv.block_job_set_speed(&plan.domain, &plan.target, bandwidth)
+                                })
+                                .await
+                                .map(|()| self.job.lock().record.bandwidth = bandwidth)
+                                .map_err(Error::hv("changing the copy bandwidth"))
+                        }
                     }
                 };
                 let _ = reply.send(answer);
             }
+        }
+    }
+
+    /// The block job runs at `speed`: from now on a bandwidth change is made in
+    /// place, and one recorded while it was pending is applied. Should that
+    /// fail, the copy goes on at `speed` and the record says so.
+    async fn copy_runs(&mut self, speed: u64) {
+        self.copy = CopyControl::Running;
+        let wanted = self.job.lock().record.bandwidth;
+        if wanted == speed {
+            return;
+        }
+        let plan = self.plan();
+        // Not attended: a SetBandwidth answered meanwhile would race this one.
+        let applied = self
+            .inner
+            .hv(move |hv| hv.block_job_set_speed(&plan.domain, &plan.target, wanted))
+            .await;
+        if let Err(e) = applied {
+            tracing::warn!(error = %e, bandwidth = wanted, "cannot apply the bandwidth set while the copy was being issued; it runs at {speed} bytes/s");
+            self.job.lock().record.bandwidth = speed;
         }
     }
 
@@ -496,7 +551,6 @@ async fn fresh(ctx: &mut Ctx<'_>) -> Result<MigrationResult, Error> {
 async fn continue_from(ctx: &mut Ctx<'_>, resume: Resume) -> Result<MigrationResult, Error> {
     let dest = match resume {
         Resume::Copy(dest) => {
-            ctx.copying = true;
             wait_until_ready(ctx, &dest).await?;
             ctx.set_phase(
                 Phase::Synchronized,
@@ -788,6 +842,8 @@ async fn start_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> 
     ctx.enter_phase(Phase::Copying);
     tracing::info!(phase = Phase::Copying.name(), "{message}");
     let mirroring = dest.clone();
+    // Set before the event goes out: whoever sees COPYING may change the bandwidth.
+    ctx.copy = CopyControl::Pending;
     ctx.publish(|r| {
         r.stage = Stage::Mirroring(mirroring);
         r.latest.phase = Phase::Copying;
@@ -798,10 +854,10 @@ async fn start_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> 
 }
 
 /// Starts the block copy onto `dest`, in synchronous-writes mode when the
-/// request asked for it or a copy that did not converge was switched to it.
+/// request asked for it or a copy that did not converge was switched to it,
+/// at the bandwidth recorded last (a SetBandwidth may come while it is issued).
 async fn issue_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
     let plan = ctx.plan();
-    let record = ctx.record();
     let disk = dest.disk.clone();
     let object_size = match ctx.hv(move |hv| hv.rbd_object_size(&disk)).await {
         Ok(size) => size,
@@ -812,6 +868,7 @@ async fn issue_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> 
         }
     };
     let (buf_size, granularity) = tuning::for_object_size(object_size);
+    let record = ctx.record();
     let copy = CopyOptions {
         bandwidth: record.bandwidth,
         synchronous_writes: record.request.options.synchronous_writes || record.forced_sync_writes,
@@ -831,7 +888,9 @@ async fn issue_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> 
         )
     })
     .await
-    .map_err(Error::hv("starting the block copy"))
+    .map_err(Error::hv("starting the block copy"))?;
+    ctx.copy_runs(copy.bandwidth).await;
+    Ok(())
 }
 
 fn same_source(a: &DiskSource, b: &DiskSource) -> bool {
@@ -1139,7 +1198,7 @@ async fn switch_to_sync_writes(
         r.latest.progress = Progress::default();
     })
     .await?;
-    ctx.copying = false;
+    ctx.copy = CopyControl::Pending;
     let (domain, target) = (plan.domain.clone(), plan.target.clone());
     ctx.hv_retry("aborting the copy to restart it", move |hv| {
         hv.block_job_abort(&domain, &target, false)
@@ -1152,9 +1211,7 @@ async fn switch_to_sync_writes(
         )));
     }
     ctx.checkpoint().await?;
-    issue_copy(ctx, dest).await?;
-    ctx.copying = true;
-    Ok(())
+    issue_copy(ctx, dest).await
 }
 
 /// Waits (up to 10 s) until the disk has no block job; says whether it has none.
@@ -1294,7 +1351,7 @@ async fn pivot(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
             return Err(e);
         }
     }
-    ctx.copying = false;
+    ctx.copy = CopyControl::NotAnnounced;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (domain, target) = (plan.domain.clone(), plan.target.clone());
@@ -1765,7 +1822,7 @@ async fn roll_back_mirror(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) ->
     if !wait_for_no_job(ctx, plan).await {
         tracing::warn!("the aborted block job is still listed");
     }
-    ctx.copying = false;
+    ctx.copy = CopyControl::NotAnnounced;
     let live = current_source(ctx, plan, Definition::Live).await;
     let persistent = current_source(ctx, plan, Definition::Persistent).await;
     let names_dest = |s: &Result<Option<DiskSource>, Error>| match s {
