@@ -4,6 +4,8 @@
 //! with every layer kept and compared layer by layer; a second guest over the
 //! same template reuses the template copy there; disk-only external snapshots
 //! follow the chain and can be deleted and reverted on the destination.
+//! FLATTEN, the default, writes the whole chain's data: a pool with room for
+//! the top overlay only is refused before anything is created.
 
 mod harness;
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use harness::checks::{assert_no_block_job, volumes_in};
 use harness::node::{self, NodeProcess};
-use harness::{DirPool, Guest, Pool};
+use harness::{DirPool, FsPool, Guest, Pool};
 use volmig::proto;
 
 const MIB: u64 = 1 << 20;
@@ -191,6 +193,60 @@ async fn shallow_keeps_every_layer_and_a_second_guest_reuses_the_template() {
     );
     // Read from the persistent definition's image (the cold restart was proven on a).
     b.verify_data();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flatten_into_a_pool_with_room_for_the_top_only_is_refused_up_front() {
+    let src = DirPool::new("cf-src");
+    let small = FsPool::new("cf-small", 112 * MIB);
+    // ~30 MiB of records in the template; the top holds only what the guest writes.
+    let guest = Guest::builder("cf", &src)
+        .backing_file(60_000)
+        .disk_bytes(96 * MIB)
+        .pause_ms(20)
+        .start();
+    let src_path = guest.live_disk_source("vda").path;
+    let node = NodeProcess::start("cf", &[]);
+    let before = guest.wait_writing(20, BOOT);
+    let allocated = |volume: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let path = src.path().join(volume);
+        std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .blocks()
+            * 512
+    };
+    let template = allocated(guest.template_volume().expect("template"));
+    let top = allocated(guest.disk_volume());
+    assert!(template >= 25 * MIB, "the template holds {template} bytes");
+    // Room for the top and the node's 16 MiB margin with 8 MiB to spare: not
+    // for the template's data as well.
+    small.fill_leaving(top + 24 * MIB);
+    eprintln!(
+        "top {top} bytes, template {template} bytes, {} available",
+        small.available()
+    );
+
+    let mut client = node.client().await;
+    let refused = node::migrate(
+        &mut client,
+        node::request(guest.name(), "vda", small.name()),
+    )
+    .await
+    .expect_err("a pool too small for the flattened chain is refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("backing layer(s), flattened"),
+        "{refused:?}"
+    );
+    assert!(volumes_in(&small).is_empty(), "nothing is created");
+    assert_eq!(guest.live_disk_source("vda").path, src_path);
+    guest.wait_for_ack(before + 10, BOOT);
+    assert_no_block_job(&guest, "vda");
 }
 
 /// Records 1..=`up_to` are on the image `path` (qcow2, read through its chain).

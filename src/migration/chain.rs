@@ -99,7 +99,7 @@ pub fn plan_layers(
         }
         let info = hv
             .image_info(path)
-            .map_err(Error::hv(format!("reading the header of layer {path}")))?;
+            .map_err(Error::unreadable(path.as_str()))?;
         let dest_name = match hv
             .volume_by_path(path)
             .map_err(Error::hv("resolving a backing layer's volume"))?

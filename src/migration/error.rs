@@ -104,6 +104,16 @@ pub enum Error {
         #[source]
         source: HvError,
     },
+    /// An image of the disk being migrated (its top or a backing layer)
+    /// could not be read: missing, unreadable to the node, or corrupt.
+    #[error("cannot read the source image {path}: {source}; check that it exists, that the node may read it and that `qemu-img info -U {path}` succeeds")]
+    SourceUnreadable {
+        /// The image.
+        path: String,
+        /// The failure.
+        #[source]
+        source: HvError,
+    },
     /// Cancelled on request.
     #[error("cancelled by request")]
     Cancelled,
@@ -153,6 +163,12 @@ impl Error {
         move |source| Error::Hypervisor { what, source }
     }
 
+    /// Wraps a failure to read the source image at `path`.
+    pub fn unreadable(path: impl Into<String>) -> impl FnOnce(HvError) -> Error {
+        let path = path.into();
+        move |source| Error::SourceUnreadable { path, source }
+    }
+
     /// The error's class.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -175,6 +191,13 @@ impl Error {
             Error::Cancelled => ErrorCode::Cancelled,
             Error::TimedOut(_) => ErrorCode::DeadlineExceeded,
             Error::Journal(_) => ErrorCode::Internal,
+            // Not INTERNAL, since volmig is not at fault, and not UNAVAILABLE,
+            // since a missing, unreadable or corrupt image stays so until
+            // someone fixes it: a retry would fail the same way.
+            Error::SourceUnreadable { source, .. } => match source {
+                HvError::Unreachable { .. } => ErrorCode::Unavailable,
+                _ => ErrorCode::FailedPrecondition,
+            },
             Error::Interrupted(_) | Error::GroupAborted { .. } => ErrorCode::Aborted,
             Error::Hypervisor { source, .. } => match source {
                 HvError::NoDomain(_)

@@ -213,6 +213,10 @@ pub struct FakeState {
     pub pivot_loses_bitmaps: bool,
     /// Checkpoints redefined (and validated), in order.
     pub redefined: Vec<String>,
+    /// Backing chains of the live disks, nearest first, by disk target.
+    pub backing: HashMap<String, Vec<BackingLayer>>,
+    /// Image paths that cannot be read (as qemu-img finds a file it may not open).
+    pub unreadable: Vec<String>,
     next_ino: u64,
 }
 
@@ -306,6 +310,15 @@ impl FakeHypervisor {
         hv
     }
 
+    /// Adds a qcow2 volume of the fake's disk size to `pool`, spending `allocation` bytes.
+    pub fn add_volume(&self, pool: &str, name: &str, allocation: u64) -> VolumeSpec {
+        let mut st = self.lock();
+        let mut vol = volume(&mut st, pool, name, CAPACITY, "qcow2");
+        vol.allocation = allocation;
+        st.volumes.insert((pool.into(), name.into()), vol.clone());
+        vol
+    }
+
     /// The same host, with faults injected by `injector`.
     pub fn with_injector(injector: Arc<Injector>) -> Self {
         FakeHypervisor {
@@ -383,14 +396,31 @@ impl FakeHypervisor {
     }
 }
 
-fn disk_spec(target: &str, source: &DiskSource, mirror: Option<MirrorState>) -> DiskSpec {
+/// Fails as `qemu-img` does on an image the node may not open.
+fn read_image(st: &FakeState, path: &str) -> Result<(), HvError> {
+    if st.unreadable.iter().any(|p| p == path) {
+        return Err(HvError::Failed {
+            op: "qemu-img info",
+            code: 1,
+            message: format!("Could not open '{path}': Permission denied"),
+        });
+    }
+    Ok(())
+}
+
+fn disk_spec(
+    target: &str,
+    source: &DiskSource,
+    backing: Vec<BackingLayer>,
+    mirror: Option<MirrorState>,
+) -> DiskSpec {
     DiskSpec {
         target: target.to_string(),
         device: "disk".into(),
         format: Some("qcow2".into()),
         source: Some(source.clone()),
-        backing_depth: 0,
-        backing: Vec::new(),
+        backing_depth: backing.len() as u32,
+        backing,
         read_only: false,
         shareable: false,
         mirror,
@@ -422,13 +452,14 @@ impl FakeHypervisor {
                         source: Some(j.0.clone()),
                         ready: j.1.cur == j.1.end,
                     });
-                    disk_spec(t, s, mirror)
+                    let backing = st.backing.get(t).cloned().unwrap_or_default();
+                    disk_spec(t, s, backing, mirror)
                 })
                 .collect(),
             Definition::Persistent => st
                 .persistent
                 .iter()
-                .map(|(t, s)| disk_spec(t, s, None))
+                .map(|(t, s)| disk_spec(t, s, Vec::new(), None))
                 .collect(),
         }
     }
@@ -723,8 +754,8 @@ impl Hypervisor for FakeHypervisor {
         })
     }
 
-    fn qcow2_internal_snapshots(&self, _source: &DiskSource) -> Result<u32, HvError> {
-        self.step(|_| Ok(0))
+    fn qcow2_internal_snapshots(&self, source: &DiskSource) -> Result<u32, HvError> {
+        self.step(|st| read_image(st, &source.display_name()).map(|()| 0))
     }
 
     fn rbd_object_size(&self, source: &DiskSource) -> Result<Option<u64>, HvError> {
@@ -735,6 +766,7 @@ impl Hypervisor for FakeHypervisor {
     fn allocated_bytes(&self, source: &DiskSource) -> Result<u64, HvError> {
         self.step(|st| {
             let path = source.display_name();
+            read_image(st, &path)?;
             st.volumes
                 .values()
                 .find(|v| v.path == path)
@@ -747,12 +779,25 @@ impl Hypervisor for FakeHypervisor {
         self.step(|_| Ok(CAPACITY))
     }
 
-    // The fake's disks have no backing chains and its domain no snapshots:
-    // chain handling is tested against libvirt (tests/chains.rs).
+    // The header of a volume the fake holds, with no backing link: enough to
+    // plan a chain; copying and comparing layers is tested against libvirt
+    // (tests/chains.rs).
     fn image_info(&self, path: &str) -> Result<ImageInfo, HvError> {
-        Err(HvError::Unsupported(format!(
-            "the fake has no image at {path}"
-        )))
+        self.step(|st| {
+            read_image(st, path)?;
+            let vol = st
+                .volumes
+                .values()
+                .find(|v| v.path == path)
+                .ok_or_else(|| HvError::Unsupported(format!("the fake has no image at {path}")))?;
+            Ok(ImageInfo {
+                format: vol.format.clone().unwrap_or_default(),
+                virtual_size: vol.capacity,
+                actual_size: vol.allocation,
+                backing: None,
+                backing_format: None,
+            })
+        })
     }
 
     fn images_equal(

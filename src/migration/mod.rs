@@ -34,4 +34,6 @@ mod fault_injection;
 #[cfg(test)]
 mod group_tests;
 #[cfg(test)]
+mod space_tests;
+#[cfg(test)]
 mod tests;

@@ -70,7 +70,7 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
     if source_format == ImageFormat::Qcow2 {
         let snapshots = hv
             .qcow2_internal_snapshots(&source)
-            .map_err(Error::hv("reading the qcow2 header for internal snapshots"))?;
+            .map_err(Error::unreadable(source.display_name()))?;
         if snapshots > 0 {
             return Err(Error::Precondition(format!(
                 "disk {} ({}) holds {snapshots} qcow2 internal snapshot(s) that a block copy would lose; list them with `qemu-img snapshot -l -U {}` and delete them first",
@@ -170,11 +170,27 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         )?,
         ChainPolicy::Flatten => Vec::new(),
     };
+    let (data, flattened) = match req.options.chain {
+        ChainPolicy::Flatten if !disk.backing.is_empty() => (
+            Some(flattened_allocation(
+                hv,
+                &source,
+                source_volume.as_ref(),
+                disk,
+                capacity,
+            )?),
+            disk.backing.len(),
+        ),
+        _ => (
+            top_allocation(hv, &source, source_volume.as_ref(), &layers),
+            0,
+        ),
+    };
     check_space(
         &pool,
         dest_kind,
         capacity,
-        top_allocation(hv, &source, source_volume.as_ref(), &layers),
+        (data, flattened),
         chain::layers_to_copy_bytes(&layers),
     )?;
 
@@ -212,6 +228,31 @@ fn top_allocation(
     hv.image_info(&source.display_name())
         .ok()
         .map(|i| i.actual_size)
+}
+
+/// The bytes a flattening copy of a chained disk writes at most: the copy
+/// holds the data of every layer merged into one image, so no more than the
+/// layers' allocations together, and no more than the virtual size.
+fn flattened_allocation(
+    hv: &dyn Hypervisor,
+    source: &DiskSource,
+    volume: Option<&crate::hypervisor::VolumeSpec>,
+    disk: &DiskSpec,
+    capacity: u64,
+) -> Result<u64, Error> {
+    let mut total = match volume {
+        Some(v) => v.allocation,
+        None => hv
+            .allocated_bytes(source)
+            .map_err(Error::unreadable(source.display_name()))?,
+    };
+    for layer in &disk.backing {
+        let bytes = hv
+            .allocated_bytes(&layer.source)
+            .map_err(Error::unreadable(layer.source.display_name()))?;
+        total = total.saturating_add(bytes);
+    }
+    Ok(total.min(capacity))
 }
 
 fn find_disk<'a>(disks: &'a [DiskSpec], wanted: &str) -> Option<&'a DiskSpec> {
@@ -399,13 +440,14 @@ pub fn check_space_together(hv: &dyn Hypervisor, plans: &[Plan]) -> Result<(), E
 }
 
 /// Whether the pool has room for the copy of the disk (`source_allocation`, or
-/// its whole size when unknown or on block pools) plus `layers` bytes of
-/// backing layers it does not hold yet (SHALLOW).
+/// its whole size when unknown or on block pools; with the number of backing
+/// layers merged into it by FLATTEN) plus `layers` bytes of backing layers it
+/// does not hold yet (SHALLOW).
 fn check_space(
     pool: &PoolSpec,
     kind: DiskKind,
     capacity: u64,
-    source_allocation: Option<u64>,
+    (source_allocation, flattened): (Option<u64>, usize),
     layers: u64,
 ) -> Result<(), Error> {
     if pool.capacity == 0 {
@@ -422,8 +464,13 @@ fn check_space(
         } else {
             String::new()
         };
+        let flattened = if flattened > 0 {
+            format!(" from the top image and its {flattened} backing layer(s), flattened")
+        } else {
+            String::new()
+        };
         return Err(Error::Exhausted(format!(
-            "pool '{}' has {} bytes available; this disk needs about {} ({} of data{layers} plus margin); free space or choose another pool",
+            "pool '{}' has {} bytes available; this disk needs about {} ({} of data{flattened}{layers} plus margin); free space or choose another pool",
             pool.name, pool.available, needed, data
         )));
     }
@@ -460,7 +507,7 @@ mod tests {
             &pool("dir", 10 * gib, gib),
             DiskKind::File,
             20 * gib,
-            Some(gib / 2),
+            (Some(gib / 2), 0),
             0
         )
         .is_ok());
@@ -470,7 +517,7 @@ mod tests {
                 &pool("dir", 10 * gib, gib),
                 DiskKind::File,
                 20 * gib,
-                Some(gib / 2),
+                (Some(gib / 2), 0),
                 gib / 2
             ),
             Err(Error::Exhausted(_))
@@ -480,12 +527,12 @@ mod tests {
                 &pool("disk", 10 * gib, gib),
                 DiskKind::Block,
                 2 * gib,
-                Some(1),
+                (Some(1), 0),
                 0
             ),
             Err(Error::Exhausted(_))
         ));
-        assert!(check_space(&pool("rbd", 0, 0), DiskKind::Network, gib, None, 0).is_ok());
+        assert!(check_space(&pool("rbd", 0, 0), DiskKind::Network, gib, (None, 0), 0).is_ok());
     }
 
     #[test]
