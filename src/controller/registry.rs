@@ -407,13 +407,25 @@ impl Registry {
 mod tests {
     use super::*;
 
+    /// A clock the test moves by hand, and the function that moves it.
+    fn manual_clock() -> (Clock, impl Fn(Duration)) {
+        let now = Arc::new(Mutex::new(Instant::now()));
+        let clock: Clock = {
+            let now = now.clone();
+            Arc::new(move || *now.lock().expect("clock"))
+        };
+        (clock, move |by| *now.lock().expect("clock") += by)
+    }
+
     #[test]
     fn nodes_are_up_only_while_heard_from() {
+        let (clock, step) = manual_clock();
         let reg = Registry::new(
             [("a".to_string(), "unix:///a.sock".to_string())],
             Duration::from_millis(50),
             10,
-        );
+        )
+        .with_clock(clock, Duration::from_secs(3600));
         let a = reg.get("a").expect("configured");
         assert!(a.configured && !reg.is_up(&a), "never heard from");
         reg.seen("a", None);
@@ -430,7 +442,7 @@ mod tests {
             Ok(false),
             "heartbeat"
         );
-        std::thread::sleep(Duration::from_millis(80));
+        step(Duration::from_millis(80));
         assert!(!reg.is_up(&reg.get("b").expect("b")), "missed heartbeats");
         assert_eq!(reg.all().len(), 2);
     }
@@ -487,13 +499,8 @@ mod tests {
 
     #[test]
     fn registered_nodes_not_heard_from_are_forgotten_and_free_their_places() {
-        let start = Instant::now();
-        let now = Arc::new(Mutex::new(start));
-        let clock: Clock = {
-            let now = now.clone();
-            Arc::new(move || *now.lock().expect("clock"))
-        };
-        let step = |secs: u64| *now.lock().expect("clock") += Duration::from_secs(secs);
+        let (clock, step) = manual_clock();
+        let step = |secs: u64| step(Duration::from_secs(secs));
         let reg = Registry::new(
             [("s".to_string(), "unix:///s.sock".to_string())],
             Duration::from_secs(5),

@@ -11,7 +11,8 @@ use super::tests::{self, collect, config, source};
 use super::{Engine, Error};
 use crate::hypervisor::DiskSource;
 
-/// The shortest window the API accepts: each of these tests lasts about that long.
+/// The shortest window the API accepts: each of these tests lasts about that
+/// long in virtual time (paused, so none waits for it on the wall clock).
 const WINDOW: Duration = Duration::from_secs(5);
 
 async fn diverging(dir: &std::path::Path) -> (Arc<FakeHypervisor>, Engine) {
@@ -46,7 +47,7 @@ fn warnings(events: &[Event]) -> usize {
         .count()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn warn_reports_both_rates_once_and_keeps_copying() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (hv, engine) = diverging(dir.path()).await;
@@ -55,7 +56,7 @@ async fn warn_reports_both_rates_once_and_keeps_copying() {
         .await
         .expect("start");
     let id = sub.migration_id().to_string();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut events = Vec::new();
     while let Some(e) = sub.next().await {
         let warned = e.convergence.is_some();
@@ -92,7 +93,7 @@ async fn warn_reports_both_rates_once_and_keeps_copying() {
     assert_eq!(hv.lock().live.get("vda"), Some(&source()));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn fail_rolls_back_with_failed_precondition() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (hv, engine) = diverging(dir.path()).await;
@@ -123,7 +124,7 @@ async fn fail_rolls_back_with_failed_precondition() {
         .contains_key(&("b".to_string(), "root.qcow2".to_string())));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn switch_restarts_the_copy_with_synchronous_writes_and_completes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (hv, engine) = diverging(dir.path()).await;
@@ -166,7 +167,7 @@ async fn switch_restarts_the_copy_with_synchronous_writes_and_completes() {
     assert!(record.forced_sync_writes);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_synchronous_copy_is_not_judged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (hv, engine) = diverging(dir.path()).await;
@@ -178,7 +179,7 @@ async fn a_synchronous_copy_is_not_judged() {
     assert_eq!(hv.lock().copies.len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_window_outside_5_s_to_a_day_is_an_invalid_argument() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_hv, engine) = diverging(dir.path()).await;

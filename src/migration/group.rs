@@ -466,7 +466,7 @@ mod tests {
         assert!(gate.synchronized(1).await.is_err());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn pivots_take_turns_in_order() {
         let gate = Gate::new(3, 0);
         let g = gate.clone();
@@ -482,7 +482,7 @@ mod tests {
             .expect("task");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn copies_are_limited() {
         let gate = Gate::new(3, 1);
         let slot = gate.copy_slot().await;

@@ -14,9 +14,12 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+// tokio's clock, the one the job's sleeps run on, so that unit tests with
+// paused time see windows and grace periods pass without waiting for them.
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::hypervisor::{
@@ -1042,7 +1045,7 @@ async fn wait_until_ready(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), E
         }
         if let Some(rates) = detector
             .as_mut()
-            .and_then(|d| d.observe(now, info.cur, info.end))
+            .and_then(|d| d.observe(now.into_std(), info.cur, info.end))
         {
             // Once per copy: a restarted copy writes synchronously and
             // always converges, and a warned one has said all there is.

@@ -67,6 +67,9 @@ pub struct DiskSource {
     pub readonly: bool,
     /// Whether the live XML shows a `<mirror>` (a block copy in progress).
     pub mirror: bool,
+    /// Whether that mirror has caught up with its source (`<mirror ready=…>`,
+    /// set once QEMU reports the copy ready and kept through pivot or abort).
+    pub mirror_ready: bool,
 }
 
 fn source_path(source: &Element) -> String {
@@ -105,6 +108,9 @@ impl DiskSource {
             backing,
             readonly: disk.child("readonly").is_some(),
             mirror: disk.child("mirror").is_some(),
+            mirror_ready: disk
+                .child("mirror")
+                .is_some_and(|m| m.attr("ready").is_some()),
         }
     }
 }

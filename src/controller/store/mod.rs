@@ -155,4 +155,5 @@ pub async fn update<E>(
     Err(StoreError::Contention(key.to_string()))
 }
 
+#[cfg(any(test, feature = "test-suite"))]
 pub mod suite;
