@@ -22,6 +22,12 @@ pb=volmig-tlsbench-b
 pids=()
 
 cleanup() {
+    local rc=$?
+    if [ "$rc" -ne 0 ]; then
+        for log in "$work"/*.log; do
+            [ -e "$log" ] && { echo "--- $log" >&2; tail -n 20 "$log" >&2; }
+        done
+    fi
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
     bench_remove_domain_and_pools "$dom" "$pa" "$pb"
     rm -rf "$work"
