@@ -1,6 +1,8 @@
-//! Component configuration: a TOML file per component, every key overridable
-//! by a flag or environment variable, and defaults that work on a single host
-//! with no file at all.
+//! Component configuration: a TOML file per component, and defaults that work
+//! on a single host with no file at all. Some keys can also be given as a flag
+//! or an environment variable (the flag wins over the variable, which wins
+//! over the file); the README's configuration table names them key by key,
+//! and every other key is read from the file only.
 
 use std::path::{Path, PathBuf};
 
