@@ -295,6 +295,21 @@ pub fn space_needed(kind: DiskKind, virtual_size: u64, allocation: u64) -> u64 {
     }
 }
 
+/// Bytes a flattening copy of a chained disk writes at most: the copy merges
+/// every layer into one image, so no more than the layers' allocations
+/// together, and no more than the virtual size. The node's room check and the
+/// controller's placement both use it, so they never disagree on a pool.
+pub fn flattened_allocation(
+    top: u64,
+    backing: impl IntoIterator<Item = u64>,
+    virtual_size: u64,
+) -> u64 {
+    backing
+        .into_iter()
+        .fold(top, u64::saturating_add)
+        .min(virtual_size)
+}
+
 /// A storage volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeSpec {

@@ -90,7 +90,11 @@ fn in_turn(
                     .and_then(|p| pool_disk_kind(&p.pool_type))
                     .unwrap_or(DiskKind::Block);
                 let t = taken.entry(chosen.storage_id.clone()).or_default();
-                t.bytes += space_needed(kind, choices.disk.virtual_size, choices.disk.allocation);
+                t.bytes += space_needed(
+                    kind,
+                    choices.disk.virtual_size,
+                    choices.disk.copy_allocation(),
+                );
                 t.virtual_bytes += choices.disk.virtual_size;
                 t.migrations += 1;
             }
@@ -141,6 +145,7 @@ mod tests {
             requested_format: None,
             required_tags: Vec::new(),
             shallow_layers: Vec::new(),
+            flattened_layers: Vec::new(),
             checkpoints: Vec::new(),
         }
     }
@@ -162,6 +167,26 @@ mod tests {
     /// The default policy: a pool may be filled to 85 %.
     fn policy(_: &PoolCandidate) -> PoolPolicy {
         PoolPolicy::default()
+    }
+
+    #[test]
+    fn a_flattened_chain_counts_every_layer_for_the_next_disk() {
+        // Each pool has room for one flattened 30 GiB chain (1 GiB top on a
+        // 29 GiB layer) under the 85 % threshold, not two; the tops alone
+        // would both fit on "big".
+        let pools = [pool("big", 50 * GIB), pool("small", 48 * GIB)];
+        let chained = || DiskChoices {
+            disk: DiskToPlace {
+                virtual_size: 30 * GIB,
+                flattened_layers: vec![29 * GIB],
+                ..disk(GIB)
+            },
+            pools: pools.to_vec(),
+        };
+        assert_eq!(
+            chosen(&plan_together(&[chained(), chained()], policy, false)),
+            [Some("big"), Some("small")]
+        );
     }
 
     #[test]

@@ -59,7 +59,9 @@ use std::fmt;
 
 use crate::units::human_bytes;
 
-use crate::hypervisor::{pool_disk_kind, space_needed, DiskKind, ImageFormat};
+use crate::hypervisor::{
+    flattened_allocation, pool_disk_kind, space_needed, DiskKind, ImageFormat,
+};
 
 /// The pool types volmig can write to, as operators should read them.
 const SUPPORTED_TYPES: &str = "dir, fs, netfs, logical, disk, iscsi, rbd";
@@ -128,7 +130,7 @@ pub struct DiskToPlace {
     pub source_storage_id: String,
     /// Guest-visible size in bytes.
     pub virtual_size: u64,
-    /// Bytes the source image occupies.
+    /// Bytes the source image (the top of a chain) occupies.
     pub allocation: u64,
     /// The format the request asks for; `None` takes the pool's natural format.
     pub requested_format: Option<ImageFormat>,
@@ -138,8 +140,29 @@ pub struct DiskToPlace {
     /// needs too unless it already holds them. Empty when the chain is
     /// flattened or there is none.
     pub shallow_layers: Vec<LayerToPlace>,
+    /// Chain policy FLATTEN: the allocations of the backing layers the copy
+    /// merges into one image. Empty under SHALLOW or when there is no chain.
+    pub flattened_layers: Vec<u64>,
     /// Checkpoints whose dirty bitmaps live in the disk (qcow2 only can hold them).
     pub checkpoints: Vec<String>,
+}
+
+impl DiskToPlace {
+    /// Bytes of data the copy holds: the top image's allocation, or when the
+    /// chain is flattened, every layer's merged and capped at the virtual size
+    /// (the node checks the same, so placement never picks a pool it refuses).
+    pub fn copy_allocation(&self) -> u64 {
+        // Without a chain the node counts the allocation uncapped (qcow2
+        // metadata can make it exceed the virtual size), and so does this.
+        if self.flattened_layers.is_empty() {
+            return self.allocation;
+        }
+        flattened_allocation(
+            self.allocation,
+            self.flattened_layers.iter().copied(),
+            self.virtual_size,
+        )
+    }
 }
 
 /// One backing layer of a disk migrated SHALLOW.
@@ -385,7 +408,7 @@ impl<'a> Candidate<'a> {
         let needed = space_needed(
             kind.unwrap_or(DiskKind::Block),
             disk.virtual_size,
-            disk.allocation,
+            disk.copy_allocation(),
         )
         .saturating_add(layers);
         Candidate {
@@ -402,7 +425,11 @@ impl<'a> Candidate<'a> {
         if !self.disk.shallow_layers.is_empty() {
             return "the top image's allocation plus the backing layers the pool does not hold yet (SHALLOW)";
         }
+        let flattened = !self.disk.flattened_layers.is_empty();
         match self.kind {
+            Some(DiskKind::File | DiskKind::Network) if flattened => {
+                "the allocations of the top image and its backing layers, merged by FLATTEN, at most the virtual size"
+            }
             Some(DiskKind::File) => "the disk's allocation: file pools keep the copy sparse",
             Some(DiskKind::Network) => "the disk's allocation: rbd images stay thin",
             Some(DiskKind::Block) | None => "the disk's virtual size: block pools are thick",
@@ -626,6 +653,7 @@ mod tests {
             requested_format: None,
             required_tags: Vec::new(),
             shallow_layers: Vec::new(),
+            flattened_layers: Vec::new(),
             checkpoints: Vec::new(),
         }
     }
@@ -963,6 +991,75 @@ mod tests {
         assert_eq!(fit(&planned, "lacks").map(|f| f.free_after), Some(22 * GIB));
     }
 
+    /// A 20 GiB disk whose 1 GiB top sits on a 12 GiB backing layer.
+    fn chained() -> DiskToPlace {
+        DiskToPlace {
+            allocation: GIB,
+            flattened_layers: vec![12 * GIB],
+            ..disk()
+        }
+    }
+
+    /// A pool with `available` GiB free and 10 GiB used out of 100.
+    fn with_room(storage_id: &str, available: u64) -> PoolCandidate {
+        PoolCandidate {
+            allocation: 10 * GIB,
+            available: available * GIB,
+            ..named(storage_id, pool())
+        }
+    }
+
+    #[test]
+    fn flatten_needs_every_layer_of_the_chain_not_just_the_top() {
+        let pools = [with_room("top-only", 5), with_room("whole-chain", 20)];
+        let planned = plan(&chained(), &pools, |_| PoolPolicy::default());
+        let rejected = planned
+            .decisions
+            .iter()
+            .find(|d| d.storage_id == "top-only")
+            .map(|d| d.verdict.clone());
+        let Some(Verdict::Rejected(r)) = rejected else {
+            panic!("a pool with room for the top only was accepted: {rejected:?}");
+        };
+        assert_eq!(r.rule, Rule::UsedThreshold);
+        for says in ["5.0 GiB available", "needs 13.0 GiB", "FLATTEN"] {
+            assert!(r.reason.contains(says), "{:?} lacks {says:?}", r.reason);
+        }
+        assert_eq!(
+            planned.chosen().map(|d| d.storage_id.as_str()),
+            Some("whole-chain")
+        );
+        assert_eq!(
+            fit(&planned, "whole-chain").map(|f| f.free_after),
+            Some(7 * GIB)
+        );
+
+        // SHALLOW copies the top alone to a pool that already holds the layer.
+        let shallow = DiskToPlace {
+            flattened_layers: Vec::new(),
+            shallow_layers: vec![LayerToPlace {
+                allocation: 12 * GIB,
+                present_in: vec![pools[0].name.clone()],
+            }],
+            ..chained()
+        };
+        let planned = plan(&shallow, &pools, |_| PoolPolicy::default());
+        assert_eq!(
+            fit(&planned, "top-only").map(|f| f.free_after),
+            Some(4 * GIB)
+        );
+    }
+
+    #[test]
+    fn flatten_counts_the_chain_at_most_at_the_virtual_size() {
+        let disk = DiskToPlace {
+            flattened_layers: vec![12 * GIB, 30 * GIB],
+            ..chained()
+        };
+        let planned = plan(&disk, &[with_room("roomy", 60)], |_| PoolPolicy::default());
+        assert_eq!(fit(&planned, "roomy").map(|f| f.free_after), Some(40 * GIB));
+    }
+
     #[test]
     fn a_disk_that_fits_sparse_does_not_fit_thick() {
         // 15 GiB available: the 8 GiB allocation fits, the 20 GiB volume does not.
@@ -1197,6 +1294,7 @@ mod tests {
                     requested_format,
                     required_tags: strings(tags),
                     shallow_layers: Vec::new(),
+                    flattened_layers: Vec::new(),
                     checkpoints: Vec::new(),
                 },
             )

@@ -341,6 +341,16 @@ impl Controller {
             } else {
                 Vec::new()
             },
+            flattened_layers: if shallow {
+                Vec::new()
+            } else {
+                located
+                    .disk
+                    .backing_layers
+                    .iter()
+                    .map(|l| l.allocation)
+                    .collect()
+            },
             checkpoints: located.disk.checkpoints.clone(),
         };
         let node_id = located.node.id.as_str();

@@ -230,9 +230,9 @@ fn top_allocation(
         .map(|i| i.actual_size)
 }
 
-/// The bytes a flattening copy of a chained disk writes at most: the copy
-/// holds the data of every layer merged into one image, so no more than the
-/// layers' allocations together, and no more than the virtual size.
+/// The bytes a flattening copy of a chained disk writes at most
+/// ([`crate::hypervisor::flattened_allocation`]), from the allocations the
+/// host reports for the top and each backing layer.
 fn flattened_allocation(
     hv: &dyn Hypervisor,
     source: &DiskSource,
@@ -240,19 +240,23 @@ fn flattened_allocation(
     disk: &DiskSpec,
     capacity: u64,
 ) -> Result<u64, Error> {
-    let mut total = match volume {
+    let top = match volume {
         Some(v) => v.allocation,
         None => hv
             .allocated_bytes(source)
             .map_err(Error::unreadable(source.display_name()))?,
     };
-    for layer in &disk.backing {
-        let bytes = hv
-            .allocated_bytes(&layer.source)
-            .map_err(Error::unreadable(layer.source.display_name()))?;
-        total = total.saturating_add(bytes);
-    }
-    Ok(total.min(capacity))
+    let backing = disk
+        .backing
+        .iter()
+        .map(|layer| {
+            hv.allocated_bytes(&layer.source)
+                .map_err(Error::unreadable(layer.source.display_name()))
+        })
+        .collect::<Result<Vec<u64>, Error>>()?;
+    Ok(crate::hypervisor::flattened_allocation(
+        top, backing, capacity,
+    ))
 }
 
 fn find_disk<'a>(disks: &'a [DiskSpec], wanted: &str) -> Option<&'a DiskSpec> {
