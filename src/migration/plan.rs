@@ -18,6 +18,36 @@ const SPACE_MARGIN: u64 = 16 * 1024 * 1024;
 
 /// Checks the request against the host and resolves everything a migration needs.
 pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> {
+    plan_with_need(hv, req).map(|(plan, _)| plan)
+}
+
+/// What one disk's copy writes into its destination pool, before the margin:
+/// the copy of its image (with the layers FLATTEN merges into it) and the
+/// backing layers SHALLOW copies because the pool lacks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    data: u64,
+    layers: u64,
+}
+
+impl Need {
+    /// `source_allocation` counts, or the whole virtual size when it is unknown
+    /// or the pool is of block devices.
+    fn new(kind: DiskKind, capacity: u64, source_allocation: Option<u64>, layers: u64) -> Self {
+        Need {
+            data: space_needed(kind, capacity, source_allocation.unwrap_or(capacity)),
+            layers,
+        }
+    }
+
+    fn bytes(self) -> u64 {
+        self.data.saturating_add(self.layers)
+    }
+}
+
+/// [`plan`], with the bytes the disk needs in its destination pool, for
+/// checking disks that share a pool together ([`check_space_together`]).
+pub fn plan_with_need(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<(Plan, Need), Error> {
     let domain = hv.domain(&req.domain).map_err(|e| match e {
         crate::hypervisor::HvError::NoDomain(_) => Error::DomainNotFound(req.domain.clone()),
         other => Error::hv(format!("looking up domain '{}'", req.domain))(other),
@@ -186,15 +216,15 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
             0,
         ),
     };
-    check_space(
-        &pool,
+    let need = Need::new(
         dest_kind,
         capacity,
-        (data, flattened),
+        data,
         chain::layers_to_copy_bytes(&layers),
-    )?;
+    );
+    check_space(&pool, need, flattened)?;
 
-    Ok(Plan {
+    let plan = Plan {
         domain: domain.name,
         domain_uuid: domain.uuid,
         target: disk.target.clone(),
@@ -207,7 +237,8 @@ pub fn plan(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<Plan, Error> 
         dest_format,
         chain: layers,
         snapshots,
-    })
+    };
+    Ok((plan, need))
 }
 
 /// The bytes the copy of the disk's own image costs: its pool volume's
@@ -398,14 +429,15 @@ fn next_partition_name(device: &str, existing: &[String]) -> String {
 }
 
 /// Whether the disks of one request fit their destination pools together:
-/// each disk was checked alone by [`plan`], but disks bound for one pool share
-/// its free space.
-pub fn check_space_together(hv: &dyn Hypervisor, plans: &[Plan]) -> Result<(), Error> {
-    let mut by_pool: Vec<(&str, Vec<&Plan>)> = Vec::new();
-    for p in plans {
-        match by_pool.iter_mut().find(|(name, _)| *name == p.dest_pool) {
-            Some((_, members)) => members.push(p),
-            None => by_pool.push((&p.dest_pool, vec![p])),
+/// each disk was checked alone by [`plan_with_need`], but disks bound for one
+/// pool share its free space, so their needs add up.
+pub fn check_space_together(hv: &dyn Hypervisor, planned: &[(Plan, Need)]) -> Result<(), Error> {
+    let mut by_pool: Vec<(&str, Vec<&(Plan, Need)>)> = Vec::new();
+    for member in planned {
+        let pool = member.0.dest_pool.as_str();
+        match by_pool.iter_mut().find(|(name, _)| *name == pool) {
+            Some((_, members)) => members.push(member),
+            None => by_pool.push((pool, vec![member])),
         }
     }
     for (name, members) in by_pool.into_iter().filter(|(_, m)| m.len() > 1) {
@@ -415,23 +447,14 @@ pub fn check_space_together(hv: &dyn Hypervisor, plans: &[Plan]) -> Result<(), E
         if pool.capacity == 0 {
             continue;
         }
-        let kind = pool.disk_kind().unwrap_or(DiskKind::Block);
-        let mut data = 0u64;
-        for p in &members {
-            let allocation = match &p.source_volume {
-                Some(v) => hv
-                    .volume(&v.pool, &v.name)
-                    .map(|v| v.allocation)
-                    .unwrap_or(p.capacity),
-                None => p.capacity,
-            };
-            data = data.saturating_add(space_needed(kind, p.capacity, allocation));
-        }
+        let data = members
+            .iter()
+            .fold(0u64, |sum, (_, need)| sum.saturating_add(need.bytes()));
         let needed = data.saturating_add(SPACE_MARGIN);
         if pool.available < needed {
-            let disks: Vec<&str> = members.iter().map(|p| p.target.as_str()).collect();
+            let disks: Vec<&str> = members.iter().map(|(p, _)| p.target.as_str()).collect();
             return Err(Error::Exhausted(format!(
-                "pool '{}' has {} bytes available; disks {} need about {} together ({} of data plus margin); free space, or give some of them another pool",
+                "pool '{}' has {} bytes available; disks {} need about {} together ({} of data, with the backing layers flattened into each copy, plus margin); free space, or give some of them another pool",
                 pool.name,
                 pool.available,
                 disks.join(", "),
@@ -443,28 +466,19 @@ pub fn check_space_together(hv: &dyn Hypervisor, plans: &[Plan]) -> Result<(), E
     Ok(())
 }
 
-/// Whether the pool has room for the copy of the disk (`source_allocation`, or
-/// its whole size when unknown or on block pools; with the number of backing
-/// layers merged into it by FLATTEN) plus `layers` bytes of backing layers it
-/// does not hold yet (SHALLOW).
-fn check_space(
-    pool: &PoolSpec,
-    kind: DiskKind,
-    capacity: u64,
-    (source_allocation, flattened): (Option<u64>, usize),
-    layers: u64,
-) -> Result<(), Error> {
+/// Whether the pool has room for the disk's `need` (`flattened`: the number
+/// of backing layers FLATTEN merges into its copy, for the message).
+fn check_space(pool: &PoolSpec, need: Need, flattened: usize) -> Result<(), Error> {
     if pool.capacity == 0 {
         // rbd pools without a ceph-mgr report no statistics; a full cluster then
         // fails the copy cleanly instead.
         tracing::warn!(pool = %pool.name, "pool reports no capacity; skipping the space check");
         return Ok(());
     }
-    let data = space_needed(kind, capacity, source_allocation.unwrap_or(capacity));
-    let needed = data.saturating_add(layers).saturating_add(SPACE_MARGIN);
+    let needed = need.bytes().saturating_add(SPACE_MARGIN);
     if pool.available < needed {
-        let layers = if layers > 0 {
-            format!(", {layers} of backing layers the pool lacks")
+        let layers = if need.layers > 0 {
+            format!(", {} of backing layers the pool lacks", need.layers)
         } else {
             String::new()
         };
@@ -475,7 +489,7 @@ fn check_space(
         };
         return Err(Error::Exhausted(format!(
             "pool '{}' has {} bytes available; this disk needs about {} ({} of data{flattened}{layers} plus margin); free space or choose another pool",
-            pool.name, pool.available, needed, data
+            pool.name, pool.available, needed, need.data
         )));
     }
     Ok(())
@@ -507,36 +521,32 @@ mod tests {
     #[test]
     fn space_check_counts_data_for_sparse_and_capacity_for_block() {
         let gib = 1 << 30;
+        let dir = pool("dir", 10 * gib, gib);
         assert!(check_space(
-            &pool("dir", 10 * gib, gib),
-            DiskKind::File,
-            20 * gib,
-            (Some(gib / 2), 0),
+            &dir,
+            Need::new(DiskKind::File, 20 * gib, Some(gib / 2), 0),
             0
         )
         .is_ok());
         // SHALLOW: the layers the pool lacks count on top of the disk's own data.
         assert!(matches!(
             check_space(
-                &pool("dir", 10 * gib, gib),
-                DiskKind::File,
-                20 * gib,
-                (Some(gib / 2), 0),
-                gib / 2
+                &dir,
+                Need::new(DiskKind::File, 20 * gib, Some(gib / 2), gib / 2),
+                0
             ),
             Err(Error::Exhausted(_))
         ));
         assert!(matches!(
             check_space(
                 &pool("disk", 10 * gib, gib),
-                DiskKind::Block,
-                2 * gib,
-                (Some(1), 0),
+                Need::new(DiskKind::Block, 2 * gib, Some(1), 0),
                 0
             ),
             Err(Error::Exhausted(_))
         ));
-        assert!(check_space(&pool("rbd", 0, 0), DiskKind::Network, gib, (None, 0), 0).is_ok());
+        let rbd = pool("rbd", 0, 0);
+        assert!(check_space(&rbd, Need::new(DiskKind::Network, gib, None, 0), 0).is_ok());
     }
 
     #[test]

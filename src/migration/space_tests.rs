@@ -1,13 +1,14 @@
 //! The room check and the reading of the source image, over the in-memory
 //! hypervisor: a flattening copy of a chained disk writes the data of every
 //! layer, so all of it must fit; a source image that cannot be read is the
-//! operator's to fix, named by path, not an internal error.
+//! operator's to fix, named by path, not an internal error. Disks of one
+//! request bound for one pool are counted by the same rule, together.
 
 use std::sync::Arc;
 
 use super::fake::{FakeHypervisor, CAPACITY};
 use super::journal::Journal;
-use super::model::{ChainPolicy, ErrorCode};
+use super::model::{ChainPolicy, DiskChoice, DiskSelection, ErrorCode, GroupRequest, Options};
 use super::tests::{config, request};
 use super::{plan, Engine, Error};
 use crate::hypervisor::{BackingLayer, DiskSource};
@@ -128,4 +129,85 @@ async fn a_source_image_that_cannot_be_read_is_a_precondition_naming_it() {
     shallow.options.chain = ChainPolicy::Shallow;
     refused(engine.migrate(shallow).await.map(drop), "/p/a/tmpl.qcow2");
     assert!(hv.lock().created.is_empty(), "nothing is created");
+}
+
+/// `vda` and `vdb` of guest `g`, each a 4 MiB top over its own 40 MiB base,
+/// bound together for pool `b` with `available` bytes free.
+fn two_chained_disks(available: u64) -> (Arc<FakeHypervisor>, GroupRequest) {
+    let hv = Arc::new(FakeHypervisor::with_disks(&["vdb"]));
+    let mut layers = Vec::new();
+    for target in ["vda", "vdb"] {
+        let base = hv.add_volume("a", &format!("{target}-base.qcow2"), 40 * MIB);
+        layers.push((target, base.path));
+    }
+    let mut st = hv.lock();
+    for top in ["root.qcow2", "vdb.qcow2"] {
+        st.volumes
+            .get_mut(&("a".into(), top.into()))
+            .expect("top volume")
+            .allocation = 4 * MIB;
+    }
+    for (target, path) in layers {
+        st.backing.insert(
+            target.into(),
+            vec![BackingLayer {
+                source: DiskSource::File { path },
+                format: Some("qcow2".into()),
+            }],
+        );
+    }
+    let b = st.pools.iter_mut().find(|p| p.name == "b").expect("pool b");
+    b.available = available;
+    b.allocation = b.capacity - b.available;
+    drop(st);
+    let choice = |disk: &str| DiskChoice {
+        disk: disk.into(),
+        destination_pool: None,
+        destination_volume: None,
+        destination_format: None,
+        source_users_elsewhere: Vec::new(),
+    };
+    let req = GroupRequest {
+        request_id: String::new(),
+        domain: "g".into(),
+        disks: DiskSelection::Listed(vec![choice("vda"), choice("vdb")]),
+        destination_pool: "b".into(),
+        destination_format: None,
+        options: Options::default(),
+        max_parallel_copies: 0,
+    };
+    (hv, req)
+}
+
+#[tokio::test]
+async fn flattened_chains_bound_for_one_pool_must_fit_it_together() {
+    // Each flattened chain is 44 MiB: one fits beside the margin, both need
+    // 88 MiB plus the margin; the tops alone (8 MiB) would fit easily.
+    let together = (88 + 16) * MIB;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hv, req) = two_chained_disks(80 * MIB);
+    let short = engine(hv.clone(), dir.path()).await;
+    let err = match short.migrate_group(req).await {
+        Err(e) => e,
+        Ok(_) => panic!("two flattened chains larger than the pool's free space were accepted"),
+    };
+    assert_eq!(err.code(), ErrorCode::ResourceExhausted, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("has {} bytes available", 80 * MIB)),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("disks vda, vdb need about {together} together")),
+        "{msg}"
+    );
+    assert!(hv.lock().created.is_empty(), "nothing is created");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hv, req) = two_chained_disks(together);
+    let roomy = engine(hv.clone(), dir.path()).await;
+    roomy
+        .migrate_group(req)
+        .await
+        .expect("room for both flattened chains");
 }

@@ -49,20 +49,20 @@ impl Engine {
             let hv = self.inner.hv.clone();
             let requests = requests.clone();
             move || {
-                let plans = requests
+                let planned = requests
                     .iter()
-                    .map(|r| plan::plan(hv.as_ref(), r))
-                    .collect::<Result<Vec<Plan>, Error>>()?;
+                    .map(|r| plan::plan_with_need(hv.as_ref(), r))
+                    .collect::<Result<Vec<_>, Error>>()?;
                 // Disks of one request could share layers, which their
                 // reservations and rollbacks do not arbitrate yet.
-                if let Some(p) = plans.iter().find(|p| !p.chain.is_empty()) {
+                if let Some((p, _)) = planned.iter().find(|(p, _)| !p.chain.is_empty()) {
                     return Err(Error::Precondition(format!(
                         "disk {} keeps a backing chain (SHALLOW), which a multi-disk request cannot do yet; migrate it in a request of its own",
                         p.target
                     )));
                 }
-                plan::check_space_together(hv.as_ref(), &plans)?;
-                Ok(plans)
+                plan::check_space_together(hv.as_ref(), &planned)?;
+                Ok(planned.into_iter().map(|(p, _)| p).collect::<Vec<Plan>>())
             }
         })
         .await
