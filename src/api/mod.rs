@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod controller_service;
 pub mod convert;
+pub mod file_stamp;
 pub mod identity_service;
 pub mod listener;
 pub mod node_client;

@@ -16,7 +16,6 @@
 
 use std::fmt;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -31,6 +30,7 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+use crate::api::file_stamp::{self, FileStamp};
 use crate::api::secret_files::{self, SecretFileError, SecretKind};
 
 mod connector;
@@ -175,21 +175,9 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| parse_err(path, e))
 }
 
-/// What tells that a file changed: its modification time, and its inode,
-/// size and mode (a file replaced with an older copy, or only chmod'ed, is
-/// looked at again too).
-type FileStamp = (SystemTime, u64, u64, u32);
-
-/// The stamps of a set of files; `None` for one that cannot be stat'ed (then
-/// the next successful stat counts as a change).
+/// The stamps of a set of files (see [`file_stamp`]).
 fn stamp(paths: &[&Path]) -> Vec<Option<FileStamp>> {
-    paths
-        .iter()
-        .map(|p| {
-            let meta = std::fs::metadata(p).ok()?;
-            Some((meta.modified().ok()?, meta.ino(), meta.len(), meta.mode()))
-        })
-        .collect()
+    paths.iter().map(|p| file_stamp::of(p)).collect()
 }
 
 /// A value built from files, rebuilt when any file's mtime changes.

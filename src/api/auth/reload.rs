@@ -6,10 +6,11 @@
 //! policy in force stays, and the error is logged naming the file.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::api::file_stamp;
 use crate::config::{ConfigError, GrantConfig};
 
 use super::{Policy, PolicyError, SharedPolicy};
@@ -55,14 +56,6 @@ pub fn reload<C: DeserializeOwned + Default>(
     Ok(counts)
 }
 
-/// What identifies one version of the file: a rewrite in place changes the
-/// time and usually the size, a rename over it the inode.
-fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len(), meta.ino()))
-}
-
 /// Reloads `path` into `policy` whenever it changes or SIGHUP arrives, for as
 /// long as the process runs.
 pub async fn watch<C: DeserializeOwned + Default>(
@@ -78,13 +71,13 @@ pub async fn watch<C: DeserializeOwned + Default>(
             None
         }
     };
-    let mut last = stamp(&path);
+    let mut last = file_stamp::of(&path);
     loop {
         let signalled = tokio::select! {
             _ = tokio::time::sleep(POLL) => false,
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
-        let now = stamp(&path);
+        let now = file_stamp::of(&path);
         if !signalled && now == last {
             continue;
         }

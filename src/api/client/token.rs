@@ -11,13 +11,13 @@
 //! component down. The file's identity (inode, size, times) is looked at
 //! most once per [`RECHECK`], so a burst of calls costs one `stat`.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::metadata::{Ascii, MetadataValue};
 
+use crate::api::file_stamp::{self, FileStamp};
 use crate::api::secret_files::{self, SecretFileError, SecretKind};
 
 /// Shortest token a token file may hold; `openssl rand -hex 32` makes 64.
@@ -81,29 +81,13 @@ fn read(path: &Path) -> Result<MetadataValue<Ascii>, TokenError> {
     header(&text)?.ok_or(TokenError::NotAscii)
 }
 
-/// What identifies one version of a file: a rewrite changes its times, a
-/// rename over it its inode.
-type Stamp = (u64, u64, i64, i64, i64, i64);
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec(),
-    ))
-}
-
 /// A time source; unit tests step one by hand.
 type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
 struct FileState {
     value: MetadataValue<Ascii>,
     /// The version of the file last looked at (whether it was usable or not).
-    stamp: Option<Stamp>,
+    stamp: Option<FileStamp>,
     checked: Instant,
 }
 
@@ -119,7 +103,7 @@ impl TokenFile {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if now.saturating_duration_since(state.checked) >= RECHECK {
             state.checked = now;
-            let seen = stamp(&self.path);
+            let seen = file_stamp::of(&self.path);
             if seen != state.stamp {
                 state.stamp = seen;
                 match read(&self.path) {
@@ -170,7 +154,7 @@ impl Token {
     }
 
     fn load_with_clock(path: &Path, clock: Clock) -> Result<Token, TokenError> {
-        let seen = stamp(path);
+        let seen = file_stamp::of(path);
         let value = read(path)?;
         let checked = clock();
         Ok(Token(Arc::new(Source::File(TokenFile {
