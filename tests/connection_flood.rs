@@ -19,7 +19,6 @@ use harness::node::NodeProcess;
 use harness::scratch::Scratch;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::rustls;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use volmig::api::client::{self, Credentials, Peer};
@@ -204,25 +203,7 @@ async fn a_flood_of_silent_connections_locks_out_neither_operators_nor_probes() 
 
 /// A mutual-TLS connection with `leaf` (handshake done, nothing sent).
 async fn handshake(addr: SocketAddr, leaf: &Leaf) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in volmig::api::tls::load_certs(&leaf.ca).expect("ca") {
-        roots.add(cert).expect("root");
-    }
-    let chain = volmig::api::tls::load_certs(&leaf.cert).expect("cert");
-    let key = {
-        use rustls_pki_types::pem::PemObject;
-        rustls_pki_types::PrivateKeyDer::from_pem_file(&leaf.key).expect("key")
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .expect("client auth");
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = leaf.tls_connector();
     let tcp = TcpStream::connect(addr).await.expect("tcp");
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
     connector.connect(name, tcp).await.expect("handshake")

@@ -9,7 +9,6 @@ mod harness;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::certs::{free_port, Leaf, LeafSpec, TestCa};
@@ -17,7 +16,6 @@ use harness::controller::ControllerProcess;
 use harness::node::NodeProcess;
 use harness::scratch::Scratch;
 use harness::{DirPool, Guest, Pool};
-use tokio_rustls::rustls;
 use volmig::api::client::{self, Credentials, Peer};
 use volmig::proto;
 use volmig::proto::node_client::NodeClient;
@@ -48,24 +46,7 @@ async fn info_with(endpoint: &str, leaf: Option<&Leaf>) -> Result<proto::NodeInf
 
 /// The leaf certificate the server at `addr` presents now, as DER.
 async fn served_certificate(addr: &str, leaf: &Leaf) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in volmig::api::tls::load_certs(&leaf.ca).expect("ca") {
-        roots.add(cert).expect("root");
-    }
-    let chain = volmig::api::tls::load_certs(&leaf.cert).expect("cert");
-    let key = {
-        use rustls_pki_types::pem::PemObject;
-        rustls_pki_types::PrivateKeyDer::from_pem_file(&leaf.key).expect("key")
-    };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .expect("client auth");
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = leaf.tls_connector();
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
     let tls = connector.connect(name, tcp).await.expect("handshake");

@@ -68,6 +68,31 @@ impl Leaf {
             crl: None,
         }
     }
+
+    /// A plain rustls client presenting this certificate and trusting its
+    /// CA (ALPN h2), for tests that speak TLS below gRPC.
+    pub fn tls_connector(&self) -> tokio_rustls::TlsConnector {
+        use tokio_rustls::rustls;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in volmig::api::tls::load_certs(&self.ca).expect("ca") {
+            roots.add(cert).expect("root");
+        }
+        let chain = volmig::api::tls::load_certs(&self.cert).expect("cert");
+        let key = {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::PrivateKeyDer::from_pem_file(&self.key).expect("key")
+        };
+        let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client auth");
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    }
 }
 
 /// What a leaf certificate looks like.
