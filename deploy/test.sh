@@ -16,7 +16,10 @@ if [ ! -e "$ceph_dir/env" ]; then
     trap 'bash deploy/ceph/ceph-down.sh "$ceph_dir" >/dev/null 2>&1 || true' EXIT
 fi
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The control-plane build (controller and CLI only: no libvirt, etcd or OTLP)
+# must compile cleanly too; tests/build_features.rs checks what it links.
+cargo clippy --locked --no-default-features -- -D warnings
 # Host set-up ran above; tests skip their own run of it (each nextest process would
 # otherwise repeat it).
 export VOLMIG_HOST_READY=1
@@ -27,12 +30,12 @@ if cargo nextest --version >/dev/null 2>&1; then
     # tests/libvirtd_restart.rs restarts libvirtd, which would disturb every test
     # running beside it: it runs alone, after the rest (also when the rest failed).
     status=0
-    cargo nextest run --locked --all-targets --test-threads="$threads" \
+    cargo nextest run --locked --workspace --all-targets --test-threads="$threads" \
         -E 'not binary(libvirtd_restart)' || status=$?
     cargo nextest run --locked --test libvirtd_restart || status=$?
     [ "$status" -eq 0 ] || exit "$status"
 else
     echo "cargo-nextest not found: running the binaries one after another with cargo test"
-    cargo test --locked --all-targets --no-fail-fast -- --test-threads="$threads"
+    cargo test --locked --workspace --all-targets --no-fail-fast -- --test-threads="$threads"
 fi
 echo "test suite finished in $(( $(date +%s) - start )) s"

@@ -7,6 +7,7 @@ use crate::api::auth::reload;
 use crate::api::controller_service::ControllerService;
 use crate::api::server::{self, Exposure};
 use crate::config::{ControllerConfig, StoreKind};
+#[cfg(feature = "etcd")]
 use crate::controller::store::etcd::EtcdStore;
 use crate::controller::store::file::FileStore;
 use crate::controller::store::Store;
@@ -48,6 +49,11 @@ pub async fn run(
 pub async fn open_store(config: &ControllerConfig) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match config.store {
         StoreKind::File => Arc::new(FileStore::open(&config.state_dir)?),
+        #[cfg(feature = "etcd")]
         StoreKind::Etcd => Arc::new(EtcdStore::connect(&config.etcd).await?),
+        #[cfg(not(feature = "etcd"))]
+        StoreKind::Etcd => anyhow::bail!(
+            "store = \"etcd\" but this volmig was built without the etcd store (cargo feature `etcd`): use store = \"file\" or install a build that has it"
+        ),
     })
 }

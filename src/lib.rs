@@ -1,23 +1,32 @@
 //! volmig: live migration of a running KVM guest's disk between storage pools.
 //!
-//! Layout: [`proto`] and [`api`] are the gRPC edge; [`migration`] is the engine
-//! (no tonic, no libvirt types); [`hypervisor`] is what the engine needs from a
-//! host; [`libvirt`] is the only module that talks to libvirt.
+//! This package is the gRPC edge and the binary: [`proto`] and [`api`] (the
+//! wire types, their conversions, the one error→Status map, the services and
+//! transports), the operator [`cli`], the Prometheus [`metrics`], and the
+//! wiring of `volmig node` ([`node`]) and `volmig controller`
+//! ([`controller_main`]). What must not know about gRPC lives in the crates
+//! under `crates/`, re-exported here under the names the code uses:
+//! [`migration`] (the engine and its [`hypervisor`] port), [`libvirt`] (the
+//! only code that talks to libvirt; feature `node`), [`controller`] (placement,
+//! registry, history; etcd behind feature `etcd`), [`config`] and
+//! [`telemetry`]. See docs/architecture.md.
 
 pub mod api;
 pub mod cli;
-pub mod commented_toml;
-pub mod config;
-pub mod controller;
 pub mod controller_main;
-pub mod hypervisor;
-pub mod libvirt;
 pub mod metrics;
-pub mod migration;
+#[cfg(feature = "node")]
 pub mod node;
-pub mod telemetry;
-pub mod tracing_export;
-pub mod units;
+
+pub use volmig_config as config;
+pub use volmig_config::commented_toml;
+pub use volmig_controller as controller;
+pub use volmig_engine as migration;
+pub use volmig_engine::hypervisor;
+#[cfg(feature = "node")]
+pub use volmig_libvirt as libvirt;
+pub use volmig_telemetry as telemetry;
+pub use volmig_types::units;
 
 pub mod proto {
     //! Generated gRPC types for `volmig.v1`.

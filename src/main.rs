@@ -236,7 +236,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             // Logging (and trace export if configured) in the chosen format.
             let _traces = volmig::telemetry::init(cfg.log_format, "volmig-node", &cfg.telemetry)?;
+            #[cfg(feature = "node")]
             volmig::node::run(cfg, args.config, shutdown_signal()).await?;
+            #[cfg(not(feature = "node"))]
+            anyhow::bail!(
+                "this volmig was built without the node service (cargo feature `node`, which links libvirt): install the full build on KVM hosts"
+            );
+            #[cfg(feature = "node")]
             Ok(0)
         }
         Command::Controller(args) => {

@@ -68,6 +68,7 @@ pub async fn run(
             ..EngineConfig::default()
         },
         observer,
+        Arc::new(OtelTraces),
     )
     .await?;
     tracing::info!(%node_id, uri = %config.libvirt_uri, state_dir = %config.state_dir.display(), "node starting");
@@ -145,5 +146,17 @@ async fn heartbeat(
             Err(_) => {}
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// The engine's trace port, served by OpenTelemetry.
+struct OtelTraces;
+
+impl volmig_engine::TraceContext for OtelTraces {
+    fn current_trace_id(&self) -> Option<String> {
+        crate::telemetry::export::current_trace_id()
+    }
+    fn continue_trace(&self, span: &tracing::Span, trace_id: &str) {
+        crate::telemetry::export::continue_trace(span, trace_id)
     }
 }

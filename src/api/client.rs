@@ -184,7 +184,16 @@ impl Interceptor for Credentials {
         if let Some(token) = &self.token {
             req.metadata_mut().insert("authorization", token.header());
         }
-        crate::tracing_export::inject(req.metadata_mut());
+        let metadata = req.metadata_mut();
+        crate::telemetry::export::inject(|key, value| {
+            // traceparent/tracestate are ASCII; anything else is dropped, not sent broken.
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value.as_str()),
+            ) {
+                metadata.insert(key, value);
+            }
+        });
         Ok(req)
     }
 }

@@ -53,7 +53,11 @@ impl Node for NodeService {
         &self,
         _req: Request<proto::GetInfoRequest>,
     ) -> Result<Response<proto::NodeInfo>, Status> {
-        let host = self.engine.host_info().await?;
+        let host = self
+            .engine
+            .host_info()
+            .await
+            .map_err(crate::api::status::engine)?;
         Ok(Response::new(convert::node_info_to_proto(
             self.engine.node_id(),
             &host,
@@ -65,8 +69,16 @@ impl Node for NodeService {
         &self,
         _req: Request<proto::ListPoolsRequest>,
     ) -> Result<Response<proto::ListPoolsResponse>, Status> {
-        let host = self.engine.host_info().await?;
-        let pools = self.engine.pools().await?;
+        let host = self
+            .engine
+            .host_info()
+            .await
+            .map_err(crate::api::status::engine)?;
+        let pools = self
+            .engine
+            .pools()
+            .await
+            .map_err(crate::api::status::engine)?;
         Ok(Response::new(proto::ListPoolsResponse {
             pools: pools
                 .iter()
@@ -79,7 +91,11 @@ impl Node for NodeService {
         &self,
         req: Request<proto::ListDisksRequest>,
     ) -> Result<Response<proto::ListDisksResponse>, Status> {
-        let disks = self.engine.disks(&req.into_inner().domain).await?;
+        let disks = self
+            .engine
+            .disks(&req.into_inner().domain)
+            .await
+            .map_err(crate::api::status::engine)?;
         Ok(Response::new(convert::disks_to_proto(&disks)))
     }
 
@@ -113,9 +129,9 @@ impl Node for NodeService {
                     "invalid destination_pool: a node needs the destination pool named (the controller chooses one when it is empty)",
                 ));
             }
-            Ok(match convert::requested_from_proto(req)? {
-                convert::Requested::Disk(request) => self.engine.migrate(request).await?,
-                convert::Requested::Group(request) => self.engine.migrate_group(request).await?,
+            Ok(match convert::requested_from_proto(req).map_err(crate::api::status::engine)? {
+                convert::Requested::Disk(request) => self.engine.migrate(request).await.map_err(crate::api::status::engine)?,
+                convert::Requested::Group(request) => self.engine.migrate_group(request).await.map_err(crate::api::status::engine)?,
             })
         }
         .await;
@@ -132,7 +148,10 @@ impl Node for NodeService {
         &self,
         req: Request<proto::WatchMigrationRequest>,
     ) -> Result<Response<Self::WatchMigrationStream>, Status> {
-        let sub = self.engine.watch(&req.into_inner().migration_id)?;
+        let sub = self
+            .engine
+            .watch(&req.into_inner().migration_id)
+            .map_err(crate::api::status::engine)?;
         Ok(Response::new(event_stream(sub)))
     }
 
@@ -142,7 +161,12 @@ impl Node for NodeService {
     ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
         let id = req.get_ref().migration_id.clone();
         let audit = Audit::start(&req, "Node/CancelMigration").migration(&id);
-        let latest = audit.finish(self.engine.cancel(&id).await.map_err(Status::from))?;
+        let latest = audit.finish(
+            self.engine
+                .cancel(&id)
+                .await
+                .map_err(crate::api::status::engine),
+        )?;
         Ok(Response::new(proto::CancelMigrationResponse {
             latest: Some(convert::event_to_proto(&latest)),
         }))
@@ -153,10 +177,14 @@ impl Node for NodeService {
         req: Request<proto::GetMigrationRequest>,
     ) -> Result<Response<proto::MigrationRecord>, Status> {
         let id = req.into_inner().migration_id;
-        if let Some(group) = self.engine.get_group(&id)? {
+        if let Some(group) = self
+            .engine
+            .get_group(&id)
+            .map_err(crate::api::status::engine)?
+        {
             return Ok(Response::new(convert::group_to_proto(&group)));
         }
-        let record = self.engine.get(&id)?;
+        let record = self.engine.get(&id).map_err(crate::api::status::engine)?;
         Ok(Response::new(convert::record_to_proto(&record)))
     }
 
@@ -165,7 +193,8 @@ impl Node for NodeService {
         req: Request<proto::ListMigrationsRequest>,
     ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
         let req = req.into_inner();
-        crate::migration::validate::list_filter(&req.domain, &req.node_id)?;
+        crate::migration::validate::list_filter(&req.domain, &req.node_id)
+            .map_err(crate::api::status::invalid)?;
         if !req.node_id.is_empty() && req.node_id != self.engine.node_id() {
             return Ok(Response::new(proto::ListMigrationsResponse::default()));
         }
@@ -194,7 +223,11 @@ impl Node for NodeService {
     ) -> Result<Response<proto::FindVolumeUsersResponse>, Status> {
         let req = req.into_inner();
         let exclude = Some(req.exclude_domain.as_str()).filter(|d| !d.is_empty());
-        let users = self.engine.volume_users(&req.source, exclude).await?;
+        let users = self
+            .engine
+            .volume_users(&req.source, exclude)
+            .await
+            .map_err(crate::api::status::engine)?;
         Ok(Response::new(proto::FindVolumeUsersResponse { users }))
     }
 
@@ -211,7 +244,7 @@ impl Node for NodeService {
             self.engine
                 .set_bandwidth(&req.migration_id, req.bytes_per_sec)
                 .await
-                .map_err(Status::from),
+                .map_err(crate::api::status::engine),
         )?;
         Ok(Response::new(proto::SetBandwidthResponse {}))
     }

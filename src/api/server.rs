@@ -166,7 +166,7 @@ impl Exposure {
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             // Each request's span continues the caller's trace.
-            .trace_fn(crate::tracing_export::server_span);
+            .trace_fn(crate::telemetry::export::server_span);
         with_max_age(server, limits)
             .layer(PeerCheckLayer::new(self.trust.clone()))
             .layer(AuthLayer::new(self.policy.clone()))

@@ -8,6 +8,7 @@ use crate::controller::error::{ControllerError, NodeErrorKind};
 use crate::controller::registry::RegistryError;
 use crate::controller::store::StoreError;
 use crate::migration::model::ErrorCode;
+use crate::migration::validate::Invalid;
 use crate::migration::Error;
 
 /// The gRPC code for an engine error class.
@@ -28,10 +29,18 @@ pub fn code(code: ErrorCode) -> Code {
     }
 }
 
-impl From<Error> for Status {
-    fn from(err: Error) -> Status {
-        Status::new(code(err.code()), err.to_string())
-    }
+// The engine's and controller's errors are other crates' types, so they
+// become statuses through these functions (`.map_err(status::engine)`); the
+// edge's own errors through `From`.
+
+/// The status for an engine error.
+pub fn engine(err: Error) -> Status {
+    Status::new(code(err.code()), err.to_string())
+}
+
+/// The status for a request field that failed its check (INVALID_ARGUMENT).
+pub fn invalid(err: Invalid) -> Status {
+    engine(Error::from(err))
 }
 
 impl From<AuthError> for Status {
@@ -55,8 +64,9 @@ impl From<PeerRefused> for Status {
     }
 }
 
-impl From<RegistryError> for Status {
-    fn from(err: RegistryError) -> Status {
+/// The status for a refused node registration.
+pub fn registry(err: RegistryError) -> Status {
+    {
         let code = match err {
             RegistryError::Full(_) => Code::ResourceExhausted,
             RegistryError::Endpoint(_) | RegistryError::BadAllow { .. } => Code::InvalidArgument,
@@ -90,8 +100,9 @@ fn node_code(kind: NodeErrorKind) -> Code {
     }
 }
 
-impl From<ControllerError> for Status {
-    fn from(err: ControllerError) -> Status {
+/// The status for a controller error.
+pub fn controller(err: ControllerError) -> Status {
+    {
         let code = match &err {
             ControllerError::InvalidArgument { .. } => Code::InvalidArgument,
             ControllerError::UnknownMigration(_) | ControllerError::NotFound(_) => Code::NotFound,
@@ -105,7 +116,7 @@ impl From<ControllerError> for Status {
             | ControllerError::StreamLost(_) => Code::Unavailable,
             ControllerError::Node(e) => node_code(e.kind),
             ControllerError::NodeMisbehaved(_) => Code::Internal,
-            ControllerError::Registry(e) => return e.clone().into(),
+            ControllerError::Registry(e) => return registry(e.clone()),
             ControllerError::Store(StoreError::Unavailable(_) | StoreError::Contention(_)) => {
                 Code::Unavailable
             }
@@ -156,7 +167,7 @@ mod tests {
             ),
         ];
         for (err, want) in cases {
-            assert_eq!(Status::from(err).code(), want);
+            assert_eq!(engine(err).code(), want);
         }
         // Every engine code has its own gRPC code with the same number.
         for c in [

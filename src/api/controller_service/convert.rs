@@ -39,7 +39,8 @@ pub fn order_from_proto(req: proto::MigrateVolumeRequest) -> Result<Order, Statu
     if multi {
         // The same shape rules the node applies (one way of naming disks,
         // volumes per disk, known enum values), refused before any node is asked.
-        crate::api::convert::requested_from_proto(req.clone())?;
+        crate::api::convert::requested_from_proto(req.clone())
+            .map_err(crate::api::status::engine)?;
     }
     let wire = req.encode_to_vec();
     let options = req.options.unwrap_or_default();
@@ -58,9 +59,11 @@ pub fn order_from_proto(req: proto::MigrateVolumeRequest) -> Result<Order, Statu
                 source_users_elsewhere: d.source_users_elsewhere,
             })
         })
-        .collect::<Result<_, crate::migration::Error>>()?;
+        .collect::<Result<_, crate::migration::Error>>()
+        .map_err(crate::api::status::engine)?;
     Ok(Order {
-        destination_format: format_from_proto(req.destination_format, "destination_format")?,
+        destination_format: format_from_proto(req.destination_format, "destination_format")
+            .map_err(crate::api::status::engine)?,
         domain: req.domain,
         disk: req.disk,
         destination_pool: req.destination_pool,

@@ -45,7 +45,7 @@ fn event_stream(mut watch: WatchStream) -> EventStream {
             let Some(item) = item else { return };
             let item = item
                 .map(|e| convert::event_to_proto(&e))
-                .map_err(Status::from);
+                .map_err(crate::api::status::controller);
             if tx.send(item).await.is_err() {
                 return;
             }
@@ -145,7 +145,7 @@ impl ControllerService {
 
 /// A malformed migration id is the caller's error.
 fn migration_id(id: &str) -> Result<&str, Status> {
-    crate::migration::validate::migration_id(id)?;
+    crate::migration::validate::migration_id(id).map_err(crate::api::status::invalid)?;
     Ok(id)
 }
 
@@ -204,7 +204,8 @@ impl Controller for ControllerService {
         let pools = self
             .controller
             .list_pools()
-            .await?
+            .await
+            .map_err(crate::api::status::controller)?
             .into_iter()
             .map(|p| proto::ClusterPool {
                 in_flight_migrations: p.in_flight,
@@ -223,7 +224,11 @@ impl Controller for ControllerService {
         req: Request<proto::MigrateVolumeRequest>,
     ) -> Result<Response<proto::PlanMigrationResponse>, Status> {
         let order = convert::order_from_proto(req.into_inner())?;
-        let planned = self.controller.plan(&order).await?;
+        let planned = self
+            .controller
+            .plan(&order)
+            .await
+            .map_err(crate::api::status::controller)?;
         Ok(Response::new(plan_response(&planned)))
     }
 
@@ -255,7 +260,8 @@ impl Controller for ControllerService {
         let watch = self
             .controller
             .watch(migration_id(&req.migration_id)?)
-            .await?;
+            .await
+            .map_err(crate::api::status::controller)?;
         Ok(Response::new(event_stream(watch)))
     }
 
@@ -276,7 +282,8 @@ impl Controller for ControllerService {
         let record = match self
             .controller
             .get(migration_id(&req.migration_id)?)
-            .await?
+            .await
+            .map_err(crate::api::status::controller)?
         {
             Found::Recorded(entry) => convert::entry_to_proto(&entry),
             Found::Live(record) => convert::node_record_to_proto(&record),
@@ -289,11 +296,13 @@ impl Controller for ControllerService {
         req: Request<proto::ListMigrationsRequest>,
     ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
         let req = req.into_inner();
-        crate::migration::validate::list_filter(&req.domain, &req.node_id)?;
+        crate::migration::validate::list_filter(&req.domain, &req.node_id)
+            .map_err(crate::api::status::invalid)?;
         let migrations = self
             .controller
             .list(&convert::filter_from_proto(&req))
-            .await?
+            .await
+            .map_err(crate::api::status::controller)?
             .iter()
             .map(convert::entry_to_proto)
             .collect();
@@ -320,19 +329,19 @@ impl ControllerService {
         let caller = Caller::of(&req).cloned();
         let certificate = peer::certificate_hosts(&req);
         let req = req.into_inner();
-        crate::migration::validate::object_name("node_id", &req.node_id)?;
+        crate::migration::validate::object_name("node_id", &req.node_id)
+            .map_err(crate::api::status::invalid)?;
         // Only the node itself (its bound identity) or a local caller.
         let caller = caller.ok_or_else(|| Status::unauthenticated("no caller identity"))?;
         if !caller.may_register(&req.node_id) {
-            return Err(RegistryError::NotThisNode {
+            return Err(crate::api::status::registry(RegistryError::NotThisNode {
                 caller: caller.identity.clone(),
                 node_id: req.node_id.clone(),
                 bound: match &caller.grant {
                     Grant::Role { node_id, .. } => node_id.clone(),
                     _ => None,
                 },
-            }
-            .into());
+            }));
         }
         let facts = req
             .info
@@ -347,7 +356,8 @@ impl ControllerService {
         let heartbeat = self
             .controller
             .register(&req.node_id, &req.endpoint, facts, &registrant)
-            .await?;
+            .await
+            .map_err(crate::api::status::controller)?;
         tracing::debug!(node = %req.node_id, by = %caller.identity, "registration");
         Ok(Response::new(proto::RegisterNodeResponse {
             heartbeat_interval_seconds: heartbeat,
@@ -365,7 +375,8 @@ impl ControllerService {
         let (id, watch) = self
             .controller
             .start_migration(actor.as_deref(), order)
-            .await?;
+            .await
+            .map_err(crate::api::status::controller)?;
         Ok((id, event_stream(watch)))
     }
 
@@ -378,7 +389,8 @@ impl ControllerService {
         let latest = self
             .controller
             .cancel(actor.as_deref(), migration_id(&req.migration_id)?)
-            .await?;
+            .await
+            .map_err(crate::api::status::controller)?;
         Ok(Response::new(proto::CancelMigrationResponse {
             latest: latest.as_ref().map(convert::event_to_proto),
         }))
@@ -391,11 +403,16 @@ impl ControllerService {
         let actor = Caller::of(&req).map(Caller::audit_name);
         let req = req.into_inner();
         let id = migration_id(&req.migration_id)?;
-        self.controller.entry(id).await?;
-        crate::migration::validate::bandwidth(req.bytes_per_sec)?;
+        self.controller
+            .entry(id)
+            .await
+            .map_err(crate::api::status::controller)?;
+        crate::migration::validate::bandwidth(req.bytes_per_sec)
+            .map_err(crate::api::status::invalid)?;
         self.controller
             .set_bandwidth(actor.as_deref(), id, req.bytes_per_sec)
-            .await?;
+            .await
+            .map_err(crate::api::status::controller)?;
         Ok(Response::new(proto::SetBandwidthResponse {}))
     }
 }

@@ -1,0 +1,288 @@
+//! Starting a migration: place it, reserve its pools' in-flight slots in one
+//! transaction (so controllers sharing a store cannot overfill a pool), ask
+//! the node, record the migration before relaying anything, then follow it.
+
+use super::error::ControllerError;
+use super::inventory::Merged;
+use super::model::{Entry, Order};
+use super::placement::{self, Verdict};
+use super::registry::NodeEntry;
+use super::reservations::Slots;
+use super::resolve::Located;
+use super::{Controller, WatchStream};
+use volmig_types::phase::now_ms;
+
+/// The first rule that refused a pool of `plan`, as `rule: reason`.
+fn first_refusal(plan: &placement::Plan) -> String {
+    plan.decisions
+        .first()
+        .map(|d| match &d.verdict {
+            Verdict::Rejected(r) => format!("{}: {}", r.rule.name(), r.reason),
+            Verdict::Accepted(_) => String::new(),
+        })
+        .unwrap_or_default()
+}
+
+impl Controller {
+    /// Places and starts a migration; its id and the caller's event stream.
+    pub async fn start_migration(
+        &self,
+        actor: Option<&str>,
+        mut order: Order,
+    ) -> Result<(String, WatchStream), ControllerError> {
+        if order.is_group() {
+            return self.start_group(actor, order).await;
+        }
+        let (single, pools) = self.plan_single(&order).await?;
+        let located = single.located;
+        let chosen = match single.plan.chosen() {
+            Some(d) => d.clone(),
+            None if !order.destination_pool.is_empty() => {
+                return Err(ControllerError::Precondition(format!(
+                    "pool '{}' cannot take disk {} of '{}': {}",
+                    order.destination_pool,
+                    order.disk,
+                    order.domain,
+                    first_refusal(&single.plan)
+                )));
+            }
+            None => {
+                return Err(ControllerError::Exhausted(format!(
+                    "no pool can take disk {} of '{}'; see `volmig plan` for each pool's reason",
+                    order.disk, order.domain
+                )))
+            }
+        };
+        let (pool, elsewhere) = self
+            .destination(
+                &located,
+                &chosen,
+                &pools,
+                &order.domain,
+                order.delete_source,
+            )
+            .await;
+        order.destination_pool = pool;
+        order.source_users_elsewhere.extend(elsewhere);
+        let node = located.node;
+        let entry = Entry {
+            migration_id: String::new(),
+            node_id: node.id.clone(),
+            order,
+            latest: Default::default(),
+            source_pool: located.disk.pool.clone(),
+            previous_source: located.disk.source.clone(),
+            dest_storage_id: chosen.storage_id.clone(),
+            more_storage_ids: Vec::new(),
+        };
+        let (id, stream) = self.launch(actor, &node, entry).await?;
+        let span = tracing::Span::current();
+        span.record("migration.id", id.as_str());
+        span.record("node.id", node.id.as_str());
+        tracing::info!(migration_id = %id, node = %node.id, pool = %chosen.name, at = now_ms(), "migration relayed");
+        Ok((id, stream))
+    }
+
+    /// Places every disk and starts the migration on the node; its id and the
+    /// caller's event stream.
+    async fn start_group(
+        &self,
+        actor: Option<&str>,
+        mut order: Order,
+    ) -> Result<(String, WatchStream), ControllerError> {
+        let plan = self.plan_group(&order).await?;
+        let node = plan.node.clone();
+        let mut placed = Vec::new();
+        let mut storage_ids = Vec::new();
+        for (located, entry, p) in &plan.disks {
+            let Some(chosen) = p.chosen() else {
+                let why = match first_refusal(p) {
+                    w if w.is_empty() => w,
+                    w => format!(": {w}"),
+                };
+                let together = if order.same_pool {
+                    " together with the disks before it on one pool"
+                } else {
+                    " together with the disks before it"
+                };
+                return Err(ControllerError::Exhausted(format!(
+                    "no pool can take disk {} of '{}'{together}{why}; see `volmig plan` for each disk and pool",
+                    entry.disk, order.domain
+                )));
+            };
+            let mut entry = entry.clone();
+            let (pool, elsewhere) = self
+                .destination(
+                    located,
+                    chosen,
+                    &plan.pools,
+                    &order.domain,
+                    order.delete_source,
+                )
+                .await;
+            entry.destination_pool = pool;
+            entry.source_users_elsewhere.extend(elsewhere);
+            storage_ids.push(chosen.storage_id.clone());
+            placed.push(entry);
+        }
+        order.disks = placed;
+        let disks = order.disks.len();
+        let mut ids = storage_ids.into_iter();
+        let entry = Entry {
+            migration_id: String::new(),
+            node_id: node.id.clone(),
+            order,
+            latest: Default::default(),
+            source_pool: String::new(),
+            previous_source: String::new(),
+            dest_storage_id: ids.next().unwrap_or_default(),
+            more_storage_ids: ids.collect(),
+        };
+        let (id, stream) = self.launch(actor, &node, entry).await?;
+        tracing::info!(migration_id = %id, node = %node.id, disks, "multi-disk migration relayed");
+        Ok((id, stream))
+    }
+
+    /// The chosen pool's name on the disk's node and, when the source is to
+    /// be deleted, its users on the other nodes that reach it.
+    async fn destination(
+        &self,
+        located: &Located,
+        chosen: &placement::Decision,
+        pools: &Merged,
+        domain: &str,
+        delete_source: bool,
+    ) -> (String, Vec<String>) {
+        let node = &located.node;
+        let name = pools
+            .pools
+            .iter()
+            .find(|cp| cp.storage_id == chosen.storage_id)
+            .map(|cp| cp.name_on(&node.id).to_string())
+            .unwrap_or(chosen.name.clone());
+        let elsewhere = if delete_source {
+            self.source_users_elsewhere(
+                node,
+                &located.disk.pool,
+                &located.disk.source,
+                domain,
+                pools,
+            )
+            .await
+        } else {
+            Vec::new()
+        };
+        (name, elsewhere)
+    }
+
+    /// Reserves the entry's pools, starts it on the node, records it and
+    /// follows it. The slots are given back when the node does not start it.
+    async fn launch(
+        &self,
+        actor: Option<&str>,
+        node: &NodeEntry,
+        mut entry: Entry,
+    ) -> Result<(String, WatchStream), ControllerError> {
+        let slots = self.reserve(&entry).await?;
+        let started = self.inner.nodes.migrate(node, actor, &entry.order).await;
+        let (first, stream) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                self.give_back(&slots).await;
+                return Err(ControllerError::from_node(&node.id, &node.endpoint, e));
+            }
+        };
+        // The first event carries the migration id the node chose; record it
+        // before relaying anything so the history never misses a migration.
+        let first = match first {
+            Some(first)
+                if volmig_types::validate::migration_id(&first.migration_id).is_ok()
+                    && first.node_id == node.id =>
+            {
+                first
+            }
+            other => {
+                self.give_back(&slots).await;
+                return Err(ControllerError::NodeMisbehaved(match other {
+                    None => format!("node {} ended the stream without an event", node.id),
+                    Some(_) => format!(
+                        "node {} answered with an event that is not its own migration",
+                        node.id
+                    ),
+                }));
+            }
+        };
+        entry.migration_id = first.migration_id.clone();
+        entry.latest = first;
+        let first_recorded = entry.clone();
+        let recorded = self.inner.history.create(entry.clone()).await;
+        let entry = match recorded {
+            Ok(prior) if prior.node_id != node.id => {
+                self.give_back(&slots).await;
+                return Err(ControllerError::NodeMisbehaved(format!(
+                    "node {} answered with migration {}, which node {} runs",
+                    node.id, entry.migration_id, prior.node_id
+                )));
+            }
+            Ok(recorded) => recorded,
+            Err(e) => {
+                self.give_back(&slots).await;
+                return Err(e.into());
+            }
+        };
+        if entry == first_recorded {
+            if let Err(e) = self
+                .inner
+                .reservations
+                .bind(&slots, &entry.migration_id)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot bind the in-flight slots to the migration");
+            }
+        } else {
+            // A retry that attached to a migration already recorded: its
+            // slots are held already.
+            self.give_back(&slots).await;
+        }
+        let follower = self.follow(&entry, Some(stream));
+        Ok((entry.migration_id.clone(), self.watch_stream(&follower)?))
+    }
+
+    /// Takes an in-flight slot on each destination pool, refusing when one
+    /// is at its limit (another controller may have just filled it).
+    async fn reserve(&self, entry: &Entry) -> Result<Slots, ControllerError> {
+        // The pool names, in the order of the storage ids.
+        let names: Vec<&str> = if entry.order.disks.is_empty() {
+            vec![entry.order.destination_pool.as_str()]
+        } else {
+            entry
+                .order
+                .disks
+                .iter()
+                .map(|d| d.destination_pool.as_str())
+                .collect()
+        };
+        let wants: Vec<(String, Option<u32>)> = entry
+            .storage_ids()
+            .zip(names.into_iter().chain(std::iter::repeat("")))
+            .filter(|(sid, _)| !sid.is_empty())
+            .map(|(sid, name)| {
+                let limit = self.inner.config.pool_settings(name, sid).max_in_flight;
+                (sid.clone(), limit)
+            })
+            .collect();
+        match self.inner.reservations.reserve(&wants).await? {
+            Ok(slots) => Ok(slots),
+            Err(full) => Err(ControllerError::Exhausted(format!(
+                "pool '{}' already has its limit of {} migrations in flight (in_flight_limit); try again when one has ended",
+                full.storage_id, full.limit
+            ))),
+        }
+    }
+
+    async fn give_back(&self, slots: &Slots) {
+        if let Err(e) = self.inner.reservations.release(slots).await {
+            tracing::warn!(error = %e, "cannot give back in-flight slots; the leader's sweep will");
+        }
+    }
+}

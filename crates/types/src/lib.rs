@@ -1,0 +1,8 @@
+//! The vocabulary both sides of volmig speak: a migration's phases, how a host
+//! describes its disks, pools and volumes, the checks every name passes, and
+//! how sizes are printed. No I/O, no transport, no hypervisor.
+
+pub mod host;
+pub mod phase;
+pub mod units;
+pub mod validate;
