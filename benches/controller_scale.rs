@@ -14,16 +14,20 @@
 //! (gRPC server, its calls to the nodes, history) and the bench client. The
 //! controller's CPU is the CPU time of its runtime's threads only, read from
 //! `/proc/self/task/<tid>/stat`, so the fake nodes and the client do not count.
+#[path = "controller_scale/fake_node.rs"]
+mod fake_node;
+#[path = "controller_scale/measure.rs"]
+mod measure;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
-use tonic::transport::Server;
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
+use fake_node::{domain_of, serve_fake_node, FakeNode, POOLS_PER_NODE};
+use measure::{ms, percentile, raise_nofile, threads_cpu, XorShift};
 use volmig::api::client::{self, Peer};
 use volmig::api::controller_service::ControllerService;
 use volmig::api::server::{self, Listen};
@@ -34,11 +38,6 @@ use volmig::controller::store::file::FileStore;
 use volmig::proto;
 use volmig::proto::controller_client::ControllerClient;
 use volmig::proto::controller_server::Controller;
-use volmig::proto::node_server::{Node, NodeServer};
-
-const POOLS_PER_NODE: usize = 10;
-const EVENT_INTERVAL: Duration = Duration::from_millis(100);
-const GIB: u64 = 1 << 30;
 
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -47,249 +46,12 @@ fn knob(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A node with canned answers: its pools, its one running domain, and
-/// migrations that emit `events` events at 10/s, the last one COMPLETED.
-struct FakeNode {
-    id: String,
-    domain: String,
-    events: u64,
-}
-
-fn domain_of(i: usize) -> String {
-    format!("vm-{i:04}")
-}
-
-impl FakeNode {
-    fn pools(&self) -> Vec<proto::Pool> {
-        (0..POOLS_PER_NODE)
-            .map(|j| proto::Pool {
-                name: format!("pool-{j}"),
-                uuid: format!("{}-{j}", self.id),
-                r#type: "dir".into(),
-                state: proto::PoolState::Running as i32,
-                capacity_bytes: 1024 * GIB,
-                allocation_bytes: (100 + 10 * j as u64) * GIB,
-                available_bytes: (924 - 10 * j as u64) * GIB,
-                disk_type: proto::DiskType::File as i32,
-                target_path: format!("/srv/pool-{j}"),
-                storage_id: format!("local:{}:/srv/pool-{j}", self.id),
-                shared: false,
-                provisioned_bytes: (200 + 10 * j as u64) * GIB,
-            })
-            .collect()
-    }
-}
-
-type Events = std::pin::Pin<
-    Box<dyn tokio_stream::Stream<Item = Result<proto::MigrationEvent, Status>> + Send>,
->;
-
-#[tonic::async_trait]
-impl Node for FakeNode {
-    async fn get_info(
-        &self,
-        _: Request<proto::GetInfoRequest>,
-    ) -> Result<Response<proto::NodeInfo>, Status> {
-        Ok(Response::new(proto::NodeInfo {
-            node_id: self.id.clone(),
-            hostname: self.id.clone(),
-            ..Default::default()
-        }))
-    }
-
-    async fn list_pools(
-        &self,
-        _: Request<proto::ListPoolsRequest>,
-    ) -> Result<Response<proto::ListPoolsResponse>, Status> {
-        Ok(Response::new(proto::ListPoolsResponse {
-            pools: self.pools(),
-        }))
-    }
-
-    async fn list_disks(
-        &self,
-        req: Request<proto::ListDisksRequest>,
-    ) -> Result<Response<proto::ListDisksResponse>, Status> {
-        if req.get_ref().domain != self.domain {
-            return Err(Status::not_found("no such domain"));
-        }
-        Ok(Response::new(proto::ListDisksResponse {
-            domain_name: self.domain.clone(),
-            domain_uuid: String::new(),
-            running: true,
-            disks: vec![proto::Disk {
-                target: "vda".into(),
-                r#type: proto::DiskType::File as i32,
-                device: "disk".into(),
-                format: proto::VolumeFormat::Qcow2 as i32,
-                source: format!("/srv/pool-0/{}.qcow2", self.domain),
-                pool: "pool-0".into(),
-                volume: format!("{}.qcow2", self.domain),
-                capacity_bytes: 20 * GIB,
-                allocation_bytes: 8 * GIB,
-                ..Default::default()
-            }],
-        }))
-    }
-
-    type MigrateVolumeStream = Events;
-
-    async fn migrate_volume(
-        &self,
-        req: Request<proto::MigrateVolumeRequest>,
-    ) -> Result<Response<Events>, Status> {
-        let req = req.into_inner();
-        let id = format!("{}-{}", self.id, uuid::Uuid::new_v4());
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let (events, node_id) = (self.events, self.id.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(EVENT_INTERVAL);
-            for seq in 1..=events {
-                tick.tick().await;
-                let phase = match seq {
-                    1 => proto::Phase::Accepted,
-                    s if s == events => proto::Phase::Completed,
-                    _ => proto::Phase::Copying,
-                };
-                let event = proto::MigrationEvent {
-                    migration_id: id.clone(),
-                    phase: phase as i32,
-                    // The sequence number, to check order at the far end.
-                    progress: Some(proto::MigrationProgress {
-                        bytes_done: seq,
-                        bytes_total: events,
-                        ..Default::default()
-                    }),
-                    timestamp_unix_ms: 0,
-                    node_id: node_id.clone(),
-                    domain: req.domain.clone(),
-                    disk: req.disk.clone(),
-                    ..Default::default()
-                };
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    type WatchMigrationStream = Events;
-
-    async fn watch_migration(
-        &self,
-        _: Request<proto::WatchMigrationRequest>,
-    ) -> Result<Response<Events>, Status> {
-        Err(Status::unimplemented("fake node"))
-    }
-
-    async fn cancel_migration(
-        &self,
-        _: Request<proto::CancelMigrationRequest>,
-    ) -> Result<Response<proto::CancelMigrationResponse>, Status> {
-        Err(Status::unimplemented("fake node"))
-    }
-
-    async fn get_migration(
-        &self,
-        _: Request<proto::GetMigrationRequest>,
-    ) -> Result<Response<proto::MigrationRecord>, Status> {
-        Err(Status::unimplemented("fake node"))
-    }
-
-    async fn list_migrations(
-        &self,
-        _: Request<proto::ListMigrationsRequest>,
-    ) -> Result<Response<proto::ListMigrationsResponse>, Status> {
-        Err(Status::unimplemented("fake node"))
-    }
-
-    async fn set_bandwidth(
-        &self,
-        _: Request<proto::SetBandwidthRequest>,
-    ) -> Result<Response<proto::SetBandwidthResponse>, Status> {
-        Err(Status::unimplemented("fake node"))
-    }
-    async fn find_volume_users(
-        &self,
-        _: Request<proto::FindVolumeUsersRequest>,
-    ) -> Result<Response<proto::FindVolumeUsersResponse>, Status> {
-        Err(Status::unimplemented("fake node"))
-    }
-}
-
-/// Raises the soft open-file limit to the hard one; returns the new soft limit.
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for the call's duration.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
-    }
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard one is always allowed.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    lim.rlim_cur
-}
-
-/// CPU seconds (user + system) used so far by the given threads of this process.
-fn threads_cpu(tids: &[i32]) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    tids.iter()
-        .filter_map(|tid| std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name, which is in parentheses; utime and stime are fields 14 and 15.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
-        })
-        .sum::<f64>()
-        / ticks
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-/// A small deterministic PRNG, so runs are comparable.
-struct XorShift(u64);
-impl XorShift {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
 fn plan_request(i: usize) -> proto::MigrateVolumeRequest {
     proto::MigrateVolumeRequest {
         domain: domain_of(i),
         disk: "vda".into(),
         ..Default::default()
     }
-}
-
-async fn serve_fake_node(node: FakeNode, path: PathBuf) -> std::io::Result<()> {
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    tokio::spawn(async move {
-        let _ = Server::builder()
-            .add_service(NodeServer::new(node))
-            .serve_with_incoming(UnixListenerStream::new(listener))
-            .await;
-    });
-    Ok(())
 }
 
 fn endpoint(path: &Path) -> String {

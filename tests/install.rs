@@ -14,6 +14,10 @@
 //! unknown keys, the health-only listener, the Kubernetes manifests.
 
 mod harness;
+#[path = "install/k8s.rs"]
+mod k8s;
+#[path = "install/package.rs"]
+mod package;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -22,223 +26,18 @@ use std::time::{Duration, Instant};
 
 use harness::checks::assert_on_destination;
 use harness::node;
-use harness::unit::{gid_of, one, unit_settings, UnitService};
+use harness::unit::{gid_of, UnitService};
 use harness::{DirPool, Guest, Pool};
+use k8s::{kinds, object, render_and_validate, KINDS_BUT_THE_STATE_VOLUME};
+use package::{
+    append_line, check_installed_files, check_purged, check_units, dpkg, Installed,
+    CONTROLLER_UNIT, NODE_UNIT,
+};
 use volmig::config::{ControllerConfig, NodeConfig, StoreKind};
 use volmig::proto;
 
 const MIB: u64 = 1 << 20;
 const BOOT: Duration = Duration::from_secs(120);
-const NODE_UNIT: &str = "/usr/lib/systemd/system/volmig-node.service";
-const CONTROLLER_UNIT: &str = "/usr/lib/systemd/system/volmig-controller.service";
-/// Exposure scores (`systemd-analyze security`) the units must stay at or
-/// below: what they measured when written (node 2.x: root, host network and
-/// pools; controller 1.x), with a little room.
-const NODE_MAX_EXPOSURE: f64 = 3.0;
-const CONTROLLER_MAX_EXPOSURE: f64 = 1.5;
-
-/// `dpkg ARGS`, waiting up to 5 minutes while another package manager holds
-/// dpkg's lock (dpkg itself gives up at once).
-fn dpkg(args: &[&str]) -> Result<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        match harness::run("dpkg", args) {
-            Err(e) if e.contains("lock") && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_secs(2));
-            }
-            done => return done,
-        }
-    }
-}
-
-/// Appends `line` to a configuration file, as an operator editing it would.
-fn append_line(path: &str, line: &str) {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-    writeln!(file, "{line}").unwrap_or_else(|e| panic!("{path}: {e}"));
-}
-
-/// The package installed for the test; purged when dropped, whatever happened.
-struct Installed {
-    /// `/var/lib/volmig` did not exist before: the test removes what the node left there.
-    remove_state: bool,
-}
-
-impl Installed {
-    fn install(deb: &Path) -> Installed {
-        // A run that crashed before its purge left the package behind.
-        let _ = dpkg(&["--purge", "volmig"]);
-        let remove_state = !Path::new("/var/lib/volmig").exists();
-        let installed = Installed { remove_state };
-        dpkg(&["-i", &deb.to_string_lossy()]).unwrap_or_else(|e| panic!("{e}"));
-        installed
-    }
-}
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        if let Err(e) = dpkg(&["--purge", "volmig"]) {
-            eprintln!("package test: purge failed: {e}");
-        }
-        let _ = std::fs::remove_dir_all("/run/volmig");
-        let _ = std::fs::remove_dir_all("/run/volmig-controller");
-        if self.remove_state {
-            let _ = std::fs::remove_dir_all("/var/lib/volmig");
-        }
-    }
-}
-
-/// The overall exposure `systemd-analyze security --offline=true` gives a unit.
-fn exposure(unit: &str) -> f64 {
-    let out = harness::run_ok("systemd-analyze", &["security", "--offline=true", unit]);
-    let line = out
-        .lines()
-        .find(|l| l.contains("Overall exposure level"))
-        .unwrap_or_else(|| panic!("no exposure level in:\n{out}"));
-    let score = line
-        .rsplit(':')
-        .next()
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no score in {line:?}"));
-    eprintln!("{line}");
-    score
-}
-
-fn check_installed_files(deb: &Path) {
-    let fields = harness::run_ok("dpkg-deb", &["-f", &deb.to_string_lossy(), "Depends"]);
-    for dep in ["libvirt0", "qemu-utils", "adduser"] {
-        assert!(fields.contains(dep), "Depends lacks {dep}: {fields}");
-    }
-    for path in [
-        "/usr/bin/volmig",
-        NODE_UNIT,
-        CONTROLLER_UNIT,
-        "/etc/volmig/node.toml",
-        "/etc/volmig/controller.toml",
-        "/usr/share/bash-completion/completions/volmig",
-        "/usr/share/zsh/vendor-completions/_volmig",
-        "/usr/share/fish/vendor_completions.d/volmig.fish",
-        "/usr/share/man/man1/volmig.1.gz",
-        "/usr/share/man/man1/volmig-node.1.gz",
-        "/usr/share/man/man1/volmig-controller.1.gz",
-    ] {
-        let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert!(meta.len() > 0, "{path} is empty");
-    }
-    let man = harness::run_ok("zcat", &["/usr/share/man/man1/volmig-node.1.gz"]);
-    assert!(
-        man.contains(".TH") && man.contains("print\\-config"),
-        "{man}"
-    );
-    let complete = harness::run_ok(
-        "bash",
-        &[
-            "-c",
-            "source /usr/share/bash-completion/completions/volmig && complete -p volmig",
-        ],
-    );
-    assert!(complete.contains("volmig"), "{complete}");
-
-    let conffiles = harness::run_ok("dpkg-query", &["-W", "-f=${Conffiles}", "volmig"]);
-    for f in ["/etc/volmig/node.toml", "/etc/volmig/controller.toml"] {
-        assert!(conffiles.contains(f), "{f} is not a conffile: {conffiles}");
-    }
-    // The conffiles name every key and set none.
-    let node = std::fs::read_to_string("/etc/volmig/node.toml").expect("node.toml");
-    assert!(node.lines().all(|l| l.is_empty() || l.starts_with('#')));
-    assert!(
-        node.contains("# listen = \"unix:///run/volmig/node.sock\""),
-        "{node}"
-    );
-    let parsed: NodeConfig = toml::from_str(&node).expect("node.toml parses");
-    assert_eq!(parsed, NodeConfig::default());
-    let controller = std::fs::read_to_string("/etc/volmig/controller.toml").expect("controller");
-    let parsed: ControllerConfig = toml::from_str(&controller).expect("controller.toml parses");
-    assert_eq!(parsed, ControllerConfig::default());
-
-    let user = harness::run_ok("getent", &["passwd", "volmig"]);
-    let fields: Vec<&str> = user.trim().split(':').collect();
-    assert_eq!(
-        fields.get(3).copied(),
-        Some(gid_of("volmig").to_string().as_str())
-    );
-    assert_eq!(fields.get(6).copied(), Some("/usr/sbin/nologin"), "{user}");
-    let uid: u32 = fields[2].parse().expect("uid");
-    assert!(uid < 1000, "a system user: {user}");
-}
-
-fn check_units() {
-    for unit in [NODE_UNIT, CONTROLLER_UNIT] {
-        let out = Command::new("systemd-analyze")
-            .args(["verify", "--man=no", unit])
-            .output()
-            .expect("systemd-analyze verify");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{unit}: {stderr}");
-        assert!(
-            !stderr.contains("volmig"),
-            "systemd-analyze verify complains about {unit}: {stderr}"
-        );
-    }
-    let node = exposure(NODE_UNIT);
-    let controller = exposure(CONTROLLER_UNIT);
-    assert!(node <= NODE_MAX_EXPOSURE, "node exposure {node}");
-    assert!(
-        controller <= CONTROLLER_MAX_EXPOSURE,
-        "controller exposure {controller}"
-    );
-    let unit = unit_settings(CONTROLLER_UNIT);
-    assert_eq!(one(&unit, "User"), "volmig");
-    assert_eq!(one(&unit, "CapabilityBoundingSet"), "");
-    let unit = unit_settings(NODE_UNIT);
-    assert_eq!(
-        one(&unit, "ExecStart"),
-        "/usr/bin/volmig node --config /etc/volmig/node.toml"
-    );
-    assert!(one(&unit, "Requires").contains("libvirtd.service"));
-    assert!(one(&unit, "After").contains("libvirtd.service"));
-    assert_eq!(one(&unit, "Restart"), "on-failure");
-}
-
-/// Every file the package installed is gone, and so are the unit's enablement
-/// links; the documented state (`/var/lib/volmig`), the user and the group stay.
-fn check_purged(files: &[String]) {
-    dpkg(&["--purge", "volmig"]).unwrap_or_else(|e| panic!("{e}"));
-    let status = harness::run("dpkg-query", &["-W", "-f=${db:Status-Status}", "volmig"]);
-    assert!(
-        status
-            .as_deref()
-            .map_or(true, |s| s.trim() == "not-installed"),
-        "{status:?}"
-    );
-    for f in files {
-        let p = Path::new(f);
-        if p.is_file() || (p.is_dir() && f.contains("volmig")) {
-            panic!("{f} is still there after purge");
-        }
-    }
-    assert!(!Path::new("/etc/volmig").exists());
-    let leftovers = harness::run_ok(
-        "find",
-        &[
-            "/etc/systemd",
-            "/var/lib/systemd/deb-systemd-helper-enabled",
-            "-name",
-            "*volmig*",
-        ],
-    );
-    assert!(leftovers.trim().is_empty(), "left after purge: {leftovers}");
-    assert!(
-        Path::new("/var/lib/volmig/node").is_dir(),
-        "the journal stays"
-    );
-    harness::run_ok("getent", &["passwd", "volmig"]);
-    harness::run_ok("getent", &["group", "volmig"]);
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn debian_package_installs_runs_a_migration_as_its_unit_and_purges_clean() {
@@ -460,90 +259,6 @@ fn print_config_parses_back_and_unknown_keys_are_refused_by_name() {
         err.contains("listen_on") && err.contains(&file_arg),
         "{err}"
     );
-}
-
-/// The virtualenv deploy/setup-host.sh installs `kubernetes-validate` into
-/// (its Python has PyYAML, which the validator needs anyway).
-const K8S_VENV: &str = "/var/tmp/volmig-k8s-venv/bin";
-
-/// `kubectl kustomize DIR`, validated strictly against the Kubernetes 1.30
-/// schemas (every object must pass), and read back: the YAML text and its
-/// objects. Also checks what the schemas cannot: every container's volume
-/// mount names a volume of its pod.
-fn render_and_validate(dir: &Path) -> (String, Vec<serde_json::Value>) {
-    let rendered = harness::run_ok("kubectl", &["kustomize", &dir.to_string_lossy()]);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let file = tmp.path().join("volmig.yaml");
-    std::fs::write(&file, &rendered).expect("write");
-    let file = file.to_string_lossy();
-    let out = harness::run_ok(
-        &format!("{K8S_VENV}/kubernetes-validate"),
-        &["--strict", "-k", "1.30.0", &file],
-    );
-    let json = harness::run_ok(
-        &format!("{K8S_VENV}/python"),
-        &[
-            "-c",
-            "import json, sys, yaml\n\
-             print(json.dumps([o for o in yaml.safe_load_all(open(sys.argv[1])) if o]))",
-            &file,
-        ],
-    );
-    let objects: Vec<serde_json::Value> = serde_json::from_str(&json).expect("objects");
-    assert_eq!(
-        out.matches("passed for resource").count(),
-        objects.len(),
-        "{out}"
-    );
-    for pod in objects
-        .iter()
-        .filter_map(|o| o.pointer("/spec/template/spec"))
-    {
-        let volumes = names(&pod["volumes"]);
-        for container in pod["containers"].as_array().expect("containers") {
-            for mount in names(&container["volumeMounts"]) {
-                assert!(volumes.contains(&mount), "{mount} has no volume: {pod}");
-            }
-        }
-    }
-    (rendered, objects)
-}
-
-/// The `name`s of a list of objects (none when it is absent).
-fn names(list: &serde_json::Value) -> Vec<&str> {
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v["name"].as_str())
-        .collect()
-}
-
-/// The kinds both renderings hold (sorted), one per object: all of the base's
-/// but its controller's PersistentVolumeClaim.
-const KINDS_BUT_THE_STATE_VOLUME: [&str; 8] = [
-    "ConfigMap",
-    "ConfigMap",
-    "DaemonSet",
-    "Deployment",
-    "Namespace",
-    "PodDisruptionBudget",
-    "PodDisruptionBudget",
-    "Service",
-];
-
-/// The sorted kinds of `objects`.
-fn kinds(objects: &[serde_json::Value]) -> Vec<&str> {
-    let mut kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
-    kinds.sort_unstable();
-    kinds
-}
-
-/// The object of `kind` named `name`.
-fn object<'a>(objects: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
 #[test]
