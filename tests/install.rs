@@ -4,8 +4,9 @@
 //! (`deploy/debian/build-deb.sh --binary`), installed with `dpkg -i`, checked
 //! (files, user, group, conffiles, units), and its controller and node are
 //! started as their units would start them ([`harness::unit`]): first with
-//! the packaged configuration, then with README's single-host lines added,
-//! and a writing guest's disk is migrated through both with no lost record.
+//! the packaged configuration, then with the single-host lines of
+//! docs/operations.md added, and a writing guest's disk is migrated through
+//! both with no lost record.
 //! The package is purged at the end, also when the test fails, and the purge
 //! is checked.
 //!
@@ -117,8 +118,8 @@ async fn debian_package_installs_runs_a_migration_as_its_unit_and_purges_clean()
     assert!(pools.iter().any(|p| p.name == dst.name()), "{pools:?}");
     drop(node);
 
-    // README's single-host set-up: the controller on its unix socket, the
-    // node registering there; the migration goes through both.
+    // The single-host set-up of docs/operations.md: the controller on its unix
+    // socket, the node registering there; the migration goes through both.
     let controller_socket = "unix:///run/volmig-controller/controller.sock";
     append_line(
         "/etc/volmig/controller.toml",

@@ -134,12 +134,13 @@ fn dashboard_and_alerts_name_only_exposed_metrics() {
 
 #[test]
 fn readme_metrics_tables_list_exactly_the_exposed_metrics() {
-    let readme = std::fs::read_to_string(harness::repo_root().join("README.md")).expect("README");
+    let readme = std::fs::read_to_string(harness::repo_root().join("docs/observability.md"))
+        .expect("docs/observability.md");
     let section = readme
         .split("\n### Metrics\n")
         .nth(1)
         .and_then(|s| s.split("\n### ").next())
-        .expect("README has an Observability / Metrics section");
+        .expect("docs/observability.md has a Metrics section");
     // The first cell of each table row.
     let listed: BTreeSet<String> = section
         .lines()
@@ -160,6 +161,6 @@ fn readme_metrics_tables_list_exactly_the_exposed_metrics() {
         .collect();
     assert_eq!(
         listed, exposed,
-        "README's metrics tables differ from what node and controller expose"
+        "docs/observability.md's metrics tables differ from what node and controller expose"
     );
 }
