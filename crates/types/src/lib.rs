@@ -4,5 +4,6 @@
 
 pub mod host;
 pub mod phase;
+pub mod retry;
 pub mod units;
 pub mod validate;
