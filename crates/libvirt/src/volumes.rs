@@ -1,0 +1,80 @@
+//! Storage volumes: their identity as a `VolumeSpec`, whether two names
+//! denote one image, and the volumes backed by an image.
+
+use virt::connect::Connect;
+use virt::storage_vol::StorageVol;
+use virt::sys;
+use volmig_engine::hypervisor::{FileId, VolumeSpec, VolumeUser};
+
+use crate::blockjob::CallError;
+use crate::connection::{bad_xml, unless_vanished};
+use crate::pool_xml;
+
+pub(crate) fn volume_spec(vol: &StorageVol) -> Result<VolumeSpec, CallError> {
+    let info = vol.info()?;
+    let pool = vol.lookup_storage_pool()?;
+    let path = vol.path()?;
+    let file_id = (info.kind == sys::VIR_STORAGE_VOL_FILE)
+        .then(|| file_id(&path))
+        .flatten();
+    Ok(VolumeSpec {
+        pool: pool.name()?,
+        name: vol.name()?,
+        key: vol.key()?,
+        file_id,
+        path,
+        capacity: info.capacity,
+        allocation: info.allocation,
+        format: pool_xml::parse_volume_format(&vol.xml_desc(0)?).map_err(bad_xml)?,
+    })
+}
+
+fn file_id(path: &str) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        born_ns: m
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64),
+    })
+}
+
+/// Whether two image names from libvirt denote the same image: equal names, or
+/// two paths to one file (a symlink or a second mount of the same directory).
+pub(crate) fn same_image(a: &str, b: &str) -> bool {
+    a == b
+        || (a.starts_with('/')
+            && file_id(a).is_some_and(|id| file_id(b).is_some_and(|other| id.same_file(&other))))
+}
+
+/// Volumes of the active pools whose backing file is `path`.
+pub(crate) fn overlay_users(conn: &Connect, path: &str) -> Result<Vec<VolumeUser>, CallError> {
+    let mut users = Vec::new();
+    for pool in conn.list_all_storage_pools(sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)? {
+        let _ = pool.refresh(0);
+        let Some((pool_name, volumes)) =
+            unless_vanished((|| Ok((pool.name()?, pool.list_all_volumes(0)?)))())?
+        else {
+            continue;
+        };
+        for vol in volumes {
+            let Some((xml, name)) = unless_vanished((|| Ok((vol.xml_desc(0)?, vol.name()?)))())?
+            else {
+                continue;
+            };
+            let Some(backing) = pool_xml::parse_volume_backing(&xml).map_err(bad_xml)? else {
+                continue;
+            };
+            if same_image(&backing, path) {
+                users.push(VolumeUser::Backing {
+                    pool: pool_name.clone(),
+                    volume: name,
+                });
+            }
+        }
+    }
+    Ok(users)
+}
