@@ -19,6 +19,7 @@ mod qemu_img;
 mod rbd;
 mod rbd_credentials;
 pub mod snapshot_xml;
+mod timed_command;
 mod volumes;
 pub mod xml_tree;
 

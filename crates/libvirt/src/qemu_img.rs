@@ -16,7 +16,11 @@ fn run(program: &str, args: &[&str]) -> Result<std::process::Output, HvError> {
     Ok(output)
 }
 
+/// A failed run of `qemu-img compare`, `qemu-img rebase` or `cp`.
 fn failed(op: &'static str, output: &std::process::Output) -> HvError {
+    // Still `Failed`, which reads as a libvirt call's failure, because it is
+    // the only variant besides `BadXml` the engine reports as INTERNAL, which
+    // a failed compare or layer copy is today.
     HvError::Failed {
         op,
         code: output.status.code().unwrap_or(-1),
@@ -24,11 +28,34 @@ fn failed(op: &'static str, output: &std::process::Output) -> HvError {
     }
 }
 
+/// `qemu-img` could not read the image `subject` (missing, unreadable to the
+/// node, or not an image of the format asked for): `command` named as what
+/// failed, with the image, the exit status and qemu-img's first line of
+/// stderr, e.g. "qemu-img info on /p/a.qcow2 failed (exit status 1): …".
+pub(crate) fn unreadable(command: &str, subject: &str, output: &std::process::Output) -> HvError {
+    let status = match output.status.code() {
+        Some(code) => format!("exit status {code}"),
+        // Killed by a signal: ExitStatus names it.
+        None => output.status.to_string(),
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let why = stderr
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .unwrap_or("nothing on stderr");
+    // `InvalidState` rather than `Failed`: `Failed` is worded as a libvirt
+    // call with a libvirt error number, and this is neither. The image stays
+    // unreadable until someone fixes it, which the engine reports as
+    // FAILED_PRECONDITION whichever of the two it gets (SourceUnreadable).
+    HvError::InvalidState(format!("{command} on {subject} failed ({status}): {why}"))
+}
+
 /// `qemu-img info` of the image alone (its backing chain is not followed).
 pub fn image_info(path: &str) -> Result<ImageInfo, HvError> {
     let output = run("qemu-img", &["info", "-U", "--output=json", "--", path])?;
     if !output.status.success() {
-        return Err(failed("qemu-img info", &output));
+        return Err(unreadable("qemu-img info", path, &output));
     }
     parse_info(&output.stdout)
 }
@@ -123,7 +150,7 @@ pub fn internal_snapshots(path: &str) -> Result<u32, HvError> {
         &["info", "-U", "--output=json", "-f", "qcow2", "--", path],
     )?;
     if !output.status.success() {
-        return Err(failed("qemu-img info", &output));
+        return Err(unreadable("qemu-img info -f qcow2", path, &output));
     }
     count_snapshots(&output.stdout)
 }
@@ -165,5 +192,57 @@ mod tests {
         assert_eq!(info.virtual_size, 64 << 20);
         let base = parse_info(br#"{"virtual-size": 1, "format": "raw"}"#).expect("parse");
         assert_eq!(base.backing, None);
+    }
+
+    /// What the operator reads when qemu-img cannot read an image: qemu-img
+    /// named, with the image and its own reason, and nothing about libvirt.
+    fn assert_names_qemu_img(err: &HvError, command: &str, path: &str, reason: &str) {
+        let HvError::InvalidState(message) = err else {
+            panic!("an unreadable image must stay a precondition failure, got {err:?}");
+        };
+        let shown = err.to_string();
+        assert_eq!(&shown, message);
+        assert!(
+            shown.starts_with(&format!("{command} on {path} failed (exit status 1): ")),
+            "{shown}"
+        );
+        assert!(shown.contains(reason), "{shown}");
+        assert!(!shown.to_lowercase().contains("libvirt"), "{shown}");
+        assert!(!shown.contains("error code"), "{shown}");
+    }
+
+    #[test]
+    fn a_missing_image_is_reported_as_qemu_img_failing_on_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gone.qcow2");
+        let path = path.to_str().expect("utf-8 path");
+        let err = image_info(path).expect_err("no such file");
+        assert_names_qemu_img(&err, "qemu-img info", path, "No such file or directory");
+    }
+
+    #[test]
+    fn a_file_that_is_not_qcow2_is_reported_as_qemu_img_failing_on_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notes.qcow2");
+        std::fs::write(&path, "not an image\n").expect("write");
+        let path = path.to_str().expect("utf-8 path");
+        let err = internal_snapshots(path).expect_err("not qcow2");
+        assert_names_qemu_img(&err, "qemu-img info -f qcow2", path, "not in qcow2 format");
+    }
+
+    #[test]
+    fn a_qemu_img_killed_by_a_signal_says_so() {
+        use std::os::unix::process::ExitStatusExt;
+        let output = std::process::Output {
+            status: std::process::ExitStatus::from_raw(9),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        let shown = unreadable("qemu-img info", "/p/a.qcow2", &output).to_string();
+        assert!(
+            shown.starts_with("qemu-img info on /p/a.qcow2 failed (signal: 9"),
+            "{shown}"
+        );
+        assert!(shown.ends_with(": nothing on stderr"), "{shown}");
     }
 }

@@ -5,12 +5,13 @@
 //! needs no Ceph tools; the cephx key reaches it on stdin, never on a command
 //! line or in a file.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use volmig_engine::hypervisor::{CephHost, HvError};
+
+use crate::{qemu_img, timed_command};
 
 /// How long one `qemu-img` call against Ceph may take (a dead monitor would
 /// otherwise hang it).
@@ -31,7 +32,7 @@ pub struct RbdImage<'a> {
 impl RbdImage<'_> {
     /// The image's object size in bytes (`cluster-size` in `qemu-img info`).
     pub fn object_size(&self) -> Result<u64, HvError> {
-        let out = self.qemu_img(&["info", "--output=json"])?;
+        let out = self.qemu_img("info")?;
         let info: serde_json::Value = serde_json::from_slice(&out)
             .map_err(|e| HvError::BadXml(format!("qemu-img info output: {e}")))?;
         info.get("cluster-size")
@@ -41,7 +42,7 @@ impl RbdImage<'_> {
 
     /// Bytes of the image that hold data, in whole objects (as `rbd du` counts).
     pub fn allocated(&self) -> Result<u64, HvError> {
-        let out = self.qemu_img(&["map", "--output=json"])?;
+        let out = self.qemu_img("map")?;
         data_bytes(&out)
     }
 
@@ -65,50 +66,33 @@ impl RbdImage<'_> {
         format!("json:{spec}")
     }
 
-    fn qemu_img(&self, args: &[&str]) -> Result<Vec<u8>, HvError> {
+    /// Runs `qemu-img <subcommand> --output=json` on the image; its stdout.
+    fn qemu_img(&self, subcommand: &str) -> Result<Vec<u8>, HvError> {
         let mut cmd = Command::new("qemu-img");
-        cmd.args(args);
+        cmd.args([subcommand, "--output=json"]);
         if self.auth.is_some() {
             cmd.args([
                 "--object",
                 "secret,id=volmig-key,file=/dev/stdin,format=base64",
             ]);
         }
-        cmd.arg(self.spec())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| HvError::Unsupported(format!("cannot run qemu-img: {e}")))?;
-        if let (Some(mut stdin), Some((_, key))) = (child.stdin.take(), &self.auth) {
-            // A failed write shows up as qemu-img's own error below.
-            let _ = stdin.write_all(key.as_bytes());
-        }
-        let deadline = Instant::now() + CEPH_TIMEOUT;
-        while child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(HvError::Failed {
-                    op: "qemu-img (rbd)",
-                    code: -1,
-                    message: format!("no answer from Ceph within {} s", CEPH_TIMEOUT.as_secs()),
-                });
+        cmd.arg(self.spec());
+        let key = self.auth.as_ref().map(|(_, key)| key.as_bytes());
+        let command = format!("qemu-img {subcommand}");
+        let subject = format!("rbd:{}/{}", self.pool, self.image);
+        match timed_command::run(cmd, key, CEPH_TIMEOUT) {
+            Err(e) => Err(HvError::Unsupported(format!("cannot run qemu-img: {e}"))),
+            // InvalidState, as for any image qemu-img cannot read (see
+            // qemu_img::unreadable): the engine reports FAILED_PRECONDITION.
+            Ok(None) => Err(HvError::InvalidState(format!(
+                "{command} on {subject} got no answer from Ceph within {} s; check that this node reaches the cluster's monitors",
+                CEPH_TIMEOUT.as_secs()
+            ))),
+            Ok(Some(output)) if !output.status.success() => {
+                Err(qemu_img::unreadable(&command, &subject, &output))
             }
-            std::thread::sleep(Duration::from_millis(20));
+            Ok(Some(output)) => Ok(output.stdout),
         }
-        let output = child
-            .wait_with_output()
-            .map_err(|e| HvError::Unsupported(format!("qemu-img: {e}")))?;
-        if !output.status.success() {
-            return Err(HvError::Failed {
-                op: "qemu-img (rbd)",
-                code: output.status.code().unwrap_or(-1),
-                message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
-        Ok(output.stdout)
     }
 }
 
