@@ -13,22 +13,7 @@ use virt::sys;
 
 use volmig_engine::hypervisor::{BlockJob, CopyOptions};
 
-/// A failed block-job call.
-#[derive(Debug)]
-pub enum CallError {
-    /// An argument held a NUL byte and cannot become a C string.
-    Nul(String),
-    /// libvirt refused the call.
-    Libvirt(Error),
-    /// libvirt returned XML that could not be parsed.
-    BadXml(String),
-}
-
-impl From<Error> for CallError {
-    fn from(err: Error) -> Self {
-        CallError::Libvirt(err)
-    }
-}
+use crate::connection::CallError;
 
 pub(crate) fn cstring(s: &str) -> Result<CString, CallError> {
     // A NUL would silently truncate the C string, so it is refused instead.

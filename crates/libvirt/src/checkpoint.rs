@@ -10,7 +10,8 @@ use virt::domain::Domain;
 use virt::error::Error;
 use virt::sys;
 
-use crate::blockjob::{cstring, CallError};
+use crate::blockjob::cstring;
+use crate::connection::CallError;
 
 /// An owned `virDomainCheckpointPtr`.
 struct CheckpointRef(sys::virDomainCheckpointPtr);

@@ -6,11 +6,28 @@
 use std::sync::Arc;
 
 use virt::connect::Connect;
+use virt::error::Error;
 use volmig_engine::hypervisor::HvError;
 
-use crate::blockjob::CallError;
 use crate::error;
 use crate::LibvirtHost;
+
+/// A failed call on the connection, before it becomes an `HvError`.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// An argument held a NUL byte and cannot become a C string.
+    Nul(String),
+    /// libvirt refused the call.
+    Libvirt(Error),
+    /// libvirt returned XML that could not be parsed.
+    BadXml(String),
+}
+
+impl From<Error> for CallError {
+    fn from(err: Error) -> Self {
+        CallError::Libvirt(err)
+    }
+}
 
 impl LibvirtHost {
     fn connection(&self) -> Result<Arc<Connect>, HvError> {

@@ -6,8 +6,7 @@ use virt::domain::Domain;
 use virt::sys;
 use volmig_engine::hypervisor::VolumeUser;
 
-use crate::blockjob::CallError;
-use crate::connection::{bad_xml, unless_vanished};
+use crate::connection::{bad_xml, unless_vanished, CallError};
 use crate::domain_xml;
 use crate::volumes::same_image;
 

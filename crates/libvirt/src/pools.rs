@@ -5,8 +5,7 @@ use virt::storage_pool::StoragePool;
 use virt::sys;
 use volmig_engine::hypervisor::{PoolRunState, PoolSpec};
 
-use crate::blockjob::CallError;
-use crate::connection::bad_xml;
+use crate::connection::{bad_xml, CallError};
 use crate::pool_xml;
 
 fn pool_state(raw: u32) -> PoolRunState {

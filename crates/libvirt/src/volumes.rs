@@ -6,8 +6,7 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 use volmig_engine::hypervisor::{FileId, VolumeSpec, VolumeUser};
 
-use crate::blockjob::CallError;
-use crate::connection::{bad_xml, unless_vanished};
+use crate::connection::{bad_xml, unless_vanished, CallError};
 use crate::pool_xml;
 
 pub(crate) fn volume_spec(vol: &StorageVol) -> Result<VolumeSpec, CallError> {
