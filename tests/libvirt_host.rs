@@ -68,6 +68,23 @@ fn reads_host_domains_disks_and_pools() {
             .expect("lookup"),
         None
     );
+
+    // qemu-img reads the running guest's image (sharing its lock), and a
+    // failure to read one is worded as qemu-img's, not libvirt's.
+    let image = host.image_info(&path).expect("qemu-img info -U");
+    assert_eq!(image.format, "qcow2");
+    assert_eq!(image.virtual_size, 64 * MIB);
+    let missing = pool.path().join("volmig-no-such-image.qcow2");
+    let missing = missing.to_string_lossy();
+    let err = host.image_info(&missing).expect_err("no such image");
+    assert!(matches!(err, HvError::InvalidState(_)), "{err:?}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "qemu-img info on {missing} failed (exit status 1): "
+        )),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("libvirt"), "{err}");
 }
 
 #[test]
