@@ -1,4 +1,4 @@
-//! The libvirt boundary: the only module that imports `virt`.
+//! The libvirt boundary: the only crate in volmig that imports `virt`.
 //!
 //! [`LibvirtHost`] implements [`Hypervisor`] over one cached connection to
 //! libvirtd. A call that finds the connection gone (libvirtd restarted) opens a
