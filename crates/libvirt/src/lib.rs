@@ -1,9 +1,12 @@
 //! The libvirt boundary: the only crate in volmig that imports `virt`.
 //!
 //! [`LibvirtHost`] implements [`Hypervisor`] over one cached connection to
-//! libvirtd. A call that finds the connection gone (libvirtd restarted) opens a
-//! new one and is retried once, so a libvirtd restart mid-migration is survived.
+//! libvirtd. A call that finds the connection gone (libvirtd restarted) opens
+//! a new one and is retried once, so a libvirtd restart mid-migration is
+//! survived.
 //! All methods block; async callers use `spawn_blocking`.
+//!
+//! [`Hypervisor`]: volmig_engine::hypervisor::Hypervisor
 
 mod blockjob;
 mod checkpoint;
