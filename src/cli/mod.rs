@@ -10,10 +10,10 @@
 pub mod generate;
 mod json;
 mod progress;
+pub mod quantities;
 mod report;
 mod table;
 mod target;
-pub mod units;
 
 use std::io::{self, IsTerminal, Write};
 
@@ -29,8 +29,8 @@ use crate::proto::{
     VolumeFormat,
 };
 use progress::{Detach, Style};
+use quantities::{human_rate, parse_bandwidth};
 use target::{Accepts, Service, TargetArgs, TargetError};
-use units::{human_rate, parse_bandwidth};
 
 /// The operator subcommands; the binary's own subcommand enum flattens this in.
 #[derive(Debug, Subcommand)]

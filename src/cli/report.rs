@@ -5,8 +5,8 @@
 use super::progress::{
     completed_summary, failed_summary, format_name, is_terminal, percent, phase_name, progress_line,
 };
+use super::quantities::{human_bytes, human_duration, human_rate, utc_time};
 use super::table::Table;
-use super::units::{human_bytes, human_duration, human_rate, utc_time};
 use crate::proto::{
     ChainPolicy, ClusterPool, CopyMode, Disk, DiskType, ListDisksResponse, MigrationOptions,
     MigrationRecord, NodeInfo, NodeStatus, Phase, PlanMigrationResponse, Pool, PoolState,
