@@ -174,8 +174,6 @@ impl<O: Write, E: Write> Display<O, E> {
     }
 }
 
-/// Follows `stream` until its terminal event, Ctrl-C or a broken stream, and
-
 fn has_progress(ev: &MigrationEvent) -> bool {
     ev.progress.is_some_and(|p| p.bytes_total > 0)
 }
