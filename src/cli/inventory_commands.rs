@@ -1,0 +1,111 @@
+//! `pools`, `disks`, `info` and `nodes`: what a node or the cluster has to
+//! migrate with, each one call and a table or a `key  value` block.
+
+use clap::Args;
+
+use super::target::Accepts;
+use super::{json, print, report, CliError, OutputArgs};
+use crate::api::client::Peer;
+use crate::proto::controller_client::ControllerClient;
+use crate::proto::node_client::NodeClient;
+use crate::proto::{
+    GetInfoRequest, ListClusterPoolsRequest, ListDisksRequest, ListNodesRequest, ListPoolsRequest,
+};
+
+/// Arguments of `disks`.
+#[derive(Debug, Clone, Args)]
+pub struct DisksArgs {
+    /// Domain name or UUID
+    #[arg(long)]
+    domain: String,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+pub(super) async fn pools(args: OutputArgs) -> Result<i32, CliError> {
+    let target = args.target.resolve("pools", Accepts::Either)?;
+    let channel = target.channel().await?;
+    match target.peer {
+        Peer::Node => {
+            let reply = NodeClient::new(channel)
+                .list_pools(ListPoolsRequest {})
+                .await?
+                .into_inner();
+            print(
+                args.json,
+                || json::pools(&reply.pools),
+                || report::pools(&reply.pools),
+            )
+        }
+        Peer::Controller => {
+            let reply = ControllerClient::new(channel)
+                .list_pools(ListClusterPoolsRequest {})
+                .await?
+                .into_inner();
+            print(
+                args.json,
+                || json::cluster_pools(&reply.pools),
+                || report::cluster_pools(&reply.pools),
+            )
+        }
+    }
+}
+
+pub(super) async fn disks(args: DisksArgs) -> Result<i32, CliError> {
+    let target = args.output.target.resolve("disks", Accepts::Node)?;
+    let reply = NodeClient::new(target.channel().await?)
+        .list_disks(ListDisksRequest {
+            domain: args.domain,
+        })
+        .await?
+        .into_inner();
+    print(
+        args.output.json,
+        || json::disks(&reply),
+        || report::disks(&reply),
+    )
+}
+
+pub(super) async fn info(args: OutputArgs) -> Result<i32, CliError> {
+    let target = args.target.resolve("info", Accepts::Node)?;
+    let reply = NodeClient::new(target.channel().await?)
+        .get_info(GetInfoRequest {})
+        .await?
+        .into_inner();
+    print(
+        args.json,
+        || json::node_info(&reply),
+        || report::node_info(&reply),
+    )
+}
+
+pub(super) async fn nodes(args: OutputArgs) -> Result<i32, CliError> {
+    let target = args.target.resolve("nodes", Accepts::Controller)?;
+    let reply = ControllerClient::new(target.channel().await?)
+        .list_nodes(ListNodesRequest {})
+        .await?
+        .into_inner();
+    print(
+        args.json,
+        || json::nodes(&reply.nodes),
+        || report::nodes(&reply.nodes),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::execute;
+    use crate::cli::tests::parse;
+
+    #[tokio::test]
+    async fn unreachable_node_is_reported_as_unavailable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let endpoint = format!("unix://{}/node.sock", dir.path().display());
+        let cmd = parse(&["pools", "--node", &endpoint]).expect("parses");
+        let err = execute(cmd).await.expect_err("nothing listens");
+        assert_eq!(
+            err.to_string(),
+            format!("UNAVAILABLE: cannot connect to node at {endpoint}: No such file or directory — is `volmig node` running?")
+        );
+    }
+}
