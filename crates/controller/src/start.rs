@@ -4,8 +4,8 @@
 
 use super::error::ControllerError;
 use super::inventory::Merged;
-use super::model::{Entry, Order};
-use super::placement::{self, Verdict};
+use super::model::{MigrationEntry, Order};
+use super::placement::{self, PoolVerdict};
 use super::registry::NodeEntry;
 use super::reservations::Slots;
 use super::resolve::Located;
@@ -13,12 +13,12 @@ use super::{Controller, WatchStream};
 use volmig_types::phase::now_ms;
 
 /// The first rule that refused a pool of `plan`, as `rule: reason`.
-fn first_refusal(plan: &placement::Plan) -> String {
+fn first_refusal(plan: &placement::PlacementPlan) -> String {
     plan.decisions
         .first()
         .map(|d| match &d.verdict {
-            Verdict::Rejected(r) => format!("{}: {}", r.rule.name(), r.reason),
-            Verdict::Accepted(_) => String::new(),
+            PoolVerdict::Rejected(r) => format!("{}: {}", r.rule.name(), r.reason),
+            PoolVerdict::Accepted(_) => String::new(),
         })
         .unwrap_or_default()
 }
@@ -65,7 +65,7 @@ impl Controller {
         order.destination_pool = pool;
         order.source_users_elsewhere.extend(elsewhere);
         let node = located.node;
-        let entry = Entry {
+        let entry = MigrationEntry {
             migration_id: String::new(),
             node_id: node.id.clone(),
             order,
@@ -128,7 +128,7 @@ impl Controller {
         order.disks = placed;
         let disks = order.disks.len();
         let mut ids = storage_ids.into_iter();
-        let entry = Entry {
+        let entry = MigrationEntry {
             migration_id: String::new(),
             node_id: node.id.clone(),
             order,
@@ -181,7 +181,7 @@ impl Controller {
         &self,
         actor: Option<&str>,
         node: &NodeEntry,
-        mut entry: Entry,
+        mut entry: MigrationEntry,
     ) -> Result<(String, WatchStream), ControllerError> {
         let slots = self.reserve(&entry).await?;
         let started = self.inner.nodes.migrate(node, actor, &entry.order).await;
@@ -250,7 +250,7 @@ impl Controller {
 
     /// Takes an in-flight slot on each destination pool, refusing when one
     /// is at its limit (another controller may have just filled it).
-    async fn reserve(&self, entry: &Entry) -> Result<Slots, ControllerError> {
+    async fn reserve(&self, entry: &MigrationEntry) -> Result<Slots, ControllerError> {
         // The pool names, in the order of the storage ids.
         let names: Vec<&str> = if entry.order.disks.is_empty() {
             vec![entry.order.destination_pool.as_str()]

@@ -3,7 +3,7 @@
 //!
 //! Pure functions over plain values, so that a placement can be explained,
 //! replayed and tested without a cluster: the controller hands in the disk, its
-//! pool inventory and a policy per pool, and gets back a [`Plan`] with a
+//! pool inventory and a policy per pool, and gets back a [`PlacementPlan`] with a
 //! [`Decision`] for every pool. `PlanMigration` shows that plan as it is.
 //!
 //! # Pipeline
@@ -47,7 +47,7 @@
 //!
 //! # Invariants
 //!
-//! - Every input pool appears exactly once in [`Plan::decisions`]: accepted
+//! - Every input pool appears exactly once in [`PlacementPlan::decisions`]: accepted
 //!   pools first, best first, then rejected pools ordered by `storage_id`.
 //! - The plan depends only on the set of pools, not their order, as long as
 //!   `storage_id` is unique (the inventory lists a shared pool once).
@@ -64,5 +64,5 @@ mod proptests;
 mod tests;
 
 pub use inputs::{DiskToPlace, LayerToPlace, PoolCandidate, PoolPolicy};
-pub use plan::{check_named, plan, Decision, Fit, Plan, Rejection, Verdict};
+pub use plan::{check_named, plan, Decision, Fit, PlacementPlan, PoolVerdict, Rejection};
 pub use rules::Rule;

@@ -27,7 +27,7 @@ pub struct Rejection {
 
 /// The outcome for one pool.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub enum PoolVerdict {
     /// The pool can take the disk.
     Accepted(Fit),
     /// The pool cannot take the disk.
@@ -42,23 +42,23 @@ pub struct Decision {
     /// The pool's name.
     pub name: String,
     /// Accepted with its fit, or rejected with the reason.
-    pub verdict: Verdict,
+    pub verdict: PoolVerdict,
 }
 
 /// A placement: a decision for every pool considered.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
+pub struct PlacementPlan {
     /// Accepted pools first, by score (best first), then rejected pools by
     /// `storage_id`.
     pub decisions: Vec<Decision>,
 }
 
-impl Plan {
+impl PlacementPlan {
     /// The chosen pool: the best accepted one, `None` when every pool was rejected.
     pub fn chosen(&self) -> Option<&Decision> {
         self.decisions
             .first()
-            .filter(|d| matches!(d.verdict, Verdict::Accepted(_)))
+            .filter(|d| matches!(d.verdict, PoolVerdict::Accepted(_)))
     }
 }
 
@@ -67,7 +67,7 @@ pub fn plan(
     disk: &DiskToPlace,
     pools: &[PoolCandidate],
     policy: impl Fn(&PoolCandidate) -> PoolPolicy,
-) -> Plan {
+) -> PlacementPlan {
     let mut assessed: Vec<(&PoolCandidate, Result<Fit, Rejection>)> = pools
         .iter()
         .map(|pool| (pool, check_named(disk, pool, &policy(pool))))
@@ -79,12 +79,12 @@ pub fn plan(
             storage_id: pool.storage_id.clone(),
             name: pool.name.clone(),
             verdict: match outcome {
-                Ok(fit) => Verdict::Accepted(fit),
-                Err(rejection) => Verdict::Rejected(rejection),
+                Ok(fit) => PoolVerdict::Accepted(fit),
+                Err(rejection) => PoolVerdict::Rejected(rejection),
             },
         })
         .collect();
-    Plan { decisions }
+    PlacementPlan { decisions }
 }
 
 /// Checks one pool against every rule, in order: for a pool the caller named
@@ -107,7 +107,7 @@ pub fn check_named(
     })
 }
 
-/// The total order of [`Plan::decisions`]. Accepted pools are ordered by the
+/// The total order of [`PlacementPlan::decisions`]. Accepted pools are ordered by the
 /// exact `free_after` rather than the `f64` score so that ranking stays exact;
 /// the score is a monotone function of it.
 fn rank(

@@ -135,7 +135,7 @@ proptest! {
             prop_assert!(planned
                 .decisions
                 .iter()
-                .all(|d| matches!(d.verdict, Verdict::Rejected(_))));
+                .all(|d| matches!(d.verdict, PoolVerdict::Rejected(_))));
             return Ok(());
         };
         let Some(pool) = pools.iter().find(|p| p.storage_id == chosen.storage_id) else {
@@ -172,7 +172,7 @@ proptest! {
         }
         prop_assert_eq!(
             &chosen.verdict,
-            &Verdict::Accepted(Fit {
+            &PoolVerdict::Accepted(Fit {
                 score: (pool.available - needed) as f64,
                 free_after: pool.available - needed,
             })
@@ -222,17 +222,17 @@ proptest! {
             prop_assert_eq!(
                 check_named(&disk, pool, &policy),
                 match &decision.verdict {
-                    Verdict::Accepted(fit) => Ok(*fit),
-                    Verdict::Rejected(rejection) => Err(rejection.clone()),
+                    PoolVerdict::Accepted(fit) => Ok(*fit),
+                    PoolVerdict::Rejected(rejection) => Err(rejection.clone()),
                 }
             );
             match &decision.verdict {
-                Verdict::Accepted(fit) => {
+                PoolVerdict::Accepted(fit) => {
                     prop_assert!(!seen_rejected);
                     prop_assert!(fit.free_after <= last_free);
                     last_free = fit.free_after;
                 }
-                Verdict::Rejected(rejection) => {
+                PoolVerdict::Rejected(rejection) => {
                     seen_rejected = true;
                     let candidate = Candidate::new(&disk, pool, &policy);
                     let first_failing = Rule::ALL

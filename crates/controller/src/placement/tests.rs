@@ -44,20 +44,20 @@ fn named(storage_id: &str, pool: PoolCandidate) -> PoolCandidate {
     }
 }
 
-fn order(plan: &Plan) -> Vec<&str> {
+fn order(plan: &PlacementPlan) -> Vec<&str> {
     plan.decisions
         .iter()
         .map(|d| d.storage_id.as_str())
         .collect()
 }
 
-fn fit(plan: &Plan, storage_id: &str) -> Option<Fit> {
+fn fit(plan: &PlacementPlan, storage_id: &str) -> Option<Fit> {
     plan.decisions
         .iter()
         .find(|d| d.storage_id == storage_id)
         .and_then(|d| match d.verdict {
-            Verdict::Accepted(fit) => Some(fit),
-            Verdict::Rejected(_) => None,
+            PoolVerdict::Accepted(fit) => Some(fit),
+            PoolVerdict::Rejected(_) => None,
         })
 }
 
@@ -282,7 +282,7 @@ fn each_rule_rejects_with_its_numbers_and_check_named_agrees_with_plan() {
             vec![Decision {
                 storage_id: pool.storage_id.clone(),
                 name: pool.name.clone(),
-                verdict: Verdict::Rejected(rejection.clone()),
+                verdict: PoolVerdict::Rejected(rejection.clone()),
             }],
             "{rule}"
         );
@@ -396,7 +396,7 @@ fn flatten_needs_every_layer_of_the_chain_not_just_the_top() {
         .iter()
         .find(|d| d.storage_id == "top-only")
         .map(|d| d.verdict.clone());
-    let Some(Verdict::Rejected(r)) = rejected else {
+    let Some(PoolVerdict::Rejected(r)) = rejected else {
         panic!("a pool with room for the top only was accepted: {rejected:?}");
     };
     assert_eq!(r.rule, Rule::UsedThreshold);
@@ -460,7 +460,7 @@ fn a_disk_that_fits_sparse_does_not_fit_thick() {
     let planned = plan(&disk(), &pools, |_| PoolPolicy::default());
     assert_eq!(order(&planned), ["file", "block"]);
     assert_eq!(fit(&planned, "file").map(|f| f.free_after), Some(7 * GIB));
-    let Verdict::Rejected(rejection) = &planned.decisions[1].verdict else {
+    let PoolVerdict::Rejected(rejection) = &planned.decisions[1].verdict else {
         panic!("the block pool should be rejected: {planned:?}");
     };
     assert_eq!(rejection.rule, Rule::UsedThreshold);
@@ -549,7 +549,7 @@ fn policy_is_taken_per_pool() {
         ..PoolPolicy::default()
     });
     assert_eq!(order(&planned), ["lax", "strict"]);
-    let Verdict::Rejected(rejection) = &planned.decisions[1].verdict else {
+    let PoolVerdict::Rejected(rejection) = &planned.decisions[1].verdict else {
         panic!("strict should be rejected: {planned:?}");
     };
     assert!(
