@@ -40,6 +40,7 @@ pub mod registry;
 mod relay;
 pub mod reservations;
 mod resolve;
+mod retries;
 mod source_users;
 mod start;
 pub mod store;

@@ -24,8 +24,15 @@ use tracing::Instrument;
 use super::error::ControllerError;
 use super::model::{MigrationEntry, NodeEvent};
 use super::nodes::NodeEventStream;
+use super::retries::Retries;
 use super::Controller;
 use volmig_types::phase::now_ms;
+use volmig_types::retry::RetryPolicy;
+
+/// Re-following a node whose stream was lost or could not be opened: every
+/// second until the migration ends. The policy never gives up; if one did,
+/// the follower would end and the leader's next round would follow again.
+const FOLLOW_AGAIN: RetryPolicy = RetryPolicy::constant(Duration::from_secs(1));
 
 /// What a caller watching a migration receives: its latest event, then
 /// every later one, ending after the terminal event (or an error).
@@ -157,6 +164,7 @@ impl Controller {
         mut stream: Option<NodeEventStream>,
     ) {
         let id = &entry.migration_id;
+        let mut retries = Retries::new(FOLLOW_AGAIN);
         loop {
             if stream.is_none() {
                 stream = self.open_watch(entry).await;
@@ -203,7 +211,9 @@ impl Controller {
                 self.release(entry).await;
                 return;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !retries.pause().await {
+                return;
+            }
         }
     }
 
