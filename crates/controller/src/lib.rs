@@ -44,6 +44,8 @@ mod retries;
 mod source_users;
 mod start;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 use error::ControllerError;
 use history::History;

@@ -286,3 +286,132 @@ impl Controller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use volmig_config::ControllerConfig;
+    use volmig_types::host::{DiskKind, ImageFormat, PoolRunState};
+
+    use crate::advertise::Registrant;
+    use crate::model::{DiskInfo, DomainInfo, Order, PoolInfo};
+    use crate::placement::PoolVerdict;
+    use crate::registry::NodeFacts;
+    use crate::store::file::FileStore;
+    use crate::testing::{FakeNode, FakeNodes};
+    use crate::{Controller, Planned};
+
+    const GIB: u64 = 1 << 30;
+
+    fn dir_pool(name: &str, available: u64) -> PoolInfo {
+        PoolInfo {
+            name: name.to_string(),
+            pool_type: "dir".to_string(),
+            state: Some(PoolRunState::Running),
+            capacity: 1000 * GIB,
+            allocation: 1000 * GIB - available,
+            available,
+            disk_kind: Some(DiskKind::File),
+            storage_id: format!("s-{name}"),
+            ..PoolInfo::default()
+        }
+    }
+
+    fn running_vm1() -> DomainInfo {
+        DomainInfo {
+            name: "vm1".to_string(),
+            uuid: "u-vm1".to_string(),
+            running: true,
+            disks: vec![DiskInfo {
+                target: "vda".to_string(),
+                kind: Some(DiskKind::File),
+                device: "disk".to_string(),
+                format: Some(ImageFormat::Qcow2),
+                source: "/pools/src/vm1.qcow2".to_string(),
+                pool: "src".to_string(),
+                volume: "vm1.qcow2".to_string(),
+                capacity: 20 * GIB,
+                allocation: 8 * GIB,
+                ..DiskInfo::default()
+            }],
+        }
+    }
+
+    /// n1 runs vm1; n2 does not, though its pool has the most room.
+    #[tokio::test(start_paused = true)]
+    async fn a_migration_goes_to_the_node_running_the_domain_onto_its_roomiest_pool() {
+        let nodes = Arc::new(
+            FakeNodes::default()
+                .with(
+                    "n1",
+                    FakeNode {
+                        pools: vec![
+                            dir_pool("src", 900 * GIB),
+                            dir_pool("small", 300 * GIB),
+                            dir_pool("big", 600 * GIB),
+                        ],
+                        domains: vec![running_vm1()],
+                    },
+                )
+                .with(
+                    "n2",
+                    FakeNode {
+                        pools: vec![dir_pool("huge", 950 * GIB)],
+                        domains: Vec::new(),
+                    },
+                ),
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(FileStore::open(dir.path()).expect("open the store"));
+        let controller = Controller::start(
+            ControllerConfig::default(),
+            store,
+            nodes.clone(),
+            Arc::new(()),
+        )
+        .await
+        .expect("start");
+        for node in ["n1", "n2"] {
+            let endpoint = format!("unix:///run/{node}.sock");
+            controller
+                .register(node, &endpoint, NodeFacts::default(), &Registrant::Local)
+                .await
+                .expect("register");
+        }
+        let order = Order {
+            domain: "vm1".to_string(),
+            disk: "vda".to_string(),
+            ..Order::default()
+        };
+
+        let Ok(Planned::Single(plan)) = controller.plan(&order).await else {
+            panic!("a single-disk plan");
+        };
+        assert_eq!(plan.located.node.id, "n1");
+        let judged: Vec<(&str, bool)> = plan
+            .plan
+            .decisions
+            .iter()
+            .map(|d| {
+                let accepted = matches!(d.verdict, PoolVerdict::Accepted(_));
+                (d.name.as_str(), accepted)
+            })
+            .collect();
+        assert_eq!(
+            judged,
+            [("big", true), ("small", true), ("src", false)],
+            "only n1's pools, best first, the source rejected"
+        );
+
+        let (id, _events) = controller
+            .start_migration(None, order)
+            .await
+            .expect("started");
+        let started = nodes.started();
+        assert_eq!(started.len(), 1, "{started:?}");
+        assert_eq!(started[0].0, "n1");
+        assert_eq!(started[0].1.destination_pool, "big");
+        assert_eq!(controller.entry(&id).await.expect("recorded").node_id, "n1");
+    }
+}
