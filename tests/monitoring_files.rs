@@ -7,7 +7,7 @@ mod harness;
 use std::collections::BTreeSet;
 
 use prometheus_client::encoding::prometheus_text;
-use volmig::controller::Observer as _;
+use volmig::controller::ControllerObserver as _;
 use volmig::hypervisor::CallObserver as _;
 use volmig::metrics::{ControllerMetrics, NodeMetrics};
 use volmig::migration::model::{Event, Phase, Progress};

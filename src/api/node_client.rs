@@ -23,8 +23,8 @@ use super::controller_service::convert;
 use super::tls::TlsFiles;
 use crate::config::StaticNode;
 use crate::controller::error::{NodeError, NodeErrorKind};
-use crate::controller::model::{DomainDisks, Event, NodeRecord, Order, PoolInfo};
-use crate::controller::nodes::{EventStream, NodeAccess};
+use crate::controller::model::{DomainInfo, NodeEvent, NodeRecord, Order, PoolInfo};
+use crate::controller::nodes::{NodeAccess, NodeEventStream};
 use crate::controller::registry::{NodeEntry, NodeFacts};
 use crate::proto;
 use crate::proto::node_client::NodeClient;
@@ -133,7 +133,7 @@ fn caller_header(actor: &str) -> Option<tonic::metadata::MetadataValue<tonic::me
     text.parse().ok()
 }
 
-fn events(stream: tonic::Streaming<proto::MigrationEvent>) -> EventStream {
+fn events(stream: tonic::Streaming<proto::MigrationEvent>) -> NodeEventStream {
     Box::pin(stream.map(|item| {
         item.map(|e| convert::event_from_proto(&e))
             .map_err(node_error)
@@ -245,7 +245,7 @@ impl NodeAccess for GrpcNodes {
             .collect())
     }
 
-    async fn list_disks(&self, node: &NodeEntry, domain: &str) -> Result<DomainDisks, NodeError> {
+    async fn list_disks(&self, node: &NodeEntry, domain: &str) -> Result<DomainInfo, NodeError> {
         let mut c = self.client(node).await?;
         let disks = self
             .timed(c.list_disks(proto::ListDisksRequest {
@@ -276,7 +276,7 @@ impl NodeAccess for GrpcNodes {
         node: &NodeEntry,
         actor: Option<&str>,
         order: &Order,
-    ) -> Result<(Option<Event>, EventStream), NodeError> {
+    ) -> Result<(Option<NodeEvent>, NodeEventStream), NodeError> {
         let mut c = self.client(node).await?;
         let request = Self::request(actor, convert::order_to_proto(order));
         // Bounded until the first event: the node answers at once (it
@@ -302,7 +302,11 @@ impl NodeAccess for GrpcNodes {
         })?
     }
 
-    async fn watch(&self, node: &NodeEntry, migration_id: &str) -> Result<EventStream, NodeError> {
+    async fn watch(
+        &self,
+        node: &NodeEntry,
+        migration_id: &str,
+    ) -> Result<NodeEventStream, NodeError> {
         let mut c = self.client(node).await?;
         let request = Self::request(
             None,
@@ -330,7 +334,7 @@ impl NodeAccess for GrpcNodes {
         node: &NodeEntry,
         actor: Option<&str>,
         migration_id: &str,
-    ) -> Result<Option<Event>, NodeError> {
+    ) -> Result<Option<NodeEvent>, NodeError> {
         let mut c = self.client(node).await?;
         let request = Self::request(
             actor,

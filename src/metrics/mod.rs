@@ -4,7 +4,7 @@
 //! The engine, the libvirt edge and the controller know nothing of the
 //! metrics library: they report through small observer traits
 //! ([`crate::migration::Observer`], [`crate::hypervisor::CallObserver`],
-//! [`crate::controller::Observer`]) that this module implements. Everything
+//! [`crate::controller::ControllerObserver`]) that this module implements. Everything
 //! is updated as it happens, so a scrape only encodes counters that already
 //! hold their values (plus a few reads of `/proc/self` and of the controller's
 //! node registry): its cost does not grow with the journal or the history.
@@ -405,7 +405,7 @@ impl ControllerMetrics {
     }
 }
 
-impl crate::controller::Observer for ControllerMetrics {
+impl crate::controller::ControllerObserver for ControllerMetrics {
     fn placement_rejected(&self, rule: Rule) {
         self.rejections
             .get_or_create(&[("rule", rule.name())])

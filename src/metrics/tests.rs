@@ -1,5 +1,5 @@
 use super::*;
-use crate::controller::Observer as _;
+use crate::controller::ControllerObserver as _;
 use crate::hypervisor::CallObserver as _;
 use crate::migration::model::{Failure, Progress};
 use crate::migration::Observer as _;

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use crate::placement::{self, DiskToPlace, Plan, PoolCandidate, PoolPolicy};
+use crate::placement::{self, DiskToPlace, PlacementPlan, PoolCandidate, PoolPolicy};
 use volmig_types::host::{pool_disk_kind, space_needed, DiskKind};
 
 /// One disk to place and the pools it may go to (all that its node reaches,
@@ -30,7 +30,7 @@ pub fn plan_together(
     disks: &[DiskChoices],
     policy: impl Fn(&PoolCandidate) -> PoolPolicy,
     same_pool: bool,
-) -> Vec<Plan> {
+) -> Vec<PlacementPlan> {
     let Some(first) = disks.first() else {
         return Vec::new();
     };
@@ -41,7 +41,7 @@ pub fn plan_together(
     let accepted = preference
         .decisions
         .iter()
-        .filter(|d| matches!(d.verdict, placement::Verdict::Accepted(_)));
+        .filter(|d| matches!(d.verdict, placement::PoolVerdict::Accepted(_)));
     for pool in accepted {
         let plans = in_turn(disks, &policy, Some(&pool.storage_id));
         let all_there = plans
@@ -71,7 +71,7 @@ fn in_turn(
     disks: &[DiskChoices],
     policy: &impl Fn(&PoolCandidate) -> PoolPolicy,
     only: Option<&str>,
-) -> Vec<Plan> {
+) -> Vec<PlacementPlan> {
     let mut taken: HashMap<String, Taken> = HashMap::new();
     disks
         .iter()
@@ -157,7 +157,7 @@ mod tests {
         }
     }
 
-    fn chosen(plans: &[Plan]) -> Vec<Option<&str>> {
+    fn chosen(plans: &[PlacementPlan]) -> Vec<Option<&str>> {
         plans
             .iter()
             .map(|p| p.chosen().map(|d| d.storage_id.as_str()))
@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(chosen(&plans), [Some("big"), None]);
         assert!(matches!(
             plans[1].decisions[0].verdict,
-            placement::Verdict::Rejected(_)
+            placement::PoolVerdict::Rejected(_)
         ));
     }
 

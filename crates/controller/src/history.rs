@@ -1,5 +1,5 @@
 //! The controller's migration history, one key per migration in the
-//! [`Store`] (`migrations/<id>`, the [`Entry`] as JSON).
+//! [`Store`] (`migrations/<id>`, the [`MigrationEntry`] as JSON).
 //!
 //! A migration is recorded with a transaction that creates its key only if
 //! absent, before anything of it is relayed, so the history never misses
@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::model::{Entry, Event};
+use super::model::{MigrationEntry, NodeEvent};
 use super::store::{self, Compare, Store, StoreError, Write};
 
 /// Key prefix of the history.
@@ -24,26 +24,26 @@ pub const RETENTION_EVERY: usize = 1000;
 
 /// How long finished migrations are remembered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
+pub struct HistoryRetention {
     /// Finished migrations whose last event is older than this are dropped.
     pub max_age: std::time::Duration,
     /// At most this many finished migrations are kept (the newest).
     pub max_records: usize,
 }
 
-impl Default for Retention {
+impl Default for HistoryRetention {
     fn default() -> Self {
-        Retention {
+        HistoryRetention {
             max_age: std::time::Duration::from_secs(30 * 24 * 3600),
             max_records: 10_000,
         }
     }
 }
 
-impl Retention {
+impl HistoryRetention {
     /// The retention a controller's configuration asks for.
-    pub fn of(config: &volmig_config::ControllerConfig) -> Retention {
-        Retention {
+    pub fn of(config: &volmig_config::ControllerConfig) -> HistoryRetention {
+        HistoryRetention {
             max_age: std::time::Duration::from_secs(
                 config.history_retention_days.saturating_mul(24 * 3600),
             ),
@@ -55,7 +55,7 @@ impl Retention {
 /// The history over a store.
 pub struct History {
     store: Arc<dyn Store>,
-    retention: Retention,
+    retention: HistoryRetention,
     writes: AtomicUsize,
 }
 
@@ -63,25 +63,28 @@ fn key(id: &str) -> String {
     format!("{PREFIX}{id}")
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<Entry, StoreError> {
+fn decode(key: &str, bytes: &[u8]) -> Result<MigrationEntry, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Malformed {
         key: key.to_string(),
         reason: e.to_string(),
     })
 }
 
-fn encode(entry: &Entry) -> Result<Vec<u8>, StoreError> {
+fn encode(entry: &MigrationEntry) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(entry).map_err(|e| StoreError::Io(e.to_string()))
 }
 
 /// Whether `event` may replace `latest`: not after the end, not older.
-fn advances(latest: &Event, event: &Event) -> bool {
+fn advances(latest: &NodeEvent, event: &NodeEvent) -> bool {
     !latest.is_terminal() && event.timestamp_ms >= latest.timestamp_ms
 }
 
 impl History {
     /// The history in `store`, with the retention applied once now.
-    pub async fn open(store: Arc<dyn Store>, retention: Retention) -> Result<History, StoreError> {
+    pub async fn open(
+        store: Arc<dyn Store>,
+        retention: HistoryRetention,
+    ) -> Result<History, StoreError> {
         let history = History {
             store,
             retention,
@@ -92,7 +95,7 @@ impl History {
     }
 
     /// One entry.
-    pub async fn get(&self, id: &str) -> Result<Option<Entry>, StoreError> {
+    pub async fn get(&self, id: &str) -> Result<Option<MigrationEntry>, StoreError> {
         let key = key(id);
         match self.store.get(&key).await? {
             Some(v) => decode(&key, &v.value).map(Some),
@@ -101,7 +104,7 @@ impl History {
     }
 
     /// Every entry. A malformed one is skipped (and logged), not fatal.
-    pub async fn all(&self) -> Result<Vec<Entry>, StoreError> {
+    pub async fn all(&self) -> Result<Vec<MigrationEntry>, StoreError> {
         Ok(self
             .store
             .list(PREFIX)
@@ -119,7 +122,7 @@ impl History {
 
     /// Records a new migration; when it is recorded already (a retry that
     /// attached to it, or another controller), the entry recorded.
-    pub async fn create(&self, entry: Entry) -> Result<Entry, StoreError> {
+    pub async fn create(&self, entry: MigrationEntry) -> Result<MigrationEntry, StoreError> {
         let key = key(&entry.migration_id);
         loop {
             let created = self
@@ -141,7 +144,7 @@ impl History {
 
     /// Records the latest event of a known migration, unless the entry has
     /// a later one or has ended.
-    pub async fn update_latest(&self, event: &Event) -> Result<(), StoreError> {
+    pub async fn update_latest(&self, event: &NodeEvent) -> Result<(), StoreError> {
         let key = key(&event.migration_id);
         let outcome = store::update::<()>(self.store.as_ref(), &key, |current| {
             let Some(bytes) = current else {
@@ -205,12 +208,12 @@ mod tests {
     use crate::store::file::FileStore;
     use volmig_types::phase::Phase;
 
-    pub(crate) fn entry(id: &str, phase: Phase, at: u64) -> Entry {
-        Entry {
+    pub(crate) fn entry(id: &str, phase: Phase, at: u64) -> MigrationEntry {
+        MigrationEntry {
             migration_id: id.into(),
             node_id: "n1".into(),
             order: Default::default(),
-            latest: Event {
+            latest: NodeEvent {
                 migration_id: id.into(),
                 node_id: "n1".into(),
                 phase: Some(phase),
@@ -227,7 +230,7 @@ mod tests {
     #[tokio::test]
     async fn records_once_never_goes_back_and_applies_the_retention() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let retention = Retention {
+        let retention = HistoryRetention {
             max_age: std::time::Duration::from_secs(3600),
             max_records: 3,
         };

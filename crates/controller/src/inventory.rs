@@ -91,11 +91,11 @@ impl Merged {
 /// The pools each node last reported, and their merge, thread-safe.
 #[derive(Default)]
 pub struct Inventory {
-    state: Mutex<State>,
+    state: Mutex<InventoryState>,
 }
 
 #[derive(Default)]
-struct State {
+struct InventoryState {
     per_node: BTreeMap<String, Vec<PoolInfo>>,
     /// Bumped whenever a node's pools change.
     generation: u64,
@@ -109,7 +109,7 @@ impl Inventory {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InventoryState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 

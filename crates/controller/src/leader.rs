@@ -9,11 +9,14 @@
 use std::time::Duration;
 
 use tracing::Instrument;
+use volmig_types::retry::RetryPolicy;
 
+use super::retries::Retries;
 use super::Controller;
 
-/// Pause before campaigning again after the store failed.
-const RETRY: Duration = Duration::from_secs(1);
+/// Campaigning again after the store failed: every second, for as long as
+/// the controller runs, since some controller must lead.
+const CAMPAIGN_AGAIN: RetryPolicy = RetryPolicy::constant(Duration::from_secs(1));
 
 impl Controller {
     pub(super) fn spawn_leader(&self) {
@@ -22,12 +25,15 @@ impl Controller {
         let every = self.heartbeat();
         tokio::spawn(
             async move {
+                let mut retries = Retries::new(CAMPAIGN_AGAIN);
                 loop {
                     let mut leadership = match store.lead().await {
                         Ok(l) => l,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot campaign for leadership");
-                            tokio::time::sleep(RETRY).await;
+                            if !retries.pause().await {
+                                return;
+                            }
                             continue;
                         }
                     };

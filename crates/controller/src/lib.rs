@@ -40,16 +40,19 @@ pub mod registry;
 mod relay;
 pub mod reservations;
 mod resolve;
+mod retries;
 mod source_users;
 mod start;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 use error::ControllerError;
 use history::History;
 use inventory::{ClusterPool, Inventory};
-use model::{Entry, Event, ListFilter, NodeRecord};
+use model::{MigrationEntry, MigrationFilter, NodeEvent, NodeRecord};
 use nodes::NodeAccess;
-use registry::{NodeEntry, NodeFacts, Registry};
+use registry::{NodeEntry, NodeFacts, NodeRegistry};
 use reservations::Reservations;
 use store::Store;
 use volmig_config::ControllerConfig;
@@ -64,7 +67,7 @@ const FAN_OUT: usize = 64;
 /// Told of the controller's decisions and relays, for metrics, without the
 /// controller depending on a metrics library (see `crate::metrics`). Called
 /// inline on request paths: must be cheap.
-pub trait Observer: Send + Sync + 'static {
+pub trait ControllerObserver: Send + Sync + 'static {
     /// A placement rejected a pool for a disk by `rule`.
     fn placement_rejected(&self, rule: placement::Rule);
     /// A node's migration event reached the controller `lag` after the node
@@ -73,7 +76,7 @@ pub trait Observer: Send + Sync + 'static {
 }
 
 /// Observes nothing.
-impl Observer for () {
+impl ControllerObserver for () {
     fn placement_rejected(&self, _: placement::Rule) {}
     fn event_relayed(&self, _: std::time::Duration) {}
 }
@@ -104,7 +107,7 @@ pub struct PoolStatus {
 #[derive(Debug, Clone)]
 pub enum Found {
     /// A finished migration, from the history.
-    Recorded(Box<Entry>),
+    Recorded(Box<MigrationEntry>),
     /// An unfinished one, as its node reports it now.
     Live(NodeRecord),
 }
@@ -117,7 +120,7 @@ pub struct Controller {
 
 struct Inner {
     config: ControllerConfig,
-    registry: Registry,
+    registry: NodeRegistry,
     inventory: Inventory,
     nodes: Arc<dyn NodeAccess>,
     store: Arc<dyn Store>,
@@ -126,7 +129,7 @@ struct Inner {
     /// The follower of each unfinished migration being followed.
     followers: Mutex<HashMap<String, Arc<relay::Follower>>>,
     /// Told of placement rejections and relayed events (metrics).
-    observer: Arc<dyn Observer>,
+    observer: Arc<dyn ControllerObserver>,
 }
 
 impl Controller {
@@ -137,10 +140,10 @@ impl Controller {
         config: ControllerConfig,
         store: Arc<dyn Store>,
         nodes: Arc<dyn NodeAccess>,
-        observer: Arc<dyn Observer>,
+        observer: Arc<dyn ControllerObserver>,
     ) -> Result<Controller, ControllerError> {
-        let history = History::open(store.clone(), history::Retention::of(&config)).await?;
-        let registry = Registry::from_config(&config)?;
+        let history = History::open(store.clone(), history::HistoryRetention::of(&config)).await?;
+        let registry = NodeRegistry::from_config(&config)?;
         let controller = Controller {
             inner: Arc::new(Inner {
                 config,
@@ -256,7 +259,7 @@ impl Controller {
     }
 
     /// The entry of migration `id`.
-    pub async fn entry(&self, id: &str) -> Result<Entry, ControllerError> {
+    pub async fn entry(&self, id: &str) -> Result<MigrationEntry, ControllerError> {
         self.inner
             .history
             .get(id)
@@ -265,7 +268,7 @@ impl Controller {
     }
 
     /// The node that runs `entry`'s migration.
-    fn node_of(&self, entry: &Entry) -> Result<Arc<NodeEntry>, ControllerError> {
+    fn node_of(&self, entry: &MigrationEntry) -> Result<Arc<NodeEntry>, ControllerError> {
         self.inner
             .registry
             .get(&entry.node_id)
@@ -312,8 +315,11 @@ impl Controller {
     }
 
     /// The history's migrations that pass `filter`, latest started first.
-    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Entry>, ControllerError> {
-        let mut entries: Vec<Entry> = self
+    pub async fn list(
+        &self,
+        filter: &MigrationFilter,
+    ) -> Result<Vec<MigrationEntry>, ControllerError> {
+        let mut entries: Vec<MigrationEntry> = self
             .inner
             .history
             .all()
@@ -330,7 +336,7 @@ impl Controller {
         &self,
         actor: Option<&str>,
         id: &str,
-    ) -> Result<Option<Event>, ControllerError> {
+    ) -> Result<Option<NodeEvent>, ControllerError> {
         let entry = self.entry(id).await?;
         let node = self.node_of(&entry)?;
         self.inner

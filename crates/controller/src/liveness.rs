@@ -170,7 +170,7 @@ impl Controller {
     }
 
     /// Forgets the registered nodes that lapsed (see
-    /// [`super::registry::Registry::forget_lapsed`]) with their pools and
+    /// [`super::registry::NodeRegistry::forget_lapsed`]) with their pools and
     /// channels, so their places under `max_nodes` can be taken again.
     pub(super) fn forget_lapsed_nodes(&self) {
         for id in self.inner.registry.forget_lapsed() {

@@ -3,7 +3,7 @@
 //!
 //! A node's event and the caller's request carry many fields the controller
 //! never decides on (progress, results, copy options). The controller relays
-//! those unchanged: [`Event::wire`] and [`Order::wire`] hold the message as
+//! those unchanged: [`NodeEvent::wire`] and [`Order::wire`] hold the message as
 //! it arrived, opaque here, and only the fields the controller acts on are
 //! read out into named fields by the edge (`crate::api`). That keeps the
 //! relay lossless without the domain knowing the wire format.
@@ -81,12 +81,12 @@ pub struct DiskInfo {
     /// Checkpoints whose dirty bitmaps live in the disk.
     pub checkpoints: Vec<String>,
     /// The read-only layers below the top image, nearest first.
-    pub backing_layers: Vec<BackingLayer>,
+    pub backing_layers: Vec<BackingLayerInfo>,
 }
 
 /// One read-only layer of a disk's backing chain.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct BackingLayer {
+pub struct BackingLayerInfo {
     /// Path or name of the image.
     pub source: String,
     /// Its volume name, when a pool holds it.
@@ -108,7 +108,7 @@ impl DiskInfo {
 
 /// A domain's disks as its node reports them.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct DomainDisks {
+pub struct DomainInfo {
     /// Domain name.
     pub name: String,
     /// Domain UUID.
@@ -175,7 +175,7 @@ impl Order {
 
 /// One event of a migration, as its node sent it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct Event {
+pub struct NodeEvent {
     /// The migration.
     pub migration_id: String,
     /// The node that stamped it.
@@ -193,7 +193,7 @@ pub struct Event {
     pub wire: Vec<u8>,
 }
 
-impl Event {
+impl NodeEvent {
     /// Whether the migration has ended with this event.
     pub fn is_terminal(&self) -> bool {
         self.phase.is_some_and(Phase::is_terminal)
@@ -202,7 +202,7 @@ impl Event {
 
 /// One migration as the controller remembers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
+pub struct MigrationEntry {
     /// The migration id the node chose.
     pub migration_id: String,
     /// The node that runs it.
@@ -210,7 +210,7 @@ pub struct Entry {
     /// The request as sent to the node (with the controller's choices).
     pub order: Order,
     /// The latest event recorded.
-    pub latest: Event,
+    pub latest: NodeEvent,
     /// Pool the disk was on.
     pub source_pool: String,
     /// Source the disk had.
@@ -222,7 +222,7 @@ pub struct Entry {
     pub more_storage_ids: Vec<String>,
 }
 
-impl Entry {
+impl MigrationEntry {
     /// Whether the migration has ended.
     pub fn is_terminal(&self) -> bool {
         self.latest.is_terminal()
@@ -235,7 +235,7 @@ impl Entry {
 
     /// Whether `event` may be recorded for this migration: same migration,
     /// stamped by the node that runs it.
-    pub fn owns(&self, event: &Event) -> bool {
+    pub fn owns(&self, event: &NodeEvent) -> bool {
         event.migration_id == self.migration_id && event.node_id == self.node_id
     }
 }
@@ -244,14 +244,14 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRecord {
     /// Its latest event.
-    pub latest: Option<Event>,
+    pub latest: Option<NodeEvent>,
     /// The record as the node sent it, opaque to the controller.
     pub wire: Vec<u8>,
 }
 
 /// Which migrations `list` returns.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ListFilter {
+pub struct MigrationFilter {
     /// Run by this node.
     pub node_id: Option<String>,
     /// Of this domain.
@@ -266,9 +266,9 @@ pub struct ListFilter {
     pub active_only: bool,
 }
 
-impl ListFilter {
+impl MigrationFilter {
     /// Whether `entry` passes.
-    pub fn matches(&self, entry: &Entry) -> bool {
+    pub fn matches(&self, entry: &MigrationEntry) -> bool {
         let latest = &entry.latest;
         self.node_id.as_ref().is_none_or(|n| &entry.node_id == n)
             && self.domain.as_ref().is_none_or(|d| &latest.domain == d)

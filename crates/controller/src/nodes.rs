@@ -8,11 +8,11 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 
 use super::error::NodeError;
-use super::model::{DiskInfo, DomainDisks, Event, NodeRecord, Order, PoolInfo};
+use super::model::{DiskInfo, DomainInfo, NodeEvent, NodeRecord, Order, PoolInfo};
 use super::registry::{NodeEntry, NodeFacts};
 
 /// A node's events of one migration.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, NodeError>> + Send>>;
+pub type NodeEventStream = Pin<Box<dyn Stream<Item = Result<NodeEvent, NodeError>> + Send>>;
 
 /// The controller's view of a node. `actor` names, for the node's audit
 /// log, the caller the controller acts for.
@@ -23,7 +23,7 @@ pub trait NodeAccess: Send + Sync + 'static {
     /// The node's pools.
     async fn list_pools(&self, node: &NodeEntry) -> Result<Vec<PoolInfo>, NodeError>;
     /// The disks of `domain` there; `NotFound` when it is not defined there.
-    async fn list_disks(&self, node: &NodeEntry, domain: &str) -> Result<DomainDisks, NodeError>;
+    async fn list_disks(&self, node: &NodeEntry, domain: &str) -> Result<DomainInfo, NodeError>;
     /// What uses `source` there, apart from `exclude_domain`.
     async fn find_volume_users(
         &self,
@@ -37,9 +37,13 @@ pub trait NodeAccess: Send + Sync + 'static {
         node: &NodeEntry,
         actor: Option<&str>,
         order: &Order,
-    ) -> Result<(Option<Event>, EventStream), NodeError>;
+    ) -> Result<(Option<NodeEvent>, NodeEventStream), NodeError>;
     /// Follows a migration running there (its latest event first).
-    async fn watch(&self, node: &NodeEntry, migration_id: &str) -> Result<EventStream, NodeError>;
+    async fn watch(
+        &self,
+        node: &NodeEntry,
+        migration_id: &str,
+    ) -> Result<NodeEventStream, NodeError>;
     /// The node's record of a migration.
     async fn get(&self, node: &NodeEntry, migration_id: &str) -> Result<NodeRecord, NodeError>;
     /// Cancels a migration there; its latest event.
@@ -48,7 +52,7 @@ pub trait NodeAccess: Send + Sync + 'static {
         node: &NodeEntry,
         actor: Option<&str>,
         migration_id: &str,
-    ) -> Result<Option<Event>, NodeError>;
+    ) -> Result<Option<NodeEvent>, NodeError>;
     /// Changes a migration's copy bandwidth there.
     async fn set_bandwidth(
         &self,
@@ -62,7 +66,7 @@ pub trait NodeAccess: Send + Sync + 'static {
 }
 
 /// Disk `disk` (target or source) of a listing.
-pub fn find_disk<'a>(disks: &'a DomainDisks, disk: &str) -> Option<&'a DiskInfo> {
+pub fn find_disk<'a>(disks: &'a DomainInfo, disk: &str) -> Option<&'a DiskInfo> {
     disks
         .disks
         .iter()

@@ -55,7 +55,7 @@ pub struct NodeEntry {
 }
 
 /// Known nodes, thread-safe, at most `max_nodes` of them.
-pub struct Registry {
+pub struct NodeRegistry {
     nodes: Mutex<Table>,
     domain_hints: Mutex<HashMap<String, String>>,
     down_after: Duration,
@@ -170,7 +170,7 @@ pub fn check_endpoint(endpoint: &str, local_caller: bool) -> Result<(), Registry
     Ok(())
 }
 
-impl Registry {
+impl NodeRegistry {
     /// A registry with the configured nodes, holding at most `max_nodes`
     /// (registered ones are refused beyond it; configured ones always count).
     /// Registered nodes are forgotten an hour after they were last heard
@@ -198,7 +198,7 @@ impl Registry {
                 )
             })
             .collect();
-        Registry {
+        NodeRegistry {
             nodes: Mutex::new(Table {
                 by_id,
                 next_lapse: None,
@@ -215,8 +215,8 @@ impl Registry {
     /// The registry `config` describes: its nodes, its limits, and the
     /// endpoints nodes may advertise (`https://` once the controller serves
     /// TLS, within `advertise_allow`); a malformed `advertise_allow` is refused.
-    pub fn from_config(config: &ControllerConfig) -> Result<Registry, RegistryError> {
-        let mut registry = Registry::new(
+    pub fn from_config(config: &ControllerConfig) -> Result<NodeRegistry, RegistryError> {
+        let mut registry = NodeRegistry::new(
             config
                 .nodes
                 .iter()
@@ -420,7 +420,7 @@ mod tests {
     #[test]
     fn nodes_are_up_only_while_heard_from() {
         let (clock, step) = manual_clock();
-        let reg = Registry::new(
+        let reg = NodeRegistry::new(
             [("a".to_string(), "unix:///a.sock".to_string())],
             Duration::from_millis(50),
             10,
@@ -477,7 +477,7 @@ mod tests {
 
     #[test]
     fn configured_endpoints_stay_and_the_registry_is_bounded() {
-        let reg = Registry::new(
+        let reg = NodeRegistry::new(
             [("a".to_string(), "https://a.example:7451".to_string())],
             Duration::from_secs(5),
             2,
@@ -501,7 +501,7 @@ mod tests {
     fn registered_nodes_not_heard_from_are_forgotten_and_free_their_places() {
         let (clock, step) = manual_clock();
         let step = |secs: u64| step(Duration::from_secs(secs));
-        let reg = Registry::new(
+        let reg = NodeRegistry::new(
             [("s".to_string(), "unix:///s.sock".to_string())],
             Duration::from_secs(5),
             3,

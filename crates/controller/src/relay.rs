@@ -22,19 +22,26 @@ use tokio_stream::StreamExt;
 use tracing::Instrument;
 
 use super::error::ControllerError;
-use super::model::{Entry, Event};
-use super::nodes::EventStream;
+use super::model::{MigrationEntry, NodeEvent};
+use super::nodes::NodeEventStream;
+use super::retries::Retries;
 use super::Controller;
 use volmig_types::phase::now_ms;
+use volmig_types::retry::RetryPolicy;
+
+/// Re-following a node whose stream was lost or could not be opened: every
+/// second until the migration ends. The policy never gives up; if one did,
+/// the follower would end and the leader's next round would follow again.
+const FOLLOW_AGAIN: RetryPolicy = RetryPolicy::constant(Duration::from_secs(1));
 
 /// What a caller watching a migration receives: its latest event, then
 /// every later one, ending after the terminal event (or an error).
-pub type WatchStream = mpsc::Receiver<Result<Event, ControllerError>>;
+pub type WatchStream = mpsc::Receiver<Result<NodeEvent, ControllerError>>;
 
 /// What a follower hands its watchers.
 #[derive(Clone)]
 enum Item {
-    Event(Box<Event>),
+    Event(Box<NodeEvent>),
     /// The node's stream was lost (why); the follower keeps trying.
     Lost(String),
 }
@@ -43,18 +50,18 @@ enum Item {
 pub(super) struct Follower {
     /// Latest event and the channel to watchers; one lock so that a new
     /// watcher's snapshot and its subscription see no gap and no repeat.
-    state: Mutex<(Event, broadcast::Sender<Item>)>,
+    state: Mutex<(NodeEvent, broadcast::Sender<Item>)>,
 }
 
 impl Follower {
-    fn new(latest: Event) -> Arc<Follower> {
+    fn new(latest: NodeEvent) -> Arc<Follower> {
         let (tx, _) = broadcast::channel(256);
         Arc::new(Follower {
             state: Mutex::new((latest, tx)),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Event, broadcast::Sender<Item>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (NodeEvent, broadcast::Sender<Item>)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -66,7 +73,7 @@ impl Follower {
         let _ = state.1.send(item);
     }
 
-    fn latest(&self) -> Event {
+    fn latest(&self) -> NodeEvent {
         self.lock().0.clone()
     }
 }
@@ -106,7 +113,11 @@ impl Controller {
 
     /// The follower of an unfinished migration, started (from `stream` when
     /// the caller already has the node's stream) if there is none yet.
-    pub(super) fn follow(&self, entry: &Entry, stream: Option<EventStream>) -> Arc<Follower> {
+    pub(super) fn follow(
+        &self,
+        entry: &MigrationEntry,
+        stream: Option<NodeEventStream>,
+    ) -> Arc<Follower> {
         let id = entry.migration_id.clone();
         let mut followers = self.followers();
         if let Some(existing) = followers.get(&id) {
@@ -146,8 +157,14 @@ impl Controller {
 
     /// Reads the node's events into the history and to the watchers until
     /// the migration ends, reconnecting while the node is unreachable.
-    async fn pump(&self, entry: &Entry, follower: &Follower, mut stream: Option<EventStream>) {
+    async fn pump(
+        &self,
+        entry: &MigrationEntry,
+        follower: &Follower,
+        mut stream: Option<NodeEventStream>,
+    ) {
         let id = &entry.migration_id;
+        let mut retries = Retries::new(FOLLOW_AGAIN);
         loop {
             if stream.is_none() {
                 stream = self.open_watch(entry).await;
@@ -194,17 +211,19 @@ impl Controller {
                 self.release(entry).await;
                 return;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !retries.pause().await {
+                return;
+            }
         }
     }
 
-    async fn release(&self, entry: &Entry) {
+    async fn release(&self, entry: &MigrationEntry) {
         if let Err(e) = self.inner.reservations.release_migration(entry).await {
             tracing::warn!(error = %e, "cannot release the migration's in-flight slots; the leader's sweep will");
         }
     }
 
-    async fn open_watch(&self, entry: &Entry) -> Option<EventStream> {
+    async fn open_watch(&self, entry: &MigrationEntry) -> Option<NodeEventStream> {
         let node = self.inner.registry.get(&entry.node_id)?;
         self.inner
             .nodes

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::Entry;
+use super::model::MigrationEntry;
 use super::store::{self, Compare, Store, StoreError, Write};
 use volmig_types::phase::now_ms;
 
@@ -175,7 +175,7 @@ impl Reservations {
     }
 
     /// Frees the slots of a migration that ended.
-    pub async fn release_migration(&self, entry: &Entry) -> Result<(), StoreError> {
+    pub async fn release_migration(&self, entry: &MigrationEntry) -> Result<(), StoreError> {
         let mut sids: Vec<String> = entry.storage_ids().cloned().collect();
         sids.sort();
         sids.dedup();

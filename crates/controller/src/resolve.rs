@@ -9,9 +9,9 @@ use tracing::Instrument;
 use super::error::{ControllerError, NodeErrorKind};
 use super::group_placement::{self, DiskChoices};
 use super::inventory::{ClusterPool, Merged};
-use super::model::{DiskInfo, DiskOrder, DomainDisks, Order};
+use super::model::{DiskInfo, DiskOrder, DomainInfo, Order};
 use super::nodes::find_disk;
-use super::placement::{self, DiskToPlace, LayerToPlace, PoolCandidate, PoolPolicy, Verdict};
+use super::placement::{self, DiskToPlace, LayerToPlace, PoolCandidate, PoolPolicy, PoolVerdict};
 use super::registry::NodeEntry;
 use super::Controller;
 
@@ -32,7 +32,7 @@ pub struct SinglePlan {
     /// The pool the disk is on now.
     pub source_pool: String,
     /// Every pool's verdict.
-    pub plan: placement::Plan,
+    pub plan: placement::PlacementPlan,
 }
 
 /// Every disk of a multi-disk request, located and placed.
@@ -41,7 +41,7 @@ pub struct GroupPlan {
     /// The node running the domain.
     pub node: Arc<NodeEntry>,
     /// Each disk with its request entry and plan, in pivot order.
-    pub disks: Vec<(Located, DiskOrder, placement::Plan)>,
+    pub disks: Vec<(Located, DiskOrder, placement::PlacementPlan)>,
     /// The cluster's pools.
     pub pools: Arc<Merged>,
 }
@@ -57,7 +57,7 @@ pub enum Planned {
 
 /// One node's answer to "do you run this domain?".
 enum Answer {
-    Running(DomainDisks),
+    Running(DomainInfo),
     /// Defined there but not running.
     Defined,
     Absent,
@@ -81,7 +81,7 @@ impl Controller {
         node: Arc<NodeEntry>,
         domain: &str,
         disk: &str,
-        disks: &DomainDisks,
+        disks: &DomainInfo,
     ) -> Result<Located, ControllerError> {
         let found = find_disk(disks, disk).cloned().ok_or_else(|| {
             ControllerError::NotFound(format!(
@@ -115,7 +115,7 @@ impl Controller {
         &self,
         domain: &str,
         up: &[Arc<NodeEntry>],
-    ) -> Result<(Arc<NodeEntry>, DomainDisks), ControllerError> {
+    ) -> Result<(Arc<NodeEntry>, DomainInfo), ControllerError> {
         let mut down = Vec::new();
         let mut defined_on = Vec::new();
         let hinted = self
@@ -289,9 +289,9 @@ impl Controller {
     }
 
     /// Reports the pools `plan` rejected, by rule.
-    pub(super) fn observe_rejections(&self, plan: &placement::Plan) {
+    pub(super) fn observe_rejections(&self, plan: &placement::PlacementPlan) {
         for decision in &plan.decisions {
-            if let Verdict::Rejected(rejection) = &decision.verdict {
+            if let PoolVerdict::Rejected(rejection) = &decision.verdict {
                 self.inner.observer.placement_rejected(rejection.rule);
             }
         }

@@ -4,8 +4,8 @@
 
 use super::error::ControllerError;
 use super::inventory::Merged;
-use super::model::{Entry, Order};
-use super::placement::{self, Verdict};
+use super::model::{MigrationEntry, Order};
+use super::placement::{self, PoolVerdict};
 use super::registry::NodeEntry;
 use super::reservations::Slots;
 use super::resolve::Located;
@@ -13,12 +13,12 @@ use super::{Controller, WatchStream};
 use volmig_types::phase::now_ms;
 
 /// The first rule that refused a pool of `plan`, as `rule: reason`.
-fn first_refusal(plan: &placement::Plan) -> String {
+fn first_refusal(plan: &placement::PlacementPlan) -> String {
     plan.decisions
         .first()
         .map(|d| match &d.verdict {
-            Verdict::Rejected(r) => format!("{}: {}", r.rule.name(), r.reason),
-            Verdict::Accepted(_) => String::new(),
+            PoolVerdict::Rejected(r) => format!("{}: {}", r.rule.name(), r.reason),
+            PoolVerdict::Accepted(_) => String::new(),
         })
         .unwrap_or_default()
 }
@@ -65,7 +65,7 @@ impl Controller {
         order.destination_pool = pool;
         order.source_users_elsewhere.extend(elsewhere);
         let node = located.node;
-        let entry = Entry {
+        let entry = MigrationEntry {
             migration_id: String::new(),
             node_id: node.id.clone(),
             order,
@@ -128,7 +128,7 @@ impl Controller {
         order.disks = placed;
         let disks = order.disks.len();
         let mut ids = storage_ids.into_iter();
-        let entry = Entry {
+        let entry = MigrationEntry {
             migration_id: String::new(),
             node_id: node.id.clone(),
             order,
@@ -181,7 +181,7 @@ impl Controller {
         &self,
         actor: Option<&str>,
         node: &NodeEntry,
-        mut entry: Entry,
+        mut entry: MigrationEntry,
     ) -> Result<(String, WatchStream), ControllerError> {
         let slots = self.reserve(&entry).await?;
         let started = self.inner.nodes.migrate(node, actor, &entry.order).await;
@@ -250,7 +250,7 @@ impl Controller {
 
     /// Takes an in-flight slot on each destination pool, refusing when one
     /// is at its limit (another controller may have just filled it).
-    async fn reserve(&self, entry: &Entry) -> Result<Slots, ControllerError> {
+    async fn reserve(&self, entry: &MigrationEntry) -> Result<Slots, ControllerError> {
         // The pool names, in the order of the storage ids.
         let names: Vec<&str> = if entry.order.disks.is_empty() {
             vec![entry.order.destination_pool.as_str()]
@@ -284,5 +284,134 @@ impl Controller {
         if let Err(e) = self.inner.reservations.release(slots).await {
             tracing::warn!(error = %e, "cannot give back in-flight slots; the leader's sweep will");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use volmig_config::ControllerConfig;
+    use volmig_types::host::{DiskKind, ImageFormat, PoolRunState};
+
+    use crate::advertise::Registrant;
+    use crate::model::{DiskInfo, DomainInfo, Order, PoolInfo};
+    use crate::placement::PoolVerdict;
+    use crate::registry::NodeFacts;
+    use crate::store::file::FileStore;
+    use crate::testing::{FakeNode, FakeNodes};
+    use crate::{Controller, Planned};
+
+    const GIB: u64 = 1 << 30;
+
+    fn dir_pool(name: &str, available: u64) -> PoolInfo {
+        PoolInfo {
+            name: name.to_string(),
+            pool_type: "dir".to_string(),
+            state: Some(PoolRunState::Running),
+            capacity: 1000 * GIB,
+            allocation: 1000 * GIB - available,
+            available,
+            disk_kind: Some(DiskKind::File),
+            storage_id: format!("s-{name}"),
+            ..PoolInfo::default()
+        }
+    }
+
+    fn running_vm1() -> DomainInfo {
+        DomainInfo {
+            name: "vm1".to_string(),
+            uuid: "u-vm1".to_string(),
+            running: true,
+            disks: vec![DiskInfo {
+                target: "vda".to_string(),
+                kind: Some(DiskKind::File),
+                device: "disk".to_string(),
+                format: Some(ImageFormat::Qcow2),
+                source: "/pools/src/vm1.qcow2".to_string(),
+                pool: "src".to_string(),
+                volume: "vm1.qcow2".to_string(),
+                capacity: 20 * GIB,
+                allocation: 8 * GIB,
+                ..DiskInfo::default()
+            }],
+        }
+    }
+
+    /// n1 runs vm1; n2 does not, though its pool has the most room.
+    #[tokio::test(start_paused = true)]
+    async fn a_migration_goes_to_the_node_running_the_domain_onto_its_roomiest_pool() {
+        let nodes = Arc::new(
+            FakeNodes::default()
+                .with(
+                    "n1",
+                    FakeNode {
+                        pools: vec![
+                            dir_pool("src", 900 * GIB),
+                            dir_pool("small", 300 * GIB),
+                            dir_pool("big", 600 * GIB),
+                        ],
+                        domains: vec![running_vm1()],
+                    },
+                )
+                .with(
+                    "n2",
+                    FakeNode {
+                        pools: vec![dir_pool("huge", 950 * GIB)],
+                        domains: Vec::new(),
+                    },
+                ),
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(FileStore::open(dir.path()).expect("open the store"));
+        let controller = Controller::start(
+            ControllerConfig::default(),
+            store,
+            nodes.clone(),
+            Arc::new(()),
+        )
+        .await
+        .expect("start");
+        for node in ["n1", "n2"] {
+            let endpoint = format!("unix:///run/{node}.sock");
+            controller
+                .register(node, &endpoint, NodeFacts::default(), &Registrant::Local)
+                .await
+                .expect("register");
+        }
+        let order = Order {
+            domain: "vm1".to_string(),
+            disk: "vda".to_string(),
+            ..Order::default()
+        };
+
+        let Ok(Planned::Single(plan)) = controller.plan(&order).await else {
+            panic!("a single-disk plan");
+        };
+        assert_eq!(plan.located.node.id, "n1");
+        let judged: Vec<(&str, bool)> = plan
+            .plan
+            .decisions
+            .iter()
+            .map(|d| {
+                let accepted = matches!(d.verdict, PoolVerdict::Accepted(_));
+                (d.name.as_str(), accepted)
+            })
+            .collect();
+        assert_eq!(
+            judged,
+            [("big", true), ("small", true), ("src", false)],
+            "only n1's pools, best first, the source rejected"
+        );
+
+        let (id, _events) = controller
+            .start_migration(None, order)
+            .await
+            .expect("started");
+        let started = nodes.started();
+        assert_eq!(started.len(), 1, "{started:?}");
+        assert_eq!(started[0].0, "n1");
+        assert_eq!(started[0].1.destination_pool, "big");
+        assert_eq!(controller.entry(&id).await.expect("recorded").node_id, "n1");
     }
 }

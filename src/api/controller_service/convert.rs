@@ -1,5 +1,5 @@
 //! proto ↔ controller domain conversions. Events, requests and node records
-//! keep their wire bytes in the domain ([`Event::wire`], [`Order::wire`]), so
+//! keep their wire bytes in the domain ([`NodeEvent::wire`], [`Order::wire`]), so
 //! what the controller relays is exactly what the node or the caller sent,
 //! with only the controller's own decisions written over it.
 
@@ -8,8 +8,8 @@ use tonic::Status;
 
 use crate::api::convert::{format_from_proto, format_to_proto, kind_to_proto, phase_from_proto};
 use crate::controller::model::{
-    BackingLayer, DiskInfo, DiskOrder, DomainDisks, Entry, Event, ListFilter, NodeRecord, Order,
-    PoolInfo,
+    BackingLayerInfo, DiskInfo, DiskOrder, DomainInfo, MigrationEntry, MigrationFilter, NodeEvent,
+    NodeRecord, Order, PoolInfo,
 };
 use crate::controller::registry::NodeFacts;
 use crate::hypervisor::{DiskKind, ImageFormat, PoolRunState};
@@ -101,8 +101,8 @@ pub fn order_to_proto(order: &Order) -> proto::MigrateVolumeRequest {
 }
 
 /// A node's event as the controller reads it.
-pub fn event_from_proto(e: &proto::MigrationEvent) -> Event {
-    Event {
+pub fn event_from_proto(e: &proto::MigrationEvent) -> NodeEvent {
+    NodeEvent {
         migration_id: e.migration_id.clone(),
         node_id: e.node_id.clone(),
         phase: proto::Phase::try_from(e.phase)
@@ -116,7 +116,7 @@ pub fn event_from_proto(e: &proto::MigrationEvent) -> Event {
 }
 
 /// The event as the node sent it.
-pub fn event_to_proto(e: &Event) -> proto::MigrationEvent {
+pub fn event_to_proto(e: &NodeEvent) -> proto::MigrationEvent {
     proto::MigrationEvent::decode(e.wire.as_slice()).unwrap_or_else(|_| proto::MigrationEvent {
         migration_id: e.migration_id.clone(),
         node_id: e.node_id.clone(),
@@ -128,7 +128,7 @@ pub fn event_to_proto(e: &Event) -> proto::MigrationEvent {
 }
 
 /// A history entry as a record.
-pub fn entry_to_proto(e: &Entry) -> proto::MigrationRecord {
+pub fn entry_to_proto(e: &MigrationEntry) -> proto::MigrationRecord {
     proto::MigrationRecord {
         migration_id: e.migration_id.clone(),
         node_id: e.node_id.clone(),
@@ -153,9 +153,9 @@ pub fn node_record_to_proto(r: &NodeRecord) -> proto::MigrationRecord {
 }
 
 /// The controller's list filter.
-pub fn filter_from_proto(req: &proto::ListMigrationsRequest) -> ListFilter {
+pub fn filter_from_proto(req: &proto::ListMigrationsRequest) -> MigrationFilter {
     let engine = crate::api::convert::filter_from_proto(req);
-    ListFilter {
+    MigrationFilter {
         node_id: Some(req.node_id.clone()).filter(|n| !n.is_empty()),
         domain: engine.domain,
         phases: engine.phases,
@@ -243,7 +243,7 @@ pub fn disk_from_proto(d: proto::Disk) -> DiskInfo {
         backing_layers: d
             .backing_layers
             .into_iter()
-            .map(|l| BackingLayer {
+            .map(|l| BackingLayerInfo {
                 source: l.source,
                 volume: l.volume,
                 capacity: l.capacity_bytes,
@@ -286,8 +286,8 @@ pub fn disk_to_proto(d: &DiskInfo) -> proto::Disk {
 }
 
 /// A node's disk listing.
-pub fn disks_from_proto(r: proto::ListDisksResponse) -> DomainDisks {
-    DomainDisks {
+pub fn disks_from_proto(r: proto::ListDisksResponse) -> DomainInfo {
+    DomainInfo {
         name: r.domain_name,
         uuid: r.domain_uuid,
         running: r.running,

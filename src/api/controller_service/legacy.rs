@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use super::convert;
 use crate::config::ControllerConfig;
-use crate::controller::history::{History, Retention};
-use crate::controller::model::{unhex, Entry};
+use crate::controller::history::{History, HistoryRetention};
+use crate::controller::model::{unhex, MigrationEntry};
 use crate::controller::store::Store;
 use crate::proto;
 
@@ -30,10 +30,10 @@ struct Line {
     record_hex: String,
 }
 
-fn entry(line: Line) -> Option<Entry> {
+fn entry(line: Line) -> Option<MigrationEntry> {
     let record = proto::MigrationRecord::decode(unhex(&line.record_hex)?.as_slice()).ok()?;
     let order = convert::order_from_proto(record.request.unwrap_or_default()).ok()?;
-    Some(Entry {
+    Some(MigrationEntry {
         migration_id: line.id,
         node_id: record.node_id,
         order,
@@ -70,7 +70,7 @@ pub async fn import(config: &ControllerConfig, store: Arc<dyn Store>) -> anyhow:
             Err(_) => unreadable += 1,
         }
     }
-    let history = History::open(store, Retention::of(config)).await?;
+    let history = History::open(store, HistoryRetention::of(config)).await?;
     let mut imported = 0;
     for line in latest.into_values() {
         match entry(line) {
@@ -141,7 +141,7 @@ mod tests {
 
         assert_eq!(import(&config, store.clone()).await.expect("import"), 2);
 
-        let history = History::open(store.clone(), Retention::of(&config))
+        let history = History::open(store.clone(), HistoryRetention::of(&config))
             .await
             .expect("history");
         let a = history.get("mig-a").await.expect("get").expect("mig-a");

@@ -14,12 +14,13 @@ use crate::api::node_service::EventStream;
 use crate::config::ControllerConfig;
 use crate::controller::advertise::Registrant;
 use crate::controller::error::ControllerError;
-use crate::controller::placement::{self, Verdict};
+use crate::controller::placement::{self, PoolVerdict};
 use crate::controller::registry::RegistryError;
 use crate::controller::store::Store;
-use crate::controller::{self, Found, Observer, Planned, SinglePlan, WatchStream};
+use crate::controller::{self, ControllerObserver, Found, Planned, SinglePlan, WatchStream};
 use crate::proto;
-use crate::proto::controller_server::Controller;
+// The generated service trait, named apart from the domain's `controller::Controller`.
+use crate::proto::controller_server::Controller as ControllerRpc;
 
 pub mod convert;
 pub mod legacy;
@@ -54,11 +55,11 @@ fn event_stream(mut watch: WatchStream) -> EventStream {
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-fn candidates(plan: &placement::Plan) -> Vec<proto::PlacementCandidate> {
+fn candidates(plan: &placement::PlacementPlan) -> Vec<proto::PlacementCandidate> {
     plan.decisions
         .iter()
         .map(|d| match &d.verdict {
-            Verdict::Accepted(fit) => proto::PlacementCandidate {
+            PoolVerdict::Accepted(fit) => proto::PlacementCandidate {
                 pool: d.name.clone(),
                 storage_id: d.storage_id.clone(),
                 accepted: true,
@@ -67,7 +68,7 @@ fn candidates(plan: &placement::Plan) -> Vec<proto::PlacementCandidate> {
                 score: fit.score,
                 free_after_bytes: fit.free_after,
             },
-            Verdict::Rejected(r) => proto::PlacementCandidate {
+            PoolVerdict::Rejected(r) => proto::PlacementCandidate {
                 pool: d.name.clone(),
                 storage_id: d.storage_id.clone(),
                 accepted: false,
@@ -121,7 +122,7 @@ impl ControllerService {
         config: ControllerConfig,
         store: Arc<dyn Store>,
         credentials: Credentials,
-        observer: Arc<dyn Observer>,
+        observer: Arc<dyn ControllerObserver>,
     ) -> Result<ControllerService, ControllerError> {
         let nodes = Arc::new(GrpcNodes::new(
             credentials,
@@ -150,7 +151,7 @@ fn migration_id(id: &str) -> Result<&str, Status> {
 }
 
 #[tonic::async_trait]
-impl Controller for ControllerService {
+impl ControllerRpc for ControllerService {
     async fn register_node(
         &self,
         req: Request<proto::RegisterNodeRequest>,

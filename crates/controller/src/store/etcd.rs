@@ -36,7 +36,9 @@ use etcd_client::{
 };
 
 use super::{Compare, Leadership, Store, StoreError, Versioned, Write};
+use crate::retries::Retries;
 use volmig_config::EtcdConfig;
+use volmig_types::retry::RetryPolicy;
 
 /// The store in etcd.
 pub struct EtcdStore {
@@ -120,8 +122,10 @@ async fn follow(mirrors: Weak<Mirrors>, full: String, prefix: String, mut stream
     }
 }
 
-/// Attempts after the first for a request that never reached a member.
-const CONNECT_RETRIES: u32 = 5;
+/// A request that never reached a member is tried on another, six times in
+/// all, pausing 1.5 s in total.
+const CONNECT_AGAIN: RetryPolicy =
+    RetryPolicy::attempts(6, Duration::from_millis(100), 2, Duration::from_millis(400));
 
 /// Whether the request failed to connect, so no member saw it.
 fn never_sent(e: &etcd_client::Error) -> bool {
@@ -222,13 +226,10 @@ impl EtcdStore {
     where
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let mut attempt = 0u32;
+        let mut retries = Retries::new(CONNECT_AGAIN);
         loop {
             match call(self.client.clone()).await {
-                Err(e) if attempt < CONNECT_RETRIES && never_sent(&e) => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100) * attempt).await;
-                }
+                Err(e) if never_sent(&e) && retries.pause().await => {}
                 other => return other.map_err(unavailable),
             }
         }

@@ -40,7 +40,7 @@ struct Slot {
     lapses: Option<Instant>,
 }
 
-struct State {
+struct FileState {
     keys: BTreeMap<String, Slot>,
     revision: i64,
     file: File,
@@ -50,7 +50,7 @@ struct State {
 /// The store in one file.
 pub struct FileStore {
     path: PathBuf,
-    state: Mutex<State>,
+    state: Mutex<FileState>,
 }
 
 impl FileStore {
@@ -90,7 +90,7 @@ impl FileStore {
         let file = rewrite(&path, &keys).map_err(err)?;
         Ok(FileStore {
             path,
-            state: Mutex::new(State {
+            state: Mutex::new(FileState {
                 lines: keys.len(),
                 keys,
                 revision,
@@ -99,7 +99,7 @@ impl FileStore {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FileState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -107,7 +107,12 @@ impl FileStore {
         StoreError::Io(format!("{}: {e}", self.path.display()))
     }
 
-    fn append(&self, state: &mut State, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+    fn append(
+        &self,
+        state: &mut FileState,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
         let line = serde_json::to_string(&Line {
             k: key.to_string(),
             v: value.map(hex),
@@ -118,7 +123,7 @@ impl FileStore {
         Ok(())
     }
 
-    fn maybe_compact(&self, state: &mut State) -> Result<(), StoreError> {
+    fn maybe_compact(&self, state: &mut FileState) -> Result<(), StoreError> {
         let durable = state.keys.values().filter(|s| s.lapses.is_none()).count();
         if state.lines < COMPACT_MIN_LINES || state.lines <= 2 * durable {
             return Ok(());
@@ -130,7 +135,7 @@ impl FileStore {
 }
 
 /// Drops lapsed keys.
-fn expire(state: &mut State) {
+fn expire(state: &mut FileState) {
     let now = Instant::now();
     state.keys.retain(|_, s| s.lapses.is_none_or(|t| t > now));
 }
