@@ -1,29 +1,14 @@
-//! The engine's shared state: the registry of migrations and the way every
-//! event is journaled, published and finally pruned.
+//! The engine's shared state, and the way every event is journaled,
+//! published and finally pruned.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{blocking, EngineConfig, Job};
+use super::{blocking, EngineConfig, Job, Registry};
 use crate::error::Error;
-use crate::group::Group;
 use crate::hypervisor::{HvError, Hypervisor};
 use crate::journal::{Journal, Record};
 use crate::model::now_ms;
 use crate::observer::{Observer, TraceContext};
-
-#[derive(Default)]
-pub(super) struct Registry {
-    pub(super) by_id: HashMap<String, Arc<Job>>,
-    pub(super) by_request: HashMap<String, String>,
-    /// Active migrations by (domain uuid, target): the per-disk lease.
-    pub(super) by_disk: HashMap<(String, String), String>,
-    /// Destination names of active migrations by (pool, volume), so two
-    /// migrations can never race for one name.
-    pub(super) reserved: HashMap<(String, String), String>,
-    /// Multi-disk migrations by id.
-    pub(super) groups: HashMap<String, Arc<Group>>,
-}
 
 pub(crate) struct Inner {
     pub hv: Arc<dyn Hypervisor>,

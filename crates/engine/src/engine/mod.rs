@@ -5,6 +5,7 @@
 //! most `max_concurrent` active migrations; every phase change is journaled
 //! before it is published; every subscription ends with exactly one terminal event.
 
+mod admission;
 mod config;
 mod control;
 mod groups;
@@ -12,6 +13,7 @@ mod host;
 mod inner;
 mod job_handle;
 mod migrate;
+mod registry;
 mod start;
 mod subscription;
 mod views;
@@ -23,13 +25,14 @@ use migrate::{new_migration_id, new_record};
 pub use config::{EngineConfig, Retention};
 pub use groups::GroupView;
 pub(crate) use inner::Inner;
-use inner::Registry;
 pub(crate) use job_handle::{Command, Job};
+use registry::Registry;
 use subscription::Source;
 pub use subscription::Subscription;
 pub use views::{DiskView, DomainDisks, LayerView, ListFilter};
 
 use crate::error::Error;
+use crate::group::Group;
 use crate::hypervisor::HvError;
 
 /// The migration engine of one node.

@@ -63,23 +63,12 @@ impl Engine {
                         .insert(record.request.request_id.clone(), job.id.clone());
                 }
                 if !terminal {
-                    let plan = &record.plan;
-                    reg.by_disk.insert(
-                        (plan.domain_uuid.clone(), plan.target.clone()),
-                        job.id.clone(),
-                    );
+                    // The top keeps the name the pool gave it, if it was created.
                     let volume = record
                         .stage
                         .created_volume()
-                        .map_or(plan.dest_volume.clone(), |v| v.name.clone());
-                    reg.reserved
-                        .insert((plan.dest_pool.clone(), volume), job.id.clone());
-                    for layer in plan.chain.iter().filter(|l| l.reused.is_none()) {
-                        reg.reserved.insert(
-                            (plan.dest_pool.clone(), layer.dest_volume.clone()),
-                            job.id.clone(),
-                        );
-                    }
+                        .map_or(record.plan.dest_volume.as_str(), |v| v.name.as_str());
+                    reg.claim(&job.id, &record.plan, volume);
                 }
             }
             if !terminal {

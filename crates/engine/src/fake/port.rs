@@ -20,6 +20,7 @@ impl Hypervisor for FakeHypervisor {
     }
 
     fn domain(&self, name: &str) -> Result<DomainState, HvError> {
+        self.park("domain");
         self.step(|st| Self::domain_state(st, name))
     }
 
