@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::{new_migration_id, Engine, Group, Inner, Job, Source, Subscription};
 use crate::error::Error;
-use crate::model::{DiskChoice, DiskSelection, GroupRequest, MigrationRequest};
+use crate::model::{DiskSelection, GroupRequest, MigrationRequest};
 
 /// A request as admission sees it.
 #[derive(Clone)]
@@ -38,7 +38,7 @@ impl Requested {
             Requested::Group(r) => match &r.disks {
                 DiskSelection::Listed(choices) => choices
                     .iter()
-                    .map(|c: &DiskChoice| (r.domain.clone(), c.disk.clone()))
+                    .map(|c| (r.domain.clone(), c.disk.clone()))
                     .collect(),
                 DiskSelection::All(_) => Vec::new(),
             },

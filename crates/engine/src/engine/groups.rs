@@ -356,6 +356,11 @@ fn check_group_request(req: &GroupRequest) -> Result<(), Error> {
             });
         }
     }
+    // Listed disks are known now: a missing destination pool is the
+    // caller's mistake, refused before admission weighs the disks.
+    if let DiskSelection::Listed(choices) = &req.disks {
+        member_requests(req, choices)?;
+    }
     Ok(())
 }
 

@@ -11,11 +11,16 @@ use crate::{Engine, EngineConfig, Error, Subscription};
 
 /// `vda` and `vdb` of `g` to pool `b`, in one request.
 fn group_request(id: &str) -> GroupRequest {
+    group_of(id, &["vda", "vdb"])
+}
+
+/// `disks` of `g` to pool `b`, in one request.
+fn group_of(id: &str, disks: &[&str]) -> GroupRequest {
     GroupRequest {
         request_id: id.into(),
         domain: "g".into(),
         disks: DiskSelection::Listed(
-            ["vda", "vdb"]
+            disks
                 .iter()
                 .map(|d| DiskChoice {
                     disk: (*d).into(),
@@ -263,6 +268,37 @@ async fn a_retry_waiting_on_a_request_that_fails_is_decided_afresh() {
     let sub = engine.migrate(request("next")).await.expect("admitted");
     assert_eq!(
         collect(sub).await.last().map(|e| e.phase),
+        Some(Phase::Completed)
+    );
+}
+
+#[tokio::test]
+async fn a_request_planning_counts_against_the_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = Arc::new(FakeHypervisor::with_disks(&["vdb", "vdc"]));
+    let engine = engine(hv.clone(), dir.path()).await;
+    let held = hv.hold("domain");
+    let first = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.migrate(request("first")).await }
+    });
+    held.reached().await;
+    let refused = engine
+        .migrate_group(group_of("both", &["vdb", "vdc"]))
+        .await
+        .err()
+        .expect("over the limit of 2");
+    assert_eq!(refused.code(), ErrorCode::ResourceExhausted, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("runs at most 2 disk migrations and 1 are running; this request needs 2"),
+        "{refused}"
+    );
+    drop(held);
+    let first = first.await.expect("first task").expect("first admitted");
+    assert_eq!(
+        collect(first).await.last().map(|e| e.phase),
         Some(Phase::Completed)
     );
 }
