@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{new_migration_id, Engine, Group, Inner, Job, Source, Subscription};
+use super::{new_migration_id, Engine, Group, Inner, Job, Registry, Source, Subscription};
 use crate::error::Error;
 use crate::model::{DiskSelection, GroupRequest, MigrationRequest};
 
@@ -159,7 +159,7 @@ pub(super) fn decide(inner: &Arc<Inner>, req: &Requested) -> Decision {
 /// or when the node has no room for them beside every other migration.
 fn check_disks(
     inner: &Inner,
-    reg: &super::Registry,
+    reg: &Registry,
     own: Option<u64>,
     req: &Requested,
     disks: &[(String, String)],
