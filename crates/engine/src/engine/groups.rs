@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use super::admission::{Admitted, Requested};
 use super::{new_migration_id, new_record, Engine, Job, ListFilter, Source, Subscription};
 use crate::error::Error;
 use crate::group::{Abort, Gate, Group};
@@ -30,21 +31,18 @@ impl Engine {
     #[tracing::instrument(skip(self, req), err, fields(domain = %req.domain.escape_debug()))]
     pub async fn migrate_group(&self, req: GroupRequest) -> Result<Subscription, Error> {
         check_group_request(&req)?;
-        if let Some(sub) = self.attach_group_by_request(&req)? {
-            return Ok(sub);
-        }
+        let mut reservation = match self.admit(&Requested::Group(req.clone())).await? {
+            Admitted::Attached(sub) => return Ok(*sub),
+            Admitted::Reserved(reservation) => reservation,
+        };
         let (choices, skipped) = self.select_disks(&req).await?;
         let requests = member_requests(&req, &choices)?;
-        for r in &requests {
-            if let Some((domain, disk, migration_id)) = self.active_on(&r.domain, &r.disk) {
-                return Err(Error::AlreadyMigrating {
-                    domain,
-                    disk,
-                    migration_id,
-                });
-            }
-        }
-        self.room_for(requests.len())?;
+        reservation.claim(
+            requests
+                .iter()
+                .map(|r| (r.domain.clone(), r.disk.clone()))
+                .collect(),
+        )?;
         let planned = super::blocking({
             let hv = self.inner.hv.clone();
             let requests = requests.clone();
@@ -70,13 +68,13 @@ impl Engine {
         let plans = match planned {
             Ok(plans) => plans,
             Err(Error::DestinationExists { pool, volume }) => {
-                return Err(self.reserved_or_exists(pool, volume));
+                return Err(self.inner.registry().reserved_or_exists(pool, volume));
             }
             Err(e) => return Err(e),
         };
         distinct(&plans)?;
 
-        let group_id = new_migration_id();
+        let group_id = reservation.id().to_string();
         let ids: Vec<String> = plans.iter().map(|_| new_migration_id()).collect();
         let link = GroupLink {
             id: group_id.clone(),
@@ -105,41 +103,25 @@ impl Engine {
             Some(gate),
             node_id,
         );
-        self.register_group(&req, &group)?;
+        reservation.register(&members, Some(&group))?;
         let journal = self.inner.journal.clone();
         let saved = super::blocking(move || records.iter().try_for_each(|r| journal.save(r)))
             .await
             .map_err(|e| Error::Journal(e.to_string()))
             .and_then(|r| r.map_err(Error::Journal));
         if let Err(e) = saved {
-            self.unregister_group(&group);
             for id in &ids {
                 let _ = self.inner.journal.remove(id);
             }
             return Err(e);
         }
+        reservation.confirm();
         tracing::info!(migration_id = %group_id, disks = ids.len(), "multi-disk migration accepted");
         let sub = Subscription::new(Source::Group(group.clone()));
         for job in members {
             tokio::spawn(job::run(self.inner.clone(), job, job::Entry::Fresh));
         }
         Ok(sub)
-    }
-
-    fn attach_group_by_request(&self, req: &GroupRequest) -> Result<Option<Subscription>, Error> {
-        if req.request_id.is_empty() {
-            return Ok(None);
-        }
-        let reg = self.inner.registry();
-        let Some(id) = reg.by_request.get(&req.request_id).cloned() else {
-            return Ok(None);
-        };
-        let group = reg.groups.get(&id).cloned();
-        drop(reg);
-        match group {
-            Some(group) if group.request == *req => self.subscribe(Source::Group(group)).map(Some),
-            _ => Err(Error::RequestIdReused(req.request_id.clone())),
-        }
     }
 
     /// The disks a request moves, and those `all_disks` leaves alone.
@@ -221,91 +203,6 @@ impl Engine {
             )));
         }
         Ok((chosen, skipped))
-    }
-
-    fn room_for(&self, n: usize) -> Result<(), Error> {
-        let running = self.inner.registry().by_disk.len();
-        let max = self.inner.config.max_concurrent;
-        if running + n > max {
-            return Err(Error::Exhausted(format!(
-                "node {} runs at most {max} disk migrations and {running} are running; this request needs {n}: retry when enough have finished, or raise max_concurrent_migrations",
-                self.inner.config.node_id
-            )));
-        }
-        Ok(())
-    }
-
-    fn reserved_or_exists(&self, pool: String, volume: String) -> Error {
-        let reg = self.inner.registry();
-        match reg.reserved.get(&(pool.clone(), volume.clone())) {
-            Some(other) => Error::DestinationReserved {
-                pool,
-                volume,
-                migration_id: other.clone(),
-            },
-            None => Error::DestinationExists { pool, volume },
-        }
-    }
-
-    /// Registers the group and its members, checking again under the lock
-    /// what validation checked without it.
-    fn register_group(&self, req: &GroupRequest, group: &Arc<Group>) -> Result<(), Error> {
-        let mut reg = self.inner.registry();
-        if !req.request_id.is_empty() && reg.by_request.contains_key(&req.request_id) {
-            return Err(Error::RequestIdReused(req.request_id.clone()));
-        }
-        if reg.by_disk.len() + group.members.len() > self.inner.config.max_concurrent {
-            drop(reg);
-            return self.room_for(group.members.len());
-        }
-        for job in &group.members {
-            let plan = job.lock().record.plan.clone();
-            if let Some(other) = reg
-                .by_disk
-                .get(&(plan.domain_uuid.clone(), plan.target.clone()))
-            {
-                return Err(Error::AlreadyMigrating {
-                    domain: plan.domain,
-                    disk: plan.target,
-                    migration_id: other.clone(),
-                });
-            }
-            if let Some(other) = reg
-                .reserved
-                .get(&(plan.dest_pool.clone(), plan.dest_volume.clone()))
-            {
-                return Err(Error::DestinationReserved {
-                    pool: plan.dest_pool,
-                    volume: plan.dest_volume,
-                    migration_id: other.clone(),
-                });
-            }
-        }
-        for job in &group.members {
-            let plan = job.lock().record.plan.clone();
-            reg.by_disk
-                .insert((plan.domain_uuid, plan.target), job.id.clone());
-            reg.reserved
-                .insert((plan.dest_pool, plan.dest_volume), job.id.clone());
-            reg.by_id.insert(job.id.clone(), job.clone());
-            let _ = job.group.set(Arc::downgrade(group));
-        }
-        reg.groups.insert(group.id.clone(), group.clone());
-        if !req.request_id.is_empty() {
-            reg.by_request
-                .insert(req.request_id.clone(), group.id.clone());
-        }
-        Ok(())
-    }
-
-    fn unregister_group(&self, group: &Group) {
-        let mut reg = self.inner.registry();
-        let ids: HashSet<&str> = group.members.iter().map(|m| m.id.as_str()).collect();
-        reg.by_id.retain(|id, _| !ids.contains(id.as_str()));
-        reg.by_disk.retain(|_, id| !ids.contains(id.as_str()));
-        reg.reserved.retain(|_, id| !ids.contains(id.as_str()));
-        reg.groups.remove(&group.id);
-        reg.by_request.retain(|_, id| id != &group.id);
     }
 
     /// Rebuilds the groups of the records loaded at start-up, and returns the
@@ -458,6 +355,11 @@ fn check_group_request(req: &GroupRequest) -> Result<(), Error> {
                 reason: format!("disk '{}' is named twice", c.disk.escape_debug()),
             });
         }
+    }
+    // Listed disks are known now: a missing destination pool is the
+    // caller's mistake, refused before admission weighs the disks.
+    if let DiskSelection::Listed(choices) = &req.disks {
+        member_requests(req, choices)?;
     }
     Ok(())
 }
