@@ -220,7 +220,9 @@ impl Error {
                 HvError::InvalidArgument(_) => ErrorCode::InvalidArgument,
                 HvError::NoSpace(_) => ErrorCode::ResourceExhausted,
                 HvError::Unsupported(_) => ErrorCode::FailedPrecondition,
-                HvError::BadXml(_) | HvError::Failed { .. } => ErrorCode::Internal,
+                HvError::BadXml(_) | HvError::Failed { .. } | HvError::Tool { .. } => {
+                    ErrorCode::Internal
+                }
             },
         }
     }

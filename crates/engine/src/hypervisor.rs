@@ -63,6 +63,16 @@ pub enum HvError {
         /// libvirt's message.
         message: String,
     },
+    /// A tool the host runs beside libvirt (`qemu-img`, `cp`) failed.
+    #[error("{command} failed ({status}): {message}")]
+    Tool {
+        /// The command, e.g. "qemu-img compare".
+        command: &'static str,
+        /// How it ended, e.g. "exit status 1".
+        status: String,
+        /// What it said on stderr.
+        message: String,
+    },
 }
 
 /// Told of every call a [`Hypervisor`] implementation makes to its host

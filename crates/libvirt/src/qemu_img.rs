@@ -17,14 +17,19 @@ fn run(program: &str, args: &[&str]) -> Result<std::process::Output, HvError> {
 }
 
 /// A failed run of `qemu-img compare`, `qemu-img rebase` or `cp`.
-fn failed(op: &'static str, output: &std::process::Output) -> HvError {
-    // Still `Failed`, which reads as a libvirt call's failure, because it is
-    // the only variant besides `BadXml` the engine reports as INTERNAL, which
-    // a failed compare or layer copy is today.
-    HvError::Failed {
-        op,
-        code: output.status.code().unwrap_or(-1),
+fn failed(command: &'static str, output: &std::process::Output) -> HvError {
+    HvError::Tool {
+        command,
+        status: exit_status(output),
         message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+    }
+}
+
+/// "exit status N", or the signal that killed the process.
+fn exit_status(output: &std::process::Output) -> String {
+    match output.status.code() {
+        Some(code) => format!("exit status {code}"),
+        None => output.status.to_string(),
     }
 }
 
@@ -33,11 +38,7 @@ fn failed(op: &'static str, output: &std::process::Output) -> HvError {
 /// failed, with the image, the exit status and qemu-img's first line of
 /// stderr, e.g. "qemu-img info on /p/a.qcow2 failed (exit status 1): …".
 pub(crate) fn unreadable(command: &str, subject: &str, output: &std::process::Output) -> HvError {
-    let status = match output.status.code() {
-        Some(code) => format!("exit status {code}"),
-        // Killed by a signal: ExitStatus names it.
-        None => output.status.to_string(),
-    };
+    let status = exit_status(output);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let why = stderr
         .lines()
@@ -192,6 +193,23 @@ mod tests {
         assert_eq!(info.virtual_size, 64 << 20);
         let base = parse_info(br#"{"virtual-size": 1, "format": "raw"}"#).expect("parse");
         assert_eq!(base.backing, None);
+    }
+
+    #[test]
+    fn a_failed_compare_names_qemu_img_not_libvirt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.raw");
+        let missing = missing.to_str().expect("utf-8 path");
+        let err = images_equal(missing, ImageFormat::Raw, missing, ImageFormat::Raw)
+            .expect_err("comparing a missing image fails");
+        assert!(matches!(err, HvError::Tool { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("qemu-img compare failed (exit status 2): "),
+            "{text}"
+        );
+        assert!(text.contains(missing), "{text}");
+        assert!(!text.contains("libvirt"), "{text}");
     }
 
     /// What the operator reads when qemu-img cannot read an image: qemu-img
