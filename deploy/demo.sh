@@ -32,11 +32,17 @@ acks() { grep -ao 'VOLMIG-ACK [0-9]*' "$work/console.log" 2>/dev/null | tail -n 
 
 say "setting up libvirt + QEMU (deploy/setup-host.sh)"
 bash deploy/setup-host.sh
+# setup-host.sh may have just installed Rust with rustup: its cargo comes first.
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cleanup
 trap cleanup EXIT
 
-say "building volmig"
-cargo build --release --quiet
+say "building volmig (node and CLI only: no etcd client, no OTLP exporter)"
+# Only what the demo runs: the etcd store and the OTLP exporter (default features)
+# would add their builds, and protoc for etcd's protos.
+built=$(date +%s)
+cargo build --release --locked --quiet --no-default-features --features node
+echo "built in $(( $(date +%s) - built )) s"
 volmig=$top/target/release/volmig
 
 say "building the test guest and two dir pools"

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Installs and starts everything volmig's node and its tests need on a Debian 12 host:
-# libvirt + QEMU, the guest kernel and busybox for the test guest, parted for disk pools,
-# e2fsprogs for the small filesystem pools of the destination-full test, prometheus
-# (prometheus + promtool) for the metrics test and the alert-rules check;
-# for the packaging tests: systemd (systemd-analyze), binutils (strip),
-# cargo-deb (pinned, built once and kept in ~/.cargo/bin), kubectl (the
-# image's, else Debian's kubernetes-client) and kubernetes-validate (pinned,
-# in a venv under /var/tmp).
-# etcd-server for the tests of several controllers on one etcd, and
-# protobuf-compiler (protoc), which the etcd-client crate's build needs to
-# compile etcd's protos (libprotobuf-dev: the well-known types they import).
-# Idempotent and quiet on success; on failure it says what failed and shows the log.
+# Installs and starts what running volmig's node and the demo need on a Debian 12
+# host, and nothing else (what only the tests need is in deploy/setup-tests.sh):
+# - libvirt + QEMU: libvirtd and virtlogd, the QEMU driver, qemu-system-x86 and
+#   qemu-utils (qemu-img, qemu-io); the rbd storage driver and qemu-block-extra too,
+#   because a node serves RBD pools and libvirtd loads its storage backends only when
+#   it starts (installing the driver later would need a libvirtd restart);
+# - the test guest's ingredients (tests/guest/build-guest.sh): the Debian cloud
+#   kernel, a static busybox, cpio, gzip, flock (util-linux);
+# - the build's: gcc + libc6-dev (linker, the ring crate's C), pkg-config and
+#   libvirt-dev (the virt crate links libvirt), and a Rust toolchain from rustup
+#   (minimal profile) when no rustc >= the workspace's rust-version is found
+#   (Debian 12's own rustc is too old); curl + ca-certificates to fetch rustup.
+# Idempotent: when everything is installed it prints nothing and touches no network
+# (no apt-get update); an install says what it installs, in one line. On failure it
+# says what failed and shows the log.
 set -euo pipefail
 
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log=$(mktemp /tmp/volmig-setup.XXXXXX.log)
 fail() {
     echo "setup-host: $*" >&2
@@ -30,18 +34,26 @@ packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-storage-rbd
     libvirt-clients libvirt-dev
     qemu-system-x86 qemu-block-extra qemu-utils
-    linux-image-cloud-amd64 busybox-static cpio gzip parted pkg-config bc e2fsprogs
-    prometheus etcd-server protobuf-compiler libprotobuf-dev
-    systemd binutils util-linux python3-seccomp
+    linux-image-cloud-amd64 busybox-static cpio gzip util-linux
+    gcc libc6-dev pkg-config curl ca-certificates
 )
 
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
+# The packages of "$@" that are not installed, one dpkg-query for all of them
+# (it exits 1 when it knows some name not at all: those count as missing).
+missing_packages() {
+    local installed p
+    installed=$(dpkg-query -W -f='${Package} ${Status}\n' "$@" 2>/dev/null \
+        | awk '$2 == "install" && $3 == "ok" && $4 == "installed" {print $1}' || true)
+    for p in "$@"; do
+        grep -qx -- "$p" <<<"$installed" || echo "$p"
+    done
+}
+
+mapfile -t missing < <(missing_packages "${packages[@]}")
 # The image may ship a backports qemu-utils that qemu-system-x86 would remove: install
 # Debian's qemu-utils in the same transaction so qemu-img stays.
 if ! command -v qemu-system-x86_64 >/dev/null || [ ${#missing[@]} -gt 0 ]; then
+    echo "setup-host: installing ${missing[*]:-qemu-system-x86}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update >>"$log" 2>&1 || fail "apt-get update failed"
     qemu_utils=qemu-utils
@@ -51,40 +63,34 @@ if ! command -v qemu-system-x86_64 >/dev/null || [ ${#missing[@]} -gt 0 ]; then
         "${packages[@]/qemu-utils/$qemu_utils}" >>"$log" 2>&1 \
         || fail "apt-get install failed"
 fi
-command -v qemu-img >/dev/null || fail "qemu-img is missing after install"
-command -v promtool >/dev/null || fail "promtool is missing after install (package prometheus)"
-command -v etcd >/dev/null || fail "etcd is missing after install (package etcd-server)"
-command -v protoc >/dev/null || fail "protoc is missing after install (package protobuf-compiler)"
-ls /boot/vmlinuz-* >/dev/null 2>&1 || fail "no kernel in /boot (linux-image-cloud-amd64)"
+command -v qemu-img >/dev/null || fail "qemu-img is missing after install (package qemu-utils)"
+command -v qemu-io >/dev/null || fail "qemu-io is missing after install (package qemu-utils)"
+ls /boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1 || fail "no cloud kernel in /boot (linux-image-cloud-amd64)"
 
-# Packaging tests (tests/install.rs).
-cargo_deb_version=3.8.0
-if ! cargo deb --version 2>/dev/null | grep -qx "cargo-deb $cargo_deb_version"; then
-    # Measured: ~25 min at load 9 on the shared 2-core machine; paid once per machine.
-    cargo install --locked --quiet cargo-deb --version "$cargo_deb_version" >>"$log" 2>&1 \
-        || fail "cargo install cargo-deb $cargo_deb_version failed"
-fi
-if ! kubectl kustomize --help >/dev/null 2>&1; then
-    # The machine image ships kubectl; Debian 12's kubernetes-client (kubectl
-    # 1.20, kustomize v2) renders the same kustomization where it does not.
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends kubernetes-client >>"$log" 2>&1 \
-        || fail "apt-get install kubernetes-client failed"
-fi
-k8s_venv=/var/tmp/volmig-k8s-venv
-k8s_validate_version=1.37.0
-if ! "$k8s_venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$k8s_validate_version"; then
-    python=$(command -v python3)
-    if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
-        apt-get install -y --no-install-recommends python3-venv >>"$log" 2>&1 \
-            || fail "apt-get install python3-venv failed"
-        python=/usr/bin/python3
+# Rust: rustup's toolchain in ~/.cargo/bin comes first when present (that is where
+# the rustup install below puts it; demo.sh and test.sh put it on their PATH too).
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+rust_wanted=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$top/Cargo.toml" | head -n 1)
+[ -n "$rust_wanted" ] || fail "no rust-version in $top/Cargo.toml"
+rust_ok() {
+    local have
+    have=$(rustc --version 2>/dev/null | awk '{print $2}') || return 1
+    [ -n "$have" ] && command -v cargo >/dev/null \
+        && printf '%s\n%s\n' "$rust_wanted" "$have" | sort -V -C
+}
+if ! rust_ok; then
+    echo "setup-host: installing a Rust toolchain >= $rust_wanted with rustup" >&2
+    if command -v rustup >/dev/null; then
+        rustup toolchain install stable --profile minimal >>"$log" 2>&1 \
+            && rustup default stable >>"$log" 2>&1 \
+            || fail "rustup could not install the stable toolchain"
+    else
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs 2>>"$log" \
+            | sh -s -- -y --profile minimal >>"$log" 2>&1 \
+            || fail "rustup-init (https://sh.rustup.rs) failed"
     fi
-    rm -rf "$k8s_venv"
-    { "$python" -m venv "$k8s_venv" \
-        && "$k8s_venv/bin/pip" install --quiet --disable-pip-version-check \
-            "kubernetes-validate==$k8s_validate_version"; } >>"$log" 2>&1 \
-        || fail "pip install kubernetes-validate failed"
+    . "$HOME/.cargo/env"
+    rust_ok || fail "still no rustc >= $rust_wanted after the rustup install"
 fi
 
 mkdir -p /run/libvirt

@@ -8,7 +8,11 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
 start=$(date +%s)
 
+# What running volmig needs, then what only the tests need.
 bash deploy/setup-host.sh
+bash deploy/setup-tests.sh
+# The set-up may have just installed Rust with rustup: its cargo comes first.
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 # The RBD tests start a single-node Ceph on demand and leave it up for the next test;
 # stop it at the end unless it was already running before this run.
 ceph_dir=/var/tmp/volmig-ceph

@@ -254,21 +254,27 @@ pub fn try_wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool
     }
 }
 
-/// Runs `deploy/setup-host.sh` once per process: installs and starts libvirt, QEMU and the
-/// guest's ingredients. Panics with the script's output if it fails: a host without
-/// libvirtd is a failed test, never a skipped one.
+/// Runs `deploy/setup-host.sh` and then `deploy/setup-tests.sh` once per process:
+/// installs and starts libvirt, QEMU and the guest's ingredients, then what only the
+/// tests need (etcd, Prometheus, Ceph, the packaging tools, …). Panics with the
+/// scripts' output if one fails: a host without libvirtd is a failed test, never a
+/// skipped one.
 ///
-/// `deploy/test.sh` runs the script once before the tests and sets `VOLMIG_HOST_READY`,
-/// so that each test process (nextest runs one per test) does not repeat it.
+/// `deploy/test.sh` runs both scripts once before the tests and sets
+/// `VOLMIG_HOST_READY`, so that each test process (nextest runs one per test) does not
+/// repeat them.
 pub fn ensure_host() {
     static SETUP: OnceLock<Result<(), String>> = OnceLock::new();
     let result = SETUP.get_or_init(|| {
         if std::env::var_os("VOLMIG_HOST_READY").is_some() {
             return Ok(());
         }
-        let script = repo_root().join("deploy/setup-host.sh");
-        let script = script.to_string_lossy();
-        run_with_timeout("bash", &[&script], Duration::from_secs(1800)).map(|_| ())
+        for script in ["deploy/setup-host.sh", "deploy/setup-tests.sh"] {
+            let script = repo_root().join(script);
+            let script = script.to_string_lossy();
+            run_with_timeout("bash", &[&script], Duration::from_secs(1800))?;
+        }
+        Ok(())
     });
     if let Err(e) = result {
         panic!("host set-up failed: {e}");
