@@ -30,6 +30,7 @@ cleanup() {
 }
 
 bash deploy/setup-host.sh
+bash deploy/setup-tests.sh
 cleanup
 trap cleanup EXIT
 # The debug build the tests use: the copy's time is QEMU's and qemu-img's.

@@ -6,7 +6,7 @@
 #  2. Failover: three `volmig controller` processes on one etcd (lease TTL 5 s);
 #     ten times, kill -9 the leader and time until another logs that it leads
 #     (the "leading the controllers" line carries its Unix ms).
-# Needs etcd (deploy/setup-host.sh installs etcd-server). Prints a report; the
+# Needs etcd (deploy/setup-tests.sh installs etcd-server). Prints a report; the
 # last run is committed as bench/etcd-last-run.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -55,6 +55,7 @@ cleanup() {
 }
 
 bash deploy/setup-host.sh
+bash deploy/setup-tests.sh
 cleanup
 trap cleanup EXIT
 cargo build --release --quiet

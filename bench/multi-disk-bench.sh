@@ -31,6 +31,7 @@ cleanup() {
 }
 
 bash deploy/setup-host.sh
+bash deploy/setup-tests.sh
 cleanup
 trap cleanup EXIT
 cargo build --release --quiet

@@ -24,7 +24,7 @@ fn promtool(args: &[&str]) {
         .args(args)
         .current_dir(&root)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run promtool (deploy/setup-host.sh installs it): {e}"));
+        .unwrap_or_else(|e| panic!("cannot run promtool (deploy/setup-tests.sh installs it): {e}"));
     assert!(
         out.status.success(),
         "promtool {args:?}:\n{}{}",

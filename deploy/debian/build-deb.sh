@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Debian package target/debian/volmig_<version>-1_<arch>.deb with
-# cargo-deb (pinned in deploy/setup-host.sh). Generates what the package
+# cargo-deb (pinned in deploy/setup-tests.sh). Generates what the package
 # installs besides the binary from the binary itself: man pages, bash/zsh/fish
 # completions, and /etc/volmig/{node,controller}.toml (every key commented out
 # at its default).

@@ -87,7 +87,7 @@ impl EtcdCluster {
             });
         }
         let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot start etcd (deploy/setup-host.sh installs etcd-server): {e}")
+            panic!("cannot start etcd (deploy/setup-tests.sh installs etcd-server): {e}")
         });
         self.members[i].child = Some(child);
     }

@@ -61,7 +61,7 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start prometheus (deploy/setup-host.sh installs it): {e}")
+                panic!("cannot start prometheus (deploy/setup-tests.sh installs it): {e}")
             });
         let mut prometheus = Prometheus {
             child: Some(child),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::harness;
 
-/// The virtualenv deploy/setup-host.sh installs `kubernetes-validate` into
+/// The virtualenv deploy/setup-tests.sh installs `kubernetes-validate` into
 /// (its Python has PyYAML, which the validator needs anyway).
 const K8S_VENV: &str = "/var/tmp/volmig-k8s-venv/bin";
 
