@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::control::{CopyControl, StopReason};
+use super::control::{Copy, Refusal, StopReason};
 use super::ctx::Ctx;
 use crate::engine::Command;
 use crate::error::Error;
@@ -15,7 +15,7 @@ use crate::group::Abort;
 
 impl<'a> Ctx<'a> {
     pub(super) fn stopped(&self) -> Result<(), Error> {
-        match &self.stop {
+        match self.control.stop_reason() {
             Some(StopReason::Cancelled) => Err(Error::Cancelled),
             Some(StopReason::TimedOut(s)) => Err(Error::TimedOut(*s)),
             Some(StopReason::MemberFailed { disk, reason }) => Err(Error::GroupAborted {
@@ -28,15 +28,14 @@ impl<'a> Ctx<'a> {
 
     /// The instant the timeout fires, while it still applies.
     fn live_deadline(&self) -> Option<(tokio::time::Instant, u64)> {
-        self.deadline
-            .filter(|_| self.stop.is_none() && !self.pivot_begun && !self.ending)
+        self.deadline.filter(|_| self.control.interruptible())
     }
 
     /// The group's gate, while an abort of the group still stops this job.
     fn live_gate(&self) -> Option<Arc<crate::group::Gate>> {
         self.member
             .as_ref()
-            .filter(|_| self.stop.is_none() && !self.pivot_begun && !self.ending)
+            .filter(|_| self.control.interruptible())
             .map(|m| m.gate.clone())
     }
 
@@ -77,7 +76,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub(super) fn group_stopped(&mut self, why: Abort) {
-        self.stop.get_or_insert(match why {
+        self.control.stop(match why {
             Abort::Cancelled => StopReason::Cancelled,
             Abort::MemberFailed { disk, reason } => StopReason::MemberFailed { disk, reason },
         });
@@ -99,15 +98,15 @@ impl<'a> Ctx<'a> {
 
     fn time_out(&mut self) {
         if let Some((_, secs)) = self.deadline {
-            self.stop.get_or_insert(StopReason::TimedOut(secs));
+            self.control.stop(StopReason::TimedOut(secs));
         }
     }
 
-    fn wrong_phase(&self, reason: &'static str) -> Error {
+    fn refused(&self, why: Refusal) -> Error {
         Error::WrongPhase {
             id: self.job.id.clone(),
             phase: self.job.latest().phase.name(),
-            reason,
+            reason: why.reason(),
         }
     }
 
@@ -120,44 +119,29 @@ impl<'a> Ctx<'a> {
                     .member
                     .as_ref()
                     .is_some_and(|m| !m.gate.abort(Abort::Cancelled));
-                let answer = if self.pivot_begun || group_refused {
-                    Err(self.wrong_phase(
-                        "the pivot has begun: the guest is being switched to the destination and the migration can no longer be cancelled",
-                    ))
-                } else if self.ending && self.stop != Some(StopReason::Cancelled) {
-                    Err(self.wrong_phase("it is already failing and being rolled back"))
-                } else {
-                    self.stop.get_or_insert(StopReason::Cancelled);
-                    Ok(self.job.latest())
+                let answer = match self.control.cancel(group_refused) {
+                    Ok(()) => Ok(self.job.latest()),
+                    Err(why) => Err(self.refused(why)),
                 };
                 // The caller may be gone; the decision stands either way.
                 let _ = reply.send(answer);
             }
             Command::SetBandwidth(bandwidth, reply) => {
-                let answer = if self.pivot_begun {
-                    Err(self.wrong_phase("bandwidth can only be changed while copying"))
-                } else if self.stop.is_some() || self.ending {
-                    Err(self.wrong_phase("it is stopping"))
-                } else {
-                    match self.copy {
-                        CopyControl::NotAnnounced => {
-                            Err(self
-                                .wrong_phase("the copy has not begun: wait for the COPYING event"))
-                        }
-                        CopyControl::Pending => {
-                            self.job.lock().record.bandwidth = bandwidth;
-                            Ok(())
-                        }
-                        CopyControl::Running => {
-                            let plan = self.plan();
-                            self.inner
-                                .hv(move |hv| {
-                                    hv.block_job_set_speed(&plan.domain, &plan.target, bandwidth)
-                                })
-                                .await
-                                .map(|()| self.job.lock().record.bandwidth = bandwidth)
-                                .map_err(Error::hv("changing the copy bandwidth"))
-                        }
+                let answer = match self.control.bandwidth() {
+                    Err(why) => Err(self.refused(why)),
+                    Ok(Copy::Pending) => {
+                        self.job.lock().record.bandwidth = bandwidth;
+                        Ok(())
+                    }
+                    Ok(Copy::Running) => {
+                        let plan = self.plan();
+                        self.inner
+                            .hv(move |hv| {
+                                hv.block_job_set_speed(&plan.domain, &plan.target, bandwidth)
+                            })
+                            .await
+                            .map(|()| self.job.lock().record.bandwidth = bandwidth)
+                            .map_err(Error::hv("changing the copy bandwidth"))
                     }
                 };
                 let _ = reply.send(answer);
@@ -169,7 +153,7 @@ impl<'a> Ctx<'a> {
     /// place, and one recorded while it was pending is applied. Should that
     /// fail, the copy goes on at `speed` and the record says so.
     pub(super) async fn copy_runs(&mut self, speed: u64) {
-        self.copy = CopyControl::Running;
+        self.control.copy_runs();
         let wanted = self.job.lock().record.bandwidth;
         if wanted == speed {
             return;

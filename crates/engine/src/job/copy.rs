@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::control::CopyControl;
 use super::ctx::Ctx;
 use super::verify::disk_of;
 use crate::error::Error;
@@ -30,7 +29,7 @@ pub(super) async fn start_copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<
     tracing::info!(phase = Phase::Copying.name(), "{message}");
     let mirroring = dest.clone();
     // Set before the event goes out: whoever sees COPYING may change the bandwidth.
-    ctx.copy = CopyControl::Pending;
+    ctx.control.copy_announced();
     ctx.publish(|r| {
         r.stage = Stage::Mirroring(mirroring);
         r.latest.phase = Phase::Copying;
@@ -329,7 +328,7 @@ async fn switch_to_sync_writes(
         r.latest.progress = Progress::default();
     })
     .await?;
-    ctx.copy = CopyControl::Pending;
+    ctx.control.copy_announced();
     let (domain, target) = (plan.domain.clone(), plan.target.clone());
     ctx.hv_retry("aborting the copy to restart it", move |hv| {
         hv.block_job_abort(&domain, &target, false)

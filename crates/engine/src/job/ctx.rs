@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::control::{CopyControl, StopReason};
+use super::control::Control;
 use crate::engine::{Command, Inner, Job};
 use crate::error::Error;
 use crate::group::Member;
@@ -19,14 +19,9 @@ pub(crate) struct Ctx<'a> {
     pub(super) inner: &'a Inner,
     pub(super) job: &'a Job,
     pub(super) inbox: mpsc::Receiver<Command>,
-    pub(super) stop: Option<StopReason>,
     pub(super) deadline: Option<(tokio::time::Instant, u64)>,
-    /// Set once the pivot has begun: cancel and the timeout no longer apply.
-    pub(super) pivot_begun: bool,
-    /// What a bandwidth change acts on.
-    pub(super) copy: CopyControl,
-    /// The job is recording a failure (rolling back).
-    pub(super) ending: bool,
+    /// What cancel, the timeout and a bandwidth change find.
+    pub(super) control: Control,
     /// Its place in a group, when it moves with other disks.
     pub(super) member: Option<Member>,
     /// Its place among a group's copies allowed at once, until it is synchronized.
@@ -74,17 +69,11 @@ impl<'a> Ctx<'a> {
             inner,
             job,
             inbox,
-            stop: None,
             deadline,
-            pivot_begun: matches!(record.stage, Stage::Pivoted(_)),
-            // A recovered copy is announced already; it is confirmed running
-            // (or not) by `recovery::decide`.
-            copy: if matches!(record.stage, Stage::Mirroring(_)) {
-                CopyControl::Pending
-            } else {
-                CopyControl::NotAnnounced
-            },
-            ending: false,
+            control: Control::resumed(
+                matches!(record.stage, Stage::Mirroring(_)),
+                matches!(record.stage, Stage::Pivoted(_)),
+            ),
             member: job.group().and_then(|g| {
                 let gate = g.gate.clone()?;
                 let index = g.members.iter().position(|m| m.id == job.id)?;

@@ -16,6 +16,7 @@ mod commands;
 mod control;
 mod copy;
 mod ctx;
+mod disk_state;
 mod pivot;
 mod prepare;
 pub(crate) mod recovery;
@@ -161,10 +162,7 @@ async fn fresh(ctx: &mut Ctx<'_>) -> Result<MigrationResult, Error> {
     continue_from(ctx, Resume::Copy(dest)).await
 }
 
-async fn continue_from(
-    ctx: &mut Ctx<'_>,
-    resume: Resume,
-) -> Result<MigrationResult, Error> {
+async fn continue_from(ctx: &mut Ctx<'_>, resume: Resume) -> Result<MigrationResult, Error> {
     let dest = match resume {
         Resume::Copy(dest) => {
             wait_until_ready(ctx, &dest).await?;

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::control::CopyControl;
 use super::copy::copy_vanished;
 use super::ctx::Ctx;
 use super::recovery;
@@ -44,8 +43,7 @@ pub(super) async fn wait_for_group(
         };
         match outcome {
             Some(Ok(())) => {
-                ctx.stop = None;
-                ctx.pivot_begun = true;
+                ctx.control.committed();
                 return Ok(());
             }
             Some(Err(why)) => {
@@ -54,7 +52,7 @@ pub(super) async fn wait_for_group(
             }
             None => {}
         }
-        if ctx.pivot_begun {
+        if ctx.control.pivot_begun() {
             continue;
         }
         if !recovery::mirroring_to(ctx, &plan, dest).await? {
@@ -75,11 +73,12 @@ pub(super) async fn timed_pivot(ctx: &mut Ctx<'_>, dest: &Destination) -> Result
 }
 
 /// The one place a job commits to the pivot: it answers every queued command
-/// first, and from the moment it sets `pivot_begun` (with no await in between)
-/// every cancel is refused. The stage is journaled before the pivot is issued.
+/// first (so nothing stops it once that returns), and from the moment its
+/// control state is Pivoting (with no await in between) every cancel is
+/// refused. The stage is journaled before the pivot is issued.
 pub(super) async fn begin_pivot(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
     ctx.checkpoint().await?;
-    ctx.pivot_begun = true;
+    ctx.control.begin_pivot();
     let pivoted = dest.clone();
     ctx.enter_phase(Phase::Pivoting);
     tracing::info!(
@@ -112,7 +111,6 @@ pub(super) async fn pivot(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), E
             return Err(e);
         }
     }
-    ctx.copy = CopyControl::NotAnnounced;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (domain, target) = (plan.domain.clone(), plan.target.clone());

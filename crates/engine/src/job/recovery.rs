@@ -29,7 +29,7 @@ pub(crate) async fn decide(ctx: &mut Ctx<'_>, group_uncommitted: bool) -> Result
                 // volmig journals the pivot before issuing it, so this is a pivot
                 // made by someone else: the destination now holds the newest data.
                 let pivoted = dest.clone();
-                ctx.pivot_begun = true;
+                ctx.control.committed();
                 ctx.publish(|r| r.stage = Stage::Pivoted(pivoted)).await?;
                 return Ok(Resume::Verify(dest));
             }

@@ -1,9 +1,9 @@
 //! Ending after an error: undoing what the journaled stage proves volmig did,
 //! and saying where the disk is.
 
-use super::control::CopyControl;
 use super::copy::wait_for_no_job;
 use super::ctx::{record_error, Ctx};
+use super::disk_state::DiskState;
 use super::verify::{current_source, on_destination, same_source};
 use crate::error::Error;
 use crate::group::Abort;
@@ -14,7 +14,7 @@ use crate::model::Failure;
 /// Ends the migration after an error: undoes what the journaled stage says can
 /// be undone, and publishes the terminal event saying where the disk is.
 pub(crate) async fn fail(ctx: &mut Ctx<'_>, err: Error) {
-    ctx.ending = true;
+    ctx.control.end();
     ctx.copy_slot = None;
     let record = ctx.record();
     if let Some(member) = &ctx.member {
@@ -31,38 +31,21 @@ pub(crate) async fn fail(ctx: &mut Ctx<'_>, err: Error) {
     record_error(&ctx.span, &status);
     record_error(&ctx.work_span(), &status);
     let plan = record.plan;
-    let disk_state = match record.stage.clone() {
-        Stage::Planned => format!(
-            "nothing was changed; the guest stays on its source {}",
-            plan.source.display_name()
-        ),
-        Stage::Creating => format!(
-            "the guest stays on its source {}; the node lost track while creating volume {} in pool {}: if that volume exists, volmig did not delete it because it cannot prove it created it (check with `virsh vol-info {} --pool {}` and delete it if nothing uses it)",
-            plan.source.display_name(),
-            plan.dest_volume,
-            plan.dest_pool,
-            plan.dest_volume,
-            plan.dest_pool
-        ),
-        Stage::Created(volume) => {
-            let deleted = delete_destination(ctx, &volume).await;
-            format!(
-                "the guest stays on its source {}{deleted}",
-                plan.source.display_name()
-            )
-        }
+    let state = match record.stage.clone() {
+        Stage::Planned => DiskState::Untouched,
+        Stage::Creating => DiskState::CreationUnknown,
+        Stage::Created(volume) => DiskState::OnSource {
+            destination: delete_destination(ctx, &volume).await,
+        },
         Stage::Mirroring(dest) => roll_back_mirror(ctx, &plan, &dest).await,
         Stage::Pivoted(dest) => where_after_pivot(ctx, &plan, &dest).await,
     };
     // Layers go only while the guest provably never left its source: before
     // any mirror, or after a rollback that deleted the top over them.
-    let layers_unused = match &record.stage {
-        Stage::Planned | Stage::Creating | Stage::Created(_) => true,
-        Stage::Mirroring(_) => disk_state.starts_with("the guest stays on its source"),
-        Stage::Pivoted(_) => false,
-    };
+    let layers_unused = state.never_left_source();
     let disk_state = format!(
-        "{disk_state}{}",
+        "{}{}",
+        state.describe(&plan),
         roll_back_layers(
             ctx,
             &record.created_layers,
@@ -172,7 +155,7 @@ async fn delete_destination(ctx: &mut Ctx<'_>, volume: &VolumeIdentity) -> Strin
 
 /// Before the pivot: abort the copy, and delete the destination only when
 /// neither definition of the guest names it.
-async fn roll_back_mirror(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) -> String {
+async fn roll_back_mirror(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) -> DiskState {
     let (domain, target) = (plan.domain.clone(), plan.target.clone());
     let aborted = ctx
         .hv_retry("aborting the block copy", move |hv| {
@@ -189,7 +172,6 @@ async fn roll_back_mirror(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) ->
     if !wait_for_no_job(ctx, plan).await {
         tracing::warn!("the aborted block job is still listed");
     }
-    ctx.copy = CopyControl::NotAnnounced;
     let live = current_source(ctx, plan, Definition::Live).await;
     let persistent = current_source(ctx, plan, Definition::Persistent).await;
     let names_dest = |s: &Result<Option<DiskSource>, Error>| match s {
@@ -198,36 +180,25 @@ async fn roll_back_mirror(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) ->
         Err(_) => true,
     };
     if let (Err(e), _) | (_, Err(e)) = (&live, &persistent) {
-        return format!(
-            "unknown: libvirt could not be asked where disk {} is ({e}); both the source {} and the destination {} are kept: check with `virsh domblklist {}` and delete the unused one",
-            plan.target,
-            plan.source.display_name(),
-            dest.disk.display_name(),
-            plan.domain
-        );
+        return DiskState::Unknown {
+            destination: dest.disk.display_name(),
+            error: e.to_string(),
+        };
     }
     if names_dest(&live) || names_dest(&persistent) {
-        return format!(
-            "the guest's definitions name the destination {} although volmig did not pivot (someone else did); both it and the source {} are kept",
-            dest.disk.display_name(),
-            plan.source.display_name()
-        );
+        return DiskState::PivotedByOthers {
+            destination: dest.disk.display_name(),
+        };
     }
-    let deleted = delete_destination(ctx, &dest.volume).await;
-    format!(
-        "the guest stays on its source {}{deleted}",
-        plan.source.display_name()
-    )
+    DiskState::OnSource {
+        destination: delete_destination(ctx, &dest.volume).await,
+    }
 }
 
 /// After the pivot was issued nothing is deleted: say where each definition
 /// points. A copy that still mirrors (the pivot never took effect, e.g. its
 /// call failed) is aborted so no job is left writing to the destination.
-async fn where_after_pivot(
-    ctx: &mut Ctx<'_>,
-    plan: &Plan,
-    dest: &Destination,
-) -> String {
+async fn where_after_pivot(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) -> DiskState {
     let (domain, target) = (plan.domain.clone(), plan.target.clone());
     let still_mirroring = ctx
         .hv_retry("looking for the block copy", move |hv| {
@@ -260,17 +231,13 @@ async fn where_after_pivot(
     if matches!(&live, Ok(Some(s)) if same_source(s, &dest.disk))
         && matches!(&persistent, Ok(None) | Ok(Some(_)) if persistent.as_ref().is_ok_and(|p| p.as_ref().is_none_or(|s| same_source(s, &dest.disk))))
     {
-        return format!(
-            "the guest runs on the destination {} (pivot done); the source {} is kept",
-            dest.disk.display_name(),
-            plan.source.display_name()
-        );
+        return DiskState::OnDestination {
+            destination: dest.disk.display_name(),
+        };
     }
-    format!(
-        "the pivot was issued; the running guest uses {}, its persistent definition names {}; both the source {} and the destination {} are kept",
-        describe(&live),
-        describe(&persistent),
-        plan.source.display_name(),
-        dest.disk.display_name()
-    )
+    DiskState::PivotIssued {
+        destination: dest.disk.display_name(),
+        live: describe(&live),
+        persistent: describe(&persistent),
+    }
 }

@@ -178,11 +178,7 @@ pub(super) async fn verify(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<bool
 /// Points every checkpoint that tracks the disk at the destination and has
 /// libvirt validate its bitmap there (libvirt merged the bitmaps into the
 /// destination during the pivot; it skips that silently when it cannot).
-async fn keep_checkpoints(
-    ctx: &mut Ctx<'_>,
-    plan: &Plan,
-    dest: &Destination,
-) -> Result<(), Error> {
+async fn keep_checkpoints(ctx: &mut Ctx<'_>, plan: &Plan, dest: &Destination) -> Result<(), Error> {
     let domain = plan.domain.clone();
     let checkpoints = ctx
         .hv_retry("reading the checkpoints", move |hv| {
