@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use volmig_types::retry::RetryPolicy;
 
 use super::ctx::Ctx;
 use super::verify::disk_of;
@@ -344,20 +345,31 @@ async fn switch_to_sync_writes(
     issue_copy(ctx, dest).await
 }
 
+/// How long an aborted block job may linger: the abort is synchronous in
+/// libvirt, but a job may stay listed briefly in QEMU.
+const JOB_GONE: RetryPolicy = RetryPolicy::attempts(
+    40,
+    Duration::from_millis(250),
+    1,
+    Duration::from_millis(250),
+);
+
 /// Waits (up to 10 s) until the disk has no block job; says whether it has none.
 pub(super) async fn wait_for_no_job(ctx: &mut Ctx<'_>, plan: &Plan) -> bool {
-    // The abort is synchronous in libvirt, but a job may linger briefly in QEMU.
-    for _ in 0..40 {
+    let mut listed = 0;
+    loop {
         let (domain, target) = (plan.domain.clone(), plan.target.clone());
         match ctx.hv(move |hv| hv.block_job(&domain, &target)).await {
             Ok(Some(_)) => {
-                ctx.attend(tokio::time::sleep(Duration::from_millis(250)))
-                    .await
+                listed += 1;
+                let Some(pause) = JOB_GONE.next_pause(listed, Duration::ZERO) else {
+                    return false;
+                };
+                ctx.attend(tokio::time::sleep(pause)).await;
             }
             _ => return true,
         }
     }
-    false
 }
 
 /// Space below which a destination pool counts as full when its copy stopped.

@@ -7,7 +7,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::control::Control;
-use crate::engine::{Command, Inner, Job};
+use volmig_types::retry::RetryPolicy;
+
+use crate::engine::{Command, EngineConfig, Inner, Job};
 use crate::error::Error;
 use crate::group::Member;
 use crate::hypervisor::{HvError, Hypervisor};
@@ -137,18 +139,20 @@ impl<'a> Ctx<'a> {
         what: &str,
         f: impl Fn(&dyn Hypervisor) -> Result<T, HvError> + Send + Sync + Clone + 'static,
     ) -> Result<T, Error> {
-        let deadline = Instant::now() + self.inner.config.libvirt_grace;
+        let policy = libvirt_retry(&self.inner.config);
+        let started = Instant::now();
+        let mut failed = 0;
         loop {
             match self.hv(f.clone()).await {
-                Err(HvError::Unreachable { .. }) if Instant::now() < deadline => {
-                    let inner = self.inner;
-                    self.attend(tokio::time::sleep(retry_pause(inner))).await;
-                }
                 Err(HvError::Unreachable { uri, message }) => {
-                    return Err(Error::Unavailable(format!(
-                        "{what}: libvirt at {uri} unreachable for {} s: {message}",
-                        self.inner.config.libvirt_grace.as_secs()
-                    )))
+                    failed += 1;
+                    let Some(pause) = policy.next_pause(failed, started.elapsed()) else {
+                        return Err(Error::Unavailable(format!(
+                            "{what}: libvirt at {uri} unreachable for {} s: {message}",
+                            self.inner.config.libvirt_grace.as_secs()
+                        )));
+                    };
+                    self.attend(tokio::time::sleep(pause)).await;
                 }
                 other => return other.map_err(Error::hv(what)),
             }
@@ -177,6 +181,9 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn retry_pause(inner: &Inner) -> Duration {
-    Duration::from_millis(500).min(inner.config.libvirt_grace / 4 + Duration::from_millis(1))
+/// How a libvirt call is retried while libvirtd is unreachable (restarting):
+/// short even pauses, for at most the grace period.
+fn libvirt_retry(config: &EngineConfig) -> RetryPolicy {
+    let pause = Duration::from_millis(500).min(config.libvirt_grace / 4 + Duration::from_millis(1));
+    RetryPolicy::within(config.libvirt_grace, pause, pause)
 }
