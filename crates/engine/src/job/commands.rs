@@ -130,7 +130,7 @@ impl<'a> Ctx<'a> {
                 let answer = match self.control.bandwidth() {
                     Err(why) => Err(self.refused(why)),
                     Ok(Copy::Pending) => {
-                        self.job.lock().record.bandwidth = bandwidth;
+                        self.note(|r| r.bandwidth = bandwidth);
                         Ok(())
                     }
                     Ok(Copy::Running) => {
@@ -140,7 +140,7 @@ impl<'a> Ctx<'a> {
                                 hv.block_job_set_speed(&plan.domain, &plan.target, bandwidth)
                             })
                             .await
-                            .map(|()| self.job.lock().record.bandwidth = bandwidth)
+                            .map(|()| self.note(|r| r.bandwidth = bandwidth))
                             .map_err(Error::hv("changing the copy bandwidth"))
                     }
                 };
@@ -154,7 +154,7 @@ impl<'a> Ctx<'a> {
     /// fail, the copy goes on at `speed` and the record says so.
     pub(super) async fn copy_runs(&mut self, speed: u64) {
         self.control.copy_runs();
-        let wanted = self.job.lock().record.bandwidth;
+        let wanted = self.record().bandwidth;
         if wanted == speed {
             return;
         }
@@ -166,7 +166,7 @@ impl<'a> Ctx<'a> {
             .await;
         if let Err(e) = applied {
             tracing::warn!(error = %e, bandwidth = wanted, "cannot apply the bandwidth set while the copy was being issued; it runs at {speed} bytes/s");
-            self.job.lock().record.bandwidth = speed;
+            self.note(|r| r.bandwidth = speed);
         }
     }
 }

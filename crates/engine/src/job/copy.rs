@@ -168,7 +168,7 @@ pub(super) async fn wait_until_ready(ctx: &mut Ctx<'_>, dest: &Destination) -> R
             },
         };
         if ready {
-            ctx.job.lock().record.latest.progress = progress;
+            ctx.note(|r| r.latest.progress = progress);
             return Ok(());
         }
         if let Some(rates) = detector
@@ -199,16 +199,15 @@ pub(super) async fn wait_until_ready(ctx: &mut Ctx<'_>, dest: &Destination) -> R
             .min(converging_in.max(FAST_POLL));
         if last_publish.elapsed() >= config.progress_interval {
             last_publish = Instant::now();
-            {
-                let mut st = ctx.job.lock();
-                st.record.latest.progress = progress;
-                st.record.latest.timestamp_ms = now_ms();
-                st.record.latest.message = format!(
+            ctx.note(|r| {
+                r.latest.progress = progress;
+                r.latest.timestamp_ms = now_ms();
+                r.latest.message = format!(
                     "copying: {} of {} bytes",
                     progress.bytes_done, progress.bytes_total
                 );
-            }
-            ctx.inner.announce(ctx.job);
+            });
+            ctx.announce();
         }
     }
 }

@@ -123,6 +123,17 @@ impl<'a> Ctx<'a> {
         self.job.lock().record.plan.clone()
     }
 
+    /// Changes the record in memory only; the next publish journals it.
+    pub(super) fn note(&self, change: impl FnOnce(&mut Record)) {
+        change(&mut self.job.lock().record);
+    }
+
+    /// Announces the record as it is, unjournaled: progress, or a terminal
+    /// event whose journal write failed (watchers must still see the end).
+    pub(super) fn announce(&self) {
+        self.inner.announce(self.job);
+    }
+
     /// A hypervisor call, answering commands while it runs.
     pub async fn hv<T: Send + 'static>(
         &mut self,

@@ -120,7 +120,7 @@ async fn complete(ctx: &mut Ctx<'_>, result: MigrationResult) {
         .await;
     if let Err(e) = published {
         tracing::error!(error = %e, "cannot journal completion");
-        ctx.inner.announce(ctx.job);
+        ctx.announce();
     }
     tracing::info!("migration completed");
 }

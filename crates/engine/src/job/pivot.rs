@@ -65,7 +65,7 @@ pub(super) async fn wait_for_group(
 pub(super) async fn timed_pivot(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
     let started = now_ms();
     let pivoted = pivot(ctx, dest).await;
-    ctx.job.lock().record.pivot = Some((started, now_ms()));
+    ctx.note(|r| r.pivot = Some((started, now_ms())));
     if let Some(member) = &ctx.member {
         member.gate.done(member.index);
     }

@@ -53,7 +53,7 @@ pub(super) async fn prepare_layers(ctx: &mut Ctx<'_>) -> Result<Vec<BackingLayer
                     Ok(v) => v,
                     Err(e) => {
                         if !matches!(e, HvError::Unreachable { .. }) {
-                            ctx.job.lock().record.creating_layer = None;
+                            ctx.note(|r| r.creating_layer = None);
                         }
                         return Err(layer_error(&plan, &layer.dest_volume, e));
                     }
@@ -143,7 +143,7 @@ pub(super) async fn prepare(
         Err(e) => {
             if !matches!(e, HvError::Unreachable { .. }) {
                 // libvirt refused the create: nothing exists to roll back.
-                ctx.job.lock().record.stage = Stage::Planned;
+                ctx.note(|r| r.stage = Stage::Planned);
             }
             return Err(create_error(&plan, e));
         }

@@ -71,7 +71,7 @@ pub(crate) async fn fail(ctx: &mut Ctx<'_>, err: Error) {
         .await;
     if let Err(e) = published {
         tracing::error!(error = %e, "cannot journal the failure");
-        ctx.inner.announce(ctx.job);
+        ctx.announce();
     }
 }
 
