@@ -56,6 +56,7 @@ pub(super) fn record_error(span: &tracing::Span, message: &str) {
     span.record("otel.status_code", "ERROR");
     span.record("otel.status_description", message);
 }
+
 impl<'a> Ctx<'a> {
     pub(super) fn new(inner: &'a Inner, job: &'a Job, inbox: mpsc::Receiver<Command>) -> Self {
         let record = job.record();

@@ -19,7 +19,7 @@ mod ctx;
 mod disk_state;
 mod pivot;
 mod prepare;
-pub(crate) mod recovery;
+mod recovery;
 mod rollback;
 mod verify;
 
