@@ -14,7 +14,6 @@ pub mod journal;
 pub mod model;
 pub mod observer;
 mod plan;
-mod recovery;
 mod tuning;
 
 pub use engine::{

@@ -3,13 +3,14 @@
 //!
 //! The journaled stage says what the node may have done; libvirt says what is
 //! true now. A running copy is watched again, an issued pivot is finished and
-//! verified, and anything else ends in [`job::fail`], which undoes only what the
+//! verified, and anything else ends in [`super::rollback::fail`], which undoes only what the
 //! stage proves volmig did: nothing after the pivot, and never a volume whose
 //! creation was not journaled as done.
 
+use super::verify::on_destination;
+use super::{Ctx, Resume};
 use crate::error::Error;
 use crate::hypervisor::Definition;
-use crate::job::{self, Ctx, Resume};
 use crate::journal::Stage;
 use crate::model::Phase;
 
@@ -24,11 +25,11 @@ pub(crate) async fn decide(ctx: &mut Ctx<'_>, group_uncommitted: bool) -> Result
             Err(interrupted(&format!("while {}", phase.name())))
         }
         Stage::Mirroring(dest) => {
-            if job::on_destination(ctx, &plan, &dest.disk).await? {
+            if on_destination(ctx, &plan, &dest.disk).await? {
                 // volmig journals the pivot before issuing it, so this is a pivot
                 // made by someone else: the destination now holds the newest data.
                 let pivoted = dest.clone();
-                ctx.pivot_begun = true;
+                ctx.control.committed();
                 ctx.publish(|r| r.stage = Stage::Pivoted(pivoted)).await?;
                 return Ok(Resume::Verify(dest));
             }
@@ -44,7 +45,7 @@ pub(crate) async fn decide(ctx: &mut Ctx<'_>, group_uncommitted: bool) -> Result
             Err(interrupted(&format!("while {}", phase.name())))
         }
         Stage::Pivoted(dest) => {
-            if phase != Phase::Pivoting || job::on_destination(ctx, &plan, &dest.disk).await? {
+            if phase != Phase::Pivoting || on_destination(ctx, &plan, &dest.disk).await? {
                 return Ok(Resume::Verify(dest));
             }
             if mirroring_to(ctx, &plan, &dest).await? {
