@@ -1,13 +1,12 @@
-//! The engine's shared state, and the way every event is journaled,
-//! published and finally pruned.
+//! The engine's shared state, what follows every event a job publishes, and
+//! how finished migrations are pruned.
 
 use std::sync::{Arc, Mutex};
 
-use super::{blocking, EngineConfig, Job, Registry};
-use crate::error::Error;
+use super::{EngineConfig, Job, Registry};
 use crate::hypervisor::{HvError, Hypervisor};
-use crate::journal::{Journal, Record};
-use crate::model::now_ms;
+use crate::journal::Journal;
+use crate::model::{now_ms, Event};
 use crate::observer::{Observer, TraceContext};
 
 pub(crate) struct Inner {
@@ -46,39 +45,14 @@ impl Inner {
             })
     }
 
-    /// Journals then publishes a new latest event for the job. The in-memory
-    /// record changes even when the journal write fails, so the job's own
-    /// decisions (what to roll back) always follow what it did.
-    pub async fn publish(&self, job: &Job, update: impl FnOnce(&mut Record)) -> Result<(), Error> {
-        let record = {
-            let mut st = job.lock();
-            update(&mut st.record);
-            st.record.latest.timestamp_ms = now_ms();
-            st.record.clone()
-        };
-        let journal = self.journal.clone();
-        blocking(move || journal.save(&record))
-            .await
-            .map_err(|e| Error::Journal(e.to_string()))?
-            .map_err(Error::Journal)?;
-        self.announce(job);
-        Ok(())
-    }
-
-    /// Publishes the job's current latest event without journaling (progress).
-    pub fn announce(&self, job: &Job) {
-        let mut st = job.lock();
-        st.seq += 1;
-        let event = st.record.latest.clone();
-        // No receivers is normal (nobody watching); the record keeps the state.
-        let _ = job.events.send((st.seq, event.clone()));
-        drop(st);
-        self.observer.event(&event);
-        let terminal = event.phase.is_terminal();
+    /// Tells the observer (metrics) of an event a job published, refreshes
+    /// its group, and releases the job's leases once it has ended.
+    pub fn announced(&self, job: &Job, event: &Event) {
+        self.observer.event(event);
         if let Some(group) = job.group() {
             group.refresh();
         }
-        if terminal {
+        if event.phase.is_terminal() {
             self.release(job);
             self.prune();
         }

@@ -1,9 +1,11 @@
 //! The shared handle of one disk migration: what its task, its watchers and
-//! the engine's requests meet on.
+//! the engine's requests meet on. Only the task writes the job's state,
+//! through the [`Publisher`] it takes when it starts; everyone else reads
+//! snapshots.
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::error::Error;
 use crate::group::Group;
@@ -20,34 +22,46 @@ pub(crate) enum Command {
     SetBandwidth(u64, oneshot::Sender<Result<(), Error>>),
 }
 
+/// What a job's task publishes: its record and the number of its latest event.
 pub(crate) struct JobState {
     pub record: Record,
     pub seq: u64,
 }
 
-/// One migration: its record, its event channel and its command queue. Only
-/// the job's own task changes the record (see [`job`]).
+/// One migration: its published state, its event channel and its command queue.
 pub(crate) struct Job {
     pub id: String,
-    pub state: Mutex<JobState>,
+    state: watch::Receiver<JobState>,
     pub events: broadcast::Sender<(u64, Event)>,
     pub(super) commands: mpsc::Sender<Command>,
     /// Taken by the job's task when it starts.
-    inbox: Mutex<Option<mpsc::Receiver<Command>>>,
+    task: Mutex<Option<TaskEnd>>,
     /// The group this disk moves with, if any.
     pub group: OnceLock<Weak<Group>>,
+}
+
+/// What only the job's task holds: its inbox and the writer of its state.
+pub(crate) struct TaskEnd {
+    pub inbox: mpsc::Receiver<Command>,
+    pub publisher: Publisher,
 }
 
 impl Job {
     pub(super) fn new(record: Record) -> Arc<Job> {
         let (events, _) = broadcast::channel(256);
         let (commands, inbox) = mpsc::channel(16);
+        let id = record.id.clone();
+        let (writer, state) = watch::channel(JobState { record, seq: 0 });
+        let publisher = Publisher {
+            state: writer,
+            events: events.clone(),
+        };
         Arc::new(Job {
-            id: record.id.clone(),
-            state: Mutex::new(JobState { record, seq: 0 }),
+            id,
+            state,
             events,
             commands,
-            inbox: Mutex::new(Some(inbox)),
+            task: Mutex::new(Some(TaskEnd { inbox, publisher })),
             group: OnceLock::new(),
         })
     }
@@ -57,8 +71,10 @@ impl Job {
         self.group.get().and_then(Weak::upgrade)
     }
 
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// The state as last published. Hold it briefly and never across an
+    /// await: the job's task waits for it to publish.
+    pub fn lock(&self) -> watch::Ref<'_, JobState> {
+        self.state.borrow()
     }
 
     pub fn latest(&self) -> Event {
@@ -69,9 +85,9 @@ impl Job {
         self.lock().record.clone()
     }
 
-    /// The command queue, for the job's task; `None` once taken.
-    pub fn take_inbox(&self) -> Option<mpsc::Receiver<Command>> {
-        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take()
+    /// The task's end, for the job's task; `None` once taken.
+    pub fn take_task(&self) -> Option<TaskEnd> {
+        self.task.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     pub(super) fn ended(&self) -> Error {
@@ -80,5 +96,30 @@ impl Job {
             phase: self.latest().phase.name(),
             reason: "it has already ended",
         }
+    }
+}
+
+/// The only writer of a job's state.
+pub(crate) struct Publisher {
+    state: watch::Sender<JobState>,
+    events: broadcast::Sender<(u64, Event)>,
+}
+
+impl Publisher {
+    /// Changes the record without announcing it.
+    pub fn change(&self, change: impl FnOnce(&mut Record)) {
+        self.state.send_modify(|s| change(&mut s.record));
+    }
+
+    /// Announces the record's latest event under the next number, and
+    /// returns it. Numbered and sent while readers wait, so a new subscriber
+    /// reads the state either before this event or with it.
+    pub fn announce(&self) -> Event {
+        self.state.send_modify(|s| {
+            s.seq += 1;
+            // No receivers is normal (nobody watching); the state keeps it.
+            let _ = self.events.send((s.seq, s.record.latest.clone()));
+        });
+        self.state.borrow().record.latest.clone()
     }
 }

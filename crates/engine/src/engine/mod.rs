@@ -25,7 +25,7 @@ use migrate::{new_migration_id, new_record};
 pub use config::{EngineConfig, Retention};
 pub use groups::GroupView;
 pub(crate) use inner::Inner;
-pub(crate) use job_handle::{Command, Job};
+pub(crate) use job_handle::{Command, Job, Publisher, TaskEnd};
 use registry::Registry;
 use subscription::Source;
 pub use subscription::Subscription;

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::control::Control;
 use volmig_types::retry::RetryPolicy;
 
-use crate::engine::{Command, EngineConfig, Inner, Job};
+use crate::engine::{blocking, Command, EngineConfig, Inner, Job, Publisher, TaskEnd};
 use crate::error::Error;
 use crate::group::Member;
 use crate::hypervisor::{HvError, Hypervisor};
@@ -21,6 +21,8 @@ pub(crate) struct Ctx<'a> {
     pub(super) inner: &'a Inner,
     pub(super) job: &'a Job,
     pub(super) inbox: mpsc::Receiver<Command>,
+    /// The only writer of the job's published state.
+    publisher: Publisher,
     pub(super) deadline: Option<(tokio::time::Instant, u64)>,
     /// What cancel, the timeout and a bandwidth change find.
     pub(super) control: Control,
@@ -58,7 +60,7 @@ pub(super) fn record_error(span: &tracing::Span, message: &str) {
 }
 
 impl<'a> Ctx<'a> {
-    pub(super) fn new(inner: &'a Inner, job: &'a Job, inbox: mpsc::Receiver<Command>) -> Self {
+    pub(super) fn new(inner: &'a Inner, job: &'a Job, task: TaskEnd) -> Self {
         let record = job.record();
         let deadline = record.request.options.timeout.map(|t| {
             let ends_ms = record
@@ -71,7 +73,8 @@ impl<'a> Ctx<'a> {
         Ctx {
             inner,
             job,
-            inbox,
+            inbox: task.inbox,
+            publisher: task.publisher,
             deadline,
             control: Control::resumed(
                 matches!(record.stage, Stage::Mirroring(_)),
@@ -126,13 +129,14 @@ impl<'a> Ctx<'a> {
 
     /// Changes the record in memory only; the next publish journals it.
     pub(super) fn note(&self, change: impl FnOnce(&mut Record)) {
-        change(&mut self.job.lock().record);
+        self.publisher.change(change);
     }
 
     /// Announces the record as it is, unjournaled: progress, or a terminal
     /// event whose journal write failed (watchers must still see the end).
     pub(super) fn announce(&self) {
-        self.inner.announce(self.job);
+        let event = self.publisher.announce();
+        self.inner.announced(self.job, &event);
     }
 
     /// A hypervisor call, answering commands while it runs.
@@ -171,10 +175,24 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Journals, then announces, a change of the record.
+    /// Journals, then announces, a change of the record. The record changes
+    /// even when the journal write fails, so the job's own decisions (what
+    /// to roll back) always follow what it did.
     pub async fn publish(&mut self, update: impl FnOnce(&mut Record)) -> Result<(), Error> {
-        let (inner, job) = (self.inner, self.job);
-        let published = self.attend(inner.publish(job, update)).await;
+        self.publisher.change(|r| {
+            update(r);
+            r.latest.timestamp_ms = now_ms();
+        });
+        let (journal, record) = (self.inner.journal.clone(), self.record());
+        let saved = self.attend(blocking(move || journal.save(&record))).await;
+        let published = match saved {
+            Ok(Ok(())) => {
+                self.announce();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Error::Journal(e)),
+            Err(e) => Err(Error::Journal(e.to_string())),
+        };
         self.enter_phase(self.job.latest().phase);
         published
     }

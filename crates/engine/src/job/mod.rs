@@ -74,11 +74,11 @@ pub(crate) async fn run(inner: Arc<Inner>, job: Arc<Job>, entry: Entry) {
         inner.traces.continue_trace(&span, &record.latest.trace_id);
     }
     async move {
-        let Some(inbox) = job.take_inbox() else {
+        let Some(task) = job.take_task() else {
             tracing::error!("a second task was started for one migration; ignored");
             return;
         };
-        let mut ctx = Ctx::new(&inner, &job, inbox);
+        let mut ctx = Ctx::new(&inner, &job, task);
         let outcome = match entry {
             Entry::Fresh => fresh(&mut ctx).await,
             Entry::Recover { group_uncommitted } => {
