@@ -237,7 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             // Logging (and trace export if configured) in the chosen format.
             let _traces = volmig::telemetry::init(cfg.log_format, "volmig-node", &cfg.telemetry)?;
             #[cfg(feature = "node")]
-            volmig::node::run(cfg, args.config, shutdown_signal()).await?;
+            volmig::serve::node::run(cfg, args.config, shutdown_signal()).await?;
             #[cfg(not(feature = "node"))]
             anyhow::bail!(
                 "this volmig was built without the node service (cargo feature `node`, which links libvirt): install the full build on KVM hosts"
@@ -260,7 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             let _traces =
                 volmig::telemetry::init(cfg.log_format, "volmig-controller", &cfg.telemetry)?;
-            volmig::controller_main::run(cfg, args.config, shutdown_signal()).await?;
+            volmig::serve::controller::run(cfg, args.config, shutdown_signal()).await?;
             Ok(0)
         }
         Command::Completions { shell } => {
