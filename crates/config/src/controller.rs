@@ -272,6 +272,8 @@ impl Default for ControllerConfig {
 }
 
 impl ConfigFile for ControllerConfig {
+    const ENV_PREFIX: &'static str = "VOLMIG_CONTROLLER__";
+
     fn docs() -> TableDocs {
         TableDocs::of::<ControllerConfig>()
             .with("telemetry", TableDocs::of::<TelemetryConfig>())

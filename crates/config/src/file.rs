@@ -6,12 +6,17 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::commented_toml::{self, RenderError, Style, TableDocs};
+use crate::ConfigError;
 
 /// A component's configuration file: its keys and what they mean, so it can
 /// be printed as commented TOML (`--print-config`, the packaged examples).
 pub trait ConfigFile: Serialize + for<'de> Deserialize<'de> + Default {
     /// The doc comments of the file's keys, nested tables included.
     fn docs() -> TableDocs;
+    /// What every environment variable of the generic layer starts with
+    /// (`VOLMIG_NODE__`): two underscores end it, as they separate the parts
+    /// of a dotted key, which no key name contains.
+    const ENV_PREFIX: &'static str;
 }
 
 /// `config` as TOML with every key preceded by its doc comment: active
@@ -20,38 +25,28 @@ pub fn to_commented_toml<T: ConfigFile>(config: &T, style: Style) -> Result<Stri
     commented_toml::render(config, &T::docs(), style)
 }
 
-/// Configuration errors.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// File.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid for this component.
-    #[error("config file {path}: {message}")]
-    Parse {
-        /// File.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 /// Reads a component's config file, or the defaults when `path` is `None`.
 pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> Result<T, ConfigError> {
-    let Some(path) = path else {
-        return Ok(T::default());
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    match path {
+        None => Ok(T::default()),
+        Some(path) => parse(&read(path)?, path),
+    }
+}
+
+/// The text of a config file.
+pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    })
+}
+
+/// `text`, the content of the file `path`, as `T`.
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    path: &Path,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.display().to_string(),
         message: e.to_string(),
     })

@@ -1,13 +1,15 @@
 //! Component configuration: a TOML file per component, and defaults that work
-//! on a single host with no file at all. Some keys can also be given as a flag
-//! or an environment variable (the flag wins over the variable, which wins
-//! over the file); the README's configuration table names them key by key,
-//! and every other key is read from the file only.
+//! on a single host with no file at all. Every key of the file can also be
+//! given in the environment and as a flag (the flag wins over the variable,
+//! which wins over the file): see [`layers`](load_layered).
 
 pub mod commented_toml;
 mod connections;
 mod controller;
+mod error;
 mod file;
+mod keys;
+mod layers;
 mod node;
 mod security;
 mod telemetry;
@@ -16,7 +18,10 @@ pub use connections::ConnectionConfig;
 pub use controller::{
     ControllerConfig, EtcdConfig, PoolOverride, PoolSettings, StaticNode, StoreKind,
 };
-pub use file::{load, to_commented_toml, ConfigError, ConfigFile};
+pub use error::ConfigError;
+pub use file::{load, to_commented_toml, ConfigFile};
+pub use keys::keys;
+pub use layers::{env_name, from_env, load_layered, Setting, Source};
 pub use node::NodeConfig;
 pub use security::{
     GrantConfig, Role, SecurityConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST,

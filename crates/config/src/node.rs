@@ -125,6 +125,8 @@ impl Default for NodeConfig {
 }
 
 impl ConfigFile for NodeConfig {
+    const ENV_PREFIX: &'static str = "VOLMIG_NODE__";
+
     fn docs() -> TableDocs {
         TableDocs::of::<NodeConfig>()
             .with("telemetry", TableDocs::of::<TelemetryConfig>())
