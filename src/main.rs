@@ -1,13 +1,15 @@
 //! The `volmig` binary: wiring only.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing::Instrument;
 
 use volmig::commented_toml::Style;
-use volmig::config::{self, ConfigFile, ControllerConfig, LogFormat, NodeConfig};
+use volmig::config::{self, ConfigFile, ControllerConfig, LogFormat, NodeConfig, Setting, Source};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +50,8 @@ struct NodeArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     print: PrintArgs,
+    #[command(flatten)]
+    layer: SetArgs,
     /// Node id (default: host name).
     #[arg(long, env = "VOLMIG_NODE_ID")]
     node_id: Option<String>,
@@ -88,6 +92,8 @@ struct ControllerArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     print: PrintArgs,
+    #[command(flatten)]
+    layer: SetArgs,
     /// host:port or unix:///path.
     #[arg(long, env = "VOLMIG_CONTROLLER_LISTEN")]
     listen: Option<String>,
@@ -98,6 +104,15 @@ struct ControllerArgs {
     security: SecurityArgs,
     #[command(flatten)]
     observability: ObservabilityArgs,
+}
+
+#[derive(clap::Args)]
+struct SetArgs {
+    /// Set any key of the file, dotted for a table's (`telemetry.otlp_endpoint=…`);
+    /// VALUE is TOML (`5`, `true`, `["a"]`), else taken as text. Repeatable;
+    /// wins over the environment (`VOLMIG_NODE__KEY`, `VOLMIG_CONTROLLER__KEY`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -135,18 +150,6 @@ struct ObservabilityArgs {
     log_format: Option<LogFormat>,
 }
 
-/// Overrides the config file's observability keys with the flags given.
-macro_rules! apply_observability {
-    ($cfg:expr, $args:expr) => {{
-        if let Some(v) = $args.metrics_listen {
-            $cfg.metrics_listen = v;
-        }
-        if let Some(v) = $args.log_format {
-            $cfg.log_format = v;
-        }
-    }};
-}
-
 #[derive(clap::Args)]
 struct SecurityArgs {
     /// CA certificate (PEM) that clients' and peers' certificates must chain to.
@@ -166,25 +169,152 @@ struct SecurityArgs {
     token_file: Option<PathBuf>,
 }
 
-/// Overrides the config file's security keys with the flags given.
-macro_rules! apply_security {
-    ($cfg:expr, $args:expr) => {
-        if let Some(v) = $args.tls_ca {
-            $cfg.tls_ca = Some(v);
+/// A component's settings from its named flags (`--listen`, …) and their
+/// variables (`VOLMIG_NODE_LISTEN`, …), sorted by where clap found each into
+/// the environment layer and the flag layer.
+struct Named<'a> {
+    command: &'a clap::Command,
+    matches: &'a ArgMatches,
+    env: Vec<Setting>,
+    flags: Vec<Setting>,
+}
+
+impl<'a> Named<'a> {
+    /// The named settings of the subcommand `name`.
+    fn of(command: &'a clap::Command, matches: &'a ArgMatches, name: &str) -> anyhow::Result<Self> {
+        let (Some(command), Some(matches)) = (
+            command.find_subcommand(name),
+            matches.subcommand_matches(name),
+        ) else {
+            anyhow::bail!("no arguments for subcommand {name}");
+        };
+        Ok(Named {
+            command,
+            matches,
+            env: Vec::new(),
+            flags: Vec::new(),
+        })
+    }
+
+    /// `value`, the argument `id`, sets `key` (unless clap defaulted it).
+    fn add<V: serde::Serialize>(
+        &mut self,
+        id: &str,
+        key: &str,
+        value: Option<&V>,
+    ) -> anyhow::Result<()> {
+        let Some(value) = value else {
+            return Ok(());
+        };
+        let Some(arg) = self.command.get_arguments().find(|a| a.get_id() == id) else {
+            anyhow::bail!("no argument {id}");
+        };
+        let source = match self.matches.value_source(id) {
+            Some(ValueSource::EnvVariable) => Source::Env(
+                arg.get_env()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+            Some(ValueSource::CommandLine) => {
+                Source::Flag(format!("--{}", arg.get_long().unwrap_or(id)))
+            }
+            _ => return Ok(()),
+        };
+        let setting = Setting::typed(key, value, source)?;
+        match setting.source {
+            Source::Env(_) => self.env.push(setting),
+            Source::Flag(_) => self.flags.push(setting),
         }
-        if let Some(v) = $args.tls_cert {
-            $cfg.tls_cert = Some(v);
+        Ok(())
+    }
+
+    fn security(&mut self, args: &SecurityArgs) -> anyhow::Result<()> {
+        self.add("tls_ca", "tls_ca", args.tls_ca.as_ref())?;
+        self.add("tls_cert", "tls_cert", args.tls_cert.as_ref())?;
+        self.add("tls_key", "tls_key", args.tls_key.as_ref())?;
+        self.add(
+            "insecure_plaintext",
+            "insecure_plaintext",
+            Some(&args.insecure_plaintext),
+        )?;
+        self.add("token_file", "token_file", args.token_file.as_ref())
+    }
+
+    fn observability(&mut self, args: &ObservabilityArgs) -> anyhow::Result<()> {
+        self.add(
+            "metrics_listen",
+            "metrics_listen",
+            args.metrics_listen.as_ref(),
+        )?;
+        self.add("log_format", "log_format", args.log_format.as_ref())
+    }
+
+    /// The component's configuration: its file, then the environment (the
+    /// generic variables, then the named ones), then the flags (`--set`,
+    /// then the named ones); within one layer the named spelling wins.
+    fn load<T: ConfigFile>(
+        self,
+        file: Option<&Path>,
+        set: &[String],
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> anyhow::Result<T> {
+        let mut settings = config::from_env::<T>(vars)?;
+        settings.extend(self.env);
+        for arg in set {
+            settings.push(Setting::from_set_flag(arg)?);
         }
-        if let Some(v) = $args.tls_key {
-            $cfg.tls_key = Some(v);
-        }
-        if $args.insecure_plaintext {
-            $cfg.insecure_plaintext = true;
-        }
-        if let Some(v) = $args.token_file {
-            $cfg.token_file = Some(v);
-        }
-    };
+        settings.extend(self.flags);
+        Ok(config::load_layered(file, &settings)?)
+    }
+}
+
+/// `volmig node`'s configuration from every layer.
+fn node_config(
+    args: &NodeArgs,
+    command: &clap::Command,
+    matches: &ArgMatches,
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> anyhow::Result<NodeConfig> {
+    let mut named = Named::of(command, matches, "node")?;
+    named.add("node_id", "node_id", args.node_id.as_ref())?;
+    named.add("listen", "listen", args.listen.as_ref())?;
+    named.add("libvirt_uri", "libvirt_uri", args.libvirt_uri.as_ref())?;
+    named.add("state_dir", "state_dir", args.state_dir.as_ref())?;
+    named.add(
+        "max_concurrent",
+        "max_concurrent_migrations",
+        args.max_concurrent.as_ref(),
+    )?;
+    named.add(
+        "synchronized_hold_ms",
+        "synchronized_hold_ms",
+        args.synchronized_hold_ms.as_ref(),
+    )?;
+    named.add("register_with", "controller", args.register_with.as_ref())?;
+    named.add("advertise", "advertise", args.advertise.as_ref())?;
+    named.add(
+        "ceph_keyring_dir",
+        "ceph_keyring_dir",
+        args.ceph_keyring_dir.as_ref(),
+    )?;
+    named.security(&args.security)?;
+    named.observability(&args.observability)?;
+    named.load(args.config.as_deref(), &args.layer.set, vars)
+}
+
+/// `volmig controller`'s configuration from every layer.
+fn controller_config(
+    args: &ControllerArgs,
+    command: &clap::Command,
+    matches: &ArgMatches,
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> anyhow::Result<ControllerConfig> {
+    let mut named = Named::of(command, matches, "controller")?;
+    named.add("listen", "listen", args.listen.as_ref())?;
+    named.add("state_dir", "state_dir", args.state_dir.as_ref())?;
+    named.security(&args.security)?;
+    named.observability(&args.observability)?;
+    named.load(args.config.as_deref(), &args.layer.set, vars)
 }
 
 async fn shutdown_signal() {
@@ -198,39 +328,10 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<i32> {
+async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
     match cli.command {
         Command::Node(args) => {
-            let mut cfg: NodeConfig = config::load(args.config.as_deref())?;
-            if let Some(v) = args.node_id {
-                cfg.node_id = v;
-            }
-            if let Some(v) = args.listen {
-                cfg.listen = v;
-            }
-            if let Some(v) = args.libvirt_uri {
-                cfg.libvirt_uri = v;
-            }
-            if let Some(v) = args.state_dir {
-                cfg.state_dir = v;
-            }
-            if let Some(v) = args.max_concurrent {
-                cfg.max_concurrent_migrations = v;
-            }
-            if let Some(v) = args.synchronized_hold_ms {
-                cfg.synchronized_hold_ms = v;
-            }
-            if let Some(v) = args.register_with {
-                cfg.controller = v;
-            }
-            if let Some(v) = args.advertise {
-                cfg.advertise = v;
-            }
-            if let Some(v) = args.ceph_keyring_dir {
-                cfg.ceph_keyring_dir = v;
-            }
-            apply_security!(cfg, args.security);
-            apply_observability!(cfg, args.observability);
+            let cfg = node_config(&args, &Cli::command(), matches, std::env::vars_os())?;
             if print_config(&cfg, &args.print)? {
                 return Ok(0);
             }
@@ -246,15 +347,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Controller(args) => {
-            let mut cfg: ControllerConfig = config::load(args.config.as_deref())?;
-            if let Some(v) = args.listen {
-                cfg.listen = v;
-            }
-            if let Some(v) = args.state_dir {
-                cfg.state_dir = v;
-            }
-            apply_security!(cfg, args.security);
-            apply_observability!(cfg, args.observability);
+            let cfg = controller_config(&args, &Cli::command(), matches, std::env::vars_os())?;
             if print_config(&cfg, &args.print)? {
                 return Ok(0);
             }
@@ -287,12 +380,123 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+    // The matches, not only the parsed values, tell whether a named setting
+    // came from its flag or its variable, which decides its layer.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli, &matches).await {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> (Cli, clap::Command, ArgMatches) {
+        let command = Cli::command();
+        let matches = command.clone().try_get_matches_from(argv).expect("parses");
+        let cli = Cli::from_arg_matches(&matches).expect("matches");
+        (cli, command, matches)
+    }
+
+    #[test]
+    fn each_named_node_flag_sets_its_key_over_set_flags() {
+        let (cli, command, matches) = parse(&[
+            "volmig",
+            "node",
+            "--set",
+            "listen=set:1",
+            "--node-id",
+            "n1",
+            "--listen",
+            "flag:1",
+            "--libvirt-uri",
+            "test:///default",
+            "--state-dir",
+            "/s",
+            "--max-concurrent",
+            "9",
+            "--synchronized-hold-ms",
+            "5",
+            "--controller",
+            "c:1",
+            "--advertise",
+            "a:1",
+            "--ceph-keyring-dir",
+            "/k",
+            "--ca",
+            "/ca.pem",
+            "--cert",
+            "/c.pem",
+            "--key",
+            "/k.pem",
+            "--insecure-plaintext",
+            "--token-file",
+            "/t",
+            "--metrics-listen",
+            "m:1",
+            "--log-format",
+            "json",
+        ]);
+        let Command::Node(args) = cli.command else {
+            panic!("not the node command");
+        };
+        let cfg = node_config(&args, &command, &matches, []).expect("loads");
+        let want = NodeConfig {
+            node_id: "n1".into(),
+            listen: "flag:1".into(),
+            libvirt_uri: "test:///default".into(),
+            state_dir: "/s".into(),
+            max_concurrent_migrations: 9,
+            synchronized_hold_ms: 5,
+            controller: "c:1".into(),
+            advertise: "a:1".into(),
+            ceph_keyring_dir: "/k".into(),
+            tls_ca: Some("/ca.pem".into()),
+            tls_cert: Some("/c.pem".into()),
+            tls_key: Some("/k.pem".into()),
+            insecure_plaintext: true,
+            token_file: Some("/t".into()),
+            metrics_listen: "m:1".into(),
+            log_format: LogFormat::Json,
+            ..NodeConfig::default()
+        };
+        assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn each_named_controller_flag_sets_its_key() {
+        let (cli, command, matches) = parse(&[
+            "volmig",
+            "controller",
+            "--listen",
+            "l:1",
+            "--state-dir",
+            "/s",
+            "--set",
+            "max_nodes=7",
+            "--log-format",
+            "json",
+        ]);
+        let Command::Controller(args) = cli.command else {
+            panic!("not the controller command");
+        };
+        let cfg = controller_config(&args, &command, &matches, []).expect("loads");
+        let want = ControllerConfig {
+            listen: "l:1".into(),
+            state_dir: "/s".into(),
+            max_nodes: 7,
+            log_format: LogFormat::Json,
+            ..ControllerConfig::default()
+        };
+        assert_eq!(cfg, want);
     }
 }

@@ -36,9 +36,17 @@ fn collect(docs: &TableDocs, defaults: &Table, prefix: &str, out: &mut Vec<Strin
     }
 }
 
-/// The key of `keys` closest to `wanted`, when it is close enough to be a
-/// typo of it.
+/// The key of `keys` closest to `wanted`: the shortest that begins with it
+/// (a key without its unit, `libvirt_grace`), else the one within a few
+/// edits of it (a typo).
 pub(crate) fn nearest<'a>(wanted: &str, keys: &'a [String]) -> Option<&'a str> {
+    let longer = keys
+        .iter()
+        .filter(|k| k.starts_with(wanted))
+        .min_by_key(|k| k.len());
+    if let Some(key) = longer {
+        return Some(key);
+    }
     let limit = (wanted.len() / 3).max(2);
     keys.iter()
         .map(|k| (edit_distance(wanted, k), k))
@@ -90,6 +98,10 @@ mod tests {
         assert_eq!(
             nearest("telemetry.otlp_endpiont", &keys),
             Some("telemetry.otlp_endpoint")
+        );
+        assert_eq!(
+            nearest("libvirt_grace", &keys),
+            Some("libvirt_grace_seconds")
         );
         assert_eq!(nearest("zzzzzzzzzzzz", &keys), None);
     }

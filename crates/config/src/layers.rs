@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::Path;
 
+use serde::Serialize;
 use toml::{Table, Value};
 
 use crate::file::{parse, read};
@@ -62,6 +63,25 @@ impl Setting {
             value: value.to_string(),
             source,
         })
+    }
+
+    /// A value already typed (a flag clap has parsed), as the TOML that means it.
+    pub fn typed<V: Serialize>(
+        key: &str,
+        value: &V,
+        source: Source,
+    ) -> Result<Setting, ConfigError> {
+        match Value::try_from(value) {
+            Ok(value) => Ok(Setting {
+                key: key.to_string(),
+                value: value.to_string(),
+                source,
+            }),
+            Err(e) => Err(ConfigError::Malformed {
+                origin: source,
+                message: e.to_string(),
+            }),
+        }
     }
 }
 
@@ -168,7 +188,8 @@ fn apply<T: ConfigFile>(table: &Table, setting: &Setting) -> Result<(T, Table), 
         match Value::Table(candidate.clone()).try_into::<T>() {
             Ok(config) => return Ok((config, candidate)),
             Err(e) => {
-                first_error.get_or_insert_with(|| e.to_string().trim().to_string());
+                // One line, so the message reads as one sentence in a log.
+                first_error.get_or_insert_with(|| e.to_string().trim().replace('\n', " "));
             }
         }
     }

@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub max_concurrent_migrations: usize,
     /// Milliseconds a migration stays SYNCHRONIZED before pivoting (0: pivot at once).
     pub synchronized_hold_ms: u64,
+    /// Seconds libvirtd may stay unreachable during a migration (while it
+    /// restarts, say) before the migration fails.
+    pub libvirt_grace_seconds: u64,
     /// Controller to register with (heartbeats); empty for none.
     pub controller: String,
     /// Endpoint the controller should use to reach this node; defaults to `listen`.
@@ -97,6 +100,7 @@ impl Default for NodeConfig {
             state_dir: PathBuf::from("/var/lib/volmig/node"),
             max_concurrent_migrations: 4,
             synchronized_hold_ms: 0,
+            libvirt_grace_seconds: 90,
             controller: String::new(),
             advertise: String::new(),
             journal_retention_days: 7,
