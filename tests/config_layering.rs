@@ -57,6 +57,18 @@ fn environment_and_set_flags_reach_the_printed_config_flags_last() {
     let printed: ControllerConfig = toml::from_str(&out).expect("printed config parses");
     assert_eq!(printed.advertise_allow, ["10.0.0.0/8"]);
     assert_eq!(printed.pool_defaults.max_in_flight, Some(2));
+
+    // Within the environment, the named variable wins over the generic one.
+    let (code, out, err) = harness::volmig(
+        &["controller", "--print-config"],
+        &[
+            ("VOLMIG_CONTROLLER__LISTEN", "127.0.0.1:7461"),
+            ("VOLMIG_CONTROLLER_LISTEN", "127.0.0.1:7462"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let printed: ControllerConfig = toml::from_str(&out).expect("printed config parses");
+    assert_eq!(printed.listen, "127.0.0.1:7462");
 }
 
 #[test]

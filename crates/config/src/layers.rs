@@ -358,6 +358,14 @@ mod tests {
             .to_string();
         assert!(err.contains("VOLMIG_NODE__LISEN"), "{err}");
         assert!(err.contains("did you mean `listen`"), "{err}");
+        let vars = [("VOLMIG_NODE__LISTEN_ON".into(), "x".into())];
+        let err = from_env::<NodeConfig>(vars)
+            .expect_err("unknown")
+            .to_string();
+        assert_eq!(
+            err,
+            "environment variable VOLMIG_NODE__LISTEN_ON: unknown key `listen_on` (did you mean `listen`?)"
+        );
         let vars = [("VOLMIG_NODE__listen".into(), "x".into())];
         let err = from_env::<NodeConfig>(vars).expect_err("case").to_string();
         assert!(err.contains("spell it VOLMIG_NODE__LISTEN"), "{err}");
