@@ -1,0 +1,282 @@
+//! A service's configuration from every layer: the file, the environment,
+//! the flags. The named flags (`--listen`, …) and their variables
+//! (`VOLMIG_NODE_LISTEN`, …) join the generic layers of
+//! [`crate::config::load_layered`] in the layer clap found each in.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::parser::ValueSource;
+use clap::ArgMatches;
+
+use super::args::{ControllerArgs, NodeArgs, ObservabilityArgs, SecurityArgs};
+use crate::config::{self, ConfigFile, ControllerConfig, NodeConfig, Setting, Source};
+
+/// A component's settings from its named flags (`--listen`, …) and their
+/// variables (`VOLMIG_NODE_LISTEN`, …), sorted by where clap found each into
+/// the environment layer and the flag layer.
+struct Named<'a> {
+    command: &'a clap::Command,
+    matches: &'a ArgMatches,
+    env: Vec<Setting>,
+    flags: Vec<Setting>,
+}
+
+impl<'a> Named<'a> {
+    /// The named settings of the subcommand `name`.
+    fn of(command: &'a clap::Command, matches: &'a ArgMatches, name: &str) -> anyhow::Result<Self> {
+        let (Some(command), Some(matches)) = (
+            command.find_subcommand(name),
+            matches.subcommand_matches(name),
+        ) else {
+            anyhow::bail!("no arguments for subcommand {name}");
+        };
+        Ok(Named {
+            command,
+            matches,
+            env: Vec::new(),
+            flags: Vec::new(),
+        })
+    }
+
+    /// `value`, the argument `id`, sets `key` (unless clap defaulted it).
+    fn add<V: serde::Serialize>(
+        &mut self,
+        id: &str,
+        key: &str,
+        value: Option<&V>,
+    ) -> anyhow::Result<()> {
+        let Some(value) = value else {
+            return Ok(());
+        };
+        let Some(arg) = self.command.get_arguments().find(|a| a.get_id() == id) else {
+            anyhow::bail!("no argument {id}");
+        };
+        let source = match self.matches.value_source(id) {
+            Some(ValueSource::EnvVariable) => Source::Env(
+                arg.get_env()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+            Some(ValueSource::CommandLine) => {
+                Source::Flag(format!("--{}", arg.get_long().unwrap_or(id)))
+            }
+            _ => return Ok(()),
+        };
+        let setting = Setting::typed(key, value, source)?;
+        match setting.source {
+            Source::Env(_) => self.env.push(setting),
+            Source::Flag(_) => self.flags.push(setting),
+        }
+        Ok(())
+    }
+
+    fn security(&mut self, args: &SecurityArgs) -> anyhow::Result<()> {
+        self.add("tls_ca", "tls_ca", args.tls_ca.as_ref())?;
+        self.add("tls_cert", "tls_cert", args.tls_cert.as_ref())?;
+        self.add("tls_key", "tls_key", args.tls_key.as_ref())?;
+        self.add(
+            "insecure_plaintext",
+            "insecure_plaintext",
+            Some(&args.insecure_plaintext),
+        )?;
+        self.add("token_file", "token_file", args.token_file.as_ref())
+    }
+
+    fn observability(&mut self, args: &ObservabilityArgs) -> anyhow::Result<()> {
+        self.add(
+            "metrics_listen",
+            "metrics_listen",
+            args.metrics_listen.as_ref(),
+        )?;
+        self.add("log_format", "log_format", args.log_format.as_ref())
+    }
+
+    /// The component's configuration: its file, then the environment (the
+    /// generic variables, then the named ones), then the flags (`--set`,
+    /// then the named ones); within one layer the named spelling wins.
+    fn load<T: ConfigFile>(
+        self,
+        file: Option<&Path>,
+        set: &[String],
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> anyhow::Result<T> {
+        let mut settings = config::from_env::<T>(vars)?;
+        settings.extend(self.env);
+        for arg in set {
+            settings.push(Setting::from_set_flag(arg)?);
+        }
+        settings.extend(self.flags);
+        Ok(config::load_layered(file, &settings)?)
+    }
+}
+
+/// `volmig node`'s configuration from every layer.
+pub fn node_config(
+    args: &NodeArgs,
+    command: &clap::Command,
+    matches: &ArgMatches,
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> anyhow::Result<NodeConfig> {
+    let mut named = Named::of(command, matches, "node")?;
+    named.add("node_id", "node_id", args.node_id.as_ref())?;
+    named.add("listen", "listen", args.listen.as_ref())?;
+    named.add("libvirt_uri", "libvirt_uri", args.libvirt_uri.as_ref())?;
+    named.add("state_dir", "state_dir", args.state_dir.as_ref())?;
+    named.add(
+        "max_concurrent",
+        "max_concurrent_migrations",
+        args.max_concurrent.as_ref(),
+    )?;
+    named.add(
+        "synchronized_hold_ms",
+        "synchronized_hold_ms",
+        args.synchronized_hold_ms.as_ref(),
+    )?;
+    named.add("register_with", "controller", args.register_with.as_ref())?;
+    named.add("advertise", "advertise", args.advertise.as_ref())?;
+    named.add(
+        "ceph_keyring_dir",
+        "ceph_keyring_dir",
+        args.ceph_keyring_dir.as_ref(),
+    )?;
+    named.security(&args.security)?;
+    named.observability(&args.observability)?;
+    named.load(args.config.as_deref(), &args.layer.set, vars)
+}
+
+/// `volmig controller`'s configuration from every layer.
+pub fn controller_config(
+    args: &ControllerArgs,
+    command: &clap::Command,
+    matches: &ArgMatches,
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> anyhow::Result<ControllerConfig> {
+    let mut named = Named::of(command, matches, "controller")?;
+    named.add("listen", "listen", args.listen.as_ref())?;
+    named.add("state_dir", "state_dir", args.state_dir.as_ref())?;
+    named.security(&args.security)?;
+    named.observability(&args.observability)?;
+    named.load(args.config.as_deref(), &args.layer.set, vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+    use super::*;
+    use crate::config::LogFormat;
+
+    /// The two services' subcommands, as the binary has them.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Subcommand)]
+    enum Command {
+        Node(NodeArgs),
+        Controller(ControllerArgs),
+    }
+
+    fn parse(argv: &[&str]) -> (Cli, clap::Command, ArgMatches) {
+        let command = Cli::command();
+        let matches = command.clone().try_get_matches_from(argv).expect("parses");
+        let cli = Cli::from_arg_matches(&matches).expect("matches");
+        (cli, command, matches)
+    }
+
+    #[test]
+    fn each_named_node_flag_sets_its_key_over_set_flags() {
+        let (cli, command, matches) = parse(&[
+            "volmig",
+            "node",
+            "--set",
+            "listen=set:1",
+            "--node-id",
+            "n1",
+            "--listen",
+            "flag:1",
+            "--libvirt-uri",
+            "test:///default",
+            "--state-dir",
+            "/s",
+            "--max-concurrent",
+            "9",
+            "--synchronized-hold-ms",
+            "5",
+            "--controller",
+            "c:1",
+            "--advertise",
+            "a:1",
+            "--ceph-keyring-dir",
+            "/k",
+            "--ca",
+            "/ca.pem",
+            "--cert",
+            "/c.pem",
+            "--key",
+            "/k.pem",
+            "--insecure-plaintext",
+            "--token-file",
+            "/t",
+            "--metrics-listen",
+            "m:1",
+            "--log-format",
+            "json",
+        ]);
+        let Command::Node(args) = cli.command else {
+            panic!("not the node command");
+        };
+        let cfg = node_config(&args, &command, &matches, []).expect("loads");
+        let want = NodeConfig {
+            node_id: "n1".into(),
+            listen: "flag:1".into(),
+            libvirt_uri: "test:///default".into(),
+            state_dir: "/s".into(),
+            max_concurrent_migrations: 9,
+            synchronized_hold_ms: 5,
+            controller: "c:1".into(),
+            advertise: "a:1".into(),
+            ceph_keyring_dir: "/k".into(),
+            tls_ca: Some("/ca.pem".into()),
+            tls_cert: Some("/c.pem".into()),
+            tls_key: Some("/k.pem".into()),
+            insecure_plaintext: true,
+            token_file: Some("/t".into()),
+            metrics_listen: "m:1".into(),
+            log_format: LogFormat::Json,
+            ..NodeConfig::default()
+        };
+        assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn each_named_controller_flag_sets_its_key() {
+        let (cli, command, matches) = parse(&[
+            "volmig",
+            "controller",
+            "--listen",
+            "l:1",
+            "--state-dir",
+            "/s",
+            "--set",
+            "max_nodes=7",
+            "--log-format",
+            "json",
+        ]);
+        let Command::Controller(args) = cli.command else {
+            panic!("not the controller command");
+        };
+        let cfg = controller_config(&args, &command, &matches, []).expect("loads");
+        let want = ControllerConfig {
+            listen: "l:1".into(),
+            state_dir: "/s".into(),
+            max_nodes: 7,
+            log_format: LogFormat::Json,
+            ..ControllerConfig::default()
+        };
+        assert_eq!(cfg, want);
+    }
+}
