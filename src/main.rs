@@ -56,14 +56,17 @@ async fn shutdown_signal() {
 async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
     match cli.command {
         Command::Node(args) => {
-            let cfg = node_config(&args, &Cli::command(), matches, std::env::vars_os())?;
-            if args.print.print(&cfg)? {
+            let layered = node_config(&args, &Cli::command(), matches, std::env::vars_os())?;
+            if args.print.print(&layered.config)? {
                 return Ok(0);
             }
+            let cfg = &layered.config;
             // Logging (and trace export if configured) in the chosen format.
             let _traces = volmig::telemetry::init(cfg.log_format, "volmig-node", &cfg.telemetry)?;
+            layered.warn_if_unwatched();
             #[cfg(feature = "node")]
-            volmig::serve::node::run(cfg, args.config, shutdown_signal()).await?;
+            volmig::serve::node::run(layered.config, layered.grants_file, shutdown_signal())
+                .await?;
             #[cfg(not(feature = "node"))]
             anyhow::bail!(
                 "this volmig was built without the node service (cargo feature `node`, which links libvirt): install the full build on KVM hosts"
@@ -72,13 +75,16 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Controller(args) => {
-            let cfg = controller_config(&args, &Cli::command(), matches, std::env::vars_os())?;
-            if args.print.print(&cfg)? {
+            let layered = controller_config(&args, &Cli::command(), matches, std::env::vars_os())?;
+            if args.print.print(&layered.config)? {
                 return Ok(0);
             }
+            let cfg = &layered.config;
             let _traces =
                 volmig::telemetry::init(cfg.log_format, "volmig-controller", &cfg.telemetry)?;
-            volmig::serve::controller::run(cfg, args.config, shutdown_signal()).await?;
+            layered.warn_if_unwatched();
+            volmig::serve::controller::run(layered.config, layered.grants_file, shutdown_signal())
+                .await?;
             Ok(0)
         }
         Command::Completions { shell } => {

@@ -4,7 +4,7 @@
 //! [`crate::config::load_layered`] in the layer clap found each in.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
 use clap::ArgMatches;
@@ -100,14 +100,49 @@ impl<'a> Named<'a> {
         file: Option<&Path>,
         set: &[String],
         vars: impl IntoIterator<Item = (OsString, OsString)>,
-    ) -> anyhow::Result<T> {
+    ) -> anyhow::Result<Layered<T>> {
         let mut settings = config::from_env::<T>(vars)?;
         settings.extend(self.env);
         for arg in set {
             settings.push(Setting::from_set_flag(arg)?);
         }
         settings.extend(self.flags);
-        Ok(config::load_layered(file, &settings)?)
+        let config = config::load_layered(file, &settings)?;
+        let grants_elsewhere = settings
+            .iter()
+            .any(|s| GRANT_KEYS.contains(&s.key.as_str()));
+        Ok(Layered {
+            config,
+            grants_file: file.filter(|_| !grants_elsewhere).map(Path::to_path_buf),
+            unwatched: file.is_some() && grants_elsewhere,
+        })
+    }
+}
+
+/// The keys a service re-reads from its file while it runs.
+const GRANT_KEYS: [&str; 2] = ["identities", "tokens"];
+
+/// A service's configuration, and the file to re-read its `identities` and
+/// `tokens` from as it changes: none without a file, nor when the
+/// environment or a flag set either key, since re-reading the file alone
+/// would drop what they set.
+pub struct Layered<T> {
+    /// The configuration from every layer.
+    pub config: T,
+    /// The file to watch for new grants.
+    pub grants_file: Option<PathBuf>,
+    /// Whether there is a file that `grants_file` leaves unwatched.
+    unwatched: bool,
+}
+
+impl<T> Layered<T> {
+    /// Says, once logging is set up, that the file's grants are not re-read.
+    pub fn warn_if_unwatched(&self) {
+        if self.unwatched {
+            tracing::warn!(
+                "identities or tokens set by the environment or a flag: the config file is not re-read for them (restart to change them)"
+            );
+        }
     }
 }
 
@@ -117,7 +152,7 @@ pub fn node_config(
     command: &clap::Command,
     matches: &ArgMatches,
     vars: impl IntoIterator<Item = (OsString, OsString)>,
-) -> anyhow::Result<NodeConfig> {
+) -> anyhow::Result<Layered<NodeConfig>> {
     let mut named = Named::of(command, matches, "node")?;
     named.add("node_id", "node_id", args.node_id.as_ref())?;
     named.add("listen", "listen", args.listen.as_ref())?;
@@ -151,7 +186,7 @@ pub fn controller_config(
     command: &clap::Command,
     matches: &ArgMatches,
     vars: impl IntoIterator<Item = (OsString, OsString)>,
-) -> anyhow::Result<ControllerConfig> {
+) -> anyhow::Result<Layered<ControllerConfig>> {
     let mut named = Named::of(command, matches, "controller")?;
     named.add("listen", "listen", args.listen.as_ref())?;
     named.add("state_dir", "state_dir", args.state_dir.as_ref())?;
@@ -229,7 +264,9 @@ mod tests {
         let Command::Node(args) = cli.command else {
             panic!("not the node command");
         };
-        let cfg = node_config(&args, &command, &matches, []).expect("loads");
+        let cfg = node_config(&args, &command, &matches, [])
+            .expect("loads")
+            .config;
         let want = NodeConfig {
             node_id: "n1".into(),
             listen: "flag:1".into(),
@@ -269,7 +306,9 @@ mod tests {
         let Command::Controller(args) = cli.command else {
             panic!("not the controller command");
         };
-        let cfg = controller_config(&args, &command, &matches, []).expect("loads");
+        let cfg = controller_config(&args, &command, &matches, [])
+            .expect("loads")
+            .config;
         let want = ControllerConfig {
             listen: "l:1".into(),
             state_dir: "/s".into(),
@@ -278,5 +317,35 @@ mod tests {
             ..ControllerConfig::default()
         };
         assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn the_file_is_watched_for_grants_only_when_no_other_layer_set_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("controller.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:7450\"\n").expect("write");
+        let file = file.to_string_lossy().into_owned();
+        for (set, watched) in [
+            ("max_nodes=3", true),
+            (
+                "tokens=[{ name = \"ci\", role = \"viewer\", sha256 = \"00\" }]",
+                false,
+            ),
+        ] {
+            let (cli, command, matches) =
+                parse(&["volmig", "controller", "--config", &file, "--set", set]);
+            let Command::Controller(args) = cli.command else {
+                panic!("not the controller command");
+            };
+            let layered = controller_config(&args, &command, &matches, []).expect("loads");
+            assert_eq!(layered.grants_file.is_some(), watched, "{set}");
+        }
+        let vars = [("VOLMIG_CONTROLLER__IDENTITIES".into(), "[]".into())];
+        let (cli, command, matches) = parse(&["volmig", "controller", "--config", &file]);
+        let Command::Controller(args) = cli.command else {
+            panic!("not the controller command");
+        };
+        let layered = controller_config(&args, &command, &matches, vars).expect("loads");
+        assert_eq!(layered.grants_file, None);
     }
 }
