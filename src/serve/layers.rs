@@ -197,34 +197,32 @@ pub fn controller_config(
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+    use clap::{Args, FromArgMatches};
 
     use super::*;
     use crate::config::LogFormat;
 
     /// The two services' subcommands, as the binary has them.
-    #[derive(Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        command: Command,
+    fn command() -> clap::Command {
+        clap::Command::new("volmig")
+            .subcommand(NodeArgs::augment_args(clap::Command::new("node")))
+            .subcommand(ControllerArgs::augment_args(clap::Command::new(
+                "controller",
+            )))
     }
 
-    #[derive(Subcommand)]
-    enum Command {
-        Node(NodeArgs),
-        Controller(ControllerArgs),
-    }
-
-    fn parse(argv: &[&str]) -> (Cli, clap::Command, ArgMatches) {
-        let command = Cli::command();
+    /// `argv` parsed: the arguments of its subcommand, the command, the matches.
+    fn parse<A: FromArgMatches>(argv: &[&str]) -> (A, clap::Command, ArgMatches) {
+        let command = command();
         let matches = command.clone().try_get_matches_from(argv).expect("parses");
-        let cli = Cli::from_arg_matches(&matches).expect("matches");
-        (cli, command, matches)
+        let (_, sub) = matches.subcommand().expect("a subcommand");
+        let args = A::from_arg_matches(sub).expect("its arguments");
+        (args, command, matches)
     }
 
     #[test]
     fn each_named_node_flag_sets_its_key_over_set_flags() {
-        let (cli, command, matches) = parse(&[
+        let (args, command, matches) = parse::<NodeArgs>(&[
             "volmig",
             "node",
             "--set",
@@ -261,9 +259,6 @@ mod tests {
             "--log-format",
             "json",
         ]);
-        let Command::Node(args) = cli.command else {
-            panic!("not the node command");
-        };
         let cfg = node_config(&args, &command, &matches, [])
             .expect("loads")
             .config;
@@ -291,7 +286,7 @@ mod tests {
 
     #[test]
     fn each_named_controller_flag_sets_its_key() {
-        let (cli, command, matches) = parse(&[
+        let (args, command, matches) = parse::<ControllerArgs>(&[
             "volmig",
             "controller",
             "--listen",
@@ -303,9 +298,6 @@ mod tests {
             "--log-format",
             "json",
         ]);
-        let Command::Controller(args) = cli.command else {
-            panic!("not the controller command");
-        };
         let cfg = controller_config(&args, &command, &matches, [])
             .expect("loads")
             .config;
@@ -332,19 +324,14 @@ mod tests {
                 false,
             ),
         ] {
-            let (cli, command, matches) =
-                parse(&["volmig", "controller", "--config", &file, "--set", set]);
-            let Command::Controller(args) = cli.command else {
-                panic!("not the controller command");
-            };
+            let (args, command, matches) =
+                parse::<ControllerArgs>(&["volmig", "controller", "--config", &file, "--set", set]);
             let layered = controller_config(&args, &command, &matches, []).expect("loads");
             assert_eq!(layered.grants_file.is_some(), watched, "{set}");
         }
         let vars = [("VOLMIG_CONTROLLER__IDENTITIES".into(), "[]".into())];
-        let (cli, command, matches) = parse(&["volmig", "controller", "--config", &file]);
-        let Command::Controller(args) = cli.command else {
-            panic!("not the controller command");
-        };
+        let (args, command, matches) =
+            parse::<ControllerArgs>(&["volmig", "controller", "--config", &file]);
         let layered = controller_config(&args, &command, &matches, vars).expect("loads");
         assert_eq!(layered.grants_file, None);
     }
