@@ -3,9 +3,9 @@
 //! This package is the gRPC edge and the binary: [`proto`] and [`api`] (the
 //! wire types, their conversions, the one error→Status map, the services and
 //! transports), the operator [`cli`], the Prometheus [`metrics`], and the
-//! wiring of `volmig node` ([`node`]) and `volmig controller`
-//! ([`controller_main`]). What must not know about gRPC lives in the crates
-//! under `crates/`, re-exported here under the names the code uses:
+//! wiring of `volmig node` and `volmig controller` ([`serve`]). What must not
+//! know about gRPC lives in the crates under `crates/`, re-exported here under
+//! the names the code uses:
 //! [`migration`] (the engine and its [`hypervisor`] port), [`libvirt`] (the
 //! only code that talks to libvirt; feature `node`), [`controller`] (placement,
 //! registry, history; etcd behind feature `etcd`), [`config`] and
@@ -13,10 +13,8 @@
 
 pub mod api;
 pub mod cli;
-pub mod controller_main;
 pub mod metrics;
-#[cfg(feature = "node")]
-pub mod node;
+pub mod serve;
 
 pub use volmig_config as config;
 pub use volmig_config::commented_toml;

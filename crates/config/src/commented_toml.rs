@@ -43,7 +43,13 @@ impl TableDocs {
         self.docs.get(i).copied()
     }
 
-    fn table(&self, key: &str) -> Option<&TableDocs> {
+    /// The keys, in declaration order.
+    pub(crate) fn names(&self) -> &'static [&'static str] {
+        self.names
+    }
+
+    /// The docs of the table (or array of tables) under `key`.
+    pub(crate) fn table(&self, key: &str) -> Option<&TableDocs> {
         self.tables.iter().find(|(k, _)| *k == key).map(|(_, t)| t)
     }
 }

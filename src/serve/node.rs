@@ -58,6 +58,7 @@ pub async fn run(
             node_id: node_id.clone(),
             max_concurrent: config.max_concurrent_migrations.max(1),
             synchronized_hold: std::time::Duration::from_millis(config.synchronized_hold_ms),
+            libvirt_grace: std::time::Duration::from_secs(config.libvirt_grace_seconds),
             max_watchers: config.max_watchers_per_migration.max(1),
             retention: Retention {
                 max_age: std::time::Duration::from_secs(
