@@ -1,5 +1,5 @@
 //! The controller's one error type. The edge maps it to a gRPC status in one
-//! place (`crate::api::status`); here each variant names the situation.
+//! place (`volmig::api::status`); here each variant names the situation.
 
 use super::registry::RegistryError;
 use super::store::StoreError;

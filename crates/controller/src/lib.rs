@@ -4,7 +4,7 @@
 //! [`Controller`] offers the operations (register, plan, start, watch,
 //! cancel, get, list) over plain types ([`model`]); it reaches nodes through
 //! [`nodes::NodeAccess`] and keeps what must last in a [`store::Store`]. The
-//! gRPC edge (`crate::api::controller_service`) only converts; nothing here
+//! gRPC edge (`volmig::api::controller_service`) only converts; nothing here
 //! knows the wire format.
 //!
 //! Scale: placement reads the pool [`inventory::Inventory`], refreshed in the

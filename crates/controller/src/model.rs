@@ -5,7 +5,7 @@
 //! never decides on (progress, results, copy options). The controller relays
 //! those unchanged: [`NodeEvent::wire`] and [`Order::wire`] hold the message as
 //! it arrived, opaque here, and only the fields the controller acts on are
-//! read out into named fields by the edge (`crate::api`). That keeps the
+//! read out into named fields by the edge (`volmig::api`). That keeps the
 //! relay lossless without the domain knowing the wire format.
 
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! What the controller needs from a node, as a trait over domain types: the
-//! edge implements it over gRPC (`crate::api::node_client`), tests in memory.
+//! edge implements it over gRPC (`volmig::api::node_client` in the root package), tests in memory.
 //! Every call is bounded by the implementation (the node call timeout); a
 //! stream only until its first event.
 
