@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::{groups, Command, Engine, Job, ListFilter};
+use super::{migrate_group, Command, Engine, Job, ListFilter};
+use crate::engine::group::Group;
 use crate::error::Error;
-use crate::group::Group;
 use crate::journal::Record;
 use crate::model::Event;
 use crate::validate;
@@ -33,7 +33,7 @@ impl Engine {
     /// has begun or it has ended.
     pub async fn cancel(&self, id: &str) -> Result<Event, Error> {
         if let Some(group) = self.group(id)? {
-            return groups::cancel_group(&group);
+            return migrate_group::cancel_group(&group);
         }
         let job = self.job(id)?;
         let (tx, rx) = oneshot::channel();

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::engine::group::Group;
 use crate::error::Error;
-use crate::group::Group;
 use crate::journal::Record;
 use crate::model::Event;
 

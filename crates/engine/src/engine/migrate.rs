@@ -4,11 +4,12 @@
 use tracing::Instrument;
 
 use super::admission::{Admitted, Requested};
+use super::job;
 use super::{blocking, Engine, Job, Source, Subscription};
 use crate::error::Error;
 use crate::journal::{GroupLink, Plan, Record, Stage};
 use crate::model::{now_ms, Event, MigrationRequest, Phase, Progress};
-use crate::{job, plan, validate};
+use crate::{plan, validate};
 
 impl Engine {
     /// Starts a migration, or attaches to the one started with the same request id.

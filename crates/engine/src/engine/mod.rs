@@ -8,11 +8,13 @@
 mod admission;
 mod config;
 mod control;
-mod groups;
+pub(crate) mod group;
 mod host;
 mod inner;
+pub(crate) mod job;
 mod job_handle;
 mod migrate;
+mod migrate_group;
 mod registry;
 mod start;
 mod subscription;
@@ -23,16 +25,16 @@ use std::sync::Arc;
 use migrate::{new_migration_id, new_record};
 
 pub use config::{EngineConfig, Retention};
-pub use groups::GroupView;
 pub(crate) use inner::Inner;
 pub(crate) use job_handle::{Command, Job, Publisher, TaskEnd};
+pub use migrate_group::GroupView;
 use registry::Registry;
 use subscription::Source;
 pub use subscription::Subscription;
 pub use views::{DiskView, DomainDisks, LayerView, ListFilter};
 
+use crate::engine::group::Group;
 use crate::error::Error;
-use crate::group::Group;
 use crate::hypervisor::HvError;
 
 /// The migration engine of one node.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use super::admission::Planning;
 use super::Job;
+use crate::engine::group::Group;
 use crate::error::Error;
-use crate::group::Group;
 use crate::journal::Plan;
 
 #[derive(Default)]

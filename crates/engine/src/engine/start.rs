@@ -4,9 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use super::{Engine, EngineConfig, Inner, Job, Registry};
+use crate::engine::job;
 use crate::error::Error;
 use crate::hypervisor::{Hypervisor, PoolSpec};
-use crate::job;
 use crate::journal::{Journal, Record};
 use crate::observer::{Observer, TraceContext};
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::{Engine, Job};
+use crate::engine::group::Group;
 use crate::error::Error;
-use crate::group::Group;
 use crate::model::Event;
 
 /// A stream of one migration's events: its latest event first, then every later

@@ -1,19 +1,20 @@
 //! The engine's side of multi-disk migrations: accepting a group (every disk
 //! validated before anything is created), following, cancelling and
-//! recovering it. How the members coordinate is [`crate::group`]'s.
+//! recovering it. How the members coordinate is [`crate::engine::group`]'s.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::admission::{Admitted, Requested};
+use super::job;
 use super::{new_migration_id, new_record, Engine, Job, ListFilter, Source, Subscription};
+use crate::engine::group::{Abort, Gate, Group};
 use crate::error::Error;
-use crate::group::{Abort, Gate, Group};
 use crate::journal::{GroupLink, Plan};
 use crate::model::{
     now_ms, DiskChoice, DiskSelection, Event, GroupRequest, MigrationRequest, Options, Skipped,
 };
-use crate::{job, plan, validate};
+use crate::{plan, validate};
 
 /// A multi-disk migration as GetMigration and ListMigrations show it.
 #[derive(Debug, Clone)]

@@ -8,8 +8,8 @@ use super::copy::copy_vanished;
 use super::ctx::Ctx;
 use super::recovery;
 use super::verify::on_destination;
+use crate::engine::group::{Abort, Member};
 use crate::error::Error;
-use crate::group::{Abort, Member};
 use crate::journal::{Destination, Stage};
 use crate::model::{now_ms, Phase};
 

@@ -9,9 +9,9 @@ use tokio::time::Instant;
 use super::control::Control;
 use volmig_types::retry::RetryPolicy;
 
+use crate::engine::group::Member;
 use crate::engine::{blocking, Command, EngineConfig, Inner, Job, Publisher, TaskEnd};
 use crate::error::Error;
-use crate::group::Member;
 use crate::hypervisor::{HvError, Hypervisor};
 use crate::journal::{Plan, Record, Stage};
 use crate::model::{now_ms, Phase};

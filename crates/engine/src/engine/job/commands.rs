@@ -9,9 +9,9 @@ use tracing::Instrument;
 
 use super::control::{Copy, Refusal, StopReason};
 use super::ctx::Ctx;
+use crate::engine::group::Abort;
 use crate::engine::Command;
 use crate::error::Error;
-use crate::group::Abort;
 
 impl<'a> Ctx<'a> {
     pub(super) fn stopped(&self) -> Result<(), Error> {
@@ -32,7 +32,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// The group's gate, while an abort of the group still stops this job.
-    fn live_gate(&self) -> Option<Arc<crate::group::Gate>> {
+    fn live_gate(&self) -> Option<Arc<crate::engine::group::Gate>> {
         self.member
             .as_ref()
             .filter(|_| self.control.interruptible())
@@ -171,7 +171,7 @@ impl<'a> Ctx<'a> {
     }
 }
 
-async fn group_abort(gate: Option<Arc<crate::group::Gate>>) -> Abort {
+async fn group_abort(gate: Option<Arc<crate::engine::group::Gate>>) -> Abort {
     match gate {
         Some(gate) => gate.aborted().await,
         None => std::future::pending().await,
