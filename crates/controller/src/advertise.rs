@@ -18,7 +18,7 @@
 
 use std::net::IpAddr;
 
-use super::registry::{check_endpoint, RegistryError};
+use super::error::RegistryError;
 
 /// The SAN names of a registering client certificate that can name a host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -240,6 +240,61 @@ impl AdvertisePolicy {
         }
         Ok(())
     }
+}
+
+/// Longest endpoint a node may register: a DNS name (253) plus scheme and port.
+pub const MAX_ENDPOINT: usize = 300;
+
+/// Checks an endpoint a node registers with: `http(s)://host:port` and
+/// nothing else (no path, user info or query), at most [`MAX_ENDPOINT`]
+/// bytes. `unix:///path` is accepted only from a caller on the controller's
+/// own unix socket, who can reach that socket anyway; from the network it
+/// would let a node identity point the controller at local sockets.
+pub fn check_endpoint(endpoint: &str, local_caller: bool) -> Result<(), RegistryError> {
+    let bad = |why: &str| Err(RegistryError::Endpoint(why.to_string()));
+    if endpoint.is_empty() {
+        return bad("required: how the controller reaches the node");
+    }
+    if endpoint.len() > MAX_ENDPOINT {
+        return bad(&format!(
+            "{} bytes long; the limit is {MAX_ENDPOINT}",
+            endpoint.len()
+        ));
+    }
+    if endpoint
+        .chars()
+        .any(|c| volmig_types::validate::is_unsafe_char(c) || c.is_whitespace())
+    {
+        return bad("contains control or space characters");
+    }
+    if let Some(path) = endpoint.strip_prefix("unix://") {
+        if !local_caller {
+            return bad("unix:// endpoints are accepted only from the controller's unix socket; register an http(s)://host:port endpoint");
+        }
+        if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
+            return bad("a unix endpoint needs an absolute path without '..'");
+        }
+        return Ok(());
+    }
+    let Ok(uri) = endpoint.parse::<http::Uri>() else {
+        return bad("not a URI; expected http(s)://host:port");
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return bad("expected http(s)://host:port");
+    }
+    let Some(authority) = uri.authority() else {
+        return bad("expected http(s)://host:port");
+    };
+    if authority.as_str().contains('@') {
+        return bad("user information is not allowed");
+    }
+    if authority.port_u16().is_none() || authority.host().is_empty() {
+        return bad("a host and a port are required: http(s)://host:port");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return bad("no path or query: http(s)://host:port");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

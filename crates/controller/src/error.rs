@@ -1,7 +1,6 @@
 //! The controller's one error type. The edge maps it to a gRPC status in one
 //! place (`volmig::api::status`); here each variant names the situation.
 
-use super::registry::RegistryError;
 use super::store::StoreError;
 
 /// How a call to a node failed, in the classes the node's API uses.
@@ -160,4 +159,47 @@ impl ControllerError {
             ControllerError::Node(err)
         }
     }
+}
+
+/// Why a registration was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry holds its limit of nodes and this one is new.
+    #[error("the controller already knows its limit of {0} nodes (max_nodes)")]
+    Full(usize),
+    /// The endpoint a node registered with is not one the controller may dial.
+    #[error("invalid endpoint: {0}")]
+    Endpoint(String),
+    /// A registration advertised a host its client certificate does not name.
+    #[error("the advertised host {host} is not named by the registering certificate (its SAN DNS names and IP addresses: {names}): advertise a host it names, or give the node a certificate naming this one")]
+    HostNotNamed {
+        /// The advertised host.
+        host: String,
+        /// The certificate's DNS names and addresses.
+        names: String,
+    },
+    /// A registration advertised a host outside `advertise_allow`.
+    #[error("the advertised host {host} is outside the controller's advertise_allow: advertise an allowed host, or ask the operator to allow this one")]
+    HostNotAllowed {
+        /// The advertised host.
+        host: String,
+    },
+    /// An `advertise_allow` entry is malformed (refused at start).
+    #[error("advertise_allow entry \"{entry}\": {reason}")]
+    BadAllow {
+        /// The entry, escaped.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The caller may not register as this node.
+    #[error("{caller} may not register as node '{node_id}'{}", bound.as_ref().map(|b| format!(": its identity is bound to node '{b}'")).unwrap_or_default())]
+    NotThisNode {
+        /// Who asked.
+        caller: String,
+        /// The node id it asked for.
+        node_id: String,
+        /// The node id it may register as, if any.
+        bound: Option<String>,
+    },
 }

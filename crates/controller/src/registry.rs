@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use super::advertise::{check_endpoint, MAX_ENDPOINT};
 use super::advertise::{AdvertisePolicy, Registrant};
+pub use super::error::RegistryError;
 use volmig_config::ControllerConfig;
 use volmig_types::phase::now_ms;
 
@@ -70,104 +72,6 @@ struct Table {
     by_id: BTreeMap<String, Arc<NodeEntry>>,
     /// No registered node can be forgotten before this (`None`: none is registered).
     next_lapse: Option<Instant>,
-}
-
-/// Why a registration was not recorded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegistryError {
-    /// The registry holds its limit of nodes and this one is new.
-    #[error("the controller already knows its limit of {0} nodes (max_nodes)")]
-    Full(usize),
-    /// The endpoint a node registered with is not one the controller may dial.
-    #[error("invalid endpoint: {0}")]
-    Endpoint(String),
-    /// A registration advertised a host its client certificate does not name.
-    #[error("the advertised host {host} is not named by the registering certificate (its SAN DNS names and IP addresses: {names}): advertise a host it names, or give the node a certificate naming this one")]
-    HostNotNamed {
-        /// The advertised host.
-        host: String,
-        /// The certificate's DNS names and addresses.
-        names: String,
-    },
-    /// A registration advertised a host outside `advertise_allow`.
-    #[error("the advertised host {host} is outside the controller's advertise_allow: advertise an allowed host, or ask the operator to allow this one")]
-    HostNotAllowed {
-        /// The advertised host.
-        host: String,
-    },
-    /// An `advertise_allow` entry is malformed (refused at start).
-    #[error("advertise_allow entry \"{entry}\": {reason}")]
-    BadAllow {
-        /// The entry, escaped.
-        entry: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The caller may not register as this node.
-    #[error("{caller} may not register as node '{node_id}'{}", bound.as_ref().map(|b| format!(": its identity is bound to node '{b}'")).unwrap_or_default())]
-    NotThisNode {
-        /// Who asked.
-        caller: String,
-        /// The node id it asked for.
-        node_id: String,
-        /// The node id it may register as, if any.
-        bound: Option<String>,
-    },
-}
-
-/// Longest endpoint a node may register: a DNS name (253) plus scheme and port.
-pub const MAX_ENDPOINT: usize = 300;
-
-/// Checks an endpoint a node registers with: `http(s)://host:port` and
-/// nothing else (no path, user info or query), at most [`MAX_ENDPOINT`]
-/// bytes. `unix:///path` is accepted only from a caller on the controller's
-/// own unix socket, who can reach that socket anyway; from the network it
-/// would let a node identity point the controller at local sockets.
-pub fn check_endpoint(endpoint: &str, local_caller: bool) -> Result<(), RegistryError> {
-    let bad = |why: &str| Err(RegistryError::Endpoint(why.to_string()));
-    if endpoint.is_empty() {
-        return bad("required: how the controller reaches the node");
-    }
-    if endpoint.len() > MAX_ENDPOINT {
-        return bad(&format!(
-            "{} bytes long; the limit is {MAX_ENDPOINT}",
-            endpoint.len()
-        ));
-    }
-    if endpoint
-        .chars()
-        .any(|c| volmig_types::validate::is_unsafe_char(c) || c.is_whitespace())
-    {
-        return bad("contains control or space characters");
-    }
-    if let Some(path) = endpoint.strip_prefix("unix://") {
-        if !local_caller {
-            return bad("unix:// endpoints are accepted only from the controller's unix socket; register an http(s)://host:port endpoint");
-        }
-        if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
-            return bad("a unix endpoint needs an absolute path without '..'");
-        }
-        return Ok(());
-    }
-    let Ok(uri) = endpoint.parse::<http::Uri>() else {
-        return bad("not a URI; expected http(s)://host:port");
-    };
-    if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return bad("expected http(s)://host:port");
-    }
-    let Some(authority) = uri.authority() else {
-        return bad("expected http(s)://host:port");
-    };
-    if authority.as_str().contains('@') {
-        return bad("user information is not allowed");
-    }
-    if authority.port_u16().is_none() || authority.host().is_empty() {
-        return bad("a host and a port are required: http(s)://host:port");
-    }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return bad("no path or query: http(s)://host:port");
-    }
-    Ok(())
 }
 
 impl NodeRegistry {
