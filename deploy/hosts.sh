@@ -117,6 +117,9 @@ start_host() {
         log "$name is up ($addr)"
         return 0
     fi
+    # A keeper that died leaves its daemons (and guests) running in an orphaned mount
+    # namespace; a second libvirtd on the same state would corrupt it: stop them first.
+    kill_netns_pids "$name"
     mkdir -p "$dir"/{lib,etc,log,cache}
     chmod 0755 "$BASE" "$dir"
     populate_etc "$dir/etc"
@@ -240,7 +243,7 @@ cmd_status() {
     for ns in $(our_namespaces); do
         any=1
         local addr
-        addr=$(ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | awk '{print $4}')
+        addr=$(ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | awk '{print $4}' || true)
         if [[ $ns == *-ctl ]]; then
             echo "$ns addr=${addr:-none} (network only)"
         elif pid=$(keeper_pid "$ns"); then
