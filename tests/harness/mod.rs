@@ -25,6 +25,7 @@ pub mod defined;
 pub mod etcd;
 pub mod fs_pool;
 pub mod guest;
+pub mod hosts;
 pub mod node;
 pub mod pattern;
 pub mod pools;
@@ -216,7 +217,9 @@ pub fn virsh(args: &[&str]) -> Result<String, String> {
 
 /// [`virsh`] with an explicit bound, for long calls such as `blockcopy --wait`.
 pub fn virsh_with_timeout(args: &[&str], timeout: Duration) -> Result<String, String> {
-    let mut full = vec!["-c", LIBVIRT_URI];
+    // A test on simulated hosts (`hosts::SimHost::libvirt_scope`) sends these to a host.
+    let uri = hosts::libvirt_uri_override().unwrap_or_else(|| LIBVIRT_URI.to_string());
+    let mut full = vec!["-c", uri.as_str()];
     full.extend_from_slice(args);
     run_with_timeout("virsh", &full, timeout)
 }

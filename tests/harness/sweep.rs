@@ -48,6 +48,9 @@ pub fn sweep_stale() {
 }
 
 fn sweep_now() {
+    // Simulated hosts first: their guests and daemons hold files in the temp dirs.
+    super::hosts::sweep_stale_beds();
+
     for dom in names(virsh(&["list", "--all", "--name"]))
         .iter()
         .filter(|d| is_stale(d))
