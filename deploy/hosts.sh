@@ -7,6 +7,11 @@
 #   bash deploy/hosts.sh status
 #   bash deploy/hosts.sh exec NAME CMD… # runs CMD inside host NAME (its mount + net ns)
 #   bash deploy/hosts.sh pid NAME       # the PID whose namespaces are NAME's
+#   bash deploy/hosts.sh up N --volmig [--bin PATH]
+#                                       # + a throw-away PKI, `volmig controller` in PREFIX-ctl
+#                                       #   and `volmig node` in every host, all mutual TLS
+#   bash deploy/hosts.sh cli CMD…       # CMD in PREFIX-ctl as the operator (VOLMIG_CA, _CERT,
+#                                       #   _KEY, VOLMIG_CONTROLLER set): `cli volmig nodes`
 #
 # Settings (environment; defaults suit a person trying it by hand, the test harness sets
 # all of them to names and a subnet unique to its run):
@@ -234,6 +239,7 @@ cmd_down() {
         fi
         rm -rf -- "$d"
     done
+    volmig_down
     rm -f "$BASE/.${PREFIX}.lock"
     rmdir "$BASE" 2>/dev/null || true
 }
@@ -258,10 +264,297 @@ cmd_status() {
     [ -n "$any" ] || echo "no hosts with prefix $PREFIX"
 }
 
+# ---- volmig on the bed (`up N --volmig`, `cli`) -------------------------------------------
+# A throw-away PKI, a controller in the controller namespace and a node in every host, set
+# up as tests/multi_host.rs does: mutual TLS everywhere, each node's certificate names its
+# address (SAN IP) and a SPIFFE URI the controller binds to its node id; the controller's
+# names its address and controller.volmig.test; the operator's is operator.volmig.test.
+
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PKI="$BASE/pki"
+CTL_PORT=7450
+NODE_PORT=7451
+CTL_DNS=controller.volmig.test
+OP_DNS=operator.volmig.test
+
+node_uri() { echo "spiffe://volmig.test/node/$1"; }
+ctl_dir() { echo "$BASE/$(ctl_ns)"; }
+ctl_url() { echo "https://$(ctl_addr):${CTL_PORT}"; }
+
+# The volmig binary: --bin, else the repository's debug build, else its release build.
+volmig_bin() {
+    local bin=${1:-} b
+    if [ -z "$bin" ]; then
+        for b in "$TOP/target/debug/volmig" "$TOP/target/release/volmig"; do
+            if [ -x "$b" ]; then
+                bin=$b
+                break
+            fi
+        done
+        [ -n "$bin" ] || die "no volmig binary in $TOP/target/{debug,release}: build it with cargo build (or give --bin PATH)"
+    fi
+    [ -f "$bin" ] && [ -x "$bin" ] || die "--bin $bin: not an executable file"
+    # Absolute: the node runs in a host's mount namespace, the path must not depend on a cwd.
+    readlink -f -- "$bin"
+}
+
+ensure_openssl() {
+    command -v openssl >/dev/null && return 0
+    log "installing openssl (needed for the bed's certificates)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update >/dev/null 2>&1 || die "apt-get update failed"
+    apt-get install -y --no-install-recommends openssl >/dev/null 2>&1 || die "apt-get install openssl failed"
+    command -v openssl >/dev/null || die "openssl is missing after install"
+}
+
+# Leaf $1 (file stem) with subjectAltName $2, signed by the bed's CA. Reused when it exists,
+# still verifies and names the same SANs (a second `up` does not re-key running services).
+pki_leaf() {
+    local stem=$1 san=$2
+    if [ -s "$PKI/$stem.pem" ] && [ -s "$PKI/$stem-key.pem" ] && [ "$(cat "$PKI/$stem.san" 2>/dev/null)" = "$san" ] \
+        && openssl verify -CAfile "$PKI/ca.pem" "$PKI/$stem.pem" >/dev/null 2>&1; then
+        return 0
+    fi
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$PKI/$stem-key.pem" -out "$PKI/$stem.csr" -subj "/CN=$stem" 2>/dev/null \
+        || die "openssl: cannot make the key of $stem"
+    openssl x509 -req -in "$PKI/$stem.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca-key.pem" \
+        -CAcreateserial -days 30 -out "$PKI/$stem.pem" -extfile <(printf '%s\n' \
+            "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+            "extendedKeyUsage=serverAuth,clientAuth" "subjectAltName=$san") 2>/dev/null \
+        || die "openssl: cannot sign the certificate of $stem"
+    rm -f "$PKI/$stem.csr"
+    echo "$san" >"$PKI/$stem.san"
+    # volmig refuses keys others can read and certificates others can write.
+    chmod 0600 "$PKI/$stem-key.pem"
+    chmod 0644 "$PKI/$stem.pem"
+}
+
+make_pki() {
+    local n=$1 i name
+    ensure_openssl
+    mkdir -p "$PKI"
+    chmod 0755 "$PKI"
+    (
+        umask 077
+        if ! [ -s "$PKI/ca.pem" ] || ! [ -s "$PKI/ca-key.pem" ]; then
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+                -keyout "$PKI/ca-key.pem" -out "$PKI/ca.pem" -subj "/CN=volmig hosts.sh CA ($PREFIX)" \
+                -addext "basicConstraints=critical,CA:TRUE" \
+                -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null \
+                || die "openssl: cannot make the CA"
+            chmod 0644 "$PKI/ca.pem"
+        fi
+        pki_leaf controller "DNS:$CTL_DNS,IP:$(ctl_addr)"
+        pki_leaf operator "DNS:$OP_DNS"
+        for i in $(seq 1 "$n"); do
+            name=$(host_ns "$i")
+            pki_leaf "$name" "IP:$(host_addr "$i"),URI:$(node_uri "$name")"
+        done
+    )
+}
+
+tls_toml() {
+    printf 'tls_ca = "%s"\ntls_cert = "%s"\ntls_key = "%s"\n' "$PKI/ca.pem" "$PKI/$1.pem" "$PKI/$1-key.pem"
+}
+
+write_configs() {
+    local n=$1 i name dir cfg
+    mkdir -p "$(ctl_dir)/state"
+    cfg="$(ctl_dir)/controller.toml"
+    {
+        echo "# Written by deploy/hosts.sh up --volmig; rewritten at every up."
+        echo "listen = \"$(ctl_addr):${CTL_PORT}\""
+        echo "state_dir = \"$(ctl_dir)/state\""
+        echo "advertise_allow = [\"${SUBNET}.0/24\"]"
+        tls_toml controller
+        printf '\n[[identities]]\ndns = "%s"\nrole = "operator"\n' "$OP_DNS"
+        for i in $(seq 1 "$n"); do
+            name=$(host_ns "$i")
+            printf '\n[[identities]]\nuri = "%s"\nrole = "node"\nnode_id = "%s"\n' "$(node_uri "$name")" "$name"
+        done
+    } >"$cfg"
+    for i in $(seq 1 "$n"); do
+        name=$(host_ns "$i")
+        dir="$BASE/$name/volmig"
+        mkdir -p "$dir/state"
+        {
+            echo "# Written by deploy/hosts.sh up --volmig; rewritten at every up."
+            echo "node_id = \"$name\""
+            echo "listen = \"$(host_addr "$i"):${NODE_PORT}\""
+            echo "advertise = \"https://$(host_addr "$i"):${NODE_PORT}\""
+            echo "controller = \"$(ctl_url)\""
+            echo "state_dir = \"$dir/state\""
+            tls_toml "$name"
+            # The controller calls the node; the operator may also call it directly.
+            printf '\n[[identities]]\ndns = "%s"\nrole = "operator"\n' "$CTL_DNS"
+            printf '\n[[identities]]\ndns = "%s"\nrole = "operator"\n' "$OP_DNS"
+        } >"$dir/node.toml"
+    done
+}
+
+# PID of the volmig service whose pid file is $1, if it still runs in network namespace $2.
+volmig_pid() {
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 1
+    [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
+    [ "$(stat -Lc %i "/proc/$pid/ns/net" 2>/dev/null)" = "$(stat -Lc %i "/run/netns/$2" 2>/dev/null)" ] \
+        || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'volmig' || return 1
+    echo "$pid"
+}
+
+# Starts `BIN ARGS…` in the background in namespace $1 (a host: its keeper's mount + net
+# namespaces; the controller: its netns), logging to $2, its PID in $3; nothing if it runs.
+start_volmig() {
+    local ns=$1 logf=$2 pidf=$3 pid
+    shift 3
+    if pid=$(volmig_pid "$pidf" "$ns"); then
+        log "$ns: volmig $1 is running (pid $pid)"
+        return 0
+    fi
+    local enter
+    if [[ $ns == *-ctl ]]; then
+        enter=(ip netns exec "$ns")
+    else
+        pid=$(keeper_pid "$ns") || die "$ns is not up"
+        enter=(nsenter -t "$pid" -m -n --)
+    fi
+    echo "--- $(date -u +%FT%TZ) hosts.sh starts volmig $*" >>"$logf"
+    # setsid: not stopped with this shell's terminal; 9>&-: must not hold up's lock.
+    RUST_LOG=${RUST_LOG:-info} setsid "${enter[@]}" "$VOLMIG_BIN" "$@" </dev/null >>"$logf" 2>&1 9>&- &
+    echo $! >"$pidf"
+    log "$ns: volmig $1 started (pid $!, log $logf)"
+}
+
+# Runs CMD… in the controller namespace as the operator: the CLI reads its TLS client
+# material and the controller from the environment (VOLMIG_CA/CERT/KEY, VOLMIG_CONTROLLER).
+cli_run() {
+    ip netns exec "$(ctl_ns)" env RUST_LOG="${RUST_LOG:-warn}" VOLMIG_CONTROLLER="$(ctl_url)" \
+        VOLMIG_CA="$PKI/ca.pem" VOLMIG_CERT="$PKI/operator.pem" VOLMIG_KEY="$PKI/operator-key.pem" \
+        PATH="$(ctl_dir)/bin:$PATH" "$@"
+}
+
+volmig_up() {
+    local n=$1 bin=$2 i name dir
+    VOLMIG_BIN=$(volmig_bin "$bin")
+    make_pki "$n"
+    write_configs "$n"
+    # `cli` finds this bed's binary as `volmig` on its PATH.
+    mkdir -p "$(ctl_dir)/bin"
+    ln -sfn "$VOLMIG_BIN" "$(ctl_dir)/bin/volmig"
+    start_volmig "$(ctl_ns)" "$(ctl_dir)/volmig.log" "$(ctl_dir)/volmig.pid" \
+        controller --config "$(ctl_dir)/controller.toml"
+    for i in $(seq 1 "$n"); do
+        name=$(host_ns "$i")
+        dir="$BASE/$name"
+        start_volmig "$name" "$dir/volmig.log" "$dir/volmig.pid" node --config "$dir/volmig/node.toml"
+    done
+    # Registered = every node listed UP by the controller.
+    local t=0 out missing
+    while :; do
+        out=$(cli_run volmig nodes 2>&1 || true)
+        missing=
+        for i in $(seq 1 "$n"); do
+            name=$(host_ns "$i")
+            # The table's columns: NODE STATE ENDPOINT …
+            awk -v n="$name" '$1 == n && $2 == "up" {ok = 1} END {exit !ok}' <<<"$out" \
+                || missing="$missing $name"
+        done
+        [ -n "$missing" ] || break
+        t=$((t + 1))
+        if [ $t -gt 120 ]; then
+            log "not registered after 60 s:$missing; the controller says:"
+            echo "$out" >&2
+            log "last lines of $(ctl_dir)/volmig.log:"
+            tail -n 15 "$(ctl_dir)/volmig.log" >&2 || true
+            for name in $missing; do
+                log "last lines of $BASE/$name/volmig.log:"
+                tail -n 15 "$BASE/$name/volmig.log" >&2 || true
+            done
+            exit 1
+        fi
+        sleep 0.5
+    done
+    local me="bash ${BASH_SOURCE[0]}"
+    cat <<ZZEOF
+
+volmig is up: controller $(ctl_url) in $(ctl_ns); nodes $(host_ns 1)..$(host_ns "$n") registered
+(binary $VOLMIG_BIN).
+
+$out
+
+Next:
+  $me cli volmig nodes          # the operator CLI, in $(ctl_ns), with the operator's certificate
+  $me cli volmig pools
+  $me exec $(host_ns 1) virsh pool-list --all    # a host's own libvirtd
+  $me cli volmig plan --domain DOMAIN --disk vda
+  $me cli volmig migrate --domain DOMAIN --disk vda --to-pool POOL
+  $me cli volmig list
+  $me cli volmig disks --node https://$(host_addr 1):${NODE_PORT} --domain DOMAIN   # one node, directly
+  $me status
+  $me down                      # stops volmig, guests and libvirtd; removes all of it
+Logs:         $(ctl_dir)/volmig.log, $BASE/$(host_ns 1)/volmig.log, …
+Configs:      $(ctl_dir)/controller.toml, $BASE/$(host_ns 1)/volmig/node.toml, …
+Certificates: $PKI (valid 30 days)
+ZZEOF
+}
+
+cmd_cli() {
+    [ $# -ge 1 ] || die "usage: cli CMD… (e.g. cli volmig nodes)"
+    ns_exists "$(ctl_ns)" || die "$(ctl_ns) is not up: run up N --volmig first"
+    [ -s "$PKI/operator.pem" ] || die "no operator certificate in $PKI: run up N --volmig first"
+    [ -e "$(ctl_dir)/bin/volmig" ] || die "no volmig binary recorded: run up N --volmig first"
+    cli_run "$@"
+}
+
+volmig_status() {
+    local pidf ns pid
+    for pidf in "$BASE/${PREFIX}"-h*/volmig.pid "$(ctl_dir)/volmig.pid"; do
+        [ -e "$pidf" ] || continue
+        ns=$(basename "$(dirname "$pidf")")
+        if pid=$(volmig_pid "$pidf" "$ns"); then
+            echo "$ns volmig=$pid log=$(dirname "$pidf")/volmig.log"
+        else
+            echo "$ns volmig=DOWN log=$(dirname "$pidf")/volmig.log"
+        fi
+    done
+}
+
+# What `down` removes besides the host directories: the bed's PKI. (The volmig processes
+# die with the other processes of their namespaces, their files with the host directories.)
+volmig_down() {
+    rm -rf -- "$PKI"
+}
+
 case "${1:-}" in
-up) shift; cmd_up "$@" ;;
+up)
+    shift
+    n=${1:-}
+    [ $# -eq 0 ] || shift
+    ctl= volmig= bin=
+    while [ $# -gt 0 ]; do
+        case $1 in
+        --ctl) ctl=--ctl ;;
+        --volmig) volmig=1 ctl=--ctl ;; # volmig needs the controller namespace
+        --bin)
+            [ $# -ge 2 ] || die "--bin needs a PATH"
+            bin=$2
+            shift
+            ;;
+        *) die "usage: up N [--ctl] [--volmig [--bin PATH]] (unknown: $1)" ;;
+        esac
+        shift
+    done
+    [ -z "$bin" ] || [ -n "$volmig" ] || die "--bin goes with --volmig"
+    # A missing binary fails before anything is built.
+    [ -z "$volmig" ] || volmig_bin "$bin" >/dev/null
+    cmd_up "$n" $ctl
+    [ -z "$volmig" ] || volmig_up "$n" "$bin"
+    ;;
+cli) shift; cmd_cli "$@" ;;
 down) cmd_down ;;
-status) cmd_status ;;
+status) cmd_status; volmig_status ;;
 exec)
     shift
     [ $# -ge 2 ] || die "usage: exec NAME CMD…"
@@ -277,5 +570,5 @@ pid)
     [ $# -eq 2 ] || die "usage: pid NAME"
     keeper_pid "$2" || die "$2 is not up"
     ;;
-*) die "usage: hosts.sh up N [--ctl] | down | status | exec NAME CMD… | pid NAME" ;;
+*) die "usage: hosts.sh up N [--ctl] [--volmig [--bin PATH]] | down | status | exec NAME CMD… | pid NAME | cli CMD…" ;;
 esac
