@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{collect, engine, request, source};
 use crate::fake::{FakeHypervisor, CAPACITY};
 use crate::hypervisor::DiskSource;
-use crate::model::Phase;
+use crate::model::{ErrorCode, Phase};
 use crate::Error;
 
 #[tokio::test]
@@ -204,6 +204,46 @@ fn a_restarted_engine_resumes_a_running_copy_from_the_journal() {
     });
     assert_eq!(events.last().map(|e| e.phase), Some(Phase::Completed));
     assert_eq!(hv.lock().pivots, 1);
+}
+
+#[test]
+fn a_host_that_lost_power_mid_copy_is_reported_interrupted_and_rolled_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = Arc::new(FakeHypervisor::new());
+    hv.lock().step = 1;
+    let first = tokio::runtime::Runtime::new().expect("runtime");
+    let id = first.block_on(async {
+        let engine = engine(hv.clone(), dir.path()).await;
+        let sub = engine.migrate(request("")).await.expect("start");
+        while hv.lock().jobs.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        sub.migration_id().to_string()
+    });
+    first.shutdown_timeout(Duration::from_secs(30));
+    // The power cut takes QEMU with it: the guest is shut off and its block
+    // job is gone when the node starts again.
+    {
+        let mut st = hv.lock();
+        st.running = false;
+        st.jobs.clear();
+    }
+    let second = tokio::runtime::Runtime::new().expect("runtime");
+    let events = second.block_on(async {
+        let restarted = engine(hv.clone(), dir.path()).await;
+        collect(restarted.watch(&id).expect("watch")).await
+    });
+    let last = events.last().expect("terminal");
+    assert_eq!(last.phase, Phase::Failed, "{last:?}");
+    let failure = last.failure.as_ref().expect("failure");
+    assert_eq!(failure.code, ErrorCode::Aborted, "{failure:?}");
+    assert!(
+        failure
+            .message
+            .contains("the block copy was no longer running"),
+        "{failure:?}"
+    );
+    assert_eq!(hv.lock().persistent.get("vda"), Some(&source()));
 }
 
 #[tokio::test]

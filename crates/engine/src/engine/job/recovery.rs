@@ -58,7 +58,9 @@ pub(crate) async fn decide(ctx: &mut Ctx<'_>, group_uncommitted: bool) -> Result
     }
 }
 
-/// Whether the block job of the disk still mirrors to `dest`.
+/// Whether the block job of the disk still mirrors to `dest`. A guest that is
+/// not running has no block job (its QEMU is gone: the host lost power, or
+/// someone stopped it), which libvirt answers with an error, not with "none".
 pub(crate) async fn mirroring_to(
     ctx: &mut Ctx<'_>,
     plan: &crate::journal::Plan,
@@ -66,7 +68,7 @@ pub(crate) async fn mirroring_to(
 ) -> Result<bool, Error> {
     let (domain, target, want) = (plan.domain.clone(), plan.target.clone(), dest.disk.clone());
     ctx.hv_retry("looking for the block copy", move |hv| {
-        if hv.block_job(&domain, &target)?.is_none() {
+        if !hv.domain(&domain)?.active || hv.block_job(&domain, &target)?.is_none() {
             return Ok(false);
         }
         let disk = hv
