@@ -23,6 +23,7 @@ pub mod checks;
 pub mod controller;
 pub mod defined;
 pub mod etcd;
+pub mod fleet;
 pub mod fs_pool;
 pub mod guest;
 pub mod hosts;
