@@ -34,6 +34,7 @@ pub mod prometheus;
 pub mod records;
 pub mod scratch;
 pub mod service;
+pub mod shared_pool;
 mod sweep;
 pub mod unit;
 pub mod xml;
