@@ -10,103 +10,14 @@
 
 mod harness;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::certs::{Leaf, LeafSpec, TestCa};
-use harness::hosts::{SimBed, SimHost};
+use harness::fleet::{Fleet, NODE_PORT};
+use harness::hosts::SimBed;
 use harness::{DirPool, Guest, Pool};
 
 const MIB: u64 = 1 << 20;
 const BOOT: Duration = Duration::from_secs(120);
-const OPERATOR: &str = "operator.volmig.test";
-const CONTROLLER: &str = "controller.volmig.test";
-const NODE_PORT: u16 = 7451;
-const CTL_PORT: u16 = 7450;
-
-/// A service started in a namespace; killed and reaped on drop.
-struct Service {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Service {
-    fn start(mut cmd: Command, log: PathBuf) -> Service {
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = cmd
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        Service { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn volmig_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_volmig")
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    path.to_string_lossy().into_owned()
-}
-
-fn node_uri(i: usize) -> String {
-    format!("spiffe://volmig.test/node/h{i}")
-}
-
-/// `volmig node` inside `host`, on `https://ADDR:7451`, registering with the controller.
-fn start_node(bed: &SimBed, host: &SimHost, i: usize, ca: &TestCa, node_id: &str) -> Service {
-    let dir = bed.dir();
-    let uri = node_uri(i);
-    let stem = format!("node{i}");
-    let leaf = ca.leaf(LeafSpec {
-        uri: Some(&uri),
-        ..LeafSpec::new(&stem, node_id, &[host.addr()])
-    });
-    let config = write(
-        dir,
-        &format!("node{i}.toml"),
-        &format!(
-            "controller = \"https://{}:{CTL_PORT}\"\nadvertise = \"https://{}:{NODE_PORT}\"\n{}\
-             [[identities]]\ndns = \"{CONTROLLER}\"\nrole = \"operator\"\n",
-            bed.ctl_addr(),
-            host.addr(),
-            leaf.toml()
-        ),
-    );
-    let state = dir.join(format!("node{i}-state"));
-    std::fs::create_dir_all(&state).expect("node state dir");
-    let mut cmd = host.command(volmig_bin());
-    cmd.args([
-        "node",
-        "--config",
-        &config,
-        "--node-id",
-        node_id,
-        "--listen",
-        &format!("{}:{NODE_PORT}", host.addr()),
-        "--state-dir",
-        &state.to_string_lossy(),
-    ]);
-    Service::start(cmd, dir.join(format!("node{i}.log")))
-}
 
 #[test]
 fn a_migration_through_the_controller_lands_on_the_host_running_the_guest() {
@@ -135,82 +46,16 @@ fn a_migration_through_the_controller_lands_on_the_host_running_the_guest() {
         guest.name()
     );
 
-    let ca = TestCa::new(bed.dir(), "bed");
-    let ctl_leaf = ca.leaf(LeafSpec::new(
-        "controller",
-        CONTROLLER,
-        &[bed.ctl_addr(), CONTROLLER],
-    ));
-    let operator: Leaf = ca.leaf(LeafSpec::new("operator", OPERATOR, &[OPERATOR]));
-    let ids = [
-        harness::unique_name("h1-node"),
-        harness::unique_name("h2-node"),
-    ];
+    let fleet = Fleet::start(&bed, 2);
+    let ids = [fleet.node_id(1).to_string(), fleet.node_id(2).to_string()];
+    let cli = |args: &[&str]| fleet.cli(args);
+    let logs = || fleet.logs();
+    let n1 = fleet.node(1);
 
-    let ctl_state = bed.dir().join("controller-state");
-    std::fs::create_dir_all(&ctl_state).expect("controller state dir");
-    let mut ctl_config = format!(
-        "listen = \"{}:{CTL_PORT}\"\nstate_dir = \"{}\"\nheartbeat_interval_seconds = 1\n\
-         down_after_seconds = 5\nadvertise_allow = [\"{}/24\"]\n{}\
-         [[identities]]\ndns = \"{OPERATOR}\"\nrole = \"operator\"\n",
-        bed.ctl_addr(),
-        ctl_state.display(),
-        bed.ctl_addr(),
-        ctl_leaf.toml()
-    );
-    for (i, id) in ids.iter().enumerate() {
-        ctl_config.push_str(&format!(
-            "[[identities]]\nuri = \"{}\"\nrole = \"node\"\nnode_id = \"{id}\"\n",
-            node_uri(i + 1)
-        ));
-    }
-    let ctl_config = write(bed.dir(), "controller.toml", &ctl_config);
-    let mut cmd = bed.ctl_command(volmig_bin());
-    cmd.args(["controller", "--config", &ctl_config]);
-    let ctl = Service::start(cmd, bed.dir().join("controller.log"));
-    let n1 = start_node(&bed, &h1, 1, &ca, &ids[0]);
-    let n2 = start_node(&bed, &h2, 2, &ca, &ids[1]);
-    let ctl_url = format!("https://{}:{CTL_PORT}", bed.ctl_addr());
-
-    // The operator's CLI, in the controller's namespace.
-    let cli = |args: &[&str]| {
-        let mut cmd = bed.ctl_command(volmig_bin());
-        cmd.args(args)
-            .args(["--controller", &ctl_url])
-            .args(operator.flags())
-            .env("RUST_LOG", "warn");
-        let out = cmd.output().expect("volmig cli");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let logs = || {
-        format!(
-            "--- controller ---\n{}\n--- node 1 ---\n{}\n--- node 2 ---\n{}",
-            harness::tail(&ctl.log(), 30),
-            harness::tail(&n1.log(), 30),
-            harness::tail(&n2.log(), 30)
-        )
-    };
-
-    let mut answer = (1, String::new(), String::new());
-    let registered = harness::try_wait_until(Duration::from_secs(60), || {
-        answer = cli(&["nodes", "--json"]);
-        answer.0 == 0
-            && ids.iter().all(|id| {
-                answer
-                    .1
-                    .lines()
-                    .any(|l| l.contains(id.as_str()) && l.contains("UP"))
-            })
-    });
-    assert!(registered, "nodes did not register: {answer:?}\n{}", logs());
+    let nodes = fleet.wait_registered();
     // Each registered from its own address.
     for (host, id) in [(&h1, &ids[0]), (&h2, &ids[1])] {
-        let line = answer
-            .1
+        let line = nodes
             .lines()
             .find(|l| l.contains(id.as_str()))
             .expect("listed");
@@ -267,7 +112,7 @@ fn a_migration_through_the_controller_lands_on_the_host_running_the_guest() {
     guest.wait_writing(10, BOOT);
     guest.verify_records("vda");
 
-    drop((n1, n2, ctl));
+    drop(fleet);
     drop(guest);
     drop((src, dst));
     drop(on_h2);
