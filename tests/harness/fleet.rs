@@ -215,6 +215,23 @@ impl<'a> Fleet<'a> {
         &self.nodes[i - 1]
     }
 
+    /// Starts node `i` again with the same id, certificate names, config and state dir
+    /// (its journal), e.g. after its host was power-cycled: the old process is dropped
+    /// (killed if it still runs) and its log kept as `node<i>.log.<n>`.
+    pub fn restart_node(&mut self, i: usize) {
+        let log = self.bed.dir().join(format!("node{i}.log"));
+        let kept = (1..)
+            .map(|n| self.bed.dir().join(format!("node{i}.log.{n}")))
+            .find(|p| !p.exists())
+            .expect("a free log name");
+        let old = &mut self.nodes[i - 1].child;
+        let _ = old.kill();
+        let _ = old.wait();
+        let _ = std::fs::rename(&log, kept);
+        let node = start_node(self.bed, self.bed.host(i), i, &self.ca, &self.ids[i - 1]);
+        self.nodes[i - 1] = node;
+    }
+
     /// The controller's process.
     pub fn controller(&self) -> &Service {
         &self.ctl

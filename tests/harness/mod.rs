@@ -30,6 +30,7 @@ pub mod hosts;
 pub mod node;
 pub mod pattern;
 pub mod pools;
+pub mod power;
 pub mod prometheus;
 pub mod records;
 pub mod scratch;
