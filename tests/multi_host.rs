@@ -12,7 +12,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::fleet::{Fleet, NODE_PORT};
+use harness::fleet::{migrate_args, Fleet, NODE_PORT};
 use harness::hosts::SimBed;
 use harness::{DirPool, Guest, Pool};
 
@@ -67,16 +67,7 @@ fn a_migration_through_the_controller_lands_on_the_host_running_the_guest() {
 
     guest.wait_writing(20, BOOT);
     let started = Instant::now();
-    let (code, out, err) = cli(&[
-        "migrate",
-        "--domain",
-        guest.name(),
-        "--disk",
-        "vda",
-        "--to-pool",
-        dst.name(),
-        "--json",
-    ]);
+    let (code, out, err) = cli(&migrate_args(guest.name(), "vda", dst.name(), &["--json"]));
     assert_eq!(code, 0, "migrate: {err}\n{out}\n{}", logs());
     eprintln!("migration took {:?}", started.elapsed());
     let last: serde_json::Value = serde_json::from_str(out.lines().last().expect("events"))

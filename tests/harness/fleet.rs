@@ -77,6 +77,26 @@ pub fn node_uri(i: usize) -> String {
     format!("spiffe://volmig.test/node/h{i}")
 }
 
+/// `migrate --domain DOMAIN --disk DISK --to-pool POOL EXTRA…`, the operator's arguments.
+pub fn migrate_args<'s>(
+    domain: &'s str,
+    disk: &'s str,
+    pool: &'s str,
+    extra: &[&'s str],
+) -> Vec<&'s str> {
+    let mut args = vec![
+        "migrate",
+        "--domain",
+        domain,
+        "--disk",
+        disk,
+        "--to-pool",
+        pool,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// The exit code, stdout and stderr of a CLI call.
 pub type CliAnswer = (i32, String, String);
 

@@ -240,6 +240,31 @@ impl SimBed {
         cmd
     }
 
+    /// The bridge-side end of host `i`'s veth pair, in the root namespace
+    /// (`${VOLMIG_HOSTS_IF}-h<i>`, as `deploy/hosts.sh` names it).
+    pub fn host_veth(&self, i: usize) -> String {
+        let ifp = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "VOLMIG_HOSTS_IF")
+            .map(|(_, v)| v.as_str())
+            .expect("VOLMIG_HOSTS_IF");
+        format!("{ifp}-h{i}")
+    }
+
+    /// Cuts (`up == false`) or restores host `i`'s link to the bridge: `ip link set
+    /// <veth> down|up` on its bridge-side end. Nothing inside the host changes.
+    pub fn set_host_link(&self, i: usize, up: bool) {
+        let veth = self.host_veth(i);
+        let state = if up { "up" } else { "down" };
+        run_with_timeout(
+            "ip",
+            &["link", "set", &veth, state],
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("ip link set {veth} {state}: {e}"));
+    }
+
     /// The bed's own directory (`/var/tmp/<prefix>`), for scratch files of the test.
     pub fn dir(&self) -> &Path {
         &self.base
