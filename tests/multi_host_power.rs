@@ -67,23 +67,13 @@ fn wait_terminal(fleet: &Fleet, who: &str, id: &str, status: impl Fn() -> CliAns
     record
 }
 
-#[test]
-fn host_power_loss_mid_copy_ends_with_journal_definitions_and_history_in_agreement() {
-    host_power_loss_mid_copy();
-}
-
 /// docs/api.md ("Crash and restart"): anything before the pivot that cannot continue after
 /// a restart is rolled back and reported FAILED with `ABORTED`, "the node restarted while
 /// copying and the block copy was no longer running". After a power loss the guest is shut
-/// off, and the node's look for the block copy (`virDomainGetBlockJobInfo` on an inactive
-/// domain) fails first, so it reports FAILED_PRECONDITION "looking for the block copy:
-/// Requested operation is not valid: domain is not running" (the rollback itself is right).
+/// off, which the node's recovery must read as "no block copy" (it once failed on it with
+/// FAILED_PRECONDITION "looking for the block copy: … domain is not running").
 #[test]
-#[ignore = "bug: after a host power loss mid-copy the restarted node reports FAILED_PRECONDITION \
-            'looking for the block copy: … domain is not running', not the documented ABORTED \
-            'the node restarted while copying …' (crates/engine/src/engine/job/recovery.rs \
-            mirroring_to asks for the block job of a domain that is not running)"]
-fn host_power_loss_mid_copy_is_reported_aborted_as_documented() {
+fn host_power_loss_mid_copy_ends_with_journal_definitions_and_history_in_agreement() {
     let node_latest = host_power_loss_mid_copy();
     let error = &node_latest["error"];
     assert_eq!(error["code_name"], "ABORTED", "{node_latest:#}");
