@@ -54,9 +54,18 @@ pub(crate) fn overlay_users(conn: &Connect, path: &str) -> Result<Vec<VolumeUser
     let mut users = Vec::new();
     for pool in conn.list_all_storage_pools(sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)? {
         let _ = pool.refresh(0);
-        let Some((pool_name, volumes)) =
-            unless_vanished((|| Ok((pool.name()?, pool.list_all_volumes(0)?)))())?
-        else {
+        let listed = (|| Ok((pool.name()?, pool.list_all_volumes(0)?)))();
+        // A pool stopped after it was listed as active refuses to list its
+        // volumes: it is then like a pool that was never listed, as one
+        // removed meanwhile is.
+        let listed = match listed {
+            Err(e) if pool.is_active().is_ok_and(|active| !active) => {
+                tracing::debug!(error = %e, "pool stopped while looking for overlay users");
+                continue;
+            }
+            other => other,
+        };
+        let Some((pool_name, volumes)) = unless_vanished(listed)? else {
             continue;
         };
         for vol in volumes {
