@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::fake::{FakeHypervisor, CAPACITY};
 use super::journal::Journal;
-use super::model::{DiskChoice, DiskSelection, ErrorCode, Event, GroupRequest, Options, Phase};
+use super::model::{DiskSelection, ErrorCode, Event, GroupRequest, Phase};
 use super::{Engine, EngineConfig};
 
 use crate::hypervisor::DiskSource;
@@ -32,26 +32,7 @@ fn three_disks() -> Arc<FakeHypervisor> {
 }
 
 fn request() -> GroupRequest {
-    GroupRequest {
-        request_id: String::new(),
-        domain: "g".into(),
-        disks: DiskSelection::Listed(
-            DISKS
-                .iter()
-                .map(|d| DiskChoice {
-                    disk: (*d).into(),
-                    destination_pool: None,
-                    destination_volume: None,
-                    destination_format: None,
-                    source_users_elsewhere: Vec::new(),
-                })
-                .collect(),
-        ),
-        destination_pool: "b".into(),
-        destination_format: None,
-        options: Options::default(),
-        max_parallel_copies: 0,
-    }
+    crate::tests::group_of("", &DISKS)
 }
 
 async fn collect(mut sub: super::Subscription) -> Vec<Event> {

@@ -3,39 +3,15 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{collect, config, engine, request};
+use super::{collect, config, engine, group_of, request};
 use crate::fake::FakeHypervisor;
 use crate::journal::Journal;
-use crate::model::{DiskChoice, DiskSelection, ErrorCode, GroupRequest, Options, Phase};
+use crate::model::{ErrorCode, GroupRequest, Phase};
 use crate::{Engine, EngineConfig, Error, Subscription};
 
 /// `vda` and `vdb` of `g` to pool `b`, in one request.
 fn group_request(id: &str) -> GroupRequest {
     group_of(id, &["vda", "vdb"])
-}
-
-/// `disks` of `g` to pool `b`, in one request.
-fn group_of(id: &str, disks: &[&str]) -> GroupRequest {
-    GroupRequest {
-        request_id: id.into(),
-        domain: "g".into(),
-        disks: DiskSelection::Listed(
-            disks
-                .iter()
-                .map(|d| DiskChoice {
-                    disk: (*d).into(),
-                    destination_pool: None,
-                    destination_volume: None,
-                    destination_format: None,
-                    source_users_elsewhere: Vec::new(),
-                })
-                .collect(),
-        ),
-        destination_pool: "b".into(),
-        destination_format: None,
-        options: Options::default(),
-        max_parallel_copies: 0,
-    }
 }
 
 async fn engine_with_room(hv: Arc<FakeHypervisor>, dir: &std::path::Path) -> Engine {

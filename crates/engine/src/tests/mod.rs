@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::fake::FakeHypervisor;
 use super::journal::Journal;
-use super::model::{MigrationRequest, Options};
+use super::model::{DiskChoice, DiskSelection, GroupRequest, MigrationRequest, Options};
 use super::{Engine, EngineConfig};
 use crate::hypervisor::DiskSource;
 
@@ -58,5 +58,29 @@ pub(super) async fn collect(mut sub: super::Subscription) -> Vec<super::model::E
 pub(super) fn source() -> DiskSource {
     DiskSource::File {
         path: "/p/a/root.qcow2".into(),
+    }
+}
+
+/// `disks` of `g` to pool `b`, in one request.
+pub(crate) fn group_of(id: &str, disks: &[&str]) -> GroupRequest {
+    GroupRequest {
+        request_id: id.into(),
+        domain: "g".into(),
+        disks: DiskSelection::Listed(
+            disks
+                .iter()
+                .map(|d| DiskChoice {
+                    disk: (*d).into(),
+                    destination_pool: None,
+                    destination_volume: None,
+                    destination_format: None,
+                    source_users_elsewhere: Vec::new(),
+                })
+                .collect(),
+        ),
+        destination_pool: "b".into(),
+        destination_format: None,
+        options: Options::default(),
+        max_parallel_copies: 0,
     }
 }
