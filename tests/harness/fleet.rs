@@ -177,12 +177,17 @@ impl<'a> Fleet<'a> {
         let mut answer = (1, String::new(), String::new());
         let registered = super::try_wait_until(REGISTER_TIMEOUT, || {
             answer = self.cli(&["nodes", "--json"]);
+            // Each node's own entry must say UP: the JSON may be one line, where a
+            // text match would take another node's state for this one's.
+            let listed: serde_json::Value =
+                serde_json::from_str(&answer.1).unwrap_or(serde_json::Value::Null);
             answer.0 == 0
                 && self.ids.iter().all(|id| {
-                    answer
-                        .1
-                        .lines()
-                        .any(|l| l.contains(id.as_str()) && l.contains("UP"))
+                    listed["nodes"].as_array().is_some_and(|nodes| {
+                        nodes
+                            .iter()
+                            .any(|n| n["node_id"] == id.as_str() && n["state"] == "NODE_STATE_UP")
+                    })
                 })
         });
         assert!(
