@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use harness::checks::{assert_no_block_job, volumes_in};
-use harness::fleet::{CliAnswer, Fleet};
+use harness::fleet::{migrate_args, CliAnswer, Fleet};
 use harness::hosts::SimBed;
 use harness::power::{power_off, power_on};
 use harness::{try_wait_until, writing_guest_with_data, DirPool, Pool};
@@ -111,18 +111,12 @@ fn host_power_loss_mid_copy() -> Value {
 
     // The operator's migration, followed as it runs (one JSON event a line).
     let mut migrate = fleet
-        .cli_command(&[
-            "migrate",
-            "--domain",
+        .cli_command(&migrate_args(
             guest.name(),
-            "--disk",
             "vda",
-            "--to-pool",
             dst.name(),
-            "--bandwidth",
-            BANDWIDTH,
-            "--json",
-        ])
+            &["--bandwidth", BANDWIDTH, "--json"],
+        ))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -16,7 +16,7 @@ mod harness;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::fleet::Fleet;
+use harness::fleet::{migrate_args, Fleet};
 use harness::hosts::{SimBed, SimHost};
 use harness::shared_pool::{OnHost, SharedDirPool};
 use harness::{DirPool, Guest, Pool};
@@ -52,16 +52,7 @@ fn all_on(events: &[Value], node_id: &str) {
 
 /// `volmig migrate` of `domain`'s vda to `pool` through the controller.
 fn migrate(fleet: &Fleet, domain: &str, pool: &str, delete: bool) -> Vec<Value> {
-    let mut args = vec![
-        "migrate",
-        "--domain",
-        domain,
-        "--disk",
-        "vda",
-        "--to-pool",
-        pool,
-        "--json",
-    ];
+    let mut args = migrate_args(domain, "vda", pool, &["--json"]);
     if delete {
         args.push("--delete-source");
     }
