@@ -23,7 +23,9 @@ use super::controller_service::convert;
 use super::tls::TlsFiles;
 use crate::config::StaticNode;
 use crate::controller::error::{NodeError, NodeErrorKind};
-use crate::controller::model::{DomainInfo, NodeEvent, NodeRecord, Order, PoolInfo};
+use crate::controller::model::{
+    DomainInfo, NodeEvent, NodeRecord, Order, PoolInfo, PoolVolumeInfo,
+};
 use crate::controller::nodes::{NodeAccess, NodeEventStream};
 use crate::controller::registry::{NodeEntry, NodeFacts};
 use crate::proto;
@@ -253,6 +255,17 @@ impl NodeAccess for GrpcNodes {
             }))
             .await?;
         Ok(convert::disks_from_proto(disks))
+    }
+
+    async fn list_pool_volumes(
+        &self,
+        _node: &NodeEntry,
+        pool: &str,
+    ) -> Result<Vec<PoolVolumeInfo>, NodeError> {
+        Err(NodeError {
+            kind: NodeErrorKind::Unimplemented,
+            message: format!("listing the volumes of pool '{pool}' is not implemented yet"),
+        })
     }
 
     async fn find_volume_users(

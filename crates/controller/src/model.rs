@@ -49,6 +49,38 @@ impl PoolInfo {
     }
 }
 
+/// A volume of a pool and what uses it on one node: what a drain
+/// enumerates, so it finds every guest with a disk on the pool (running or
+/// only defined) and the volumes no guest uses.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PoolVolumeInfo {
+    /// Volume name in the pool.
+    pub name: String,
+    /// The source a disk on it names: a path, or `pool/image` for rbd.
+    pub source: String,
+    /// Its format; `None` when libvirt did not say.
+    pub format: Option<ImageFormat>,
+    /// Virtual size, bytes.
+    pub capacity: u64,
+    /// Bytes allocated.
+    pub allocation: u64,
+    /// The domains of that node whose disks use it.
+    pub users: Vec<VolumeUseInfo>,
+}
+
+/// One disk of a domain that uses a volume.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VolumeUseInfo {
+    /// Domain name.
+    pub domain: String,
+    /// Whether the domain runs (else it is only defined).
+    pub running: bool,
+    /// The disk's target (`vda`).
+    pub disk: String,
+    /// The volume is in the disk's backing chain, not its top image.
+    pub backing: bool,
+}
+
 /// A disk of a domain as its node reports it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DiskInfo {

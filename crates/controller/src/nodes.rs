@@ -8,7 +8,7 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 
 use super::error::NodeError;
-use super::model::{DiskInfo, DomainInfo, NodeEvent, NodeRecord, Order, PoolInfo};
+use super::model::{DiskInfo, DomainInfo, NodeEvent, NodeRecord, Order, PoolInfo, PoolVolumeInfo};
 use super::registry::{NodeEntry, NodeFacts};
 
 /// A node's events of one migration.
@@ -24,6 +24,13 @@ pub trait NodeAccess: Send + Sync + 'static {
     async fn list_pools(&self, node: &NodeEntry) -> Result<Vec<PoolInfo>, NodeError>;
     /// The disks of `domain` there; `NotFound` when it is not defined there.
     async fn list_disks(&self, node: &NodeEntry, domain: &str) -> Result<DomainInfo, NodeError>;
+    /// The volumes of pool `pool` (its name on that node) and the disks of
+    /// that node's domains using each.
+    async fn list_pool_volumes(
+        &self,
+        node: &NodeEntry,
+        pool: &str,
+    ) -> Result<Vec<PoolVolumeInfo>, NodeError>;
     /// What uses `source` there, apart from `exclude_domain`.
     async fn find_volume_users(
         &self,

@@ -352,13 +352,14 @@ mod tests {
                             dir_pool("big", 600 * GIB),
                         ],
                         domains: vec![running_vm1()],
+                        ..FakeNode::default()
                     },
                 )
                 .with(
                     "n2",
                     FakeNode {
                         pools: vec![dir_pool("huge", 950 * GIB)],
-                        domains: Vec::new(),
+                        ..FakeNode::default()
                     },
                 ),
         );

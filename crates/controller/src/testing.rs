@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use volmig_types::phase::Phase;
 
 use super::error::{NodeError, NodeErrorKind};
-use super::model::{DomainInfo, NodeEvent, NodeRecord, Order, PoolInfo};
+use super::model::{DomainInfo, NodeEvent, NodeRecord, Order, PoolInfo, PoolVolumeInfo};
 use super::nodes::{NodeAccess, NodeEventStream};
 use super::registry::{NodeEntry, NodeFacts};
 
@@ -18,6 +18,8 @@ use super::registry::{NodeEntry, NodeFacts};
 pub(crate) struct FakeNode {
     pub(crate) pools: Vec<PoolInfo>,
     pub(crate) domains: Vec<DomainInfo>,
+    /// Each pool's volumes, by pool name.
+    pub(crate) volumes: HashMap<String, Vec<PoolVolumeInfo>>,
 }
 
 /// Fake nodes by id. A node not given is unreachable.
@@ -77,6 +79,18 @@ impl NodeAccess for FakeNodes {
             .find(|d| d.name == domain)
             .cloned()
             .ok_or_else(|| not_found(format!("no domain {domain} on {}", node.id)))
+    }
+
+    async fn list_pool_volumes(
+        &self,
+        node: &NodeEntry,
+        pool: &str,
+    ) -> Result<Vec<PoolVolumeInfo>, NodeError> {
+        let fake = self.node(node)?;
+        if !fake.pools.iter().any(|p| p.name == pool) {
+            return Err(not_found(format!("no pool {pool} on {}", node.id)));
+        }
+        Ok(fake.volumes.get(pool).cloned().unwrap_or_default())
     }
 
     async fn find_volume_users(
