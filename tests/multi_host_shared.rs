@@ -142,11 +142,15 @@ fn shared_dir_pool_across_three_hosts_keeps_a_source_another_host_uses() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(blk3.contains(&image1), "{blk3}");
 
+    // A second entry names a pool no host has: each node warns of it at start-up.
     let shared_as = format!("volmig-test-bed:{}", shared.path().display());
     let fleet = Fleet::up_with(
         &bed,
         3,
-        &format!("[shared_pools]\n\"{}\" = \"{shared_as}\"\n", shared.name()),
+        &format!(
+            "[shared_pools]\n\"{}\" = \"{shared_as}\"\nmhs-no-such-pool = \"x\"\n",
+            shared.name()
+        ),
     );
     let ids: Vec<String> = (1..=3).map(|i| fleet.node_id(i).to_string()).collect();
 
@@ -184,6 +188,15 @@ fn shared_dir_pool_across_three_hosts_keeps_a_source_another_host_uses() {
     assert_eq!(entries.len(), 1, "listed more than once:\n{pools}");
     assert_eq!(entries[0]["storage_id"], format!("shared:{shared_as}"));
     assert_eq!(entries[0]["pool"]["shared"], true, "{pools}");
+    let warned = |i| {
+        let log = fleet.node(i).log();
+        log.contains("WARN") && log.contains("mhs-no-such-pool")
+    };
+    assert!(
+        harness::try_wait_until(Duration::from_secs(10), || (1..=3).all(warned)),
+        "no start-up warning of the unknown pool name:\n{}",
+        fleet.logs()
+    );
 
     for g in guests {
         g.with(|g| g.wait_writing(20, BOOT));
