@@ -184,6 +184,11 @@ fn write_table(out: &mut String, table: &Table, docs: &TableDocs, path: &str, st
             Value::Table(t) => {
                 write_doc(out, docs.doc(key));
                 out.push_str(&format!("{}[{name}]\n", prefix(style)));
+                if t.is_empty() {
+                    // An empty table (a map with no entries yet) is still set
+                    // apart from the section after it.
+                    out.push('\n');
+                }
                 write_table(out, t, inner, &name, style);
             }
             Value::Array(items) => {
