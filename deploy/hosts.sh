@@ -22,8 +22,8 @@
 #
 # Layout: bridge ${IF}-br0 = SUBNET.1 in the root namespace; host i = netns PREFIX-hi with
 # eth0 = SUBNET.(10+i), its veth peer ${IF}-hi on the bridge; the controller namespace
-# PREFIX-ctl = SUBNET.2. Host i's keeper process (`unshare -m` inside the netns, PID in
-# BASE/NAME/pid) holds a mount namespace where BASE/NAME/{lib,etc,log,cache} are bind-mounted
+# PREFIX-ctl = SUBNET.2. Host i's keeper process (`unshare -m -u` inside the netns, PID in
+# BASE/NAME/pid) holds a UTS namespace whose host name is NAME and a mount namespace where BASE/NAME/{lib,etc,log,cache} are bind-mounted
 # over /var/{lib,log,cache}/libvirt and /etc/libvirt, and /run/libvirt is a tmpfs. The rest
 # of the file system is shared with the machine (disk images under /var/tmp work as is).
 # No routes, no NAT: traffic stays on the bridge.
@@ -69,7 +69,7 @@ in_host() {
     local name=$1 pid
     shift
     pid=$(keeper_pid "$name") || die "$name is not up"
-    nsenter -t "$pid" -m -n -- "$@"
+    nsenter -t "$pid" -m -n -u -- "$@"
 }
 
 ensure_bridge() {
@@ -132,9 +132,10 @@ start_host() {
     # The keeper: a mount namespace inside the netns. Its shell mounts, starts virtlogd and
     # libvirtd (they daemonize and stay in these namespaces), writes its PID, then becomes
     # `sleep infinity`, which holds the namespaces while nothing else runs there.
-    setsid ip netns exec "$name" unshare -m --propagation private -- sh -c '
+    setsid ip netns exec "$name" unshare -m -u --propagation private -- sh -c '
         set -e
         dir=$1
+        hostname "$2"
         mount -t tmpfs -o mode=0755 tmpfs /run/libvirt
         mount --bind "$dir/lib" /var/lib/libvirt
         mount --bind "$dir/etc" /etc/libvirt
@@ -144,7 +145,7 @@ start_host() {
         libvirtd -d -p /run/libvirt/libvirtd.pid
         echo $$ > "$dir/pid"
         exec sleep infinity
-    ' keeper "$dir" </dev/null >"$dir/keeper.log" 2>&1 9>&- &
+    ' keeper "$dir" "$name" </dev/null >"$dir/keeper.log" 2>&1 9>&- &
     local t=0
     until keeper_pid "$name" >/dev/null; do
         t=$((t + 1))
@@ -202,8 +203,8 @@ stop_ns() {
     if pid=$(keeper_pid "$ns"); then
         # Guests first, through their libvirtd, so QEMU is not just killed under it.
         local dom
-        for dom in $(nsenter -t "$pid" -m -n -- timeout 20 virsh -c qemu:///system list --name 2>/dev/null); do
-            nsenter -t "$pid" -m -n -- timeout 20 virsh -c qemu:///system destroy "$dom" >/dev/null 2>&1 || true
+        for dom in $(nsenter -t "$pid" -m -n -u -- timeout 20 virsh -c qemu:///system list --name 2>/dev/null); do
+            nsenter -t "$pid" -m -n -u -- timeout 20 virsh -c qemu:///system destroy "$dom" >/dev/null 2>&1 || true
         done
     fi
     kill_netns_pids "$ns"
@@ -254,7 +255,7 @@ cmd_status() {
             echo "$ns addr=${addr:-none} (network only)"
         elif pid=$(keeper_pid "$ns"); then
             local doms
-            doms=$(nsenter -t "$pid" -m -n -- timeout 10 virsh -c qemu:///system list --all --name 2>/dev/null \
+            doms=$(nsenter -t "$pid" -m -n -u -- timeout 10 virsh -c qemu:///system list --all --name 2>/dev/null \
                 | grep -c . || true)
             echo "$ns addr=${addr:-none} keeper=$pid domains=$doms"
         else
@@ -418,7 +419,7 @@ start_volmig() {
         enter=(ip netns exec "$ns")
     else
         pid=$(keeper_pid "$ns") || die "$ns is not up"
-        enter=(nsenter -t "$pid" -m -n --)
+        enter=(nsenter -t "$pid" -m -n -u --)
     fi
     echo "--- $(date -u +%FT%TZ) hosts.sh starts volmig $*" >>"$logf"
     # setsid: not stopped with this shell's terminal; 9>&-: must not hold up's lock.
@@ -564,7 +565,7 @@ exec)
         exec ip netns exec "$name" "$@"
     fi
     pid=$(keeper_pid "$name") || die "$name is not up"
-    exec nsenter -t "$pid" -m -n -- "$@"
+    exec nsenter -t "$pid" -m -n -u -- "$@"
     ;;
 pid)
     [ $# -eq 2 ] || die "usage: pid NAME"

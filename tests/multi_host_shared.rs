@@ -1,7 +1,10 @@
 //! Shared storage across simulated hosts (issue #21): three "hosts" (`deploy/hosts.sh`),
-//! each with its own libvirtd and a `volmig node`, one controller. One directory is a
-//! `dir` pool of the same name and target on all three (what NFS looks like to libvirt),
-//! so the controller's inventory sees one pool reached by three nodes. A writing guest
+//! each with its own host name, libvirtd and `volmig node`, one controller. One directory
+//! is a `dir` pool of the same name and target on all three (what an NFS export mounted
+//! on each host looks like to libvirt). The bed's directory is no network mount, so the
+//! nodes cannot tell it is shared: each names it in `[shared_pools]`, and the controller's
+//! inventory sees one shared pool reached by three nodes (without the setting it would
+//! see three local pools, one a host name, and delete a source another host uses). A writing guest
 //! runs on each host: host 1's and host 2's on the shared pool, host 3's on a pool of its
 //! own, and host 3's guest also holds host 1's disk image as a read-only shareable disk.
 //!
@@ -139,10 +142,20 @@ fn shared_dir_pool_across_three_hosts_keeps_a_source_another_host_uses() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(blk3.contains(&image1), "{blk3}");
 
-    let fleet = Fleet::up(&bed, 3);
+    // A second entry names a pool no host has: each node warns of it at start-up.
+    let shared_as = format!("volmig-test-bed:{}", shared.path().display());
+    let fleet = Fleet::up_with(
+        &bed,
+        3,
+        &format!(
+            "[shared_pools]\n\"{}\" = \"{shared_as}\"\nmhs-no-such-pool = \"x\"\n",
+            shared.name()
+        ),
+    );
     let ids: Vec<String> = (1..=3).map(|i| fleet.node_id(i).to_string()).collect();
 
-    // The controller sees the shared directory as one pool reached by all three nodes.
+    // The controller sees the shared directory as one shared pool reached by all three
+    // nodes, under the storage id the setting gives it.
     let mut pools = String::new();
     let merged = harness::try_wait_until(SEEN, || {
         let (code, out, _) = fleet.cli(&["pools", "--json"]);
@@ -163,6 +176,25 @@ fn shared_dir_pool_across_three_hosts_keeps_a_source_another_host_uses() {
         merged,
         "the controller does not see {} as one pool of 3 nodes:\n{pools}\n{}",
         shared.name(),
+        fleet.logs()
+    );
+    let listed: Value = serde_json::from_str(&pools).expect("pools json");
+    let entries: Vec<&Value> = listed["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .filter(|p| p["pool"]["name"] == shared.name())
+        .collect();
+    assert_eq!(entries.len(), 1, "listed more than once:\n{pools}");
+    assert_eq!(entries[0]["storage_id"], format!("shared:{shared_as}"));
+    assert_eq!(entries[0]["pool"]["shared"], true, "{pools}");
+    let warned = |i| {
+        let log = fleet.node(i).log();
+        log.contains("WARN") && log.contains("mhs-no-such-pool")
+    };
+    assert!(
+        harness::try_wait_until(Duration::from_secs(10), || (1..=3).all(warned)),
+        "no start-up warning of the unknown pool name:\n{}",
         fleet.logs()
     );
 

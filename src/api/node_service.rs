@@ -69,21 +69,13 @@ impl Node for NodeService {
         &self,
         _req: Request<proto::ListPoolsRequest>,
     ) -> Result<Response<proto::ListPoolsResponse>, Status> {
-        let host = self
-            .engine
-            .host_info()
-            .await
-            .map_err(crate::api::status::engine)?;
         let pools = self
             .engine
             .pools()
             .await
             .map_err(crate::api::status::engine)?;
         Ok(Response::new(proto::ListPoolsResponse {
-            pools: pools
-                .iter()
-                .map(|p| convert::pool_to_proto(p, &host.hostname))
-                .collect(),
+            pools: pools.iter().map(convert::pool_to_proto).collect(),
         }))
     }
 

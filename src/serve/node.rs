@@ -41,7 +41,8 @@ pub async fn run(
     };
     let mut journal = Journal::open(&config.state_dir).map_err(anyhow::Error::msg)?;
     let mut host = LibvirtHost::new(config.libvirt_uri.clone())
-        .with_ceph_keyring_dir(config.ceph_keyring_dir.clone());
+        .with_ceph_keyring_dir(config.ceph_keyring_dir.clone())
+        .with_shared_pools(config.shared_pools.clone());
     let observer: Arc<dyn crate::migration::Observer> = if config.metrics_listen.is_empty() {
         Arc::new(())
     } else {
@@ -73,6 +74,12 @@ pub async fn run(
     )
     .await?;
     tracing::info!(%node_id, uri = %config.libvirt_uri, state_dir = %config.state_dir.display(), "node starting");
+    if !config.shared_pools.is_empty() {
+        tokio::spawn(warn_unknown_shared_pools(
+            engine.clone(),
+            config.shared_pools.keys().cloned().collect(),
+        ));
+    }
     if !config.controller.is_empty() {
         let advertise = if config.advertise.is_empty() {
             config.listen.clone()
@@ -96,6 +103,25 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "node".to_string())
+}
+
+/// Warns, once, of `[shared_pools]` entries naming no pool of this host: a
+/// misspelt name would otherwise leave a shared pool treated as local, whose
+/// sources are deleted without asking the other hosts.
+async fn warn_unknown_shared_pools(engine: Engine, named: Vec<String>) {
+    match engine.pools().await {
+        Ok(pools) => {
+            for name in named
+                .iter()
+                .filter(|n| !pools.iter().any(|p| &p.name == *n))
+            {
+                tracing::warn!(pool = %name.escape_debug(), "shared_pools names a pool this host does not have; the setting does nothing until such a pool is defined");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the pools to check the names in shared_pools");
+        }
+    }
 }
 
 /// How long one registration may take.

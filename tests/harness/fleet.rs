@@ -106,6 +106,8 @@ pub struct Fleet<'a> {
     ca: TestCa,
     operator: Leaf,
     ids: Vec<String>,
+    /// Appended to every node's `node.toml` (see [`Fleet::start_with`]).
+    node_toml: String,
     nodes: Vec<Service>,
     ctl: Service,
     ctl_url: String,
@@ -116,6 +118,12 @@ impl<'a> Fleet<'a> {
     /// (node ids are [`super::unique_name`]s `h<i>-node`). Does not wait for registration:
     /// see [`Fleet::wait_registered`].
     pub fn start(bed: &'a SimBed, hosts: usize) -> Fleet<'a> {
+        Fleet::start_with(bed, hosts, "")
+    }
+
+    /// [`Fleet::start`] with `node_toml` (tables such as `[shared_pools]`) appended to
+    /// every node's config, restarts included.
+    pub fn start_with(bed: &'a SimBed, hosts: usize, node_toml: &str) -> Fleet<'a> {
         let ca = TestCa::new(bed.dir(), "bed");
         let ctl_leaf = ca.leaf(LeafSpec::new(
             "controller",
@@ -151,13 +159,14 @@ impl<'a> Fleet<'a> {
         let nodes = ids
             .iter()
             .enumerate()
-            .map(|(k, id)| start_node(bed, bed.host(k + 1), k + 1, &ca, id))
+            .map(|(k, id)| start_node(bed, bed.host(k + 1), k + 1, &ca, id, node_toml))
             .collect();
         Fleet {
             bed,
             ca,
             operator,
             ids,
+            node_toml: node_toml.to_string(),
             nodes,
             ctl,
             ctl_url: format!("https://{}:{CTL_PORT}", bed.ctl_addr()),
@@ -166,7 +175,12 @@ impl<'a> Fleet<'a> {
 
     /// [`Fleet::start`] then [`Fleet::wait_registered`].
     pub fn up(bed: &'a SimBed, hosts: usize) -> Fleet<'a> {
-        let fleet = Fleet::start(bed, hosts);
+        Fleet::up_with(bed, hosts, "")
+    }
+
+    /// [`Fleet::start_with`] then [`Fleet::wait_registered`].
+    pub fn up_with(bed: &'a SimBed, hosts: usize, node_toml: &str) -> Fleet<'a> {
+        let fleet = Fleet::start_with(bed, hosts, node_toml);
         fleet.wait_registered();
         fleet
     }
@@ -253,7 +267,14 @@ impl<'a> Fleet<'a> {
         let _ = old.kill();
         let _ = old.wait();
         let _ = std::fs::rename(&log, kept);
-        let node = start_node(self.bed, self.bed.host(i), i, &self.ca, &self.ids[i - 1]);
+        let node = start_node(
+            self.bed,
+            self.bed.host(i),
+            i,
+            &self.ca,
+            &self.ids[i - 1],
+            &self.node_toml,
+        );
         self.nodes[i - 1] = node;
     }
 
@@ -301,8 +322,16 @@ fn answer(mut cmd: Command) -> CliAnswer {
 }
 
 /// `volmig node` inside `host`, on `https://ADDR:7451`, registering with the controller;
-/// it accepts the controller as operator and the operator's certificate too.
-fn start_node(bed: &SimBed, host: &SimHost, i: usize, ca: &TestCa, node_id: &str) -> Service {
+/// it accepts the controller as operator and the operator's certificate too; `extra`
+/// ends its config.
+fn start_node(
+    bed: &SimBed,
+    host: &SimHost,
+    i: usize,
+    ca: &TestCa,
+    node_id: &str,
+    extra: &str,
+) -> Service {
     let dir = bed.dir();
     let uri = node_uri(i);
     let stem = format!("node{i}");
@@ -316,7 +345,7 @@ fn start_node(bed: &SimBed, host: &SimHost, i: usize, ca: &TestCa, node_id: &str
         &format!(
             "controller = \"https://{}:{CTL_PORT}\"\nadvertise = \"https://{}:{NODE_PORT}\"\n{}\
              [[identities]]\ndns = \"{CONTROLLER}\"\nrole = \"operator\"\n\
-             [[identities]]\ndns = \"{OPERATOR}\"\nrole = \"operator\"\n",
+             [[identities]]\ndns = \"{OPERATOR}\"\nrole = \"operator\"\n{extra}",
             bed.ctl_addr(),
             host.addr(),
             leaf.toml()

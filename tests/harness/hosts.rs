@@ -45,11 +45,11 @@ impl SimHost {
         self.pid
     }
 
-    /// `nsenter -t PID -m -n -- program`: a command that runs inside this host (its
-    /// libvirtd is `qemu:///system` there).
+    /// `nsenter -t PID -m -n -u -- program`: a command that runs inside this host (its
+    /// libvirtd is `qemu:///system` there, and the host name is the host's own).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.args(["-t", &self.pid.to_string(), "-m", "-n", "--", program]);
+        cmd.args(["-t", &self.pid.to_string(), "-m", "-n", "-u", "--", program]);
         cmd
     }
 

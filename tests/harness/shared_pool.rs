@@ -1,8 +1,10 @@
 //! Shared storage on a [`SimBed`] (issue #21): one directory that several simulated hosts
 //! define as a libvirt `dir` pool of the same name and target — what an NFS mount looks
-//! like to libvirt. A node reports a dir pool's storage id as `local:<hostname>:<target>`;
-//! the simulated hosts share the machine's UTS namespace, hence its hostname, so the
-//! controller's inventory merges the hosts' pools into one (same storage id).
+//! like to libvirt. The directory is on the machine's local file system and each
+//! simulated host has its own host name, so a node reports it as local
+//! (`local:<host name>:<target>`) unless its `[shared_pools]` setting names the pool:
+//! give the fleet's nodes that setting (`Fleet::up_with`) for the controller to merge
+//! the hosts' pools into one.
 //!
 //! [`OnHost`] keeps a harness object (pool, guest) together with the host whose libvirtd
 //! it lives in, so that its calls and its `Drop` go to that host even when objects of

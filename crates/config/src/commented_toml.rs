@@ -131,6 +131,21 @@ fn ordered_keys<'a>(table: &'a Table, docs: &'a TableDocs) -> Vec<&'a str> {
     keys
 }
 
+/// A key as TOML must spell it: bare when it can be, else quoted (a key
+/// that is data, such as a pool name with a dot, would otherwise be read as
+/// a dotted key).
+fn bare_or_quoted(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        key.to_string()
+    } else {
+        Value::String(key.to_string()).to_string()
+    }
+}
+
 fn write_table(out: &mut String, table: &Table, docs: &TableDocs, path: &str, style: Style) {
     let keys = ordered_keys(table, docs);
     for key in &keys {
@@ -138,7 +153,11 @@ fn write_table(out: &mut String, table: &Table, docs: &TableDocs, path: &str, st
             Some(value) if is_section(value) => {}
             Some(value) => {
                 write_doc(out, docs.doc(key));
-                out.push_str(&format!("{}{key} = {value}\n\n", prefix(style)));
+                out.push_str(&format!(
+                    "{}{} = {value}\n\n",
+                    prefix(style),
+                    bare_or_quoted(key)
+                ));
             }
             None => {
                 write_doc(out, docs.doc(key));
@@ -165,6 +184,11 @@ fn write_table(out: &mut String, table: &Table, docs: &TableDocs, path: &str, st
             Value::Table(t) => {
                 write_doc(out, docs.doc(key));
                 out.push_str(&format!("{}[{name}]\n", prefix(style)));
+                if t.is_empty() {
+                    // An empty table (a map with no entries yet) is still set
+                    // apart from the section after it.
+                    out.push('\n');
+                }
                 write_table(out, t, inner, &name, style);
             }
             Value::Array(items) => {

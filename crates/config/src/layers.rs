@@ -239,6 +239,7 @@ mod tests {
         "[{ role = \"viewer\" }]",
         "[{ id = \"n1\", endpoint = \"unix:///n1.sock\" }]",
         "[{ pool = \"p1\" }]",
+        "{ set-by-a-layer = \"filer:/x\" }",
     ];
 
     fn as_table<T: ConfigFile>(config: &T) -> Table {

@@ -12,6 +12,7 @@ mod keys;
 mod layers;
 mod node;
 mod security;
+mod shared_pools;
 mod telemetry;
 
 pub use connections::ConnectionConfig;

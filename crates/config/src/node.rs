@@ -1,5 +1,6 @@
 //! The node's settings (`node.toml`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use documented::DocumentedFields;
@@ -45,6 +46,15 @@ pub struct NodeConfig {
     /// Where `ceph.client.<user>.keyring` files are, for RBD pools whose libvirt
     /// secret is private (the key is needed to read object sizes and usage).
     pub ceph_keyring_dir: PathBuf,
+    /// Pools whose storage other hosts reach too, where that cannot be told
+    /// from the mount table (a bind mount, a cluster file system on a shared
+    /// LUN): pool name = an id of your choice, the same on every host that
+    /// reaches the storage; `nfs-vms = "filer1:/export/vms"` gives the pool the
+    /// storage id `shared:filer1:/export/vms`. netfs, rbd and iscsi pools, and
+    /// dir or fs pools on NFS, CIFS, CephFS, GlusterFS, OCFS2, GFS2, Lustre or
+    /// BeeGFS mounts, are recognised without it.
+    #[serde(deserialize_with = "crate::shared_pools::deserialize")]
+    pub shared_pools: BTreeMap<String, String>,
     /// CA certificate (PEM) that peers' certificates must chain to; with
     /// `tls_cert` and `tls_key`, TCP listeners serve mutual TLS and outgoing
     /// calls present this certificate.
@@ -106,6 +116,7 @@ impl Default for NodeConfig {
             journal_retention_days: 7,
             journal_retention_records: 1000,
             ceph_keyring_dir: PathBuf::from(volmig_types::host::DEFAULT_CEPH_KEYRING_DIR),
+            shared_pools: BTreeMap::new(),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,

@@ -15,8 +15,8 @@ use crate::domains::{domain_users, lookup_domain};
 use crate::pools::{pool_spec, refresh_active_pools};
 use crate::volumes::{overlay_users, volume_spec};
 use crate::{
-    blockjob, checkpoint, checkpoint_xml, domain_xml, error, pool_xml, qemu_img, snapshot_xml,
-    LibvirtHost,
+    blockjob, checkpoint, checkpoint_xml, domain_xml, error, mountinfo, pool_xml, qemu_img,
+    snapshot_xml, LibvirtHost,
 };
 
 fn version_string(v: u32) -> String {
@@ -67,7 +67,12 @@ impl Hypervisor for LibvirtHost {
 
     fn pools(&self) -> Result<Vec<PoolSpec>, HvError> {
         self.call("virConnectListAllStoragePools", &self.uri, |c| {
-            c.list_all_storage_pools(0)?.iter().map(pool_spec).collect()
+            let (hostname, mounts) = (c.hostname()?, mountinfo::read_own());
+            let facts = self.host_facts(&hostname, &mounts);
+            c.list_all_storage_pools(0)?
+                .iter()
+                .map(|p| pool_spec(p, facts))
+                .collect()
         })
     }
 
@@ -78,7 +83,8 @@ impl Hypervisor for LibvirtHost {
                 // Stale capacity numbers would defeat the space check.
                 let _ = pool.refresh(0);
             }
-            pool_spec(&pool)
+            let (hostname, mounts) = (c.hostname()?, mountinfo::read_own());
+            pool_spec(&pool, self.host_facts(&hostname, &mounts))
         })
     }
 

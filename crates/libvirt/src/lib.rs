@@ -16,16 +16,19 @@ pub mod domain_xml;
 mod domains;
 mod error;
 mod host;
+pub mod mountinfo;
 pub mod pool_xml;
 mod pools;
 mod qemu_img;
 mod rbd;
 mod rbd_credentials;
 pub mod snapshot_xml;
+pub mod storage_id;
 mod timed_command;
 mod volumes;
 pub mod xml_tree;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -43,6 +46,8 @@ pub struct LibvirtHost {
     /// Held across a checkpoint's read-modify-redefine, so two disks of one
     /// checkpoint moved together cannot undo each other's rewrite.
     checkpoint_rewrite: Mutex<()>,
+    /// The node's `[shared_pools]`: pool name → operator-chosen storage id.
+    shared_pools: BTreeMap<String, String>,
 }
 
 impl LibvirtHost {
@@ -57,6 +62,7 @@ impl LibvirtHost {
             ceph_keyring_dir: PathBuf::from(DEFAULT_CEPH_KEYRING_DIR),
             observer: Arc::new(()),
             checkpoint_rewrite: Mutex::new(()),
+            shared_pools: BTreeMap::new(),
         }
     }
 
@@ -70,6 +76,27 @@ impl LibvirtHost {
     pub fn with_ceph_keyring_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.ceph_keyring_dir = dir.into();
         self
+    }
+
+    /// Gives the pools named in `shared_pools` the storage id
+    /// `shared:<its value>`, shared: for storage other hosts reach that cannot
+    /// be recognised from the mount table (see [`storage_id`]).
+    pub fn with_shared_pools(mut self, shared_pools: BTreeMap<String, String>) -> Self {
+        self.shared_pools = shared_pools;
+        self
+    }
+
+    /// What decides storage ids on this host, for one listing of its pools.
+    fn host_facts<'a>(
+        &'a self,
+        hostname: &'a str,
+        mounts: &'a [mountinfo::Mount],
+    ) -> storage_id::HostFacts<'a> {
+        storage_id::HostFacts {
+            hostname,
+            mounts,
+            shared_pools: &self.shared_pools,
+        }
     }
 
     /// The connection URI.

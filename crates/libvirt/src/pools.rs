@@ -1,4 +1,4 @@
-//! Storage pools: their state and numbers as a `PoolSpec`, and refreshes.
+//! Storage pools: their state, numbers and storage id as a `PoolSpec`, and refreshes.
 
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
@@ -7,6 +7,7 @@ use volmig_engine::hypervisor::{PoolRunState, PoolSpec};
 
 use crate::connection::{bad_xml, CallError};
 use crate::pool_xml;
+use crate::storage_id::{self, HostFacts};
 
 fn pool_state(raw: u32) -> PoolRunState {
     match raw {
@@ -18,7 +19,7 @@ fn pool_state(raw: u32) -> PoolRunState {
     }
 }
 
-pub(crate) fn pool_spec(pool: &StoragePool) -> Result<PoolSpec, CallError> {
+pub(crate) fn pool_spec(pool: &StoragePool, host: HostFacts<'_>) -> Result<PoolSpec, CallError> {
     let info = pool.info()?;
     let provisioned = if pool.is_active()? {
         pool.list_all_volumes(0)?
@@ -30,8 +31,10 @@ pub(crate) fn pool_spec(pool: &StoragePool) -> Result<PoolSpec, CallError> {
         0
     };
     let xml = pool_xml::parse_pool(&pool.xml_desc(0)?).map_err(bad_xml)?;
+    let name = pool.name()?;
+    let identity = storage_id::identify(&name, &xml, host);
     Ok(PoolSpec {
-        name: pool.name()?,
+        name,
         uuid: pool.uuid_string()?,
         pool_type: xml.pool_type,
         state: pool_state(info.state),
@@ -45,6 +48,8 @@ pub(crate) fn pool_spec(pool: &StoragePool) -> Result<PoolSpec, CallError> {
         source_devices: xml.devices,
         source_name: xml.source_name,
         auth: xml.auth,
+        storage_id: identity.id,
+        shared: identity.shared,
     })
 }
 

@@ -258,6 +258,11 @@ pub struct PoolSpec {
     pub source_name: String,
     /// cephx auth of an rbd pool.
     pub auth: Option<CephAuth>,
+    /// What names this pool's storage across hosts: two pools with one storage id
+    /// are the same storage (the controller merges them), whatever their names.
+    pub storage_id: String,
+    /// Whether other hosts can reach the same storage.
+    pub shared: bool,
 }
 
 impl PoolSpec {
@@ -265,14 +270,6 @@ impl PoolSpec {
     /// cannot migrate to.
     pub fn disk_kind(&self) -> Option<DiskKind> {
         pool_disk_kind(&self.pool_type)
-    }
-
-    /// Whether other hosts can reach the same storage.
-    pub fn shared(&self) -> bool {
-        matches!(
-            self.pool_type.as_str(),
-            "netfs" | "rbd" | "iscsi" | "iscsi-direct"
-        )
     }
 }
 

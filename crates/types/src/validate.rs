@@ -118,6 +118,25 @@ pub fn volume_name(field: &'static str, value: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Longest operator-chosen shared storage id (`[shared_pools]`): it is shown
+/// in every pool listing and is a key of the controller's reservations.
+pub const MAX_SHARED_STORAGE_ID: usize = 255;
+
+/// An operator-chosen shared storage id (`filer1:/export/vms`): not empty,
+/// at most [`MAX_SHARED_STORAGE_ID`] bytes, no control or display-changing
+/// characters, and no surrounding space (which would make two ids that look
+/// alike in a listing differ).
+pub fn shared_storage_id(field: &'static str, value: &str) -> Result<(), Invalid> {
+    common(field, value, MAX_SHARED_STORAGE_ID)?;
+    if value.trim() != value {
+        return Err(invalid(
+            field,
+            format!("{value:?} must not begin or end with white space"),
+        ));
+    }
+    Ok(())
+}
+
 /// A disk: a target such as `vda`, or an absolute source path without `..`.
 pub fn disk(value: &str) -> Result<(), Invalid> {
     common("disk", value, 4096)?;
@@ -295,6 +314,14 @@ mod tests {
             let err = migration_id(bad).expect_err(bad);
             assert!(matches!(err, Invalid::MigrationId { .. }), "{err}");
             assert!(!err.to_string().contains(bad) || bad.is_empty(), "{err}");
+        }
+    }
+
+    #[test]
+    fn shared_storage_ids() {
+        assert!(shared_storage_id("k", "filer1:/export/vms").is_ok());
+        for bad in ["", " x", "x ", "a\tb", "a\u{202E}b", &"x".repeat(256)] {
+            assert!(shared_storage_id("k", bad).is_err(), "{bad:?}");
         }
     }
 

@@ -12,39 +12,9 @@ fn format_name_to_proto(f: Option<&str>) -> proto::VolumeFormat {
         .unwrap_or(proto::VolumeFormat::Unspecified)
 }
 
-/// Proto pool from a pool spec; `hostname` scopes local storage ids.
-pub fn pool_to_proto(p: &PoolSpec, hostname: &str) -> proto::Pool {
-    let storage_id = match p.pool_type.as_str() {
-        "netfs" => format!(
-            "netfs:{}:{}",
-            p.source_hosts
-                .first()
-                .map(|h| h.name.as_str())
-                .unwrap_or(""),
-            p.source_dir
-        ),
-        "rbd" => format!(
-            "rbd:{}/{}",
-            p.source_hosts
-                .iter()
-                .map(|h| match h.port {
-                    Some(port) => format!("{}:{port}", h.name),
-                    None => h.name.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join(","),
-            p.source_name
-        ),
-        "iscsi" | "iscsi-direct" => format!(
-            "iscsi:{}:{}",
-            p.source_hosts
-                .first()
-                .map(|h| h.name.as_str())
-                .unwrap_or(""),
-            p.source_devices.join(",")
-        ),
-        _ => format!("local:{hostname}:{}", p.target_path),
-    };
+/// Proto pool from a pool spec (its storage id was decided where the spec
+/// was built, from the host's facts).
+pub fn pool_to_proto(p: &PoolSpec) -> proto::Pool {
     proto::Pool {
         name: p.name.clone(),
         uuid: p.uuid.clone(),
@@ -64,8 +34,8 @@ pub fn pool_to_proto(p: &PoolSpec, hostname: &str) -> proto::Pool {
             .map(kind_to_proto)
             .unwrap_or(proto::DiskType::Unspecified) as i32,
         target_path: p.target_path.clone(),
-        storage_id,
-        shared: p.shared(),
+        storage_id: p.storage_id.clone(),
+        shared: p.shared,
         provisioned_bytes: p.provisioned,
     }
 }

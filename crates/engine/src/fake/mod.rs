@@ -119,6 +119,8 @@ impl FakeHypervisor {
             source_devices: vec![],
             source_name: String::new(),
             auth: None,
+            storage_id: format!("local:fake:/p/{name}"),
+            shared: false,
         };
         let src = DiskSource::File {
             path: "/p/a/root.qcow2".to_string(),

@@ -18,6 +18,8 @@ fn pool(kind: &str, capacity: u64, available: u64) -> PoolSpec {
         source_devices: vec![],
         source_name: String::new(),
         auth: None,
+        storage_id: String::new(),
+        shared: false,
     }
 }
 
