@@ -6,6 +6,8 @@
 #                                       #   the bed is then exactly N hosts: hosts above N
 #                                       #   left by an earlier `up` are stopped (guests
 #                                       #   destroyed) and removed with their directories
+#                                       #   (a running controller lists their node down
+#                                       #   once its heartbeats stop)
 #   bash deploy/hosts.sh up N --ctls K [--etcd]
 #                                       # K controller namespaces PREFIX-ctl, PREFIX-ctl2 …
 #                                       #   PREFIX-ctlK (1 ≤ K ≤ 7; --ctl is --ctls 1; extra
