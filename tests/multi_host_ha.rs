@@ -73,6 +73,13 @@ fn a_cut_off_leader_is_replaced_within_the_lease_and_the_new_leader_migrates() {
         fleet.node_states(survivor)
     );
 
+    let lapsed = fleet
+        .controller(survivor)
+        .log()
+        .lines()
+        .any(|l| l.contains("registration lapsed") && l.contains(fleet.node_id(1)));
+    eprintln!("the new leader logged host 1's node's registration lapsed: {lapsed}");
+
     // The migration, through the new leader, from its own namespace.
     let started = Instant::now();
     let (code, out, err) = fleet.cli(
