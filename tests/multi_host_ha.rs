@@ -45,7 +45,9 @@ fn a_cut_off_leader_is_replaced_within_the_lease_and_the_new_leader_migrates() {
     // controller at all. Host 2's node registers with the survivor.
     fleet.start_node(1, old);
     fleet.start_node(2, survivor);
-    // Both controllers list both nodes up: each learnt of one node only through etcd.
+    // Both controllers list both nodes up. A controller lists only nodes it was
+    // configured with or that registered, with it or (shared) in etcd; none is configured
+    // here, so each knows one of the two only through etcd.
     fleet.wait_registered(old);
     fleet.wait_registered(survivor);
     guest.wait_writing(20, BOOT);
