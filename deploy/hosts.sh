@@ -2,13 +2,25 @@
 # Simulated KVM hosts on one machine (issue #21): each host is a network namespace on a
 # bridge plus a mount namespace with its own libvirtd + virtlogd, domains, pools and state.
 #
-#   bash deploy/hosts.sh up N [--ctl]   # hosts PREFIX-h1..hN (+ PREFIX-ctl, network only)
+#   bash deploy/hosts.sh up N [--ctl]   # hosts PREFIX-h1..hN (+ PREFIX-ctl, network only);
+#                                       #   the bed is then exactly N hosts: hosts above N
+#                                       #   left by an earlier `up` are stopped (guests
+#                                       #   destroyed) and removed with their directories
+#                                       #   (a running controller lists their node down
+#                                       #   once its heartbeats stop)
+#   bash deploy/hosts.sh up N --ctls K [--etcd]
+#                                       # K controller namespaces PREFIX-ctl, PREFIX-ctl2 …
+#                                       #   PREFIX-ctlK (1 ≤ K ≤ 7; --ctl is --ctls 1; extra
+#                                       #   ones above K are removed); --etcd: namespace
+#                                       #   PREFIX-etcd for an etcd the caller starts there
+#                                       #   (tests/multi_host_ha.rs does). Network only.
 #   bash deploy/hosts.sh down           # removes every host of PREFIX, half-built ones too
 #   bash deploy/hosts.sh status
 #   bash deploy/hosts.sh exec NAME CMD… # runs CMD inside host NAME (its mount + net ns)
 #   bash deploy/hosts.sh pid NAME       # the PID whose namespaces are NAME's
 #   bash deploy/hosts.sh up N --volmig [--bin PATH]
 #                                       # + a throw-away PKI, `volmig controller` in PREFIX-ctl
+#                                       #   (one controller, file store, whatever --ctls says)
 #                                       #   and `volmig node` in every host, all mutual TLS
 #   bash deploy/hosts.sh cli CMD…       # CMD in PREFIX-ctl as the operator (VOLMIG_CA, _CERT,
 #                                       #   _KEY, VOLMIG_CONTROLLER set): `cli volmig nodes`
@@ -22,8 +34,9 @@
 #
 # Layout: bridge ${IF}-br0 = SUBNET.1 in the root namespace; host i = netns PREFIX-hi with
 # eth0 = SUBNET.(10+i), its veth peer ${IF}-hi on the bridge; the controller namespace
-# PREFIX-ctl = SUBNET.2. Host i's keeper process (`unshare -m -u` inside the netns, PID in
-# BASE/NAME/pid) holds a UTS namespace whose host name is NAME and a mount namespace where BASE/NAME/{lib,etc,log,cache} are bind-mounted
+# PREFIX-ctl = SUBNET.2, PREFIX-ctlK = SUBNET.(1+K), PREFIX-etcd = SUBNET.9. Host i's
+# keeper process (`unshare -m -u` inside the netns, PID in BASE/NAME/pid) holds a UTS
+# namespace whose host name is NAME and a mount namespace where BASE/NAME/{lib,etc,log,cache} are bind-mounted
 # over /var/{lib,log,cache}/libvirt and /etc/libvirt, and /run/libvirt is a tmpfs. The rest
 # of the file system is shared with the machine (disk images under /var/tmp work as is).
 # No routes, no NAT: traffic stays on the bridge.
@@ -46,13 +59,21 @@ host_ns() { echo "${PREFIX}-h$1"; }
 ctl_ns() { echo "${PREFIX}-ctl"; }
 host_addr() { echo "${SUBNET}.$((10 + $1))"; }
 ctl_addr() { echo "${SUBNET}.2"; }
+# Controller namespace k (1-based): the first is ctl_ns, the others PREFIX-ctl2 …
+ctl_ns_k() { if [ "$1" = 1 ]; then ctl_ns; else echo "${PREFIX}-ctl$1"; fi; }
+ctl_addr_k() { echo "${SUBNET}.$((1 + $1))"; }
+MAX_CTLS=7
+etcd_ns() { echo "${PREFIX}-etcd"; }
+etcd_addr() { echo "${SUBNET}.9"; }
+# Names of network-only namespaces (controllers, etcd): no keeper, no mount namespace.
+is_net_only() { [[ $1 =~ -(ctl[0-9]*|etcd)$ ]]; }
 
 ns_exists() { [ -e "/run/netns/$1" ]; }
 
 # Every namespace of this prefix that exists now, hosts and controller.
 our_namespaces() {
     ip netns list 2>/dev/null | awk '{print $1}' \
-        | grep -E "^${PREFIX//./\\.}-(h[0-9]+|ctl)\$" || true
+        | grep -E "^${PREFIX//./\\.}-(h[0-9]+|ctl[0-9]*|etcd)\$" || true
 }
 
 keeper_pid() {
@@ -162,21 +183,70 @@ start_host() {
     log "$name up: $addr, keeper $(keeper_pid "$name")"
 }
 
+# Removes the directory of a stopped host or namespace (its bind mounts lived only in its
+# keeper's mount namespace, gone with its processes).
+remove_ns_dir() {
+    local d="$BASE/$1"
+    [ -e "$d" ] || return 0
+    if grep -qs " $d/" /proc/self/mounts; then
+        die "$d still has mounts in this namespace; not removing"
+    fi
+    rm -rf -- "$d"
+}
+
+# `up N` makes the bed exactly N hosts: hosts numbered above N (from an earlier, larger
+# `up`) are stopped like `down` stops them and removed, directories included.
+trim_hosts() {
+    local n=$1 ns i
+    for ns in $(our_namespaces); do
+        [[ $ns =~ -h([0-9]+)$ ]] || continue
+        i=${BASH_REMATCH[1]}
+        [ "$i" -gt "$n" ] || continue
+        stop_ns "$ns"
+        remove_ns_dir "$ns"
+        log "$ns removed (the bed is $n hosts now)"
+    done
+}
+
+# Controller namespaces above K (from an earlier `up … --ctls` with more) are removed.
+trim_ctls() {
+    local k=$1 ns j
+    for ns in $(our_namespaces); do
+        [[ $ns =~ -ctl([0-9]+)$ ]] || continue
+        j=${BASH_REMATCH[1]}
+        [ "$j" -gt "$k" ] || continue
+        stop_ns "$ns"
+        remove_ns_dir "$ns"
+        log "$ns removed ($k controller namespaces now)"
+    done
+}
+
+# cmd_up N CTLS ETCD: N hosts, CTLS controller namespaces (0: leave them as they are),
+# ETCD=1: the etcd namespace too.
 cmd_up() {
-    local n=${1:-}
-    local ctl=${2:-}
-    [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || die "usage: up N [--ctl]"
+    local n=${1:-} ctls=${2:-0} etcd=${3:-}
+    [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] \
+        || die "usage: up N [--ctl | --ctls K] [--etcd]"
+    [[ $ctls =~ ^[0-9]+$ ]] && [ "$ctls" -le $MAX_CTLS ] || die "--ctls K: 1 ≤ K ≤ $MAX_CTLS"
     mkdir -p "$BASE"
     exec 9>"$BASE/.${PREFIX}.lock"
     flock -w 60 9 || die "another up/down of $PREFIX holds $BASE/.${PREFIX}.lock"
     ensure_bridge
+    trim_hosts "$n"
     local i
     for i in $(seq 1 "$n"); do
         start_host "$i"
     done
-    if [ "$ctl" = "--ctl" ]; then
-        ensure_netns "$(ctl_ns)" "$(ctl_addr)" "${IFP}-ctl"
-        log "$(ctl_ns) up: $(ctl_addr)"
+    if [ "$ctls" -ge 1 ]; then
+        trim_ctls "$ctls"
+        for i in $(seq 1 "$ctls"); do
+            ensure_netns "$(ctl_ns_k "$i")" "$(ctl_addr_k "$i")" "${IFP}-$(ctl_ns_k "$i" | sed 's/.*-//')"
+            log "$(ctl_ns_k "$i") up: $(ctl_addr_k "$i")"
+        done
+    fi
+    if [ -n "$etcd" ]; then
+        ensure_netns "$(etcd_ns)" "$(etcd_addr)" "${IFP}-etcd"
+        log "$(etcd_ns) up: $(etcd_addr)"
     fi
 }
 
@@ -226,19 +296,16 @@ cmd_down() {
     # which deletes the pair; a pair whose netns was never set up may remain).
     local ifc
     for ifc in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 \
-        | grep -E "^${IFP}-(h[0-9]+|ctl)\$" || true); do
+        | grep -E "^${IFP}-(h[0-9]+|ctl[0-9]*|etcd)\$" || true); do
         ip link del "$ifc" 2>/dev/null || true
     done
     ip link del "$BRIDGE" 2>/dev/null || true
     # Host directories: the bind mounts lived only in the keepers' mount namespaces, which
     # are gone with their processes, so removing them does not reach the machine's libvirt.
     local d
-    for d in "$BASE/${PREFIX}"-h* "$BASE/${PREFIX}-ctl"; do
+    for d in "$BASE/${PREFIX}"-h* "$BASE/${PREFIX}"-ctl* "$BASE/${PREFIX}-etcd"; do
         [ -e "$d" ] || continue
-        if grep -qs " $d/" /proc/self/mounts; then
-            die "$d still has mounts in this namespace; not removing"
-        fi
-        rm -rf -- "$d"
+        remove_ns_dir "$(basename "$d")"
     done
     volmig_down
     rm -f "$BASE/.${PREFIX}.lock"
@@ -251,7 +318,7 @@ cmd_status() {
         any=1
         local addr
         addr=$(ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | awk '{print $4}' || true)
-        if [[ $ns == *-ctl ]]; then
+        if is_net_only "$ns"; then
             echo "$ns addr=${addr:-none} (network only)"
         elif pid=$(keeper_pid "$ns"); then
             local doms
@@ -415,7 +482,7 @@ start_volmig() {
         return 0
     fi
     local enter
-    if [[ $ns == *-ctl ]]; then
+    if is_net_only "$ns"; then
         enter=(ip netns exec "$ns")
     else
         pid=$(keeper_pid "$ns") || die "$ns is not up"
@@ -533,24 +600,32 @@ up)
     shift
     n=${1:-}
     [ $# -eq 0 ] || shift
-    ctl= volmig= bin=
+    ctls=0 etcd= volmig= bin=
     while [ $# -gt 0 ]; do
         case $1 in
-        --ctl) ctl=--ctl ;;
-        --volmig) volmig=1 ctl=--ctl ;; # volmig needs the controller namespace
+        --ctl) ctls=1 ;;
+        --ctls)
+            [ $# -ge 2 ] || die "--ctls needs a count K"
+            ctls=$2
+            shift
+            ;;
+        --etcd) etcd=1 ;;
+        --volmig) volmig=1 ;;
         --bin)
             [ $# -ge 2 ] || die "--bin needs a PATH"
             bin=$2
             shift
             ;;
-        *) die "usage: up N [--ctl] [--volmig [--bin PATH]] (unknown: $1)" ;;
+        *) die "usage: up N [--ctl | --ctls K] [--etcd] [--volmig [--bin PATH]] (unknown: $1)" ;;
         esac
         shift
     done
     [ -z "$bin" ] || [ -n "$volmig" ] || die "--bin goes with --volmig"
     # A missing binary fails before anything is built.
     [ -z "$volmig" ] || volmig_bin "$bin" >/dev/null
-    cmd_up "$n" $ctl
+    # volmig needs the (first) controller namespace.
+    [ -z "$volmig" ] || [ "$ctls" != 0 ] || ctls=1
+    cmd_up "$n" "$ctls" "$etcd"
     [ -z "$volmig" ] || volmig_up "$n" "$bin"
     ;;
 cli) shift; cmd_cli "$@" ;;
@@ -561,7 +636,7 @@ exec)
     [ $# -ge 2 ] || die "usage: exec NAME CMD…"
     name=$1
     shift
-    if [[ $name == *-ctl ]]; then
+    if is_net_only "$name"; then
         exec ip netns exec "$name" "$@"
     fi
     pid=$(keeper_pid "$name") || die "$name is not up"
@@ -571,5 +646,5 @@ pid)
     [ $# -eq 2 ] || die "usage: pid NAME"
     keeper_pid "$2" || die "$2 is not up"
     ;;
-*) die "usage: hosts.sh up N [--ctl] [--volmig [--bin PATH]] | down | status | exec NAME CMD… | pid NAME | cli CMD…" ;;
+*) die "usage: hosts.sh up N [--ctl | --ctls K] [--etcd] [--volmig [--bin PATH]] | down | status | exec NAME CMD… | pid NAME | cli CMD…" ;;
 esac

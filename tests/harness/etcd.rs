@@ -1,6 +1,7 @@
 //! A real etcd cluster (Debian's `etcd`) for tests: 1 or 3 members on free
-//! loopback ports, data under a unique temp dir, every member killed with the
-//! test process (parent-death signal) and in `Drop`.
+//! loopback ports, or one member in a network namespace on a bed's bridge
+//! ([`EtcdCluster::start_in_netns`]); data under a unique temp dir, every member
+//! killed with the test process (parent-death signal) and in `Drop`.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -12,9 +13,17 @@ use super::{make_dir, remove_dir_noisy, unique_name};
 /// One member.
 struct Member {
     name: String,
+    /// The address it listens on.
+    host: String,
     client: u16,
     peer: u16,
     child: Option<Child>,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://{}:{}", self.host, self.client)
+    }
 }
 
 /// A running etcd cluster.
@@ -22,6 +31,8 @@ pub struct EtcdCluster {
     dir: PathBuf,
     token: String,
     members: Vec<Member>,
+    /// The command line etcd runs under (`ip netns exec NS`), empty for none.
+    wrapper: Vec<String>,
 }
 
 /// A loopback port free now.
@@ -38,17 +49,39 @@ impl EtcdCluster {
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
+                host: "127.0.0.1".to_string(),
                 client: free_port(),
                 peer: free_port(),
                 child: None,
             })
             .collect();
+        EtcdCluster::launch(dir, token, members, Vec::new())
+    }
+
+    /// One member inside network namespace `netns` (`ip netns exec`), listening only on
+    /// `addr` (ports 2379 and 2380: the namespace is the member's own).
+    pub fn start_in_netns(purpose: &str, netns: &str, addr: &str) -> EtcdCluster {
+        let token = unique_name(purpose);
+        let dir = make_dir(&token);
+        let member = Member {
+            name: "m0".to_string(),
+            host: addr.to_string(),
+            client: 2379,
+            peer: 2380,
+            child: None,
+        };
+        let wrapper = ["ip", "netns", "exec", netns].map(String::from).to_vec();
+        EtcdCluster::launch(dir, token, vec![member], wrapper)
+    }
+
+    fn launch(dir: PathBuf, token: String, members: Vec<Member>, wrapper: Vec<String>) -> Self {
         let mut cluster = EtcdCluster {
             dir,
             token,
             members,
+            wrapper,
         };
-        for i in 0..size {
+        for i in 0..cluster.members.len() {
             cluster.spawn(i);
         }
         cluster.wait_healthy();
@@ -59,13 +92,21 @@ impl EtcdCluster {
         let initial: Vec<String> = self
             .members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .map(|m| format!("{}=http://{}:{}", m.name, m.host, m.peer))
             .collect();
         let m = &self.members[i];
         let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name))).expect("log");
-        let client = format!("http://127.0.0.1:{}", m.client);
-        let peer = format!("http://127.0.0.1:{}", m.peer);
-        let mut cmd = Command::new("etcd");
+        let client = m.client_url();
+        let peer = format!("http://{}:{}", m.host, m.peer);
+        // `ip netns exec` execs etcd: the parent-death signal set below still holds.
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg("etcd");
+                cmd
+            }
+            None => Command::new("etcd"),
+        };
         cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(self.dir.join(&m.name))
@@ -94,10 +135,7 @@ impl EtcdCluster {
 
     /// Client URLs of every member.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
-            .collect()
+        self.members.iter().map(Member::client_url).collect()
     }
 
     /// `endpoints = [...]` for a TOML `[etcd]` table.
@@ -128,7 +166,7 @@ impl EtcdCluster {
             .members
             .iter()
             .filter(|m| m.child.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(Member::client_url)
             .collect();
         let ok = std::thread::scope(|s| {
             s.spawn(|| {
@@ -160,9 +198,7 @@ impl EtcdCluster {
             if m.child.is_none() {
                 continue;
             }
-            if let Some((id, leader)) =
-                Self::status(&format!("http://127.0.0.1:{}", m.client)).await
-            {
+            if let Some((id, leader)) = Self::status(&m.client_url()).await {
                 if id == leader {
                     return Some(i);
                 }

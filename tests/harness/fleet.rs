@@ -312,7 +312,8 @@ impl Drop for Fleet<'_> {
     }
 }
 
-fn answer(mut cmd: Command) -> CliAnswer {
+/// Runs a CLI command: its exit code, stdout and stderr.
+pub fn answer(mut cmd: Command) -> CliAnswer {
     let out = cmd.output().expect("volmig cli");
     (
         out.status.code().unwrap_or(-1),
@@ -332,6 +333,20 @@ fn start_node(
     node_id: &str,
     extra: &str,
 ) -> Service {
+    let controller = format!("https://{}:{CTL_PORT}", bed.ctl_addr());
+    start_node_for(bed, host, i, ca, node_id, &controller, extra)
+}
+
+/// [`start_node`] registering with `controller` (a URL) instead of the bed's controller.
+pub fn start_node_for(
+    bed: &SimBed,
+    host: &SimHost,
+    i: usize,
+    ca: &TestCa,
+    node_id: &str,
+    controller: &str,
+    extra: &str,
+) -> Service {
     let dir = bed.dir();
     let uri = node_uri(i);
     let stem = format!("node{i}");
@@ -343,10 +358,9 @@ fn start_node(
         dir,
         &format!("node{i}.toml"),
         &format!(
-            "controller = \"https://{}:{CTL_PORT}\"\nadvertise = \"https://{}:{NODE_PORT}\"\n{}\
+            "controller = \"{controller}\"\nadvertise = \"https://{}:{NODE_PORT}\"\n{}\
              [[identities]]\ndns = \"{CONTROLLER}\"\nrole = \"operator\"\n\
              [[identities]]\ndns = \"{OPERATOR}\"\nrole = \"operator\"\n{extra}",
-            bed.ctl_addr(),
             host.addr(),
             leaf.toml()
         ),

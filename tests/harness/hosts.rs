@@ -176,6 +176,11 @@ fn subnets_in_use() -> HashSet<u8> {
 impl SimBed {
     /// `n` hosts and a controller namespace, each on a fresh bed of this process.
     pub fn up(n: usize) -> SimBed {
+        SimBed::up_with(n, &["--ctl"])
+    }
+
+    /// `n` hosts and what `extra` asks `hosts.sh up` for (`--ctl`, `--ctls K`, `--etcd`).
+    pub fn up_with(n: usize, extra: &[&str]) -> SimBed {
         prepare();
         let prefix = unique_name("bed");
         let base = Path::new(WORK_BASE).join(&prefix);
@@ -206,7 +211,9 @@ impl SimBed {
             ctl_addr: format!("{subnet}.2"),
         };
         let count = n.to_string();
-        hosts_sh(&bed.env, &["up", &count, "--ctl"]).unwrap_or_else(|e| panic!("{e}"));
+        let mut args = vec!["up", &count];
+        args.extend_from_slice(extra);
+        hosts_sh(&bed.env, &args).unwrap_or_else(|e| panic!("{e}"));
         for i in 1..=n {
             let name = format!("{prefix}-h{i}");
             let pid = hosts_sh(&bed.env, &["pid", &name])
@@ -240,22 +247,52 @@ impl SimBed {
         cmd
     }
 
+    fn setting(&self, key: &str) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{key} not set"))
+    }
+
+    /// The bed's name prefix: its namespaces are `<prefix>-h<i>`, `<prefix>-ctl`, ….
+    pub fn prefix(&self) -> &str {
+        self.setting("VOLMIG_HOSTS_PREFIX")
+    }
+
+    /// The first three octets of the bed's /24.
+    pub fn subnet(&self) -> &str {
+        self.setting("VOLMIG_HOSTS_SUBNET")
+    }
+
+    /// `ip netns exec <prefix>-<suffix> program`: a command in a network-only namespace
+    /// of the bed (`ctl`, `ctl2`, `etcd`).
+    pub fn netns_command(&self, suffix: &str, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &format!("{}-{suffix}", self.prefix()),
+            program,
+        ]);
+        cmd
+    }
+
     /// The bridge-side end of host `i`'s veth pair, in the root namespace
     /// (`${VOLMIG_HOSTS_IF}-h<i>`, as `deploy/hosts.sh` names it).
     pub fn host_veth(&self, i: usize) -> String {
-        let ifp = self
-            .env
-            .iter()
-            .find(|(k, _)| k == "VOLMIG_HOSTS_IF")
-            .map(|(_, v)| v.as_str())
-            .expect("VOLMIG_HOSTS_IF");
-        format!("{ifp}-h{i}")
+        format!("{}-h{i}", self.setting("VOLMIG_HOSTS_IF"))
     }
 
     /// Cuts (`up == false`) or restores host `i`'s link to the bridge: `ip link set
     /// <veth> down|up` on its bridge-side end. Nothing inside the host changes.
     pub fn set_host_link(&self, i: usize, up: bool) {
-        let veth = self.host_veth(i);
+        self.set_link(&format!("h{i}"), up);
+    }
+
+    /// [`SimBed::set_host_link`] for the namespace `<prefix>-<suffix>` (`ctl2`, `etcd`, …).
+    pub fn set_link(&self, suffix: &str, up: bool) {
+        let veth = format!("{}-{suffix}", self.setting("VOLMIG_HOSTS_IF"));
         let state = if up { "up" } else { "down" };
         run_with_timeout(
             "ip",
@@ -310,8 +347,10 @@ pub(crate) fn sweep_stale_beds() {
         if !stale(ns) {
             continue;
         }
+        // `<prefix>-h<i>`, `<prefix>-ctl[<k>]`, `<prefix>-etcd` (deploy/hosts.sh's names).
         let Some(prefix) = ns
-            .strip_suffix("-ctl")
+            .strip_suffix("-etcd")
+            .or_else(|| ns.rsplit_once("-ctl").map(|(p, _)| p))
             .or_else(|| ns.rsplit_once("-h").map(|(p, _)| p))
         else {
             continue;

@@ -26,6 +26,7 @@ pub mod etcd;
 pub mod fleet;
 pub mod fs_pool;
 pub mod guest;
+pub mod ha_bed;
 pub mod hosts;
 pub mod node;
 pub mod pattern;
