@@ -104,7 +104,9 @@ fn node_code(kind: NodeErrorKind) -> Code {
 pub fn controller(err: ControllerError) -> Status {
     {
         let code = match &err {
-            ControllerError::InvalidArgument { .. } => Code::InvalidArgument,
+            ControllerError::InvalidArgument { .. } | ControllerError::AmbiguousPool { .. } => {
+                Code::InvalidArgument
+            }
             ControllerError::UnknownMigration(_) | ControllerError::NotFound(_) => Code::NotFound,
             ControllerError::NotRunning { .. } | ControllerError::Precondition(_) => {
                 Code::FailedPrecondition
