@@ -24,6 +24,7 @@ use super::inventory::ClusterPool;
 use super::store::{Store, StoreError};
 use super::Controller;
 use volmig_types::phase::now_ms;
+use volmig_types::validate::Invalid;
 
 /// Key prefix of the flags.
 pub const PREFIX: &str = "pool-maintenance/";
@@ -216,27 +217,15 @@ fn resolve_pool<'a>(
 
 /// A reason is stored and shown to every operator: bounded, one safe line.
 fn check_reason(reason: Option<&str>) -> Result<(), ControllerError> {
-    let Some(reason) = reason else { return Ok(()) };
-    let invalid = |why: String| ControllerError::InvalidArgument {
-        field: "reason",
-        reason: why,
-    };
-    if reason.len() > MAX_REASON {
-        return Err(invalid(format!(
-            "is {} bytes long; the limit is {MAX_REASON}",
-            reason.len()
-        )));
-    }
-    if let Some(c) = reason
-        .chars()
-        .find(|c| volmig_types::validate::is_unsafe_char(*c))
-    {
-        return Err(invalid(format!(
-            "contains U+{:04X}, a control or bidirectional-text character",
-            u32::from(c)
-        )));
-    }
-    Ok(())
+    volmig_types::validate::note("reason", reason.unwrap_or_default(), MAX_REASON).map_err(|e| {
+        match e {
+            Invalid::Field { field, reason } => ControllerError::InvalidArgument { field, reason },
+            other => ControllerError::InvalidArgument {
+                field: "reason",
+                reason: other.to_string(),
+            },
+        }
+    })
 }
 
 #[cfg(test)]
