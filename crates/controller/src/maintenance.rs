@@ -265,6 +265,42 @@ mod tests {
         );
     }
 
+    fn cluster_pool(storage_id: &str, names: &[(&str, &str)]) -> ClusterPool {
+        ClusterPool {
+            storage_id: storage_id.into(),
+            pool: crate::model::PoolInfo {
+                name: names[0].1.into(),
+                storage_id: storage_id.into(),
+                ..Default::default()
+            },
+            names: names
+                .iter()
+                .map(|(node, name)| (node.to_string(), name.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_pool_is_named_by_storage_id_or_by_a_name_only_one_storage_id_carries() {
+        let pools = [
+            cluster_pool("local:h1:/a", &[("n1", "images")]),
+            cluster_pool("local:h2:/a", &[("n2", "images")]),
+            cluster_pool("netfs:nas:/vms", &[("n1", "nfs"), ("n2", "shared")]),
+        ];
+        let found = |p: &str| resolve_pool(&pools, p).map(|c| c.map(|c| c.storage_id.clone()));
+        assert_eq!(found("local:h2:/a").ok(), Some(Some("local:h2:/a".into())));
+        assert_eq!(found("shared").ok(), Some(Some("netfs:nas:/vms".into())));
+        assert_eq!(found("nowhere").ok(), Some(None));
+        let Err(ControllerError::AmbiguousPool { storage_ids, .. }) = found("images") else {
+            panic!("a name two storage ids carry is not refused");
+        };
+        assert_eq!(storage_ids, "local:h1:/a, local:h2:/a");
+        assert!(matches!(
+            found(""),
+            Err(ControllerError::InvalidArgument { .. })
+        ));
+    }
+
     #[test]
     fn reasons_are_bounded_single_safe_lines() {
         assert!(check_reason(None).is_ok());

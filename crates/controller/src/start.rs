@@ -505,5 +505,22 @@ mod tests {
             .await
             .expect("started once the flag is off");
         assert_eq!(nodes.started()[0].1.destination_pool, "big");
+
+        // A flagged pool that no up node reports any more can still be turned off.
+        let gone = crate::maintenance::PoolMaintenance::sample(true);
+        crate::maintenance::set(controller.inner.store.as_ref(), "s-gone", &gone)
+            .await
+            .expect("set");
+        let off = controller
+            .set_pool_maintenance(None, "s-gone", false, None)
+            .await
+            .expect("a flagged storage id");
+        assert!(!off.flag.on);
+        assert!(matches!(
+            controller
+                .set_pool_maintenance(None, "s-never", true, None)
+                .await,
+            Err(ControllerError::NotFound(_))
+        ));
     }
 }
