@@ -10,10 +10,12 @@
 //!
 //! There is no cache: every placement lists the prefix with a consistent
 //! read ([`Store::list`], not the relaxed one), so a flag set through one
-//! controller is seen by the next placement on any controller. The flag is
-//! not re-checked in the reservation transaction: a migration whose
-//! placement read the store just before the flag was set may still start,
-//! as may one already running; the flag moves nothing off the pool.
+//! controller is seen by the next placement on any controller. Starting a
+//! migration re-checks it where it reserves the destination's in-flight slot
+//! ([`crate::reservations::Reservations::reserve`]): the transaction compares
+//! the flag's revision too, so a flag set between placement and start refuses
+//! the start instead of racing it. Migrations already running are not
+//! touched; the flag moves nothing off the pool.
 
 use std::collections::HashMap;
 
@@ -94,19 +96,23 @@ fn storage_id_of(k: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The flag stored at `key`.
+pub(crate) fn decode(key: &str, value: &[u8]) -> Result<PoolMaintenance, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Malformed {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// Every pool's flag, by storage id, read consistently (see the module docs).
 pub async fn all(store: &dyn Store) -> Result<HashMap<String, PoolMaintenance>, StoreError> {
     let mut flags = HashMap::new();
     for (k, v) in store.list(PREFIX).await? {
-        let malformed = |reason: String| StoreError::Malformed {
+        let storage_id = storage_id_of(&k).ok_or_else(|| StoreError::Malformed {
             key: k.clone(),
-            reason,
-        };
-        let storage_id =
-            storage_id_of(&k).ok_or_else(|| malformed("not an escaped storage id".into()))?;
-        let flag: PoolMaintenance =
-            serde_json::from_slice(&v.value).map_err(|e| malformed(e.to_string()))?;
-        flags.insert(storage_id, flag);
+            reason: "not an escaped storage id".into(),
+        })?;
+        flags.insert(storage_id, decode(&k, &v.value)?);
     }
     Ok(flags)
 }

@@ -7,7 +7,7 @@ use super::inventory::Merged;
 use super::model::{MigrationEntry, Order};
 use super::placement::{self, PoolVerdict};
 use super::registry::NodeEntry;
-use super::reservations::Slots;
+use super::reservations::{Refused, Slots};
 use super::resolve::Located;
 use super::{Controller, WatchStream};
 use volmig_types::phase::now_ms;
@@ -286,10 +286,16 @@ impl Controller {
             .collect();
         match self.inner.reservations.reserve(&wants).await? {
             Ok(slots) => Ok(slots),
-            Err(full) => Err(ControllerError::Exhausted(format!(
-                "pool '{}' already has its limit of {} migrations in flight (in_flight_limit); try again when one has ended",
-                full.storage_id, full.limit
+            Err(Refused::Full { storage_id, limit }) => Err(ControllerError::Exhausted(format!(
+                "pool '{storage_id}' already has its limit of {limit} migrations in flight (in_flight_limit); try again when one has ended"
             ))),
+            Err(Refused::InMaintenance { storage_id, flag }) => {
+                Err(ControllerError::Precondition(format!(
+                    "maintenance: pool '{storage_id}' was put in maintenance by {} at {} while this migration was being placed; choose another pool or turn it off with `volmig pool maintenance {storage_id} off`",
+                    flag.actor,
+                    volmig_types::units::utc_time(flag.since_ms)
+                )))
+            }
         }
     }
 
