@@ -172,7 +172,7 @@ impl Controller {
             reason: reason.filter(|r| !r.is_empty()),
         };
         set(store, &storage_id, &flag).await?;
-        tracing::info!(storage_id = %storage_id.escape_debug(), pool = %name.escape_debug(), on, actor = %flag.actor, "pool maintenance set");
+        tracing::info!(storage_id = %storage_id.escape_debug(), pool = %name.escape_debug(), on, actor = %flag.actor.escape_debug(), "pool maintenance set");
         Ok(MaintenanceSet {
             storage_id,
             name,
