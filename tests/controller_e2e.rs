@@ -7,7 +7,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::checks::assert_on_destination;
-use harness::controller::{cli_events, wait_nodes_up, ControllerProcess};
+use harness::controller::{assert_refused_by_rule, cli_events, wait_nodes_up, ControllerProcess};
 use harness::node::{self, NodeProcess};
 use harness::{writing_guest_with_data, DirPool, Guest, Pool};
 use volmig::proto;
@@ -110,20 +110,7 @@ async fn controller_places_by_the_plan_relays_and_refuses_a_named_pool_with_the_
     // A named pool that a rule rejects is refused with that rule's reason.
     let mut named = req.clone();
     named.destination_pool = full.name().to_string();
-    let refused = client
-        .migrate_volume(named)
-        .await
-        .expect_err("rule violated");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
-    );
-    assert!(
-        refused.message().contains("used_threshold"),
-        "{}",
-        refused.message()
-    );
+    assert_refused_by_rule(&mut client, named, "used_threshold").await;
 
     // No pool named: `volmig migrate --controller` gets the plan's pool and the
     // node's events, relayed with one migration id.

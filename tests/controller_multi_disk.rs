@@ -9,9 +9,9 @@ mod harness;
 use std::time::Duration;
 
 use harness::checks::assert_on_destination;
-use harness::controller::{cli_events, wait_nodes_up, ControllerProcess};
+use harness::controller::{cli_events, tagged_pools_config, wait_nodes_up, ControllerProcess};
 use harness::node::NodeProcess;
-use harness::{DirPool, Guest, Pool};
+use harness::{DirPool, Guest};
 use volmig::proto;
 
 const MIB: u64 = 1 << 20;
@@ -30,13 +30,7 @@ async fn two_disks_spread_over_pools_that_take_one_migration_each() {
         .start();
     guest.wait_writing(10, BOOT);
     let tag = harness::unique_name("tag");
-    let mut config = String::from("heartbeat_interval_seconds = 1\ndown_after_seconds = 3\n");
-    for p in [&a, &b] {
-        config.push_str(&format!(
-            "[[pools]]\npool = \"{}\"\ntags = [\"{tag}\"]\nmax_in_flight = 1\n",
-            p.name()
-        ));
-    }
+    let config = tagged_pools_config(&tag, &[&a, &b], "max_in_flight = 1\n");
     let ctl = ControllerProcess::start("cm-ctl", &config);
     let node = NodeProcess::start("cm-n1", &["--controller", &ctl.endpoint()]);
     wait_nodes_up(&ctl, &[node.node_id()]).await;

@@ -1,7 +1,9 @@
 //! The controller's store on a real etcd (one member on loopback): the same
-//! suite the file store passes, reservations from two controllers' stores at
-//! once never overfilling a pool, and leadership passing to the next
-//! controller when the leader's lease ends.
+//! suite the file store passes (pool maintenance flags included), a flag
+//! written through one controller's store read through another's,
+//! reservations from two controllers' stores at once never overfilling a
+//! pool, and leadership passing to the next controller when the leader's
+//! lease ends.
 
 mod harness;
 
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use harness::etcd::EtcdCluster;
 use volmig::config::EtcdConfig;
+use volmig::controller::maintenance::{self, PoolMaintenance};
 use volmig::controller::reservations::Reservations;
 use volmig::controller::store::etcd::EtcdStore;
 use volmig::controller::store::{suite, Store};
@@ -32,6 +35,15 @@ async fn etcd_store_passes_the_suite_reserves_atomically_and_hands_over_leadersh
     let b = store(&cluster, &prefix).await;
 
     suite::run(a.as_ref()).await;
+
+    // A pool maintenance flag set through one controller's store is what the
+    // other's next read sees (placement reads it on every plan).
+    let flag = PoolMaintenance::sample(true);
+    maintenance::set(a.as_ref(), "dir:/shared/pool", &flag)
+        .await
+        .expect("set");
+    let seen = maintenance::all(b.as_ref()).await.expect("read");
+    assert_eq!(seen.get("dir:/shared/pool"), Some(&flag));
 
     // Two controllers' stores reserve the same pool at once: exactly its limit wins.
     let mut tasks = tokio::task::JoinSet::new();

@@ -109,7 +109,9 @@ pub fn need(path: &str) -> Option<Need> {
         "volmig.v1.Controller" => match method {
             "ListNodes" | "ListPools" | "PlanMigration" | "WatchMigration" | "GetMigration"
             | "ListMigrations" => Some(Need::Viewer),
-            "MigrateVolume" | "CancelMigration" | "SetBandwidth" => Some(Need::Operator),
+            "MigrateVolume" | "CancelMigration" | "SetBandwidth" | "SetPoolMaintenance" => {
+                Some(Need::Operator)
+            }
             "RegisterNode" => Some(Need::Node),
             _ => None,
         },

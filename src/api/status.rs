@@ -104,7 +104,9 @@ fn node_code(kind: NodeErrorKind) -> Code {
 pub fn controller(err: ControllerError) -> Status {
     {
         let code = match &err {
-            ControllerError::InvalidArgument { .. } => Code::InvalidArgument,
+            ControllerError::InvalidArgument { .. } | ControllerError::AmbiguousPool { .. } => {
+                Code::InvalidArgument
+            }
             ControllerError::UnknownMigration(_) | ControllerError::NotFound(_) => Code::NotFound,
             ControllerError::NotRunning { .. } | ControllerError::Precondition(_) => {
                 Code::FailedPrecondition
@@ -178,5 +180,19 @@ mod tests {
         ] {
             assert_eq!(code(c) as i32, c.number());
         }
+    }
+
+    #[test]
+    fn pool_maintenance_errors_follow_the_contract() {
+        let ambiguous = ControllerError::AmbiguousPool {
+            name: "images".into(),
+            storage_ids: "local:h1:/a, local:h2:/a".into(),
+        };
+        let status = controller(ambiguous);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("local:h1:/a, local:h2:/a"));
+        let refused =
+            ControllerError::Precondition("maintenance: pool 'fast' is in maintenance".into());
+        assert_eq!(controller(refused).code(), Code::FailedPrecondition);
     }
 }

@@ -11,6 +11,7 @@ use crate::proto::{
     ClusterPool, ConvergenceWarning, Disk, DiskStatus, ListDisksResponse, MigrateVolumeRequest,
     MigrationError, MigrationEvent, MigrationOptions, MigrationProgress, MigrationRecord,
     MigrationResult, NodeInfo, NodeStatus, PlacementCandidate, PlanMigrationResponse, Pool,
+    PoolMaintenance, SetPoolMaintenanceResponse,
 };
 
 /// One migration event, as printed by `migrate --json` and `watch --json`.
@@ -179,9 +180,28 @@ pub fn cluster_pools(ps: &[ClusterPool]) -> Value {
             "in_flight_migrations": c.in_flight_migrations,
             "tags": c.tags,
             "used_threshold": c.used_threshold,
+            "maintenance": c.maintenance.as_ref().map(maintenance),
         })
     };
     json!({ "pools": ps.iter().map(one).collect::<Vec<_>>() })
+}
+
+fn maintenance(m: &PoolMaintenance) -> Value {
+    json!({
+        "on": m.on,
+        "actor": m.actor,
+        "since_unix_ms": m.since_unix_ms,
+        "reason": m.reason,
+    })
+}
+
+/// What `pool maintenance --json` prints: the pool and its flag as now set.
+pub fn pool_maintenance_set(r: &SetPoolMaintenanceResponse) -> Value {
+    json!({
+        "storage_id": r.storage_id,
+        "pool": r.pool,
+        "maintenance": r.maintenance.as_ref().map(maintenance),
+    })
 }
 
 fn disk(d: &Disk) -> Value {

@@ -10,13 +10,14 @@
 //! This file holds the command enum, the arguments and helpers every command
 //! shares, and the dispatch; each group of commands lives in its own module:
 //! [`request_commands`] (`migrate`, `plan`), [`migration_commands`] (`watch`,
-//! `cancel`, `status`, `list`, `set-bandwidth`) and [`inventory_commands`]
-//! (`pools`, `disks`, `info`, `nodes`).
+//! `cancel`, `status`, `list`, `set-bandwidth`), [`inventory_commands`]
+//! (`pools`, `disks`, `info`, `nodes`) and [`pool_commands`] (`pool maintenance`).
 
 pub mod generate;
 mod inventory_commands;
 mod json;
 mod migration_commands;
+mod pool_commands;
 mod progress;
 pub mod quantities;
 mod report;
@@ -31,6 +32,7 @@ use clap::{Args, Subcommand};
 use crate::api::client::{code_name, status_message, ClientError};
 pub use inventory_commands::DisksArgs;
 pub use migration_commands::{IdArgs, ListArgs, SetBandwidthArgs, StatusArgs, WatchArgs};
+pub use pool_commands::{MaintenanceArgs, PoolCommand};
 use progress::Style;
 pub use request_commands::{
     FormatArg, MigrateArgs, NoConvergenceArg, PlanArgs, RequestArgs, VerifyArg,
@@ -62,6 +64,9 @@ pub enum OperatorCommand {
     Info(OutputArgs),
     /// List the controller's nodes
     Nodes(OutputArgs),
+    /// Act on one of the controller's pools (maintenance)
+    #[command(subcommand)]
+    Pool(PoolCommand),
 }
 
 /// `--json`, for commands that have nothing else to say.
@@ -119,6 +124,7 @@ async fn execute(cmd: OperatorCommand) -> Result<i32, CliError> {
         OperatorCommand::Disks(args) => inventory_commands::disks(args).await,
         OperatorCommand::Info(args) => inventory_commands::info(args).await,
         OperatorCommand::Nodes(args) => inventory_commands::nodes(args).await,
+        OperatorCommand::Pool(cmd) => pool_commands::run(cmd).await,
     }
 }
 

@@ -7,6 +7,7 @@ use volmig::proto;
 use volmig::proto::controller_client::ControllerClient;
 
 use super::service::ServiceProcess;
+use super::Pool;
 
 /// A controller with its own state dir, unix socket and config file.
 pub struct ControllerProcess {
@@ -76,6 +77,44 @@ impl ControllerProcess {
             .unwrap_or_else(|e| panic!("connect to controller: {e}"));
         ControllerClient::new(channel)
     }
+}
+
+/// A controller config with a 1 s heartbeat (down after 3 s) that tags each
+/// of `pools` with `tag` (adding `per_pool` keys to each): tests require the
+/// tag so that other tests' pools on the same libvirtd are never chosen.
+pub fn tagged_pools_config(tag: &str, pools: &[&dyn Pool], per_pool: &str) -> String {
+    let mut config = String::from("heartbeat_interval_seconds = 1\ndown_after_seconds = 3\n");
+    for p in pools {
+        config.push_str(&format!(
+            "[[pools]]\npool = \"{}\"\ntags = [\"{tag}\"]\n{per_pool}",
+            p.name()
+        ));
+    }
+    config
+}
+
+/// Sends `req` through the controller and requires its refusal as
+/// FAILED_PRECONDITION whose message names `rule` (a named pool a placement
+/// rule rejects).
+pub async fn assert_refused_by_rule(
+    client: &mut ControllerClient<Channel>,
+    req: proto::MigrateVolumeRequest,
+    rule: &str,
+) {
+    let refused = client
+        .migrate_volume(req)
+        .await
+        .expect_err("a named pool that a rule rejects");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains(rule),
+        "{rule} not in: {}",
+        refused.message()
+    );
 }
 
 /// Waits until the controller lists every node of `ids` as up.

@@ -113,6 +113,32 @@ pub async fn controller_rpcs(
                 )
                 .await;
         }
+        for (field, req) in [
+            (
+                "pool",
+                proto::SetPoolMaintenanceRequest {
+                    pool: s.clone(),
+                    maintenance: true,
+                    reason: String::new(),
+                },
+            ),
+            (
+                "reason",
+                proto::SetPoolMaintenanceRequest {
+                    pool: "volmig-none".into(),
+                    maintenance: true,
+                    reason: s.clone(),
+                },
+            ),
+        ] {
+            tally
+                .check(
+                    "Controller/SetPoolMaintenance",
+                    &format!("{field}={what}"),
+                    Box::pin(async { c.clone().set_pool_maintenance(req).await.map(|_| ()) }),
+                )
+                .await;
+        }
         tally
             .check(
                 "Controller/ListNodes",

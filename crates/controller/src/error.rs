@@ -79,6 +79,14 @@ pub enum ControllerError {
         /// What is wrong.
         reason: String,
     },
+    /// A pool name that several storage ids carry (on different nodes).
+    #[error("pool name '{name}' is several pools' (storage ids {storage_ids}); name one by its storage id")]
+    AmbiguousPool {
+        /// The name given.
+        name: String,
+        /// The storage ids carrying it.
+        storage_ids: String,
+    },
     /// The history has no such migration.
     #[error("no migration with id '{0}' in the controller's history")]
     UnknownMigration(String),

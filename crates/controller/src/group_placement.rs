@@ -133,6 +133,7 @@ mod tests {
             reachable_from: vec!["n1".to_string()],
             tags: Vec::new(),
             in_flight: 0,
+            maintenance: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! migration history, in-flight reservations and the relay of node events.
 //!
 //! [`Controller`] offers the operations (register, plan, start, watch,
-//! cancel, get, list) over plain types ([`model`]); it reaches nodes through
+//! cancel, get, list, pool maintenance) over plain types ([`model`]); it reaches nodes through
 //! [`nodes::NodeAccess`] and keeps what must last in a [`store::Store`]. The
 //! gRPC edge (`volmig::api::controller_service`) only converts; nothing here
 //! knows the wire format.
@@ -33,6 +33,7 @@ pub mod history;
 pub mod inventory;
 mod leader;
 mod liveness;
+pub mod maintenance;
 pub mod model;
 pub mod nodes;
 pub mod placement;
@@ -101,6 +102,8 @@ pub struct PoolStatus {
     pub tags: Vec<String>,
     /// Its used threshold.
     pub used_threshold: f64,
+    /// Its maintenance flag as last set; `None` if it never was.
+    pub maintenance: Option<maintenance::PoolMaintenance>,
 }
 
 /// What GetMigration answers.
@@ -198,6 +201,7 @@ impl Controller {
     pub async fn list_pools(&self) -> Result<Vec<PoolStatus>, ControllerError> {
         let up = self.up_nodes().await;
         let in_flight = self.in_flight().await?;
+        let mut maintenance = self.maintenance().await?;
         Ok(self
             .cluster_pools(&up)
             .await
@@ -213,6 +217,7 @@ impl Controller {
                     in_flight: in_flight.get(&pool.storage_id).copied().unwrap_or(0),
                     tags: settings.tags,
                     used_threshold: settings.used_threshold,
+                    maintenance: maintenance.remove(&pool.storage_id),
                     pool,
                 }
             })

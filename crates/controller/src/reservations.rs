@@ -9,13 +9,16 @@
 //! slot is taken before the node is asked and bound to the migration id once
 //! the node has started it; it is released when the migration ends, when the
 //! node refuses it, or by the leader's sweep ([`Reservations::sweep`]) when a
-//! controller died in between.
+//! controller died in between. The same transaction compares each pool's
+//! maintenance flag ([`super::maintenance`]), so a pool put in maintenance
+//! after placement read it refuses the reservation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::maintenance::{self, PoolMaintenance};
 use super::model::MigrationEntry;
 use super::store::{self, Compare, Store, StoreError, Write};
 use volmig_types::phase::now_ms;
@@ -61,13 +64,23 @@ fn encode(holders: &Holders) -> Result<Option<Vec<u8>>, StoreError> {
         .map_err(|e| StoreError::Io(e.to_string()))
 }
 
-/// A pool that is full.
+/// Why a reservation was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Full {
-    /// Its storage id.
-    pub storage_id: String,
-    /// Its limit.
-    pub limit: u32,
+pub enum Refused {
+    /// A pool is at its limit of migrations in flight.
+    Full {
+        /// Its storage id.
+        storage_id: String,
+        /// Its limit.
+        limit: u32,
+    },
+    /// A pool is in maintenance (set since placement read it).
+    InMaintenance {
+        /// Its storage id.
+        storage_id: String,
+        /// The flag.
+        flag: PoolMaintenance,
+    },
 }
 
 /// Slots taken for one migration (one per destination disk).
@@ -103,11 +116,13 @@ impl Reservations {
 
     /// Takes a slot on each pool of `wants` (storage id and its limit; a pool
     /// named twice takes two slots) in one transaction, or none when one of
-    /// them is full.
+    /// them is full or in maintenance. The transaction also compares each
+    /// pool's maintenance flag, so a flag set after placement read it is
+    /// never raced past.
     pub async fn reserve(
         &self,
         wants: &[(String, Option<u32>)],
-    ) -> Result<Result<Slots, Full>, StoreError> {
+    ) -> Result<Result<Slots, Refused>, StoreError> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let mut pools: BTreeMap<&str, (u32, Option<u32>)> = BTreeMap::new();
         for (sid, limit) in wants {
@@ -123,11 +138,25 @@ impl Reservations {
                 let mut holders = decode(&k, current.as_ref().map(|v| v.value.as_slice()))?;
                 if let Some(limit) = limit {
                     if holders.len() + *n as usize > *limit as usize {
-                        return Ok(Err(Full {
+                        return Ok(Err(Refused::Full {
                             storage_id: sid.to_string(),
                             limit: *limit,
                         }));
                     }
+                }
+                let flag_key = maintenance::key(sid);
+                match self.store.get(&flag_key).await? {
+                    Some(v) => {
+                        let flag = maintenance::decode(&flag_key, &v.value)?;
+                        if flag.on {
+                            return Ok(Err(Refused::InMaintenance {
+                                storage_id: sid.to_string(),
+                                flag,
+                            }));
+                        }
+                        when.push(Compare::At(flag_key, v.revision));
+                    }
+                    None => when.push(Compare::Absent(flag_key)),
                 }
                 for i in 0..*n {
                     holders.insert(
@@ -264,5 +293,39 @@ mod tests {
             1,
             "young slots stay"
         );
+    }
+
+    #[tokio::test]
+    async fn a_pool_put_in_maintenance_refuses_reservations_until_it_is_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(FileStore::open(dir.path()).expect("open"));
+        let r = Reservations::new(store.clone());
+        let flag = PoolMaintenance::sample(true);
+        maintenance::set(store.as_ref(), "dir:/p", &flag)
+            .await
+            .expect("set");
+        let refused = r
+            .reserve(&[("q".into(), None), ("dir:/p".into(), None)])
+            .await
+            .expect("store");
+        assert_eq!(
+            refused,
+            Err(Refused::InMaintenance {
+                storage_id: "dir:/p".into(),
+                flag
+            })
+        );
+        assert!(
+            r.counts().await.expect("counts").is_empty(),
+            "no slot taken"
+        );
+        let off = PoolMaintenance::sample(false);
+        maintenance::set(store.as_ref(), "dir:/p", &off)
+            .await
+            .expect("off");
+        r.reserve(&[("dir:/p".into(), None)])
+            .await
+            .expect("store")
+            .expect("reserved once off");
     }
 }

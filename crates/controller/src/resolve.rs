@@ -373,6 +373,9 @@ impl Controller {
             )));
         }
         let in_flight = self.in_flight().await?;
+        // Read on every placement, never cached, so that a flag set through
+        // another controller counts from the next placement (see `maintenance`).
+        let mut maintenance = self.maintenance().await?;
         let candidates: Vec<PoolCandidate> = considered
             .into_iter()
             .map(|cp| PoolCandidate {
@@ -391,6 +394,7 @@ impl Controller {
                     .pool_settings(&cp.pool.name, &cp.storage_id)
                     .tags,
                 in_flight: in_flight.get(&cp.storage_id).copied().unwrap_or(0),
+                maintenance: maintenance.remove(&cp.storage_id).filter(|m| m.on),
             })
             .collect();
         Ok(DiskChoices {

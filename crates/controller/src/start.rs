@@ -7,7 +7,7 @@ use super::inventory::Merged;
 use super::model::{MigrationEntry, Order};
 use super::placement::{self, PoolVerdict};
 use super::registry::NodeEntry;
-use super::reservations::Slots;
+use super::reservations::{Refused, Slots};
 use super::resolve::Located;
 use super::{Controller, WatchStream};
 use volmig_types::phase::now_ms;
@@ -96,6 +96,19 @@ impl Controller {
         let mut storage_ids = Vec::new();
         for (located, entry, p) in &plan.disks {
             let Some(chosen) = p.chosen() else {
+                // A pool the caller named is refused as in a single-disk
+                // request: the named pool's state, with its rule.
+                let named = [&entry.destination_pool, &order.destination_pool]
+                    .into_iter()
+                    .find(|n| !n.is_empty());
+                if let Some(named) = named {
+                    return Err(ControllerError::Precondition(format!(
+                        "pool '{named}' cannot take disk {} of '{}': {}",
+                        entry.disk,
+                        order.domain,
+                        first_refusal(p)
+                    )));
+                }
                 let why = match first_refusal(p) {
                     w if w.is_empty() => w,
                     w => format!(": {w}"),
@@ -273,10 +286,16 @@ impl Controller {
             .collect();
         match self.inner.reservations.reserve(&wants).await? {
             Ok(slots) => Ok(slots),
-            Err(full) => Err(ControllerError::Exhausted(format!(
-                "pool '{}' already has its limit of {} migrations in flight (in_flight_limit); try again when one has ended",
-                full.storage_id, full.limit
+            Err(Refused::Full { storage_id, limit }) => Err(ControllerError::Exhausted(format!(
+                "pool '{storage_id}' already has its limit of {limit} migrations in flight (in_flight_limit); try again when one has ended"
             ))),
+            Err(Refused::InMaintenance { storage_id, flag }) => {
+                Err(ControllerError::Precondition(format!(
+                    "maintenance: pool '{storage_id}' was put in maintenance by {} at {} while this migration was being placed; choose another pool or turn it off with `volmig pool maintenance {storage_id} off`",
+                    flag.actor,
+                    volmig_types::units::utc_time(flag.since_ms)
+                )))
+            }
         }
     }
 
@@ -295,7 +314,8 @@ mod tests {
     use volmig_types::host::{DiskKind, ImageFormat, PoolRunState};
 
     use crate::advertise::Registrant;
-    use crate::model::{DiskInfo, DomainInfo, Order, PoolInfo};
+    use crate::error::ControllerError;
+    use crate::model::{DiskInfo, DiskOrder, DomainInfo, Order, PoolInfo};
     use crate::placement::PoolVerdict;
     use crate::registry::NodeFacts;
     use crate::store::file::FileStore;
@@ -338,48 +358,51 @@ mod tests {
         }
     }
 
-    /// n1 runs vm1; n2 does not, though its pool has the most room.
-    #[tokio::test(start_paused = true)]
-    async fn a_migration_goes_to_the_node_running_the_domain_onto_its_roomiest_pool() {
-        let nodes = Arc::new(
-            FakeNodes::default()
-                .with(
-                    "n1",
-                    FakeNode {
-                        pools: vec![
-                            dir_pool("src", 900 * GIB),
-                            dir_pool("small", 300 * GIB),
-                            dir_pool("big", 600 * GIB),
-                        ],
-                        domains: vec![running_vm1()],
-                        ..FakeNode::default()
-                    },
-                )
-                .with(
-                    "n2",
-                    FakeNode {
-                        pools: vec![dir_pool("huge", 950 * GIB)],
-                        ..FakeNode::default()
-                    },
-                ),
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// n1: vm1 on pool src, and pools small and big (the roomier).
+    fn n1_running_vm1() -> FakeNode {
+        FakeNode {
+            pools: vec![
+                dir_pool("src", 900 * GIB),
+                dir_pool("small", 300 * GIB),
+                dir_pool("big", 600 * GIB),
+            ],
+            domains: vec![running_vm1()],
+            ..FakeNode::default()
+        }
+    }
+
+    /// A controller with a file store in `dir` and `ids` registered.
+    async fn registered(
+        dir: &tempfile::TempDir,
+        nodes: Arc<FakeNodes>,
+        ids: &[&str],
+    ) -> Controller {
         let store = Arc::new(FileStore::open(dir.path()).expect("open the store"));
-        let controller = Controller::start(
-            ControllerConfig::default(),
-            store,
-            nodes.clone(),
-            Arc::new(()),
-        )
-        .await
-        .expect("start");
-        for node in ["n1", "n2"] {
+        let controller = Controller::start(ControllerConfig::default(), store, nodes, Arc::new(()))
+            .await
+            .expect("start");
+        for node in ids {
             let endpoint = format!("unix:///run/{node}.sock");
             controller
                 .register(node, &endpoint, NodeFacts::default(), &Registrant::Local)
                 .await
                 .expect("register");
         }
+        controller
+    }
+
+    /// n1 runs vm1; n2 does not, though its pool has the most room.
+    #[tokio::test(start_paused = true)]
+    async fn a_migration_goes_to_the_node_running_the_domain_onto_its_roomiest_pool() {
+        let nodes = Arc::new(FakeNodes::default().with("n1", n1_running_vm1()).with(
+            "n2",
+            FakeNode {
+                pools: vec![dir_pool("huge", 950 * GIB)],
+                ..FakeNode::default()
+            },
+        ));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let controller = registered(&dir, nodes.clone(), &["n1", "n2"]).await;
         let order = Order {
             domain: "vm1".to_string(),
             disk: "vda".to_string(),
@@ -414,5 +437,97 @@ mod tests {
         assert_eq!(started[0].0, "n1");
         assert_eq!(started[0].1.destination_pool, "big");
         assert_eq!(controller.entry(&id).await.expect("recorded").node_id, "n1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_in_maintenance_is_explained_refused_by_name_and_skipped() {
+        let nodes = Arc::new(FakeNodes::default().with("n1", n1_running_vm1()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let controller = registered(&dir, nodes.clone(), &["n1"]).await;
+        let set = controller
+            .set_pool_maintenance(Some("alice"), "big", true, Some("new disks".into()))
+            .await
+            .expect("set");
+        assert_eq!((set.storage_id.as_str(), set.flag.on), ("s-big", true));
+        let order = |pool: &str| Order {
+            domain: "vm1".to_string(),
+            disk: "vda".to_string(),
+            destination_pool: pool.to_string(),
+            ..Order::default()
+        };
+
+        let Ok(Planned::Single(plan)) = controller.plan(&order("")).await else {
+            panic!("a single-disk plan");
+        };
+        assert_eq!(plan.plan.chosen().map(|d| d.name.as_str()), Some("small"));
+        let big = plan.plan.decisions.iter().find(|d| d.name == "big");
+        let Some(PoolVerdict::Rejected(r)) = big.map(|d| &d.verdict) else {
+            panic!("big not rejected: {:?}", plan.plan);
+        };
+        assert_eq!(r.rule.name(), "maintenance");
+        assert!(
+            r.reason.contains("(set by alice: new disks)"),
+            "{}",
+            r.reason
+        );
+
+        let refused = controller.start_migration(None, order("big")).await;
+        let Err(ControllerError::Precondition(why)) = refused.map(|(id, _)| id) else {
+            panic!("a named pool in maintenance is not refused as a precondition");
+        };
+        assert!(
+            why.contains("maintenance: pool 'big' is in maintenance"),
+            "{why}"
+        );
+        let group = Order {
+            disks: vec![DiskOrder {
+                disk: "vda".to_string(),
+                destination_pool: "big".to_string(),
+                ..DiskOrder::default()
+            }],
+            ..order("")
+        };
+        let refused = controller.start_migration(None, group).await;
+        let Err(ControllerError::Precondition(why)) = refused.map(|(id, _)| id) else {
+            panic!("a multi-disk request naming a pool in maintenance is not refused");
+        };
+        assert!(why.contains("maintenance"), "{why}");
+        assert!(nodes.started().is_empty());
+
+        let listed = controller.list_pools().await.expect("pools");
+        let flag = |name: &str| {
+            listed
+                .iter()
+                .find(|p| p.pool.pool.name == name)
+                .and_then(|p| p.maintenance.as_ref().map(|m| m.on))
+        };
+        assert_eq!((flag("big"), flag("small")), (Some(true), None));
+
+        controller
+            .set_pool_maintenance(Some("alice"), "s-big", false, None)
+            .await
+            .expect("off");
+        controller
+            .start_migration(None, order("big"))
+            .await
+            .expect("started once the flag is off");
+        assert_eq!(nodes.started()[0].1.destination_pool, "big");
+
+        // A flagged pool that no up node reports any more can still be turned off.
+        let gone = crate::maintenance::PoolMaintenance::sample(true);
+        crate::maintenance::set(controller.inner.store.as_ref(), "s-gone", &gone)
+            .await
+            .expect("set");
+        let off = controller
+            .set_pool_maintenance(None, "s-gone", false, None)
+            .await
+            .expect("a flagged storage id");
+        assert!(!off.flag.on);
+        assert!(matches!(
+            controller
+                .set_pool_maintenance(None, "s-never", true, None)
+                .await,
+            Err(ControllerError::NotFound(_))
+        ));
     }
 }

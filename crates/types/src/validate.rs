@@ -234,6 +234,21 @@ pub fn list_filter(domain: &str, node_id: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A pool as a caller names it: a pool name or a storage id (a path or URL,
+/// so `/` is allowed): 1-1024 bytes without control or deceptive characters.
+pub fn pool_ref(value: &str) -> Result<(), Invalid> {
+    common("pool", value, 1024)
+}
+
+/// Free text an operator gives and every operator is shown (a reason): empty,
+/// or at most `max` bytes without control or deceptive characters.
+pub fn note(field: &'static str, value: &str, max: usize) -> Result<(), Invalid> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    common(field, value, max)
+}
+
 /// A request id: 1-128 characters of `[A-Za-z0-9._:-]`.
 pub fn request_id(value: &str) -> Result<(), Invalid> {
     if value.is_empty() {

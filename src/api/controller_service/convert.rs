@@ -7,6 +7,7 @@ use prost::Message;
 use tonic::Status;
 
 use crate::api::convert::{format_from_proto, format_to_proto, kind_to_proto, phase_from_proto};
+use crate::controller::maintenance::PoolMaintenance;
 use crate::controller::model::{
     BackingLayerInfo, DiskInfo, DiskOrder, DomainInfo, MigrationEntry, MigrationFilter, NodeEvent,
     NodeRecord, Order, PoolInfo,
@@ -202,6 +203,16 @@ pub fn pool_from_proto(p: proto::Pool) -> PoolInfo {
         storage_id: p.storage_id,
         shared: p.shared,
         provisioned: p.provisioned_bytes,
+    }
+}
+
+/// A pool's maintenance flag for the caller.
+pub fn maintenance_to_proto(m: &PoolMaintenance) -> proto::PoolMaintenance {
+    proto::PoolMaintenance {
+        on: m.on,
+        actor: m.actor.clone(),
+        since_unix_ms: m.since_ms,
+        reason: m.reason.clone().unwrap_or_default(),
     }
 }
 

@@ -213,6 +213,7 @@ impl ControllerRpc for ControllerService {
                 node_ids: p.pool.names.keys().cloned().collect(),
                 tags: p.tags,
                 used_threshold: p.used_threshold,
+                maintenance: p.maintenance.as_ref().map(convert::maintenance_to_proto),
                 storage_id: p.pool.storage_id.clone(),
                 pool: Some(convert::pool_to_proto(&p.pool.pool)),
             })
@@ -319,6 +320,17 @@ impl ControllerRpc for ControllerService {
             .target(&[("bytes_per_sec", &req.get_ref().bytes_per_sec.to_string())]);
         audit.finish(self.bandwidth(req).await)
     }
+
+    async fn set_pool_maintenance(
+        &self,
+        req: Request<proto::SetPoolMaintenanceRequest>,
+    ) -> Result<Response<proto::SetPoolMaintenanceResponse>, Status> {
+        let audit = Audit::start(&req, "Controller/SetPoolMaintenance").target(&[
+            ("pool", &req.get_ref().pool),
+            ("maintenance", &req.get_ref().maintenance.to_string()),
+        ]);
+        audit.finish(self.pool_maintenance(req).await)
+    }
 }
 
 /// The mutating calls, audited by their trait methods above.
@@ -394,6 +406,32 @@ impl ControllerService {
             .map_err(crate::api::status::controller)?;
         Ok(Response::new(proto::CancelMigrationResponse {
             latest: latest.as_ref().map(convert::event_to_proto),
+        }))
+    }
+
+    async fn pool_maintenance(
+        &self,
+        req: Request<proto::SetPoolMaintenanceRequest>,
+    ) -> Result<Response<proto::SetPoolMaintenanceResponse>, Status> {
+        let actor = Caller::of(&req).map(Caller::audit_name);
+        let req = req.into_inner();
+        // A pool is named as libvirt names pools, or by a storage id, which
+        // may hold '/' (a path): bounded and printable either way.
+        crate::migration::validate::pool_ref(&req.pool).map_err(crate::api::status::invalid)?;
+        let set = self
+            .controller
+            .set_pool_maintenance(
+                actor.as_deref(),
+                &req.pool,
+                req.maintenance,
+                Some(req.reason).filter(|r| !r.is_empty()),
+            )
+            .await
+            .map_err(crate::api::status::controller)?;
+        Ok(Response::new(proto::SetPoolMaintenanceResponse {
+            storage_id: set.storage_id,
+            pool: set.name,
+            maintenance: Some(convert::maintenance_to_proto(&set.flag)),
         }))
     }
 

@@ -2,9 +2,9 @@
 
 use super::{disk_type, size_or_dash, word};
 use crate::cli::progress::format_name;
-use crate::cli::quantities::human_bytes;
+use crate::cli::quantities::{human_bytes, utc_time};
 use crate::cli::table::Table;
-use crate::proto::{ClusterPool, Disk, ListDisksResponse, Pool, PoolState};
+use crate::proto::{ClusterPool, Disk, ListDisksResponse, Pool, PoolMaintenance, PoolState};
 
 fn pool_state(state: PoolState) -> String {
     word(state.as_str_name(), "POOL_STATE_")
@@ -65,6 +65,7 @@ pub fn cluster_pools(pools: &[ClusterPool]) -> String {
         "NODES",
         "IN-FLIGHT",
         "TAGS",
+        "MAINTENANCE",
     ]);
     for c in pools {
         let p = c.pool.clone().unwrap_or_default();
@@ -85,9 +86,19 @@ pub fn cluster_pools(pools: &[ClusterPool]) -> String {
             c.node_ids.join(","),
             c.in_flight_migrations.to_string(),
             c.tags.join(","),
+            maintenance(c.maintenance.as_ref()),
         ]);
     }
     t.render()
+}
+
+/// `on since … by …` while a pool is in maintenance, else `-`: the column
+/// answers "may placement choose it?", and who turned it off is in `--json`.
+fn maintenance(m: Option<&PoolMaintenance>) -> String {
+    match m {
+        Some(m) if m.on => format!("on since {} by {}", utc_time(m.since_unix_ms), m.actor),
+        _ => "-".to_string(),
+    }
 }
 
 fn disk_flags(d: &Disk) -> String {
@@ -177,6 +188,34 @@ mod tests {
             "NAME     TYPE  STATE    CAPACITY   ALLOCATION  AVAILABLE  DISK-TYPE  SHARED\n\
              default  dir   running  100.0 GiB  40.0 GiB    60.0 GiB   file       no\n\
              ceph     rbd   running  -          -           -          network    yes\n"
+        );
+    }
+
+    #[test]
+    fn cluster_pools_show_a_pool_in_maintenance_and_since_when() {
+        let flagged = |on| ClusterPool {
+            storage_id: "s-fast".into(),
+            pool: Some(Pool {
+                name: "fast".into(),
+                ..Default::default()
+            }),
+            maintenance: Some(PoolMaintenance {
+                on,
+                actor: "alice".into(),
+                since_unix_ms: 1_714_564_800_000,
+                reason: "new disks".into(),
+            }),
+            ..Default::default()
+        };
+        let text = cluster_pools(&[flagged(true), flagged(false)]);
+        let mut lines = text.lines();
+        let header = lines.next().expect("header");
+        let at = header.find("MAINTENANCE").expect("column");
+        let cells: Vec<&str> = lines.map(|row| row[at..].trim_end()).collect();
+        assert_eq!(
+            cells,
+            ["on since 2024-05-01 12:00:00 UTC by alice", "-"],
+            "{text}"
         );
     }
 

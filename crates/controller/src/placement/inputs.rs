@@ -3,6 +3,8 @@
 
 use volmig_types::host::{flattened_allocation, ImageFormat};
 
+pub use crate::maintenance::PoolMaintenance;
+
 /// One pool as the controller's inventory sees it. A pool that several hosts
 /// share appears once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,8 @@ pub struct PoolCandidate {
     pub tags: Vec<String>,
     /// Migrations currently writing to the pool.
     pub in_flight: u32,
+    /// The operator's maintenance flag when it is on: the pool is never chosen.
+    pub maintenance: Option<PoolMaintenance>,
 }
 
 /// The limits an operator set for one pool.

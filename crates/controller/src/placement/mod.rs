@@ -14,21 +14,23 @@
 //!
 //! 1. `inactive`: the pool is not running.
 //! 2. `source_pool`: it is the storage the disk is on now (same `storage_id`).
-//! 3. `unreachable`: the node running the domain cannot reach it.
-//! 4. `incompatible_type`: volmig cannot write to this pool type. It writes to
+//! 3. `maintenance`: an operator put the pool in maintenance
+//!    (`SetPoolMaintenance`); the reason says since when, who and why.
+//! 4. `unreachable`: the node running the domain cannot reach it.
+//! 5. `incompatible_type`: volmig cannot write to this pool type. It writes to
 //!    `dir`, `fs`, `netfs` (file), `logical`, `disk`, `iscsi` (block) and `rbd`.
-//! 5. `incompatible_format`: qcow2 was asked for on a block or rbd pool, which
+//! 6. `incompatible_format`: qcow2 was asked for on a block or rbd pool, which
 //!    hold raw volumes only; or the disk is tracked by checkpoints and would
 //!    become raw there (only qcow2 holds their dirty bitmaps).
-//! 6. `capacity_unknown`: the pool reports a capacity of 0 (an rbd pool without
+//! 7. `capacity_unknown`: the pool reports a capacity of 0 (an rbd pool without
 //!    ceph-mgr statistics), so its free space cannot be checked.
-//! 7. `used_threshold`: the bytes the disk needs exceed what the pool has
+//! 8. `used_threshold`: the bytes the disk needs exceed what the pool has
 //!    available, or would take the pool above its used threshold (default
 //!    85 %): `(allocation + needed) / capacity > used_threshold`.
-//! 8. `overprovisioned`: only when the pool's policy sets a factor:
+//! 9. `overprovisioned`: only when the pool's policy sets a factor:
 //!    `(provisioned + virtual_size) / capacity > factor`.
-//! 9. `missing_tag`: the pool lacks a tag the request requires.
-//! 10. `in_flight_limit`: the pool already has its maximum of migrations
+//! 10. `missing_tag`: the pool lacks a tag the request requires.
+//! 11. `in_flight_limit`: the pool already has its maximum of migrations
 //!     writing to it.
 //!
 //! # Space accounting
@@ -63,6 +65,6 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use inputs::{DiskToPlace, LayerToPlace, PoolCandidate, PoolPolicy};
+pub use inputs::{DiskToPlace, LayerToPlace, PoolCandidate, PoolMaintenance, PoolPolicy};
 pub use plan::{check_named, plan, Decision, Fit, PlacementPlan, PoolVerdict, Rejection};
 pub use rules::Rule;

@@ -34,6 +34,8 @@ fn arb_pool_and_policy() -> impl Strategy<Value = (PoolCandidate, PoolPolicy)> {
             prop::sample::subsequence(vec!["n1", "n2"], 0..=2),
             prop::sample::subsequence(vec!["ssd", "zone-a"], 0..=2),
             0u32..=3,
+            // Mostly no flag; an off flag must count as none.
+            prop::option::weighted(0.3, any::<bool>()),
         ),
         (
             prop::sample::select(vec![0.5, 0.85, 1.0]),
@@ -44,7 +46,7 @@ fn arb_pool_and_policy() -> impl Strategy<Value = (PoolCandidate, PoolPolicy)> {
         .prop_map(
             |(
                 (pool_type, active, capacity, allocation, available, provisioned),
-                (reachable_from, tags, in_flight),
+                (reachable_from, tags, in_flight, maintenance),
                 (used_threshold, overprovision_factor, max_in_flight),
             )| {
                 let half = GIB / 2;
@@ -62,6 +64,7 @@ fn arb_pool_and_policy() -> impl Strategy<Value = (PoolCandidate, PoolPolicy)> {
                     reachable_from: strings(reachable_from),
                     tags: strings(tags),
                     in_flight,
+                    maintenance: maintenance.map(PoolMaintenance::sample),
                 };
                 let policy = PoolPolicy {
                     used_threshold,
@@ -152,6 +155,7 @@ proptest! {
         let file = matches!(pool.pool_type.as_str(), "dir" | "fs" | "netfs");
         let needed = if thick { disk.virtual_size } else { disk.allocation };
         prop_assert!(pool.active);
+        prop_assert!(pool.maintenance.as_ref().is_none_or(|m| !m.on));
         prop_assert_ne!(&pool.storage_id, &disk.source_storage_id);
         prop_assert!(pool.reachable_from.contains(&disk.node_id));
         prop_assert!(thick || thin);
@@ -177,6 +181,43 @@ proptest! {
                 free_after: pool.available - needed,
             })
         );
+    }
+
+    #[test]
+    fn a_pool_put_in_maintenance_is_never_chosen_and_the_others_keep_their_verdicts(
+        disk in arb_disk(),
+        (pools, policies) in arb_pools(),
+        pick in any::<prop::sample::Index>(),
+    ) {
+        prop_assume!(!pools.is_empty());
+        let flagged_id = pools[pick.index(pools.len())].storage_id.clone();
+        let flagged: Vec<PoolCandidate> = pools
+            .iter()
+            .map(|p| PoolCandidate {
+                maintenance: if p.storage_id == flagged_id { Some(PoolMaintenance::sample(true)) } else { p.maintenance.clone() },
+                ..p.clone()
+            })
+            .collect();
+        let before = plan(&disk, &pools, policy_of(&policies));
+        let after = plan(&disk, &flagged, policy_of(&policies));
+        prop_assert!(after.chosen().is_none_or(|c| c.storage_id != flagged_id));
+        let verdict = |p: &PlacementPlan, id: &str| {
+            p.decisions.iter().find(|d| d.storage_id == id).map(|d| d.verdict.clone())
+        };
+        for pool in &pools {
+            let (was, is) = (verdict(&before, &pool.storage_id), verdict(&after, &pool.storage_id));
+            if pool.storage_id != flagged_id {
+                prop_assert_eq!(was, is);
+                continue;
+            }
+            let Some(PoolVerdict::Rejected(rejection)) = is else {
+                return Err(TestCaseError::fail("a pool in maintenance was accepted"));
+            };
+            // Only the rules before it (inactive, source_pool) may speak first.
+            if rejection.rule != Rule::Maintenance {
+                prop_assert!(matches!(rejection.rule, Rule::Inactive | Rule::SourcePool));
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use volmig_types::host::{pool_disk_kind, space_needed, DiskKind, ImageFormat};
-use volmig_types::units::human_bytes;
+use volmig_types::units::{human_bytes, utc_time};
 
 use super::{DiskToPlace, PoolCandidate, PoolPolicy};
 
@@ -18,6 +18,8 @@ pub enum Rule {
     Inactive,
     /// The pool is the storage the disk is on now.
     SourcePool,
+    /// An operator put the pool in maintenance.
+    Maintenance,
     /// The domain's node cannot reach the pool.
     Unreachable,
     /// volmig cannot write to this pool type.
@@ -38,9 +40,10 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order they are applied.
-    pub const ALL: [Rule; 10] = [
+    pub const ALL: [Rule; 11] = [
         Rule::Inactive,
         Rule::SourcePool,
+        Rule::Maintenance,
         Rule::Unreachable,
         Rule::IncompatibleType,
         Rule::IncompatibleFormat,
@@ -56,6 +59,7 @@ impl Rule {
         match self {
             Rule::Inactive => "inactive",
             Rule::SourcePool => "source_pool",
+            Rule::Maintenance => "maintenance",
             Rule::Unreachable => "unreachable",
             Rule::IncompatibleType => "incompatible_type",
             Rule::IncompatibleFormat => "incompatible_format",
@@ -73,6 +77,7 @@ impl Rule {
         match self {
             Rule::Inactive => inactive(c),
             Rule::SourcePool => source_pool(c),
+            Rule::Maintenance => maintenance(c),
             Rule::Unreachable => unreachable(c),
             Rule::IncompatibleType => incompatible_type(c),
             Rule::IncompatibleFormat => incompatible_format(c),
@@ -167,6 +172,23 @@ fn source_pool(c: &Candidate<'_>) -> Result<(), String> {
     Err(format!(
         "pool '{}' (storage '{}') is where the disk is now; the destination must be other storage",
         c.pool.name, c.pool.storage_id
+    ))
+}
+
+fn maintenance(c: &Candidate<'_>) -> Result<(), String> {
+    let Some(flag) = c.pool.maintenance.as_ref().filter(|m| m.on) else {
+        return Ok(());
+    };
+    let reason = match flag.reason.as_deref() {
+        Some(r) if !r.is_empty() => format!(": {r}"),
+        _ => String::new(),
+    };
+    Err(format!(
+        "pool '{}' is in maintenance since {} (set by {}{reason}); turn it off with `volmig pool maintenance {} off`",
+        c.pool.name,
+        utc_time(flag.since_ms),
+        flag.actor,
+        c.pool.name
     ))
 }
 

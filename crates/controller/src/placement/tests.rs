@@ -18,6 +18,7 @@ fn pool() -> PoolCandidate {
         reachable_from: vec!["n1".to_string()],
         tags: vec!["ssd".to_string()],
         in_flight: 0,
+        maintenance: None,
     }
 }
 
@@ -96,6 +97,20 @@ fn each_rule_rejects_with_its_numbers_and_check_named_agrees_with_plan() {
             ..case(
                 Rule::SourcePool,
                 &["'images'", "'s-src'", "where the disk is now"],
+            )
+        },
+        Case {
+            pool: PoolCandidate {
+                maintenance: Some(PoolMaintenance::sample(true)),
+                ..pool()
+            },
+            ..case(
+                Rule::Maintenance,
+                &[
+                    "'images' is in maintenance since 2024-05-01 12:00:00 UTC",
+                    "(set by operator:alice: disk replacement)",
+                    "`volmig pool maintenance images off`",
+                ],
             )
         },
         Case {
@@ -287,6 +302,16 @@ fn each_rule_rejects_with_its_numbers_and_check_named_agrees_with_plan() {
             "{rule}"
         );
     }
+}
+
+#[test]
+fn a_pool_whose_maintenance_was_turned_off_is_chosen_again() {
+    let off = PoolCandidate {
+        maintenance: Some(PoolMaintenance::sample(false)),
+        ..pool()
+    };
+    let planned = plan(&disk(), &[off], |_| PoolPolicy::default());
+    assert_eq!(planned.chosen().map(|d| d.name.as_str()), Some("images"));
 }
 
 #[test]

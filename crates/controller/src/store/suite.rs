@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use super::{update, Compare, Store, Write};
+use crate::maintenance::{self, PoolMaintenance};
 
 /// Runs the suite against `store`.
 pub async fn run(store: &dyn Store) {
@@ -135,6 +136,26 @@ pub async fn run(store: &dyn Store) {
         store.delete(&key).await.expect("delete");
     }
     assert!(store.list(&p).await.expect("list").is_empty());
+
+    maintenance_flags(store).await;
+}
+
+/// Pool maintenance flags (`crate::maintenance`) read back as written, by
+/// storage id, on and then off.
+pub async fn maintenance_flags(store: &dyn Store) {
+    let id = format!("dir:/suite/{}", uuid::Uuid::new_v4().simple());
+    let flag = PoolMaintenance::sample;
+    let read = || async { maintenance::all(store).await.expect("list").remove(&id) };
+    assert_eq!(read().await, None);
+    maintenance::set(store, &id, &flag(true))
+        .await
+        .expect("set");
+    assert_eq!(read().await, Some(flag(true)));
+    maintenance::set(store, &id, &flag(false))
+        .await
+        .expect("set");
+    assert_eq!(read().await, Some(flag(false)));
+    store.delete(&maintenance::key(&id)).await.expect("delete");
 }
 
 async fn relaxed_keys(store: &dyn Store, prefix: &str) -> Vec<String> {
