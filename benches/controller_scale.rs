@@ -10,10 +10,16 @@
 //! its registrations, history and reservations there instead of in a file;
 //! `bench/etcd-bench.sh` starts one).
 //!
+//! With `VOLMIG_BENCH_BED_DOMAINS` set (by `bench/bed-bench.sh`, in the controller's
+//! namespace of a simulated-hosts bed) it measures the bed's real controller and nodes
+//! instead of a fake fleet (see `controller_scale/bed.rs`).
+//!
 //! Three tokio runtimes share the process: the fake nodes, the controller
 //! (gRPC server, its calls to the nodes, history) and the bench client. The
 //! controller's CPU is the CPU time of its runtime's threads only, read from
 //! `/proc/self/task/<tid>/stat`, so the fake nodes and the client do not count.
+#[path = "controller_scale/bed.rs"]
+mod bed;
 #[path = "controller_scale/fake_node.rs"]
 mod fake_node;
 #[path = "controller_scale/measure.rs"]
@@ -74,6 +80,12 @@ fn main() {
         return;
     }
     let nofile = raise_nofile();
+    if let Some(target) = bed::BedTarget::from_env() {
+        let plans = knob("VOLMIG_BENCH_PLANS", 500);
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        print_rows(rt.block_on(bed::measure(&target, plans)));
+        return;
+    }
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary
     // without it, and then a small fleet only checks that the bench still works.
     let full = args.iter().any(|a| a == "--bench");
@@ -400,16 +412,20 @@ fn main() {
         *m.entry(r.is_ok()).or_insert(0) += 1;
         m
     });
-    println!("| Measure | Setup | Result |");
-    println!("|---|---|---|");
-    for Row(a, b, c) in rows {
-        println!("| {a} | {b} | {c} |");
-    }
+    print_rows(rows.into_iter().map(|Row(a, b, c)| (a, b, c)).collect());
     // Dropping the runtimes with servers still running is the shutdown.
     drop(client_rt);
     drop(ctrl_rt);
     drop(node_rt);
     if counts.get(&false).copied().unwrap_or(0) > 0 {
         std::process::exit(1);
+    }
+}
+
+fn print_rows(rows: Vec<(String, String, String)>) {
+    println!("| Measure | Setup | Result |");
+    println!("|---|---|---|");
+    for (a, b, c) in rows {
+        println!("| {a} | {b} | {c} |");
     }
 }
