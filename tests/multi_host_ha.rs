@@ -119,13 +119,17 @@ fn a_cut_off_leader_is_replaced_within_the_lease_and_the_new_leader_migrates() {
     let restored = Instant::now();
     let mut noticed = None;
     while restored.elapsed() < LEASE_TTL * 3 {
-        assert_eq!(
-            fleet.leader(),
-            Some(survivor),
-            "the election changed {:?} after the link came back:\n{}",
-            restored.elapsed(),
-            fleet.logs()
-        );
+        // `None` is a read of the election that etcd did not answer within its
+        // deadline (a loaded machine): it says nothing about who leads.
+        if let Some(leader) = fleet.leader() {
+            assert_eq!(
+                leader,
+                survivor,
+                "the election changed {:?} after the link came back:\n{}",
+                restored.elapsed(),
+                fleet.logs()
+            );
+        }
         if noticed.is_none() && fleet.controller(old).times_lost() > lost_before {
             noticed = Some(restored.elapsed());
         }
