@@ -9,7 +9,7 @@ use tonic::Status;
 use crate::api::convert::{format_from_proto, format_to_proto, kind_to_proto, phase_from_proto};
 use crate::controller::model::{
     BackingLayerInfo, DiskInfo, DiskOrder, DomainInfo, MigrationEntry, MigrationFilter, NodeEvent,
-    NodeRecord, Order, PoolInfo,
+    NodeRecord, Order, PoolInfo, PoolVolumeInfo, VolumeUseInfo,
 };
 use crate::controller::registry::NodeFacts;
 use crate::hypervisor::{DiskKind, ImageFormat, PoolRunState};
@@ -293,6 +293,31 @@ pub fn disks_from_proto(r: proto::ListDisksResponse) -> DomainInfo {
         running: r.running,
         disks: r.disks.into_iter().map(disk_from_proto).collect(),
     }
+}
+
+/// A node's volumes of one pool, each with its users there. A format the
+/// controller does not know reads as unknown rather than failing the listing.
+pub fn pool_volumes_from_proto(r: proto::ListPoolVolumesResponse) -> Vec<PoolVolumeInfo> {
+    r.volumes
+        .into_iter()
+        .map(|v| PoolVolumeInfo {
+            format: format_from_proto(v.format, "format").ok().flatten(),
+            name: v.name,
+            source: v.source,
+            capacity: v.capacity_bytes,
+            allocation: v.allocation_bytes,
+            users: v
+                .users
+                .into_iter()
+                .map(|u| VolumeUseInfo {
+                    domain: u.domain,
+                    running: u.running,
+                    disk: u.disk,
+                    backing: u.backing,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// A node's facts.
