@@ -1,7 +1,8 @@
 //! End-to-end: ListPoolVolumes on a real dir pool, through a real node over
 //! gRPC and once through `volmig volumes`. A running guest's overlay and its
 //! template, a stopped defined domain's disk and a volume no one uses are each
-//! reported with the users libvirt's definitions give them; ListDisks reads the
+//! reported with the users libvirt's definitions give them, to a gRPC client
+//! and to the controller's `NodeAccess` over gRPC; ListDisks reads the
 //! stopped domain from its persistent definition; an unknown pool, a stopped
 //! pool and a malformed name are refused with their codes.
 
@@ -12,6 +13,10 @@ use std::time::Duration;
 use harness::node::NodeProcess;
 use harness::{DefinedDomain, DirPool, Guest, Pool};
 use tonic::Code;
+use volmig::api::client::Credentials;
+use volmig::api::node_client::GrpcNodes;
+use volmig::controller::nodes::NodeAccess;
+use volmig::controller::registry::NodeEntry;
 use volmig::proto;
 
 const MIB: u64 = 1 << 20;
@@ -78,6 +83,31 @@ async fn pool_volumes_name_running_stopped_backing_and_unattached_users() {
     assert_eq!(unused.format(), proto::VolumeFormat::Raw);
     assert_eq!(unused.capacity_bytes, 16 * MIB);
     assert!(unused.users.is_empty(), "{unused:?}");
+
+    // The controller's port over gRPC sees the same: what the drain calls.
+    let nodes = GrpcNodes::new(Credentials::default(), &[], Duration::from_secs(30));
+    let entry = NodeEntry {
+        id: node.node_id().into(),
+        endpoint: node.endpoint(),
+        configured: false,
+        facts: None,
+        last_seen: None,
+        last_heard: None,
+        last_seen_ms: 0,
+        last_error: None,
+    };
+    let seen = nodes
+        .list_pool_volumes(&entry, pool.name())
+        .await
+        .unwrap_or_else(|e| panic!("NodeAccess::list_pool_volumes: {e:?}"));
+    let off = seen
+        .iter()
+        .find(|v| v.name == stopped_volume)
+        .expect("the stopped domain's volume");
+    assert_eq!(off.users.len(), 1, "{off:?}");
+    assert_eq!(off.users[0].domain, stopped.name());
+    assert!(!off.users[0].running && !off.users[0].backing);
+    assert_eq!(seen.len(), 4);
 
     // ListDisks of the stopped domain: its persistent definition, with the
     // pool and volume its disk lives in (what a drain moves it by).

@@ -372,4 +372,43 @@ mod tests {
         };
         assert_eq!(pool_to_proto(&pool_from_proto(pool.clone())), pool);
     }
+
+    #[test]
+    fn a_node_s_pool_volumes_reach_the_controller_with_their_users() {
+        use crate::migration::{PoolVolume, VolumeUse};
+        let node_side = [PoolVolume {
+            name: "base.qcow2".into(),
+            source: "/p/base.qcow2".into(),
+            format: Some(ImageFormat::Qcow2),
+            capacity: 10,
+            allocation: 4,
+            users: vec![VolumeUse {
+                domain: "off".into(),
+                running: false,
+                disk: "vdb".into(),
+                backing: true,
+            }],
+        }];
+        let wire = crate::api::convert::pool_volumes_to_proto(&node_side);
+        let mut unknown_format = wire.clone();
+        unknown_format.volumes[0].format = 99;
+        assert_eq!(
+            pool_volumes_from_proto(wire),
+            [PoolVolumeInfo {
+                name: "base.qcow2".into(),
+                source: "/p/base.qcow2".into(),
+                format: Some(ImageFormat::Qcow2),
+                capacity: 10,
+                allocation: 4,
+                users: vec![VolumeUseInfo {
+                    domain: "off".into(),
+                    running: false,
+                    disk: "vdb".into(),
+                    backing: true,
+                }],
+            }]
+        );
+        // A format this controller does not know is unknown, not a failed listing.
+        assert_eq!(pool_volumes_from_proto(unknown_format)[0].format, None);
+    }
 }

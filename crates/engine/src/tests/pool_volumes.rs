@@ -168,3 +168,34 @@ async fn a_pool_with_more_volumes_than_the_bound_is_refused_not_cut_short() {
         MAX_POOL_VOLUMES
     );
 }
+
+#[tokio::test]
+async fn one_scan_is_two_host_calls_whatever_the_pool_holds() {
+    use crate::fake::{Fault, Injector};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let injector = Injector::at(usize::MAX, Fault::Fail);
+    let hv = Arc::new(FakeHypervisor::with_injector(injector.clone()));
+    for i in 0..50 {
+        hv.add_volume("a", &format!("v{i}"), 0);
+    }
+    let e = engine(hv, dir.path()).await;
+    let before = injector.steps();
+    let volumes = e.pool_volumes("a").await.expect("listing");
+    assert_eq!(volumes.len(), 51);
+    // One pool listing and one domain listing: not one call per volume.
+    assert_eq!(injector.steps() - before, 2);
+}
+
+#[tokio::test]
+async fn libvirtd_unreachable_is_unavailable() {
+    use crate::fake::{Fault, Injector};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The engine's start makes no host call here, so the first is the scan's.
+    let hv = Arc::new(FakeHypervisor::with_injector(Injector::at(
+        0,
+        Fault::Unreachable,
+    )));
+    let e = engine(hv, dir.path()).await;
+    let err = e.pool_volumes("a").await.expect_err("libvirtd gone");
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+}
