@@ -482,17 +482,15 @@ impl fmt::Display for VolumeUser {
     }
 }
 
-/// A domain of this host and the disks of the definition that describes what
-/// it uses now: the live definition of a running domain, the persistent one of
-/// a domain that is only defined.
+/// A domain and the disks of its live definition when it runs, of its
+/// persistent one when it is only defined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainDisksSpec {
     /// Domain name.
     pub name: String,
     /// Domain UUID.
     pub uuid: String,
-    /// Running (its disks are from the live definition) or only defined
-    /// (from the persistent one).
+    /// Running, rather than only defined.
     pub running: bool,
     /// The disks of that definition.
     pub disks: Vec<DiskSpec>,
