@@ -288,3 +288,32 @@ fn block_job_calls_copy_throttle_and_abort_without_pivot() {
         "{again:?}"
     );
 }
+
+#[test]
+fn lists_a_pool_s_volumes_up_to_one_past_the_bound_and_refuses_a_stopped_pool() {
+    let pool = DirPool::new("lv-listing");
+    for i in 0..3 {
+        pool.create_volume(
+            &pool.new_volume_name(&format!("lv-listing-{i}")),
+            MIB,
+            "raw",
+        );
+    }
+    let host = LibvirtHost::new(volmig::libvirt::DEFAULT_URI);
+    let all = host.pool_volumes(pool.name(), 10).expect("listing");
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all
+        .iter()
+        .all(|v| v.pool == pool.name() && v.capacity == MIB));
+    // Details of at most limit + 1: enough to see that there are more.
+    assert_eq!(host.pool_volumes(pool.name(), 1).expect("bounded").len(), 2);
+    assert_eq!(
+        host.pool_volumes("volmig-no-such-pool", 10),
+        Err(HvError::NoPool("volmig-no-such-pool".into()))
+    );
+    harness::virsh_ok(&["pool-destroy", pool.name()]);
+    assert_eq!(
+        host.pool_volumes(pool.name(), 10),
+        Err(HvError::PoolInactive(pool.name().into()))
+    );
+}

@@ -132,6 +132,12 @@ impl Node for FakeNode {
     ) -> Result<Response<proto::FindVolumeUsersResponse>, Status> {
         Err(fake())
     }
+    async fn list_pool_volumes(
+        &self,
+        _: Request<proto::ListPoolVolumesRequest>,
+    ) -> Result<Response<proto::ListPoolVolumesResponse>, Status> {
+        Err(fake())
+    }
 }
 
 /// Serves a fake node on 127.0.0.1: over mutual TLS with `tls` as its

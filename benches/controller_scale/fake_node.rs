@@ -184,6 +184,12 @@ impl Node for FakeNode {
     ) -> Result<Response<proto::FindVolumeUsersResponse>, Status> {
         Err(Status::unimplemented("fake node"))
     }
+    async fn list_pool_volumes(
+        &self,
+        _: Request<proto::ListPoolVolumesRequest>,
+    ) -> Result<Response<proto::ListPoolVolumesResponse>, Status> {
+        Err(Status::unimplemented("fake node"))
+    }
 }
 
 pub async fn serve_fake_node(node: FakeNode, path: PathBuf) -> std::io::Result<()> {

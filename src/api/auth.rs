@@ -102,7 +102,7 @@ pub fn need(path: &str) -> Option<Need> {
         | "volmig.v1.Identity" => Some(Need::Open),
         "volmig.v1.Node" => match method {
             "GetInfo" | "ListPools" | "ListDisks" | "WatchMigration" | "GetMigration"
-            | "ListMigrations" | "FindVolumeUsers" => Some(Need::Viewer),
+            | "ListMigrations" | "FindVolumeUsers" | "ListPoolVolumes" => Some(Need::Viewer),
             "MigrateVolume" | "CancelMigration" | "SetBandwidth" => Some(Need::Operator),
             _ => None,
         },

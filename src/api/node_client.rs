@@ -259,13 +259,16 @@ impl NodeAccess for GrpcNodes {
 
     async fn list_pool_volumes(
         &self,
-        _node: &NodeEntry,
+        node: &NodeEntry,
         pool: &str,
     ) -> Result<Vec<PoolVolumeInfo>, NodeError> {
-        Err(NodeError {
-            kind: NodeErrorKind::Unimplemented,
-            message: format!("listing the volumes of pool '{pool}' is not implemented yet"),
-        })
+        let mut c = self.client(node).await?;
+        let reply = self
+            .timed(c.list_pool_volumes(proto::ListPoolVolumesRequest {
+                pool: pool.to_string(),
+            }))
+            .await?;
+        Ok(convert::pool_volumes_from_proto(reply))
     }
 
     async fn find_volume_users(

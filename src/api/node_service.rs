@@ -223,6 +223,18 @@ impl Node for NodeService {
         Ok(Response::new(proto::FindVolumeUsersResponse { users }))
     }
 
+    async fn list_pool_volumes(
+        &self,
+        req: Request<proto::ListPoolVolumesRequest>,
+    ) -> Result<Response<proto::ListPoolVolumesResponse>, Status> {
+        let volumes = self
+            .engine
+            .pool_volumes(&req.into_inner().pool)
+            .await
+            .map_err(crate::api::status::engine)?;
+        Ok(Response::new(convert::pool_volumes_to_proto(&volumes)))
+    }
+
     async fn set_bandwidth(
         &self,
         req: Request<proto::SetBandwidthRequest>,

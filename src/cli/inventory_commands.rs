@@ -1,5 +1,5 @@
-//! `pools`, `disks`, `info` and `nodes`: what a node or the cluster has to
-//! migrate with, each one call and a table or a `key  value` block.
+//! `pools`, `disks`, `volumes`, `info` and `nodes`: what a node or the
+//! cluster has to migrate with, each one call and a table or a `key  value` block.
 
 use clap::Args;
 
@@ -9,7 +9,8 @@ use crate::api::client::Peer;
 use crate::proto::controller_client::ControllerClient;
 use crate::proto::node_client::NodeClient;
 use crate::proto::{
-    GetInfoRequest, ListClusterPoolsRequest, ListDisksRequest, ListNodesRequest, ListPoolsRequest,
+    GetInfoRequest, ListClusterPoolsRequest, ListDisksRequest, ListNodesRequest,
+    ListPoolVolumesRequest, ListPoolsRequest,
 };
 
 /// Arguments of `disks`.
@@ -18,6 +19,16 @@ pub struct DisksArgs {
     /// Domain name or UUID
     #[arg(long)]
     domain: String,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Arguments of `volumes`.
+#[derive(Debug, Clone, Args)]
+pub struct VolumesArgs {
+    /// The pool's name on the node
+    #[arg(value_name = "POOL")]
+    pool: String,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -63,6 +74,19 @@ pub(super) async fn disks(args: DisksArgs) -> Result<i32, CliError> {
         args.output.json,
         || json::disks(&reply),
         || report::disks(&reply),
+    )
+}
+
+pub(super) async fn volumes(args: VolumesArgs) -> Result<i32, CliError> {
+    let target = args.output.target.resolve("volumes", Accepts::Node)?;
+    let reply = NodeClient::new(target.channel().await?)
+        .list_pool_volumes(ListPoolVolumesRequest { pool: args.pool })
+        .await?
+        .into_inner();
+    print(
+        args.output.json,
+        || json::pool_volumes(&reply),
+        || report::pool_volumes(&reply),
     )
 }
 

@@ -8,10 +8,10 @@
 use serde_json::{json, Value};
 
 use crate::proto::{
-    ClusterPool, ConvergenceWarning, Disk, DiskStatus, ListDisksResponse, MigrateVolumeRequest,
-    MigrationError, MigrationEvent, MigrationOptions, MigrationProgress, MigrationRecord,
-    MigrationResult, NodeInfo, NodeStatus, PlacementCandidate, PlanMigrationResponse, Pool,
-    PoolMaintenance, SetPoolMaintenanceResponse,
+    ClusterPool, ConvergenceWarning, Disk, DiskStatus, ListDisksResponse, ListPoolVolumesResponse,
+    MigrateVolumeRequest, MigrationError, MigrationEvent, MigrationOptions, MigrationProgress,
+    MigrationRecord, MigrationResult, NodeInfo, NodeStatus, PlacementCandidate,
+    PlanMigrationResponse, Pool, PoolMaintenance, PoolVolume, SetPoolMaintenanceResponse,
 };
 
 /// One migration event, as printed by `migrate --json` and `watch --json`.
@@ -230,6 +230,34 @@ pub fn disks(r: &ListDisksResponse) -> Value {
         "running": r.running,
         "disks": r.disks.iter().map(disk).collect::<Vec<_>>(),
     })
+}
+
+fn pool_volume(v: &PoolVolume) -> Value {
+    let users: Vec<Value> = v
+        .users
+        .iter()
+        .map(|u| {
+            json!({
+                "domain": u.domain,
+                "running": u.running,
+                "disk": u.disk,
+                "backing": u.backing,
+            })
+        })
+        .collect();
+    json!({
+        "name": v.name,
+        "source": v.source,
+        "format": v.format().as_str_name(),
+        "capacity_bytes": v.capacity_bytes,
+        "allocation_bytes": v.allocation_bytes,
+        "users": users,
+    })
+}
+
+/// A pool's volumes and their users (`volumes --json`).
+pub fn pool_volumes(r: &ListPoolVolumesResponse) -> Value {
+    json!({ "volumes": r.volumes.iter().map(pool_volume).collect::<Vec<_>>() })
 }
 
 /// What a node says about itself (`info --json`).

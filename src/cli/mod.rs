@@ -11,7 +11,7 @@
 //! shares, and the dispatch; each group of commands lives in its own module:
 //! [`request_commands`] (`migrate`, `plan`), [`migration_commands`] (`watch`,
 //! `cancel`, `status`, `list`, `set-bandwidth`), [`inventory_commands`]
-//! (`pools`, `disks`, `info`, `nodes`) and [`pool_commands`] (`pool maintenance`).
+//! (`pools`, `disks`, `volumes`, `info`, `nodes`) and [`pool_commands`] (`pool maintenance`).
 
 pub mod generate;
 mod inventory_commands;
@@ -30,7 +30,7 @@ use std::io::{self, IsTerminal, Write};
 use clap::{Args, Subcommand};
 
 use crate::api::client::{code_name, status_message, ClientError};
-pub use inventory_commands::DisksArgs;
+pub use inventory_commands::{DisksArgs, VolumesArgs};
 pub use migration_commands::{IdArgs, ListArgs, SetBandwidthArgs, StatusArgs, WatchArgs};
 pub use pool_commands::{MaintenanceArgs, PoolCommand};
 use progress::Style;
@@ -60,6 +60,8 @@ pub enum OperatorCommand {
     Pools(OutputArgs),
     /// List the disks of a domain
     Disks(DisksArgs),
+    /// List the volumes of a node's pool and the disks of its domains that use each
+    Volumes(VolumesArgs),
     /// Show what a node is and what it can migrate
     Info(OutputArgs),
     /// List the controller's nodes
@@ -122,6 +124,7 @@ async fn execute(cmd: OperatorCommand) -> Result<i32, CliError> {
         OperatorCommand::SetBandwidth(args) => migration_commands::set_bandwidth(args).await,
         OperatorCommand::Pools(args) => inventory_commands::pools(args).await,
         OperatorCommand::Disks(args) => inventory_commands::disks(args).await,
+        OperatorCommand::Volumes(args) => inventory_commands::volumes(args).await,
         OperatorCommand::Info(args) => inventory_commands::info(args).await,
         OperatorCommand::Nodes(args) => inventory_commands::nodes(args).await,
         OperatorCommand::Pool(cmd) => pool_commands::run(cmd).await,

@@ -33,6 +33,18 @@ pub async fn node_rpcs(tally: &mut Tally, c: &mut Client<NodeClient<tonic::trans
         }
         tally
             .check(
+                "Node/ListPoolVolumes",
+                &what,
+                Box::pin(async {
+                    c.clone()
+                        .list_pool_volumes(proto::ListPoolVolumesRequest { pool: s.clone() })
+                        .await
+                        .map(|_| ())
+                }),
+            )
+            .await;
+        tally
+            .check(
                 "Node/WatchMigration",
                 &what,
                 Box::pin(async {

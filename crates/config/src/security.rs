@@ -25,7 +25,8 @@ pub const DEFAULT_MAX_WATCHERS: usize = 64;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Reads: Get/List/Watch/Plan, GetInfo, ListPools, ListDisks, FindVolumeUsers.
+    /// Reads: Get/List/Watch/Plan, GetInfo, ListPools, ListDisks, FindVolumeUsers,
+    /// ListPoolVolumes.
     #[default]
     Viewer,
     /// A viewer that may also migrate, cancel and change bandwidth.

@@ -33,6 +33,9 @@ pub enum Error {
     /// Storage pool not found.
     #[error("storage pool '{0}' not found on this node (see `volmig pools`)")]
     PoolNotFound(String),
+    /// Storage pool exists but is not active (its volumes cannot be listed).
+    #[error("storage pool '{0}' is not active on this node; start it with `virsh pool-start {0}`")]
+    PoolInactive(String),
     /// Migration id unknown.
     #[error("no migration with id '{0}' on this node")]
     MigrationNotFound(String),
@@ -189,6 +192,7 @@ impl Error {
             | Error::DiskNotFound { .. }
             | Error::PoolNotFound(_)
             | Error::MigrationNotFound(_) => ErrorCode::NotFound,
+            Error::PoolInactive(_) => ErrorCode::FailedPrecondition,
             Error::Precondition(_) | Error::WrongPhase { .. } | Error::NoConvergence { .. } => {
                 ErrorCode::FailedPrecondition
             }
@@ -214,6 +218,7 @@ impl Error {
                 | HvError::NoDisk { .. }
                 | HvError::NoPool(_)
                 | HvError::NoVolume(_) => ErrorCode::NotFound,
+                HvError::PoolInactive(_) => ErrorCode::FailedPrecondition,
                 HvError::VolumeExists(_) => ErrorCode::AlreadyExists,
                 HvError::Unreachable { .. } => ErrorCode::Unavailable,
                 HvError::InvalidState(_) => ErrorCode::FailedPrecondition,

@@ -23,6 +23,9 @@ pub enum HvError {
     /// No such storage pool.
     #[error("storage pool '{0}' not found")]
     NoPool(String),
+    /// The storage pool exists but is not active, so it lists no volumes.
+    #[error("storage pool '{0}' is not active")]
+    PoolInactive(String),
     /// No such volume.
     #[error("storage volume '{0}' not found")]
     NoVolume(String),
@@ -108,6 +111,15 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn volume(&self, pool: &str, name: &str) -> Result<VolumeSpec, HvError>;
     /// Names of a pool's volumes (after a refresh).
     fn volume_names(&self, pool: &str) -> Result<Vec<String>, HvError>;
+    /// The volumes of an active pool (after a refresh), from one listing;
+    /// `PoolInactive` when the pool is not active. Reads the details of at
+    /// most `limit + 1` volumes, so a caller sees that a pool holds more than
+    /// `limit` without the host paying for every one.
+    fn pool_volumes(&self, pool: &str, limit: usize) -> Result<Vec<VolumeSpec>, HvError>;
+    /// Every domain of this host, running or only defined, listed once, with
+    /// the disks of its live definition when it runs and of its persistent
+    /// one otherwise. A domain that goes away meanwhile is left out.
+    fn all_domain_disks(&self) -> Result<Vec<DomainDisksSpec>, HvError>;
     /// Creates a volume through the storage pool API.
     fn create_volume(&self, pool: &str, volume: &NewVolume) -> Result<VolumeSpec, HvError>;
     /// Deletes the volume `expected` names, only while it is still that volume

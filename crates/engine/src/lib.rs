@@ -15,8 +15,8 @@ mod plan;
 mod tuning;
 
 pub use engine::{
-    DiskView, DomainDisks, Engine, EngineConfig, GroupView, LayerView, ListFilter, Retention,
-    Subscription,
+    DiskView, DomainDisks, Engine, EngineConfig, GroupView, LayerView, ListFilter, PoolVolume,
+    Retention, Subscription, VolumeUse, MAX_POOL_VOLUMES,
 };
 pub use error::Error;
 pub use observer::{Observer, TraceContext};

@@ -4,7 +4,7 @@
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
-use volmig_engine::hypervisor::VolumeUser;
+use volmig_engine::hypervisor::{DomainDisksSpec, VolumeUser};
 
 use crate::connection::{bad_xml, unless_vanished, CallError};
 use crate::domain_xml;
@@ -66,6 +66,39 @@ pub(crate) fn domain_users(conn: &Connect, path: &str) -> Result<Vec<VolumeUser>
         }
     }
     Ok(users)
+}
+
+/// Every domain, listed once, with the disks of the definition that says what
+/// it uses now: live when it runs, persistent otherwise (a transient domain
+/// that stopped no longer exists). One XML read per domain.
+pub(crate) fn all_domain_disks(conn: &Connect) -> Result<Vec<DomainDisksSpec>, CallError> {
+    let mut domains = Vec::new();
+    for dom in conn.list_all_domains(0)? {
+        let Some((name, uuid, running, xml)) = unless_vanished((|| {
+            let running = dom.is_active()?;
+            let flags = if running {
+                0
+            } else {
+                sys::VIR_DOMAIN_XML_INACTIVE
+            };
+            Ok((
+                dom.name()?,
+                dom.uuid_string()?,
+                running,
+                dom.xml_desc(flags)?,
+            ))
+        })())?
+        else {
+            continue;
+        };
+        domains.push(DomainDisksSpec {
+            name,
+            uuid,
+            running,
+            disks: domain_xml::parse_disks(&xml).map_err(bad_xml)?,
+        });
+    }
+    Ok(domains)
 }
 
 #[cfg(test)]

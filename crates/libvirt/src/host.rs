@@ -6,14 +6,14 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 use volmig_engine::hypervisor::{
     BackingLayer, BlockJob, Checkpoint, CopyOptions, Definition, Deletion, DiskSource, DiskSpec,
-    DomainState, HostInfo, HvError, Hypervisor, ImageFormat, ImageInfo, NewVolume, PoolSpec,
-    SnapshotSpec, VolumeIdentity, VolumeSpec, VolumeUser,
+    DomainDisksSpec, DomainState, HostInfo, HvError, Hypervisor, ImageFormat, ImageInfo, NewVolume,
+    PoolSpec, SnapshotSpec, VolumeIdentity, VolumeSpec, VolumeUser,
 };
 
 use crate::connection::bad_xml;
-use crate::domains::{domain_users, lookup_domain};
+use crate::domains::{all_domain_disks, domain_users, lookup_domain};
 use crate::pools::{pool_spec, refresh_active_pools};
-use crate::volumes::{overlay_users, volume_spec};
+use crate::volumes::{overlay_users, pool_volumes, volume_spec};
 use crate::{
     blockjob, checkpoint, checkpoint_xml, domain_xml, error, mountinfo, pool_xml, qemu_img,
     snapshot_xml, LibvirtHost,
@@ -120,6 +120,17 @@ impl Hypervisor for LibvirtHost {
             let _ = p.refresh(0);
             Ok(p.list_volumes()?)
         })
+    }
+
+    fn pool_volumes(&self, pool: &str, limit: usize) -> Result<Vec<VolumeSpec>, HvError> {
+        self.call("virStoragePoolListAllVolumes", pool, |c| {
+            pool_volumes(c, pool, limit)
+        })?
+        .ok_or_else(|| HvError::PoolInactive(pool.to_string()))
+    }
+
+    fn all_domain_disks(&self) -> Result<Vec<DomainDisksSpec>, HvError> {
+        self.call("virConnectListAllDomains", &self.uri, all_domain_disks)
     }
 
     fn create_volume(&self, pool: &str, volume: &NewVolume) -> Result<VolumeSpec, HvError> {

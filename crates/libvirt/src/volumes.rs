@@ -28,6 +28,36 @@ pub(crate) fn volume_spec(vol: &StorageVol) -> Result<VolumeSpec, CallError> {
     })
 }
 
+/// The volumes of pool `name`, at most `limit + 1` of them read in detail;
+/// `None` when the pool is not active. A volume deleted while it is read is
+/// left out.
+pub(crate) fn pool_volumes(
+    conn: &Connect,
+    name: &str,
+    limit: usize,
+) -> Result<Option<Vec<VolumeSpec>>, CallError> {
+    let pool = conn.lookup_storage_pool_by_name(name)?;
+    if !pool.is_active()? {
+        return Ok(None);
+    }
+    // Files added behind libvirt's back are listed only after a refresh; a
+    // failed refresh (an unreachable NFS server) still lists what is known.
+    let _ = pool.refresh(0);
+    let mut specs = Vec::new();
+    for vol in pool
+        .list_all_volumes(0)?
+        .iter()
+        .take(limit.saturating_add(1))
+    {
+        let spec = match volume_spec(vol) {
+            Err(CallError::Libvirt(e)) => unless_vanished(Err(e))?,
+            other => Some(other?),
+        };
+        specs.extend(spec);
+    }
+    Ok(Some(specs))
+}
+
 fn file_id(path: &str) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| FileId {

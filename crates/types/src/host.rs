@@ -479,6 +479,20 @@ impl fmt::Display for VolumeUser {
     }
 }
 
+/// A domain and the disks of its live definition when it runs, of its
+/// persistent one when it is only defined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainDisksSpec {
+    /// Domain name.
+    pub name: String,
+    /// Domain UUID.
+    pub uuid: String,
+    /// Running, rather than only defined.
+    pub running: bool,
+    /// The disks of that definition.
+    pub disks: Vec<DiskSpec>,
+}
+
 /// A volume to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewVolume {

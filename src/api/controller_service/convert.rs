@@ -10,7 +10,7 @@ use crate::api::convert::{format_from_proto, format_to_proto, kind_to_proto, pha
 use crate::controller::maintenance::PoolMaintenance;
 use crate::controller::model::{
     BackingLayerInfo, DiskInfo, DiskOrder, DomainInfo, MigrationEntry, MigrationFilter, NodeEvent,
-    NodeRecord, Order, PoolInfo,
+    NodeRecord, Order, PoolInfo, PoolVolumeInfo, VolumeUseInfo,
 };
 use crate::controller::registry::NodeFacts;
 use crate::hypervisor::{DiskKind, ImageFormat, PoolRunState};
@@ -306,6 +306,31 @@ pub fn disks_from_proto(r: proto::ListDisksResponse) -> DomainInfo {
     }
 }
 
+/// A node's volumes of one pool, each with its users there. A format the
+/// controller does not know reads as unknown rather than failing the listing.
+pub fn pool_volumes_from_proto(r: proto::ListPoolVolumesResponse) -> Vec<PoolVolumeInfo> {
+    r.volumes
+        .into_iter()
+        .map(|v| PoolVolumeInfo {
+            format: format_from_proto(v.format, "format").ok().flatten(),
+            name: v.name,
+            source: v.source,
+            capacity: v.capacity_bytes,
+            allocation: v.allocation_bytes,
+            users: v
+                .users
+                .into_iter()
+                .map(|u| VolumeUseInfo {
+                    domain: u.domain,
+                    running: u.running,
+                    disk: u.disk,
+                    backing: u.backing,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// A node's facts.
 pub fn facts_from_proto(info: &proto::NodeInfo) -> NodeFacts {
     NodeFacts {
@@ -357,5 +382,44 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(pool_to_proto(&pool_from_proto(pool.clone())), pool);
+    }
+
+    #[test]
+    fn a_node_s_pool_volumes_reach_the_controller_with_their_users() {
+        use crate::migration::{PoolVolume, VolumeUse};
+        let node_side = [PoolVolume {
+            name: "base.qcow2".into(),
+            source: "/p/base.qcow2".into(),
+            format: Some(ImageFormat::Qcow2),
+            capacity: 10,
+            allocation: 4,
+            users: vec![VolumeUse {
+                domain: "off".into(),
+                running: false,
+                disk: "vdb".into(),
+                backing: true,
+            }],
+        }];
+        let wire = crate::api::convert::pool_volumes_to_proto(&node_side);
+        let mut unknown_format = wire.clone();
+        unknown_format.volumes[0].format = 99;
+        assert_eq!(
+            pool_volumes_from_proto(wire),
+            [PoolVolumeInfo {
+                name: "base.qcow2".into(),
+                source: "/p/base.qcow2".into(),
+                format: Some(ImageFormat::Qcow2),
+                capacity: 10,
+                allocation: 4,
+                users: vec![VolumeUseInfo {
+                    domain: "off".into(),
+                    running: false,
+                    disk: "vdb".into(),
+                    backing: true,
+                }],
+            }]
+        );
+        // A format this controller does not know is unknown, not a failed listing.
+        assert_eq!(pool_volumes_from_proto(unknown_format)[0].format, None);
     }
 }

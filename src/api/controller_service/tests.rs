@@ -132,6 +132,12 @@ impl Node for FakeNode {
     ) -> Result<Response<proto::FindVolumeUsersResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn list_pool_volumes(
+        &self,
+        _: Request<proto::ListPoolVolumesRequest>,
+    ) -> Result<Response<proto::ListPoolVolumesResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 async fn fake_node(

@@ -3,7 +3,7 @@
 
 use super::{format_to_proto, kind_to_proto};
 use crate::hypervisor::{DiskSource, HostInfo, ImageFormat, PoolRunState, PoolSpec};
-use crate::migration::{DiskView, DomainDisks};
+use crate::migration::{DiskView, DomainDisks, PoolVolume};
 use crate::proto;
 
 fn format_name_to_proto(f: Option<&str>) -> proto::VolumeFormat {
@@ -87,6 +87,35 @@ pub fn disks_to_proto(d: &DomainDisks) -> proto::ListDisksResponse {
         domain_uuid: d.uuid.clone(),
         running: d.running,
         disks: d.disks.iter().map(disk_to_proto).collect(),
+    }
+}
+
+/// Proto volume list of a pool, with each volume's users.
+pub fn pool_volumes_to_proto(volumes: &[PoolVolume]) -> proto::ListPoolVolumesResponse {
+    proto::ListPoolVolumesResponse {
+        volumes: volumes
+            .iter()
+            .map(|v| proto::PoolVolume {
+                name: v.name.clone(),
+                source: v.source.clone(),
+                format: v
+                    .format
+                    .map(format_to_proto)
+                    .unwrap_or(proto::VolumeFormat::Unspecified) as i32,
+                capacity_bytes: v.capacity,
+                allocation_bytes: v.allocation,
+                users: v
+                    .users
+                    .iter()
+                    .map(|u| proto::VolumeUse {
+                        domain: u.domain.clone(),
+                        running: u.running,
+                        disk: u.disk.clone(),
+                        backing: u.backing,
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 

@@ -10,7 +10,7 @@ mod host_messages;
 mod request_messages;
 
 pub use event_messages::{event_to_proto, group_to_proto, record_to_proto};
-pub use host_messages::{disks_to_proto, node_info_to_proto, pool_to_proto};
+pub use host_messages::{disks_to_proto, node_info_to_proto, pool_to_proto, pool_volumes_to_proto};
 pub use request_messages::{
     filter_from_proto, group_request_to_proto, request_from_proto, request_to_proto,
     requested_from_proto, Requested,

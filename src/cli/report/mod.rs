@@ -2,7 +2,7 @@
 //! `key  value` blocks for single objects. Pure functions of the replies, so
 //! they are tested without a server.
 //!
-//! One module a family of replies: [`storage_report`] (pools, disks),
+//! One module a family of replies: [`storage_report`] (pools, disks, volumes),
 //! [`migration_report`] (`list`, `status`), [`node_report`] (`info`, `nodes`)
 //! and [`plan_report`] (`plan`); this file holds the words and fields they share.
 
@@ -14,7 +14,7 @@ mod storage_report;
 pub use migration_report::{migrations, record};
 pub use node_report::{node_info, nodes};
 pub use plan_report::plan;
-pub use storage_report::{cluster_pools, disks, pools};
+pub use storage_report::{cluster_pools, disks, pool_volumes, pools};
 
 use super::quantities::human_bytes;
 use crate::proto::DiskType;

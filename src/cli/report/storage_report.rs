@@ -1,10 +1,14 @@
-//! Tables of storage: a node's pools, the cluster's pools, a domain's disks.
+//! Tables of storage: a node's pools, the cluster's pools, a domain's disks,
+//! a pool's volumes.
 
 use super::{disk_type, size_or_dash, word};
 use crate::cli::progress::format_name;
 use crate::cli::quantities::{human_bytes, utc_time};
 use crate::cli::table::Table;
-use crate::proto::{ClusterPool, Disk, ListDisksResponse, Pool, PoolMaintenance, PoolState};
+use crate::proto::{
+    ClusterPool, Disk, ListDisksResponse, ListPoolVolumesResponse, Pool, PoolMaintenance,
+    PoolState, VolumeUse,
+};
 
 fn pool_state(state: PoolState) -> String {
     word(state.as_str_name(), "POOL_STATE_")
@@ -156,6 +160,41 @@ pub fn disks(reply: &ListDisksResponse) -> String {
     out
 }
 
+/// `domain:disk (running|defined[, backing])`.
+fn volume_use(u: &VolumeUse) -> String {
+    let state = if u.running { "running" } else { "defined" };
+    let layer = if u.backing { ", backing" } else { "" };
+    format!("{}:{} ({state}{layer})", u.domain, u.disk)
+}
+
+/// A pool's volumes, each with the disks that use it (`-` for none).
+pub fn pool_volumes(reply: &ListPoolVolumesResponse) -> String {
+    let mut t = Table::new(&[
+        "VOLUME",
+        "FORMAT",
+        "VIRTUAL",
+        "ALLOCATED",
+        "SOURCE",
+        "USED-BY",
+    ]);
+    for v in &reply.volumes {
+        let users: Vec<String> = v.users.iter().map(volume_use).collect();
+        t.row(vec![
+            v.name.clone(),
+            format_name(v.format()).to_string(),
+            size_or_dash(v.capacity_bytes),
+            size_or_dash(v.allocation_bytes),
+            v.source.clone(),
+            if users.is_empty() {
+                "-".to_string()
+            } else {
+                users.join(", ")
+            },
+        ]);
+    }
+    t.render()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +255,40 @@ mod tests {
             cells,
             ["on since 2024-05-01 12:00:00 UTC by alice", "-"],
             "{text}"
+        );
+    }
+
+    #[test]
+    fn volumes_table_names_each_user_and_how_it_uses_the_volume() {
+        use crate::proto::PoolVolume;
+        let volume = |name: &str, users: Vec<VolumeUse>| PoolVolume {
+            name: name.into(),
+            source: format!("/p/{name}"),
+            format: VolumeFormat::Qcow2 as i32,
+            capacity_bytes: 1 << 30,
+            allocation_bytes: 0,
+            users,
+        };
+        let user = |domain: &str, running, backing| VolumeUse {
+            domain: domain.into(),
+            running,
+            disk: "vda".into(),
+            backing,
+        };
+        let reply = ListPoolVolumesResponse {
+            volumes: vec![
+                volume(
+                    "base",
+                    vec![user("web", true, true), user("old", false, true)],
+                ),
+                volume("spare", Vec::new()),
+            ],
+        };
+        assert_eq!(
+            pool_volumes(&reply),
+            "VOLUME  FORMAT  VIRTUAL  ALLOCATED  SOURCE    USED-BY\n\
+             base    qcow2   1.0 GiB  -          /p/base   web:vda (running, backing), old:vda (defined, backing)\n\
+             spare   qcow2   1.0 GiB  -          /p/spare  -\n"
         );
     }
 

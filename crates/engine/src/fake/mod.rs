@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::hypervisor::{
-    BackingLayer, BlockJob, Checkpoint, CopyOptions, Definition, DiskSource, DiskSpec, DomainState,
-    FileId, HvError, MirrorState, PoolRunState, PoolSpec, VolumeSpec, VolumeUser,
+    BackingLayer, BlockJob, Checkpoint, CopyOptions, Definition, DiskSource, DiskSpec,
+    DomainDisksSpec, DomainState, FileId, HvError, MirrorState, PoolRunState, PoolSpec, VolumeSpec,
+    VolumeUser,
 };
 
 mod faults;
@@ -69,6 +70,9 @@ pub struct FakeState {
     pub backing: HashMap<String, Vec<BackingLayer>>,
     /// Image paths that cannot be read (as qemu-img finds a file it may not open).
     pub unreadable: Vec<String>,
+    /// Domains besides `g`, as `all_domain_disks` lists them (only that
+    /// listing sees them).
+    pub other_domains: Vec<DomainDisksSpec>,
     next_ino: u64,
 }
 

@@ -3,8 +3,8 @@
 use super::{read_image, volume, FakeHypervisor, CAPACITY};
 use crate::hypervisor::{
     BackingLayer, BlockJob, Checkpoint, CopyOptions, Definition, Deletion, DiskSource, DiskSpec,
-    DomainState, HostInfo, HvError, Hypervisor, ImageFormat, ImageInfo, NewVolume, PoolSpec,
-    SnapshotSpec, VolumeIdentity, VolumeSpec, VolumeUser,
+    DomainDisksSpec, DomainState, HostInfo, HvError, Hypervisor, ImageFormat, ImageInfo, NewVolume,
+    PoolRunState, PoolSpec, SnapshotSpec, VolumeIdentity, VolumeSpec, VolumeUser,
 };
 
 impl Hypervisor for FakeHypervisor {
@@ -69,6 +69,47 @@ impl Hypervisor for FakeHypervisor {
                 .keys()
                 .filter(|(p, _)| p == pool)
                 .map(|(_, n)| n.clone())
+                .collect())
+        })
+    }
+
+    fn pool_volumes(&self, pool: &str, limit: usize) -> Result<Vec<VolumeSpec>, HvError> {
+        self.step(|st| {
+            let spec = st
+                .pools
+                .iter()
+                .find(|p| p.name == pool)
+                .ok_or_else(|| HvError::NoPool(pool.into()))?;
+            if spec.state != PoolRunState::Running {
+                return Err(HvError::PoolInactive(pool.into()));
+            }
+            let mut volumes: Vec<VolumeSpec> = st
+                .volumes
+                .values()
+                .filter(|v| v.pool == pool)
+                .cloned()
+                .collect();
+            volumes.sort_by(|a, b| a.name.cmp(&b.name));
+            volumes.truncate(limit.saturating_add(1));
+            Ok(volumes)
+        })
+    }
+
+    fn all_domain_disks(&self) -> Result<Vec<DomainDisksSpec>, HvError> {
+        self.step(|st| {
+            let which = if st.running {
+                Definition::Live
+            } else {
+                Definition::Persistent
+            };
+            let g = DomainDisksSpec {
+                name: "g".into(),
+                uuid: "u-g".into(),
+                running: st.running,
+                disks: Self::disk_specs(st, which),
+            };
+            Ok(std::iter::once(g)
+                .chain(st.other_domains.iter().cloned())
                 .collect())
         })
     }
