@@ -105,7 +105,14 @@ pub fn controller(err: ControllerError) -> Status {
     {
         let code = match &err {
             ControllerError::InvalidArgument { .. } => Code::InvalidArgument,
-            ControllerError::UnknownMigration(_) | ControllerError::NotFound(_) => Code::NotFound,
+            ControllerError::UnknownMigration(_)
+            | ControllerError::NotFound(_)
+            | ControllerError::UnknownPool(_)
+            | ControllerError::UnknownDrain(_) => Code::NotFound,
+            ControllerError::AmbiguousPool { .. } => Code::InvalidArgument,
+            ControllerError::NothingToDrain { .. } | ControllerError::DrainFinished(_) => {
+                Code::FailedPrecondition
+            }
             ControllerError::NotRunning { .. } | ControllerError::Precondition(_) => {
                 Code::FailedPrecondition
             }

@@ -27,6 +27,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 pub mod advertise;
+pub mod drain;
 pub mod error;
 pub mod group_placement;
 pub mod history;
@@ -130,6 +131,8 @@ struct Inner {
     followers: Mutex<HashMap<String, Arc<relay::Follower>>>,
     /// Told of placement rejections and relayed events (metrics).
     observer: Arc<dyn ControllerObserver>,
+    /// The drains this controller executes or relays.
+    drains: drain::Drains,
 }
 
 impl Controller {
@@ -155,6 +158,7 @@ impl Controller {
                 history,
                 followers: Mutex::new(HashMap::new()),
                 observer,
+                drains: Default::default(),
             }),
         };
         controller.spawn_refresher();

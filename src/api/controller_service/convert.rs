@@ -8,8 +8,8 @@ use tonic::Status;
 
 use crate::api::convert::{format_from_proto, format_to_proto, kind_to_proto, phase_from_proto};
 use crate::controller::model::{
-    BackingLayerInfo, DiskInfo, DiskOrder, DomainInfo, MigrationEntry, MigrationFilter, NodeEvent,
-    NodeRecord, Order, PoolInfo,
+    BackingLayerInfo, DiskInfo, DiskOrder, DiskResult, DomainInfo, MigrationEntry, MigrationFilter,
+    NodeEvent, NodeRecord, Order, PoolInfo,
 };
 use crate::controller::registry::NodeFacts;
 use crate::hypervisor::{DiskKind, ImageFormat, PoolRunState};
@@ -74,6 +74,9 @@ pub fn order_from_proto(req: proto::MigrateVolumeRequest) -> Result<Order, Statu
         all_disks: req.all_disks,
         same_pool: req.same_pool,
         shallow: options.chain_policy == proto::ChainPolicy::Shallow as i32,
+        request_id: None,
+        bandwidth: None,
+        drain_id: None,
         wire,
     })
 }
@@ -84,8 +87,19 @@ pub fn order_to_proto(order: &Order) -> proto::MigrateVolumeRequest {
     req.domain = order.domain.clone();
     req.disk = order.disk.clone();
     req.destination_pool = order.destination_pool.clone();
+    if let Some(id) = &order.request_id {
+        req.request_id = id.clone();
+    }
     let options = req.options.get_or_insert_with(Default::default);
     options.source_users_elsewhere = order.source_users_elsewhere.clone();
+    if let Some(bps) = order.bandwidth {
+        options.bandwidth_bytes_per_sec = bps;
+    }
+    // Orders the controller builds (a drain's) have no caller's bytes to
+    // carry the policy; a caller's order says the same thing in both.
+    if order.delete_source {
+        options.source_policy = proto::SourcePolicy::Delete as i32;
+    }
     req.disks = order
         .disks
         .iter()
@@ -111,8 +125,38 @@ pub fn event_from_proto(e: &proto::MigrationEvent) -> NodeEvent {
         timestamp_ms: e.timestamp_unix_ms,
         started_at_ms: e.started_at_unix_ms,
         domain: e.domain.clone(),
+        bytes_done: e.progress.as_ref().map_or(0, |p| p.bytes_done),
+        bytes_total: e.progress.as_ref().map_or(0, |p| p.bytes_total),
+        error: e
+            .error
+            .as_ref()
+            .map(|x| x.message.clone())
+            .unwrap_or_default(),
+        results: disk_results(e),
         wire: e.encode_to_vec(),
     }
+}
+
+/// Where each disk of a completed migration went: the one result of a
+/// single-disk event, or each disk's of a multi-disk one.
+fn disk_results(e: &proto::MigrationEvent) -> Vec<DiskResult> {
+    let one = |disk: &str, r: &proto::MigrationResult| DiskResult {
+        disk: disk.to_string(),
+        destination_source: r.destination_source.clone(),
+        destination_pool: r.destination_pool.clone(),
+        destination_volume: r.destination_volume.clone(),
+        source_pool: r.source_pool.clone(),
+        source_volume: r.source_volume.clone(),
+        previous_source: r.previous_source.clone(),
+        source_deleted: r.source_deleted,
+    };
+    if e.disks.is_empty() {
+        return e.result.iter().map(|r| one(&e.disk, r)).collect();
+    }
+    e.disks
+        .iter()
+        .filter_map(|d| d.result.as_ref().map(|r| one(&d.disk, r)))
+        .collect()
 }
 
 /// The event as the node sent it.
