@@ -242,6 +242,11 @@ impl Executor {
             if self.running.len() >= spec.max_parallel.max(1) as usize {
                 return;
             }
+            // A copy still starting has its share unset: starting another
+            // now could take the sum past the budget.
+            if spec.bandwidth > 0 && self.running.values().any(|r| r.migration_id.is_none()) {
+                return;
+            }
             let ItemState::Pending { tries, .. } = self.job.items[index] else {
                 continue;
             };
@@ -354,6 +359,8 @@ impl Executor {
         if let Some(run) = self.running.get_mut(&index) {
             run.migration_id = Some(migration_id.clone());
         }
+        // A re-attached copy has the share a previous leader gave it.
+        self.rebalance(self.running.len()).await;
         let store = self.c.inner.store.clone();
         let recorded = job_store::update(store.as_ref(), &self.id, |job| {
             if let Some(ItemState::Running {

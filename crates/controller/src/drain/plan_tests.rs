@@ -176,7 +176,11 @@ fn checkpoints_never_go_onto_a_raw_only_pool() {
     let pools = [pool("lvm", "logical", 90 * GIB)];
     let mut d = disk("vda", GIB, &pools);
     d.choices.disk.checkpoints = vec!["c1".to_string()];
-    let p = plan(found(vec![guest("a", vec![d])]), policy, OrderPolicy::LargestFirst);
+    let p = plan(
+        found(vec![guest("a", vec![d])]),
+        policy,
+        OrderPolicy::LargestFirst,
+    );
     let Unmovable::NoPoolFits { refusal, .. } = &p.left[0].reason else {
         panic!("no pool fits");
     };
@@ -284,5 +288,8 @@ fn a_pool_is_named_by_storage_id_or_an_unambiguous_name() {
         found("default"),
         Err(ControllerError::AmbiguousPool { .. })
     ));
-    assert!(matches!(found("nope"), Err(ControllerError::UnknownPool(_))));
+    assert!(matches!(
+        found("nope"),
+        Err(ControllerError::UnknownPool(_))
+    ));
 }
