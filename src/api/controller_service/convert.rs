@@ -391,4 +391,76 @@ mod tests {
         };
         assert_eq!(pool_to_proto(&pool_from_proto(pool.clone())), pool);
     }
+
+    #[test]
+    fn a_drains_order_carries_its_request_id_bandwidth_and_source_policy() {
+        let order = Order {
+            domain: "d".into(),
+            disks: vec![DiskOrder {
+                disk: "vda".into(),
+                destination_pool: "new".into(),
+                ..Default::default()
+            }],
+            delete_source: true,
+            request_id: Some("d-1-i0-a1".into()),
+            bandwidth: Some(50),
+            ..Default::default()
+        };
+        let sent = order_to_proto(&order);
+        assert_eq!(sent.request_id, "d-1-i0-a1");
+        let options = sent.options.expect("options");
+        assert_eq!(options.bandwidth_bytes_per_sec, 50);
+        assert_eq!(options.source_policy, proto::SourcePolicy::Delete as i32);
+    }
+
+    #[test]
+    fn a_terminal_event_tells_where_each_disk_went() {
+        let result = |pool: &str| proto::MigrationResult {
+            destination_source: format!("/{pool}/v"),
+            destination_pool: pool.into(),
+            destination_volume: "v".into(),
+            source_pool: "old".into(),
+            source_volume: "v0".into(),
+            previous_source: "/old/v0".into(),
+            ..Default::default()
+        };
+        let event = proto::MigrationEvent {
+            phase: proto::Phase::Completed as i32,
+            disks: vec![
+                proto::DiskStatus {
+                    disk: "vda".into(),
+                    result: Some(result("a")),
+                    ..Default::default()
+                },
+                proto::DiskStatus {
+                    disk: "vdb".into(),
+                    result: Some(result("b")),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let read = event_from_proto(&event);
+        let went: Vec<(&str, &str, &str)> = read
+            .results
+            .iter()
+            .map(|r| {
+                (
+                    r.disk.as_str(),
+                    r.destination_pool.as_str(),
+                    r.previous_source.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(went, [("vda", "a", "/old/v0"), ("vdb", "b", "/old/v0")]);
+        let failed = proto::MigrationEvent {
+            phase: proto::Phase::Failed as i32,
+            error: Some(proto::MigrationError {
+                message: "no room".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(event_from_proto(&failed).error, "no room");
+    }
 }

@@ -241,6 +241,9 @@ impl Controller {
                 choices,
             });
         }
+        if disks.is_empty() {
+            return Ok(Err(Unmovable::Changed));
+        }
         Ok(Ok(Guest {
             node_id: node.id.clone(),
             domain: domain.to_string(),

@@ -167,6 +167,9 @@ pub enum Unmovable {
         /// The migration moving it.
         migration_id: String,
     },
+    /// The guest's disks on the pool were gone when its node was asked
+    /// again (it changed while the drain was planned).
+    Changed,
     /// The node could not be asked.
     NodeUnreachable {
         /// What failed.
@@ -207,6 +210,10 @@ impl fmt::Display for Unmovable {
             Unmovable::Busy { disk, migration_id } => {
                 write!(f, "disk {disk} is being migrated by {migration_id}")
             }
+            Unmovable::Changed => write!(
+                f,
+                "its disks on the pool changed while the drain was planned; plan again"
+            ),
             Unmovable::NodeUnreachable { error } => {
                 write!(f, "its node could not be asked: {error}")
             }
