@@ -425,3 +425,38 @@ async fn a_new_leader_resumes_a_drain_without_starting_an_item_twice() {
         assert_eq!(starts(&nodes, vm), 1, "{vm} started once");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_destination_takes_no_more_items_at_once_than_per_destination() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(FileStore::open(dir.path()).expect("store"));
+    let nodes = fleet();
+    for vm in ["vm1", "vm2", "vm3"] {
+        nodes.hold(vm);
+    }
+    let c = controller(store, nodes.clone()).await;
+    let one_at_a_time = DrainSpec {
+        per_destination: 1,
+        ..spec()
+    };
+    let id = c
+        .start_drain(None, one_at_a_time)
+        .await
+        .expect("start")
+        .job
+        .id;
+    for (i, vm) in ["vm1", "vm2", "vm3"].into_iter().enumerate() {
+        let running = until(&c, &id, |v| {
+            v.counts.done == i as u32 && v.running.iter().any(|r| !r.migration_id.is_empty())
+        })
+        .await;
+        assert_eq!(running.running.len(), 1);
+        assert_eq!(running.running[0].domain, vm, "largest first");
+        assert_eq!(nodes.running(), 1);
+        nodes.finish(vm, Phase::Completed);
+    }
+    let done = until(&c, &id, |v| v.job.is_finished()).await;
+    assert_eq!(done.counts.done, 3);
+    assert_eq!(done.bytes_done, 60 * GIB);
+    assert_eq!(done.bytes_remaining, 0);
+}

@@ -127,6 +127,7 @@ impl Executor {
             }
         }
         self.publish();
+        self.c.inner.drains.executor_ended(&self.id);
     }
 
     /// Re-attaches to the items a previous executor left running.

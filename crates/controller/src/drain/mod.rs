@@ -120,6 +120,26 @@ impl Drains {
             .unwrap_or_default()
     }
 
+    /// Drops what is held of drain `id` once nobody watches it and no
+    /// executor runs it here, so finished drains do not pile up in memory.
+    pub(crate) fn forget_if_idle(&self, id: &str) {
+        let mut map = self.lock();
+        let idle = map.get(id).is_some_and(|l| {
+            l.view.receiver_count() == 0 && l.executor.as_ref().is_none_or(|h| h.is_finished())
+        });
+        if idle {
+            map.remove(id);
+        }
+    }
+
+    /// The executor of drain `id` has returned (the drain finished).
+    pub(crate) fn executor_ended(&self, id: &str) {
+        if let Some(live) = self.lock().get_mut(id) {
+            live.executor = None;
+        }
+        self.forget_if_idle(id);
+    }
+
     /// Whether an executor of drain `id` runs here.
     fn executing(&self, id: &str) -> bool {
         self.lock()
@@ -297,6 +317,7 @@ impl Controller {
                     .get(&id)
                     .is_some_and(|l| l.view.receiver_count() > 0);
                 if !watched || c.inner.drains.executing(&id) {
+                    c.inner.drains.forget_if_idle(&id);
                     return;
                 }
                 let Ok(job) = job_store::get(c.inner.store.as_ref(), &id).await else {
@@ -305,6 +326,7 @@ impl Controller {
                 let finished = job.is_finished();
                 c.inner.drains.publish(&job, Vec::new());
                 if finished {
+                    c.inner.drains.forget_if_idle(&id);
                     return;
                 }
             }
@@ -328,7 +350,9 @@ impl Controller {
         .await?;
         tracing::info!(drain = %id, actor = ?actor, "drain cancel requested");
         self.inner.drains.wake(id).notify_one();
-        Ok(DrainView::of(job, self.inner.drains.progress(id)))
+        let view = DrainView::of(job, self.inner.drains.progress(id));
+        self.inner.drains.forget_if_idle(id);
+        Ok(view)
     }
 
     /// The leader's round: executes every unfinished drain not executed here yet.
