@@ -310,7 +310,17 @@ impl Executor {
                 .find(|d| &d.dest_storage_id == sid)
                 .map_or("", |d| d.dest_pool.as_str());
             let limit = self.c.inner.config.pool_settings(name, sid).max_in_flight;
-            let now = in_flight.get(sid).copied().unwrap_or(0);
+            // Items still starting have not reserved their slot yet.
+            let starting = self
+                .running
+                .values()
+                .filter(|r| r.migration_id.is_none() && r.destinations.contains(sid))
+                .count();
+            let now = in_flight
+                .get(sid)
+                .copied()
+                .unwrap_or(0)
+                .saturating_add(u32::try_from(starting).unwrap_or(u32::MAX));
             per_drain && limit.is_none_or(|l| now < l)
         })
     }

@@ -1,9 +1,11 @@
 //! The drain's plan, a pure function of what enumeration found: each guest
 //! is placed with the existing placement (all its disks together,
 //! [`group_placement::plan_together`]) after the guests before it, seeing
-//! what they add to each destination (allocation, provisioned bytes, one
-//! more migration in flight), so two guests never both take a pool's last
-//! room.
+//! what they add to each destination (allocated and provisioned bytes), so
+//! two guests never both take a pool's last room. The earlier guests are
+//! not counted as in flight: they do not all run at once, and the executor
+//! keeps each pool's `max_in_flight` (and the drain's own limits) when it
+//! starts them; counting them would refuse every guest past a pool's limit.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +54,13 @@ pub(crate) struct Found {
     pub(crate) left: Vec<LeftBehind>,
 }
 
+/// What the earlier guests take from pool `storage_id`, bytes only (see
+/// the module docs for why not their migrations).
+fn earlier(taken: &BTreeMap<String, Taken>, storage_id: &str) -> Taken {
+    let t = taken.get(storage_id).copied().unwrap_or_default();
+    Taken { migrations: 0, ..t }
+}
+
 /// Plans `found`: guests in the order `order` asks (ties by domain name),
 /// each placed after the ones before it.
 pub(crate) fn plan(
@@ -81,7 +90,7 @@ pub(crate) fn plan(
                     .choices
                     .pools
                     .iter()
-                    .map(|p| less(p, taken.get(&p.storage_id).copied().unwrap_or_default()))
+                    .map(|p| less(p, earlier(&taken, &p.storage_id)))
                     .collect(),
             })
             .collect();

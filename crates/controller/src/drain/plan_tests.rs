@@ -293,3 +293,18 @@ fn a_pool_is_named_by_storage_id_or_an_unambiguous_name() {
         Err(ControllerError::UnknownPool(_))
     ));
 }
+
+#[test]
+fn earlier_guests_are_not_counted_in_flight_the_executor_keeps_that_limit() {
+    let pools = [pool("p", "dir", 90 * GIB)];
+    let guests = vec![
+        guest("a", vec![disk("vda", GIB, &pools)]),
+        guest("b", vec![disk("vda", GIB, &pools)]),
+    ];
+    let one_at_a_time = |_: &PoolCandidate| PoolPolicy {
+        max_in_flight: Some(1),
+        ..PoolPolicy::default()
+    };
+    let p = plan(found(guests), one_at_a_time, OrderPolicy::LargestFirst);
+    assert_eq!(p.items.len(), 2, "{:?}", p.left);
+}
