@@ -10,13 +10,13 @@ use volmig_config::ControllerConfig;
 use volmig_types::host::{DiskKind, ImageFormat, PoolRunState};
 use volmig_types::phase::Phase;
 
-use super::job_store;
-use super::model::{DrainSpec, DrainView, ItemState, Unmovable};
+use super::model::{DrainSpec, ItemState, Unmovable};
+use super::view::DrainView;
 use crate::advertise::Registrant;
 use crate::model::{DiskInfo, DomainInfo, PoolInfo, PoolVolumeInfo, VolumeUseInfo};
 use crate::registry::NodeFacts;
 use crate::store::file::FileStore;
-use crate::store::{Compare, Leadership, Store, StoreError, Versioned, Write};
+use crate::store::Store;
 use crate::testing::{FakeNode, FakeNodes};
 use crate::Controller;
 
@@ -82,7 +82,7 @@ fn old_volumes(runs: &[&str], defined: &[&str]) -> HashMap<String, Vec<PoolVolum
 
 /// n1 runs vm1 (30 GiB) and vm2 (20 GiB), n2 runs vm3 (10 GiB); vm4 is
 /// defined on both, vm5 on n1 only, neither runs. "old" and "new" are shared.
-fn fleet() -> Arc<FakeNodes> {
+pub(super) fn fleet() -> Arc<FakeNodes> {
     let pools = || vec![shared("old", 500 * GIB), shared("new", 900 * GIB)];
     Arc::new(
         FakeNodes::default()
@@ -105,7 +105,7 @@ fn fleet() -> Arc<FakeNodes> {
     )
 }
 
-async fn controller(store: Arc<dyn Store>, nodes: Arc<FakeNodes>) -> Controller {
+pub(super) async fn controller(store: Arc<dyn Store>, nodes: Arc<FakeNodes>) -> Controller {
     let c = Controller::start(ControllerConfig::default(), store, nodes, Arc::new(()))
         .await
         .expect("start");
@@ -118,7 +118,7 @@ async fn controller(store: Arc<dyn Store>, nodes: Arc<FakeNodes>) -> Controller 
     c
 }
 
-fn spec() -> DrainSpec {
+pub(super) fn spec() -> DrainSpec {
     DrainSpec {
         destination: Some("new".to_string()),
         ..DrainSpec::of("old")
@@ -126,7 +126,7 @@ fn spec() -> DrainSpec {
 }
 
 /// Waits (on the paused clock) until drain `id`'s view passes `ok`.
-async fn until(c: &Controller, id: &str, ok: impl Fn(&DrainView) -> bool) -> DrainView {
+pub(super) async fn until(c: &Controller, id: &str, ok: impl Fn(&DrainView) -> bool) -> DrainView {
     let mut rx = c.watch_drain(id).await.expect("watch");
     let seen = tokio::time::timeout(Duration::from_secs(3600), rx.wait_for(|v| ok(v)))
         .await
@@ -137,7 +137,7 @@ async fn until(c: &Controller, id: &str, ok: impl Fn(&DrainView) -> bool) -> Dra
 }
 
 /// Started orders per domain.
-fn starts(nodes: &FakeNodes, domain: &str) -> usize {
+pub(super) fn starts(nodes: &FakeNodes, domain: &str) -> usize {
     nodes
         .started()
         .iter()
@@ -327,103 +327,6 @@ async fn a_cancelled_drain_cancels_what_runs_and_skips_the_rest() {
         c.cancel_drain(None, &id).await,
         Err(crate::error::ControllerError::DrainFinished(_))
     ));
-}
-
-/// A file store whose leadership the test can take away, as if its
-/// controller died: it never leads again.
-struct Deposable {
-    inner: Arc<FileStore>,
-    lost: tokio::sync::watch::Sender<bool>,
-}
-
-#[async_trait::async_trait]
-impl Store for Deposable {
-    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn commit(&self, when: Vec<Compare>, then: Vec<Write>) -> Result<bool, StoreError> {
-        self.inner.commit(when, then).await
-    }
-    async fn put_leased(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
-        self.inner.put_leased(key, value, ttl).await
-    }
-    async fn lead(&self) -> Result<Leadership, StoreError> {
-        if *self.lost.borrow() {
-            std::future::pending::<()>().await;
-        }
-        Ok(Leadership::new(self.lost.subscribe()))
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_new_leader_resumes_a_drain_without_starting_an_item_twice() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(FileStore::open(dir.path()).expect("store"));
-    let nodes = fleet();
-    for vm in ["vm1", "vm2", "vm3"] {
-        nodes.hold(vm);
-    }
-    let first = Arc::new(Deposable {
-        inner: store.clone(),
-        lost: tokio::sync::watch::channel(false).0,
-    });
-    let a = controller(first.clone(), nodes.clone()).await;
-    let id = a.start_drain(None, spec()).await.expect("start").job.id;
-    let recorded = |v: &DrainView| {
-        v.job
-            .items
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s,
-                    ItemState::Running {
-                        migration_id: Some(_),
-                        ..
-                    }
-                )
-            })
-            .count()
-            == 2
-    };
-    until(&a, &id, recorded).await;
-    // The first controller dies; vm1's migration id was not recorded yet
-    // (it died between asking the node and writing the answer).
-    first.lost.send_replace(true);
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    job_store::update(store.as_ref(), &id, |job| {
-        if let Some(ItemState::Running { migration_id, .. }) = job.items.get_mut(0) {
-            *migration_id = None;
-        }
-        Ok(())
-    })
-    .await
-    .expect("forget vm1's migration id");
-
-    let b = controller(store.clone(), nodes.clone()).await;
-    let attached = until(&b, &id, |v| {
-        v.running.len() == 2 && v.running.iter().all(|r| !r.migration_id.is_empty())
-    })
-    .await;
-    let mut ids: Vec<&str> = attached
-        .running
-        .iter()
-        .map(|r| r.migration_id.as_str())
-        .collect();
-    ids.sort();
-    assert_eq!(ids, ["n1-m1", "n2-m2"], "the same migrations, re-attached");
-    assert_eq!(nodes.started().len(), 2, "nothing started again");
-    nodes.finish("vm1", Phase::Completed);
-    nodes.finish("vm3", Phase::Completed);
-    until(&b, &id, |v| v.counts.running == 1 && v.counts.done == 2).await;
-    nodes.finish("vm2", Phase::Completed);
-    let done = until(&b, &id, |v| v.job.is_finished()).await;
-    assert_eq!(done.counts.done, 3);
-    for vm in ["vm1", "vm2", "vm3"] {
-        assert_eq!(starts(&nodes, vm), 1, "{vm} started once");
-    }
 }
 
 #[tokio::test(start_paused = true)]

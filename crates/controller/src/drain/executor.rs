@@ -8,7 +8,7 @@
 //! the others. The bandwidth budget is re-divided whenever a copy starts or
 //! ends (see [`super::budget`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -17,11 +17,13 @@ use tokio::time::Instant;
 use volmig_types::phase::{now_ms, Phase};
 use volmig_types::retry::RetryPolicy;
 
+use super::attempt::{attempt, destinations, report_rows, sleep_until, Msg};
 use super::budget;
 use super::job_store;
-use super::model::{DrainJob, ItemProgress, ItemState, PlannedItem, ReportRow};
+use super::model::{DrainJob, ItemState, PlannedItem};
+use super::view::ItemProgress;
 use crate::model::{DiskOrder, MigrationFilter, NodeEvent, Order};
-use crate::{Controller, WatchStream};
+use crate::Controller;
 
 /// Pauses before an item's next attempt: 30 s, doubling up to 5 min (the
 /// number of attempts is the drain's `max_tries`).
@@ -34,26 +36,10 @@ fn retry_policy(max_tries: u32) -> RetryPolicy {
     )
 }
 
-/// Following a migration again after its stream was lost.
-const REFOLLOW: Duration = Duration::from_secs(1);
-
 /// The request id of an item's attempt: the same after a restart, so the
 /// node attaches a repeated request to the migration it already runs.
 pub fn request_id(drain_id: &str, index: usize, attempt: u32) -> String {
     format!("{drain_id}-i{index}-a{attempt}")
-}
-
-/// What an item's task tells the executor.
-enum Msg {
-    /// The node runs the attempt as this migration.
-    Started { index: usize, migration_id: String },
-    /// A progress event.
-    Progress { index: usize, event: NodeEvent },
-    /// The attempt ended: its terminal event, or why it could not start.
-    Ended {
-        index: usize,
-        outcome: Result<NodeEvent, String>,
-    },
 }
 
 /// One running item, in memory.
@@ -210,28 +196,8 @@ impl Executor {
         let c = self.c.clone();
         let tx = self.tx.clone();
         let actor = self.job.actor.clone();
-        self.tasks.spawn(async move {
-            let started = match known {
-                Some(mid) => c.watch(&mid).await.map(|s| (mid, s)),
-                None => c.start_migration(actor.as_deref(), order).await,
-            };
-            match started {
-                Ok((migration_id, stream)) => {
-                    let _ = tx
-                        .send(Msg::Started {
-                            index,
-                            migration_id: migration_id.clone(),
-                        })
-                        .await;
-                    let outcome = follow(&c, &migration_id, stream, index, &tx).await;
-                    let _ = tx.send(Msg::Ended { index, outcome }).await;
-                }
-                Err(e) => {
-                    let outcome = Err(e.to_string());
-                    let _ = tx.send(Msg::Ended { index, outcome }).await;
-                }
-            }
-        });
+        self.tasks
+            .spawn(async move { attempt(c, actor, index, order, known, tx).await });
     }
 
     /// Starts every pending item the limits allow now, in plan order.
@@ -524,80 +490,5 @@ impl Executor {
             })
             .collect();
         self.c.inner.drains.publish(&self.job, running);
-    }
-}
-
-/// The distinct destination pools of an item.
-fn destinations(item: &PlannedItem) -> Vec<String> {
-    let mut seen = HashSet::new();
-    item.disks
-        .iter()
-        .filter(|d| seen.insert(d.dest_storage_id.clone()))
-        .map(|d| d.dest_storage_id.clone())
-        .collect()
-}
-
-/// The report's rows of a completed item: what the node says, with the
-/// plan's figures where it said nothing (an older node).
-fn report_rows(item: &PlannedItem, event: &NodeEvent) -> Vec<ReportRow> {
-    item.disks
-        .iter()
-        .map(|d| {
-            let r = event.results.iter().find(|r| r.disk == d.target);
-            let or = |got: Option<&String>, planned: &str| {
-                got.filter(|s| !s.is_empty())
-                    .cloned()
-                    .unwrap_or_else(|| planned.to_string())
-            };
-            ReportRow {
-                disk: d.target.clone(),
-                old_pool: or(r.map(|r| &r.source_pool), &d.source_pool),
-                old_path: or(r.map(|r| &r.previous_source), &d.source),
-                old_volume: or(r.map(|r| &r.source_volume), &d.volume),
-                new_pool: or(r.map(|r| &r.destination_pool), &d.dest_pool),
-                new_path: or(r.map(|r| &r.destination_source), ""),
-                new_volume: or(r.map(|r| &r.destination_volume), ""),
-                source_deleted: r.is_some_and(|r| r.source_deleted),
-            }
-        })
-        .collect()
-}
-
-/// Follows migration `id` until its terminal event, following it again
-/// when the stream is lost (the controller's relay keeps the history).
-async fn follow(
-    c: &Controller,
-    id: &str,
-    mut stream: WatchStream,
-    index: usize,
-    tx: &mpsc::Sender<Msg>,
-) -> Result<NodeEvent, String> {
-    loop {
-        while let Some(Ok(event)) = stream.recv().await {
-            if event.is_terminal() {
-                return Ok(event);
-            }
-            let _ = tx.send(Msg::Progress { index, event }).await;
-        }
-        tokio::time::sleep(REFOLLOW).await;
-        if let Ok(entry) = c.entry(id).await {
-            if entry.is_terminal() {
-                return Ok(entry.latest);
-            }
-        }
-        match c.watch(id).await {
-            Ok(s) => stream = s,
-            Err(e) => {
-                tracing::debug!(migration_id = %id, error = %e, "cannot follow the item's migration yet")
-            }
-        }
-    }
-}
-
-/// Sleeps until `at`, or for ever without one.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

@@ -17,17 +17,21 @@
 //!
 //! Stopped guests are reported, not moved: offline moves come later.
 
+mod attempt;
 mod budget;
 mod enumerate;
 mod executor;
 mod job_store;
 pub mod model;
 mod plan;
+pub mod view;
 
 #[cfg(test)]
 mod exec_tests;
 #[cfg(test)]
 mod plan_tests;
+#[cfg(test)]
+mod resume_tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,10 +44,10 @@ use volmig_types::phase::now_ms;
 pub use budget::{redivide, share};
 pub use executor::request_id;
 pub use model::{
-    Counts, DrainId, DrainJob, DrainPlan, DrainSpec, DrainView, ItemProgress, ItemState,
-    LeftBehind, OrderPolicy, PlannedDisk, PlannedItem, Projection, ReportRow, SourcePolicy,
-    Unmovable,
+    DrainId, DrainJob, DrainPlan, DrainSpec, ItemState, LeftBehind, OrderPolicy, PlannedDisk,
+    PlannedItem, Projection, ReportRow, SourcePolicy, Unmovable,
 };
+pub use view::{Counts, DrainView, ItemProgress};
 
 use crate::error::ControllerError;
 use crate::Controller;
