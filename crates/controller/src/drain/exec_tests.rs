@@ -105,6 +105,20 @@ pub(super) fn fleet() -> Arc<FakeNodes> {
     )
 }
 
+/// A store in a temporary directory and the fleet, its guests' migrations
+/// held until the test ends them when `hold`.
+pub(super) fn setup(hold: bool) -> (tempfile::TempDir, Arc<FileStore>, Arc<FakeNodes>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(FileStore::open(dir.path()).expect("store"));
+    let nodes = fleet();
+    if hold {
+        for vm in ["vm1", "vm2", "vm3"] {
+            nodes.hold(vm);
+        }
+    }
+    (dir, store, nodes)
+}
+
 pub(super) async fn controller(store: Arc<dyn Store>, nodes: Arc<FakeNodes>) -> Controller {
     let c = Controller::start(ControllerConfig::default(), store, nodes, Arc::new(()))
         .await
@@ -147,9 +161,8 @@ pub(super) fn starts(nodes: &FakeNodes, domain: &str) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn the_plan_groups_by_guest_and_says_why_the_rest_stays() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(FileStore::open(dir.path()).expect("store"));
-    let c = controller(store, fleet()).await;
+    let (_dir, store, nodes) = setup(false);
+    let c = controller(store, nodes).await;
     let plan = c.plan_drain(&spec()).await.expect("plan");
     let items: Vec<(&str, &str)> = plan
         .items
@@ -194,12 +207,7 @@ async fn the_plan_groups_by_guest_and_says_why_the_rest_stays() {
 
 #[tokio::test(start_paused = true)]
 async fn a_drain_keeps_its_limits_and_reports_every_volume() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(FileStore::open(dir.path()).expect("store"));
-    let nodes = fleet();
-    for vm in ["vm1", "vm2", "vm3"] {
-        nodes.hold(vm);
-    }
+    let (_dir, store, nodes) = setup(true);
     let c = controller(store, nodes.clone()).await;
     let view = c.start_drain(Some("op"), spec()).await.expect("start");
     let id = view.job.id.clone();
@@ -236,12 +244,7 @@ async fn a_drain_keeps_its_limits_and_reports_every_volume() {
 
 #[tokio::test(start_paused = true)]
 async fn the_budget_is_shared_and_divided_again_as_copies_start_and_end() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(FileStore::open(dir.path()).expect("store"));
-    let nodes = fleet();
-    for vm in ["vm1", "vm2", "vm3"] {
-        nodes.hold(vm);
-    }
+    let (_dir, store, nodes) = setup(true);
     let c = controller(store, nodes.clone()).await;
     let budgeted = DrainSpec {
         bandwidth: 100,
@@ -273,9 +276,7 @@ async fn the_budget_is_shared_and_divided_again_as_copies_start_and_end() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_item_is_tried_again_and_fails_for_good_after_max_tries() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(FileStore::open(dir.path()).expect("store"));
-    let nodes = fleet();
+    let (_dir, store, nodes) = setup(false);
     nodes.fail_times("vm1", 1);
     nodes.fail_times("vm2", 5);
     let c = controller(store, nodes.clone()).await;
@@ -306,12 +307,7 @@ async fn a_failed_item_is_tried_again_and_fails_for_good_after_max_tries() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_drain_cancels_what_runs_and_skips_the_rest() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(FileStore::open(dir.path()).expect("store"));
-    let nodes = fleet();
-    for vm in ["vm1", "vm2", "vm3"] {
-        nodes.hold(vm);
-    }
+    let (_dir, store, nodes) = setup(true);
     let c = controller(store, nodes.clone()).await;
     let id = c.start_drain(None, spec()).await.expect("start").job.id;
     until(&c, &id, |v| {
@@ -331,12 +327,7 @@ async fn a_cancelled_drain_cancels_what_runs_and_skips_the_rest() {
 
 #[tokio::test(start_paused = true)]
 async fn a_destination_takes_no_more_items_at_once_than_per_destination() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(FileStore::open(dir.path()).expect("store"));
-    let nodes = fleet();
-    for vm in ["vm1", "vm2", "vm3"] {
-        nodes.hold(vm);
-    }
+    let (_dir, store, nodes) = setup(true);
     let c = controller(store, nodes.clone()).await;
     let one_at_a_time = DrainSpec {
         per_destination: 1,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use volmig_types::phase::Phase;
 
-use super::exec_tests::{controller, fleet, spec, starts, until};
+use super::exec_tests::{controller, setup, spec, starts, until};
 use super::job_store;
 use super::model::ItemState;
 use super::view::DrainView;
@@ -44,12 +44,7 @@ impl Store for Deposable {
 
 #[tokio::test(start_paused = true)]
 async fn a_new_leader_resumes_a_drain_without_starting_an_item_twice() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(FileStore::open(dir.path()).expect("store"));
-    let nodes = fleet();
-    for vm in ["vm1", "vm2", "vm3"] {
-        nodes.hold(vm);
-    }
+    let (_dir, store, nodes) = setup(true);
     let first = Arc::new(Deposable {
         inner: store.clone(),
         lost: tokio::sync::watch::channel(false).0,
