@@ -308,3 +308,40 @@ fn earlier_guests_are_not_counted_in_flight_the_executor_keeps_that_limit() {
     let p = plan(found(guests), one_at_a_time, OrderPolicy::LargestFirst);
     assert_eq!(p.items.len(), 2, "{:?}", p.left);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// However many guests and pools: every guest is planned or left,
+        /// and no destination ends above its threshold, because each guest
+        /// sees what the earlier ones took.
+        #[test]
+        fn no_destination_is_filled_past_its_threshold(
+            free in proptest::collection::vec(1u64..100, 1..4),
+            sizes in proptest::collection::vec(1u64..40, 0..12),
+        ) {
+            let pools: Vec<PoolCandidate> = free
+                .iter()
+                .enumerate()
+                .map(|(i, f)| pool(&format!("p{i}"), "dir", f * GIB))
+                .collect();
+            let guests: Vec<Guest> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| guest(&format!("g{i:02}"), vec![disk("vda", s * GIB, &pools)]))
+                .collect();
+            let p = plan(found(guests), policy, OrderPolicy::LargestFirst);
+            prop_assert_eq!(p.items.len() + p.left.len(), sizes.len());
+            for projection in &p.projections {
+                prop_assert!(
+                    projection.used_after <= PoolPolicy::DEFAULT_USED_THRESHOLD + 1e-9,
+                    "{:?}",
+                    projection
+                );
+            }
+        }
+    }
+}
