@@ -18,7 +18,8 @@
 //!
 //! Several controllers may share one store: any of them serves every call;
 //! the one that leads ([`store::Store::lead`]) also follows every unfinished
-//! migration and sweeps reservations ([`leader`]).
+//! migration, sweeps reservations ([`leader`]) and carries out the pool
+//! drains recorded in the store ([`drain`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
