@@ -107,7 +107,13 @@ pub fn controller(err: ControllerError) -> Status {
             ControllerError::InvalidArgument { .. } | ControllerError::AmbiguousPool { .. } => {
                 Code::InvalidArgument
             }
-            ControllerError::UnknownMigration(_) | ControllerError::NotFound(_) => Code::NotFound,
+            ControllerError::UnknownMigration(_)
+            | ControllerError::NotFound(_)
+            | ControllerError::UnknownPool(_)
+            | ControllerError::UnknownDrain(_) => Code::NotFound,
+            ControllerError::NothingToDrain { .. } | ControllerError::DrainFinished(_) => {
+                Code::FailedPrecondition
+            }
             ControllerError::NotRunning { .. } | ControllerError::Precondition(_) => {
                 Code::FailedPrecondition
             }

@@ -145,6 +145,23 @@ pub enum ControllerError {
     /// A node answered with something it should not have.
     #[error("{0}")]
     NodeMisbehaved(String),
+    /// No up node knows a pool by this name or storage id.
+    #[error("no up node knows a storage pool named '{0}' or with that storage id (see `volmig pools --controller …`)")]
+    UnknownPool(String),
+    /// A drain of a pool with no guest to move.
+    #[error("nothing to drain on pool '{pool}': {why}")]
+    NothingToDrain {
+        /// The pool.
+        pool: String,
+        /// What was found instead (e.g. what stays, and why).
+        why: String,
+    },
+    /// The store has no such drain.
+    #[error("no drain with id '{0}' (see the list of drains)")]
+    UnknownDrain(String),
+    /// The drain has ended; it cannot be cancelled.
+    #[error("drain '{0}' has already finished")]
+    DrainFinished(String),
     /// A registration was refused.
     #[error(transparent)]
     Registry(#[from] RegistryError),

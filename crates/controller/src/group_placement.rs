@@ -58,12 +58,26 @@ pub fn plan_together(
     }
 }
 
-/// What the disks placed so far take from a pool.
-#[derive(Debug, Default, Clone, Copy)]
-struct Taken {
-    bytes: u64,
-    virtual_bytes: u64,
-    migrations: u32,
+/// What the disks placed so far take from a pool (also across the items of
+/// a drain, each placed after the ones before it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// Bytes the copies will allocate.
+    pub(crate) bytes: u64,
+    /// Virtual bytes they provision.
+    pub(crate) virtual_bytes: u64,
+    /// Migrations writing to it.
+    pub(crate) migrations: u32,
+}
+
+impl Taken {
+    /// Counts `disk` placed on `pool`.
+    pub(crate) fn add(&mut self, pool: &PoolCandidate, disk: &DiskToPlace) {
+        let kind = pool_disk_kind(&pool.pool_type).unwrap_or(DiskKind::Block);
+        self.bytes += space_needed(kind, disk.virtual_size, disk.copy_allocation());
+        self.virtual_bytes += disk.virtual_size;
+        self.migrations += 1;
+    }
 }
 
 /// Plans each disk after the ones before it, only on pool `only` if given.
@@ -83,20 +97,14 @@ fn in_turn(
                 .map(|p| less(p, taken.get(&p.storage_id).copied().unwrap_or_default()))
                 .collect();
             let plan = placement::plan(&choices.disk, &pools, policy);
-            if let Some(chosen) = plan.chosen() {
-                let kind = pools
-                    .iter()
-                    .find(|p| p.storage_id == chosen.storage_id)
-                    .and_then(|p| pool_disk_kind(&p.pool_type))
-                    .unwrap_or(DiskKind::Block);
-                let t = taken.entry(chosen.storage_id.clone()).or_default();
-                t.bytes += space_needed(
-                    kind,
-                    choices.disk.virtual_size,
-                    choices.disk.copy_allocation(),
-                );
-                t.virtual_bytes += choices.disk.virtual_size;
-                t.migrations += 1;
+            let chosen = plan
+                .chosen()
+                .and_then(|c| pools.iter().find(|p| p.storage_id == c.storage_id));
+            if let Some(pool) = chosen {
+                taken
+                    .entry(pool.storage_id.clone())
+                    .or_default()
+                    .add(pool, &choices.disk);
             }
             plan
         })
@@ -104,7 +112,7 @@ fn in_turn(
 }
 
 /// The pool as it will be once `taken` is placed on it.
-fn less(pool: &PoolCandidate, taken: Taken) -> PoolCandidate {
+pub(crate) fn less(pool: &PoolCandidate, taken: Taken) -> PoolCandidate {
     PoolCandidate {
         available: pool.available.saturating_sub(taken.bytes),
         allocation: pool.allocation.saturating_add(taken.bytes),

@@ -3,7 +3,8 @@
 //! follows every unfinished migration in the history, so the history reaches
 //! each migration's end even when the controller that started it is gone,
 //! and sweeps in-flight slots left by migrations that ended unobserved or by
-//! controllers that died before the node answered. When leadership is lost,
+//! controllers that died before the node answered; and it executes every
+//! unfinished drain ([`super::drain`]). When leadership is lost,
 //! another controller takes over within the store's lease TTL.
 
 use std::time::Duration;
@@ -51,6 +52,9 @@ impl Controller {
                         Controller { inner }.lead_once().await;
                     }
                     tracing::warn!("lost the leadership");
+                    if let Some(inner) = weak.upgrade() {
+                        Controller { inner }.drains_lost();
+                    }
                 }
             }
             .instrument(tracing::info_span!("leader")),
@@ -82,5 +86,6 @@ impl Controller {
         if let Err(e) = swept {
             tracing::warn!(error = %e, "cannot sweep the in-flight slots");
         }
+        self.resume_drains().await;
     }
 }

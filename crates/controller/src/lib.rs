@@ -18,7 +18,8 @@
 //!
 //! Several controllers may share one store: any of them serves every call;
 //! the one that leads ([`store::Store::lead`]) also follows every unfinished
-//! migration and sweeps reservations ([`leader`]).
+//! migration, sweeps reservations ([`leader`]) and carries out the pool
+//! drains recorded in the store ([`drain`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 pub mod advertise;
+pub mod drain;
 pub mod error;
 pub mod group_placement;
 pub mod history;
@@ -133,6 +135,8 @@ struct Inner {
     followers: Mutex<HashMap<String, Arc<relay::Follower>>>,
     /// Told of placement rejections and relayed events (metrics).
     observer: Arc<dyn ControllerObserver>,
+    /// The drains this controller executes or relays.
+    drains: drain::Drains,
 }
 
 impl Controller {
@@ -158,6 +162,7 @@ impl Controller {
                 history,
                 followers: Mutex::new(HashMap::new()),
                 observer,
+                drains: Default::default(),
             }),
         };
         controller.spawn_refresher();

@@ -190,7 +190,7 @@ impl Controller {
 
 /// The one pool `pool` names: its storage id, else its name on some node.
 /// `None` when nothing matches; an error when the name is several pools'.
-fn resolve_pool<'a>(
+pub(crate) fn resolve_pool<'a>(
     pools: &'a [ClusterPool],
     pool: &str,
 ) -> Result<Option<&'a ClusterPool>, ControllerError> {

@@ -193,6 +193,18 @@ pub struct Order {
     /// Chain policy SHALLOW: the backing layers move too (placement counts them).
     #[serde(default)]
     pub shallow: bool,
+    /// The request id sent to the node, for orders the controller builds
+    /// itself (a drain's items): the node attaches a repeated request to
+    /// the migration it already started. `None`: the caller's, in `wire`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Copy bandwidth in bytes/s set on the order the controller builds
+    /// (a drain's share of its budget). `None`: the caller's, in `wire`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
+    /// The drain this migration is an item of, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_id: Option<String>,
     /// The request as the caller sent it, opaque to the controller.
     #[serde(with = "hex_bytes")]
     pub wire: Vec<u8>,
@@ -220,9 +232,42 @@ pub struct NodeEvent {
     pub started_at_ms: u64,
     /// The domain.
     pub domain: String,
+    /// Bytes copied so far (all disks).
+    #[serde(default)]
+    pub bytes_done: u64,
+    /// Bytes to copy as of this event (all disks).
+    #[serde(default)]
+    pub bytes_total: u64,
+    /// On a failed or cancelled event: what went wrong, for an operator.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// On a completed event: where each disk went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<DiskResult>,
     /// The event as the node sent it, opaque to the controller.
     #[serde(with = "hex_bytes")]
     pub wire: Vec<u8>,
+}
+
+/// Where one disk of a completed migration went, as its node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DiskResult {
+    /// Disk target.
+    pub disk: String,
+    /// The disk's source as the domain now sees it.
+    pub destination_source: String,
+    /// The pool it is in now.
+    pub destination_pool: String,
+    /// Its volume name there.
+    pub destination_volume: String,
+    /// The pool it was in.
+    pub source_pool: String,
+    /// Its volume name there.
+    pub source_volume: String,
+    /// The source it had.
+    pub previous_source: String,
+    /// Whether the old volume was deleted.
+    pub source_deleted: bool,
 }
 
 impl NodeEvent {

@@ -13,7 +13,7 @@ use super::{Controller, WatchStream};
 use volmig_types::phase::now_ms;
 
 /// The first rule that refused a pool of `plan`, as `rule: reason`.
-fn first_refusal(plan: &placement::PlacementPlan) -> String {
+pub(crate) fn first_refusal(plan: &placement::PlacementPlan) -> String {
     plan.decisions
         .first()
         .map(|d| match &d.verdict {

@@ -9,8 +9,8 @@ use tonic::Status;
 use crate::api::convert::{format_from_proto, format_to_proto, kind_to_proto, phase_from_proto};
 use crate::controller::maintenance::PoolMaintenance;
 use crate::controller::model::{
-    BackingLayerInfo, DiskInfo, DiskOrder, DomainInfo, MigrationEntry, MigrationFilter, NodeEvent,
-    NodeRecord, Order, PoolInfo, PoolVolumeInfo, VolumeUseInfo,
+    BackingLayerInfo, DiskInfo, DiskOrder, DiskResult, DomainInfo, MigrationEntry, MigrationFilter,
+    NodeEvent, NodeRecord, Order, PoolInfo, PoolVolumeInfo, VolumeUseInfo,
 };
 use crate::controller::registry::NodeFacts;
 use crate::hypervisor::{DiskKind, ImageFormat, PoolRunState};
@@ -75,6 +75,9 @@ pub fn order_from_proto(req: proto::MigrateVolumeRequest) -> Result<Order, Statu
         all_disks: req.all_disks,
         same_pool: req.same_pool,
         shallow: options.chain_policy == proto::ChainPolicy::Shallow as i32,
+        request_id: None,
+        bandwidth: None,
+        drain_id: None,
         wire,
     })
 }
@@ -85,8 +88,19 @@ pub fn order_to_proto(order: &Order) -> proto::MigrateVolumeRequest {
     req.domain = order.domain.clone();
     req.disk = order.disk.clone();
     req.destination_pool = order.destination_pool.clone();
+    if let Some(id) = &order.request_id {
+        req.request_id = id.clone();
+    }
     let options = req.options.get_or_insert_with(Default::default);
     options.source_users_elsewhere = order.source_users_elsewhere.clone();
+    if let Some(bps) = order.bandwidth {
+        options.bandwidth_bytes_per_sec = bps;
+    }
+    // Orders the controller builds (a drain's) have no caller's bytes to
+    // carry the policy; a caller's order says the same thing in both.
+    if order.delete_source {
+        options.source_policy = proto::SourcePolicy::Delete as i32;
+    }
     req.disks = order
         .disks
         .iter()
@@ -112,8 +126,38 @@ pub fn event_from_proto(e: &proto::MigrationEvent) -> NodeEvent {
         timestamp_ms: e.timestamp_unix_ms,
         started_at_ms: e.started_at_unix_ms,
         domain: e.domain.clone(),
+        bytes_done: e.progress.as_ref().map_or(0, |p| p.bytes_done),
+        bytes_total: e.progress.as_ref().map_or(0, |p| p.bytes_total),
+        error: e
+            .error
+            .as_ref()
+            .map(|x| x.message.clone())
+            .unwrap_or_default(),
+        results: disk_results(e),
         wire: e.encode_to_vec(),
     }
+}
+
+/// Where each disk of a completed migration went: the one result of a
+/// single-disk event, or each disk's of a multi-disk one.
+fn disk_results(e: &proto::MigrationEvent) -> Vec<DiskResult> {
+    let one = |disk: &str, r: &proto::MigrationResult| DiskResult {
+        disk: disk.to_string(),
+        destination_source: r.destination_source.clone(),
+        destination_pool: r.destination_pool.clone(),
+        destination_volume: r.destination_volume.clone(),
+        source_pool: r.source_pool.clone(),
+        source_volume: r.source_volume.clone(),
+        previous_source: r.previous_source.clone(),
+        source_deleted: r.source_deleted,
+    };
+    if e.disks.is_empty() {
+        return e.result.iter().map(|r| one(&e.disk, r)).collect();
+    }
+    e.disks
+        .iter()
+        .filter_map(|d| d.result.as_ref().map(|r| one(&d.disk, r)))
+        .collect()
 }
 
 /// The event as the node sent it.
@@ -421,5 +465,77 @@ mod tests {
         );
         // A format this controller does not know is unknown, not a failed listing.
         assert_eq!(pool_volumes_from_proto(unknown_format)[0].format, None);
+    }
+
+    #[test]
+    fn a_drains_order_carries_its_request_id_bandwidth_and_source_policy() {
+        let order = Order {
+            domain: "d".into(),
+            disks: vec![DiskOrder {
+                disk: "vda".into(),
+                destination_pool: "new".into(),
+                ..Default::default()
+            }],
+            delete_source: true,
+            request_id: Some("d-1-i0-a1".into()),
+            bandwidth: Some(50),
+            ..Default::default()
+        };
+        let sent = order_to_proto(&order);
+        assert_eq!(sent.request_id, "d-1-i0-a1");
+        let options = sent.options.expect("options");
+        assert_eq!(options.bandwidth_bytes_per_sec, 50);
+        assert_eq!(options.source_policy, proto::SourcePolicy::Delete as i32);
+    }
+
+    #[test]
+    fn a_terminal_event_tells_where_each_disk_went() {
+        let result = |pool: &str| proto::MigrationResult {
+            destination_source: format!("/{pool}/v"),
+            destination_pool: pool.into(),
+            destination_volume: "v".into(),
+            source_pool: "old".into(),
+            source_volume: "v0".into(),
+            previous_source: "/old/v0".into(),
+            ..Default::default()
+        };
+        let event = proto::MigrationEvent {
+            phase: proto::Phase::Completed as i32,
+            disks: vec![
+                proto::DiskStatus {
+                    disk: "vda".into(),
+                    result: Some(result("a")),
+                    ..Default::default()
+                },
+                proto::DiskStatus {
+                    disk: "vdb".into(),
+                    result: Some(result("b")),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let read = event_from_proto(&event);
+        let went: Vec<(&str, &str, &str)> = read
+            .results
+            .iter()
+            .map(|r| {
+                (
+                    r.disk.as_str(),
+                    r.destination_pool.as_str(),
+                    r.previous_source.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(went, [("vda", "a", "/old/v0"), ("vdb", "b", "/old/v0")]);
+        let failed = proto::MigrationEvent {
+            phase: proto::Phase::Failed as i32,
+            error: Some(proto::MigrationError {
+                message: "no room".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(event_from_proto(&failed).error, "no room");
     }
 }
