@@ -354,3 +354,30 @@ async fn a_destination_takes_no_more_items_at_once_than_per_destination() {
     assert_eq!(done.bytes_done, 60 * GIB);
     assert_eq!(done.bytes_remaining, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_records_nothing_and_an_empty_pool_is_nothing_to_drain() {
+    let (_dir, store, nodes) = setup(false);
+    let c = controller(store, nodes.clone()).await;
+    let dry = DrainSpec {
+        dry_run: true,
+        ..spec()
+    };
+    let view = c.start_drain(None, dry).await.expect("dry run");
+    assert!(view.job.id.is_empty());
+    assert_eq!(view.counts.pending, 3);
+    assert!(c.list_drains().await.expect("list").is_empty());
+    assert!(nodes.started().is_empty());
+    let empty = c.start_drain(None, DrainSpec::of("new")).await;
+    assert!(
+        matches!(
+            &empty,
+            Err(crate::error::ControllerError::NothingToDrain { .. })
+        ),
+        "{empty:?}"
+    );
+    assert!(matches!(
+        c.get_drain("d-none").await,
+        Err(crate::error::ControllerError::UnknownDrain(_))
+    ));
+}
