@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the volmig Python package's wheel (clients/python) and installs it into a
 # fresh virtualenv, for tests/python_package.rs. Usage: package-venv.sh OUT_DIR
+# (`package-venv.sh --tools` only makes the tools venv: deploy/setup-tests.sh).
 #
 # - A tools venv (pinned grpcio-tools, build, setuptools, mypy with the grpcio and
 #   protobuf type stubs, pytest: the same pins constrain the fresh venv) is made once under /var/tmp and reused while its
@@ -13,7 +14,7 @@
 # Installs Debian's python3-venv when the venv module is missing.
 set -euo pipefail
 
-out=${1:?usage: package-venv.sh OUT_DIR}
+out=${1:?usage: package-venv.sh OUT_DIR | --tools}
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 tools=${VOLMIG_PY_TOOLS:-/var/tmp/volmig-pypkg-tools}
 pins=(
@@ -39,6 +40,7 @@ if [ ! -x "$tools/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${pins[*]
     "$tools/bin/pip" install "${pip_quiet[@]}" "${pins[@]}" >&2
     echo "${pins[*]}" >"$stamp"
 fi
+[ "$out" = --tools ] && exit 0
 
 mkdir -p "$out"
 # Build from a copy so the checkout gets no build/ or egg-info; the protos come
