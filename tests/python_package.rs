@@ -219,7 +219,7 @@ async fn cut_mid_copy(node: &NodeProcess, domain: &str, proxy: &CuttingProxy) ->
         "the copy ended before it could be cut: {last:#?}"
     );
     proxy.cut();
-    let progress = last.progress.clone().expect("progress");
+    let progress = last.progress.expect("progress");
     let now = client
         .get_migration(proto::GetMigrationRequest { migration_id: id })
         .await
