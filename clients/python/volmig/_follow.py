@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple, Union
 
 import grpc
 
-from .errors import MigrationCancelled, MigrationFailed, VolmigError
+from .errors import MigrationCancelled, MigrationFailed, refused
 from .types import Event, Outcome, Phase, event_of, outcome_of
 from .v1 import migration_pb2
 
@@ -67,12 +67,14 @@ class Follow:
         if self._dropped_at is None:
             self._dropped_at = now
         elif now - self._dropped_at > self.reattach_timeout:
-            raise VolmigError(
+            # Typed like any refusal: UNAVAILABLE is also what a node answers
+            # while libvirtd is unreachable.
+            raise refused(
                 code or grpc.StatusCode.UNAVAILABLE,
                 f"could not re-attach to migration {self.migration_id or '(request ' + self._request_id() + ')'} "
                 f"within {self.reattach_timeout:.0f} s: {message}",
             )
-        self.reattachments += 1
+        self.reattachments += 1  # each re-opening of the stream
         self._tries += 1
         return min(0.2 * 2.0 ** (self._tries - 1), 2.0)
 
