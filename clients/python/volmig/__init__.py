@@ -13,9 +13,9 @@ The async variant is `volmig.aio.connect(...)`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from . import aio
 from ._bandwidth import Bandwidth, parse_bandwidth
 from ._channel import Credentials, PathLike, endpoints_of
 from .client import Client, MigrationHandle
@@ -63,6 +63,7 @@ __all__ = [
     "Unavailable",
     "VolmigError",
     "WaitTimeout",
+    "aio",
     "connect",
     "parse_bandwidth",
 ]
