@@ -16,7 +16,10 @@
 #   else Debian's kubernetes-client) and kubernetes-validate (pinned, in a venv
 #   under /var/tmp);
 # - python3-seccomp for the unit-hardening checks (tests/python/seccomp_exec.py);
-# - the Python venv with grpcio of the interop test (tests/python/setup-venv.sh);
+# - the Python venv with grpcio of the interop test (tests/python/setup-venv.sh), and
+#   the pinned build tools of the Python package test (tests/python/package-venv.sh
+#   --tools: grpcio-tools, build, mypy, pytest in /var/tmp/volmig-pypkg-tools); both
+#   install python3-venv when the venv module is missing;
 # - rustfmt and clippy (rustup components) for test.sh's format and lint checks.
 # Idempotent: when everything is installed it prints nothing and touches no network;
 # an install says what it installs, in one line. On failure it says what failed and
@@ -125,4 +128,7 @@ fi
 # which returns at once when the venv imports.
 bash "$top/tests/python/setup-venv.sh" >>"$log" 2>&1 \
     || fail "tests/python/setup-venv.sh (grpcio venv) failed"
+# The Python package test's build tools; returns at once when its pins are installed.
+bash "$top/tests/python/package-venv.sh" --tools >>"$log" 2>&1 \
+    || fail "tests/python/package-venv.sh --tools (Python package build tools) failed"
 rm -f "$log"
