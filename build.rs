@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/volmig/v1/migration.proto",
     "proto/volmig/v1/node.proto",
     "proto/volmig/v1/controller.proto",
+    "proto/volmig/v1/fleet.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

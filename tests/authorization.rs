@@ -295,16 +295,18 @@ async fn every_rpc_by_every_role_gets_its_code() {
     );
     let ctl_addr = format!("127.0.0.1:{}", free_port());
     let ctl = ControllerProcess::start_tcp("authz-ctl", &ctl_addr, &config, &[]);
-    wrong.extend(
-        check_table(
-            "volmig.v1.Controller",
-            &format!("http://{ctl_addr}"),
-            &token_creds,
-            Code::Unauthenticated,
-            node_id,
-        )
-        .await,
-    );
+    for service in ["volmig.v1.Controller", "volmig.v1.Fleet"] {
+        wrong.extend(
+            check_table(
+                service,
+                &format!("http://{ctl_addr}"),
+                &token_creds,
+                Code::Unauthenticated,
+                node_id,
+            )
+            .await,
+        );
+    }
     // Mutual TLS with certificate identities; a certificate the
     // configuration does not know has no role: PERMISSION_DENIED.
     let tls_addr = format!("127.0.0.1:{}", free_port());
@@ -331,16 +333,18 @@ async fn every_rpc_by_every_role_gets_its_code() {
         &[],
     );
     let port = tls_ctl_addr.rsplit(':').next().expect("port");
-    wrong.extend(
-        check_table(
-            "volmig.v1.Controller",
-            &format!("https://localhost:{port}"),
-            &cert_creds,
-            Code::PermissionDenied,
-            node_id,
-        )
-        .await,
-    );
+    for service in ["volmig.v1.Controller", "volmig.v1.Fleet"] {
+        wrong.extend(
+            check_table(
+                service,
+                &format!("https://localhost:{port}"),
+                &cert_creds,
+                Code::PermissionDenied,
+                node_id,
+            )
+            .await,
+        );
+    }
     drop((node, ctl, tls_node, tls_ctl));
     harness::remove_dir_noisy(&dir);
     assert!(

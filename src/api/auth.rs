@@ -115,6 +115,11 @@ pub fn need(path: &str) -> Option<Need> {
             "RegisterNode" => Some(Need::Node),
             _ => None,
         },
+        "volmig.v1.Fleet" => match method {
+            "PlanDrain" | "WatchDrain" | "GetDrain" | "ListDrains" => Some(Need::Viewer),
+            "StartDrain" | "CancelDrain" => Some(Need::Operator),
+            _ => None,
+        },
         _ => None,
     }
 }

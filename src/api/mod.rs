@@ -7,6 +7,7 @@ pub mod client;
 pub mod controller_service;
 pub mod convert;
 pub mod file_stamp;
+pub mod fleet_service;
 pub mod identity_service;
 pub mod listener;
 pub mod node_client;

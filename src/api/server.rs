@@ -22,12 +22,14 @@ use crate::api::tls::{self, TlsError, TlsFiles, Trust};
 use crate::api::unix_socket::bind_unix;
 
 use crate::api::controller_service::ControllerService;
+use crate::api::fleet_service::FleetService;
 use crate::api::identity_service::{IdentityService, Probe};
 use crate::api::node_service::NodeService;
 use crate::config::{ConnectionConfig, SecurityConfig};
 use crate::migration::Engine;
 use crate::proto;
 use crate::proto::controller_server::ControllerServer;
+use crate::proto::fleet_server::FleetServer;
 use crate::proto::identity_server::IdentityServer;
 use crate::proto::node_server::NodeServer;
 
@@ -449,6 +451,7 @@ pub async fn serve_controller(
     reporter
         .set_serving::<ControllerServer<ControllerService>>()
         .await;
+    reporter.set_serving::<FleetServer<FleetService>>().await;
     let probe: Probe = Arc::new(|| Box::pin(async { Ok(()) }));
     let manifest = HashMap::from([("component".to_string(), "controller".to_string())]);
     let identity =
@@ -462,6 +465,10 @@ pub async fn serve_controller(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(IdentityServer::new(identity).max_decoding_message_size(limit))
+        .add_service(
+            FleetServer::new(FleetService::new(controller.controller().clone()))
+                .max_decoding_message_size(limit),
+        )
         .add_service(ControllerServer::new(controller).max_decoding_message_size(limit));
     let _health = spawn_health(&exposure, health_probe, "controller").await?;
     serve(router, listen, &exposure, limits, "controller", shutdown).await

@@ -13,6 +13,8 @@
 //! `cancel`, `status`, `list`, `set-bandwidth`), [`inventory_commands`]
 //! (`pools`, `disks`, `volumes`, `info`, `nodes`) and [`pool_commands`] (`pool maintenance`).
 
+mod drain_commands;
+mod drain_json;
 pub mod generate;
 mod inventory_commands;
 mod json;
@@ -69,6 +71,8 @@ pub enum OperatorCommand {
     /// Act on one of the controller's pools (maintenance)
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Empty a storage pool: move every guest's disks on it elsewhere, live, within budgets
+    Drain(drain_commands::DrainArgs),
 }
 
 /// `--json`, for commands that have nothing else to say.
@@ -127,6 +131,7 @@ async fn execute(cmd: OperatorCommand) -> Result<i32, CliError> {
         OperatorCommand::Volumes(args) => inventory_commands::volumes(args).await,
         OperatorCommand::Info(args) => inventory_commands::info(args).await,
         OperatorCommand::Nodes(args) => inventory_commands::nodes(args).await,
+        OperatorCommand::Drain(args) => drain_commands::run(args).await,
         OperatorCommand::Pool(cmd) => pool_commands::run(cmd).await,
     }
 }
