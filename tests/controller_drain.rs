@@ -12,77 +12,14 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::checks::assert_on_destination;
 use harness::controller::{wait_nodes_up, ControllerProcess};
 use harness::defined::DefinedDomain;
+use harness::drain::{assert_moved, cli, item_of, json_lines, left_reason};
 use harness::guest::writing_guest_with_data;
 use harness::node::NodeProcess;
-use harness::{virsh_ok, volmig, DirPool, Guest, Pool};
-use volmig::proto;
+use harness::{virsh_ok, DirPool, Guest, Pool};
 
 const MIB: u64 = 1 << 20;
-
-/// `volmig ARGS --controller URL`: exit code and stdout (stderr on failure in the panic).
-fn cli(ctl: &ControllerProcess, args: &[&str]) -> (i32, String) {
-    let endpoint = ctl.endpoint();
-    let mut full = args.to_vec();
-    full.extend(["--controller", &endpoint]);
-    let (code, stdout, stderr) = volmig(&full, &[]);
-    if code != 0 {
-        eprintln!("volmig {full:?} exited {code}:\n{stderr}");
-    }
-    (code, stdout)
-}
-
-fn json_lines(out: &str) -> Vec<serde_json::Value> {
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
-/// The planned or moved item of `domain`.
-fn item_of<'a>(items: &'a serde_json::Value, domain: &str) -> &'a serde_json::Value {
-    items
-        .as_array()
-        .expect("items")
-        .iter()
-        .find(|i| i["domain"] == domain)
-        .unwrap_or_else(|| panic!("{domain} not an item: {items:#}"))
-}
-
-fn left_reason(left: &serde_json::Value, what: &str) -> String {
-    left.as_array()
-        .expect("left")
-        .iter()
-        .find(|l| {
-            l["domain"] == what
-                || l["volumes"]
-                    .as_array()
-                    .is_some_and(|v| v.iter().any(|x| x == what))
-        })
-        .unwrap_or_else(|| panic!("{what} not left behind: {left:#}"))["reason_code"]
-        .as_str()
-        .expect("reason_code")
-        .to_string()
-}
-
-fn assert_moved(guest: &Guest, item: &serde_json::Value, disks: &[&str], dst: &dyn Pool) {
-    assert_eq!(item["state"], "DRAIN_ITEM_STATE_DONE", "{item:#}");
-    let moves = item["moves"].as_array().expect("moves");
-    assert_eq!(moves.len(), disks.len(), "{item:#}");
-    for disk in disks {
-        let m = moves
-            .iter()
-            .find(|m| m["disk"] == *disk)
-            .unwrap_or_else(|| panic!("{disk} not moved: {item:#}"));
-        assert_eq!(m["new_pool"], dst.name(), "{m:#}");
-        let result = proto::MigrationResult {
-            destination_source: m["new_source"].as_str().expect("new_source").to_string(),
-            ..Default::default()
-        };
-        assert_on_destination(guest, disk, &result);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_drain_moves_every_running_guest_off_the_pool_and_reports_what_stays() {

@@ -22,6 +22,7 @@ pub mod certs;
 pub mod checks;
 pub mod controller;
 pub mod defined;
+pub mod drain;
 pub mod etcd;
 pub mod fleet;
 pub mod fs_pool;
