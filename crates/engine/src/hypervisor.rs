@@ -201,6 +201,21 @@ pub trait Hypervisor: Send + Sync + 'static {
         dest: &VolumeIdentity,
         backing: Option<(&str, ImageFormat)>,
     ) -> Result<(), HvError>;
+    /// Offline move of a stopped guest's disk: makes the volume `dest` (created
+    /// empty by volmig, checked by identity) hold the guest-visible contents of
+    /// the image at `source` read through its backing chain, sparse, in
+    /// `dest_format`. Calls `progress` with the part done in hundredths of a
+    /// percent (0..=10000) as it goes; returns `InvalidState` soon after `stop`
+    /// is set, leaving `dest` partly written (the caller deletes it).
+    fn convert_image(
+        &self,
+        source: &str,
+        source_format: ImageFormat,
+        dest: &VolumeIdentity,
+        dest_format: ImageFormat,
+        progress: &dyn Fn(u64),
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), HvError>;
     /// The domain's libvirt snapshots.
     fn snapshots(&self, domain: &str) -> Result<Vec<SnapshotSpec>, HvError>;
     /// Redefines every snapshot of the domain (parents first, the current one

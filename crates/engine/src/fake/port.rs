@@ -403,6 +403,43 @@ impl Hypervisor for FakeHypervisor {
         Err(HvError::Unsupported("the fake copies no layers".into()))
     }
 
+    // Copies in four steps, pausing between them so a test can cancel, and
+    // starts the guest after the first one when asked to
+    // (`start_during_convert`), as an operator might.
+    fn convert_image(
+        &self,
+        _source: &str,
+        _source_format: ImageFormat,
+        dest: &VolumeIdentity,
+        _dest_format: ImageFormat,
+        progress: &dyn Fn(u64),
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), HvError> {
+        self.step(|st| {
+            let found = st
+                .volumes
+                .get(&(dest.pool.clone(), dest.name.clone()))
+                .ok_or_else(|| HvError::NoVolume(dest.name.clone()))?;
+            match dest.differs_from(&found.identity()) {
+                Some(why) => Err(HvError::InvalidState(why)),
+                None => Ok(()),
+            }
+        })?;
+        for quarter in 1..=4u64 {
+            std::thread::sleep(self.lock().convert_pause);
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(HvError::InvalidState("the offline copy was stopped".into()));
+            }
+            progress(quarter * 2500);
+            let mut st = self.lock();
+            st.converted += 1;
+            if quarter == 1 && st.start_during_convert {
+                st.start_guest();
+            }
+        }
+        Ok(())
+    }
+
     fn snapshots(&self, _domain: &str) -> Result<Vec<SnapshotSpec>, HvError> {
         self.step(|_| Ok(Vec::new()))
     }
