@@ -8,26 +8,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use volmig_engine::hypervisor::{HvError, ImageFormat};
+use volmig_engine::hypervisor::{HvError, ImageCopy};
 
 /// How often the copy is checked for its end, its progress and a stop.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Copies the guest-visible contents of `source` into the existing image at
-/// `dest`. `-U` reads the source without taking its lock, so an operator who
+/// Copies the guest-visible contents of `copy.source` into the existing
+/// image of `copy.dest`. `-U` reads the source without taking its lock, so an operator who
 /// starts the guest meanwhile is not refused (the engine notices the start and
 /// abandons the copy); `-n` writes into the volume volmig created instead of
 /// replacing it, keeping its identity. Zeroes are skipped (`-S`, the default)
 /// and, on a fresh file, not written at all (`--target-is-zero`): a block
 /// device may hold old data, so there they are written.
 pub fn convert(
-    source: &str,
-    source_format: ImageFormat,
-    dest: &str,
-    dest_format: ImageFormat,
+    copy: &ImageCopy<'_>,
     progress: &dyn Fn(u64),
     stop: &AtomicBool,
 ) -> Result<(), HvError> {
+    let (source, dest, bandwidth) = (copy.source, copy.dest.path.as_str(), copy.bandwidth);
     let dest_is_file = std::fs::metadata(dest).is_ok_and(|m| m.is_file());
     let mut args = vec![
         "convert",
@@ -35,12 +33,17 @@ pub fn convert(
         "-p",
         "-n",
         "-f",
-        source_format.as_str(),
+        copy.source_format.as_str(),
         "-O",
-        dest_format.as_str(),
+        copy.dest_format.as_str(),
     ];
     if dest_is_file {
         args.push("--target-is-zero");
+    }
+    // The request's bandwidth holds offline too (bytes/s).
+    let rate = bandwidth.to_string();
+    if bandwidth > 0 {
+        args.extend(["-r", rate.as_str()]);
     }
     args.extend(["--", source, dest]);
     let mut child = Command::new("qemu-img")

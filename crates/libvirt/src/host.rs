@@ -342,23 +342,14 @@ impl Hypervisor for LibvirtHost {
 
     fn convert_image(
         &self,
-        source: &str,
-        source_format: ImageFormat,
-        dest: &VolumeIdentity,
-        dest_format: ImageFormat,
+        copy: &volmig_engine::hypervisor::ImageCopy<'_>,
         progress: &dyn Fn(u64),
         stop: &std::sync::atomic::AtomicBool,
     ) -> Result<(), HvError> {
         // Only into the very volume volmig created.
+        let dest = copy.dest;
         self.check_created(dest)?;
-        crate::convert::convert(
-            source,
-            source_format,
-            &dest.path,
-            dest_format,
-            progress,
-            stop,
-        )?;
+        crate::convert::convert(copy, progress, stop)?;
         // libvirt caches a volume's allocation until its pool is refreshed.
         self.call("virStoragePoolRefresh", &dest.pool, |c| {
             c.lookup_storage_pool_by_name(&dest.pool)?.refresh(0)?;

@@ -408,13 +408,11 @@ impl Hypervisor for FakeHypervisor {
     // (`start_during_convert`), as an operator might.
     fn convert_image(
         &self,
-        _source: &str,
-        _source_format: ImageFormat,
-        dest: &VolumeIdentity,
-        _dest_format: ImageFormat,
+        copy: &crate::hypervisor::ImageCopy<'_>,
         progress: &dyn Fn(u64),
         stop: &std::sync::atomic::AtomicBool,
     ) -> Result<(), HvError> {
+        let dest = copy.dest;
         self.step(|st| {
             let found = st
                 .volumes

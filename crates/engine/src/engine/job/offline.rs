@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::verify::{current_source, disk_of, same_source};
 use super::Ctx;
 use crate::error::Error;
-use crate::hypervisor::{Definition, DiskSpec};
+use crate::hypervisor::{Definition, DiskSpec, ImageCopy};
 use crate::journal::{Destination, Stage};
 use crate::model::{MigrationResult, Phase, Progress};
 
@@ -56,11 +56,19 @@ async fn copy(ctx: &mut Ctx<'_>, dest: &Destination) -> Result<(), Error> {
         let (hv, stop, done) = (ctx.inner.hv.clone(), stop.clone(), done.clone());
         let (source, volume) = (plan.source.display_name(), dest.volume.clone());
         let (sf, df) = (plan.source_format, plan.dest_format);
+        let bandwidth = ctx.record().bandwidth;
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             span.in_scope(|| {
                 let progress = |p: u64| done.store(p, Ordering::Relaxed);
-                hv.convert_image(&source, sf, &volume, df, &progress, &stop)
+                let copy = ImageCopy {
+                    source: &source,
+                    source_format: sf,
+                    dest: &volume,
+                    dest_format: df,
+                    bandwidth,
+                };
+                hv.convert_image(&copy, &progress, &stop)
             })
         })
     };
