@@ -3,6 +3,7 @@
 //! created, sparse, watched so it can report progress and be stopped.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,7 +47,21 @@ pub fn convert(
         args.extend(["-r", rate.as_str()]);
     }
     args.extend(["--", source, dest]);
-    let mut child = Command::new("qemu-img")
+    let mut command = Command::new("qemu-img");
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl(2), which is async-signal-safe and touches no memory of
+    // the parent.
+    unsafe {
+        command.pre_exec(|| {
+            // A node killed mid-copy must not leave qemu-img writing into a
+            // destination that its successor deletes.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

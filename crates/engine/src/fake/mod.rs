@@ -75,6 +75,12 @@ pub struct FakeState {
     pub other_domains: Vec<DomainDisksSpec>,
     /// Starts the guest after the first quarter of an offline copy.
     pub start_during_convert: bool,
+    /// Starts the guest (from the definition as it was) at the next switch
+    /// of a persistent definition, as a start racing the switch would.
+    pub start_at_switch: bool,
+    /// How long a switch of a persistent definition takes to return, after
+    /// it took effect (a node killed meanwhile finds it done).
+    pub switch_pause: std::time::Duration,
     /// How long each quarter of an offline copy takes.
     pub convert_pause: std::time::Duration,
     /// Quarters of offline copies done.

@@ -296,9 +296,14 @@ impl Hypervisor for FakeHypervisor {
         _backing: &[BackingLayer],
     ) -> Result<(), HvError> {
         self.step(|st| {
+            if std::mem::take(&mut st.start_at_switch) {
+                st.start_guest();
+            }
             st.persistent.insert(disk.into(), source.clone());
             Ok(())
-        })
+        })?;
+        std::thread::sleep(self.lock().switch_pause);
+        Ok(())
     }
 
     fn checkpoints(&self, _domain: &str) -> Result<Vec<Checkpoint>, HvError> {

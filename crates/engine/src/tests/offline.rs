@@ -111,6 +111,25 @@ async fn a_guest_started_during_its_offline_copy_stays_on_its_source() {
 }
 
 #[tokio::test]
+async fn a_guest_started_while_its_definition_is_switched_is_switched_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = stopped();
+    hv.lock().start_at_switch = true;
+    let engine = engine(hv.clone(), dir.path()).await;
+    let events = collect(engine.migrate(offline("")).await.expect("start")).await;
+    let last = events.last().expect("terminal");
+    assert_eq!(last.phase, Phase::Failed, "{last:?}");
+    let failure = last.failure.as_ref().expect("failure");
+    assert_eq!(failure.code, ErrorCode::Aborted);
+    assert_eq!(failure.phase, Phase::Pivoting, "{failure:?}");
+    assert!(!dest_exists(&hv), "the destination is deleted");
+    let st = hv.lock();
+    assert!(st.running);
+    assert_eq!(st.persistent.get("vda"), Some(&source()));
+    assert_eq!(st.live.get("vda"), Some(&source()));
+}
+
+#[tokio::test]
 async fn cancel_during_an_offline_copy_deletes_the_destination() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hv = stopped();
@@ -188,7 +207,15 @@ fn a_node_restarted_mid_offline_copy_deletes_the_copy() {
 #[test]
 fn a_node_restarted_after_the_switch_finishes_the_move() {
     let hv = stopped();
+    // The node dies while the switch call has not returned yet.
+    hv.lock().switch_pause = Duration::from_secs(2);
     let events = restart_when(&hv, |hv| hv.lock().persistent.get("vda") != Some(&source()));
+    hv.lock().switch_pause = Duration::ZERO;
+    let phases: Vec<Phase> = events.iter().map(|e| e.phase).collect();
+    assert!(
+        phases.contains(&Phase::Verifying),
+        "the restarted node verifies: {phases:?}"
+    );
     let last = events.last().expect("terminal");
     assert_eq!(last.phase, Phase::Completed, "{last:?}");
     assert!(dest_exists(&hv));
