@@ -149,3 +149,61 @@ async fn a_guest_started_during_its_offline_copy_stays_on_its_source() {
     guest.wait_writing(20, BOOT);
     guest.verify_data_after_cold_restart();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_guests_backing_chain_is_flattened_into_its_offline_copy() {
+    let src = DirPool::new("offc-src");
+    let dst = DirPool::new("offc-dst");
+    let guest = Guest::builder("offc", &src)
+        .backing_file(500)
+        .disk_bytes(64 * MIB)
+        .start();
+    let node = NodeProcess::start("offc", &[]);
+    written_then_stopped(&guest);
+    // A shut-off domain's XML lists no backing chain: ask the image.
+    let source_info = harness::run_ok(
+        "qemu-img",
+        &[
+            "info",
+            "-U",
+            "--output=json",
+            &guest.persistent_disk_source("vda").path,
+        ],
+    );
+    assert!(
+        source_info.contains("backing-filename"),
+        "the source has a backing file: {source_info}"
+    );
+
+    let mut client = node.client().await;
+    let mut req = node::request(guest.name(), "vda", dst.name());
+    req.options = Some(proto::MigrationOptions {
+        offline_if_stopped: true,
+        ..Default::default()
+    });
+    let events = node::migrate(&mut client, req)
+        .await
+        .unwrap_or_else(|s| panic!("MigrateVolume refused: {s:?}"));
+    node::assert_terminal(&events, proto::Phase::Completed);
+    let result = events
+        .last()
+        .and_then(|e| e.result.clone())
+        .expect("result");
+    let persistent = guest.persistent_disk_source("vda");
+    assert_eq!(persistent.path, result.destination_source);
+    assert!(persistent.backing.is_empty(), "{persistent:?}");
+    let info = harness::run_ok(
+        "qemu-img",
+        &["info", "-U", "--output=json", &result.destination_source],
+    );
+    assert!(
+        !info.contains("backing-filename"),
+        "destination still has a backing file: {info}"
+    );
+
+    guest.boot();
+    guest.wait_writing(20, BOOT);
+    // Records 1..=500 only ever lived in the template.
+    guest.verify_data();
+    assert!(guest.last_ack() > 500);
+}
