@@ -128,6 +128,7 @@ fn options(o: &MigrationOptions) -> Value {
         "verify": o.verify().as_str_name(),
         "on_no_convergence": o.on_no_convergence().as_str_name(),
         "convergence_window_seconds": o.convergence_window_seconds,
+        "offline_if_stopped": o.offline_if_stopped,
     })
 }
 

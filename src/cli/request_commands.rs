@@ -91,6 +91,10 @@ pub struct RequestArgs {
     /// converging (5-86400) [default: 60]
     #[arg(long, value_name = "SECONDS")]
     pub convergence_window: Option<u64>,
+    /// If the domain is shut off, copy its disk offline and switch its definition (refused
+    /// otherwise); a guest started during the copy is left on its source
+    #[arg(long)]
+    pub offline_if_stopped: bool,
     /// Copy only the top image and keep its backing file, which the destination must reach
     #[arg(long)]
     pub shallow: bool,
@@ -175,6 +179,7 @@ impl RequestArgs {
                     None => NoConvergencePolicy::Unspecified,
                 } as i32,
                 convergence_window_seconds: self.convergence_window.unwrap_or(0),
+                offline_if_stopped: self.offline_if_stopped,
             }),
             required_tags: self.tags.clone(),
         }
@@ -278,6 +283,7 @@ mod tests {
             "switch-to-sync-writes",
             "--convergence-window",
             "30",
+            "--offline-if-stopped",
             "--json",
         ])
         .expect("parses");
@@ -305,6 +311,7 @@ mod tests {
                     source_users_elsewhere: vec![],
                     on_no_convergence: NoConvergencePolicy::SwitchToSyncWrites as i32,
                     convergence_window_seconds: 30,
+                    offline_if_stopped: true,
                 }),
                 required_tags: vec!["ssd".into(), "eu".into()],
                 ..Default::default()

@@ -118,6 +118,13 @@ pub enum Error {
         #[source]
         source: HvError,
     },
+    /// A stopped guest was started while its disk was being moved offline,
+    /// before its definition was switched: the move was abandoned and the
+    /// guest runs on its source, so a live move is what can follow.
+    #[error(
+        "domain '{0}' was started during its offline move; it stays on its source; move it live"
+    )]
+    StartedDuringOfflineMove(String),
     /// Cancelled on request.
     #[error("cancelled by request")]
     Cancelled,
@@ -212,7 +219,10 @@ impl Error {
                 HvError::Unreachable { .. } => ErrorCode::Unavailable,
                 _ => ErrorCode::FailedPrecondition,
             },
-            Error::Interrupted(_) | Error::GroupAborted { .. } => ErrorCode::Aborted,
+            // ABORTED: a retry (as a live move) is expected to succeed.
+            Error::Interrupted(_)
+            | Error::GroupAborted { .. }
+            | Error::StartedDuringOfflineMove(_) => ErrorCode::Aborted,
             Error::Hypervisor { source, .. } => match source {
                 HvError::NoDomain(_)
                 | HvError::NoDisk { .. }

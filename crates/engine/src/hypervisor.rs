@@ -78,6 +78,22 @@ pub enum HvError {
     },
 }
 
+/// One offline copy of an image into a volume volmig created
+/// ([`Hypervisor::convert_image`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ImageCopy<'a> {
+    /// The image's path.
+    pub source: &'a str,
+    /// Its format.
+    pub source_format: ImageFormat,
+    /// The volume to fill.
+    pub dest: &'a VolumeIdentity,
+    /// The format to write.
+    pub dest_format: ImageFormat,
+    /// At most this many bytes/s; 0: unlimited.
+    pub bandwidth: u64,
+}
+
 /// Told of every call a [`Hypervisor`] implementation makes to its host
 /// (metrics). Called inline on the blocking call path: must be cheap.
 pub trait CallObserver: Send + Sync + 'static {
@@ -200,6 +216,18 @@ pub trait Hypervisor: Send + Sync + 'static {
         source: &str,
         dest: &VolumeIdentity,
         backing: Option<(&str, ImageFormat)>,
+    ) -> Result<(), HvError>;
+    /// Offline move of a stopped guest's disk: makes the volume `copy.dest`
+    /// (created empty by volmig, checked by identity) hold the guest-visible
+    /// contents of the image at `copy.source` read through its backing chain,
+    /// sparse. Calls `progress` with the part done in hundredths of a percent
+    /// (0..=10000) as it goes; returns `InvalidState` soon after `stop` is set,
+    /// leaving the destination partly written (the caller deletes it).
+    fn convert_image(
+        &self,
+        copy: &ImageCopy<'_>,
+        progress: &dyn Fn(u64),
+        stop: &std::sync::atomic::AtomicBool,
     ) -> Result<(), HvError>;
     /// The domain's libvirt snapshots.
     fn snapshots(&self, domain: &str) -> Result<Vec<SnapshotSpec>, HvError>;

@@ -55,6 +55,11 @@ pub struct Plan {
     /// with the destination paths after the pivot).
     #[serde(default)]
     pub snapshots: u32,
+    /// The domain was not running when validated: the disk is copied offline
+    /// (`qemu-img convert`) and the persistent definition switched, instead
+    /// of a block copy and pivot.
+    #[serde(default)]
+    pub offline: bool,
 }
 
 /// One read-only layer of a disk's backing chain and where it goes.
@@ -494,6 +499,7 @@ mod tests {
                 dest_format: ImageFormat::Qcow2,
                 chain: Vec::new(),
                 snapshots: 0,
+                offline: false,
             },
             stage: Stage::Planned,
             latest: Event {

@@ -11,6 +11,7 @@ pub mod hypervisor;
 pub mod journal;
 pub mod model;
 pub mod observer;
+mod offline;
 mod plan;
 mod tuning;
 

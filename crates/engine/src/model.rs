@@ -70,6 +70,10 @@ pub struct Options {
     /// counts as not converging; `None`: [`DEFAULT_CONVERGENCE_WINDOW`].
     #[serde(default)]
     pub convergence_window: Option<Duration>,
+    /// A domain that is defined but not running has its disk copied offline
+    /// (instead of the request being refused).
+    #[serde(default)]
+    pub offline_if_stopped: bool,
 }
 
 impl Options {

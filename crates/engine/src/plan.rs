@@ -52,14 +52,19 @@ pub fn plan_with_need(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<(Pl
         crate::hypervisor::HvError::NoDomain(_) => Error::DomainNotFound(req.domain.clone()),
         other => Error::hv(format!("looking up domain '{}'", req.domain))(other),
     })?;
-    if !domain.active {
-        return Err(Error::Precondition(format!(
-            "domain '{}' is not running; live migration needs a running guest (for a stopped guest, move the volume with `virsh vol-clone`/`vol-upload` and edit the definition)",
-            domain.name
-        )));
+    let offline = !domain.active;
+    if offline {
+        crate::offline::check(&domain, req)?;
     }
+    // A stopped domain has no live definition: its persistent one is what it
+    // will boot from, and what an offline move switches.
+    let definition = if offline {
+        crate::hypervisor::Definition::Persistent
+    } else {
+        crate::hypervisor::Definition::Live
+    };
     let disks = hv
-        .disks(&domain.name, crate::hypervisor::Definition::Live)
+        .disks(&domain.name, definition)
         .map_err(Error::hv(format!("reading the disks of '{}'", domain.name)))?;
     let disk = find_disk(&disks, &req.disk).ok_or_else(|| Error::DiskNotFound {
         domain: domain.name.clone(),
@@ -71,11 +76,13 @@ pub fn plan_with_need(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<(Pl
             .join(", "),
     })?;
     check_disk_writable(&domain.name, disk)?;
+    // A stopped domain has no QEMU, so no block job (libvirt answers an error).
     if disk.mirror.is_some()
-        || hv
-            .block_job(&domain.name, &disk.target)
-            .map_err(Error::hv("reading block jobs"))?
-            .is_some()
+        || !offline
+            && hv
+                .block_job(&domain.name, &disk.target)
+                .map_err(Error::hv("reading block jobs"))?
+                .is_some()
     {
         return Err(Error::Precondition(format!(
             "disk {} of '{}' already has a block job (copy, commit or pull) running; wait for it or abort it with `virsh blockjob {} {} --abort`",
@@ -115,9 +122,13 @@ pub fn plan_with_need(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<(Pl
     let source_volume = hv
         .volume_by_path(&source.display_name())
         .map_err(Error::hv("resolving the source volume"))?;
-    let capacity = hv
-        .disk_capacity(&domain.name, &disk.target)
-        .map_err(Error::hv("reading the disk's virtual size"))?;
+    let capacity = if offline {
+        // No QEMU to ask: the image header says what the guest would see.
+        crate::offline::image_capacity(hv, &source)?
+    } else {
+        hv.disk_capacity(&domain.name, &disk.target)
+            .map_err(Error::hv("reading the disk's virtual size"))?
+    };
 
     let pool = hv.pool(&req.destination_pool).map_err(|e| match e {
         crate::hypervisor::HvError::NoPool(_) => Error::PoolNotFound(req.destination_pool.clone()),
@@ -141,6 +152,9 @@ pub fn plan_with_need(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<(Pl
             pool.name, pool.pool_type
         ))
     })?;
+    if offline {
+        crate::offline::check_destination(dest_kind, &pool.name)?;
+    }
     let dest_format = destination_format(req, &pool, dest_kind, source_format)?;
     if domain.checkpoints > 0 {
         let checkpoints = hv.checkpoints(&domain.name).map_err(Error::hv(format!(
@@ -237,6 +251,7 @@ pub fn plan_with_need(hv: &dyn Hypervisor, req: &MigrationRequest) -> Result<(Pl
         dest_format,
         chain: layers,
         snapshots,
+        offline,
     };
     Ok((plan, need))
 }

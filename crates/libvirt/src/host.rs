@@ -325,20 +325,31 @@ impl Hypervisor for LibvirtHost {
         dest: &VolumeIdentity,
         backing: Option<(&str, ImageFormat)>,
     ) -> Result<(), HvError> {
-        // Only into the very file volmig created: checked by identity first.
-        let vol = self.volume(&dest.pool, &dest.name)?;
-        if let Some(why) = dest.differs_from(&vol.identity()) {
-            return Err(HvError::InvalidState(format!(
-                "volume {} is not the one volmig created: {why}",
-                dest.display_name()
-            )));
-        }
+        // Only into the very file volmig created.
+        let vol = self.check_created(dest)?;
         let format = vol
             .format
             .as_deref()
             .and_then(ImageFormat::parse)
             .unwrap_or(ImageFormat::Raw);
         qemu_img::copy_layer(source, &dest.path, format, backing)?;
+        // libvirt caches a volume's allocation until its pool is refreshed.
+        self.call("virStoragePoolRefresh", &dest.pool, |c| {
+            c.lookup_storage_pool_by_name(&dest.pool)?.refresh(0)?;
+            Ok(())
+        })
+    }
+
+    fn convert_image(
+        &self,
+        copy: &volmig_engine::hypervisor::ImageCopy<'_>,
+        progress: &dyn Fn(u64),
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), HvError> {
+        // Only into the very volume volmig created.
+        let dest = copy.dest;
+        self.check_created(dest)?;
+        crate::convert::convert(copy, progress, stop)?;
         // libvirt caches a volume's allocation until its pool is refreshed.
         self.call("virStoragePoolRefresh", &dest.pool, |c| {
             c.lookup_storage_pool_by_name(&dest.pool)?.refresh(0)?;
@@ -385,6 +396,22 @@ impl Hypervisor for LibvirtHost {
             }
             Ok(redefined)
         })
+    }
+}
+
+impl LibvirtHost {
+    /// Fails unless the volume `dest` names is still the one volmig created
+    /// (same key, path and, for files, device and inode): what a copy may
+    /// overwrite.
+    fn check_created(&self, dest: &VolumeIdentity) -> Result<VolumeSpec, HvError> {
+        let vol = self.volume(&dest.pool, &dest.name)?;
+        match dest.differs_from(&vol.identity()) {
+            Some(why) => Err(HvError::InvalidState(format!(
+                "volume {} is not the one volmig created: {why}",
+                dest.display_name()
+            ))),
+            None => Ok(vol),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod blockjob;
 mod checkpoint;
 pub mod checkpoint_xml;
 mod connection;
+mod convert;
 pub mod domain_xml;
 mod domains;
 mod error;

@@ -60,6 +60,7 @@ fn options_from_proto(options: proto::MigrationOptions) -> Result<Options, Error
         on_no_convergence,
         convergence_window: (options.convergence_window_seconds > 0)
             .then(|| Duration::from_secs(options.convergence_window_seconds)),
+        offline_if_stopped: options.offline_if_stopped,
     })
 }
 
@@ -171,6 +172,7 @@ fn options_to_proto(o: &Options) -> proto::MigrationOptions {
             }
         } as i32,
         convergence_window_seconds: o.convergence_window.map(|w| w.as_secs()).unwrap_or(0),
+        offline_if_stopped: o.offline_if_stopped,
     }
 }
 
@@ -256,6 +258,7 @@ mod tests {
                 source_users_elsewhere: vec!["domain 'x' on node n2".into()],
                 on_no_convergence: proto::NoConvergencePolicy::SwitchToSyncWrites as i32,
                 convergence_window_seconds: 10,
+                offline_if_stopped: true,
             }),
             ..Default::default()
         };

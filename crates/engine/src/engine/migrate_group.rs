@@ -60,6 +60,14 @@ impl Engine {
                         p.target
                     )));
                 }
+                // Switching every disk of a stopped guest as one (all or none)
+                // is not built yet: each offline disk moves in its own request.
+                if let Some((p, _)) = planned.iter().find(|(p, _)| p.offline) {
+                    return Err(Error::Precondition(format!(
+                        "domain '{}' is not running, and a multi-disk request cannot move a stopped guest's disks offline yet; move disk {} (and each other disk) in a request of its own",
+                        p.domain, p.target
+                    )));
+                }
                 plan::check_space_together(hv.as_ref(), &planned)?;
                 Ok(planned.into_iter().map(|(p, _)| p).collect::<Vec<Plan>>())
             }

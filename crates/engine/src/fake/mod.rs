@@ -73,6 +73,18 @@ pub struct FakeState {
     /// Domains besides `g`, as `all_domain_disks` lists them (only that
     /// listing sees them).
     pub other_domains: Vec<DomainDisksSpec>,
+    /// Starts the guest after the first quarter of an offline copy.
+    pub start_during_convert: bool,
+    /// Starts the guest (from the definition as it was) at the next switch
+    /// of a persistent definition, as a start racing the switch would.
+    pub start_at_switch: bool,
+    /// How long a switch of a persistent definition takes to return, after
+    /// it took effect (a node killed meanwhile finds it done).
+    pub switch_pause: std::time::Duration,
+    /// How long each quarter of an offline copy takes.
+    pub convert_pause: std::time::Duration,
+    /// Quarters of offline copies done.
+    pub converted: u32,
     next_ino: u64,
 }
 
@@ -254,6 +266,21 @@ impl FakeHypervisor {
     }
 }
 
+impl FakeState {
+    /// Shuts the guest off: it has no live definition while stopped.
+    pub fn stop_guest(&mut self) {
+        self.running = false;
+        self.live.clear();
+        self.jobs.clear();
+    }
+
+    /// Boots the guest from its persistent definition.
+    pub fn start_guest(&mut self) {
+        self.running = true;
+        self.live = self.persistent.clone();
+    }
+}
+
 /// Fails as `qemu-img` does on an image the node may not open.
 fn read_image(st: &FakeState, path: &str) -> Result<(), HvError> {
     if st.unreadable.iter().any(|p| p == path) {
@@ -302,6 +329,8 @@ impl FakeHypervisor {
 
     fn disk_specs(st: &FakeState, which: Definition) -> Vec<DiskSpec> {
         match which {
+            // libvirt answers a stopped domain's live XML with its persistent one.
+            Definition::Live if !st.running => Self::disk_specs(st, Definition::Persistent),
             Definition::Live => st
                 .live
                 .iter()

@@ -296,9 +296,14 @@ impl Hypervisor for FakeHypervisor {
         _backing: &[BackingLayer],
     ) -> Result<(), HvError> {
         self.step(|st| {
+            if std::mem::take(&mut st.start_at_switch) {
+                st.start_guest();
+            }
             st.persistent.insert(disk.into(), source.clone());
             Ok(())
-        })
+        })?;
+        std::thread::sleep(self.lock().switch_pause);
+        Ok(())
     }
 
     fn checkpoints(&self, _domain: &str) -> Result<Vec<Checkpoint>, HvError> {
@@ -401,6 +406,41 @@ impl Hypervisor for FakeHypervisor {
         _backing: Option<(&str, ImageFormat)>,
     ) -> Result<(), HvError> {
         Err(HvError::Unsupported("the fake copies no layers".into()))
+    }
+
+    // Copies in four steps, pausing between them so a test can cancel, and
+    // starts the guest after the first one when asked to
+    // (`start_during_convert`), as an operator might.
+    fn convert_image(
+        &self,
+        copy: &crate::hypervisor::ImageCopy<'_>,
+        progress: &dyn Fn(u64),
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), HvError> {
+        let dest = copy.dest;
+        self.step(|st| {
+            let found = st
+                .volumes
+                .get(&(dest.pool.clone(), dest.name.clone()))
+                .ok_or_else(|| HvError::NoVolume(dest.name.clone()))?;
+            match dest.differs_from(&found.identity()) {
+                Some(why) => Err(HvError::InvalidState(why)),
+                None => Ok(()),
+            }
+        })?;
+        for quarter in 1..=4u64 {
+            std::thread::sleep(self.lock().convert_pause);
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(HvError::InvalidState("the offline copy was stopped".into()));
+            }
+            progress(quarter * 2500);
+            let mut st = self.lock();
+            st.converted += 1;
+            if quarter == 1 && st.start_during_convert {
+                st.start_guest();
+            }
+        }
+        Ok(())
     }
 
     fn snapshots(&self, _domain: &str) -> Result<Vec<SnapshotSpec>, HvError> {

@@ -5,6 +5,7 @@ mod admission;
 mod bandwidth;
 mod destination;
 mod lifecycle;
+mod offline;
 mod pool_volumes;
 
 use std::sync::Arc;

@@ -97,6 +97,7 @@ mod tests {
             dest_format: ImageFormat::Qcow2,
             chain: Vec::new(),
             snapshots: 0,
+            offline: false,
         }
     }
 

@@ -17,6 +17,7 @@ mod control;
 mod copy;
 mod ctx;
 mod disk_state;
+mod offline;
 mod pivot;
 mod prepare;
 mod recovery;
@@ -146,8 +147,12 @@ async fn fresh(ctx: &mut Ctx<'_>) -> Result<MigrationResult, Error> {
         })
         .await
         .map_err(Error::hv("validating"))??;
+    let offline = fresh.offline;
     ctx.publish(|r| r.plan = fresh).await?;
     ctx.checkpoint().await?;
+    if offline {
+        return offline::run(ctx).await;
+    }
     if let Some(member) = ctx.member.clone() {
         // Waits before anything is created, so a limited group holds at most
         // its limit of destinations being filled.
@@ -193,9 +198,19 @@ async fn continue_from(ctx: &mut Ctx<'_>, resume: Resume) -> Result<MigrationRes
             timed_pivot(ctx, &dest).await?;
             dest
         }
+        Resume::Verify(dest) if ctx.plan().offline => return offline::finish(ctx, dest).await,
         Resume::Verify(dest) => dest,
     };
     let persistent_repaired = verify::verify(ctx, &dest).await?;
+    finish(ctx, dest, persistent_repaired).await
+}
+
+/// After VERIFYING: the snapshots' metadata, the source's cleanup and the result.
+async fn finish(
+    ctx: &mut Ctx<'_>,
+    dest: crate::journal::Destination,
+    persistent_repaired: bool,
+) -> Result<MigrationResult, Error> {
     redefine_snapshots(ctx, &dest).await?;
     // Measured before a source deletion, so both sides can be compared.
     let source_allocated = allocated(ctx, &ctx.plan().source).await;

@@ -20,6 +20,9 @@ pub(crate) async fn decide(ctx: &mut Ctx<'_>, group_uncommitted: bool) -> Result
     let plan = record.plan;
     let phase = record.latest.phase;
     tracing::info!(phase = phase.name(), stage = ?record.stage, "reconciling after restart");
+    if plan.offline {
+        return super::offline::recover(ctx, record.stage).await;
+    }
     match record.stage {
         Stage::Planned | Stage::Creating | Stage::Created(_) => {
             Err(interrupted(&format!("while {}", phase.name())))
