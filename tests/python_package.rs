@@ -443,9 +443,15 @@ async fn python_package_moves_a_writing_guest_over_unix_and_mtls_reattaches_and_
     assert_eq!(refusals["same_pool"], "FAILED_PRECONDITION", "{refusals}");
     assert_eq!(refusals["bad_pool_name"], "INVALID_ARGUMENT", "{refusals}");
     assert_eq!(refusals["bad_id"], "INVALID_ARGUMENT", "{refusals}");
+    assert_eq!(
+        refusals["maintenance_on_node"], "UNIMPLEMENTED",
+        "{refusals}"
+    );
 
     // 3. The README's hook, as written, through a controller over mTLS + token; its
-    //    first endpoint is dead (failover). Then plan/pools and a viewer's refusal.
+    //    first endpoint is dead (failover). Before it: plan/pools and a viewer's
+    //    refusal; pool maintenance on the hook's pool (listed, a migration naming it
+    //    refused FAILED_PRECONDITION, off again) and a viewer refused setting it.
     let tag = harness::unique_name("py-tag");
     let cluster = tls_cluster(scratch.path(), &tag, &p2).await;
     let hook = scratch.path().join("move_volume.py");
@@ -471,6 +477,19 @@ async fn python_package_moves_a_writing_guest_over_unix_and_mtls_reattaches_and_
     let all_env: Vec<(&str, &str)> = env.iter().chain(tls_env.iter()).copied().collect();
     pytest(&pkg, "test_controller.py", &out, &all_env).await;
     assert_eq!(answer(&out, "controller")["viewer"], "PERMISSION_DENIED");
+    let maintenance = answer(&out, "maintenance");
+    assert_eq!(
+        maintenance["named_pool"], "FAILED_PRECONDITION",
+        "{maintenance}"
+    );
+    assert_eq!(maintenance["viewer"], "PERMISSION_DENIED", "{maintenance}");
+    assert_eq!(maintenance["listed"]["on"], false, "{maintenance}");
+    assert!(
+        maintenance["listed"]["actor"]
+            .as_str()
+            .is_some_and(|a| a.contains("py-operator")),
+        "{maintenance}"
+    );
     let hook_out = tokio::process::Command::new(&pkg.python)
         .arg(&hook)
         .args([

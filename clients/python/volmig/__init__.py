@@ -21,6 +21,7 @@ from ._channel import Credentials, PathLike, endpoints_of
 from .client import Client, MigrationHandle
 from .errors import (
     AlreadyExists,
+    ControllerRequired,
     FailedPrecondition,
     InvalidArgument,
     MigrationCancelled,
@@ -34,17 +35,32 @@ from .errors import (
     VolmigError,
     WaitTimeout,
 )
-from .types import Disk, DomainDisks, Event, Outcome, Phase, Plan, Pool, Progress, Record, Result
+from .types import (
+    Disk,
+    DomainDisks,
+    Event,
+    MaintenanceResult,
+    Outcome,
+    Phase,
+    Plan,
+    Pool,
+    PoolMaintenance,
+    Progress,
+    Record,
+    Result,
+)
 
 __all__ = [
     "AlreadyExists",
     "Bandwidth",
     "Client",
+    "ControllerRequired",
     "Disk",
     "DomainDisks",
     "Event",
     "FailedPrecondition",
     "InvalidArgument",
+    "MaintenanceResult",
     "MigrationCancelled",
     "MigrationFailed",
     "MigrationHandle",
@@ -54,6 +70,7 @@ __all__ = [
     "Phase",
     "Plan",
     "Pool",
+    "PoolMaintenance",
     "Progress",
     "Record",
     "RequestRefused",

@@ -4,17 +4,18 @@ sync and async clients only differ in how they send it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, List, Sequence, TypeVar
+from typing import Any, Callable, Generic, List, Optional, Sequence, TypeVar
 
 import grpc
 
 from ._bandwidth import Bandwidth, parse_bandwidth
 from ._request import Disks, migrate_request
 from ._service import CONTROLLER, NODE, service_path
-from .errors import VolmigError
+from .errors import ControllerRequired, VolmigError
 from .types import (
     DomainDisks,
     Event,
+    MaintenanceResult,
     Phase,
     Plan,
     Pool,
@@ -22,6 +23,7 @@ from .types import (
     cluster_pool_of,
     domain_disks_of,
     event_of,
+    maintenance_result_of,
     plan_of,
     pool_of,
     record_of,
@@ -55,9 +57,9 @@ def disks(service: str, domain: str) -> Call[DomainDisks]:
     return Call(service_path(service, "ListDisks"), node_pb2.ListDisksRequest(domain=domain), domain_disks_of)
 
 
-def plan(service: str, domain: str, disks: Disks, kwargs: Any) -> Call[Plan]:
+def plan(service: str, endpoint: str, domain: str, disks: Disks, kwargs: Any) -> Call[Plan]:
     if service != CONTROLLER:
-        raise VolmigError(grpc.StatusCode.UNIMPLEMENTED, "plan() is a controller call")
+        raise ControllerRequired("plan", endpoint)
     return Call(service_path(service, "PlanMigration"), migrate_request(domain, disks, **kwargs), plan_of)
 
 
@@ -81,3 +83,14 @@ def cancel(service: str, migration_id: str) -> Call[Event]:
 def set_bandwidth(service: str, migration_id: str, bandwidth: Bandwidth) -> Call[None]:
     req = migration_pb2.SetBandwidthRequest(migration_id=migration_id, bytes_per_sec=parse_bandwidth(bandwidth))
     return Call(service_path(service, "SetBandwidth"), req, lambda _: None)
+
+
+def set_pool_maintenance(
+    service: str, endpoint: str, pool: str, on: bool, reason: Optional[str]
+) -> Call[MaintenanceResult]:
+    if service != CONTROLLER:
+        raise ControllerRequired("set_pool_maintenance", endpoint)
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be True or False, not {on!r}")
+    req = controller_pb2.SetPoolMaintenanceRequest(pool=pool, maintenance=on, reason=reason or "")
+    return Call(service_path(service, "SetPoolMaintenance"), req, maintenance_result_of)

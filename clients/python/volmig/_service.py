@@ -21,6 +21,7 @@ _RESPONSES: Dict[str, Any] = {
     "ListMigrations": migration_pb2.ListMigrationsResponse,
     "CancelMigration": migration_pb2.CancelMigrationResponse,
     "SetBandwidth": migration_pb2.SetBandwidthResponse,
+    "SetPoolMaintenance": controller_pb2.SetPoolMaintenanceResponse,
 }
 
 

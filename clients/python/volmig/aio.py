@@ -23,7 +23,7 @@ from ._follow import DROPPED, Follow
 from ._request import Disks, migrate_request
 from ._service import CAPABILITIES, detect, response_type, service_path
 from .errors import WaitTimeout, refused
-from .types import DomainDisks, Event, Outcome, Phase, Plan, Pool, Record
+from .types import DomainDisks, Event, MaintenanceResult, Outcome, Phase, Plan, Pool, Record
 from .v1 import identity_pb2, migration_pb2
 
 T = TypeVar("T")
@@ -72,6 +72,11 @@ class AsyncClient:
             if ch is not None:
                 await ch.close()
                 self._channels[i] = None
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint calls go to now."""
+        return self._endpoints[self._current].url
 
     def _channel(self) -> grpc.aio.Channel:
         ch = self._channels[self._current]
@@ -128,7 +133,12 @@ class AsyncClient:
         return await self._do(calls.disks(await self.service(), domain))
 
     async def plan(self, domain: str, disks: Disks = None, **kwargs: Any) -> Plan:
-        return await self._do(calls.plan(await self.service(), domain, disks, kwargs))
+        return await self._do(calls.plan(await self.service(), self.endpoint, domain, disks, kwargs))
+
+    async def set_pool_maintenance(self, pool: str, on: bool, reason: Optional[str] = None) -> MaintenanceResult:
+        """See `volmig.Client.set_pool_maintenance`."""
+        service = await self.service()
+        return await self._do(calls.set_pool_maintenance(service, self.endpoint, pool, on, reason))
 
     async def status(self, migration_id: str) -> Record:
         return await self._do(calls.status(await self.service(), migration_id))

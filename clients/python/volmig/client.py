@@ -14,7 +14,7 @@ from ._follow import DROPPED, Follow
 from ._request import Disks, migrate_request
 from ._service import CAPABILITIES, Unary, detect, response_type, service_path
 from .errors import WaitTimeout, refused
-from .types import DomainDisks, Event, Outcome, Phase, Plan, Pool, Record
+from .types import DomainDisks, Event, MaintenanceResult, Outcome, Phase, Plan, Pool, Record
 from .v1 import identity_pb2, migration_pb2
 
 T = TypeVar("T")
@@ -122,7 +122,17 @@ class Client:
 
     def plan(self, domain: str, disks: Disks = None, **kwargs: Any) -> Plan:
         """Where a controller would place the disks (same arguments as `migrate`)."""
-        return self._do(calls.plan(self.service, domain, disks, kwargs))
+        return self._do(calls.plan(self.service, self.endpoint, domain, disks, kwargs))
+
+    def set_pool_maintenance(self, pool: str, on: bool, reason: Optional[str] = None) -> MaintenanceResult:
+        """Puts a pool in maintenance (on=True) or takes it out (a controller's call, role
+        operator). pool: a storage id, or a pool name only one storage id carries. While on,
+        placement never chooses the pool and a migration naming it is refused with
+        `FailedPrecondition`; nothing already on it or copying to it is stopped.
+
+        Raises `ControllerRequired` on a node endpoint; `NotFound` (no up node reports the
+        pool), `InvalidArgument` (a name several pools carry), `PermissionDenied`."""
+        return self._do(calls.set_pool_maintenance(self.service, self.endpoint, pool, on, reason))
 
     def status(self, migration_id: str) -> Record:
         """A migration's request and latest state."""

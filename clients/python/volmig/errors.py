@@ -5,6 +5,7 @@
 - `MigrationFailed` / `MigrationCancelled`: the migration ran and ended
   FAILED or CANCELLED; `code` is the code from its terminal event.
 - `WaitTimeout`: `wait(timeout)` ran out; the migration goes on.
+- `ControllerRequired`: a controller's call made on a node; nothing was sent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ class VolmigError(Exception):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+
+
+class ControllerRequired(VolmigError):
+    """A controller's call (plan, set_pool_maintenance) made on a node endpoint; nothing
+    was sent. `code` is UNIMPLEMENTED (what the node itself would answer)."""
+
+    def __init__(self, call: str, endpoint: str) -> None:
+        super().__init__(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{call}() needs a controller; {endpoint} is a node (connect to a controller endpoint)",
+        )
+        self.call = call
 
 
 class RequestRefused(VolmigError):

@@ -6,6 +6,7 @@ handle raw protobuf messages (those stay reachable as `volmig.v1.*_pb2`).
 
 from __future__ import annotations
 
+import datetime
 import enum
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -133,9 +134,36 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class PoolMaintenance:
+    """A pool's maintenance flag as last set (on a controller): while `on`, placement
+    never chooses the pool and a migration naming it is refused (FAILED_PRECONDITION).
+    A flag turned off stays visible (who turned it off, when)."""
+
+    on: bool
+    actor: str
+    since: datetime.datetime
+    """When it was last set (UTC)."""
+    reason: str
+
+    @property
+    def since_unix_ms(self) -> int:
+        return round(self.since.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class MaintenanceResult:
+    """What `set_pool_maintenance` set: the pool's storage id, its name, the flag now."""
+
+    storage_id: str
+    pool: str
+    maintenance: PoolMaintenance
+
+
+@dataclass(frozen=True)
 class Pool:
-    """A storage pool; `storage_id`, `node_ids`, `tags`, `in_flight_migrations` come
-    from a controller (a node reports one host's pools)."""
+    """A storage pool; `storage_id`, `node_ids`, `tags`, `in_flight_migrations` and
+    `maintenance` (None if never set) come from a controller (a node reports one
+    host's pools)."""
 
     name: str
     type: str
@@ -148,6 +176,11 @@ class Pool:
     node_ids: Tuple[str, ...] = ()
     tags: Tuple[str, ...] = ()
     in_flight_migrations: int = 0
+    maintenance: Optional[PoolMaintenance] = None
+
+    @property
+    def in_maintenance(self) -> bool:
+        return self.maintenance is not None and self.maintenance.on
 
 
 @dataclass(frozen=True)
@@ -295,7 +328,17 @@ def cluster_pool_of(m: controller_pb2.ClusterPool) -> Pool:
         node_ids=tuple(m.node_ids),
         tags=tuple(m.tags),
         in_flight_migrations=m.in_flight_migrations,
+        maintenance=maintenance_of(m.maintenance) if m.HasField("maintenance") else None,
     )
+
+
+def maintenance_of(m: controller_pb2.PoolMaintenance) -> PoolMaintenance:
+    since = datetime.datetime.fromtimestamp(m.since_unix_ms / 1000, tz=datetime.timezone.utc)
+    return PoolMaintenance(on=m.on, actor=m.actor, since=since, reason=m.reason)
+
+
+def maintenance_result_of(m: controller_pb2.SetPoolMaintenanceResponse) -> MaintenanceResult:
+    return MaintenanceResult(m.storage_id, m.pool, maintenance_of(m.maintenance))
 
 
 def disk_of(m: node_pb2.Disk) -> Disk:

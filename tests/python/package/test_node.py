@@ -68,7 +68,11 @@ def test_refused_requests_raise_typed_errors_with_their_code(env, report):
         with pytest.raises(volmig.RequestRefused) as e:
             client.status("no such id!")
         codes["bad_id"] = e.value.code.name
-        with pytest.raises(volmig.VolmigError) as e:
+        with pytest.raises(volmig.ControllerRequired) as e:
             client.plan(env("VOLMIG_DOMAIN"), "vda")
         assert e.value.code is grpc.StatusCode.UNIMPLEMENTED
+        # Asked of the real node (its Identity says "node"): refused before anything is sent.
+        with pytest.raises(volmig.ControllerRequired, match="set_pool_maintenance.*needs a controller") as e:
+            client.set_pool_maintenance(env("VOLMIG_POOL_1"), True, reason="x")
+        codes["maintenance_on_node"] = e.value.code.name
     report("refusals", codes)

@@ -63,3 +63,21 @@ def test_errors_carry_the_code():
     e = refused(grpc.StatusCode.NOT_FOUND, "no domain x")
     assert isinstance(e, volmig.NotFound) and isinstance(e, volmig.RequestRefused)
     assert e.code is grpc.StatusCode.NOT_FOUND and e.message == "no domain x"
+
+
+def test_controller_calls_on_a_node_raise_controller_required():
+    import asyncio
+
+    client = volmig.connect("unix:///nonexistent/node.sock", service="node")
+    with pytest.raises(volmig.ControllerRequired, match="needs a controller") as e:
+        client.set_pool_maintenance("fast", True)
+    assert e.value.code is grpc.StatusCode.UNIMPLEMENTED and "node" in e.value.message
+    with pytest.raises(volmig.ControllerRequired):
+        client.plan("g", "vda")
+
+    async def aio():
+        async with volmig.aio.connect("unix:///nonexistent/node.sock", service="node") as a:
+            await a.set_pool_maintenance("fast", False)
+
+    with pytest.raises(volmig.ControllerRequired, match="set_pool_maintenance"):
+        asyncio.run(aio())
