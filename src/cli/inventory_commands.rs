@@ -3,14 +3,12 @@
 
 use clap::Args;
 
-use super::target::Accepts;
+use super::target::{Accepts, Service};
 use super::{json, print, report, CliError, OutputArgs};
 use crate::api::client::Peer;
 use crate::proto::controller_client::ControllerClient;
 use crate::proto::node_client::NodeClient;
-use crate::proto::{
-    GetInfoRequest, ListClusterPoolsRequest, ListDisksRequest, ListNodesRequest, ListPoolsRequest,
-};
+use crate::proto::{GetInfoRequest, ListClusterPoolsRequest, ListDisksRequest, ListPoolsRequest};
 
 /// Arguments of `disks`.
 #[derive(Debug, Clone, Args)]
@@ -81,10 +79,9 @@ pub(super) async fn info(args: OutputArgs) -> Result<i32, CliError> {
 
 pub(super) async fn nodes(args: OutputArgs) -> Result<i32, CliError> {
     let target = args.target.resolve("nodes", Accepts::Controller)?;
-    let reply = ControllerClient::new(target.channel().await?)
-        .list_nodes(ListNodesRequest {})
-        .await?
-        .into_inner();
+    let reply = target
+        .failover(|mut s: Service| async move { s.list_nodes().await })
+        .await?;
     print(
         args.json,
         || json::nodes(&reply.nodes),
