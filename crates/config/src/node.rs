@@ -35,7 +35,8 @@ pub struct NodeConfig {
     /// Seconds libvirtd may stay unreachable during a migration (while it
     /// restarts, say) before the migration fails.
     pub libvirt_grace_seconds: u64,
-    /// Controller to register with (heartbeats); empty for none. With
+    /// Controller to register with (heartbeats); empty for none. Several may
+    /// be given separated by commas (as `--controller a,b` does); with
     /// `controllers`, the node registers with every one named.
     pub controller: String,
     /// More controllers to register with, for several controllers sharing one
@@ -146,11 +147,12 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
-    /// Every controller to register with: `controller`, then `controllers`,
-    /// without blanks or repeats.
+    /// Every controller to register with: `controller` (split at commas),
+    /// then `controllers`, without blanks or repeats.
     pub fn controller_endpoints(&self) -> Vec<String> {
         let mut all: Vec<String> = Vec::new();
-        for c in std::iter::once(&self.controller).chain(&self.controllers) {
+        let single = self.controller.split(',');
+        for c in single.chain(self.controllers.iter().map(String::as_str)) {
             let c = c.trim();
             if !c.is_empty() && !all.iter().any(|a| a == c) {
                 all.push(c.to_string());
@@ -191,5 +193,13 @@ mod tests {
             toml::from_str("controllers = [\"https://b:7450\"]\n").expect("valid");
         assert_eq!(config.controller_endpoints(), ["https://b:7450"]);
         assert!(NodeConfig::default().controller_endpoints().is_empty());
+        let config = NodeConfig {
+            controller: "https://a:7450, https://b:7450".into(),
+            ..NodeConfig::default()
+        };
+        assert_eq!(
+            config.controller_endpoints(),
+            ["https://a:7450", "https://b:7450"]
+        );
     }
 }
