@@ -304,5 +304,52 @@ fn a_leader_cut_off_etcd_only_stands_down_within_the_lease_and_a_node_outlives_e
     let listed: serde_json::Value = serde_json::from_str(&first).expect("json");
     assert_eq!(listed["nodes"][0]["node_id"], fleet.node_id(1), "{first}");
     assert_eq!(listed["nodes"][0]["state"], "NODE_STATE_UP", "{first}");
+
+    // A migration followed through the leader, which is killed mid-copy: the CLI, given
+    // both controllers, follows it on through the other one to its end.
+    let h1 = bed.host(1).clone();
+    let _on_h1 = h1.libvirt_scope();
+    let src = DirPool::new("ha-re-src");
+    let dst = DirPool::new("ha-re-dst");
+    let guest = Guest::start("ha-re-guest", &src, "qcow2", 64 * MIB);
+    guest.wait_writing(5, BOOT);
+    fleet.wait_registered(old);
+    let serving = fleet.cli_spawn(
+        old,
+        &[old, other],
+        &migrate_args(
+            guest.name(),
+            "vda",
+            dst.name(),
+            &["--json", "--bandwidth", "8MiB"],
+        ),
+    );
+    // Killed once the copy runs (the first progress event is out).
+    std::thread::sleep(Duration::from_secs(2));
+    fleet.kill_controller(old);
+    let killed = Instant::now();
+    let output = serving.wait_with_output().expect("CLI output");
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    eprintln!(
+        "migrate across the death of its controller: ended {:?} after the kill; stderr {err}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{err}\n{out}\n{}",
+        fleet.logs()
+    );
+    assert!(err.contains("through another controller"), "{err}");
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().expect("events"))
+        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(last["phase"], "PHASE_COMPLETED", "{out}");
+    let dest = last["result"]["destination_source"]
+        .as_str()
+        .expect("destination");
+    assert_eq!(guest.live_disk_source("vda").path, dest);
     eprintln!("test body {:?}", t0.elapsed());
 }

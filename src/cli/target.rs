@@ -529,4 +529,29 @@ mod tests {
         assert!(!try_another(&tonic::Status::not_found("no such migration")));
         assert!(!try_another(&tonic::Status::failed_precondition("busy")));
     }
+
+    #[tokio::test]
+    async fn an_unreachable_controller_is_passed_over_for_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = format!("unix://{}/c1.sock", dir.path().display());
+        let second = format!("unix://{}/c2.sock", dir.path().display());
+        let a = TargetArgs {
+            controller: vec![first.clone(), second.clone()],
+            ..TargetArgs::default()
+        };
+        let t = resolve(&a, Accepts::Controller, None, None).expect("target");
+        let mut tried = 0;
+        let err = t
+            .failover(|_s: Service| {
+                tried += 1;
+                async { Ok::<(), tonic::Status>(()) }
+            })
+            .await
+            .expect_err("nothing listens");
+        // Neither connected, so the call never ran; the error is the last one's.
+        assert_eq!(tried, 0);
+        assert!(err.to_string().contains(&second), "{err}");
+        let err = t.channel().await.expect_err("nothing listens");
+        assert!(err.to_string().contains(&second), "{err}");
+    }
 }

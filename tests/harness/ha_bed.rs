@@ -269,6 +269,23 @@ impl<'a> HaFleet<'a> {
         answer(cmd)
     }
 
+    /// [`HaFleet::cli_via`] started in the background, its output piped, for a test that
+    /// acts while the command runs.
+    pub fn cli_spawn(&self, k: usize, endpoints: &[usize], args: &[&str]) -> std::process::Child {
+        let urls: Vec<&str> = endpoints.iter().map(|e| self.ctls[*e].url()).collect();
+        self.bed
+            .netns_command(&self.ctls[k].suffix, volmig_bin())
+            .args(args)
+            .args(["--controller", &urls.join(",")])
+            .args(self.operator.flags())
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("volmig CLI")
+    }
+
     /// Controller `k`'s `nodes --json` state of each started node, by node id.
     pub fn node_states(&self, k: usize) -> Vec<(String, String)> {
         let (code, out, _) = self.cli(k, &["nodes", "--json"]);
