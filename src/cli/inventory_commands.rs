@@ -6,9 +6,8 @@ use clap::Args;
 use super::target::{Accepts, Service};
 use super::{json, print, report, CliError, OutputArgs};
 use crate::api::client::Peer;
-use crate::proto::controller_client::ControllerClient;
 use crate::proto::node_client::NodeClient;
-use crate::proto::{GetInfoRequest, ListClusterPoolsRequest, ListDisksRequest, ListPoolsRequest};
+use crate::proto::{GetInfoRequest, ListDisksRequest, ListPoolsRequest};
 
 /// Arguments of `disks`.
 #[derive(Debug, Clone, Args)]
@@ -22,10 +21,9 @@ pub struct DisksArgs {
 
 pub(super) async fn pools(args: OutputArgs) -> Result<i32, CliError> {
     let target = args.target.resolve("pools", Accepts::Either)?;
-    let channel = target.channel().await?;
     match target.peer {
         Peer::Node => {
-            let reply = NodeClient::new(channel)
+            let reply = NodeClient::new(target.channel().await?)
                 .list_pools(ListPoolsRequest {})
                 .await?
                 .into_inner();
@@ -36,10 +34,9 @@ pub(super) async fn pools(args: OutputArgs) -> Result<i32, CliError> {
             )
         }
         Peer::Controller => {
-            let reply = ControllerClient::new(channel)
-                .list_pools(ListClusterPoolsRequest {})
-                .await?
-                .into_inner();
+            let reply = target
+                .failover(|mut s: Service| async move { s.cluster_pools().await })
+                .await?;
             print(
                 args.json,
                 || json::cluster_pools(&reply.pools),

@@ -349,6 +349,19 @@ impl Service {
         }
     }
 
+    /// ListPools of the controller (every node's pools, shared ones merged).
+    pub async fn cluster_pools(
+        &mut self,
+    ) -> Result<crate::proto::ListClusterPoolsResponse, tonic::Status> {
+        match self {
+            Service::Controller(client) => client
+                .list_pools(crate::proto::ListClusterPoolsRequest {})
+                .await
+                .map(tonic::Response::into_inner),
+            Service::Node(_) => Err(tonic::Status::unimplemented("a node lists its own pools")),
+        }
+    }
+
     /// PlanMigration (the controller's only).
     pub async fn plan(
         &mut self,
