@@ -3,15 +3,11 @@
 
 use clap::Args;
 
-use super::target::Accepts;
+use super::target::{Accepts, Service};
 use super::{json, print, report, CliError, OutputArgs};
 use crate::api::client::Peer;
-use crate::proto::controller_client::ControllerClient;
 use crate::proto::node_client::NodeClient;
-use crate::proto::{
-    GetInfoRequest, ListClusterPoolsRequest, ListDisksRequest, ListNodesRequest,
-    ListPoolVolumesRequest, ListPoolsRequest,
-};
+use crate::proto::{GetInfoRequest, ListDisksRequest, ListPoolVolumesRequest, ListPoolsRequest};
 
 /// Arguments of `disks`.
 #[derive(Debug, Clone, Args)]
@@ -35,10 +31,9 @@ pub struct VolumesArgs {
 
 pub(super) async fn pools(args: OutputArgs) -> Result<i32, CliError> {
     let target = args.target.resolve("pools", Accepts::Either)?;
-    let channel = target.channel().await?;
     match target.peer {
         Peer::Node => {
-            let reply = NodeClient::new(channel)
+            let reply = NodeClient::new(target.channel().await?)
                 .list_pools(ListPoolsRequest {})
                 .await?
                 .into_inner();
@@ -49,10 +44,9 @@ pub(super) async fn pools(args: OutputArgs) -> Result<i32, CliError> {
             )
         }
         Peer::Controller => {
-            let reply = ControllerClient::new(channel)
-                .list_pools(ListClusterPoolsRequest {})
-                .await?
-                .into_inner();
+            let reply = target
+                .failover(|mut s: Service| async move { s.cluster_pools().await })
+                .await?;
             print(
                 args.json,
                 || json::cluster_pools(&reply.pools),
@@ -105,10 +99,9 @@ pub(super) async fn info(args: OutputArgs) -> Result<i32, CliError> {
 
 pub(super) async fn nodes(args: OutputArgs) -> Result<i32, CliError> {
     let target = args.target.resolve("nodes", Accepts::Controller)?;
-    let reply = ControllerClient::new(target.channel().await?)
-        .list_nodes(ListNodesRequest {})
-        .await?
-        .into_inner();
+    let reply = target
+        .failover(|mut s: Service| async move { s.list_nodes().await })
+        .await?;
     print(
         args.json,
         || json::nodes(&reply.nodes),

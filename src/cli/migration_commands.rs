@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::progress::{self, Detach};
 use super::quantities::{human_rate, parse_bandwidth};
-use super::target::{Accepts, Service, TargetArgs};
+use super::target::{Accepts, Service, Target, TargetArgs};
 use super::{json, print, report, style, CliError, OutputArgs};
 use crate::proto::ListMigrationsRequest;
 
@@ -65,23 +65,46 @@ pub struct SetBandwidthArgs {
 
 pub(super) async fn watch(args: WatchArgs) -> Result<i32, CliError> {
     let target = args.output.target.resolve("watch", Accepts::Either)?;
-    let stream = Service::connect(&target)
-        .await?
-        .watch(args.id.clone())
+    let stream = target
+        .failover(|mut s: Service| {
+            let id = args.id.clone();
+            async move { s.watch(id).await }
+        })
         .await?;
     let detach = Detach {
         target_flags: target.flags(),
-        migration_id: Some(args.id),
+        migration_id: Some(args.id.clone()),
         request: None,
     };
-    Ok(progress::follow(stream, style(args.output.json), &detach).await?)
+    let reattach = |id: Option<String>| {
+        let id = id.unwrap_or_else(|| args.id.clone());
+        watch_through(&target, id)
+    };
+    Ok(progress::follow(stream, style(args.output.json), &detach, reattach).await?)
+}
+
+/// A new stream of migration `id`'s events from any of the target's
+/// endpoints, after the one followed broke; `None` if none answers.
+pub(super) async fn watch_through(
+    target: &Target,
+    id: String,
+) -> Option<tonic::codec::Streaming<crate::proto::MigrationEvent>> {
+    target
+        .failover(|mut s: Service| {
+            let id = id.clone();
+            async move { s.watch(id).await }
+        })
+        .await
+        .ok()
 }
 
 pub(super) async fn cancel(args: IdArgs) -> Result<i32, CliError> {
     let target = args.target.resolve("cancel", Accepts::Either)?;
-    let reply = Service::connect(&target)
-        .await?
-        .cancel(args.id.clone())
+    let reply = target
+        .failover(|mut s: Service| {
+            let id = args.id.clone();
+            async move { s.cancel(id).await }
+        })
         .await?;
     let was = reply
         .latest
@@ -100,7 +123,12 @@ pub(super) async fn cancel(args: IdArgs) -> Result<i32, CliError> {
 
 pub(super) async fn status(args: StatusArgs) -> Result<i32, CliError> {
     let target = args.output.target.resolve("status", Accepts::Either)?;
-    let record = Service::connect(&target).await?.get(args.id).await?;
+    let record = target
+        .failover(|mut s: Service| {
+            let id = args.id.clone();
+            async move { s.get(id).await }
+        })
+        .await?;
     print(
         args.output.json,
         || json::record(&record),
@@ -115,7 +143,12 @@ pub(super) async fn list(args: ListArgs) -> Result<i32, CliError> {
         active_only: args.active,
         ..Default::default()
     };
-    let reply = Service::connect(&target).await?.list(request).await?;
+    let reply = target
+        .failover(|mut s: Service| {
+            let request = request.clone();
+            async move { s.list(request).await }
+        })
+        .await?;
     print(
         args.output.json,
         || json::records(&reply.migrations),
@@ -125,9 +158,11 @@ pub(super) async fn list(args: ListArgs) -> Result<i32, CliError> {
 
 pub(super) async fn set_bandwidth(args: SetBandwidthArgs) -> Result<i32, CliError> {
     let target = args.target.resolve("set-bandwidth", Accepts::Either)?;
-    Service::connect(&target)
-        .await?
-        .set_bandwidth(args.id.clone(), args.bandwidth)
+    target
+        .failover(|mut s: Service| {
+            let id = args.id.clone();
+            async move { s.set_bandwidth(id, args.bandwidth).await }
+        })
         .await?;
     let limit = if args.bandwidth == 0 {
         "limit removed".to_string()

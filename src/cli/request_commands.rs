@@ -9,7 +9,6 @@ use super::quantities::parse_bandwidth;
 use super::target::{Accepts, Service};
 use super::{json, print, report, style, CliError, OutputArgs};
 use crate::api::client::Peer;
-use crate::proto::controller_client::ControllerClient;
 use crate::proto::{
     ChainPolicy, CopyMode, DiskDestination, MigrateVolumeRequest, MigrationOptions,
     NoConvergencePolicy, SourcePolicy, VerifyLevel, VolumeFormat,
@@ -219,13 +218,28 @@ pub(super) async fn migrate(args: MigrateArgs) -> Result<i32, CliError> {
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let request = args.request.to_request(request_id.clone());
-    let stream = Service::connect(&target).await?.migrate(request).await?;
+    // Repeated on another controller only with the same request id, which
+    // attaches to the migration a first attempt may have started.
+    let start = || {
+        target.failover(|mut s: Service| {
+            let request = request.clone();
+            async move { s.migrate(request).await }
+        })
+    };
+    let stream = start().await?;
     let detach = Detach {
         target_flags: target.flags(),
         migration_id: None,
         request: Some((request_id, args.request.domain.clone())),
     };
-    Ok(progress::follow(stream, style(args.output.json), &detach).await?)
+    let (target, start) = (&target, &start);
+    let reattach = move |id: Option<String>| async move {
+        match id {
+            Some(id) => super::migration_commands::watch_through(target, id).await,
+            None => start().await.ok(),
+        }
+    };
+    Ok(progress::follow(stream, style(args.output.json), &detach, reattach).await?)
 }
 
 pub(super) async fn plan(args: PlanArgs) -> Result<i32, CliError> {
@@ -233,10 +247,12 @@ pub(super) async fn plan(args: PlanArgs) -> Result<i32, CliError> {
     let request = args
         .request
         .to_request(args.request.request_id.clone().unwrap_or_default());
-    let reply = ControllerClient::new(target.channel().await?)
-        .plan_migration(request)
-        .await?
-        .into_inner();
+    let reply = target
+        .failover(|mut s: Service| {
+            let request = request.clone();
+            async move { s.plan(request).await }
+        })
+        .await?;
     print(
         args.output.json,
         || json::plan(&reply),

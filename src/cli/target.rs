@@ -35,9 +35,12 @@ pub struct TargetArgs {
     /// [env: VOLMIG_NODE] [default: unix:///run/volmig/node.sock]
     #[arg(long, value_name = "ENDPOINT", conflicts_with = "controller")]
     pub node: Option<String>,
-    /// Talk to the controller instead of a node [env: VOLMIG_CONTROLLER]
-    #[arg(long, value_name = "ENDPOINT")]
-    pub controller: Option<String>,
+    /// Talk to the controller instead of a node; several controllers sharing
+    /// one etcd may be named (comma-separated or the flag repeated): each is
+    /// tried in turn while the one before is unreachable or UNAVAILABLE
+    /// [env: VOLMIG_CONTROLLER]
+    #[arg(long, value_name = "ENDPOINT", value_delimiter = ',')]
+    pub controller: Vec<String>,
     /// CA certificate (PEM) the service's certificate must chain to (https://)
     #[arg(long = "ca", value_name = "FILE", env = "VOLMIG_CA")]
     pub ca: Option<PathBuf>,
@@ -91,8 +94,10 @@ pub enum TargetError {
 pub struct Target {
     /// The service expected at the endpoint.
     pub peer: Peer,
-    /// The endpoint, as for [`connect_with`].
+    /// The endpoint, as for [`connect_with`]: the first of `endpoints`.
     pub endpoint: String,
+    /// Every endpoint to try, in order (several only for controllers).
+    endpoints: Vec<String>,
     /// Named on the command line (rather than by the environment or default),
     /// so follow-up commands suggested to the operator must repeat it.
     from_flag: bool,
@@ -119,24 +124,30 @@ impl TargetArgs {
         let tls = (self.ca.clone(), self.cert.clone(), self.key.clone());
         let node = |endpoint: String, from_flag| Target {
             peer: Peer::Node,
+            endpoints: vec![endpoint.clone()],
             endpoint,
             from_flag,
             tls: tls.clone(),
             token_file: self.token_file.clone(),
         };
-        let controller = |endpoint: String, from_flag| Target {
+        let controller = |endpoints: Vec<String>, from_flag| Target {
             peer: Peer::Controller,
-            endpoint,
+            endpoint: endpoints.first().cloned().unwrap_or_default(),
+            endpoints,
             from_flag,
             tls: tls.clone(),
             token_file: self.token_file.clone(),
         };
         let default_node = || DEFAULT_NODE_ENDPOINT.to_string();
+        let flagged = endpoint_list(self.controller.iter().map(String::as_str));
+        let env_controller = env_controller
+            .map(|v| endpoint_list(v.split(',')))
+            .filter(|l| !l.is_empty());
 
-        let target = match (&self.node, &self.controller) {
-            (_, Some(endpoint)) => controller(endpoint.clone(), true),
-            (Some(endpoint), None) => node(endpoint.clone(), true),
-            (None, None) => match (accepts, env_node, env_controller) {
+        let target = match (&self.node, flagged.is_empty()) {
+            (_, false) => controller(flagged, true),
+            (Some(endpoint), true) => node(endpoint.clone(), true),
+            (None, true) => match (accepts, env_node, env_controller) {
                 (Accepts::Controller, _, Some(endpoint)) => controller(endpoint, false),
                 (Accepts::Controller, _, None) => {
                     return Err(TargetError::NeedsController { command })
@@ -157,10 +168,77 @@ impl TargetArgs {
     }
 }
 
+/// Endpoints without blanks around or between commas.
+fn endpoint_list<'a>(given: impl Iterator<Item = &'a str>) -> Vec<String> {
+    given
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether another endpoint may answer where this one did not: the service
+/// could not be reached, or said it cannot serve now (a controller without
+/// its store, one shutting down). Any other answer is the service's word
+/// on the request and is the same from every controller sharing the store.
+fn try_another(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+}
+
 impl Target {
-    /// Opens a channel to the target with the credentials given: the TLS
-    /// files, and the token from `--token-file` or `VOLMIG_TOKEN`.
+    /// Opens a channel to the first endpoint that accepts a connection, with
+    /// the credentials given: the TLS files, and the token from
+    /// `--token-file` or `VOLMIG_TOKEN`.
     pub async fn channel(&self) -> Result<AuthChannel, ClientError> {
+        let mut last = None;
+        for endpoint in &self.endpoints {
+            match self.channel_to(endpoint).await {
+                Err(e @ ClientError::Connect { .. }) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::InvalidEndpoint {
+            peer: self.peer,
+            endpoint: String::new(),
+            reason: "no endpoint given".to_string(),
+        }))
+    }
+
+    /// Runs `call` on a client of the first endpoint, and on the next one
+    /// while an endpoint cannot be reached or answers UNAVAILABLE: any of
+    /// several controllers sharing one store serves every call. `call` must
+    /// be safe to repeat on another controller: reads, cancels, watches, and
+    /// a migrate whose request id is the same each time (a repeat attaches
+    /// to the migration the first one started).
+    pub async fn failover<T, F, Fut>(&self, mut call: F) -> Result<T, super::CliError>
+    where
+        F: FnMut(Service) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut last: Option<super::CliError> = None;
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let more = i + 1 < self.endpoints.len();
+            let service = match self.channel_to(endpoint).await {
+                Ok(channel) => Service::over(self.peer, channel),
+                Err(e @ ClientError::Connect { .. }) if more => {
+                    tracing::debug!(%endpoint, error = %e, "trying the next endpoint");
+                    last = Some(e.into());
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match call(service).await {
+                Err(status) if more && try_another(&status) => {
+                    tracing::debug!(%endpoint, status = %status.message(), "trying the next endpoint");
+                    last = Some(status.into());
+                }
+                other => return other.map_err(Into::into),
+            }
+        }
+        Err(last.unwrap_or_else(|| super::CliError::Usage("no endpoint given")))
+    }
+
+    async fn channel_to(&self, endpoint: &str) -> Result<AuthChannel, ClientError> {
         let unusable = |reason: String| ClientError::Credentials {
             peer: self.peer,
             endpoint: self.endpoint.clone(),
@@ -173,14 +251,14 @@ impl Target {
             None => Credentials::new(tls, std::env::var(TOKEN_ENV).ok().as_deref()),
         }
         .map_err(|e| unusable(e.to_string()))?;
-        connect_with(self.peer, &self.endpoint, &credentials).await
+        connect_with(self.peer, endpoint, &credentials).await
     }
 
     /// The flags that make a suggested follow-up command reach the same
     /// service: empty unless the endpoint was given on the command line.
     pub fn flags(&self) -> String {
         if self.from_flag {
-            format!(" --{} {}", self.peer, self.endpoint)
+            format!(" --{} {}", self.peer, self.endpoints.join(","))
         } else {
             String::new()
         }
@@ -207,13 +285,12 @@ macro_rules! either {
 }
 
 impl Service {
-    /// Connects to `target` with the client for its service.
-    pub async fn connect(target: &Target) -> Result<Self, ClientError> {
-        let channel = target.channel().await?;
-        Ok(match target.peer {
+    /// The client for `peer`'s service over `channel`.
+    fn over(peer: Peer, channel: AuthChannel) -> Self {
+        match peer {
             Peer::Node => Service::Node(NodeClient::new(channel)),
             Peer::Controller => Service::Controller(ControllerClient::new(channel)),
-        })
+        }
     }
 
     /// MigrateVolume.
@@ -261,6 +338,44 @@ impl Service {
         either!(self, list_migrations, request)
     }
 
+    /// ListNodes (the controller's only).
+    pub async fn list_nodes(&mut self) -> Result<crate::proto::ListNodesResponse, tonic::Status> {
+        match self {
+            Service::Controller(client) => client
+                .list_nodes(crate::proto::ListNodesRequest {})
+                .await
+                .map(tonic::Response::into_inner),
+            Service::Node(_) => Err(tonic::Status::unimplemented("a node lists no nodes")),
+        }
+    }
+
+    /// ListPools of the controller (every node's pools, shared ones merged).
+    pub async fn cluster_pools(
+        &mut self,
+    ) -> Result<crate::proto::ListClusterPoolsResponse, tonic::Status> {
+        match self {
+            Service::Controller(client) => client
+                .list_pools(crate::proto::ListClusterPoolsRequest {})
+                .await
+                .map(tonic::Response::into_inner),
+            Service::Node(_) => Err(tonic::Status::unimplemented("a node lists its own pools")),
+        }
+    }
+
+    /// PlanMigration (the controller's only).
+    pub async fn plan(
+        &mut self,
+        request: MigrateVolumeRequest,
+    ) -> Result<crate::proto::PlanMigrationResponse, tonic::Status> {
+        match self {
+            Service::Controller(client) => client
+                .plan_migration(request)
+                .await
+                .map(tonic::Response::into_inner),
+            Service::Node(_) => Err(tonic::Status::unimplemented("a node makes no plans")),
+        }
+    }
+
     /// SetBandwidth.
     pub async fn set_bandwidth(
         &mut self,
@@ -285,7 +400,7 @@ mod tests {
     fn args(node: Option<&str>, controller: Option<&str>) -> TargetArgs {
         TargetArgs {
             node: node.map(str::to_string),
-            controller: controller.map(str::to_string),
+            controller: controller.map(str::to_string).into_iter().collect(),
             ..TargetArgs::default()
         }
     }
@@ -393,5 +508,63 @@ mod tests {
             resolve(&args(None, Some("http://c:1")), Accepts::Node, None, None),
             Err(TargetError::NeedsNode { command: "test" })
         );
+    }
+
+    #[test]
+    fn several_controllers_by_commas_repeated_flags_or_the_environment() {
+        let a = TargetArgs {
+            controller: vec!["https://a:7450".into(), " https://b:7450".into()],
+            ..TargetArgs::default()
+        };
+        let t = resolve(&a, Accepts::Controller, None, None).expect("target");
+        assert_eq!(t.endpoints, ["https://a:7450", "https://b:7450"]);
+        assert_eq!(t.endpoint, "https://a:7450");
+        assert_eq!(t.flags(), " --controller https://a:7450,https://b:7450");
+        let t = resolve(
+            &args(None, None),
+            Accepts::Either,
+            None,
+            Some("https://a:7450,,https://b:7450"),
+        )
+        .expect("target");
+        assert_eq!(
+            (t.peer, t.endpoints.as_slice()),
+            (
+                Peer::Controller,
+                &["https://a:7450".to_string(), "https://b:7450".to_string()][..]
+            )
+        );
+    }
+
+    #[test]
+    fn only_unavailable_tries_another_controller() {
+        assert!(try_another(&tonic::Status::unavailable("down")));
+        assert!(!try_another(&tonic::Status::not_found("no such migration")));
+        assert!(!try_another(&tonic::Status::failed_precondition("busy")));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_controller_is_passed_over_for_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = format!("unix://{}/c1.sock", dir.path().display());
+        let second = format!("unix://{}/c2.sock", dir.path().display());
+        let a = TargetArgs {
+            controller: vec![first.clone(), second.clone()],
+            ..TargetArgs::default()
+        };
+        let t = resolve(&a, Accepts::Controller, None, None).expect("target");
+        let mut tried = 0;
+        let err = t
+            .failover(|_s: Service| {
+                tried += 1;
+                async { Ok::<(), tonic::Status>(()) }
+            })
+            .await
+            .expect_err("nothing listens");
+        // Neither connected, so the call never ran; the error is the last one's.
+        assert_eq!(tried, 0);
+        assert!(err.to_string().contains(&second), "{err}");
+        let err = t.channel().await.expect_err("nothing listens");
+        assert!(err.to_string().contains(&second), "{err}");
     }
 }

@@ -38,7 +38,8 @@ pub struct NodeArgs {
     /// Milliseconds to stay SYNCHRONIZED before pivoting.
     #[arg(long, env = "VOLMIG_SYNCHRONIZED_HOLD_MS")]
     pub synchronized_hold_ms: Option<u64>,
-    /// Controller to register with (heartbeats), e.g. http://10.0.0.1:7450.
+    /// Controller to register with (heartbeats), e.g. https://10.0.0.1:7450;
+    /// several sharing one etcd separated by commas: the node registers with each.
     #[arg(long = "controller", env = "VOLMIG_REGISTER_WITH")]
     pub register_with: Option<String>,
     /// Endpoint the controller should use to reach this node (default: --listen).

@@ -20,15 +20,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (listen, exposure, credentials) =
         Exposure::for_component(&config.listen, &config.security())?;
-    if credentials.token().is_some()
-        && !config.controller.is_empty()
-        && !client::encrypted_or_local(&config.controller)
-    {
-        anyhow::bail!(
-            "controller = {:?} is plaintext TCP, and the node sends the token of token_file only over https:// or unix://: \
-             use the controller's https:// address (with tls_ca, tls_cert, tls_key) or its unix socket, or remove token_file",
-            config.controller
-        );
+    let controllers = config.controller_endpoints();
+    if credentials.token().is_some() {
+        if let Some(plain) = controllers.iter().find(|c| !client::encrypted_or_local(c)) {
+            anyhow::bail!(
+                "controller {plain:?} is plaintext TCP, and the node sends the token of token_file only over https:// or unix://: \
+                 use the controller's https:// address (with tls_ca, tls_cert, tls_key) or its unix socket, or remove token_file"
+            );
+        }
     }
     if let Some(path) = config_file {
         let grants: reload::Grants<NodeConfig> = |c| (&c.identities, &c.tokens);
@@ -80,17 +79,19 @@ pub async fn run(
             config.shared_pools.keys().cloned().collect(),
         ));
     }
-    if !config.controller.is_empty() {
-        let advertise = if config.advertise.is_empty() {
-            config.listen.clone()
-        } else {
-            config.advertise.clone()
-        };
+    let advertise = if config.advertise.is_empty() {
+        config.listen.clone()
+    } else {
+        config.advertise.clone()
+    };
+    // One loop per controller: each waits on its own controller only, so a
+    // controller that is down or hangs delays no heartbeat to the others.
+    for controller in controllers {
         tokio::spawn(heartbeat(
             engine.clone(),
-            config.controller.clone(),
-            advertise,
-            credentials,
+            controller,
+            advertise.clone(),
+            credentials.clone(),
         ));
     }
     server::serve_node(engine, listen, exposure, shutdown).await?;
@@ -127,8 +128,10 @@ async fn warn_unknown_shared_pools(engine: Engine, named: Vec<String>) {
 /// How long one registration may take.
 const REGISTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Registers with the controller and repeats it as a heartbeat, for as long as
-/// the node runs; a controller that is down is retried quietly.
+/// Registers with `controller` and repeats it as a heartbeat, for as long as
+/// the node runs; a controller that is down is retried quietly. The
+/// registration lands in the controllers' shared store, so every controller
+/// sharing it knows the node while any one of them receives the heartbeats.
 async fn heartbeat(
     engine: Engine,
     controller: String,

@@ -48,6 +48,12 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Kills it with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Its PID (of the `nsenter` / `ip netns exec` wrapper, which execs the program).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -347,6 +353,24 @@ pub fn start_node_for(
     controller: &str,
     extra: &str,
 ) -> Service {
+    start_node_for_all(bed, host, i, ca, node_id, &[controller], extra)
+}
+
+/// [`start_node`] registering with every one of `controllers` (URLs): one is written as
+/// the single `controller` setting, several as the `controllers` list.
+pub fn start_node_for_all(
+    bed: &SimBed,
+    host: &SimHost,
+    i: usize,
+    ca: &TestCa,
+    node_id: &str,
+    controllers: &[&str],
+    extra: &str,
+) -> Service {
+    let registers_with = match controllers {
+        [one] => format!("controller = \"{one}\""),
+        several => format!("controllers = {several:?}"),
+    };
     let dir = bed.dir();
     let uri = node_uri(i);
     let stem = format!("node{i}");
@@ -358,7 +382,7 @@ pub fn start_node_for(
         dir,
         &format!("node{i}.toml"),
         &format!(
-            "controller = \"{controller}\"\nadvertise = \"https://{}:{NODE_PORT}\"\n{}\
+            "{registers_with}\nadvertise = \"https://{}:{NODE_PORT}\"\n{}\
              [[identities]]\ndns = \"{CONTROLLER}\"\nrole = \"operator\"\n\
              [[identities]]\ndns = \"{OPERATOR}\"\nrole = \"operator\"\n{extra}",
             host.addr(),

@@ -8,9 +8,9 @@
 //! either loses etcd's quorum and no controller could lead, which is not the failure under
 //! test (a lost controller); etcd's own member failures are tests/etcd_controllers.rs's.
 //!
-//! Nodes are started one by one, each registering with the controller the test names
-//! (a node's `controller` setting is one URL), so a test can choose whom a node's
-//! heartbeats reach. Certificates, identities and node ids are those of
+//! Nodes are started one by one, each registering with the controllers the test names
+//! (one as the node's `controller` setting, several as its `controllers` list), so a
+//! test can choose whom a node's heartbeats reach. Certificates, identities and node ids are those of
 //! [`super::fleet`]; the controllers share everything but their address and certificate.
 
 use std::time::{Duration, Instant};
@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use super::certs::{Leaf, LeafSpec, TestCa};
 use super::etcd::EtcdCluster;
 use super::fleet::{
-    answer, node_uri, start_node_for, volmig_bin, write, CliAnswer, Service, CONTROLLER, CTL_PORT,
-    OPERATOR,
+    answer, node_uri, start_node_for_all, volmig_bin, write, CliAnswer, Service, CONTROLLER,
+    CTL_PORT, OPERATOR,
 };
 use super::hosts::SimBed;
 
@@ -38,6 +38,10 @@ pub struct HaController {
     /// Its namespace's suffix (`ctl`, `ctl2`, …), as hosts.sh names it.
     suffix: String,
     url: String,
+    /// Its configuration file, to start it again.
+    config: String,
+    /// How many times it was started, for the log file's name.
+    starts: usize,
     service: Service,
 }
 
@@ -120,12 +124,12 @@ impl<'a> HaFleet<'a> {
                     LEASE_TTL.as_secs(),
                 );
                 let config = write(bed.dir(), &format!("{suffix}.toml"), &config);
-                let mut cmd = bed.netns_command(&suffix, volmig_bin());
-                cmd.args(["controller", "--config", &config]);
-                let service = Service::start(cmd, bed.dir().join(format!("{suffix}.log")));
+                let service = start_controller(bed, &suffix, &config, 1);
                 HaController {
                     url: format!("https://{addr}:{CTL_PORT}"),
                     suffix,
+                    config,
+                    starts: 1,
                     service,
                 }
             })
@@ -154,16 +158,57 @@ impl<'a> HaFleet<'a> {
 
     /// Starts node `i` (1-based, on host `i`) registering with controller `k` only.
     pub fn start_node(&mut self, i: usize, k: usize) {
-        let node = start_node_for(
+        self.start_node_with(i, &[k]);
+    }
+
+    /// Starts node `i` (1-based, on host `i`) registering with each controller of `ks`.
+    pub fn start_node_with(&mut self, i: usize, ks: &[usize]) {
+        let urls: Vec<&str> = ks.iter().map(|k| self.ctls[*k].url()).collect();
+        let node = start_node_for_all(
             self.bed,
             self.bed.host(i),
             i,
             &self.ca,
             &self.ids[i - 1],
-            self.ctls[k].url(),
+            &urls,
             "",
         );
         self.nodes[i - 1] = Some(node);
+    }
+
+    /// Kills controller `k` with SIGKILL.
+    pub fn kill_controller(&mut self, k: usize) {
+        self.ctls[k].service.kill();
+    }
+
+    /// Starts controller `k` again (a new process, same configuration), logging to a
+    /// fresh file, so its log and counts are the new process's only.
+    pub fn restart_controller(&mut self, k: usize) {
+        let ctl = &mut self.ctls[k];
+        ctl.service.kill();
+        ctl.starts += 1;
+        ctl.service = start_controller(self.bed, &ctl.suffix, &ctl.config, ctl.starts);
+    }
+
+    /// Cuts (`cut == true`) or restores controller `k`'s traffic to etcd only: a
+    /// blackhole route to etcd's address in its namespace drops what it sends there
+    /// (new connections fail, packets of open ones vanish), while the bridge, the nodes
+    /// and the other controllers stay reachable.
+    pub fn cut_etcd(&self, k: usize, cut: bool) {
+        let etcd = format!("{}.9/32", self.bed.subnet());
+        let verb = if cut { "add" } else { "del" };
+        let out = self
+            .bed
+            .netns_command(&self.ctls[k].suffix, "ip")
+            .args(["route", verb, "blackhole", &etcd])
+            .output()
+            .expect("ip route");
+        assert!(
+            out.status.success(),
+            "ip route {verb} blackhole {etcd} in {}: {}",
+            self.ctls[k].suffix,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Node `i`'s id (1-based).
@@ -209,13 +254,36 @@ impl<'a> HaFleet<'a> {
 
     /// `volmig ARGS` as the operator in controller `k`'s namespace, against it.
     pub fn cli(&self, k: usize, args: &[&str]) -> CliAnswer {
-        let ctl = &self.ctls[k];
-        let mut cmd = self.bed.netns_command(&ctl.suffix, volmig_bin());
+        self.cli_via(k, &[k], args)
+    }
+
+    /// `volmig ARGS` as the operator in controller `k`'s namespace, given the endpoints
+    /// of the controllers `endpoints`, in that order (`--controller A,B`).
+    pub fn cli_via(&self, k: usize, endpoints: &[usize], args: &[&str]) -> CliAnswer {
+        let urls: Vec<&str> = endpoints.iter().map(|e| self.ctls[*e].url()).collect();
+        let mut cmd = self.bed.netns_command(&self.ctls[k].suffix, volmig_bin());
         cmd.args(args)
-            .args(["--controller", ctl.url()])
+            .args(["--controller", &urls.join(",")])
             .args(self.operator.flags())
             .env("RUST_LOG", "warn");
         answer(cmd)
+    }
+
+    /// [`HaFleet::cli_via`] started in the background, its output piped, for a test that
+    /// acts while the command runs.
+    pub fn cli_spawn(&self, k: usize, endpoints: &[usize], args: &[&str]) -> std::process::Child {
+        let urls: Vec<&str> = endpoints.iter().map(|e| self.ctls[*e].url()).collect();
+        self.bed
+            .netns_command(&self.ctls[k].suffix, volmig_bin())
+            .args(args)
+            .args(["--controller", &urls.join(",")])
+            .args(self.operator.flags())
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("volmig CLI")
     }
 
     /// Controller `k`'s `nodes --json` state of each started node, by node id.
@@ -322,6 +390,18 @@ impl<'a> HaFleet<'a> {
             waited: cut.elapsed(),
         }
     }
+}
+
+/// Starts the controller of namespace `suffix` with `config`, for the `start`th time.
+fn start_controller(bed: &SimBed, suffix: &str, config: &str, start: usize) -> Service {
+    let mut cmd = bed.netns_command(suffix, volmig_bin());
+    cmd.args(["controller", "--config", config]);
+    let log = if start == 1 {
+        format!("{suffix}.log")
+    } else {
+        format!("{suffix}-{start}.log")
+    };
+    Service::start(cmd, bed.dir().join(log))
 }
 
 /// What a failover looked like, seen from the root namespace by polling.

@@ -35,8 +35,14 @@ pub struct NodeConfig {
     /// Seconds libvirtd may stay unreachable during a migration (while it
     /// restarts, say) before the migration fails.
     pub libvirt_grace_seconds: u64,
-    /// Controller to register with (heartbeats); empty for none.
+    /// Controller to register with (heartbeats); empty for none. Several may
+    /// be given separated by commas (as `--controller a,b` does); with
+    /// `controllers`, the node registers with every one named.
     pub controller: String,
+    /// More controllers to register with, for several controllers sharing one
+    /// etcd: the node registers with each, concurrently, and keeps a heartbeat
+    /// to each on its own, so one controller down delays none of the others.
+    pub controllers: Vec<String>,
     /// Endpoint the controller should use to reach this node; defaults to `listen`.
     pub advertise: String,
     /// Finished migrations are forgotten (journal record deleted) after this many days.
@@ -112,6 +118,7 @@ impl Default for NodeConfig {
             synchronized_hold_ms: 0,
             libvirt_grace_seconds: 90,
             controller: String::new(),
+            controllers: Vec::new(),
             advertise: String::new(),
             journal_retention_days: 7,
             journal_retention_records: 1000,
@@ -139,6 +146,22 @@ impl Default for NodeConfig {
     }
 }
 
+impl NodeConfig {
+    /// Every controller to register with: `controller` (split at commas),
+    /// then `controllers`, without blanks or repeats.
+    pub fn controller_endpoints(&self) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        let single = self.controller.split(',');
+        for c in single.chain(self.controllers.iter().map(String::as_str)) {
+            let c = c.trim();
+            if !c.is_empty() && !all.iter().any(|a| a == c) {
+                all.push(c.to_string());
+            }
+        }
+        all
+    }
+}
+
 impl ConfigFile for NodeConfig {
     const ENV_PREFIX: &'static str = "VOLMIG_NODE__";
 
@@ -148,5 +171,35 @@ impl ConfigFile for NodeConfig {
             .with("connections", TableDocs::of::<ConnectionConfig>())
             .with("identities", TableDocs::of::<GrantConfig>())
             .with("tokens", TableDocs::of::<GrantConfig>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_controller_and_a_list_are_both_registered_with_once_each() {
+        let config: NodeConfig = toml::from_str(
+            "controller = \"https://a:7450\"\n\
+             controllers = [\"https://b:7450\", \"https://a:7450\", \"\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.controller_endpoints(),
+            ["https://a:7450", "https://b:7450"]
+        );
+        let config: NodeConfig =
+            toml::from_str("controllers = [\"https://b:7450\"]\n").expect("valid");
+        assert_eq!(config.controller_endpoints(), ["https://b:7450"]);
+        assert!(NodeConfig::default().controller_endpoints().is_empty());
+        let config = NodeConfig {
+            controller: "https://a:7450, https://b:7450".into(),
+            ..NodeConfig::default()
+        };
+        assert_eq!(
+            config.controller_endpoints(),
+            ["https://a:7450", "https://b:7450"]
+        );
     }
 }

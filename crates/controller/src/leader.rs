@@ -49,9 +49,16 @@ impl Controller {
                             _ = tick.tick() => {}
                         }
                         let Some(inner) = weak.upgrade() else { return };
-                        Controller { inner }.lead_once().await;
+                        let controller = Controller { inner };
+                        // A round waits on the store; leadership lost meanwhile
+                        // ends it at once rather than after the store's timeout,
+                        // so no duty outlives the lease another controller now holds.
+                        tokio::select! {
+                            () = leadership.lost() => break,
+                            () = controller.lead_once() => {}
+                        }
                     }
-                    tracing::warn!("lost the leadership");
+                    tracing::warn!(at = volmig_types::phase::now_ms(), "lost the leadership");
                     if let Some(inner) = weak.upgrade() {
                         Controller { inner }.drains_lost();
                     }

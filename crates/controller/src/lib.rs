@@ -165,8 +165,21 @@ impl Controller {
                 drains: Default::default(),
             }),
         };
+        // The registrations every controller shares, read before serving: a
+        // controller started while nodes heartbeat to the others lists them
+        // at once. Pools are left to the refresher, so starting waits on no
+        // node; a store that does not answer leaves it to the sync's next pass.
+        let mut known = HashMap::new();
+        let first = tokio::time::timeout(
+            controller.heartbeat(),
+            controller.sync_registrations(&mut known, false),
+        )
+        .await;
+        if !matches!(first, Ok(Ok(()))) {
+            known.clear();
+        }
         controller.spawn_refresher();
-        controller.spawn_registration_sync();
+        controller.spawn_registration_sync(known);
         controller.spawn_leader();
         Ok(controller)
     }

@@ -85,57 +85,70 @@ impl Controller {
     /// Reads the registrations other controllers received into the registry,
     /// and marks down the nodes whose registration lapsed, until the
     /// controller is dropped.
-    pub(super) fn spawn_registration_sync(&self) {
+    pub(super) fn spawn_registration_sync(&self, mut known: HashMap<String, u64>) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(
             async move {
-                let mut known: HashMap<String, u64> = HashMap::new();
                 let mut tick = tokio::time::interval(SYNC_EVERY);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
                     let Some(inner) = weak.upgrade() else { return };
-                    let c = Controller { inner };
-                    let Ok(listed) = c.inner.store.list(NODES_PREFIX).await else {
-                        continue;
-                    };
-                    let mut present = HashMap::new();
-                    for (key, v) in listed {
-                        let id = key[NODES_PREFIX.len()..].to_string();
-                        let Ok(r) = serde_json::from_slice::<Registration>(&v.value) else {
-                            continue;
-                        };
-                        if known.get(&id).is_none_or(|seen| *seen < r.seen_ms) {
-                            let facts = NodeFacts {
-                                hostname: r.hostname.clone(),
-                                libvirt_version: r.libvirt_version.clone(),
-                                hypervisor_version: r.hypervisor_version.clone(),
-                                volmig_version: r.volmig_version.clone(),
-                            };
-                            let returning = c
-                                .inner
-                                .registry
-                                .get(&id)
-                                .is_none_or(|n| !c.inner.registry.is_up(&n));
-                            if c.inner.registry.register(&id, &r.endpoint, facts).is_ok()
-                                && returning
-                            {
-                                if let Some(node) = c.inner.registry.get(&id) {
-                                    let _ = c.fetch_pools(&node).await;
-                                }
-                            }
-                        }
-                        present.insert(id, r.seen_ms);
-                    }
-                    for id in known.keys().filter(|id| !present.contains_key(*id)) {
-                        tracing::info!(node = %id, "node registration lapsed: node down");
-                        c.node_failed(id, "its registration lapsed (no heartbeat)".to_string());
-                    }
-                    known = present;
+                    let _ = Controller { inner }
+                        .sync_registrations(&mut known, true)
+                        .await;
                 }
             }
             .instrument(tracing::info_span!("registration_sync")),
         );
+    }
+
+    /// One pass of the registration sync: registers the nodes whose stored
+    /// registration is newer than `known` says (and, with `fetch`, reads the
+    /// pools of those that come back), marks down those whose registration
+    /// lapsed since, and updates `known`. Run once before the controller
+    /// serves, so a controller that starts knows every registered node at
+    /// once, wherever its heartbeats go.
+    pub(super) async fn sync_registrations(
+        &self,
+        known: &mut HashMap<String, u64>,
+        fetch: bool,
+    ) -> Result<(), crate::store::StoreError> {
+        let c = self;
+        let listed = c.inner.store.list(NODES_PREFIX).await?;
+        let mut present = HashMap::new();
+        for (key, v) in listed {
+            let id = key[NODES_PREFIX.len()..].to_string();
+            let Ok(r) = serde_json::from_slice::<Registration>(&v.value) else {
+                continue;
+            };
+            if known.get(&id).is_none_or(|seen| *seen < r.seen_ms) {
+                let facts = NodeFacts {
+                    hostname: r.hostname.clone(),
+                    libvirt_version: r.libvirt_version.clone(),
+                    hypervisor_version: r.hypervisor_version.clone(),
+                    volmig_version: r.volmig_version.clone(),
+                };
+                let returning = c
+                    .inner
+                    .registry
+                    .get(&id)
+                    .is_none_or(|n| !c.inner.registry.is_up(&n));
+                if c.inner.registry.register(&id, &r.endpoint, facts).is_ok() && returning && fetch
+                {
+                    if let Some(node) = c.inner.registry.get(&id) {
+                        let _ = c.fetch_pools(&node).await;
+                    }
+                }
+            }
+            present.insert(id, r.seen_ms);
+        }
+        for id in known.keys().filter(|id| !present.contains_key(*id)) {
+            tracing::info!(node = %id, "node registration lapsed: node down");
+            c.node_failed(id, "its registration lapsed (no heartbeat)".to_string());
+        }
+        *known = present;
+        Ok(())
     }
 
     /// Refreshes the pools of the up and configured nodes every heartbeat

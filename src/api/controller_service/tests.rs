@@ -451,3 +451,35 @@ async fn a_malformed_advertise_allow_stops_the_start() {
         "advertise_allow entry \"10.0.0.0/40\": the prefix length must be 0 to 32"
     );
 }
+
+#[tokio::test]
+async fn a_controller_started_later_knows_the_nodes_registered_with_another_at_once() {
+    // Two controllers sharing one store, as several on etcd do: the node
+    // registered with the first only; the second must list it the moment it
+    // starts, before any heartbeat reaches it or its background sync runs.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(FileStore::open(dir.path()).expect("store"));
+    let start = || {
+        ControllerService::start(
+            ControllerConfig::default(),
+            store.clone(),
+            Credentials::default(),
+            Arc::new(()),
+        )
+    };
+    let first = start().await.expect("first controller");
+    let mut req = Request::new(proto::RegisterNodeRequest {
+        node_id: "n1".into(),
+        endpoint: "http://127.0.0.1:9".into(),
+        info: None,
+    });
+    req.extensions_mut()
+        .insert(crate::api::auth::Caller::local("unix:uid=0"));
+    first.register_node(req).await.expect("registered");
+    let second = start().await.expect("second controller");
+    let health = second.controller().node_health();
+    assert!(
+        health.iter().any(|(id, up, _)| id == "n1" && *up),
+        "{health:?}"
+    );
+}

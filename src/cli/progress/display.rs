@@ -137,6 +137,21 @@ impl<O: Write, E: Write> Display<O, E> {
 
     /// Reports that the stream broke (`status`) or ended (`None`) before the
     /// terminal event; the migration itself may well still be running.
+    /// The migration id the events named, if any arrived.
+    pub fn migration_id(&self) -> Option<&str> {
+        self.migration_id.as_deref()
+    }
+
+    /// Tells the operator the stream broke and was attached again elsewhere.
+    pub fn reattached(&mut self, problem: &str) -> io::Result<()> {
+        self.clear_live_line()?;
+        writeln!(
+            self.err,
+            "note: the event stream broke ({problem}); following the migration through another controller"
+        )?;
+        self.err.flush()
+    }
+
     pub fn stream_lost(
         &mut self,
         status: Option<&tonic::Status>,

@@ -15,7 +15,9 @@
 //! ours until the next listing lets nothing lapse early. Leadership is
 //! etcd's election API on `<prefix>leader`, held with a lease this
 //! controller keeps alive: if the controller dies or loses etcd, the lease
-//! lapses within its TTL and the next campaigner is elected.
+//! lapses within its TTL and the next campaigner is elected; a controller
+//! that lost etcd stops leading within that TTL too, since every renewal is
+//! bounded by it ([`super::lease`]).
 //!
 //! Placement's in-flight counts are read often and may lag a moment (the
 //! reservation's transaction re-checks them), so [`Store::list_relaxed`]
@@ -32,9 +34,11 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions,
-    Identity, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Identity, LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
 };
 
+use super::lease::{self, LeaseSession, Renewal};
 use super::{Compare, Leadership, Store, StoreError, Versioned, Write};
 use crate::retries::Retries;
 use volmig_config::EtcdConfig;
@@ -300,48 +304,59 @@ impl EtcdStore {
     }
 
     /// Keeps `lease` alive every third of `ttl`; turns `lost` true when
-    /// etcd says it expired or nothing was renewed for a whole TTL.
+    /// etcd says it expired or no renewal was confirmed for a whole TTL,
+    /// however the connection behaves ([`lease::keep_alive`]).
     fn keep_alive(&self, lease: i64, ttl: Duration, lost: tokio::sync::watch::Sender<bool>) {
-        let mut client = self.client.clone();
-        tokio::spawn(async move {
-            let mut renewed = tokio::time::Instant::now();
-            let mut tick = tokio::time::interval(ttl / 3);
-            'session: loop {
-                let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
-                    if renewed.elapsed() >= ttl {
-                        break;
-                    }
-                    tokio::time::sleep(ttl / 10).await;
-                    continue;
-                };
-                loop {
-                    tick.tick().await;
-                    if lost.is_closed() {
-                        let _ = client.lease_revoke(lease).await;
-                        return;
-                    }
-                    if keeper.keep_alive().await.is_err() {
-                        break;
-                    }
-                    match tokio::time::timeout(ttl / 3, stream.message()).await {
-                        Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                            renewed = tokio::time::Instant::now()
-                        }
-                        Ok(Ok(Some(_))) => break 'session,
-                        _ => {
-                            if renewed.elapsed() >= ttl {
-                                break 'session;
-                            }
-                            break;
-                        }
-                    }
-                }
-                if renewed.elapsed() >= ttl {
-                    break;
-                }
+        let session = EtcdLease {
+            client: self.client.clone(),
+            lease,
+            open: None,
+        };
+        tokio::spawn(lease::keep_alive(session, ttl, lost));
+    }
+}
+
+/// An etcd lease and the keep-alive stream open for it, if any.
+struct EtcdLease {
+    client: Client,
+    lease: i64,
+    open: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+#[async_trait::async_trait]
+impl LeaseSession for EtcdLease {
+    async fn renew(&mut self) -> Renewal {
+        if self.open.is_none() {
+            // Opening the stream is a call of its own that can hang on a
+            // dead connection; the caller's deadline bounds it.
+            match self.client.lease_keep_alive(self.lease).await {
+                Ok(open) => self.open = Some(open),
+                Err(_) => return Renewal::Failed,
             }
-            let _ = lost.send(true);
-        });
+        }
+        let Some((keeper, stream)) = self.open.as_mut() else {
+            return Renewal::Failed;
+        };
+        if keeper.keep_alive().await.is_err() {
+            self.open = None;
+            return Renewal::Failed;
+        }
+        match stream.message().await {
+            Ok(Some(resp)) if resp.ttl() > 0 => Renewal::Alive,
+            Ok(Some(_)) => Renewal::Expired,
+            _ => {
+                self.open = None;
+                Renewal::Failed
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.open = None;
+    }
+
+    async fn revoke(&mut self) {
+        let _ = self.client.lease_revoke(self.lease).await;
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod file;
+pub mod lease;
 
 /// A value and the revision that last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
