@@ -1,19 +1,21 @@
 //! End-to-end: draining a pool through the real binary — a controller, a node
 //! and writing guests on this host's libvirtd. On the pool: a single-disk and
 //! a two-disk guest, both writing all the time and holding data before the
-//! drain starts, a stopped guest and a volume no guest uses. `volmig drain
-//! --dry-run` lists all four with what happens to each; the real drain, two
-//! at a time within a shared bandwidth budget, moves both running guests (the
-//! two-disk one in one request), reports where each volume went, and leaves
-//! the other two with their reasons; both definitions of each guest name the
-//! destination and no record is lost after a cold restart.
+//! drain starts, a guest that wrote and was then stopped, and a volume no
+//! guest uses. `volmig drain --dry-run` lists all four with what happens to
+//! each (the stopped guest stays unless stopped guests are asked for); the
+//! real drain with `--include-stopped`, two at a time within a shared
+//! bandwidth budget, moves both running guests live (the two-disk one in one
+//! request) and the stopped one offline, reports where each volume went and
+//! leaves the unused volume; both definitions of each running guest name the
+//! destination and no record is lost after a cold restart, and the stopped
+//! guest boots from its new disk with all its records.
 
 mod harness;
 
 use std::time::Duration;
 
 use harness::controller::{wait_nodes_up, ControllerProcess};
-use harness::defined::DefinedDomain;
 use harness::drain::{assert_moved, cli, item_of, json_lines, left_reason};
 use harness::guest::writing_guest_with_data;
 use harness::node::NodeProcess;
@@ -34,20 +36,9 @@ async fn a_drain_moves_every_running_guest_off_the_pool_and_reports_what_stays()
         .pause_ms(20)
         .start();
     double.wait_writing(10, Duration::from_secs(120));
-    let stopped_vol = harness::unique_name("dr-stopped");
-    virsh_ok(&[
-        "vol-create-as",
-        src.name(),
-        &stopped_vol,
-        "16M",
-        "--format",
-        "qcow2",
-    ]);
-    let stopped = DefinedDomain::using_file(
-        "dr-stopped",
-        &format!("{}/{stopped_vol}", src.path().display()),
-        "qcow2",
-    );
+    // A guest that wrote its records and was then stopped.
+    let stopped = writing_guest_with_data("dr-off", &src, "qcow2");
+    stopped.destroy();
     let orphan = harness::unique_name("dr-orphan");
     virsh_ok(&[
         "vol-create-as",
@@ -108,6 +99,7 @@ async fn a_drain_moves_every_running_guest_off_the_pool_and_reports_what_stays()
             "2",
             "--bandwidth-budget",
             "48MiB",
+            "--include-stopped",
             "--json",
         ],
     );
@@ -129,9 +121,19 @@ async fn a_drain_moves_every_running_guest_off_the_pool_and_reports_what_stays()
         &["vda", "vdb"],
         &dst,
     );
+    // The stopped guest moved offline: its persistent definition names the copy.
+    let off = item_of(items, stopped.name());
+    assert_eq!(off["state"], "DRAIN_ITEM_STATE_DONE", "{off:#}");
+    let new_source = off["moves"][0]["new_source"].as_str().expect("new_source");
+    assert!(
+        new_source.starts_with(&dst.path().display().to_string()),
+        "{off:#}"
+    );
+    assert_eq!(stopped.persistent_disk_source("vda").path, new_source);
     assert_eq!(
-        left_reason(&last["plan"]["left"], stopped.name()),
-        "stopped"
+        last["plan"]["left"].as_array().map(Vec::len),
+        Some(1),
+        "only the unused volume stays: {last:#}"
     );
     // The guests wrote while they moved.
     for (guest, acked) in [&single, &double].iter().zip(before) {
@@ -150,4 +152,8 @@ async fn a_drain_moves_every_running_guest_off_the_pool_and_reports_what_stays()
 
     single.verify_data_after_cold_restart();
     double.verify_data_after_cold_restart();
+    // The stopped guest boots from its new disk with every record it wrote.
+    stopped.boot();
+    stopped.wait_writing(10, Duration::from_secs(120));
+    stopped.verify_data();
 }

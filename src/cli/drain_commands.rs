@@ -79,7 +79,7 @@ pub struct StartArgs {
     /// Bandwidth shared by all running copies, e.g. 400MiB [default: none]
     #[arg(long, value_name = "SIZE", value_parser = parse_bandwidth)]
     bandwidth_budget: Option<u64>,
-    /// Plan stopped guests too (listed as not movable: offline moves are not supported yet)
+    /// Move stopped guests too, offline (one disk on the pool each; several stay, with the reason)
     #[arg(long)]
     include_stopped: bool,
     /// What becomes of each source volume

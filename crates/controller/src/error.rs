@@ -94,7 +94,7 @@ pub enum ControllerError {
     #[error("{0}")]
     NotFound(String),
     /// The domain is defined somewhere but does not run.
-    #[error("domain '{domain}' is defined on node(s) {nodes} but not running; live migration needs a running guest")]
+    #[error("domain '{domain}' is defined on node(s) {nodes} but not running; live migration needs a running guest (a guest defined on one node only can be moved offline: option offline_if_stopped, `volmig migrate --offline-if-stopped`)")]
     NotRunning {
         /// The domain.
         domain: String,

@@ -205,6 +205,10 @@ pub struct Order {
     /// The drain this migration is an item of, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_id: Option<String>,
+    /// A guest that is defined but not running is moved offline (the
+    /// node's `offline_if_stopped`); a running one is moved live.
+    #[serde(default)]
+    pub offline_if_stopped: bool,
     /// The request as the caller sent it, opaque to the controller.
     #[serde(with = "hex_bytes")]
     pub wire: Vec<u8>,

@@ -59,7 +59,7 @@ pub enum Planned {
 enum Answer {
     Running(DomainInfo),
     /// Defined there but not running.
-    Defined,
+    Defined(DomainInfo),
     Absent,
     /// The request itself is wrong; every node would say so.
     Invalid(ControllerError),
@@ -96,7 +96,7 @@ impl Controller {
     async fn ask_disks(&self, node: &NodeEntry, domain: &str) -> Answer {
         match self.inner.nodes.list_disks(node, domain).await {
             Ok(disks) if disks.running => Answer::Running(disks),
-            Ok(_) => Answer::Defined,
+            Ok(disks) => Answer::Defined(disks),
             Err(e) if e.kind == NodeErrorKind::NotFound => Answer::Absent,
             Err(e) if e.kind == NodeErrorKind::InvalidArgument => {
                 Answer::Invalid(ControllerError::Node(e))
@@ -111,10 +111,14 @@ impl Controller {
     /// Finds the node running `domain` among the `up` nodes, with its disks.
     /// Only a node's answer now counts: the node that last ran it is asked
     /// first, then, if it does not run it any more, every other up node at once.
+    /// With `allow_stopped`, a domain that runs nowhere but is defined on
+    /// exactly one node is found there (to be moved offline); defined on
+    /// several, which definition to change is not clear, so it is refused.
     pub(super) async fn locate_domain(
         &self,
         domain: &str,
         up: &[Arc<NodeEntry>],
+        allow_stopped: bool,
     ) -> Result<(Arc<NodeEntry>, DomainInfo), ControllerError> {
         let mut down = Vec::new();
         let mut defined_on = Vec::new();
@@ -129,7 +133,7 @@ impl Controller {
                     self.inner.registry.learn_domain(domain, &node.id);
                     return Ok((node.clone(), disks));
                 }
-                Answer::Defined => defined_on.push(node.id.clone()),
+                Answer::Defined(disks) => defined_on.push((node.clone(), disks)),
                 Answer::Invalid(e) => return Err(e),
                 Answer::Unreachable => down.push(format!("{} ({})", node.id, node.endpoint)),
                 Answer::Absent => {}
@@ -153,7 +157,7 @@ impl Controller {
                     self.inner.registry.learn_domain(domain, &node.id);
                     return Ok((node, disks));
                 }
-                Answer::Defined => defined_on.push(node.id.clone()),
+                Answer::Defined(disks) => defined_on.push((node.clone(), disks)),
                 Answer::Invalid(e) => return Err(e),
                 Answer::Unreachable => down.push(format!("{} ({})", node.id, node.endpoint)),
                 Answer::Absent => {}
@@ -168,11 +172,17 @@ impl Controller {
                 .filter(|n| !up_ids.contains(n.id.as_str()))
                 .map(|n| format!("{} ({})", n.id, n.endpoint)),
         );
+        if allow_stopped && defined_on.len() == 1 && down.is_empty() {
+            if let Some(found) = defined_on.pop() {
+                return Ok(found);
+            }
+        }
         if !defined_on.is_empty() {
-            defined_on.sort();
+            let mut nodes: Vec<&str> = defined_on.iter().map(|(n, _)| n.id.as_str()).collect();
+            nodes.sort();
             return Err(ControllerError::NotRunning {
                 domain: domain.to_string(),
-                nodes: defined_on.join(", "),
+                nodes: nodes.join(", "),
             });
         }
         if !down.is_empty() {
@@ -238,7 +248,9 @@ impl Controller {
         );
         let located = async {
             let up = self.up_nodes().await;
-            let (node, disks) = self.locate_domain(&order.domain, &up).await?;
+            let (node, disks) = self
+                .locate_domain(&order.domain, &up, order.offline_if_stopped)
+                .await?;
             let located = Self::found(node, &order.domain, &order.disk, &disks)?;
             Ok((up, located))
         }
@@ -412,7 +424,9 @@ impl Controller {
             });
         }
         let up = self.up_nodes().await;
-        let (node, listed) = self.locate_domain(&order.domain, &up).await?;
+        let (node, listed) = self
+            .locate_domain(&order.domain, &up, order.offline_if_stopped)
+            .await?;
         let entries: Vec<DiskOrder> = if order.all_disks {
             listed
                 .disks

@@ -78,6 +78,7 @@ pub fn order_from_proto(req: proto::MigrateVolumeRequest) -> Result<Order, Statu
         request_id: None,
         bandwidth: None,
         drain_id: None,
+        offline_if_stopped: options.offline_if_stopped,
         wire,
     })
 }
@@ -100,6 +101,9 @@ pub fn order_to_proto(order: &Order) -> proto::MigrateVolumeRequest {
     // carry the policy; a caller's order says the same thing in both.
     if order.delete_source {
         options.source_policy = proto::SourcePolicy::Delete as i32;
+    }
+    if order.offline_if_stopped {
+        options.offline_if_stopped = true;
     }
     req.disks = order
         .disks

@@ -92,6 +92,13 @@ pub(crate) fn group(
     (guests, left)
 }
 
+/// Whether a guest that runs nowhere is moved offline: asked for, defined
+/// on one node only (else which definition to switch is not clear) and one
+/// disk on the pool (offline moves take one disk at a time).
+fn offline_candidate(guest: &GuestOnPool, include_stopped: bool) -> bool {
+    include_stopped && guest.defined_on.len() == 1 && guest.volumes.len() == 1
+}
+
 /// Why a guest that runs nowhere stays, by the drain's choice.
 fn stopped_reason(guest: &GuestOnPool, include_stopped: bool) -> Unmovable {
     if guest.defined_on.len() > 1 {
@@ -148,7 +155,13 @@ impl Controller {
             left,
         };
         for (domain, on_pool) in guests {
-            let node = on_pool.running_on.iter().next().and_then(|n| by_id.get(n));
+            let running = on_pool.running_on.iter().next().and_then(|n| by_id.get(n));
+            let offline = running.is_none() && offline_candidate(&on_pool, spec.include_stopped);
+            let node = running.or_else(|| {
+                offline
+                    .then(|| on_pool.defined_on.iter().next().and_then(|n| by_id.get(n)))
+                    .flatten()
+            });
             let Some(node) = node else {
                 found.left.push(LeftBehind {
                     node_id: on_pool
@@ -164,7 +177,10 @@ impl Controller {
                 continue;
             };
             let targets = on_pool.disks.get(&node.id).cloned().unwrap_or_default();
-            match self.guest(spec, node, &domain, &targets, &pools).await? {
+            match self
+                .guest(spec, node, &domain, &targets, &pools, offline)
+                .await?
+            {
                 Ok(guest) => found.guests.push(guest),
                 Err(reason) => found.left.push(LeftBehind {
                     node_id: node.id.clone(),
@@ -186,14 +202,15 @@ impl Controller {
         domain: &str,
         targets: &BTreeSet<String>,
         pools: &Merged,
+        offline: bool,
     ) -> Result<Result<Guest, Unmovable>, ControllerError> {
         let listed = match self.inner.nodes.list_disks(node, domain).await {
             Ok(listed) => listed,
             Err(e) => return Ok(Err(unreachable(node, e).reason)),
         };
-        if !listed.running {
-            // It stopped since the pool was listed.
-            return Ok(Err(Unmovable::Stopped));
+        if listed.running == offline {
+            // It stopped (or started) since the pool was listed.
+            return Ok(Err(Unmovable::Changed));
         }
         let named = spec.destination.as_deref().unwrap_or_default();
         let mut disks = Vec::new();
@@ -231,6 +248,7 @@ impl Controller {
             node_id: node.id.clone(),
             domain: domain.to_string(),
             disks,
+            offline,
         }))
     }
 }

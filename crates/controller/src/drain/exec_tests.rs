@@ -13,7 +13,7 @@ use volmig_types::phase::Phase;
 use super::model::{DrainSpec, ItemState, Unmovable};
 use super::view::DrainView;
 use crate::advertise::Registrant;
-use crate::model::{DiskInfo, DomainInfo, PoolInfo, PoolVolumeInfo, VolumeUseInfo};
+use crate::model::{DiskInfo, DomainInfo, Order, PoolInfo, PoolVolumeInfo, VolumeUseInfo};
 use crate::registry::NodeFacts;
 use crate::store::file::FileStore;
 use crate::store::Store;
@@ -90,7 +90,14 @@ pub(super) fn fleet() -> Arc<FakeNodes> {
                 "n1",
                 FakeNode {
                     pools: pools(),
-                    domains: vec![running("vm1", 30 * GIB), running("vm2", 20 * GIB)],
+                    domains: vec![
+                        running("vm1", 30 * GIB),
+                        running("vm2", 20 * GIB),
+                        DomainInfo {
+                            running: false,
+                            ..running("vm5", 5 * GIB)
+                        },
+                    ],
                     volumes: old_volumes(&["vm1", "vm2"], &["vm4", "vm5"]),
                 },
             )
@@ -192,12 +199,17 @@ async fn the_plan_groups_by_guest_and_says_why_the_rest_stays() {
         include_stopped: true,
         ..spec()
     };
+    // Asked for, vm5 (defined on n1 only, one disk on the pool) moves offline;
+    // vm4 (defined on two nodes) still stays.
     let plan = c.plan_drain(&with_stopped).await.expect("plan");
-    assert_eq!(plan.left[1].reason, Unmovable::OfflineNotSupported);
-    assert!(plan.left[1]
-        .reason
-        .to_string()
-        .contains("offline moves are not supported yet"));
+    let vm5 = plan
+        .items
+        .iter()
+        .find(|i| i.domain == "vm5")
+        .expect("vm5 planned");
+    assert!(vm5.offline && vm5.node_id == "n1", "{vm5:?}");
+    assert_eq!(plan.left.len(), 1, "{:?}", plan.left);
+    assert_eq!(plan.left[0].domain, "vm4");
     let unknown = c.plan_drain(&DrainSpec::of("nowhere")).await;
     assert!(matches!(
         unknown,
@@ -380,4 +392,33 @@ async fn a_dry_run_records_nothing_and_an_empty_pool_is_nothing_to_drain() {
         c.get_drain("d-none").await,
         Err(crate::error::ControllerError::UnknownDrain(_))
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_guest_is_sent_as_one_disk_moved_offline_if_still_stopped() {
+    let (_dir, store, nodes) = setup(false);
+    let c = controller(store, nodes.clone()).await;
+    let spec = DrainSpec {
+        include_stopped: true,
+        ..spec()
+    };
+    let view = c.start_drain(Some("op"), spec).await.expect("start");
+    let done = until(&c, &view.job.id, |v| v.job.is_finished()).await;
+    assert_eq!(done.counts.done, 4, "{:?}", done.job.items);
+    let sent: Vec<Order> = nodes
+        .started()
+        .into_iter()
+        .filter(|(_, o)| o.domain == "vm5")
+        .map(|(_, o)| o)
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].offline_if_stopped, "{:?}", sent[0]);
+    assert_eq!(sent[0].disk, "vda");
+    assert!(sent[0].disks.is_empty(), "{:?}", sent[0]);
+    // The running guests' orders stay live-only.
+    assert!(nodes
+        .started()
+        .iter()
+        .filter(|(_, o)| o.domain != "vm5")
+        .all(|(_, o)| !o.offline_if_stopped));
 }

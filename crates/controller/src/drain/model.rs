@@ -122,6 +122,10 @@ pub struct PlannedItem {
     pub domain: String,
     /// Its disks on the pool, each with its destination.
     pub disks: Vec<PlannedDisk>,
+    /// The guest is stopped: its disk is copied offline and its persistent
+    /// definition switched (the node's `offline_if_stopped`).
+    #[serde(default)]
+    pub offline: bool,
 }
 
 impl PlannedItem {
@@ -143,7 +147,8 @@ pub enum Unmovable {
     },
     /// The guest is stopped and the drain did not ask for stopped guests.
     Stopped,
-    /// The guest is stopped; moving it needs an offline move.
+    /// The guest is stopped with several disks on the pool; offline moves
+    /// take one disk at a time for now.
     OfflineNotSupported,
     /// A stopped guest defined on several nodes: which definition to
     /// change is not clear.
@@ -189,7 +194,7 @@ impl fmt::Display for Unmovable {
             ),
             Unmovable::OfflineNotSupported => write!(
                 f,
-                "the guest is not running and offline moves are not supported yet; start it, or move it later"
+                "the guest is not running and has several disks on the pool; offline moves of several disks at once are not supported yet: start it to move it live, or move it later"
             ),
             Unmovable::DefinedOnSeveralNodes { nodes } => write!(
                 f,

@@ -35,6 +35,8 @@ pub(crate) struct Guest {
     pub(crate) domain: String,
     /// Its disks on the pool.
     pub(crate) disks: Vec<DiskToMove>,
+    /// It is stopped: moved offline.
+    pub(crate) offline: bool,
 }
 
 impl Guest {
@@ -156,6 +158,7 @@ pub(crate) fn plan(
             node_id: guest.node_id,
             domain: guest.domain,
             disks,
+            offline: guest.offline,
         });
     }
     let projections = seen

@@ -64,6 +64,7 @@ fn guest(domain: &str, disks: Vec<DiskToMove>) -> Guest {
         node_id: "n1".to_string(),
         domain: domain.to_string(),
         disks,
+        offline: false,
     }
 }
 

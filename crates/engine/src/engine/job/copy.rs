@@ -130,14 +130,19 @@ pub(super) async fn wait_until_ready(ctx: &mut Ctx<'_>, dest: &Destination) -> R
             }
             Err(e) => {
                 // A guest destroyed while the call was in flight surfaces as a
-                // broken monitor connection rather than as "not running".
-                let domain = plan.domain.clone();
-                let stopped = ctx
-                    .hv(move |hv| Ok(hv.domain(&domain).map_or(true, |d| !d.active)))
-                    .await
-                    .unwrap_or(false);
-                if stopped {
-                    return Err(stopped_during_copy(&plan.domain, &e));
+                // broken monitor connection rather than as "not running", and
+                // libvirt may still call the domain active until it has handled
+                // QEMU's exit: ask again for a moment before calling it a failure.
+                for _ in 0..STOPPED_CHECKS {
+                    let domain = plan.domain.clone();
+                    let stopped = ctx
+                        .hv(move |hv| Ok(hv.domain(&domain).map_or(true, |d| !d.active)))
+                        .await
+                        .unwrap_or(false);
+                    if stopped {
+                        return Err(stopped_during_copy(&plan.domain, &e));
+                    }
+                    tokio::time::sleep(STOPPED_CHECK_INTERVAL).await;
                 }
                 return Err(Error::hv("polling the block job")(e));
             }
@@ -393,6 +398,10 @@ pub(super) async fn copy_vanished(ctx: &mut Ctx<'_>, plan: &Plan) -> Error {
         )),
     }
 }
+
+/// How often, and how far apart, a failed poll asks whether the guest stopped.
+const STOPPED_CHECKS: u32 = 10;
+const STOPPED_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The guest stopped under a running copy: its disk stays on the source.
 fn stopped_during_copy(domain: &str, why: &dyn std::fmt::Display) -> Error {
