@@ -3,6 +3,7 @@
 //! how sizes are printed. No I/O, no transport, no hypervisor.
 
 pub mod host;
+pub mod ownership;
 pub mod phase;
 pub mod retry;
 pub mod units;
