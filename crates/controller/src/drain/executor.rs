@@ -156,25 +156,27 @@ impl Executor {
     /// The order of item `index`'s attempt `rid`.
     fn order(&self, index: usize, rid: &str, bandwidth: Option<u64>) -> Order {
         let item = &self.job.plan.items[index];
+        let base = Order {
+            domain: item.domain.clone(),
+            required_tags: self.job.spec.required_tags.clone(),
+            delete_source: self.job.spec.source_policy == super::model::SourcePolicy::Delete,
+            request_id: Some(rid.to_string()),
+            bandwidth,
+            drain_id: Some(self.id.clone()),
+            ..Order::default()
+        };
         if let (true, [disk]) = (item.offline, item.disks.as_slice()) {
             // The node moves one disk of a stopped guest at a time, as a
             // single-disk request; should the guest run by the time this
             // attempt starts, the same request moves it live.
             return Order {
-                domain: item.domain.clone(),
                 disk: disk.target.clone(),
                 destination_pool: disk.dest_storage_id.clone(),
-                required_tags: self.job.spec.required_tags.clone(),
-                delete_source: self.job.spec.source_policy == super::model::SourcePolicy::Delete,
-                request_id: Some(rid.to_string()),
-                bandwidth,
-                drain_id: Some(self.id.clone()),
                 offline_if_stopped: true,
-                ..Order::default()
+                ..base
             };
         }
         Order {
-            domain: item.domain.clone(),
             disks: item
                 .disks
                 .iter()
@@ -186,12 +188,7 @@ impl Executor {
                     ..DiskOrder::default()
                 })
                 .collect(),
-            required_tags: self.job.spec.required_tags.clone(),
-            delete_source: self.job.spec.source_policy == super::model::SourcePolicy::Delete,
-            request_id: Some(rid.to_string()),
-            bandwidth,
-            drain_id: Some(self.id.clone()),
-            ..Order::default()
+            ..base
         }
     }
 
