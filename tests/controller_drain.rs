@@ -16,7 +16,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::controller::{wait_nodes_up, ControllerProcess};
-use harness::drain::{assert_moved, cli, item_of, json_lines, left_reason};
+use harness::drain::{assert_moved, cli, drain_both_at_once, item_of, json_lines, left_reason};
 use harness::guest::writing_guest_with_data;
 use harness::node::NodeProcess;
 use harness::{virsh_ok, DirPool, Guest, Pool};
@@ -88,20 +88,7 @@ async fn a_drain_moves_every_running_guest_off_the_pool_and_reports_what_stays()
     // The drain, followed to its end: one JSON object per change.
     let (code, out) = cli(
         &ctl,
-        &[
-            "drain",
-            src.name(),
-            "--to-pool",
-            dst.name(),
-            "--max-parallel",
-            "2",
-            "--per-node",
-            "2",
-            "--bandwidth-budget",
-            "48MiB",
-            "--include-stopped",
-            "--json",
-        ],
+        &drain_both_at_once(src.name(), dst.name(), "48MiB", &["--include-stopped"]),
     );
     let events = json_lines(&out);
     let last = events.last().expect("drain events");

@@ -11,7 +11,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::controller::{wait_nodes_up, ControllerProcess};
-use harness::drain::{assert_moved, cli, item_of, json_lines};
+use harness::drain::{assert_moved, cli, drain_both_at_once, item_of, json_lines};
 use harness::guest::writing_guest_with_data;
 use harness::node::NodeProcess;
 use harness::{volmig, DirPool, Pool};
@@ -60,20 +60,7 @@ async fn a_controller_killed_mid_drain_resumes_it_without_migrating_a_guest_twic
     // 64 MiB of data per guest at 8 MiB/s shared: the copies take seconds.
     let (code, out) = cli(
         &ctl,
-        &[
-            "drain",
-            src.name(),
-            "--to-pool",
-            dst.name(),
-            "--max-parallel",
-            "2",
-            "--per-node",
-            "2",
-            "--bandwidth-budget",
-            "8MiB",
-            "--detach",
-            "--json",
-        ],
+        &drain_both_at_once(src.name(), dst.name(), "8MiB", &["--detach"]),
     );
     assert_eq!(code, 0, "{out}");
     let started: serde_json::Value = serde_json::from_str(&out).expect("drain json");

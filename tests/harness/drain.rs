@@ -18,6 +18,32 @@ pub fn cli(ctl: &ControllerProcess, args: &[&str]) -> (i32, String) {
     (code, stdout)
 }
 
+/// `drain SRC --to-pool DST --max-parallel 2 --per-node 2 --bandwidth-budget
+/// BUDGET --json` and `extra`: every guest of one node may copy at once, within
+/// the shared budget.
+pub fn drain_both_at_once<'a>(
+    src: &'a str,
+    dst: &'a str,
+    budget: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "drain",
+        src,
+        "--to-pool",
+        dst,
+        "--max-parallel",
+        "2",
+        "--per-node",
+        "2",
+        "--bandwidth-budget",
+        budget,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// One JSON value per line of `out` (a followed drain's `--json`).
 pub fn json_lines(out: &str) -> Vec<serde_json::Value> {
     out.lines()
