@@ -1,5 +1,6 @@
-//! Offline moves of a stopped guest's disk: the happy path, a guest started
-//! during the copy, cancel, a multi-disk request, and a node restart.
+//! Offline moves of a stopped guest's disk: a running guest moved live all the
+//! same, the happy path, a guest started during the copy, cancel, a
+//! multi-disk request, and a node restart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,20 @@ async fn a_stopped_guest_is_refused_without_the_option() {
         matches!(err, Error::Precondition(ref m) if m.contains("offline_if_stopped")),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_running_guest_asked_offline_if_stopped_is_moved_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = Arc::new(FakeHypervisor::new());
+    let engine = engine(hv.clone(), dir.path()).await;
+    let events = collect(engine.migrate(offline("")).await.expect("start")).await;
+    let last = events.last().expect("events");
+    assert_eq!(last.phase, Phase::Completed, "{last:?}");
+    let st = hv.lock();
+    assert_eq!(st.copies.len(), 1, "a block copy: {:?}", st.copies);
+    assert_eq!(st.converted, 0, "no offline convert");
+    assert!(st.running);
 }
 
 #[tokio::test]
